@@ -1,0 +1,58 @@
+"""CLIP image-embedding throughput: our jit-compiled forward vs transformers' PyTorch forward.
+
+    python -m benchmarks.clip_forward --model vitb16 --batch 8 --steps 5 --json OUT
+
+Both run on the same random weights (a transformers `CLIPModel` at the published shape, saved
+and reopened with `saeft_jax.hf.load_clip`) on the CPU, fp32, inference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from benchmarks.common import median_seconds, peak_rss_mib, report
+from saeft_jax import hf
+from saeft_jax.models.clip_shapes import SHAPES, clip_shape
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vitb16", choices=sorted(SHAPES))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    config = clip_shape(args.model)
+    torch_model = transformers.CLIPModel(hf.config_to_hf(config)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_model.save_pretrained(tmp)
+        model, params = hf.load_clip(tmp)
+    size = config.vision.image_size
+    images = np.random.RandomState(0).randn(args.batch, size, size, 3).astype(np.float32)
+
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+    images_jax = jax.device_put(images)
+    jax_s = median_seconds(lambda: forward(params, images_jax).block_until_ready(), args.steps)
+
+    pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    with torch.inference_mode():
+        torch_s = median_seconds(lambda: torch_model.get_image_features(pixel_values=pixels), args.steps)
+
+    report({
+        "benchmark": "clip_forward", "model": args.model, "batch": args.batch, "steps": args.steps,
+        "jax_ms_per_batch": 1e3 * jax_s, "torch_ms_per_batch": 1e3 * torch_s,
+        "jax_images_per_s": args.batch / jax_s, "torch_images_per_s": args.batch / torch_s,
+        "speedup_vs_torch": torch_s / jax_s, "torch_threads": torch.get_num_threads(),
+        "peak_rss_mib": peak_rss_mib(),
+    }, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data: preprocessing, sources, input pipelines and the dataset registry (no models, no training)."""

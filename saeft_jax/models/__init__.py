@@ -1,0 +1,1 @@
+"""Models: the CLIP towers, the sparse autoencoder and the classification head (no data, no training)."""
