@@ -1,0 +1,182 @@
+"""SAE training: dictionary recovery, exact resume, streaming, options, artifacts, devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from saeft_jax.sae_artifact import SAEArtifactError, load_sae, save_sae
+from saeft_jax.sae_eval import evaluate_sae, geometric_median
+from saeft_jax.sae_training import train_sae
+
+
+def sparse_mixtures(n: int, d: int, atoms: int, active: int, seed: int = 0,
+                    offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that are sparse positive combinations of a random unit-norm dictionary (returned too),
+    plus `offset` times a fixed unit vector (CLIP embeddings share such a direction)."""
+    rng = np.random.default_rng(seed)
+    dictionary = rng.normal(size=(atoms, d))
+    dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
+    codes = np.zeros((n, atoms))
+    for row in range(n):
+        codes[row, rng.choice(atoms, active, replace=False)] = rng.uniform(0.5, 2.0, active)
+    shared = rng.normal(size=d)
+    shared /= np.linalg.norm(shared)
+    return (codes @ dictionary + offset * shared).astype(np.float32), dictionary
+
+
+def recovered(dictionary: np.ndarray, w_dec: np.ndarray, threshold: float = 0.9) -> float:
+    atoms = w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True)
+    return float(np.mean((dictionary @ atoms.T).max(axis=1) > threshold))
+
+
+@pytest.fixture(scope="module")
+def mixtures():
+    return sparse_mixtures(n=20000, d=64, atoms=128, active=4)
+
+
+def test_recovers_a_known_dictionary(mixtures, tmp_path):
+    features, dictionary = mixtures
+    params, metrics = train_sae(features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False,
+                                metrics_path=tmp_path / "m.jsonl", histogram_path=tmp_path / "firing.png")
+    assert recovered(dictionary, params["W_dec"]) > 0.75
+    assert metrics["fvu"] < 0.15 and metrics["l0"] == 4.0
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records[:-1]] == list(range(20)) and records[-1]["final"]
+    assert records[0]["fvu"] > records[-2]["fvu"]  # it learned
+    picture = np.asarray(Image.open(tmp_path / "firing.png").convert("L"))
+    assert picture.shape[0] > 100 and picture.std() > 10  # drawn, not blank
+    tied, tied_metrics = train_sae(features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False,
+                                   tied_init=True)
+    assert recovered(dictionary, tied["W_dec"]) > 0.95 and tied_metrics["fvu"] < metrics["fvu"]
+
+
+def test_auxk_revives_dead_latents_on_anisotropic_data():
+    # Embeddings in a narrow cone (as CLIP's) leave latents whose encoder points away dead.
+    features, _ = sparse_mixtures(n=16384, d=64, atoms=256, active=4, offset=3.0)
+    kwargs = dict(dict_size=256, k=4, batch_size=256, epochs=6, progress=False)
+    _, plain = train_sae(features, **kwargs)
+    _, auxk = train_sae(features, auxk=True, dead_after=2048, **kwargs)
+    assert plain["dead_fraction"] > 0.5
+    assert auxk["dead_fraction"] < plain["dead_fraction"] - 0.2
+    assert auxk["fvu"] < plain["fvu"]
+
+
+def test_final_metrics_match_numpy(mixtures):
+    features, _ = mixtures
+    params, metrics = train_sae(features[:4096], dict_size=64, k=4, batch_size=512, epochs=2, progress=False)
+    x = features[:4096].astype(np.float64)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8
+    pre = (x - params["b_pre"]) @ params["W_enc"]
+    top = np.argsort(-pre, axis=1)[:, :4]
+    s = np.zeros_like(pre)
+    np.put_along_axis(s, top, np.take_along_axis(pre, top, 1), 1)
+    x_hat = s @ params["W_dec"] + params["b_pre"]
+    fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert metrics["fvu"] == pytest.approx(fvu, rel=1e-4)
+    assert metrics["dead_fraction"] == pytest.approx(np.mean(~np.isin(np.arange(64), top)))
+    np.testing.assert_allclose(metrics["firing_frequency"], np.bincount(top.ravel(), minlength=64) / 4096)
+
+
+def test_resume_equals_uninterrupted_run(mixtures, tmp_path):
+    features = mixtures[0][:4096]
+    kwargs = dict(dict_size=64, k=4, batch_size=512, progress=False, auxk=True, dead_after=1024)
+    straight, _ = train_sae(features, epochs=4, **kwargs)
+    train_sae(features, epochs=2, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl", **kwargs)
+    resumed, _ = train_sae(features, epochs=4, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl",
+                           **kwargs)
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    epochs = [json.loads(line).get("epoch") for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [e for e in epochs if e is not None] == [0, 1, 2, 3]
+
+
+def test_memory_mapped_streaming_equals_device_resident(mixtures, tmp_path):
+    features = mixtures[0][:4096]
+    mapped = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float32, shape=features.shape)
+    mapped[:] = features
+    mapped.flush()
+    resident, _ = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=2, progress=False)
+    streamed, _ = train_sae(np.load(tmp_path / "f.npy", mmap_mode="r"), dict_size=64, k=4, batch_size=512,
+                            epochs=2, progress=False, device_bytes=0)
+    for name in resident:
+        np.testing.assert_array_equal(streamed[name], resident[name], err_msg=name)
+
+
+def test_options_renorm_b_enc_relu_and_median(mixtures):
+    features = mixtures[0][:4096]
+    params, metrics = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=2, progress=False,
+                                renorm_decoder=True, b_enc=True, relu=True, b_pre_init="median")
+    np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=1), 1.0, rtol=1e-5)
+    assert params["b_enc"].shape == (64,) and metrics["l0"] <= 4.0
+
+
+def test_geometric_median_of_symmetric_points_is_their_centre():
+    centre = np.array([3.0, 0.0, 0.0])
+    offsets = np.array([[0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [0.2, 0, 0], [-0.2, 0, 0]])
+    points = centre + offsets  # normalizing keeps the symmetry about the x axis
+    median = geometric_median(points.astype(np.float32))
+    np.testing.assert_allclose(median[1:], 0.0, atol=1e-6)
+    assert median[0] > 0.9
+
+
+def test_bad_arguments_are_named():
+    features = np.ones((600, 8), np.float32)
+    with pytest.raises(TypeError, match=r"unknown train_sae options \['lr_schedule'\]"):
+        train_sae(features, dict_size=16, k=2, batch_size=64, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_sae(features, dict_size=16, k=2, batch_size=1024)
+    with pytest.raises(ValueError, match="b_pre_init"):
+        train_sae(features, dict_size=16, k=2, batch_size=64, b_pre_init="mode")
+
+
+def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
+    features = mixtures[0][:2048]
+    params, metrics = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=1, progress=False)
+    save_sae(tmp_path / "sae", params, k=4, options={"auxk": False}, metrics=metrics)
+    loaded, meta = load_sae(tmp_path / "sae", d=64, dict_size=64, k=4)
+    for name in params:
+        np.testing.assert_array_equal(loaded[name], params[name])
+    assert meta["metrics"]["fvu"] == pytest.approx(metrics["fvu"]) and meta["normalize_inputs"]
+    assert evaluate_sae(loaded, features, 4, batch_size=512)["fvu"] == pytest.approx(metrics["fvu"], rel=1e-5)
+    with pytest.raises(SAEArtifactError, match="d is 64 in the artifact but 512 here"):
+        load_sae(tmp_path / "sae", d=512)
+    with pytest.raises(SAEArtifactError, match="dict_size is 64 in the artifact but 2048 here.*k is 4"):
+        load_sae(tmp_path / "sae", dict_size=2048, k=16)
+    with pytest.raises(SAEArtifactError, match="sae.json missing"):
+        load_sae(tmp_path)
+    (tmp_path / "sae" / "sae.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(SAEArtifactError, match="not readable"):
+        load_sae(tmp_path / "sae")
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import sys, numpy as np, jax
+    sys.path.insert(0, "tests")
+    from test_sae_training import sparse_mixtures
+    from saeft_jax.sae_training import train_sae
+    assert len(jax.devices()) == 8, jax.devices()
+    features = sparse_mixtures(4096, 64, 128, 4)[0]
+    kwargs = dict(dict_size=64, k=4, batch_size=512, epochs=2, progress=False, auxk=True, dead_after=1024)
+    one, m1 = train_sae(features, devices=(jax.devices()[0],), **kwargs)
+    eight, m8 = train_sae(features, **kwargs)
+    np.savez(sys.argv[1], fvu=[m1["fvu"], m8["fvu"]], **{"one_" + k: v for k, v in one.items()},
+             **{"eight_" + k: v for k, v in eight.items()})
+""")
+
+
+def test_same_result_on_one_and_eight_devices(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "result.npz"
+    subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(out)], check=True, env=env, timeout=300)
+    result = np.load(out)
+    for name in ("W_enc", "W_dec", "b_pre"):
+        np.testing.assert_allclose(result["eight_" + name], result["one_" + name], rtol=1e-4, atol=1e-6)
+    assert result["fvu"][1] == pytest.approx(result["fvu"][0], rel=1e-4)
