@@ -1,0 +1,115 @@
+"""Every regularizer against an independent PyTorch (autograd) computation: values and gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from saeft_jax import regularizers
+from saeft_jax.models import sae
+
+B, D, F, K = 6, 16, 64, 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    params = {n: np.asarray(v) for n, v in sae.init_params(jax.random.key(1), D, F).items()}
+    params["b_pre"] = rng.normal(0, 0.05, D).astype(np.float32)
+    f0 = rng.normal(size=(B, D)).astype(np.float32)
+    f = (f0 + 0.3 * rng.normal(size=(B, D))).astype(np.float32)  # fine-tuning moved the embeddings
+    return params, f, f0
+
+
+def torch_codes(params, x, relu=False):
+    pre = (x - params["b_pre"]) @ params["W_enc"]
+    values, indices = pre.topk(K, dim=-1)
+    values = torch.relu(values) if relu else values
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def torch_reference(name, params, f, f0, normalize=True, **h):
+    """The METHOD.md formulas written directly in PyTorch."""
+    p = {n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
+    if normalize:
+        f, f0 = f / (f.norm(dim=-1, keepdim=True) + 1e-8), f0 / (f0.norm(dim=-1, keepdim=True) + 1e-8)
+    st, s0 = torch_codes(p, f), torch_codes(p, f0).detach()
+    m0 = (s0 != 0).double()
+    residual = (((f - f0) - (st - s0) @ p["W_dec"]) ** 2).mean()
+    if name in ("sae_add_remove", "sae_mask"):
+        add = ((1 - m0) * st.abs()).mean()
+        remove = (m0 * torch.relu(s0 - st)).mean() if name == "sae_add_remove" else 0.0
+        return h.get("lambda_add", 10.0) * add + h.get("lambda_remove", 0.02) * remove + residual
+    sparse = 1e-3 * (st - s0).abs().mean() + residual
+    if name == "sae_sparse":
+        return sparse
+    p0 = s0.abs() / (s0.abs().sum(-1, keepdim=True) + 1e-8)
+    pt = st.abs() / (st.abs().sum(-1, keepdim=True) + 1e-8)
+    return sparse + 0.1 * (p0 * ((p0 + 1e-8).log() - (pt + 1e-8).log())).sum(-1).mean()
+
+
+@pytest.mark.parametrize("name", ["sae_add_remove", "sae_mask", "sae_sparse", "sae_kl"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_sae_regularizers_match_pytorch(setup, name, normalize):
+    params, f, f0 = setup
+    reg = regularizers.make_regularizer(name, k=K, normalize=normalize)
+    value, grad = jax.value_and_grad(lambda f: reg(f, jnp.asarray(f0), sae_params=params)[0])(jnp.asarray(f))
+    f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
+    expected = torch_reference(name, params, f_t, torch.tensor(f0, dtype=torch.float64), normalize)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-7)
+    assert np.abs(np.asarray(grad)).max() > 0
+
+
+def test_add_remove_metrics_are_the_unweighted_terms_and_support_changes(setup):
+    params, f, f0 = setup
+    total, metrics = regularizers.sae_add_remove(jnp.asarray(f), jnp.asarray(f0), params, k=K, lambda_add=2.0,
+                                                 lambda_remove=3.0, mu=5.0)
+    np.testing.assert_allclose(total, 2 * metrics["add"] + 3 * metrics["remove"] + 5 * metrics["residual"], rtol=1e-6)
+    unit = lambda x: x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
+    st = np.asarray(sae.encode(params, jnp.asarray(unit(f)), K)) != 0
+    s0 = np.asarray(sae.encode(params, jnp.asarray(unit(f0)), K)) != 0
+    assert float(metrics["added_per_image"]) == pytest.approx((st & ~s0).sum(-1).mean())
+    assert float(metrics["removed_per_image"]) == pytest.approx((s0 & ~st).sum(-1).mean())
+    zero, same = regularizers.sae_add_remove(jnp.asarray(f0), jnp.asarray(f0), params, k=K)
+    assert float(zero) == 0.0 and float(same["added_per_image"]) == 0.0  # unchanged model: no penalty
+
+
+def test_feature_baselines_match_numpy_and_pytorch(setup):
+    _, f, f0 = setup
+    for name, formula in (("mse", lambda a, b: ((a - b) ** 2).mean()), ("l1", lambda a, b: (a - b).abs().mean())):
+        reg = regularizers.make_regularizer(name)
+        value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
+        f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
+        expected = formula(f_t, torch.tensor(f0, dtype=torch.float64))
+        expected.backward()
+        np.testing.assert_allclose(value, expected.item(), rtol=1e-6)
+        np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-5, atol=1e-9)
+    assert float(regularizers.make_regularizer("none")(jnp.asarray(f), jnp.asarray(f0))[0]) == 0.0
+
+
+def test_ldifs_matches_numpy():
+    rng = np.random.default_rng(3)
+    tokens = [rng.normal(size=(2, 5, 8)).astype(np.float32) for _ in range(3)]
+    tokens0 = [rng.normal(size=(2, 5, 8)).astype(np.float32) for _ in range(3)]
+    unit = lambda x: x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
+    expected = np.mean([((unit(a) - unit(b)) ** 2).sum(-1).mean() for a, b in zip(tokens, tokens0)])
+    reg = regularizers.make_regularizer("ldifs")
+    value, _ = reg(None, None, tokens=[jnp.asarray(t) for t in tokens], tokens0=[jnp.asarray(t) for t in tokens0])
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    assert regularizers.ldifs_taps(12) == (0, 3, 6, 9, 12) and regularizers.ldifs_taps(24) == (0, 6, 12, 18, 24)
+
+
+def test_bad_names_and_hyperparameters_are_rejected():
+    with pytest.raises(ValueError, match="unknown regularizer 'sae_addremove'; known: none, mse"):
+        regularizers.make_regularizer("sae_addremove")
+    with pytest.raises(TypeError, match=r"does not take \['lambda_rem'\]"):
+        regularizers.make_regularizer("sae_add_remove", k=16, lambda_rem=1.0)
+    with pytest.raises(TypeError, match="needs k"):
+        regularizers.make_regularizer("sae_mask")
+    with pytest.raises(TypeError, match="takes no hyperparameters"):
+        regularizers.make_regularizer("mse", k=16)
