@@ -9,16 +9,13 @@ and reopened with `saeft_jax.hf.load_clip`) on the CPU, fp32, inference only.
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import jax
 import numpy as np
 import torch
-import transformers
 
-from benchmarks.common import median_seconds, peak_rss_mib, report
-from saeft_jax import hf
-from saeft_jax.models.clip_shapes import SHAPES, clip_shape
+from benchmarks.common import median_seconds, peak_rss_mib, random_clip_pair, report
+from saeft_jax.models.clip_shapes import SHAPES
 
 
 def main() -> None:
@@ -29,12 +26,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    config = clip_shape(args.model)
-    torch_model = transformers.CLIPModel(hf.config_to_hf(config)).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        torch_model.save_pretrained(tmp)
-        model, params = hf.load_clip(tmp)
-    size = config.vision.image_size
+    torch_model, model, params = random_clip_pair(args.model)
+    size = model.config.vision.image_size
     images = np.random.RandomState(0).randn(args.batch, size, size, 3).astype(np.float32)
 
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))

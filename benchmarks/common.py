@@ -41,6 +41,23 @@ def machine() -> dict[str, Any]:
             "jax_devices": [str(d) for d in jax.devices()]}
 
 
+def random_clip_pair(shape: str):
+    """`(torch_model, model, params)`: a random transformers `CLIPModel` at a published shape
+    and the same weights loaded through `saeft_jax.hf.load_clip`."""
+    import tempfile
+
+    import transformers
+
+    from saeft_jax import hf
+    from saeft_jax.models.clip_shapes import clip_shape
+
+    torch_model = transformers.CLIPModel(hf.config_to_hf(clip_shape(shape))).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_model.save_pretrained(tmp)
+        model, params = hf.load_clip(tmp)
+    return torch_model, model, params
+
+
 def report(result: dict[str, Any], json_path: str | None) -> None:
     """Prints `result` and writes it as JSON when asked."""
     result = {**result, "machine": machine()}

@@ -79,6 +79,7 @@ def test_tokenizer_ids_match_transformers(tiny_clip_dir):
     assert rel_err(ours, torch_text_features(torch_model, ids)) < 1e-5
 
 
+@pytest.mark.slow
 def test_vitb16_shape_matches_transformers(tmp_path):
     torch_model, model, params = load_pair(tmp_path, VITB16)
     images = random_images(2, 224)
@@ -105,6 +106,15 @@ def test_token_taps_match_transformers_hidden_states(tiny_clip_dir):
     assert rel_err(embeddings, torch_image_features(torch_model, images)) < 1e-5
 
 
+def test_image_encoder_alone_equals_encode_image(tiny_clip_dir):
+    from saeft_jax.models.clip import image_encoder, image_params
+
+    model, params = hf.load_clip(tiny_clip_dir[0])
+    images = jnp.asarray(random_images(2, 32))
+    alone = image_encoder(model).apply({"params": image_params(params)}, images)
+    np.testing.assert_array_equal(alone, model.apply({"params": params}, images, method=model.encode_image))
+
+
 def test_remat_changes_neither_values_nor_gradients(tiny_clip_dir):
     path, _ = tiny_clip_dir
     plain, params = hf.load_clip(path)
@@ -124,6 +134,7 @@ def test_remat_changes_neither_values_nor_gradients(tiny_clip_dir):
 BF16_REL_TOL = 3e-2
 
 
+@pytest.mark.slow
 def test_bf16_compute_stays_close_to_fp32(tmp_path):
     torch_model = random_hf_clip(VITB16)
     torch_model.save_pretrained(tmp_path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import torch_reference
 from saeft_jax import regularizers
 from saeft_jax.models import sae
 
@@ -24,33 +25,6 @@ def setup():
     return params, f, f0
 
 
-def torch_codes(params, x, relu=False):
-    pre = (x - params["b_pre"]) @ params["W_enc"]
-    values, indices = pre.topk(K, dim=-1)
-    values = torch.relu(values) if relu else values
-    return torch.zeros_like(pre).scatter(-1, indices, values)
-
-
-def torch_reference(name, params, f, f0, normalize=True, **h):
-    """The METHOD.md formulas written directly in PyTorch."""
-    p = {n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
-    if normalize:
-        f, f0 = f / (f.norm(dim=-1, keepdim=True) + 1e-8), f0 / (f0.norm(dim=-1, keepdim=True) + 1e-8)
-    st, s0 = torch_codes(p, f), torch_codes(p, f0).detach()
-    m0 = (s0 != 0).double()
-    residual = (((f - f0) - (st - s0) @ p["W_dec"]) ** 2).mean()
-    if name in ("sae_add_remove", "sae_mask"):
-        add = ((1 - m0) * st.abs()).mean()
-        remove = (m0 * torch.relu(s0 - st)).mean() if name == "sae_add_remove" else 0.0
-        return h.get("lambda_add", 10.0) * add + h.get("lambda_remove", 0.02) * remove + residual
-    sparse = 1e-3 * (st - s0).abs().mean() + residual
-    if name == "sae_sparse":
-        return sparse
-    p0 = s0.abs() / (s0.abs().sum(-1, keepdim=True) + 1e-8)
-    pt = st.abs() / (st.abs().sum(-1, keepdim=True) + 1e-8)
-    return sparse + 0.1 * (p0 * ((p0 + 1e-8).log() - (pt + 1e-8).log())).sum(-1).mean()
-
-
 @pytest.mark.parametrize("name", ["sae_add_remove", "sae_mask", "sae_sparse", "sae_kl"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_sae_regularizers_match_pytorch(setup, name, normalize):
@@ -58,7 +32,8 @@ def test_sae_regularizers_match_pytorch(setup, name, normalize):
     reg = regularizers.make_regularizer(name, k=K, normalize=normalize)
     value, grad = jax.value_and_grad(lambda f: reg(f, jnp.asarray(f0), sae_params=params)[0])(jnp.asarray(f))
     f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
-    expected = torch_reference(name, params, f_t, torch.tensor(f0, dtype=torch.float64), normalize)
+    sae_t = {n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
+    expected = torch_reference.regularizer(name, f_t, torch.tensor(f0, dtype=torch.float64), sae_t, K, normalize)
     expected.backward()
     np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
     np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-7)

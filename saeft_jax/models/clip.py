@@ -300,13 +300,47 @@ class CLIP(nn.Module):
 
         With `taps` (block counts, see `LayerStack`) also returns the token features there.
         """
-        pooled, tapped = self.vision_model(images, taps)
-        embeddings = self.visual_projection(pooled).astype(jnp.float32)
-        return (embeddings, tapped) if taps else embeddings
+        return _encode_image(self.vision_model, self.visual_projection, images, taps)
 
     def encode_text(self, input_ids: jax.Array) -> jax.Array:
         """Projected, unnormalized text embeddings (B, projection_dim) of int32 token ids."""
         return self.text_projection(self.text_model(input_ids)).astype(jnp.float32)
+
+
+class ImageEncoder(nn.Module):
+    """The image side of `CLIP` alone: `vision_model` + `visual_projection`, the same names, so
+    `image_params(clip_params)` is its parameter tree. What fine-tuning trains."""
+
+    config: CLIPConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self) -> None:
+        self.vision_model = VisionTransformer(self.config.vision, self.dtype, self.remat)
+        self.visual_projection = nn.Dense(self.config.projection_dim, use_bias=False, dtype=self.dtype)
+
+    def __call__(self, images: jax.Array, taps: Sequence[int] = ()) -> Any:
+        """As `CLIP.encode_image`."""
+        return _encode_image(self.vision_model, self.visual_projection, images, taps)
+
+
+IMAGE_PARAMS = ("vision_model", "visual_projection")
+
+
+def image_encoder(model: CLIP) -> ImageEncoder:
+    """The `ImageEncoder` of `model` (same config, dtype and remat)."""
+    return ImageEncoder(model.config, model.dtype, model.remat)
+
+
+def image_params(clip_params: dict) -> dict:
+    """The part of a CLIP parameter tree that `ImageEncoder` (and `encode_image`) uses."""
+    return {name: clip_params[name] for name in IMAGE_PARAMS}
+
+
+def _encode_image(vision_model: nn.Module, projection: nn.Module, images: jax.Array, taps: Sequence[int]) -> Any:
+    pooled, tapped = vision_model(images, taps)
+    embeddings = projection(pooled).astype(jnp.float32)
+    return (embeddings, tapped) if taps else embeddings
 
 
 def init_params(model: CLIP, rng: jax.Array) -> dict:

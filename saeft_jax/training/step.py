@@ -1,0 +1,70 @@
+"""The SAE-FT train step: cross-entropy of the head plus `reg_lambda` times a regularizer that
+compares the trainable image encoder with the frozen zero-shot one on the same batch.
+
+The frozen encoder runs inside the same jit program under stop-gradient. The step is
+data-parallel over the mesh (batch split on the data axis, parameters replicated), donates the
+train state, and never leaves the device: a non-finite loss or gradient leaves the state
+unchanged and is reported in the metrics for the loop to stop on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from saeft_jax import parallel
+from saeft_jax.models.clip import ImageEncoder
+from saeft_jax.models.heads import classify
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation) -> dict[str, Any]:
+    """`params` = {"encoder": `image_params(...)`, "head": head}; adds optimizer state and step.
+
+    The parameters are copied: the train step donates its state, which must not take the
+    caller's arrays (e.g. the zero-shot weights) with it."""
+    params = jax.tree.map(jnp.copy, params)
+    return {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
+              taps: tuple[int, ...] = ()) -> Callable:
+    """`loss(params, frozen, images, labels) -> (loss, metrics)`; `frozen` = {"encoder": zero-shot
+    image params, "sae": SAE params or None}."""
+
+    def encode(params, images):
+        out = encoder.apply({"params": params}, images, taps)
+        return out if taps else (out, None)
+
+    def loss(params, frozen, images, labels):
+        f, tokens = encode(params["encoder"], images)
+        f0, tokens0 = jax.lax.stop_gradient(encode(frozen["encoder"], images))
+        logits = classify(params["head"], f)
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        ce = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+        reg, reg_metrics = regularizer(f, f0, sae_params=frozen["sae"], tokens=tokens, tokens0=tokens0)
+        total = ce + reg_lambda * reg
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return total, {"loss": total, "ce": ce, "reg": reg, "accuracy": accuracy, **reg_metrics}
+
+    return loss
+
+
+def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh) -> Callable:
+    """The jit-compiled `step(state, frozen, images, labels) -> (state, metrics)`."""
+
+    def step(state, frozen, images, labels):
+        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, images, labels)
+        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1}
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        return new, {**metrics, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
+
+    replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))

@@ -1,0 +1,131 @@
+"""The SAE-FT train step: loss composition, schedule, NaN guard, and 1 vs 8 devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY
+from saeft_jax import parallel, regularizers
+from saeft_jax.models import sae
+from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
+from saeft_jax.training.optim import make_optimizer, wiseft_schedule
+from saeft_jax.training.step import init_state, make_loss, make_train_step
+
+CLASSES, K = 3, 4
+
+
+def setup_run(seed: int = 0):
+    """A tiny CLIP whose trainable copy differs from the zero-shot one, a head, an SAE and a batch."""
+    model = CLIP(TINY)
+    zeroshot = image_params(init_params(model, jax.random.key(seed)))
+    rng = np.random.default_rng(seed)
+    encoder = jax.tree.map(lambda p: p + 0.05 * rng.normal(size=p.shape).astype(np.float32), zeroshot)
+    head = {"W": jnp.asarray(rng.normal(size=(CLASSES, 32)).astype(np.float32) * 10), "b": jnp.zeros(CLASSES)}
+    frozen = {"encoder": zeroshot, "sae": sae.init_params(jax.random.key(seed + 1), 32, 128)}
+    images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, 8).astype(np.int32)
+    return image_encoder(model), {"encoder": encoder, "head": head}, frozen, images, labels
+
+
+def test_loss_is_cross_entropy_plus_weighted_regularizer():
+    model, params, frozen, images, labels = setup_run()
+    reg = regularizers.make_regularizer("sae_add_remove", k=K)
+    loss, metrics = make_loss(model, reg, reg_lambda=70.0, label_smoothing=0.1)(params, frozen, images, labels)
+
+    encode = lambda p: np.asarray(model.apply({"params": p}, images), np.float64)
+    f, f0 = encode(params["encoder"]), encode(frozen["encoder"])
+    logits = f / np.linalg.norm(f, axis=-1, keepdims=True) @ np.asarray(params["head"]["W"], np.float64).T
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    targets = np.full((8, CLASSES), 0.1 / CLASSES)
+    targets[np.arange(8), labels] += 0.9
+    ce = -(targets * log_probs).sum(-1).mean()
+    expected_reg, _ = regularizers.sae_add_remove(jnp.asarray(f, jnp.float32), jnp.asarray(f0, jnp.float32),
+                                                  frozen["sae"], k=K)
+    assert float(metrics["ce"]) == pytest.approx(ce, rel=1e-5)
+    assert float(metrics["reg"]) == pytest.approx(float(expected_reg), rel=1e-4)
+    assert float(loss) == pytest.approx(ce + 70.0 * float(expected_reg), rel=1e-4)
+    assert float(metrics["reg"]) > 0 and "added_per_image" in metrics
+
+
+def test_wiseft_schedule_matches_the_reference_formula():
+    schedule = wiseft_schedule(1e-5, warmup_steps=500, total_steps=1000)
+    for step in (0, 10, 499):
+        assert float(schedule(step)) == pytest.approx(1e-5 * (step + 1) / 500)
+    for step in (500, 600, 999):
+        assert float(schedule(step)) == pytest.approx(0.5 * (1 + np.cos(np.pi * (step - 500) / 500)) * 1e-5)
+    with pytest.raises(ValueError, match="must exceed warmup_steps"):
+        wiseft_schedule(1e-5, 500, 400)
+
+
+def make_step(model, regularizer="sae_add_remove", mesh=None):
+    optimizer, schedule = make_optimizer(1e-3, total_steps=100, warmup_steps=2)
+    reg = regularizers.make_regularizer(regularizer, **({"k": K} if regularizer.startswith("sae") else {}))
+    taps = regularizers.ldifs_taps(TINY.vision.num_hidden_layers) if regularizer == "ldifs" else ()
+    loss = make_loss(model, reg, reg_lambda=10.0, taps=taps)
+    return make_train_step(loss, optimizer, schedule, mesh or parallel.data_mesh(jax.devices()[:1])), optimizer
+
+
+def test_step_trains_and_reports():
+    model, params, frozen, images, labels = setup_run()
+    step, optimizer = make_step(model)
+    state = init_state(params, optimizer)
+    before = jax.tree.map(np.array, state["params"])
+    losses = []
+    for _ in range(5):
+        state, metrics = step(state, frozen, images, labels)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0] and int(state["step"]) == 5 and bool(metrics["finite"])
+    assert float(metrics["lr"]) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 2 / 98)))
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state["params"], before)
+    assert min(jax.tree.leaves(moved)) > 0  # encoder and head both trained
+
+
+def test_non_finite_step_leaves_state_unchanged():
+    model, params, frozen, images, labels = setup_run()
+    step, optimizer = make_step(model)
+    state = init_state(params, optimizer)
+    before = jax.tree.map(np.array, state)
+    images = images.copy()
+    images[0, 0, 0, 0] = np.nan
+    state, metrics = step(state, frozen, images, labels)
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, state), before)
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import sys, numpy as np, jax
+    sys.path.insert(0, "tests")
+    from test_train_step import setup_run, make_step
+    from saeft_jax import parallel
+    from saeft_jax.training.step import init_state
+    assert len(jax.devices()) == 8
+    model, params, frozen, images, labels = setup_run()
+    losses = {}
+    for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
+        step, optimizer = make_step(model, sys.argv[2], parallel.data_mesh(devices))
+        state, out = init_state(params, optimizer), []
+        for _ in range(3):
+            state, metrics = step(state, frozen, images, labels)
+            out.append(float(metrics["loss"]))
+        losses[name] = out
+    np.savez(sys.argv[1], **losses)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regularizer", ["none", "sae_add_remove", "ldifs"])
+def test_same_losses_on_one_and_eight_devices(tmp_path, regularizer):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "losses.npz"
+    subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(out), regularizer], check=True, env=env, timeout=300)
+    losses = np.load(out)
+    np.testing.assert_allclose(losses["eight"], losses["one"], rtol=1e-5)

@@ -1,0 +1,48 @@
+"""The zero-shot head against transformers' text features and the METHOD.md formula in NumPy."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from saeft_jax import hf
+from saeft_jax.models.heads import classify
+from saeft_jax.zeroshot import build_zeroshot_head
+
+CLASSES = ["cat", "dog", "red car"]
+TEMPLATES = ["a photo of a {}.", "a drawing of the {}", "{}!"]
+
+
+def test_head_matches_transformers_text_features(tiny_clip_dir):
+    path, torch_model = tiny_clip_dir
+    model, params = hf.load_clip(path)
+    tokenizer = hf.load_tokenizer(path)
+    head = build_zeroshot_head(model, params, tokenizer, CLASSES, TEMPLATES, batch_size=4, show_progress=False)
+
+    ids = tokenizer([t.format(c) for c in CLASSES for t in TEMPLATES], padding="max_length", max_length=16,
+                    truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        text = torch_model.get_text_features(input_ids=ids).pooler_output.numpy().astype(np.float64)
+    text = text.reshape(3, 3, -1)
+    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+    weights = text.mean(1)
+    weights /= np.linalg.norm(weights, axis=-1, keepdims=True)
+    weights *= np.exp(torch_model.logit_scale.item())
+    np.testing.assert_allclose(head["W"], weights, rtol=1e-5, atol=1e-5)
+    assert not np.any(np.asarray(head["b"]))
+
+    image = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+    expected = image / np.linalg.norm(image, axis=-1, keepdims=True) @ weights.T
+    np.testing.assert_allclose(classify(head, jnp.asarray(image)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_templates_and_empty_inputs(tiny_clip_dir):
+    path, _ = tiny_clip_dir
+    model, params = hf.load_clip(path)
+    tokenizer = hf.load_tokenizer(path)
+    with pytest.raises(ValueError, match="must contain '{}'.*'a photo'"):
+        build_zeroshot_head(model, params, tokenizer, CLASSES, ["a photo"], show_progress=False)
+    with pytest.raises(ValueError, match="at least one class name"):
+        build_zeroshot_head(model, params, tokenizer, [], TEMPLATES, show_progress=False)
