@@ -40,6 +40,10 @@ class Checkpoints:
                                                                        meta=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta)
 
+    def reached_preemption(self, step: int) -> bool:
+        """True when the cluster (e.g. a TPU maintenance event) asks every process to save now."""
+        return self._manager.reached_preemption(step)
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()

@@ -3,8 +3,9 @@ compares the trainable image encoder with the frozen zero-shot one on the same b
 
 The frozen encoder runs inside the same jit program under stop-gradient. The step is
 data-parallel over the mesh (batch split on the data axis, parameters replicated), donates the
-train state, and never leaves the device: a non-finite loss or gradient leaves the state
-unchanged and is reported in the metrics for the loop to stop on.
+train state, and never leaves the device. A non-finite loss or gradient freezes the state at its
+last good values and records the failing step in `state["bad_step"]` (-1 while all is well),
+which the loop reads when it logs or checkpoints.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> dict[st
     The parameters are copied: the train step donates its state, which must not take the
     caller's arrays (e.g. the zero-shot weights) with it."""
     params = jax.tree.map(jnp.copy, params)
-    return {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+    return {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
+            "bad_step": jnp.full((), -1, jnp.int32)}
 
 
 def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
@@ -61,8 +63,12 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1}
-        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        healthy = finite & (state["bad_step"] < 0)
+        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1,
+               "bad_step": state["bad_step"]}
+        new = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new, state)
+        first_bad = jnp.where(finite, state["bad_step"], state["step"])
+        new["bad_step"] = jnp.where(state["bad_step"] >= 0, state["bad_step"], first_bad)
         return new, {**metrics, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)

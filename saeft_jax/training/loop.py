@@ -1,0 +1,107 @@
+"""The linear train loop: batches in, jit steps, metrics out, checkpoints that resume exactly.
+
+Each checkpoint holds the train state and the data iterator's position, so rerunning after any
+stop (SIGTERM, preemption notice, SIGKILL) continues with the very batches an uninterrupted run
+would have seen, and ends with the same parameters. Metrics are read from the device only at
+`log_every` and at checkpoints, never inside the step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from saeft_jax import parallel
+from saeft_jax.checkpoints import Checkpoints
+from saeft_jax.observe import JsonLines, progress
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the newest checkpoint is the last good state."""
+
+
+class _StopRequest:
+    """Turns SIGTERM into a flag the loop checks after each step (then saves and returns)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
+               workdir: str | os.PathLike, total_steps: int, log_every: int = 10, checkpoint_every: int = 500,
+               keep_checkpoints: int = 2, show_progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
+
+    `batches` yields `(images, labels)` (this process's share of each global batch) and has
+    `get_state()`/`set_state()` (a grain iterator). Returns the final state and a summary
+    {"steps", "final_loss", "final_ce", "preempted"}; metrics go to `workdir/metrics.jsonl`.
+    """
+    workdir = Path(workdir)
+    checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
+    log = JsonLines(workdir / "metrics.jsonl")
+    done = checkpoints.latest_step() or 0
+    if done:
+        state, meta = checkpoints.restore(done, state)
+        batches.set_state(meta["data"])
+        log.keep_only(lambda record: record["step"] <= done)
+    stop, sharding = _StopRequest(), parallel.batch_sharding(mesh)
+    bar = progress(total_steps, "finetune", enabled=show_progress, initial=done)
+    last, clock, clock_step = {}, time.perf_counter(), done
+    try:
+        while done < total_steps:
+            images, labels = next(batches)
+            state, metrics = step(state, frozen, *(_global(x, sharding) for x in (images, labels)))
+            done += 1
+            bar.update(1)
+            if done % log_every == 0 or done == total_steps:
+                last = _log(log, bar, state, metrics, done, total_steps, len(labels), clock, clock_step)
+                clock, clock_step = time.perf_counter(), done
+            preempted = stop.requested or checkpoints.reached_preemption(done)
+            if done % checkpoint_every == 0 or done == total_steps or preempted:
+                _raise_if_diverged(state, total_steps)
+                checkpoints.save(done, state, {"step": done, "data": batches.get_state()})
+                if preempted:
+                    break
+    finally:
+        bar.close()
+        stop.restore()
+        checkpoints.close()
+    return state, {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
+                   "preempted": done < total_steps}
+
+
+def _global(local: np.ndarray, sharding) -> jax.Array:
+    """This process's rows as its part of the global batch array (also right on one process)."""
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local))
+
+
+def _raise_if_diverged(state: dict[str, Any], total_steps: int) -> None:
+    bad = int(jax.device_get(state["bad_step"]))
+    if bad >= 0:
+        raise TrainingDiverged(f"non-finite loss or gradient at step {bad + 1} of {total_steps}; stopped without "
+                               f"saving, so the newest checkpoint is the last good state. Lower the learning "
+                               f"rate or reg_lambda, or check the inputs of that step.")
+
+
+def _log(log: JsonLines, bar, state, metrics, done: int, total: int, batch: int, clock: float,
+         clock_step: int) -> dict[str, float]:
+    _raise_if_diverged(state, total)
+    record = {name: float(value) for name, value in jax.device_get(metrics).items()}
+    record["images_per_s"] = batch * jax.process_count() * (done - clock_step) / (time.perf_counter() - clock)
+    log.write({"step": done, **record})
+    bar.set_postfix(loss=f"{record['loss']:.4f}", ce=f"{record['ce']:.4f}")
+    return record
