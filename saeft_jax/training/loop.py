@@ -51,6 +51,7 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     {"steps", "final_loss", "final_ce", "preempted"}; metrics go to `workdir/metrics.jsonl`.
     """
     workdir = Path(workdir)
+    state, frozen = jax.device_put((state, frozen), parallel.replicated(mesh))  # global arrays on every host
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
     log = JsonLines(workdir / "metrics.jsonl")
     done = checkpoints.latest_step() or 0
