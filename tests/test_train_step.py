@@ -66,12 +66,13 @@ def test_wiseft_schedule_matches_the_reference_formula():
         wiseft_schedule(1e-5, 500, 400)
 
 
-def make_step(model, regularizer="sae_add_remove", mesh=None):
+def make_step(model, regularizer="sae_add_remove", mesh=None, state_sharding=None):
     optimizer, schedule = make_optimizer(1e-3, total_steps=100, warmup_steps=2)
     reg = regularizers.make_regularizer(regularizer, **({"k": K} if regularizer.startswith("sae") else {}))
     taps = regularizers.ldifs_taps(TINY.vision.num_hidden_layers) if regularizer == "ldifs" else ()
     loss = make_loss(model, reg, reg_lambda=10.0, taps=taps)
-    return make_train_step(loss, optimizer, schedule, mesh or parallel.data_mesh(jax.devices()[:1])), optimizer
+    mesh = mesh or parallel.data_mesh(jax.devices()[:1])
+    return make_train_step(loss, optimizer, schedule, mesh, state_sharding), optimizer
 
 
 def test_step_trains_and_reports():
@@ -114,20 +115,25 @@ EIGHT_DEVICES = textwrap.dedent("""
     assert len(jax.devices()) == 8
     model, params, frozen, images, labels = setup_run()
     losses = {}
-    for regularizer in sys.argv[2:]:
-        for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
-            step, optimizer = make_step(model, regularizer, parallel.data_mesh(devices))
-            state, out = init_state(params, optimizer), []
-            for _ in range(3):
-                state, metrics = step(state, frozen, images, labels)
-                out.append(float(metrics["loss"]))
-            losses[regularizer + "_" + name] = out
+    runs = [(r, n, d, False) for r in sys.argv[2:] for n, d in (("one", jax.devices()[:1]), ("eight", jax.devices()))]
+    for regularizer, name, devices, fsdp in runs + [("sae_add_remove", "fsdp", jax.devices(), True)]:
+        mesh = parallel.data_mesh(devices)
+        _, optimizer = make_step(model, regularizer, mesh)
+        sharding = parallel.state_shardings(init_state(params, optimizer), mesh, fsdp=fsdp, min_size=4096)
+        step, _ = make_step(model, regularizer, mesh, sharding)
+        state, out = jax.device_put(init_state(params, optimizer), sharding), []
+        for _ in range(3):
+            state, metrics = step(state, frozen, images, labels)
+            out.append(float(metrics["loss"]))
+        losses[regularizer + "_" + name] = out
+    fc1 = state["params"]["encoder"]["vision_model"]["encoder"]["layers"]["0"]["mlp"]["fc1"]["kernel"]
+    losses["fsdp_shard_rows"] = [fc1.addressable_shards[0].data.shape[1], fc1.shape[1]]
     np.savez(sys.argv[1], **losses)
 """)
 
 
 @pytest.mark.slow
-def test_same_losses_on_one_and_eight_devices(tmp_path):
+def test_same_losses_on_one_and_eight_devices_and_with_fsdp(tmp_path):
     # sae_add_remove covers the SAE path, ldifs the token taps; `none` is a subset of both.
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     out = tmp_path / "losses.npz"
@@ -136,3 +142,15 @@ def test_same_losses_on_one_and_eight_devices(tmp_path):
     losses = np.load(out)
     for name in names:
         np.testing.assert_allclose(losses[name + "_eight"], losses[name + "_one"], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(losses["sae_add_remove_fsdp"], losses["sae_add_remove_one"], rtol=1e-5)
+    shard, full = losses["fsdp_shard_rows"]
+    assert shard * 8 == full  # FSDP really split the MLP kernel over the 8 devices
+
+
+def test_fsdp_rule_splits_large_arrays_on_their_largest_divisible_dimension():
+    from jax.sharding import PartitionSpec as P
+
+    assert parallel.fsdp_spec((768, 3072), 8, min_size=2 ** 18) == P(None, "data")
+    assert parallel.fsdp_spec((3072, 768), 8, min_size=2 ** 18) == P("data")
+    assert parallel.fsdp_spec((768,), 8, min_size=2 ** 18) == P()  # small: replicated
+    assert parallel.fsdp_spec((1001, 999), 8, min_size=2 ** 10) == P()  # nothing divides

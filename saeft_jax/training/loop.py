@@ -43,15 +43,19 @@ class _StopRequest:
 
 def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
                workdir: str | os.PathLike, total_steps: int, log_every: int = 10, checkpoint_every: int = 500,
-               keep_checkpoints: int = 2, show_progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+               keep_checkpoints: int = 2, show_progress: bool = True,
+               state_sharding: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
 
     `batches` yields `(images, labels)` (this process's share of each global batch) and has
-    `get_state()`/`set_state()` (a grain iterator). Returns the final state and a summary
+    `get_state()`/`set_state()` (a grain iterator). `state_sharding` is the one the step was
+    built with (default replicated). Returns the final state and a summary
     {"steps", "final_loss", "final_ce", "preempted"}; metrics go to `workdir/metrics.jsonl`.
     """
     workdir = Path(workdir)
-    state, frozen = jax.device_put((state, frozen), parallel.replicated(mesh))  # global arrays on every host
+    replicated = parallel.replicated(mesh)
+    state = jax.device_put(state, state_sharding or replicated)  # global arrays, also across hosts
+    frozen = jax.device_put(frozen, replicated)
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
     log = JsonLines(workdir / "metrics.jsonl")
     done = checkpoints.latest_step() or 0

@@ -55,8 +55,11 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
     return loss
 
 
-def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh) -> Callable:
-    """The jit-compiled `step(state, frozen, images, labels) -> (state, metrics)`."""
+def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh,
+                    state_sharding: Any = None) -> Callable:
+    """The jit-compiled `step(state, frozen, images, labels) -> (state, metrics)`; the state is
+    replicated unless `state_sharding` (e.g. `parallel.state_shardings(state, mesh, fsdp=True)`)
+    says otherwise, and keeps its sharding across steps."""
 
     def step(state, frozen, images, labels):
         (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, images, labels)
@@ -72,5 +75,6 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
         return new, {**metrics, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+    state_sharding = state_sharding or replicated
+    return jax.jit(step, in_shardings=(state_sharding, replicated, batch, batch),
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
