@@ -33,7 +33,8 @@ from saeft_jax.training.step import init_state, make_loss, make_train_step
 CLASSES, REG_LAMBDA = 1000, 70.0
 
 
-def ours(model, params, images, labels, head, sae_params, name: str, steps: int, dtype) -> float:
+def ours(model, params, images, labels, head, sae_params, name: str, steps: int, dtype,
+         teacher_cache: bool = False) -> float:
     encoder = image_encoder(model.clone(dtype=dtype))
     taps = regularizers.ldifs_taps(model.config.vision.num_hidden_layers) if name == "ldifs" else ()
     k = sae_params["W_enc"].shape[0] // 32
@@ -42,9 +43,10 @@ def ours(model, params, images, labels, head, sae_params, name: str, steps: int,
     step = make_train_step(make_loss(encoder, reg, REG_LAMBDA, taps=taps), optimizer, schedule, parallel.data_mesh())
     frozen = {"encoder": image_params(params), "sae": sae_params}
     carry = {"state": init_state({"encoder": image_params(params), "head": head}, optimizer)}
+    teacher = encoder.apply({"params": image_params(params)}, images) if teacher_cache else None
 
     def one_step():
-        carry["state"], metrics = step(carry["state"], frozen, images, labels)
+        carry["state"], metrics = step(carry["state"], frozen, images, labels, teacher)
         jax.block_until_ready(metrics["loss"])
 
     return median_seconds(one_step, steps)
@@ -86,6 +88,8 @@ def main() -> None:
     parser.add_argument("--regularizer", default="sae_add_remove", choices=regularizers.NAMES)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--teacher-cache", action="store_true",
+                        help="read f0 from a precomputed cache instead of running the frozen encoder")
     parser.add_argument("--skip-torch", action="store_true", help="time only our step (e.g. on a GPU)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -99,9 +103,10 @@ def main() -> None:
     head = {"W": jnp.asarray(100 * w / np.linalg.norm(w, axis=-1, keepdims=True)), "b": jnp.zeros(CLASSES)}
     sae_params = jax.device_get(sae.init_params(jax.random.key(0), d, 4 * d))
 
-    ours_s = ours(model, params, images, labels, head, sae_params, args.regularizer, args.steps, jnp.dtype(args.dtype))
+    ours_s = ours(model, params, images, labels, head, sae_params, args.regularizer, args.steps, jnp.dtype(args.dtype),
+                  args.teacher_cache)
     result = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "regularizer": args.regularizer,
-              "dtype": args.dtype, "steps": args.steps, "ms_per_step": 1e3 * ours_s,
+              "dtype": args.dtype, "teacher_cache": args.teacher_cache, "steps": args.steps, "ms_per_step": 1e3 * ours_s,
               "peak_rss_mib": peak_rss_mib()}
     if not args.skip_torch:
         torch_s = pytorch(torch_clip, images, labels, head, sae_params, args.regularizer, args.steps)

@@ -154,3 +154,24 @@ def test_fsdp_rule_splits_large_arrays_on_their_largest_divisible_dimension():
     assert parallel.fsdp_spec((3072, 768), 8, min_size=2 ** 18) == P("data")
     assert parallel.fsdp_spec((768,), 8, min_size=2 ** 18) == P()  # small: replicated
     assert parallel.fsdp_spec((1001, 999), 8, min_size=2 ** 10) == P()  # nothing divides
+
+
+def test_teacher_cache_is_exact_for_deterministic_inputs():
+    model, params, frozen, images, labels = setup_run()
+    loss = make_loss(model, regularizers.make_regularizer("sae_add_remove", k=K), reg_lambda=10.0)
+    cached = np.asarray(model.apply({"params": frozen["encoder"]}, images))  # what the features stage stores
+    grad = jax.jit(jax.grad(lambda p, t: loss(p, frozen, images, labels, t)[0]))
+    live, replayed = grad(params, None), grad(params, cached)
+    # Equal up to float rounding (the cache came from a separately compiled forward pass); some
+    # gradients are exactly zero in theory (biases before a LayerNorm) and only noise in practice.
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(live))
+    for a, b in zip(jax.tree.leaves(replayed), jax.tree.leaves(live)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+    step, optimizer = make_step(model)
+    _, with_cache = step(init_state(params, optimizer), frozen, images, labels, cached)
+    _, without = step(init_state(params, optimizer), frozen, images, labels)
+    for name in ("loss", "ce", "reg", "grad_norm"):
+        assert float(with_cache[name]) == pytest.approx(float(without[name]), rel=1e-5), name
+    ldifs, _ = make_step(model, "ldifs")
+    with pytest.raises(ValueError, match="ldifs needs the frozen encoder's tokens"):
+        ldifs(init_state(params, optimizer), frozen, images, labels, cached)

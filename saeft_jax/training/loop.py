@@ -47,9 +47,9 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
                state_sharding: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
 
-    `batches` yields `(images, labels)` (this process's share of each global batch) and has
-    `get_state()`/`set_state()` (a grain iterator). `state_sharding` is the one the step was
-    built with (default replicated). Returns the final state and a summary
+    `batches` yields `(images, labels)` or `(images, labels, teacher_embeddings)`, this process's
+    share of each global batch, and has `get_state()`/`set_state()` (a grain iterator).
+    `state_sharding` is the one the step was built with (default replicated). Returns the final state and a summary
     {"steps", "final_loss", "final_ce", "preempted"}; metrics go to `workdir/metrics.jsonl`.
     """
     workdir = Path(workdir)
@@ -68,12 +68,12 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     last, clock, clock_step = {}, time.perf_counter(), done
     try:
         while done < total_steps:
-            images, labels = next(batches)
-            state, metrics = step(state, frozen, *(_global(x, sharding) for x in (images, labels)))
+            arrays = next(batches)  # (images, labels) or, with the teacher cache, (images, labels, f0)
+            state, metrics = step(state, frozen, *(_global(x, sharding) for x in arrays))
             done += 1
             bar.update(1)
             if done % log_every == 0 or done == total_steps:
-                last = _log(log, bar, state, metrics, done, total_steps, len(labels), clock, clock_step)
+                last = _log(log, bar, state, metrics, done, total_steps, len(arrays[1]), clock, clock_step)
                 clock, clock_step = time.perf_counter(), done
             preempted = stop.requested or checkpoints.reached_preemption(done)
             if done % checkpoint_every == 0 or done == total_steps or preempted:

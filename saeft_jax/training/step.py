@@ -1,9 +1,10 @@
 """The SAE-FT train step: cross-entropy of the head plus `reg_lambda` times a regularizer that
 compares the trainable image encoder with the frozen zero-shot one on the same batch.
 
-The frozen encoder runs inside the same jit program under stop-gradient. The step is
-data-parallel over the mesh (batch split on the data axis, parameters replicated), donates the
-train state, and never leaves the device. A non-finite loss or gradient freezes the state at its
+The frozen encoder runs inside the same jit program under stop-gradient (or its embeddings
+come from the teacher cache). The step is data-parallel over the mesh (batch split on the data
+axis; train state replicated or FSDP-sharded), donates the train state, and never leaves the
+device. A non-finite loss or gradient freezes the state at its
 last good values and records the failing step in `state["bad_step"]` (-1 while all is well),
 which the loop reads when it logs or checkpoints.
 """
@@ -34,16 +35,26 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> dict[st
 
 def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
               taps: tuple[int, ...] = ()) -> Callable:
-    """`loss(params, frozen, images, labels) -> (loss, metrics)`; `frozen` = {"encoder": zero-shot
-    image params, "sae": SAE params or None}."""
+    """`loss(params, frozen, images, labels, teacher=None) -> (loss, metrics)`; `frozen` =
+    {"encoder": zero-shot image params, "sae": SAE params or None}.
+
+    `teacher`, when given, holds the zero-shot embeddings f0 of this batch (the teacher cache:
+    read from the features stage instead of running the frozen encoder). It is exact (up to float
+    rounding) when the training preprocessing is deterministic, an approximation under random
+    crops (f0 of the uncropped image stands for f0 of the crop), and cannot serve `ldifs`, which
+    needs the frozen encoder's token features.
+    """
 
     def encode(params, images):
         out = encoder.apply({"params": params}, images, taps)
         return out if taps else (out, None)
 
-    def loss(params, frozen, images, labels):
+    def loss(params, frozen, images, labels, teacher=None):
         f, tokens = encode(params["encoder"], images)
-        f0, tokens0 = jax.lax.stop_gradient(encode(frozen["encoder"], images))
+        if teacher is not None and taps:
+            raise ValueError("the teacher cache holds embeddings only; ldifs needs the frozen encoder's tokens")
+        zeroshot = (teacher, None) if teacher is not None else encode(frozen["encoder"], images)
+        f0, tokens0 = jax.lax.stop_gradient(zeroshot)
         logits = classify(params["head"], f)
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         ce = jnp.mean(optax.softmax_cross_entropy(logits, targets))
@@ -57,12 +68,12 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
 
 def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh,
                     state_sharding: Any = None) -> Callable:
-    """The jit-compiled `step(state, frozen, images, labels) -> (state, metrics)`; the state is
-    replicated unless `state_sharding` (e.g. `parallel.state_shardings(state, mesh, fsdp=True)`)
-    says otherwise, and keeps its sharding across steps."""
+    """The jit-compiled `step(state, frozen, images, labels, teacher=None) -> (state, metrics)`;
+    the state is replicated unless `state_sharding` (e.g. `parallel.state_shardings(state, mesh,
+    fsdp=True)`) says otherwise, and keeps its sharding across steps."""
 
-    def step(state, frozen, images, labels):
-        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, images, labels)
+    def step(state, frozen, images, labels, teacher=None):
+        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, images, labels, teacher)
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
@@ -76,5 +87,6 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state_sharding = state_sharding or replicated
-    return jax.jit(step, in_shardings=(state_sharding, replicated, batch, batch),
-                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    compiled = jax.jit(step, in_shardings=(state_sharding, replicated, batch, batch, batch),
+                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    return lambda state, frozen, images, labels, teacher=None: compiled(state, frozen, images, labels, teacher)
