@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from conftest import TINY
 from saeft_jax import parallel, regularizers
@@ -175,3 +176,27 @@ def test_teacher_cache_is_exact_for_deterministic_inputs():
     ldifs, _ = make_step(model, "ldifs")
     with pytest.raises(ValueError, match="ldifs needs the frozen encoder's tokens"):
         ldifs(init_state(params, optimizer), frozen, images, labels, cached)
+
+
+def test_two_accumulated_half_batches_equal_one_full_batch_step():
+    model, params, frozen, images, labels = setup_run()
+    loss = make_loss(model, regularizers.make_regularizer("sae_add_remove", k=K), reg_lambda=10.0)
+    mesh = parallel.data_mesh(jax.devices()[:1])
+    full_opt, schedule = make_optimizer(1e-3, total_steps=100, warmup_steps=2)
+    half_opt, _ = make_optimizer(1e-3, total_steps=100, warmup_steps=2, accumulate_steps=2)
+    full_step = make_train_step(loss, full_opt, schedule, mesh)
+    half_step = make_train_step(loss, half_opt, schedule, mesh)
+    full, _ = full_step(init_state(params, full_opt), frozen, images, labels)
+    half = init_state(params, half_opt)
+    half, _ = half_step(half, frozen, images[:4], labels[:4])
+    unchanged = jax.device_get(half["params"])
+    half, _ = half_step(half, frozen, images[4:], labels[4:])
+    # Every loss term is a mean over the batch, so the mean of the halves' gradients is the full one.
+    # Key biases are skipped: softmax ignores them, their gradient is rounding noise that Adam
+    # scales up to a full-size update.
+    accumulated = traverse_util.flatten_dict(jax.device_get(half["params"]))
+    for path, value in traverse_util.flatten_dict(jax.device_get(full["params"])).items():
+        if path[-2:] != ("k_proj", "bias"):
+            np.testing.assert_allclose(accumulated[path], value, rtol=1e-5, atol=1e-6, err_msg="/".join(path))
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), unchanged, jax.device_get(params))
+    assert max(jax.tree.leaves(moved)) == 0  # the first micro-batch only accumulates
