@@ -7,6 +7,7 @@ cross-entropy. `f0`, the SAE parameters and the zero-shot codes carry no gradien
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,13 +64,17 @@ def sae_mask(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_ad
                           normalize=normalize, relu=relu)
 
 
+def _sparse_terms(f, f0, st, s0, sae_params, lambda_l1: float, mu: float) -> tuple[jax.Array, Metrics]:
+    l1 = jnp.mean(jnp.abs(st - s0))
+    residual = _residual(f, f0, st, s0, sae_params)
+    return lambda_l1 * l1 + mu * residual, {"l1": l1, "residual": residual, **_support_changes(st, s0)}
+
+
 def sae_sparse(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_l1: float = 1e-3,
                mu: float = 1.0, normalize: bool = True, relu: bool = False) -> tuple[jax.Array, Metrics]:
     """lambda_l1 * mean|st - s0| + mu * residual."""
     f, f0, st, s0 = sae_codes(f, f0, sae_params, k, normalize, relu)
-    l1 = jnp.mean(jnp.abs(st - s0))
-    residual = _residual(f, f0, st, s0, sae_params)
-    return lambda_l1 * l1 + mu * residual, {"l1": l1, "residual": residual, **_support_changes(st, s0)}
+    return _sparse_terms(f, f0, st, s0, sae_params, lambda_l1, mu)
 
 
 def sae_kl(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_l1: float = 1e-3,
@@ -77,8 +82,8 @@ def sae_kl(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_l1: 
            relu: bool = False) -> tuple[jax.Array, Metrics]:
     """`sae_sparse` + lambda_kl * KL(p0 || pt), p = |codes| renormalised to sum 1 per example
     (magnitudes, since Top-K codes without ReLU can be negative)."""
-    total, metrics = sae_sparse(f, f0, sae_params, k=k, lambda_l1=lambda_l1, mu=mu, normalize=normalize, relu=relu)
-    _, _, st, s0 = sae_codes(f, f0, sae_params, k, normalize, relu)
+    f, f0, st, s0 = sae_codes(f, f0, sae_params, k, normalize, relu)
+    total, metrics = _sparse_terms(f, f0, st, s0, sae_params, lambda_l1, mu)
     eps = 1e-8
     p0 = jnp.abs(s0) / (jnp.sum(jnp.abs(s0), -1, keepdims=True) + eps)
     pt = jnp.abs(st) / (jnp.sum(jnp.abs(st), -1, keepdims=True) + eps)
@@ -136,7 +141,7 @@ def make_regularizer(name: str, **hparams: Any) -> Callable[..., tuple[jax.Array
 
 
 def _check_hparams(name: str, fn: Callable, hparams: dict[str, Any]) -> None:
-    accepted = set(fn.__code__.co_varnames[3:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount])
+    accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise TypeError(f"regularizer {name!r} does not take {unknown}; it takes {sorted(accepted)}")

@@ -74,7 +74,8 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     """Trains on an (N, d) array (in memory or memory-mapped) of raw embeddings.
 
     Returns the parameters (NumPy) and the final model's metrics on all of `features`:
-    `fvu`, `mse`, `l0`, `dead_fraction`, `firing_frequency` (F,), plus `epochs` and `history`.
+    `fvu`, `mse`, `l0`, `dead_fraction`, `firing_frequency` (F,), plus `epochs` (per-epoch
+    figures go to `metrics_path`).
     """
     opts = SAEOptions.from_kwargs(options)
     n, d = features.shape
@@ -98,7 +99,7 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     bar = progress(epochs * steps_per_epoch, "sae", enabled=opts.progress, initial=start * steps_per_epoch)
     for epoch in range(start, epochs):
         state, epoch_stats = _run_epoch(state, step, batches, epoch, dict_size, bar)
-        record = {"epoch": epoch, **_epoch_metrics(epoch_stats, stats, steps_per_epoch * batch_size, k)}
+        record = {"epoch": epoch, **_epoch_metrics(epoch_stats, stats, steps_per_epoch * batch_size)}
         bar.set_postfix(fvu=f"{record['fvu']:.4f}", dead=f"{record['dead_fraction']:.3f}")
         if checkpoints is not None:
             checkpoints.save(epoch, state, {"epoch": epoch})
@@ -117,8 +118,8 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
 def initial_state(features: np.ndarray, d: int, dict_size: int, seed: int, opts: SAEOptions,
                   stats: dict[str, Any], optimizer: optax.GradientTransformation, mesh) -> dict[str, Any]:
     """Parameters, optimizer state and the per-latent samples-since-fired counter, replicated."""
-    b_pre = {"zeros": None, "mean": stats["mean"],
-             "median": geometric_median(features, seed)}[opts.b_pre_init]
+    b_pre = {"zeros": lambda: None, "mean": lambda: stats["mean"],
+             "median": lambda: geometric_median(features, seed)}[opts.b_pre_init]()
     params = sae.init_params(jax.random.key(seed), d, dict_size, b_enc=opts.b_enc, tied_init=opts.tied_init,
                              b_pre=b_pre)
     state = {"params": params, "opt": optimizer.init(params),
@@ -174,7 +175,7 @@ def _run_epoch(state, step, batches: "_Batches", epoch: int, dict_size: int, bar
     return state, jax.device_get(acc)
 
 
-def _epoch_metrics(acc: dict[str, np.ndarray], stats: dict[str, Any], seen: int, k: int) -> dict[str, float]:
+def _epoch_metrics(acc: dict[str, np.ndarray], stats: dict[str, Any], seen: int) -> dict[str, float]:
     """Running training metrics of one epoch (parameters change during it)."""
     return {"fvu": float(acc["sse"] / (stats["variance_per_example"] * seen)),
             "mse": float(acc["sse"] / (seen * stats["d"])), "l0": float(acc["active"] / seen),

@@ -7,8 +7,8 @@ path (`encode_sparse`/`decode_sparse`) returns and consumes only the k selected
 F-wide matmul, forward and backward. The encoder's pre-activations are needed densely for the
 selection anyway; the k values are read from them, so the encoder's gradient is one dense
 matmul whose cotangent is zero off the selected entries (measured faster on XLA:CPU than
-gathering k encoder columns and scatter-adding their gradients). Both paths give the same
-values and gradients.
+gathering k encoder columns and scatter-adding their gradients), and both paths share it. The
+paths differ in the decoder only and give the same values and gradients.
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ def pre_activations(params: Params, x: jax.Array) -> jax.Array:
 
 def encode(params: Params, x: jax.Array, k: int, *, relu: bool = False) -> jax.Array:
     """Dense codes (B, F): the k largest pre-activations per row, every other entry zero."""
-    pre = pre_activations(params, x)
-    values, indices = jax.lax.top_k(pre, k)
-    return densify(jax.nn.relu(values) if relu else values, indices, pre.shape[-1])
+    return densify(*select(pre_activations(params, x), k, relu=relu), params["W_dec"].shape[0])
 
 
 def decode(params: Params, s: jax.Array) -> jax.Array:
@@ -89,12 +87,11 @@ def densify(values: jax.Array, indices: jax.Array, dict_size: int) -> jax.Array:
 
 def reconstruct(params: Params, x: jax.Array, k: int, *, relu: bool = False,
                 sparse: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(x_hat, values, indices) of already-normalized `x`, by the sparse or the dense path."""
+    """(x_hat, values, indices) of already-normalized `x`, decoding by gather (`sparse`) or by
+    the dense F-wide matmul of the reference."""
+    values, indices = encode_sparse(params, x, k, relu=relu)
     if sparse:
-        values, indices = encode_sparse(params, x, k, relu=relu)
         return decode_sparse(params, values, indices), values, indices
-    values, indices = jax.lax.top_k(pre_activations(params, x), k)
-    values = jax.nn.relu(values) if relu else values
     return decode(params, densify(values, indices, params["W_dec"].shape[0])), values, indices
 
 
