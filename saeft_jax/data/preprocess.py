@@ -1,13 +1,18 @@
-"""CLIP image preprocessing: the OpenAI/torchvision evaluation transform and its constants.
+"""CLIP image preprocessing: the OpenAI/torchvision evaluation transform, the training
+transform (RandomResizedCrop) and their constants.
 
 `clip_eval` reproduces `Resize(size, BICUBIC) -> CenterCrop(size) -> ToTensor -> Normalize` on
 PIL images, including torchvision's rounding of the resized long side (truncated) and of the
-crop offsets (rounded half to even, as Python's `round`), which moves published accuracies.
+crop offsets (rounded half to even, as Python's `round`), which moves published accuracies. `clip_train` is torchvision's `RandomResizedCrop(size, scale,
+bicubic)` (its sampling algorithm, drawn from a given NumPy generator) + the same normalization.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,15 +47,85 @@ class ImageSpec:
                 "image_std": list(self.std), "do_convert_rgb": True}
 
 
+def _pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.asarray(image, np.uint8).squeeze()).convert("RGB")
+
+
+def _normalize(pil: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    pixels = np.asarray(pil, np.float32) / 255.0
+    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
 def clip_eval(image: np.ndarray, size: int, mean: tuple[float, ...] = OPENAI_MEAN,
               std: tuple[float, ...] = OPENAI_STD) -> np.ndarray:
     """uint8 HWC (or HW) image of any size -> float32 (size, size, 3), CLIP-normalized."""
-    pil = Image.fromarray(np.asarray(image, np.uint8).squeeze()).convert("RGB")
+    pil = _pil(image)
     width, height = pil.size
     short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)
     pil = pil.resize((size, new_long) if width <= height else (new_long, size), Image.BICUBIC)
     top = int(round((pil.height - size) / 2.0))
     left = int(round((pil.width - size) / 2.0))
-    pixels = np.asarray(pil, np.float32)[top:top + size, left:left + size] / 255.0
-    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return _normalize(pil.crop((left, top, left + size, top + size)), mean, std)
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale: tuple[float, float] = (0.9, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) as torchvision's `RandomResizedCrop.get_params` draws
+    them: up to 10 tries of area fraction and log-uniform aspect ratio, then a centre crop."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    if width / height < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif width / height > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def clip_train(image: np.ndarray, rng: np.random.Generator, size: int, mean: tuple[float, ...] = OPENAI_MEAN,
+               std: tuple[float, ...] = OPENAI_STD, scale: tuple[float, float] = (0.9, 1.0)) -> np.ndarray:
+    """uint8 HWC image -> float32 (size, size, 3): a random crop (area fraction in `scale`) resized
+    bicubic to `size`, CLIP-normalized. The same generator state gives the same crop."""
+    pil = _pil(image)
+    top, left, h, w = random_resized_crop_box(pil.height, pil.width, rng, scale)
+    return _normalize(pil.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC), mean, std)
+
+
+def border_cropped(image: np.ndarray, border: int) -> np.ndarray:
+    """The image without `border` pixels on each side (ObjectNet's frame)."""
+    return image[border:image.shape[0] - border, border:image.shape[1] - border] if border else image
+
+
+def _eval(image: np.ndarray, spec: ImageSpec, border: int) -> np.ndarray:
+    return clip_eval(border_cropped(image, border), spec.size, spec.mean, spec.std)
+
+
+def _train(image: np.ndarray, rng: np.random.Generator, spec: ImageSpec, scale: tuple[float, float]) -> np.ndarray:
+    return clip_train(image, rng, spec.size, spec.mean, spec.std, scale)
+
+
+def eval_transform(spec: ImageSpec, border_crop: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """`image -> clip_eval(image)` for `spec` (after a border crop); picklable, for grain workers."""
+    return functools.partial(_eval, spec=spec, border=border_crop)
+
+
+def train_transform(spec: ImageSpec, scale: tuple[float, float] | None = (0.9, 1.0)) -> Callable:
+    """`(image, rng) -> model input` for training: `clip_train` with `scale`, or, when `scale` is
+    None, the deterministic `clip_eval` (then the teacher cache is exact)."""
+    if scale is None:
+        return functools.partial(_eval_ignoring_rng, spec=spec)
+    return functools.partial(_train, spec=spec, scale=tuple(scale))
+
+
+def _eval_ignoring_rng(image: np.ndarray, rng: np.random.Generator, spec: ImageSpec) -> np.ndarray:
+    return clip_eval(image, spec.size, spec.mean, spec.std)
+

@@ -1,0 +1,85 @@
+"""The on-disk format of prepared datasets: ArrayRecord files of (JSON header, encoded image).
+
+A record is `len(header) (4 bytes, little endian) + header (UTF-8 JSON: label, group, file) +
+the image file's bytes as they were` (JPEG, PNG, ...), so preparation never re-encodes and no
+record is ever unpickled. A split lives in `<dir>/<split>-NNNNN-of-MMMMM.array_record`;
+`<dir>/info.json` holds the class names, group names and example counts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+INFO = "info.json"
+
+
+def encode(image_bytes: bytes, label: int, group: int = -1, file: str = "") -> bytes:
+    """One record."""
+    header = json.dumps({"label": int(label), "group": int(group), "file": file}).encode()
+    return struct.pack("<I", len(header)) + header + image_bytes
+
+
+def decode(record: bytes) -> dict[str, Any]:
+    """Record -> {"image": uint8 HWC RGB, "label", "group", "file"}."""
+    (size,) = struct.unpack_from("<I", record)
+    header = json.loads(record[4:4 + size])
+    header["image"] = decode_image(record[4 + size:], header["file"])
+    return header
+
+
+def decode_image(data: bytes, name: str = "") -> np.ndarray:
+    """Encoded image bytes -> uint8 (H, W, 3); a file that does not decode is named in the error."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as error:  # PIL raises several types for broken files
+        raise ValueError(f"image {name or '(unnamed)'} does not decode: {error}") from error
+
+
+def split_files(directory: Path, split: str) -> list[Path]:
+    """The ArrayRecord files of one split, in order."""
+    return sorted(Path(directory).glob(f"{split}-*-of-*.array_record"))
+
+
+def write_split(directory: Path, split: str, records: Iterable[bytes], per_file: int = 10_000) -> int:
+    """Streams records into the shards of `split` and returns how many it wrote. Shards are written
+    under temporary names and take their final `-of-` names only at the end, so a stopped
+    preparation leaves no file that looks complete."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    partials, writer, written = [], None, 0
+    for record in records:
+        if written % per_file == 0:
+            if writer is not None:
+                writer.close()
+            partials.append(directory / f"{split}-{len(partials):05d}.partial")
+            writer = ArrayRecordWriter(str(partials[-1]), "group_size:1")
+        writer.write(record)
+        written += 1
+    if writer is not None:
+        writer.close()
+    for shard, partial in enumerate(partials):
+        partial.rename(directory / f"{split}-{shard:05d}-of-{len(partials):05d}.array_record")
+    return written
+
+
+def write_info(directory: Path, info: dict[str, Any]) -> None:
+    """Writes `info.json` last and atomically: its presence marks the dataset as complete."""
+    partial = directory / (INFO + ".partial")
+    partial.write_text(json.dumps(info, indent=1))
+    partial.rename(directory / INFO)
+
+
+def read_info(directory: Path) -> dict[str, Any] | None:
+    """`info.json` of a prepared dataset, or None when it is missing (not prepared or unfinished)."""
+    path = Path(directory) / INFO
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,100 @@
+"""Random-access sources of decoded examples, `{"image": uint8 HWC, "label": int, "group": int}`,
+for TFDS datasets (ArrayRecord data sources, no TensorFlow needed) and prepared folders.
+
+Both kinds pickle (they reopen their files in each grain worker) and raise
+`DatasetNotPrepared` with the preparation command when the files are not there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from saeft_jax.data import records
+from saeft_jax.data.prepare import prepared_dir
+from saeft_jax.data.registry import DatasetSpec
+
+DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+
+
+class DatasetNotPrepared(FileNotFoundError):
+    """A dataset's files are missing; the message names the command that prepares them."""
+
+
+def open_source(spec: DatasetSpec, data_dir: str | os.PathLike | None = None):
+    """The examples of `spec`'s split, read from `data_dir` (default `$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
+    data_dir = str(Path(data_dir or DEFAULT_DATA_DIR).expanduser())
+    if spec.source == "tfds":
+        return TfdsSource(spec, data_dir)
+    return PreparedSource(spec, data_dir)
+
+
+def _not_prepared(spec: DatasetSpec, data_dir: str, where: str | Path, why: str) -> DatasetNotPrepared:
+    return DatasetNotPrepared(f"dataset {spec.name!r} ({spec.location}, split {spec.split}) {why} (looked in "
+                              f"{where}). Prepare it once with: {spec.preparation(data_dir)}")
+
+
+class TfdsSource:
+    """A TFDS split through `tfds.data_source` (built with `--file_format=array_record`)."""
+
+    def __init__(self, spec: DatasetSpec, data_dir: str):
+        import tensorflow_datasets as tfds
+
+        self.spec, self.data_dir = spec, data_dir
+        try:
+            self._source = tfds.data_source(spec.location, split=spec.split, data_dir=data_dir, download=False)
+        except Exception as error:  # TFDS raises several types; tell the user which case it is
+            builder = tfds.builder(spec.location, data_dir=data_dir)
+            if not builder.is_prepared():
+                raise _not_prepared(spec, data_dir, builder.data_dir, "is not prepared") from error
+            raise _not_prepared(spec, data_dir, builder.data_dir, f"cannot be read at random ({error}); rebuild "
+                                "it as ArrayRecord") from error
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self._source[index]
+        label = int(example["label"])
+        if self.spec.label_of is not None:
+            label = self.spec.label_of[label]
+        return {"image": example["image"], "label": label, "group": -1}
+
+    def __getstate__(self):
+        return {"spec": self.spec, "data_dir": self.data_dir}
+
+    def __setstate__(self, state):
+        self.__init__(state["spec"], state["data_dir"])
+
+
+class PreparedSource:
+    """A split of a dataset written by `saeft_jax.data.prepare` (or the demo's data builder)."""
+
+    def __init__(self, spec: DatasetSpec, data_dir: str):
+        import grain
+
+        self.spec, self.data_dir = spec, data_dir
+        directory = prepared_dir(data_dir, spec.location)
+        self.info = records.read_info(directory)
+        files = records.split_files(directory, spec.split)
+        if self.info is None or not files:
+            raise _not_prepared(spec, data_dir, directory, "is not prepared" if self.info is None else
+                                f"has no split {spec.split!r} (it has {sorted(self.info['splits'])})")
+        if len(self.info["classnames"]) != len(spec.classnames):
+            raise ValueError(f"{directory} holds {len(self.info['classnames'])} classes but {spec.name} has "
+                             f"{len(spec.classnames)}; prepare it again with: {spec.preparation(data_dir)}")
+        self._records = grain.sources.ArrayRecordDataSource([str(f) for f in files])
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = records.decode(self._records[index])
+        return {"image": example["image"], "label": example["label"], "group": example["group"]}
+
+    def __getstate__(self):
+        return {"spec": self.spec, "data_dir": self.data_dir}
+
+    def __setstate__(self, state):
+        self.__init__(state["spec"], state["data_dir"])

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, sharded inference over suites, WiSE-FT sweeps and the interpretability of change."""

@@ -1,0 +1,151 @@
+"""Preparation of image folders, ObjectNet and WILDS layouts into ArrayRecord; sources; errors."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from saeft_jax.data import labels, prepare, sources
+from saeft_jax.data.registry import DatasetSpec, dataset_spec
+
+
+def write_image(path, seed: int, size=(12, 9)) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.RandomState(seed).randint(0, 256, (size[0], size[1], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def folder_spec(name: str, split: str = "test", classes: int = 3) -> DatasetSpec:
+    return DatasetSpec(name, "prepared", name, split, name, ("a photo of a {}.",),
+                       fixed_classnames=tuple(f"c{i}" for i in range(classes)), prepare_kind="folder")
+
+
+def test_folder_round_trip_keeps_pixels_and_labels(tmp_path):
+    truth = {}
+    for label, name in enumerate(["cat", "dog", "sea_lion"]):
+        for i in range(2):
+            truth[(label, i)] = write_image(tmp_path / "src" / name / f"{i}.png", seed=10 * label + i)
+    info = prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="pets", show_progress=False)
+    assert info["classnames"] == ["cat", "dog", "sea lion"] and info["splits"] == {"test": 6}
+    source = sources.open_source(folder_spec("pets"), tmp_path / "data")
+    assert len(source) == 6
+    for index in range(6):
+        example = source[index]
+        np.testing.assert_array_equal(example["image"], truth[(example["label"], index % 2)])
+        assert example["label"] == index // 2
+
+
+def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
+    write_image(tmp_path / "src" / "a" / "good.png", 0)
+    (tmp_path / "src" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(prepare.PreparationError, match=r"broken\.png.*--skip_corrupt"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+    assert not (tmp_path / "data" / "saeft" / "x" / "info.json").exists()  # nothing that looks complete
+    info = prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", skip_corrupt=True,
+                           show_progress=False)
+    assert info["splits"] == {"test": 1} and info["skipped"]["test"][0].endswith("broken.png")
+
+
+def test_objectnet_keeps_the_113_overlapping_classes_and_checks_counts(tmp_path):
+    classnames, _, folder_class = labels.objectnet()
+    for i, folder in enumerate(sorted(folder_class)):
+        write_image(tmp_path / "objectnet-1.0" / "images" / folder / "img.png", i, size=(6, 6))
+    write_image(tmp_path / "objectnet-1.0" / "images" / "not_in_imagenet_class" / "img.png", 999, size=(6, 6))
+    with pytest.raises(prepare.PreparationError, match="split test: 113 images, expected 18574"):
+        prepare.prepare("objectnet", tmp_path / "objectnet-1.0", tmp_path / "data", show_progress=False)
+    info = prepare.prepare("objectnet", tmp_path / "objectnet-1.0", tmp_path / "data", check_counts=False,
+                           show_progress=False)
+    assert info["splits"] == {"test": 113}
+    source = sources.open_source(dataset_spec("objectnet"), tmp_path / "data")
+    assert sorted(source[i]["label"] for i in range(113)) == list(range(113))
+    first = sorted(folder_class)[0]
+    assert source[0]["label"] == folder_class[first]
+
+
+def test_objectnet_missing_folders_are_listed(tmp_path):
+    write_image(tmp_path / "on" / "images" / "umbrella" / "a.png", 0)
+    with pytest.raises(prepare.PreparationError, match="lacks 112 of the 113 ObjectNet class folders"):
+        prepare.prepare("objectnet", tmp_path / "on", tmp_path / "data", show_progress=False)
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_iwildcam_layout(tmp_path):
+    root = tmp_path / "iwildcam_v2.0"
+    rows = []
+    for i, (split, y) in enumerate([("train", 0), ("train", 5), ("id_test", 5), ("test", 181), ("test", 3)]):
+        write_image(root / "train" / f"{i}.jpg", i)
+        rows.append({"split": split, "location_remapped": str(i % 2), "y": str(y), "filename": f"{i}.jpg"})
+    _write_csv(root / "metadata.csv", rows)
+    info = prepare.prepare("iwildcam", root, tmp_path / "data", check_counts=False, show_progress=False)
+    assert info["splits"] == {"train": 2, "id_test": 1, "test": 2}
+    ood = sources.open_source(dataset_spec("iwildcam_ood"), tmp_path / "data")
+    assert [ood[i]["label"] for i in range(2)] == [181, 3] and [ood[i]["group"] for i in range(2)] == [1, 0]
+
+
+def test_fmow_splits_by_year_and_regions(tmp_path):
+    root = tmp_path / "fmow_v1.1"
+    root.mkdir()
+    _write_csv(root / "country_code_mapping.csv", [{"alpha-3": "FRA", "region": "Europe"},
+                                                    {"alpha-3": "KEN", "region": "Africa"}])
+    table = [("train", "2010-01-01T00:00:00Z", "airport", "FRA"), ("test", "2011-05-01T00:00:00Z", "dam", "KEN"),
+             ("val", "2014-01-01T00:00:00Z", "dam", "FRA"), ("test", "2017-01-01T00:00:00Z", "zoo", "XXX"),
+             ("seq", "2017-01-01T00:00:00Z", "zoo", "FRA"), ("test", "2014-01-01T00:00:00Z", "zoo", "FRA")]
+    rows = []
+    for i, (split, timestamp, category, country) in enumerate(table):
+        write_image(root / "images" / f"rgb_img_{i}.png", i)
+        rows.append({"split": split, "timestamp": timestamp, "category": category, "country_code": country})
+    _write_csv(root / "rgb_metadata.csv", rows)
+    info = prepare.prepare("fmow", root, tmp_path / "data", check_counts=False, show_progress=False)
+    assert info["splits"] == {"train": 1, "id_test": 1, "val": 1, "test": 1}  # seq and 2014 test dropped
+    ood = sources.open_source(dataset_spec("fmow_ood"), tmp_path / "data")
+    names = labels.fmow_classnames()
+    assert names[ood[0]["label"]] == "zoo" and labels.FMOW_REGIONS[ood[0]["group"]] == "Other"
+    id_test = sources.open_source(dataset_spec("fmow_id"), tmp_path / "data")
+    assert labels.FMOW_REGIONS[id_test[0]["group"]] == "Africa"
+
+
+def test_unprepared_datasets_name_the_command_and_the_place(tmp_path):
+    with pytest.raises(sources.DatasetNotPrepared, match=r"python -m saeft_jax.data.prepare objectnet") as error:
+        sources.open_source(dataset_spec("objectnet"), tmp_path)
+    assert str(tmp_path / "saeft" / "objectnet") in str(error.value)
+    with pytest.raises(sources.DatasetNotPrepared,
+                       match=r"tfds build imagenet_v2/matched-frequency --file_format=array_record"):
+        sources.open_source(dataset_spec("imagenet_v2"), tmp_path)
+
+
+def test_prepare_command_line_reports_errors_without_traceback(tmp_path, capsys):
+    assert prepare.main(["folder", "--source", str(tmp_path / "nowhere"), "--name", "x",
+                         "--data_dir", str(tmp_path)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_tfds_sources_through_mock_data_map_imagenet_r_labels():
+    import tensorflow_datasets as tfds
+
+    subset = labels.imagenet_subset("imagenet_r")
+
+    def as_data_source(builder, split, **kwargs):
+        assert (builder.name, split) == ("imagenet_r", "test")
+        return [{"image": np.full((5 + i, 7, 3), i, np.uint8), "label": subset[3 * i], "file_name": f"{i}"}
+                for i in range(4)]
+
+    with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+        source = sources.open_source(dataset_spec("imagenet_r"), "/tmp/unused")
+        assert len(source) == 4
+        assert [source[i]["label"] for i in range(4)] == [0, 3, 6, 9]
+        assert source[2]["image"].shape == (7, 7, 3)
+    with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = sources.open_source(dataset_spec("cifar10"), "/tmp/unused")
+        example = source[1]
+        assert example["image"].dtype == np.uint8 and example["image"].shape == (32, 32, 3)
+        assert 0 <= example["label"] < 10
