@@ -1,0 +1,75 @@
+"""Evaluation of a zero-shot / fine-tuned pair on datasets: sharded jit inference over each
+example once, every WiSE-FT alpha scored in the same pass, in each dataset's own label space
+and metric."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from saeft_jax.data import pipeline
+from saeft_jax.data.preprocess import ImageSpec, eval_transform
+from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.evaluation import metrics, wise
+from saeft_jax.models.clip import ImageEncoder
+from saeft_jax.observe import progress
+
+
+@dataclasses.dataclass
+class DatasetEvaluation:
+    """What one pass over a dataset gives: the metric under each alpha, and per example the
+    labels, groups, source indices, predictions and the zero-shot / fine-tuned embeddings."""
+
+    name: str
+    metric: str
+    alphas: tuple[float, ...]
+    scores: dict[float, float]
+    labels: np.ndarray
+    groups: np.ndarray
+    indices: np.ndarray
+    predictions: np.ndarray  # (A, N)
+    zeroshot_embeddings: np.ndarray  # (N, d)
+    finetuned_embeddings: np.ndarray  # (N, d)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: metric name and value per alpha."""
+        return {"metric": self.metric, "n": int(len(self.labels)),
+                "scores": {f"{a:.1f}": s for a, s in self.scores.items()}}
+
+
+def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """`spec`'s metric of predictions in its label space."""
+    return metrics.score(spec.metric, predictions, labels, groups, spec.ignored_groups)
+
+
+def evaluate_dataset(encoder: ImageEncoder, theta0: dict, theta_ft: dict, spec: DatasetSpec, source, *,
+                     image_spec: ImageSpec, mesh, global_batch: int, alphas=wise.DEFAULT_ALPHAS,
+                     num_workers: int = 0, show_progress: bool = True) -> DatasetEvaluation:
+    """Scores every alpha of `wise.sweep_alphas(alphas)` on all of `source` in one pass."""
+    sweep = wise.make_sweep(encoder, spec.project, alphas, mesh)
+    alphas = wise.sweep_alphas(alphas)
+    share = pipeline.Share.of_this_process(global_batch)
+    batches = pipeline.eval_batches(source, share=share, transform=eval_transform(image_spec, spec.border_crop),
+                                    num_workers=num_workers)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    bar = progress(len(source), f"evaluate {spec.name}", enabled=show_progress, unit="img")
+    keep: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "group", "index", "mask", "pred", "emb")}
+    for batch in batches:
+        images = jax.make_array_from_process_local_data(sharding, batch["image"])
+        predictions, embeddings = sweep(theta0, theta_ft, images)
+        for key in ("label", "group", "index", "mask"):
+            keep[key].append(wise.as_numpy(jax.make_array_from_process_local_data(sharding, batch[key])))
+        keep["pred"].append(wise.as_numpy(predictions))
+        keep["emb"].append(wise.as_numpy(embeddings))
+        bar.update(int(batch["mask"].sum()) * jax.process_count())
+    bar.close()
+    mask = np.concatenate(keep["mask"])
+    labels, groups = np.concatenate(keep["label"])[mask], np.concatenate(keep["group"])[mask]
+    predictions = np.concatenate(keep["pred"], axis=1)[:, mask]
+    embeddings = np.concatenate(keep["emb"], axis=1)[:, mask]
+    scores = {a: score(spec, predictions[i], labels, groups) for i, a in enumerate(alphas)}
+    return DatasetEvaluation(spec.name, spec.metric, alphas, scores, labels, groups,
+                             np.concatenate(keep["index"])[mask], predictions, embeddings[0], embeddings[1])

@@ -1,0 +1,130 @@
+"""WiSE-FT sweep, evaluation and the interpretability measures against direct computations."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY
+from saeft_jax import parallel
+from saeft_jax.data.preprocess import ImageSpec, clip_eval
+from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.evaluation import interpret, wise
+from saeft_jax.evaluation.evaluate import evaluate_dataset
+from saeft_jax.models import sae
+from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
+from saeft_jax.models.heads import classify
+
+
+class ImageSource:
+    def __init__(self, n: int, classes: int):
+        rng = np.random.RandomState(0)
+        self.images = [rng.randint(0, 256, (36 + i % 5, 40, 3), dtype=np.uint8) for i in range(n)]
+        self.labels = rng.randint(0, classes, n)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": int(self.labels[i]), "group": i % 2}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    model = CLIP(TINY)
+    params = init_params(model, jax.random.PRNGKey(0))
+    head = {"W": jax.random.normal(jax.random.PRNGKey(1), (3, TINY.projection_dim)) * 10, "b": jnp.zeros(3)}
+    theta0 = {"encoder": image_params(params), "head": head}
+    noise = jax.random.PRNGKey(2)
+    theta_ft = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(noise, x.shape), theta0)
+    return image_encoder(model), theta0, theta_ft
+
+
+def test_mix_endpoints_are_exact(pair):
+    _, theta0, theta_ft = pair
+    for alpha, expected in ((0.0, theta0), (1.0, theta_ft)):
+        mixed = wise.mix(theta0, theta_ft, jnp.float32(alpha))
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), mixed, expected)
+    half = wise.mix(theta0, theta_ft, 0.5)
+    np.testing.assert_allclose(half["head"]["W"], (theta0["head"]["W"] + theta_ft["head"]["W"]) / 2, rtol=1e-6)
+
+
+def test_single_pass_sweep_equals_separate_evaluations(pair):
+    encoder, theta0, theta_ft = pair
+    spec = DatasetSpec("toy", "prepared", "toy", "test", "toy", ("{}",), logit_sets=((0, 2), (1,)),
+                       fixed_classnames=("a", "b"))
+    source = ImageSource(11, 2)
+    mesh = parallel.data_mesh()
+    result = evaluate_dataset(encoder, theta0, theta_ft, spec, source, image_spec=ImageSpec(size=32), mesh=mesh,
+                              global_batch=4, alphas=(0.5, 0.3), show_progress=False)
+    assert result.alphas == (0.0, 0.3, 0.5, 1.0)
+    assert result.predictions.shape == (4, 11) and sorted(result.indices) == list(range(11))
+    images = np.stack([clip_eval(source[i]["image"], 32) for i in result.indices])
+    for row, alpha in enumerate(result.alphas):
+        theta = wise.mix(theta0, theta_ft, alpha)
+        embeddings = encoder.apply({"params": theta["encoder"]}, images)
+        logits = np.asarray(classify(theta["head"], embeddings))
+        expected = np.stack([np.maximum(logits[:, 0], logits[:, 2]), logits[:, 1]], axis=1).argmax(1)
+        np.testing.assert_array_equal(result.predictions[row], expected)
+        assert result.scores[alpha] == pytest.approx(np.mean(expected == source.labels[result.indices]))
+        if alpha in (0.0, 1.0):
+            stored = result.zeroshot_embeddings if alpha == 0.0 else result.finetuned_embeddings
+            np.testing.assert_allclose(stored, embeddings, rtol=1e-5, atol=2e-5)
+    assert result.summary()["scores"]["0.3"] == result.scores[0.3]
+
+
+def hsic_cka(x, y):
+    """CKA through Gram matrices and the centering matrix (Kornblith et al. 2019, eq. for HSIC)."""
+    n = len(x)
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l = x @ x.T, y @ y.T
+    hsic = lambda a, b: np.trace(a @ h @ b @ h)
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def test_linear_cka_properties():
+    rng = np.random.RandomState(0)
+    x = rng.randn(60, 8)
+    y = x @ rng.randn(8, 5) + 0.5 * rng.randn(60, 5)
+    assert interpret.linear_cka(x, x) == pytest.approx(1.0)
+    q, _ = np.linalg.qr(rng.randn(8, 8))
+    assert interpret.linear_cka(x @ q * 3.7, y) == pytest.approx(interpret.linear_cka(x, y))
+    assert interpret.linear_cka(x, y) == pytest.approx(hsic_cka(x, y))
+    assert interpret.linear_cka(x, rng.randn(60, 5)) < 0.5
+
+
+def test_feature_changes_on_a_hand_built_example():
+    # F = 5, k = 2. Image 0 (class 0): {1, 3} -> {1, 4}: adds 4, removes 3.
+    # Image 1 (class 1): {0, 2} -> {0, 2}: no change. Image 2 (class 0): {1, 2} -> {3, 4}: adds 3, 4; removes 1, 2.
+    codes0 = (np.array([[1.0, 2.0], [1.0, 1.0], [0.5, 0.5]]), np.array([[1, 3], [0, 2], [1, 2]]))
+    codes_t = (np.array([[1.5, 1.0], [2.0, 1.0], [1.0, 3.0]]), np.array([[1, 4], [0, 2], [3, 4]]))
+    changes = interpret.feature_changes(codes0, codes_t, np.array([0, 1, 0]), 5, 2)
+    assert changes.added_per_image == pytest.approx(3 / 3) and changes.removed_per_image == pytest.approx(3 / 3)
+    np.testing.assert_array_equal(changes.added_count, [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(changes.removed_count, [0, 1, 1, 1, 0])
+    np.testing.assert_allclose(changes.mean_change, [(2 - 1) / 3, (1.5 - 1 - 0.5) / 3, (1 - 1 - 0.5) / 3,
+                                                     (-2 + 1) / 3, (1 + 3) / 3])
+    np.testing.assert_array_equal(changes.class_added[0], [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(changes.class_added[1], 0)
+    rows = changes.top_per_class(["zero", "one"], top=2)
+    assert rows[0]["class"] == "zero" and rows[0]["added_per_image"] == 1.5 and rows[0]["top_added"] == [(4, 2), (3, 1)]
+    assert rows[1]["added_per_image"] == 0 and rows[1]["top_added"] == []
+
+
+def test_codes_names_and_top_images():
+    rng = np.random.RandomState(0)
+    params = sae.init_params(jax.random.PRNGKey(0), 6, 12)
+    embeddings = rng.randn(20, 6).astype(np.float32) * 4
+    values, indices = interpret.sae_codes(params, embeddings, 3)
+    expected = np.asarray(sae.encode(params, sae.unit_norm(embeddings), 3))
+    dense = np.zeros((20, 12), np.float32)
+    np.put_along_axis(dense, indices, values, 1)
+    np.testing.assert_allclose(dense, expected, rtol=1e-5, atol=1e-6)
+    atoms = np.eye(3, 4)
+    text = np.array([[0, 1, 0, 0], [1, 0.1, 0, 0], [0, 0, -1, 0]], np.float32)
+    names = interpret.name_features(atoms, text, ["one", "zero", "minus two"], [0, 1], top=2)
+    assert [n for n, _ in names[0]] == ["zero", "one"] and names[1][0][0] == "one"
+    codes = (np.array([[0.5, 0.1], [2.0, 0.3], [0.2, 0.9]]), np.array([[7, 1], [7, 2], [3, 1]]))
+    np.testing.assert_array_equal(interpret.top_activating(codes, 7, 5), [1, 0])
