@@ -180,3 +180,12 @@ def test_border_crop_and_eval_transform():
     spec = preprocess.ImageSpec(size=4)
     np.testing.assert_array_equal(preprocess.eval_transform(spec, 2)(image),
                                   preprocess.clip_eval(image[2:-2, 2:-2], 4))
+
+
+def test_evaluation_batches_resume_from_a_step():
+    whole = list(pipeline.eval_batches(ToySource(21), share=pipeline.Share(4, 1, 2), transform=lambda im: im[0, 0]))
+    part = list(pipeline.eval_batches(ToySource(21), share=pipeline.Share(4, 1, 2), transform=lambda im: im[0, 0],
+                                      first_step=2, num_steps=3))
+    assert len(whole) == 6 and len(part) == 3
+    for got, expected in zip(part, whole[2:5]):
+        np.testing.assert_array_equal(got["index"], expected["index"])

@@ -71,11 +71,11 @@ class _Read:
 
 
 def _local_iterator(ordered: grain.MapDataset, share: Share, length: int, num_workers: int,
-                    num_threads: int) -> grain.DatasetIterator:
+                    num_threads: int, first: int = 0) -> grain.DatasetIterator:
     """Batches of this process's share. Batching comes before the workers split the work, so
     whole batches go to workers and their contents never depend on `num_workers`; without
     workers, `num_threads` batches are read ahead in threads (PIL decodes outside the GIL)."""
-    local = grain.MapDataset.range(length).map(_Select(ordered, share)).batch(share.local_batch)
+    local = grain.MapDataset.range(first, length).map(_Select(ordered, share)).batch(share.local_batch)
     dataset = local.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
@@ -136,14 +136,17 @@ class _Padded:
         return {**element, "image": self.transform(element["image"]), "mask": np.bool_(position < self.size)}
 
 
-def eval_batches(source, *, share: Share, transform: Callable, num_workers: int = 0,
-                 num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(source, *, share: Share, transform: Callable, num_workers: int = 0, num_threads: int = 4,
+                 first_step: int = 0, num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Batches {"image", "label", "group", "index", "mask"} of this process's share covering each
-    example exactly once over all processes; rows past the end have mask False."""
-    steps = -(-len(source) // share.global_batch)
+    example exactly once over all processes; rows past the end have mask False. `first_step`
+    and `num_steps` select a range of the batches (to resume a pass chunk by chunk)."""
+    steps = eval_steps(source, share.global_batch)
+    last = steps if num_steps is None else min(steps, first_step + num_steps)
     ordered = grain.MapDataset.range(steps * share.global_batch).map(_Padded(_Read(source, None), transform,
                                                                               len(source)))
-    return _local_iterator(ordered, share, steps * share.local_batch, num_workers, num_threads)
+    return _local_iterator(ordered, share, last * share.local_batch, num_workers, num_threads,
+                           first_step * share.local_batch)
 
 
 def eval_steps(source, global_batch: int) -> int:

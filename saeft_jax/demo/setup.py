@@ -1,0 +1,26 @@
+"""Readies the demo for a run: writes its datasets, registers them, and returns its CLIP
+checkpoint (pretrained now or taken from the cache)."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from saeft_jax.data.sources import DEFAULT_DATA_DIR
+from saeft_jax.demo import digits, pretrain
+
+
+def prepare(config: ml_collections.ConfigDict) -> str:
+    """The demo checkpoint's directory; process 0 builds what is missing while the others wait."""
+    data = digits.DigitsSetup(finetune_style=config.demo.finetune_style)
+    recipe = pretrain.PretrainSetup(steps=config.demo.pretrain_steps, batch_size=config.demo.pretrain_batch_size,
+                                    seed=config.seed)
+    if jax.process_index() == 0:
+        digits.write_dataset(config.data_dir or DEFAULT_DATA_DIR, data)
+        pretrain.demo_clip(config.demo.cache_dir, data, recipe, show_progress=config.show_progress)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("demo prepared")
+    digits.register(data)
+    return str(pretrain.checkpoint_dir(config.demo.cache_dir, data, recipe))

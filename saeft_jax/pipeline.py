@@ -1,0 +1,102 @@
+"""Runs the stages in order (zeroshot -> features -> sae -> finetune -> evaluate -> report),
+skipping each whose artifact is complete, so the same command continues a stopped run and does
+nothing after a finished one."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+import ml_collections
+from absl import logging
+
+from saeft_jax.stages import evaluate, features, finetune, report, sae, zeroshot
+from saeft_jax.stages.context import Run, write_json
+
+# Keys that change how a run goes, not what it computes: a rerun may change them.
+OPERATIONAL = {"stages", "show_progress", "num_workers", "data_dir", "demo.cache_dir", "finetune.log_every",
+               "finetune.checkpoint_every", "finetune.keep_checkpoints", "features.chunk_steps"}
+PACKAGES = ("saeft-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "numpy")
+
+
+class UsageError(ValueError):
+    """The command cannot run as given (workdir, config); the message says how to fix it."""
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Writes config.json and versions.json; refuses a workdir that holds a run of another config."""
+    resolved = json.loads(config.to_json_best_effort())
+    path = workdir / "config.json"
+    if path.exists():
+        before = {k: v for k, v in _flat(json.loads(path.read_text())).items() if k not in OPERATIONAL}
+        now = {k: v for k, v in _flat(resolved).items() if k not in OPERATIONAL}
+        differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if differ:
+            raise UsageError(f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
+                             f"--workdir, or the same config to continue that run.")
+    write_json(path, resolved)
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    write_json(workdir / "versions.json", versions)
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> Path:
+    path = Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--workdir {path} is a file; pass a directory (it is created when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"--workdir {path} cannot be written ({error.strerror}); choose a writable directory") from error
+    return path
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """Runs the configured stages in `workdir`; returns the report directory."""
+    workdir = prepare_workdir(workdir)
+    if Run(config, workdir).is_writer:
+        record_config(config, workdir)
+    model_path = None
+    if config.demo.enabled:
+        from saeft_jax.demo import setup
+
+        model_path = setup.prepare(config)
+    run = Run(config, workdir, model_path)
+    names = list(config.finetune.regularizers)
+    wanted = set(config.stages)
+    needs_features = "sae" in wanted or config.finetune.teacher_cache
+    plan = [("zeroshot", (), zeroshot.run_stage, ()),
+            *([("features", (), features.run_stage, ())] if needs_features else []),
+            ("sae", (), sae.run_stage, ()),
+            *(("finetune", (n,), finetune.run_stage, (n,)) for n in names),
+            *(("evaluate", (n,), evaluate.run_stage, (n,)) for n in names),
+            ("report", (), report.run_stage, ())]
+    for stage, parts, function, args in plan:
+        label = "/".join((stage, *parts))
+        if stage not in wanted:
+            continue
+        if run.done(stage, *parts) is not None:
+            logging.info("stage %s: complete, skipped", label)
+            continue
+        logging.info("stage %s: running", label)
+        function(run, *args)
+    return workdir / report.STAGE

@@ -1,0 +1,91 @@
+"""What every stage shares: the config, the workdir layout, the mesh, the model, the training
+data, and the completion marks that let a rerun skip finished work."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from saeft_jax import hf, parallel
+from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
+from saeft_jax.data.sources import open_source
+
+DONE = "done.json"
+
+
+class Run:
+    """One run: `config` in `workdir`. Only process 0 writes shared files; all processes wait
+    for each other at completion marks."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, model_path: str | None = None):
+        self.config, self.workdir = config, Path(workdir)
+        self.model_path = model_path or config.model
+
+    @functools.cached_property
+    def mesh(self):
+        return parallel.data_mesh()
+
+    @functools.cached_property
+    def clip(self):
+        """(model, zero-shot parameters) of the configured checkpoint."""
+        return hf.load_clip(self.model_path, dtype=jnp.dtype(self.config.dtype))
+
+    @functools.cached_property
+    def tokenizer(self):
+        return hf.load_tokenizer(self.model_path)
+
+    @functools.cached_property
+    def image_spec(self):
+        return hf.load_image_spec(self.model_path)
+
+    @property
+    def train_spec(self) -> DatasetSpec:
+        return dataset_spec(self.config.train_dataset)
+
+    def eval_specs(self) -> list[DatasetSpec]:
+        """The suite's datasets, in-distribution first."""
+        in_distribution, shifts = suite(self.config.eval_suite)
+        return [dataset_spec(n) for n in ([in_distribution] if in_distribution else []) + list(shifts)]
+
+    def source(self, spec: DatasetSpec):
+        return open_source(spec, self.config.data_dir or None)
+
+    @property
+    def is_writer(self) -> bool:
+        return jax.process_index() == 0
+
+    def dir(self, *parts: str) -> Path:
+        path = self.workdir.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def done(self, *parts: str) -> dict[str, Any] | None:
+        """The completion record of artifact `parts`, or None when it is not complete."""
+        path = self.workdir.joinpath(*parts, DONE)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def mark_done(self, record: dict[str, Any], *parts: str) -> None:
+        """Writes the completion record (atomically, by process 0), then waits for all processes."""
+        if self.is_writer:
+            write_json(self.dir(*parts) / DONE, record)
+        self.barrier("/".join(parts))
+
+    def barrier(self, name: str) -> None:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+
+
+def write_json(path: Path, record: Any) -> None:
+    """JSON written under a temporary name and renamed into place."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    os.replace(partial, path)

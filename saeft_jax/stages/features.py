@@ -1,0 +1,85 @@
+"""Stage features: the frozen zero-shot encoder's embeddings of every training image
+(evaluation preprocessing), for the SAE and the teacher cache.
+
+The pass goes chunk by chunk (`features.chunk_steps` global batches); each process writes its
+own rows of a chunk (`chunks/c<chunk>-p<process>.npz`: source indices and embeddings), so a
+stopped pass resumes at the first missing chunk. Process 0 then assembles `train.npy`, (N, d)
+float32 in source order: row i is example i's embedding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+
+from saeft_jax import parallel
+from saeft_jax.data import pipeline
+from saeft_jax.data.preprocess import eval_transform
+from saeft_jax.models.clip import image_encoder, image_params
+from saeft_jax.observe import progress
+from saeft_jax.stages.context import Run
+
+STAGE = "features"
+
+
+def run_stage(run: Run) -> None:
+    model, params = run.clip
+    source = run.source(run.train_spec)
+    cfg = run.config.features
+    share = pipeline.Share.of_this_process(cfg.batch_size)
+    steps = pipeline.eval_steps(source, cfg.batch_size)
+    chunks = run.dir(STAGE, "chunks")
+    encoder = image_encoder(model)
+    batch_sharding = parallel.batch_sharding(run.mesh)
+    encode = jax.jit(lambda p, x: encoder.apply({"params": p}, x), in_shardings=(parallel.replicated(run.mesh),
+                                                                                  batch_sharding))
+    frozen = jax.device_put(image_params(params), parallel.replicated(run.mesh))
+    bar = progress(steps, "features", enabled=run.config.show_progress, unit="batch")
+    for first in range(0, steps, cfg.chunk_steps):
+        path = chunks / f"c{first // cfg.chunk_steps:05d}-p{jax.process_index():03d}.npz"
+        if not path.exists():
+            rows = [_local_rows(encode(frozen, jax.make_array_from_process_local_data(batch_sharding, b["image"])), b)
+                    for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.image_spec),
+                                                   num_workers=run.config.num_workers, first_step=first,
+                                                   num_steps=cfg.chunk_steps)]
+            partial = path.with_name(path.stem + ".partial.npz")
+            np.savez(partial, index=np.concatenate([r[0] for r in rows]),
+                     embedding=np.concatenate([r[1] for r in rows]))
+            partial.rename(path)
+        bar.update(min(cfg.chunk_steps, steps - first))
+    bar.close()
+    run.barrier("features chunks")
+    if run.is_writer:
+        _assemble(run, len(source))
+    run.mark_done({"n": len(source), "d": model.config.projection_dim, "file": "train.npy"}, STAGE)
+
+
+def _local_rows(embeddings: jax.Array, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows of a batch's embeddings (its addressable shards, in order), unpadded."""
+    shards = sorted(embeddings.addressable_shards, key=lambda s: s.index[0].start or 0)
+    local = np.concatenate([np.asarray(s.data) for s in shards])
+    return batch["index"][batch["mask"]], local[batch["mask"]]
+
+
+def _assemble(run: Run, n: int) -> None:
+    out = run.dir(STAGE) / "train.npy"
+    partial = out.with_name("train.partial.npy")
+    features, filled = None, 0
+    for path in sorted((run.workdir / STAGE / "chunks").glob("c*-p*.npz")):
+        with np.load(path) as chunk:
+            if features is None:
+                features = np.lib.format.open_memmap(partial, "w+", np.float32, (n, chunk["embedding"].shape[1]))
+            features[chunk["index"]] = chunk["embedding"]
+            filled += len(chunk["index"])
+    if filled != n:
+        raise RuntimeError(f"the feature chunks in {run.workdir / STAGE / 'chunks'} hold {filled} rows for {n} "
+                           f"training examples (a different dataset or batch size?); delete the folder and rerun")
+    features.flush()
+    del features
+    partial.rename(out)
+
+
+def load_features(run: Run) -> np.ndarray:
+    """The (N, d) training embeddings, memory-mapped."""
+    return np.load(run.workdir / STAGE / "train.npy", mmap_mode="r")

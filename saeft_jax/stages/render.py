@@ -1,0 +1,132 @@
+"""report.md: what was run, the numbers, the pictures, what changed, in that order, readable
+without any other file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from saeft_jax.data.registry import dataset_spec
+
+METRIC_NAMES = {"top1": "top-1 accuracy", "macro_f1": "macro-F1 (classes present)",
+                "worst_group": "worst-group accuracy"}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _best_mix(run: dict[str, Any], id_dataset: str | None) -> tuple[str, dict[str, Any]]:
+    return max(run["wise"].items(), key=lambda item: (item[1]["avg_ood"] or 0) + item[1]["metrics"].get(id_dataset, 0))
+
+
+def render_markdown(config, report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
+    """The whole report as Markdown."""
+    return "\n".join(_what(config, report) + _numbers(report) + _pictures(figures) +
+                     _changed(report, details, figures)) + "\n"
+
+
+def _what(config, report) -> list[str]:
+    methods = [m for m in report["runs"] if m != "zeroshot"]
+    ft = config.finetune
+    steps = report["runs"][methods[0]]["train"]["steps"] if methods else 0
+    lines = ["# SAE-FT report", "", "## What was run", "",
+             f"- **Model:** `{report['model']}` ({config.dtype} compute), fine-tuned image encoder + zero-shot-initialised head.",
+             f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
+             f"(in distribution: `{report['id_dataset']}`; shifts: {', '.join(f'`{d}`' for d in report['ood_datasets'])}).",
+             f"- **Methods:** " + ", ".join(f"`{m}`" + ("" if m == "none" else f" (reg_lambda {ft.reg_lambda:g})")
+                                            for m in methods) + f"; {steps} steps of batch {ft.batch_size}, "
+             f"lr {ft.lr:g}, warmup {ft.warmup_steps}, weight decay {ft.weight_decay:g}.",
+             f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} {jax.devices()[0].platform} device(s)."]
+    if report["sae"]:
+        sae = report["sae"]
+        lines.append(f"- **SAE:** dictionary {config.sae.dict_size}, k {config.sae.k}; on the training features FVU "
+                     f"{sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents {100 * sae['dead_fraction']:.1f}%.")
+    return lines + [""]
+
+
+def _numbers(report) -> list[str]:
+    methods = [m for m in report["runs"] if m != "zeroshot"]
+    datasets = ([report["id_dataset"]] if report["id_dataset"] else []) + report["ood_datasets"]
+    header = ["dataset (metric)", "zero-shot", *methods, *(f"{m}: best WiSE mix" for m in methods)]
+    best = {m: _best_mix(report["runs"][m], report["id_dataset"]) for m in methods}
+    lines = ["## Results", "", "Scores in percent; WiSE-FT mixes the zero-shot and fine-tuned weights, "
+             "theta(a) = (1 - a) theta_0 + a theta_ft; the best mix maximises ID + average OOD.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in datasets:
+        metric = METRIC_NAMES.get(dataset_spec(d).metric, dataset_spec(d).metric)
+        tag = " (ID)" if d == report["id_dataset"] else ""
+        cells = [f"{d}{tag}, {metric}", _pct(report["runs"]["zeroshot"]["metrics"][d]),
+                 *(_pct(report["runs"][m]["metrics"][d]) for m in methods),
+                 *(f"{_pct(best[m][1]['metrics'][d])} (a={best[m][0]})" for m in methods)]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["**average OOD**", _pct(report["runs"]["zeroshot"]["avg_ood"]),
+             *(_pct(report["runs"][m]["avg_ood"]) for m in methods),
+             *(f"{_pct(best[m][1]['avg_ood'])} (a={best[m][0]})" for m in methods)]
+    return lines + ["| " + " | ".join(cells) + " |", ""]
+
+
+def _pictures(figures) -> list[str]:
+    lines = ["## Pictures", ""]
+    if "wise" in figures:
+        lines += ["ID against average OOD along each method's WiSE-FT sweep (star: zero-shot; square: fine-tuned):",
+                  "", f"![WiSE-FT sweep]({figures['wise']})", ""]
+    if "datasets" in figures:
+        lines += ["Every dataset for zero-shot, each method and its best mix:", "",
+                  f"![per dataset]({figures['datasets']})", ""]
+    return lines
+
+
+def _changed(report, details, figures) -> list[str]:
+    methods = [m for m in report["runs"] if m != "zeroshot"]
+    if not report["sae"] or not all("changes" in report["runs"][m] for m in methods):
+        return ["## What changed", "", "No SAE was trained in this run, so there is no feature-level account.", ""]
+    id_name = report["id_dataset"] or report["ood_datasets"][0]
+    lines = ["## What changed", "",
+             f"In the SAE's vocabulary, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
+             f"embedding's top-k codes hold it and the zero-shot one's do not, *removed* in the converse case. "
+             f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
+             f"(zero-shot in brackets); CKA compares the two representations over the images (1: same geometry).", "",
+             "| method | ID | avg OOD | added / image | removed / image | SAE FVU | CKA |", "|---|---|---|---|---|---|---|"]
+    for m in methods:
+        c, run = report["runs"][m]["changes_by_dataset"][id_name], report["runs"][m]
+        lines.append(f"| {m} | {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
+                     f"{c['added_per_image']:.2f} | {c['removed_per_image']:.2f} | {c['sae_fvu']:.3f} "
+                     f"({c['sae_fvu_zeroshot']:.3f}) | {c['cka']:.3f} |")
+    lines += ["", _reading(report, methods, id_name), ""]
+    for m in methods:
+        lines += _method_details(m, details["runs"].get(m), figures)
+    return lines
+
+
+def _reading(report, methods, id_name) -> str:
+    zs = report["runs"]["zeroshot"]
+    parts = []
+    for m in methods:
+        run, c = report["runs"][m], report["runs"][m]["changes"]
+        parts.append(f"`{m}` moves ID by {100 * (run['metrics'][id_name] - zs['metrics'][id_name]):+.1f} points and "
+                     f"average OOD by {100 * ((run['avg_ood'] or 0) - (zs['avg_ood'] or 0)):+.1f}, adding "
+                     f"{c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features per image")
+    return "**Reading.** " + "; ".join(parts) + "."
+
+
+def _method_details(method, detail, figures) -> list[str]:
+    if not detail:
+        return []
+    def describe(entries):
+        return [f"- #{f} in {n} images: " + ", ".join(f"{name} ({cos:.2f})" for name, cos in names)
+                for f, n, names in entries] or ["- none"]
+    lines = [f"### `{method}`", "", "Features most often gained (nearest text entries, cosine):", "",
+             *describe(detail["gained"]), "", "Features most often lost:", "", *describe(detail["lost"]), ""]
+    if f"features_{method}" in figures:
+        lines += ["Top-activating test images of each (gained: fine-tuned codes; lost: zero-shot codes):", "",
+                  f"![features of {method}]({figures[f'features_{method}']})", ""]
+    lines += ["Classes with the most change:", "", "| class | images | added / image | removed / image | "
+              "most gained | most lost |", "|---|---|---|---|---|---|"]
+    for row in detail["per_class"]:
+        gained = ", ".join(f"#{f} ({n})" for f, n in row["top_added"]) or "-"
+        lost = ", ".join(f"#{f} ({n})" for f, n in row["top_removed"]) or "-"
+        lines.append(f"| {row['class']} | {row['images']} | {row['added_per_image']:.2f} | "
+                     f"{row['removed_per_image']:.2f} | {gained} | {lost} |")
+    return lines + [""]

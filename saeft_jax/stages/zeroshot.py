@@ -1,0 +1,48 @@
+"""Stage zeroshot: the text heads (class names x templates through the text tower) for the
+training label space and every other label space of the evaluation suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import safetensors.numpy
+
+from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.stages.context import Run
+from saeft_jax.zeroshot import build_zeroshot_head
+
+STAGE = "zeroshot"
+
+
+def label_spaces(run: Run) -> dict[str, DatasetSpec]:
+    """For each label space in use, a dataset whose classes are that space's (logits unprojected)."""
+    spaces: dict[str, DatasetSpec] = {}
+    for spec in [run.train_spec, *run.eval_specs()]:
+        if spec.logit_sets is None:
+            spaces.setdefault(spec.label_space, spec)
+    missing = {s.label_space for s in run.eval_specs()} - set(spaces)
+    if missing:
+        raise ValueError(f"no dataset gives the full class list of label space(s) {sorted(missing)}; train on or "
+                         f"evaluate a dataset of that space without a projection (e.g. 'imagenet')")
+    return spaces
+
+
+def run_stage(run: Run) -> None:
+    """Builds and saves every head not yet saved, then marks the stage complete."""
+    model, params = run.clip
+    summary = {}
+    for space, spec in label_spaces(run).items():
+        path = run.dir(STAGE) / f"{space}.safetensors"
+        if not path.exists():
+            head = build_zeroshot_head(model, params, run.tokenizer, spec.classnames, spec.templates,
+                                       show_progress=run.config.show_progress)
+            if run.is_writer:
+                partial = path.with_suffix(".partial")
+                safetensors.numpy.save_file({k: np.asarray(v, np.float32) for k, v in head.items()}, partial)
+                partial.rename(path)
+        summary[space] = {"classes": len(spec.classnames), "templates": len(spec.templates)}
+    run.mark_done({"spaces": summary}, STAGE)
+
+
+def load_head(run: Run, space: str) -> dict[str, np.ndarray]:
+    """The zero-shot head of label space `space`."""
+    return safetensors.numpy.load_file(run.workdir / STAGE / f"{space}.safetensors")
