@@ -29,12 +29,12 @@ def get_config(arg: str | None = None):
     c.features.batch_size = 64
     c.features.chunk_steps = 8
     c.sae.update(dict_size=256, k=8, batch_size=128, epochs=60, auxk=True, renorm_decoder=True)
-    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=100.0, batch_size=64, steps=300, lr=1e-4,
+    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=100.0, batch_size=64, steps=400, lr=1e-3,
                       warmup_steps=30, checkpoint_every=100, log_every=20)
     c.evaluate.batch_size = 64
     c.report.concepts = ("colorful", "plain", "inverted", "rotated", "noisy", "bold", "background", "stroke")
     if arg == "smoke":  # the same pipeline, shortened to about two minutes (tests, CI)
-        c.demo.pretrain_steps = 300
+        c.demo.pretrain_steps = 200
         c.demo.pretrain_batch_size = 64
         c.sae.epochs = 10
         c.finetune.steps = 60

@@ -26,6 +26,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any other JAX call
+    if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO; show warnings and up
+        logging.set_verbosity(logging.WARNING)
     from saeft_jax.config import ConfigError, finish
     from saeft_jax.data.prepare import PreparationError
     from saeft_jax.data.sources import DatasetNotPrepared

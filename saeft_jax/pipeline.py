@@ -10,7 +10,6 @@ from importlib import metadata
 from pathlib import Path
 
 import ml_collections
-from absl import logging
 
 from saeft_jax.stages import evaluate, features, finetune, report, sae, zeroshot
 from saeft_jax.stages.context import Run, write_json
@@ -70,6 +69,11 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
     return path
 
 
+def _say(run: Run, message: str) -> None:
+    if run.is_writer:
+        print(message, flush=True)
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
     """Runs the configured stages in `workdir`; returns the report directory."""
     workdir = prepare_workdir(workdir)
@@ -81,6 +85,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
 
         model_path = setup.prepare(config)
     run = Run(config, workdir, model_path)
+    for spec in [run.train_spec, *run.eval_specs()]:  # fail now, not hours in, when data are missing
+        run.source(spec)
     names = list(config.finetune.regularizers)
     wanted = set(config.stages)
     needs_features = "sae" in wanted or config.finetune.teacher_cache
@@ -95,8 +101,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         if stage not in wanted:
             continue
         if run.done(stage, *parts) is not None:
-            logging.info("stage %s: complete, skipped", label)
+            _say(run, f"stage {label}: complete, skipped")
             continue
-        logging.info("stage %s: running", label)
+        _say(run, f"stage {label}: running")
         function(run, *args)
     return workdir / report.STAGE

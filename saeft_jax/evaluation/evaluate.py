@@ -47,9 +47,10 @@ def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups
 
 def evaluate_dataset(encoder: ImageEncoder, theta0: dict, theta_ft: dict, spec: DatasetSpec, source, *,
                      image_spec: ImageSpec, mesh, global_batch: int, alphas=wise.DEFAULT_ALPHAS,
-                     num_workers: int = 0, show_progress: bool = True) -> DatasetEvaluation:
-    """Scores every alpha of `wise.sweep_alphas(alphas)` on all of `source` in one pass."""
-    sweep = wise.make_sweep(encoder, spec.project, alphas, mesh)
+                     num_workers: int = 0, show_progress: bool = True, sweep=None) -> DatasetEvaluation:
+    """Scores every alpha of `wise.sweep_alphas(alphas)` on all of `source` in one pass. Pass
+    `sweep` (from `wise.make_sweep` with this spec's projection) to reuse its compilation."""
+    sweep = sweep or wise.make_sweep(encoder, spec.project, alphas, mesh)
     alphas = wise.sweep_alphas(alphas)
     share = pipeline.Share.of_this_process(global_batch)
     batches = pipeline.eval_batches(source, share=share, transform=eval_transform(image_spec, spec.border_crop),

@@ -35,7 +35,7 @@ class Run:
     @functools.cached_property
     def clip(self):
         """(model, zero-shot parameters) of the configured checkpoint."""
-        return hf.load_clip(self.model_path, dtype=jnp.dtype(self.config.dtype))
+        return hf.load_clip(self.model_path, dtype=jnp.dtype(self.config.dtype), remat=self.config.remat)
 
     @functools.cached_property
     def tokenizer(self):

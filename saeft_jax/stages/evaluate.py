@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 
+from saeft_jax.evaluation import wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
 from saeft_jax.models.clip import image_encoder, image_params
 from saeft_jax.stages import finetune, zeroshot
@@ -22,16 +23,21 @@ def run_stage(run: Run, name: str) -> None:
     train_space = run.train_spec.label_space
     theta0 = {"encoder": image_params(params), "head": zeroshot.load_head(run, train_space)}
     directory = run.dir(STAGE, name)
+    alphas, encoder = tuple(run.config.evaluate.alphas), image_encoder(model)
+    sweeps = {}  # one compilation per label-space projection, shared by the datasets that use it
     results = {}
     for spec in run.eval_specs():
         path = directory / f"{spec.name}.npz"
         if not path.exists():
             own = {"head": zeroshot.load_head(run, spec.label_space)}  # another label space: its zero-shot head
             pair = (theta0, theta_ft) if spec.label_space == train_space else ({**theta0, **own}, {**theta_ft, **own})
-            result = evaluate_dataset(image_encoder(model), *pair, spec, run.source(spec), image_spec=run.image_spec,
-                                      mesh=run.mesh, global_batch=run.config.evaluate.batch_size,
-                                      alphas=tuple(run.config.evaluate.alphas), num_workers=run.config.num_workers,
-                                      show_progress=run.config.show_progress)
+            key = (spec.label_space, spec.logit_sets)
+            if key not in sweeps:
+                sweeps[key] = wise.make_sweep(encoder, spec.project, alphas, run.mesh)
+            result = evaluate_dataset(encoder, *pair, spec, run.source(spec), image_spec=run.image_spec, mesh=run.mesh,
+                                      global_batch=run.config.evaluate.batch_size, alphas=alphas,
+                                      num_workers=run.config.num_workers, show_progress=run.config.show_progress,
+                                      sweep=sweeps[key])
             if run.is_writer:
                 partial = directory / f"{spec.name}.partial.npz"
                 np.savez(partial, labels=result.labels, groups=result.groups, indices=result.indices,

@@ -80,6 +80,11 @@ def _assemble(run: Run, n: int) -> None:
     partial.rename(out)
 
 
+def features_path(run: Run) -> str:
+    """The (N, d) training embeddings' `.npy` file."""
+    return str(run.workdir / STAGE / "train.npy")
+
+
 def load_features(run: Run) -> np.ndarray:
     """The (N, d) training embeddings, memory-mapped."""
-    return np.load(run.workdir / STAGE / "train.npy", mmap_mode="r")
+    return np.load(features_path(run), mmap_mode="r")

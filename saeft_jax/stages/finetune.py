@@ -55,7 +55,8 @@ def run_stage(run: Run, name: str) -> None:
     state = init_state({"encoder": image_params(params), "head": head}, optimizer)
     sharding = parallel.state_shardings(state, run.mesh, fsdp=True) if cfg.fsdp else None
     step = make_train_step(loss, optimizer, schedule, run.mesh, sharding)
-    teacher = features.load_features(run) if cfg.teacher_cache and name != "none" else None
+    use_cache = cfg.teacher_cache and name not in ("none", "ldifs")  # ldifs needs the frozen tokens, not f0
+    teacher = pipeline.NpyRows(features.features_path(run)) if use_cache else None
     transform = train_transform(run.image_spec, tuple(cfg.crop_scale) if cfg.random_crop else None)
     batches = pipeline.train_batches(source, share=pipeline.Share.of_this_process(cfg.batch_size),
                                      seed=run.config.seed, transform=transform, teacher=teacher,

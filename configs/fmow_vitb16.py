@@ -1,0 +1,25 @@
+"""SAE-FT on WILDS FMoW with CLIP ViT-B/16: satellite images, ID vs OOD years, worst-region accuracy.
+
+    python -m saeft_jax.main --config=configs/fmow_vitb16.py --workdir=gs://BUCKET/saeft/fmow
+
+Data: the WILDS folder (wilds.get_dataset("fmow", download=True)), then
+`python -m saeft_jax.data.prepare fmow --source=data/fmow_v1.1` (141,696 images in the five splits).
+Sized for 8 GPUs or a TPU v4-16: batch 256, 20 epochs, lr 1e-5.
+
+Expected: METHOD.md records no reference numbers for FMoW; compare against the published WiSE-FT
+and FLYP tables for ViT-B/16. Not yet run by this project.
+"""
+
+from saeft_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.model = "openai/clip-vit-base-patch16"
+    c.dtype = "bfloat16"
+    c.train_dataset = "fmow_train"
+    c.eval_suite = "wilds_fmow"
+    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=70.0, batch_size=256, epochs=20, lr=1e-5)
+    if arg:
+        raise ValueError(f"configs/fmow_vitb16.py takes no argument; got {arg!r}")
+    return c

@@ -1,0 +1,25 @@
+"""SAE-FT on WILDS iWildCam with CLIP ViT-B/16: ID test vs OOD test (new camera traps), macro-F1.
+
+    python -m saeft_jax.main --config=configs/iwildcam_vitb16.py --workdir=gs://BUCKET/saeft/iwildcam
+
+Data: the WILDS folder (pip install wilds; wilds.get_dataset("iwildcam", download=True)), then
+`python -m saeft_jax.data.prepare iwildcam --source=data/iwildcam_v2.0` (203,029 images).
+Sized for 8 GPUs or a TPU v4-16: batch 256, 20 epochs, lr 3e-5.
+
+Expected: METHOD.md records no reference numbers for iWildCam; compare against the published
+WiSE-FT and FLYP tables for ViT-B/16. Not yet run by this project.
+"""
+
+from saeft_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.model = "openai/clip-vit-base-patch16"
+    c.dtype = "bfloat16"
+    c.train_dataset = "iwildcam_train"
+    c.eval_suite = "wilds_iwildcam"
+    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=70.0, batch_size=256, epochs=20, lr=3e-5)
+    if arg:
+        raise ValueError(f"configs/iwildcam_vitb16.py takes no argument; got {arg!r}")
+    return c

@@ -1,0 +1,26 @@
+"""SAE-FT on ImageNet with CLIP ViT-L/14 (d = 768: SAE dictionary 3072, k 24).
+
+    python -m saeft_jax.main --config=configs/vitl14.py --workdir=gs://BUCKET/saeft/vitl14
+
+Data: as configs/vitb16.py. Sized for a TPU v4-64 or 16 x 80 GB GPUs: global batch 512, bf16
+compute, FSDP-sharded parameters and optimizer state, rematerialised blocks.
+
+Expected: METHOD.md records reference numbers for ViT-B/16 only (see configs/vitb16.py); L/14
+should exceed them at every point. Not yet run by this project.
+"""
+
+from saeft_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.model = "openai/clip-vit-large-patch14"
+    c.dtype = "bfloat16"
+    c.remat = True
+    c.sae.update(dict_size=3072, k=24)
+    c.features.batch_size = 512
+    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=70.0, batch_size=512, epochs=10, lr=1e-5,
+                      fsdp=True)
+    if arg:
+        raise ValueError(f"configs/vitl14.py takes no argument; got {arg!r}")
+    return c

@@ -1,0 +1,138 @@
+"""The whole pipeline on the demo's smoke config: artifacts, report schema, reruns, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(tmp_path_factory, **changes):
+    sys.path.insert(0, ROOT)
+    from configs import demo
+    from saeft_jax.config import finish
+
+    config = demo.get_config("smoke")
+    config.show_progress = False
+    config.data_dir = str(tmp_path_factory.getbasetemp() / "data")
+    config.demo.cache_dir = str(tmp_path_factory.getbasetemp() / "cache")
+    for key, value in changes.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return finish(config)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from saeft_jax.pipeline import run_pipeline
+
+    workdir = tmp_path_factory.mktemp("smoke")
+    run_pipeline(smoke_config(tmp_path_factory), workdir)
+    return workdir
+
+
+def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finished):
+    report = json.loads((finished / "report" / "report.json").read_text())
+    assert report["id_dataset"] == "digits_colored" and len(report["ood_datasets"]) == 5
+    assert set(report["sae"]) == {"fvu", "dead_fraction", "l0"} and report["sae"]["l0"] == pytest.approx(8.0)
+    runs = report["runs"]
+    assert set(runs) == {"zeroshot", "none", "sae_add_remove"}
+    datasets = {report["id_dataset"], *report["ood_datasets"]}
+    for name, run in runs.items():
+        assert set(run["metrics"]) == datasets and all(0 <= v <= 1 for v in run["metrics"].values())
+        assert run["avg_ood"] == pytest.approx(np.mean([run["metrics"][d] for d in report["ood_datasets"]]))
+        if name == "zeroshot":
+            continue
+        assert set(run["wise"]) == {f"{a / 10:.1f}" for a in range(11)}
+        assert run["wise"]["1.0"]["metrics"] == run["metrics"]
+        assert run["wise"]["0.0"]["metrics"] == runs["zeroshot"]["metrics"]
+        assert run["train"]["steps"] == 60 and np.isfinite(run["train"]["final_loss"])
+        assert set(run["changes"]) >= {"added_per_image", "removed_per_image", "sae_fvu", "cka"}
+        assert 0 < run["changes"]["cka"] <= 1
+        assert len(run["fingerprint"]) == 64
+        assert run["metrics"][report["id_dataset"]] > runs["zeroshot"]["metrics"][report["id_dataset"]]
+    # SAE-FT is the regularised one: its representation stays closer to the zero-shot one
+    assert runs["sae_add_remove"]["changes"]["cka"] > runs["none"]["changes"]["cka"]
+
+
+def test_report_markdown_and_pictures(finished):
+    text = (finished / "report" / "report.md").read_text()
+    order = [text.index(h) for h in ("## What was run", "## Results", "## Pictures", "## What changed")]
+    assert order == sorted(order)
+    for png in ("wise.png", "datasets.png", "features_none.png", "features_sae_add_remove.png"):
+        assert f"]({png})" in text
+        with Image.open(finished / "report" / png) as image:
+            pixels = np.asarray(image.convert("L"))
+        assert image.format == "PNG" and pixels.std() > 10  # something is drawn
+    for artifact in ("zeroshot/digits.safetensors", "features/train.npy", "sae/sae.safetensors", "sae/firing.png",
+                     "finetune/sae_add_remove/final/model.safetensors", "finetune/none/metrics.jsonl",
+                     "evaluate/none/digits_noisy.npz", "config.json", "versions.json"):
+        assert (finished / artifact).exists(), artifact
+
+
+def test_the_fine_tuned_model_opens_in_transformers(finished):
+    import torch
+    import transformers
+
+    model = transformers.CLIPModel.from_pretrained(finished / "finetune" / "sae_add_remove" / "final")
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=torch.zeros(1, 3, 24, 24))
+    out = out.pooler_output if hasattr(out, "pooler_output") else out
+    assert out.shape == (1, 64) and torch.isfinite(out).all()
+
+
+def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, capsys):
+    from saeft_jax.pipeline import run_pipeline
+
+    stamps = {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")}
+    run_pipeline(smoke_config(tmp_path_factory), finished)
+    out = capsys.readouterr().out
+    assert "running" not in out and out.count("complete, skipped") == 8
+    assert {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")} == stamps
+
+
+def test_stopped_between_stages_then_rerun_gives_the_same_fingerprint(finished, tmp_path_factory):
+    from saeft_jax.pipeline import run_pipeline
+
+    workdir = tmp_path_factory.mktemp("stopped")
+    only = {"finetune.regularizers": ("sae_add_remove",)}  # one method keeps the test short
+    run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), workdir)
+    assert not (workdir / "finetune").exists() and (workdir / "sae" / "done.json").exists()
+    run_pipeline(smoke_config(tmp_path_factory, **only), workdir)
+    resumed = json.loads((workdir / "report" / "report.json").read_text())
+    complete = json.loads((finished / "report" / "report.json").read_text())
+    assert resumed["runs"]["sae_add_remove"]["fingerprint"] == complete["runs"]["sae_add_remove"]["fingerprint"]
+
+
+def test_a_workdir_of_another_config_is_refused(finished, tmp_path_factory):
+    from saeft_jax.pipeline import UsageError, run_pipeline
+
+    with pytest.raises(UsageError, match="another config.*finetune.lr"):
+        run_pipeline(smoke_config(tmp_path_factory, **{"finetune.lr": 0.5}), finished)
+
+
+def _main(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_command_line_errors_are_one_paragraph_and_non_zero(tmp_path):
+    unknown = _main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.finetune.lrr=1")
+    assert unknown.returncode != 0 and "lrr" in unknown.stderr
+    (tmp_path / "file").write_text("")
+    not_a_dir = _main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'file'}")
+    assert not_a_dir.returncode == 2 and "is a file; pass a directory" in not_a_dir.stderr
+    assert "Traceback" not in not_a_dir.stderr
+    missing = _main("--config=configs/vitb16.py", f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path}")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "tfds build imagenet2012 --file_format=array_record" in missing.stderr
