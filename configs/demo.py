@@ -13,8 +13,10 @@ fine-tuning and test), saved in Hugging Face format and cached in ~/.cache/saeft
 run skips pretraining. Then the standard stages, plain fine-tuning (`none`) against SAE-FT
 (`sae_add_remove`), and the report.
 
-Hardware: sized for 2 CPU cores: about 10 minutes for the first run (4 of them pretraining),
-the smoke variant about 2. Expected results: see the README's demo section (measured there).
+Hardware: sized for 2 CPU cores: 4.5 minutes for the first run (2-2.5 of them pretraining), 2
+once the CLIP is cached; the smoke variant about 1.5. Expected results (measured, top-1 %, ID
+colored / average of the five shifts): zero-shot 25.3 / 70.3; plain fine-tuning 46.1 / 54.5;
+SAE-FT 48.9 / 60.2; the SAE-FT WiSE-FT curve above the plain one (README, "What the demo shows").
 """
 
 from saeft_jax.config import base_config

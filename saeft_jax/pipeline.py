@@ -9,6 +9,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from saeft_jax.stages import evaluate, features, finetune, report, sae, zeroshot
@@ -56,6 +57,10 @@ def record_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 
 def prepare_workdir(workdir: str | os.PathLike) -> Path:
+    if "://" in str(workdir):
+        raise UsageError(f"--workdir {workdir} is a URL; the workdir must be a directory every process can reach "
+                         f"through the filesystem. Mount the bucket (e.g. gcsfuse --implicit-dirs BUCKET /mnt/bucket, "
+                         f"as launch/tpu_pod.sh does) and pass the mounted path.")
     path = Path(workdir).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--workdir {path} is a file; pass a directory (it is created when missing)")
@@ -77,7 +82,7 @@ def _say(run: Run, message: str) -> None:
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
     """Runs the configured stages in `workdir`; returns the report directory."""
     workdir = prepare_workdir(workdir)
-    if Run(config, workdir).is_writer:
+    if jax.process_index() == 0:
         record_config(config, workdir)
     model_path = None
     if config.demo.enabled:

@@ -38,7 +38,7 @@ def pair():
     head = {"W": jax.random.normal(jax.random.PRNGKey(1), (3, TINY.projection_dim)) * 10, "b": jnp.zeros(3)}
     theta0 = {"encoder": image_params(params), "head": head}
     noise = jax.random.PRNGKey(2)
-    theta_ft = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(noise, x.shape), theta0)
+    theta_ft = jax.jit(lambda t: jax.tree.map(lambda x: x + 0.3 * jax.random.normal(noise, x.shape), t))(theta0)
     return image_encoder(model), theta0, theta_ft
 
 

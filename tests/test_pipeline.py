@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # about two and a half minutes: CI runs it, the quick loop skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -115,9 +115,11 @@ def _method_details(method, detail, figures) -> list[str]:
     if not detail:
         return []
     def describe(entries):
-        return [f"- #{f} in {n} images: " + ", ".join(f"{name} ({cos:.2f})" for name, cos in names)
-                for f, n, names in entries] or ["- none"]
-    lines = [f"### `{method}`", "", "Features most often gained (nearest text entries, cosine):", "",
+        return [f"- #{f} in {n} images (mean activation change {change:+.3f}): "
+                + ", ".join(f"{name} ({cos:.2f})" for name, cos in names)
+                for f, n, change, names in entries] or ["- none"]
+    lines = [f"### `{method}`", "", "Features most often gained (nearest text entries, cosine; the mean change of the "
+             "feature's activation over all images):", "",
              *describe(detail["gained"]), "", "Features most often lost:", "", *describe(detail["lost"]), ""]
     if f"features_{method}" in figures:
         lines += ["Top-activating test images of each (gained: fine-tuned codes; lost: zero-shot codes):", "",

@@ -148,6 +148,9 @@ def _explain(run, name, spec, arrays, changes, codes0, codes_t, sae_params, voca
         figures[f"features_{name}"] = file
     per_class = sorted(changes.top_per_class(spec.classnames),
                        key=lambda r: -(r["added_per_image"] + r["removed_per_image"]))[:cfg.classes_shown]
-    return {"dataset": spec.name, "gained": [(f, int(changes.added_count[f]), names[f]) for f in gained],
-            "lost": [(f, int(changes.removed_count[f]), names[f]) for f in lost], "per_class": per_class,
+    def entry(f: int, count: np.ndarray) -> tuple:
+        return f, int(count[f]), float(changes.mean_change[f]), names[f]
+
+    return {"dataset": spec.name, "gained": [entry(f, changes.added_count) for f in gained],
+            "lost": [entry(f, changes.removed_count) for f in lost], "per_class": per_class,
             "uses_sae": name in regularizers.SAE_BASED}
