@@ -1,4 +1,5 @@
-"""Two processes on 127.0.0.1 (gloo CPU collectives) train exactly as one process with as many devices."""
+"""Two processes on 127.0.0.1 (gloo CPU collectives) train and evaluate exactly as one process
+with as many devices."""
 
 from __future__ import annotations
 
@@ -31,8 +32,20 @@ losses = []
 for _ in range(3):
     state, metrics = step(state, frozen, batch(images), batch(labels))
     losses.append(float(metrics["loss"]))
+from saeft_jax.data.preprocess import ImageSpec
+from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.evaluation.evaluate import evaluate_dataset
+from test_evaluation import ImageSource
+from test_train_step import CLASSES
+spec = DatasetSpec("toy", "prepared", "toy", "test", "toy", ("{}",), fixed_classnames=tuple(map(str, range(CLASSES))))
+theta_ft = jax.tree.map(lambda x: x.addressable_data(0), state["params"])  # replicated: any local copy
+evaluation = evaluate_dataset(model, jax.device_get(params), jax.device_get(theta_ft), spec, ImageSource(21, CLASSES),
+                              image_spec=ImageSpec(size=32), mesh=mesh, global_batch=8, alphas=(0.5,),
+                              show_progress=False)
 print("RESULT " + json.dumps({"losses": losses, "joined": joined, "processes": jax.process_count(),
-                              "devices": jax.device_count()}), flush=True)
+                              "devices": jax.device_count(), "scores": evaluation.scores,
+                              "indices": evaluation.indices.tolist(), "predictions": evaluation.predictions.tolist(),
+                              "embedding": float(evaluation.finetuned_embeddings.sum())}), flush=True)
 """
 
 
@@ -66,6 +79,10 @@ def test_two_processes_match_one_process_with_as_many_devices():
     for worker in pair:
         assert worker["joined"] and worker["processes"] == 2 and worker["devices"] == 8
         np.testing.assert_allclose(worker["losses"], single["losses"], rtol=1e-5)
+        # evaluation: every example once over both processes, gathered on each, the same answers
+        assert sorted(worker["indices"]) == list(range(21)) and worker["indices"] == single["indices"]
+        assert worker["predictions"] == single["predictions"] and worker["scores"] == single["scores"]
+        np.testing.assert_allclose(worker["embedding"], single["embedding"], rtol=1e-4)
 
 
 def test_single_host_never_initializes_and_half_settings_are_named(monkeypatch):
