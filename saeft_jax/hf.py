@@ -110,7 +110,11 @@ def read_config(directory: Path) -> CLIPConfig:
     if not (directory / "config.json").exists():
         raise CheckpointError(f"{directory} has no config.json; a CLIP checkpoint holds config.json and one of "
                               f"{', '.join(WEIGHT_FILES)}.")
-    hf = transformers.AutoConfig.from_pretrained(directory)
+    try:
+        hf = transformers.AutoConfig.from_pretrained(directory)
+    except (ValueError, OSError) as error:  # unreadable JSON, no model_type, ...
+        raise CheckpointError(f"{directory}/config.json is not a usable model config ({error}); a CLIP checkpoint "
+                              f"holds the config.json that CLIPModel.save_pretrained writes.") from error
     if not isinstance(hf, transformers.CLIPConfig):
         raise CheckpointError(f"{directory}/config.json describes a {type(hf).__name__} (model_type "
                               f"{hf.model_type!r}); load_clip needs a CLIPModel checkpoint (model_type 'clip').")

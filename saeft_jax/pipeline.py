@@ -90,7 +90,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
 
         model_path = setup.prepare(config)
     run = Run(config, workdir, model_path)
-    for spec in [run.train_spec, *run.eval_specs()]:  # fail now, not hours in, when data are missing
+    try:
+        specs = [run.train_spec, *run.eval_specs()]
+    except KeyError as error:
+        raise UsageError(f"config.train_dataset / config.eval_suite: {error.args[0]}") from error
+    for spec in specs:  # fail now, not hours in, when data are missing
         run.source(spec)
     names = list(config.finetune.regularizers)
     wanted = set(config.stages)

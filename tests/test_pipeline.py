@@ -123,6 +123,20 @@ def test_a_workdir_of_another_config_is_refused(finished, tmp_path_factory):
         run_pipeline(smoke_config(tmp_path_factory, **{"finetune.lr": 0.5}), finished)
 
 
+def test_unknown_datasets_and_unloadable_checkpoints_are_named(finished, tmp_path_factory):
+    from saeft_jax.hf import CheckpointError
+    from saeft_jax.pipeline import UsageError, run_pipeline
+
+    with pytest.raises(UsageError, match="config.train_dataset / config.eval_suite: unknown dataset 'nope'"):
+        run_pipeline(smoke_config(tmp_path_factory, **{"train_dataset": "nope", "demo.enabled": False}),
+                     tmp_path_factory.mktemp("unknown"))
+    broken = tmp_path_factory.mktemp("broken_model")
+    (broken / "config.json").write_text("{}")
+    config = smoke_config(tmp_path_factory, **{"model": str(broken), "demo.enabled": False})  # demo data registered
+    with pytest.raises(CheckpointError, match=str(broken)):
+        run_pipeline(config, tmp_path_factory.mktemp("no_model"))
+
+
 def _main(*args, env=None):
     return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)

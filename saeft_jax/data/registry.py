@@ -49,13 +49,14 @@ class DatasetSpec:
     ignored_groups: tuple[int, ...] = ()
     fixed_classnames: tuple[str, ...] | None = None
     prepare_kind: str = ""
+    data_dir: str | None = None  # where TFDS class names are read from (None: TFDS's default)
 
     @property
     def classnames(self) -> tuple[str, ...]:
         """Names of this dataset's classes, in label order."""
         if self.fixed_classnames is not None:
             return self.fixed_classnames
-        return _tfds_classnames(self.location)
+        return _tfds_classnames(self.location, self.data_dir)
 
     def project(self, logits):
         """(B, head classes) logits -> (B, dataset classes); works on NumPy and JAX arrays."""
@@ -75,10 +76,11 @@ class DatasetSpec:
 
 
 @functools.cache
-def _tfds_classnames(location: str) -> tuple[str, ...]:
+def _tfds_classnames(location: str, data_dir: str | None) -> tuple[str, ...]:
+    """The label names TFDS recorded when it prepared the dataset, underscores read as spaces."""
     import tensorflow_datasets as tfds
 
-    return tuple(n.replace("_", " ") for n in tfds.builder(location).info.features["label"].names)
+    return tuple(n.replace("_", " ") for n in tfds.builder(location, data_dir=data_dir).info.features["label"].names)
 
 
 def _imagenet(name: str, location: str, split: str, **kw) -> DatasetSpec:

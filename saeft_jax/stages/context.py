@@ -3,6 +3,7 @@ data, and the completion marks that let a rerun skip finished work."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -45,14 +46,18 @@ class Run:
     def image_spec(self):
         return hf.load_image_spec(self.model_path)
 
+    def spec(self, name: str) -> DatasetSpec:
+        """Dataset `name`'s spec, reading TFDS metadata from this run's data dir."""
+        return dataclasses.replace(dataset_spec(name), data_dir=self.config.data_dir or None)
+
     @property
     def train_spec(self) -> DatasetSpec:
-        return dataset_spec(self.config.train_dataset)
+        return self.spec(self.config.train_dataset)
 
     def eval_specs(self) -> list[DatasetSpec]:
         """The suite's datasets, in-distribution first."""
         in_distribution, shifts = suite(self.config.eval_suite)
-        return [dataset_spec(n) for n in ([in_distribution] if in_distribution else []) + list(shifts)]
+        return [self.spec(n) for n in ([in_distribution] if in_distribution else []) + list(shifts)]
 
     def source(self, spec: DatasetSpec):
         return open_source(spec, self.config.data_dir or None)

@@ -17,7 +17,8 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _best_mix(run: dict[str, Any], id_dataset: str | None) -> tuple[str, dict[str, Any]]:
+def best_mix(run: dict[str, Any], id_dataset: str | None) -> tuple[str, dict[str, Any]]:
+    """(alpha, its scores) of the WiSE-FT mix with the highest ID + average OOD."""
     return max(run["wise"].items(), key=lambda item: (item[1]["avg_ood"] or 0) + item[1]["metrics"].get(id_dataset, 0))
 
 
@@ -50,7 +51,7 @@ def _numbers(report) -> list[str]:
     methods = [m for m in report["runs"] if m != "zeroshot"]
     datasets = ([report["id_dataset"]] if report["id_dataset"] else []) + report["ood_datasets"]
     header = ["dataset (metric)", "zero-shot", *methods, *(f"{m}: best WiSE mix" for m in methods)]
-    best = {m: _best_mix(report["runs"][m], report["id_dataset"]) for m in methods}
+    best = {m: best_mix(report["runs"][m], report["id_dataset"]) for m in methods}
     lines = ["## Results", "", "Scores in percent; WiSE-FT mixes the zero-shot and fine-tuned weights, "
              "theta(a) = (1 - a) theta_0 + a theta_ft; the best mix maximises ID + average OOD.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -14,7 +14,7 @@ from saeft_jax.evaluation import interpret
 from saeft_jax.sae_eval import evaluate_sae
 from saeft_jax.stages import evaluate, finetune, sae, zeroshot
 from saeft_jax.stages.context import Run, write_json
-from saeft_jax.stages.render import render_markdown
+from saeft_jax.stages.render import best_mix, render_markdown
 from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "report"
@@ -76,8 +76,7 @@ def _figures(run: Run, report: dict[str, Any], directory) -> dict[str, str]:
     series = {"zero-shot": [report["runs"]["zeroshot"]["metrics"][d] for d in datasets]}
     for method in methods:
         series[method] = [report["runs"][method]["metrics"][d] for d in datasets]
-        best = max(report["runs"][method]["wise"].items(),
-                   key=lambda item: (item[1]["avg_ood"] or 0) + item[1]["metrics"].get(report["id_dataset"], 0))
+        best = best_mix(report["runs"][method], report["id_dataset"])
         series[f"{method} WiSE a={best[0]}"] = [best[1]["metrics"][d] for d in datasets]
     plots.dataset_bars(datasets, series, directory / "datasets.png")
     figures["datasets"] = "datasets.png"
