@@ -60,6 +60,9 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     bad = [r for r in c.finetune.regularizers if r not in regularizers.NAMES]
     if bad:
         raise ConfigError(f"config.finetune.regularizers has unknown names {bad}; known: {regularizers.NAMES}")
+    if c.finetune.steps and c.finetune.warmup_steps >= c.finetune.steps:
+        raise ConfigError(f"config.finetune.warmup_steps ({c.finetune.warmup_steps}) must be below "
+                          f"config.finetune.steps ({c.finetune.steps})")
     if c.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.dtype must be float32 or bfloat16; got {c.dtype!r}")
     c.lock()

@@ -116,6 +116,27 @@ def test_stopped_between_stages_then_rerun_gives_the_same_fingerprint(finished, 
     assert resumed["runs"]["sae_add_remove"]["fingerprint"] == complete["runs"]["sae_add_remove"]["fingerprint"]
 
 
+def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
+    import shutil
+
+    from saeft_jax.config import ConfigError
+    from saeft_jax.stages import finetune
+    from saeft_jax.stages.context import Run
+
+    workdir = tmp_path_factory.mktemp("teacher")
+    for stage in ("zeroshot", "features", "sae"):
+        shutil.copytree(finished / stage, workdir / stage)
+    changes = {"finetune.teacher_cache": True, "finetune.random_crop": False, "finetune.steps": 4,
+               "finetune.log_every": 2, "demo.enabled": False}
+    with pytest.raises(ConfigError, match=r"warmup_steps \(6\) must be below config.finetune.steps \(4\)"):
+        smoke_config(tmp_path_factory, **changes)
+    config = smoke_config(tmp_path_factory, **changes, **{"finetune.warmup_steps": 1})
+    model_path = json.loads((finished / "report" / "report.json").read_text())["model"]
+    finetune.run_stage(Run(config, workdir, model_path), "sae_add_remove")
+    done = json.loads((workdir / "finetune" / "sae_add_remove" / "done.json").read_text())
+    assert done["train"]["steps"] == 4 and np.isfinite(done["train"]["final_loss"])
+
+
 def test_a_workdir_of_another_config_is_refused(finished, tmp_path_factory):
     from saeft_jax.pipeline import UsageError, run_pipeline
 

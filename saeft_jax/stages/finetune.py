@@ -9,6 +9,7 @@ import numpy as np
 import safetensors.numpy
 
 from saeft_jax import hf, parallel, regularizers
+from saeft_jax.config import ConfigError
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.fingerprint import fingerprint
@@ -45,6 +46,9 @@ def run_stage(run: Run, name: str) -> None:
     model, params = run.clip
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))
+    if cfg.warmup_steps >= steps:
+        raise ConfigError(f"config.finetune.warmup_steps ({cfg.warmup_steps}) must be below the run's {steps} steps "
+                          f"({'finetune.steps' if cfg.steps else f'{cfg.epochs} epochs of {len(source)} examples'})")
     optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                                          clip_norm=cfg.clip_norm, accumulate_steps=cfg.accumulate_steps)
     regularizer, sae_params = _regularizer(run, name)
