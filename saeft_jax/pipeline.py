@@ -70,7 +70,8 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise UsageError(f"--workdir {path} cannot be written ({error.strerror}); choose a writable directory") from error
+        raise UsageError(f"--workdir {path} cannot be written ({error.strerror}); choose a writable "
+                         f"directory") from error
     return path
 
 

@@ -63,7 +63,8 @@ def _check(directory: Path, params: dict, meta: dict, wanted: dict[str, int | No
                 if value is not None and meta[key] != value]
     if set(params) - _NAMES or not {"W_enc", "W_dec", "b_pre"} <= set(params):
         problems.append(f"parameters are {sorted(params)}; expected W_enc, W_dec, b_pre and optionally b_enc")
-    elif params["W_enc"].shape != (meta["d"], meta["dict_size"]) or params["W_dec"].shape != (meta["dict_size"], meta["d"]):
+    elif (params["W_enc"].shape, params["W_dec"].shape) != ((meta["d"], meta["dict_size"]),
+                                                            (meta["dict_size"], meta["d"])):
         problems.append(f"W_enc {params['W_enc'].shape} / W_dec {params['W_dec'].shape} do not match "
                         f"d={meta['d']}, dict_size={meta['dict_size']} of {META_FILE}")
     if problems:

@@ -13,7 +13,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from conftest import TINY, random_hf_clip, write_char_tokenizer
+from conftest import TINY, random_hf_clip
 from saeft_jax import hf
 from saeft_jax.data.preprocess import ImageSpec
 from test_clip import random_images, rel_err, torch_image_features, torch_text_features

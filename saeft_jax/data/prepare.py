@@ -176,9 +176,9 @@ def _fmow(source: Path) -> Listing:
         if split is None:
             continue
         region = region_of.get(row["country_code"], "Other")
+        group = labels.FMOW_REGIONS.index(region if region in labels.FMOW_REGIONS else "Other")
         splits.setdefault(split, []).append(Example(source / "images" / f"rgb_img_{index}.png",
-                                                    label_of[row["category"].replace("_", " ")],
-                                                    labels.FMOW_REGIONS.index(region if region in labels.FMOW_REGIONS else "Other")))
+                                                    label_of[row["category"].replace("_", " ")], group))
     return Listing(splits, labels.fmow_classnames(), labels.FMOW_REGIONS)
 
 

@@ -3,8 +3,9 @@ transform (RandomResizedCrop) and their constants.
 
 `clip_eval` reproduces `Resize(size, BICUBIC) -> CenterCrop(size) -> ToTensor -> Normalize` on
 PIL images, including torchvision's rounding of the resized long side (truncated) and of the
-crop offsets (rounded half to even, as Python's `round`), which moves published accuracies. `clip_train` is torchvision's `RandomResizedCrop(size, scale,
-bicubic)` (its sampling algorithm, drawn from a given NumPy generator) + the same normalization.
+crop offsets (rounded half to even, as Python's `round`), which moves published accuracies.
+`clip_train` is torchvision's `RandomResizedCrop(size, scale, bicubic)` (its sampling
+algorithm, drawn from a given NumPy generator) + the same normalization.
 """
 
 from __future__ import annotations

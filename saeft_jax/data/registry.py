@@ -109,7 +109,8 @@ def _wilds(name: str, split: str) -> DatasetSpec:
         return DatasetSpec(name, "prepared", "iwildcam", split, "iwildcam", labels.templates("iwildcam"),
                            metric="macro_f1", fixed_classnames=labels.iwildcam_classnames(), prepare_kind="iwildcam")
     return DatasetSpec(name, "prepared", "fmow", split, "fmow", labels.templates("fmow"), metric="worst_group",
-                       ignored_groups=(labels.FMOW_REGIONS.index("Other"),), fixed_classnames=labels.fmow_classnames(), prepare_kind="fmow")
+                       ignored_groups=(labels.FMOW_REGIONS.index("Other"),), fixed_classnames=labels.fmow_classnames(),
+                       prepare_kind="fmow")
 
 
 def _transfer(name: str, location: str, split: str = "test") -> DatasetSpec:

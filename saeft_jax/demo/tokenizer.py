@@ -14,7 +14,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
-def build_tokenizer(corpus: Iterable[str], directory: str | Path, vocab_size: int = 1000) -> transformers.CLIPTokenizerFast:
+def build_tokenizer(corpus: Iterable[str], directory: str | Path,
+                    vocab_size: int = 1000) -> transformers.CLIPTokenizerFast:
     """Learns merges from `corpus` (lower-cased) and writes a CLIP tokenizer to `directory`: the
     256 byte symbols, the same with `</w>`, one token per merge, then the two special tokens."""
     directory = Path(directory)

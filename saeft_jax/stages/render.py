@@ -33,13 +33,16 @@ def _what(config, report) -> list[str]:
     ft = config.finetune
     steps = report["runs"][methods[0]]["train"]["steps"] if methods else 0
     lines = ["# SAE-FT report", "", "## What was run", "",
-             f"- **Model:** `{report['model']}` ({config.dtype} compute), fine-tuned image encoder + zero-shot-initialised head.",
+             f"- **Model:** `{report['model']}` ({config.dtype} compute), fine-tuned image encoder + "
+             f"zero-shot-initialised head.",
              f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
-             f"(in distribution: `{report['id_dataset']}`; shifts: {', '.join(f'`{d}`' for d in report['ood_datasets'])}).",
-             f"- **Methods:** " + ", ".join(f"`{m}`" + ("" if m == "none" else f" (reg_lambda {ft.reg_lambda:g})")
+             f"(in distribution: `{report['id_dataset']}`; shifts: "
+             + ", ".join(f"`{d}`" for d in report["ood_datasets"]) + ").",
+             "- **Methods:** " + ", ".join(f"`{m}`" + ("" if m == "none" else f" (reg_lambda {ft.reg_lambda:g})")
                                             for m in methods) + f"; {steps} steps of batch {ft.batch_size}, "
              f"lr {ft.lr:g}, warmup {ft.warmup_steps}, weight decay {ft.weight_decay:g}.",
-             f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} {jax.devices()[0].platform} device(s)."]
+             f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
+             f"{jax.devices()[0].platform} device(s)."]
     if report["sae"]:
         sae = report["sae"]
         lines.append(f"- **SAE:** dictionary {config.sae.dict_size}, k {config.sae.k}; on the training features FVU "
@@ -88,8 +91,9 @@ def _changed(report, details, figures) -> list[str]:
              f"In the SAE's vocabulary, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
              f"embedding's top-k codes hold it and the zero-shot one's do not, *removed* in the converse case. "
              f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
-             f"(zero-shot in brackets); CKA compares the two representations over the images (1: same geometry).", "",
-             "| method | ID | avg OOD | added / image | removed / image | SAE FVU | CKA |", "|---|---|---|---|---|---|---|"]
+             f"(zero-shot in brackets); CKA compares the two representations over the images (1: same geometry).",
+             "", "| method | ID | avg OOD | added / image | removed / image | SAE FVU | CKA |",
+             "|---|---|---|---|---|---|---|"]
     for m in methods:
         c, run = report["runs"][m]["changes_by_dataset"][id_name], report["runs"][m]
         lines.append(f"| {m} | {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "

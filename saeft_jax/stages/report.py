@@ -99,7 +99,7 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
 def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
     """Feature changes, SAE FVU and CKA per run and dataset; names and image grids for the ID set."""
     sae_params, meta = sae.load(run)
-    k, dict_size = meta["k"], meta["dict_size"]
+    k, dict_size, relu = meta["k"], meta["dict_size"], meta["options"].get("relu", False)
     vocabulary, text = _vocabulary(run)
     datasets = [report["id_dataset"], *report["ood_datasets"]] if report["id_dataset"] else report["ood_datasets"]
     specs = {s.name: s for s in run.eval_specs()}
@@ -109,8 +109,8 @@ def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
         by_dataset = {}
         for dataset in datasets:
             arrays = evaluate.load_arrays(run, name, dataset)
-            codes0 = interpret.sae_codes(sae_params, arrays["zeroshot_embeddings"], k, relu=meta["options"].get("relu", False))
-            codes_t = interpret.sae_codes(sae_params, arrays["finetuned_embeddings"], k, relu=meta["options"].get("relu", False))
+            codes0 = interpret.sae_codes(sae_params, arrays["zeroshot_embeddings"], k, relu=relu)
+            codes_t = interpret.sae_codes(sae_params, arrays["finetuned_embeddings"], k, relu=relu)
             changes = interpret.feature_changes(codes0, codes_t, arrays["labels"], dict_size,
                                                 len(specs[dataset].classnames))
             by_dataset[dataset] = {
@@ -136,10 +136,11 @@ def _explain(run, name, spec, arrays, changes, codes0, codes_t, sae_params, voca
     names = interpret.name_features(np.asarray(sae_params["W_dec"]), text, vocabulary, gained + lost)
     source = run.source(spec)
     rows = []
-    for label, features, codes in (("gained", gained, codes_t), ("lost", lost, codes0)):
+    for label, features, codes, counts in (("gained", gained, codes_t, changes.added_count),
+                                           ("lost", lost, codes0, changes.removed_count)):
         for f in features:
             top = interpret.top_activating(codes, f, cfg.images_per_feature)
-            title = f"{label} #{f} ({names[f][0][0]}): {int((changes.added_count if label == 'gained' else changes.removed_count)[f])} imgs"
+            title = f"{label} #{f} ({names[f][0][0]}): {int(counts[f])} imgs"
             rows.append((title, [source[int(arrays["indices"][i])]["image"] for i in top]))
     if rows:
         file = f"features_{name}.png"
