@@ -1,4 +1,5 @@
-"""Multi-process start-up: `jax.distributed.initialize` exactly when a run spans several processes.
+"""Multi-process start-up (`jax.distributed.initialize` exactly when a run spans several
+processes) and the barrier that lets processes wait for each other.
 
 Explicit settings (flags or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) win;
 TPU pods and SLURM jobs of several tasks are detected by JAX itself; a single-host run never
@@ -35,3 +36,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize()
         return True
     return False
+
+
+def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
+    """Waits until every process reaches the barrier `name` (each name used once). Unlike a
+    collective, which gives up after 30 s on CPU hosts, this waits through long one-process
+    work (preparing data, pretraining the demo, training the SAE): a coordination-service
+    barrier, through Orbax's multihost helper."""
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    multihost.sync_global_processes(name, timeout=timeout_s, processes=set(range(jax.process_count())))

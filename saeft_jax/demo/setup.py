@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from saeft_jax import distributed
 from saeft_jax.data.sources import DEFAULT_DATA_DIR
 from saeft_jax.demo import digits, pretrain
 
@@ -18,9 +19,6 @@ def prepare(config: ml_collections.ConfigDict) -> str:
     if jax.process_index() == 0:
         digits.write_dataset(config.data_dir or DEFAULT_DATA_DIR, data)
         pretrain.demo_clip(config.demo.cache_dir, data, recipe, show_progress=config.show_progress)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("demo prepared")
+    distributed.barrier("demo prepared")
     digits.register(data)
     return str(pretrain.checkpoint_dir(config.demo.cache_dir, data, recipe))

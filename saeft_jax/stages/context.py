@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from saeft_jax import hf, parallel
+from saeft_jax import distributed, hf, parallel
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
 from saeft_jax.data.sources import open_source
 
@@ -76,17 +76,14 @@ class Run:
         path = self.workdir.joinpath(*parts, DONE)
         return json.loads(path.read_text()) if path.exists() else None
 
-    def mark_done(self, record: dict[str, Any], *parts: str) -> None:
+    def mark_done(self, record: dict[str, Any] | None, *parts: str) -> None:
         """Writes the completion record (atomically, by process 0), then waits for all processes."""
         if self.is_writer:
             write_json(self.dir(*parts) / DONE, record)
         self.barrier("/".join(parts))
 
     def barrier(self, name: str) -> None:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(name)
+        distributed.barrier(f"{self.workdir}:{name}")
 
 
 def write_json(path: Path, record: Any) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
-from saeft_jax import plots, regularizers
+from saeft_jax import parallel, plots, regularizers
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import interpret
 from saeft_jax.sae_eval import evaluate_sae
@@ -48,10 +49,11 @@ def collect(run: Run) -> dict[str, Any]:
 
 
 def run_stage(run: Run) -> None:
-    report = collect(run)
-    directory = run.dir(STAGE)
-    details = _changes(run, report) if report["sae"] else {}
+    """Process 0 computes and writes the report; the others wait."""
     if run.is_writer:
+        report = collect(run)
+        directory = run.dir(STAGE)
+        details = _changes(run, report) if report["sae"] else {}
         figures = _figures(run, report, directory)
         figures.update(details.pop("figures", {}))
         write_json(directory / "report.json", report)
@@ -100,6 +102,7 @@ def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
     """Feature changes, SAE FVU and CKA per run and dataset; names and image grids for the ID set."""
     sae_params, meta = sae.load(run)
     k, dict_size, relu = meta["k"], meta["dict_size"], meta["options"].get("relu", False)
+    local = parallel.data_mesh(jax.local_devices())  # only process 0 writes the report
     vocabulary, text = _vocabulary(run)
     datasets = [report["id_dataset"], *report["ood_datasets"]] if report["id_dataset"] else report["ood_datasets"]
     specs = {s.name: s for s in run.eval_specs()}
@@ -115,8 +118,8 @@ def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
                                                 len(specs[dataset].classnames))
             by_dataset[dataset] = {
                 "added_per_image": changes.added_per_image, "removed_per_image": changes.removed_per_image,
-                "sae_fvu": evaluate_sae(sae_params, arrays["finetuned_embeddings"], k)["fvu"],
-                "sae_fvu_zeroshot": evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k)["fvu"],
+                "sae_fvu": evaluate_sae(sae_params, arrays["finetuned_embeddings"], k, mesh=local)["fvu"],
+                "sae_fvu_zeroshot": evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k, mesh=local)["fvu"],
                 "cka": interpret.linear_cka(arrays["zeroshot_embeddings"], arrays["finetuned_embeddings"])}
             if dataset == datasets[0]:
                 details["runs"][name] = _explain(run, name, specs[dataset], arrays, changes, codes0, codes_t,
