@@ -35,7 +35,20 @@ def _not_prepared(spec: DatasetSpec, data_dir: str, where: str | Path, why: str)
                               f"{where}). Prepare it once with: {spec.preparation(data_dir)}")
 
 
-class TfdsSource:
+class _Reopens:
+    """Pickles as (spec, data dir) and reopens its files on unpickling, in each grain worker."""
+
+    spec: DatasetSpec
+    data_dir: str
+
+    def __getstate__(self):
+        return {"spec": self.spec, "data_dir": self.data_dir}
+
+    def __setstate__(self, state):
+        self.__init__(state["spec"], state["data_dir"])
+
+
+class TfdsSource(_Reopens):
     """A TFDS split through `tfds.data_source` (built with `--file_format=array_record`)."""
 
     def __init__(self, spec: DatasetSpec, data_dir: str):
@@ -61,14 +74,8 @@ class TfdsSource:
             label = self.spec.label_of[label]
         return {"image": example["image"], "label": label, "group": -1}
 
-    def __getstate__(self):
-        return {"spec": self.spec, "data_dir": self.data_dir}
 
-    def __setstate__(self, state):
-        self.__init__(state["spec"], state["data_dir"])
-
-
-class PreparedSource:
+class PreparedSource(_Reopens):
     """A split of a dataset written by `saeft_jax.data.prepare` (or the demo's data builder)."""
 
     def __init__(self, spec: DatasetSpec, data_dir: str):
@@ -92,9 +99,3 @@ class PreparedSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = records.decode(self._records[index])
         return {"image": example["image"], "label": example["label"], "group": example["group"]}
-
-    def __getstate__(self):
-        return {"spec": self.spec, "data_dir": self.data_dir}
-
-    def __setstate__(self, state):
-        self.__init__(state["spec"], state["data_dir"])

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from saeft_jax import parallel
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import ImageSpec, eval_transform
 from saeft_jax.data.registry import DatasetSpec
@@ -55,7 +56,7 @@ def evaluate_dataset(encoder: ImageEncoder, theta0: dict, theta_ft: dict, spec: 
     share = pipeline.Share.of_this_process(global_batch)
     batches = pipeline.eval_batches(source, share=share, transform=eval_transform(image_spec, spec.border_crop),
                                     num_workers=num_workers)
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    sharding = parallel.batch_sharding(mesh)
     bar = progress(len(source), f"evaluate {spec.name}", enabled=show_progress, unit="img")
     keep: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "group", "index", "mask", "pred", "emb")}
     for batch in batches:

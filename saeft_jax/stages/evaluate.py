@@ -44,8 +44,8 @@ def run_stage(run: Run, name: str) -> None:
                          predictions=result.predictions, alphas=np.asarray(result.alphas),
                          zeroshot_embeddings=result.zeroshot_embeddings,
                          finetuned_embeddings=result.finetuned_embeddings)
-                partial.rename(path)
                 write_json(directory / f"{spec.name}.json", result.summary())
+                partial.rename(path)  # last: the .npz marks the dataset as evaluated
             run.barrier(f"evaluate {name} {spec.name}")
         results[spec.name] = json.loads((directory / f"{spec.name}.json").read_text())
     run.mark_done({"datasets": results}, STAGE, name)

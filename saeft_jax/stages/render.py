@@ -17,6 +17,16 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def report_datasets(report: dict[str, Any]) -> list[str]:
+    """The report's datasets, in-distribution first."""
+    return ([report["id_dataset"]] if report["id_dataset"] else []) + report["ood_datasets"]
+
+
+def report_methods(report: dict[str, Any]) -> list[str]:
+    """The fine-tuning methods of the report (every run but zero-shot)."""
+    return [m for m in report["runs"] if m != "zeroshot"]
+
+
 def best_mix(run: dict[str, Any], id_dataset: str | None) -> tuple[str, dict[str, Any]]:
     """(alpha, its scores) of the WiSE-FT mix with the highest ID + average OOD."""
     return max(run["wise"].items(), key=lambda item: (item[1]["avg_ood"] or 0) + item[1]["metrics"].get(id_dataset, 0))
@@ -29,7 +39,7 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
 
 
 def _what(config, report) -> list[str]:
-    methods = [m for m in report["runs"] if m != "zeroshot"]
+    methods = report_methods(report)
     ft = config.finetune
     steps = report["runs"][methods[0]]["train"]["steps"] if methods else 0
     lines = ["# SAE-FT report", "", "## What was run", "",
@@ -51,8 +61,8 @@ def _what(config, report) -> list[str]:
 
 
 def _numbers(report) -> list[str]:
-    methods = [m for m in report["runs"] if m != "zeroshot"]
-    datasets = ([report["id_dataset"]] if report["id_dataset"] else []) + report["ood_datasets"]
+    methods = report_methods(report)
+    datasets = report_datasets(report)
     header = ["dataset (metric)", "zero-shot", *methods, *(f"{m}: best WiSE mix" for m in methods)]
     best = {m: best_mix(report["runs"][m], report["id_dataset"]) for m in methods}
     lines = ["## Results", "", "Scores in percent; WiSE-FT mixes the zero-shot and fine-tuned weights, "
@@ -83,7 +93,7 @@ def _pictures(figures) -> list[str]:
 
 
 def _changed(report, details, figures) -> list[str]:
-    methods = [m for m in report["runs"] if m != "zeroshot"]
+    methods = report_methods(report)
     if not report["sae"] or not all("changes" in report["runs"][m] for m in methods):
         return ["## What changed", "", "No SAE was trained in this run, so there is no feature-level account.", ""]
     id_name = report["id_dataset"] or report["ood_datasets"][0]

@@ -9,13 +9,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from saeft_jax import parallel, plots, regularizers
+from saeft_jax import parallel, plots
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import interpret
 from saeft_jax.sae_eval import evaluate_sae
 from saeft_jax.stages import evaluate, finetune, sae, zeroshot
 from saeft_jax.stages.context import Run, write_json
-from saeft_jax.stages.render import best_mix, render_markdown
+from saeft_jax.stages.render import best_mix, render_markdown, report_datasets, report_methods
 from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "report"
@@ -63,8 +63,8 @@ def run_stage(run: Run) -> None:
 
 
 def _figures(run: Run, report: dict[str, Any], directory) -> dict[str, str]:
-    datasets = [report["id_dataset"], *report["ood_datasets"]] if report["id_dataset"] else report["ood_datasets"]
-    methods = [m for m in report["runs"] if m != "zeroshot"]
+    datasets = report_datasets(report)
+    methods = report_methods(report)
     figures = {}
     if report["id_dataset"]:
         curves = {}
@@ -104,14 +104,17 @@ def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
     k, dict_size, relu = meta["k"], meta["dict_size"], meta["options"].get("relu", False)
     local = parallel.data_mesh(jax.local_devices())  # only process 0 writes the report
     vocabulary, text = _vocabulary(run)
-    datasets = [report["id_dataset"], *report["ood_datasets"]] if report["id_dataset"] else report["ood_datasets"]
+    datasets = report_datasets(report)
     specs = {s.name: s for s in run.eval_specs()}
     cfg = run.config.report
     details: dict[str, Any] = {"runs": {}, "figures": {}}
-    for name in [m for m in report["runs"] if m != "zeroshot"]:
+    zeroshot_fvu: dict[str, float] = {}  # the zero-shot embeddings are every method's alpha 0: fit them once
+    for name in report_methods(report):
         by_dataset = {}
         for dataset in datasets:
             arrays = evaluate.load_arrays(run, name, dataset)
+            if dataset not in zeroshot_fvu:
+                zeroshot_fvu[dataset] = evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k, mesh=local)["fvu"]
             codes0 = interpret.sae_codes(sae_params, arrays["zeroshot_embeddings"], k, relu=relu)
             codes_t = interpret.sae_codes(sae_params, arrays["finetuned_embeddings"], k, relu=relu)
             changes = interpret.feature_changes(codes0, codes_t, arrays["labels"], dict_size,
@@ -119,7 +122,7 @@ def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
             by_dataset[dataset] = {
                 "added_per_image": changes.added_per_image, "removed_per_image": changes.removed_per_image,
                 "sae_fvu": evaluate_sae(sae_params, arrays["finetuned_embeddings"], k, mesh=local)["fvu"],
-                "sae_fvu_zeroshot": evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k, mesh=local)["fvu"],
+                "sae_fvu_zeroshot": zeroshot_fvu[dataset],
                 "cka": interpret.linear_cka(arrays["zeroshot_embeddings"], arrays["finetuned_embeddings"])}
             if dataset == datasets[0]:
                 details["runs"][name] = _explain(run, name, specs[dataset], arrays, changes, codes0, codes_t,
@@ -155,5 +158,4 @@ def _explain(run, name, spec, arrays, changes, codes0, codes_t, sae_params, voca
         return f, int(count[f]), float(changes.mean_change[f]), names[f]
 
     return {"dataset": spec.name, "gained": [entry(f, changes.added_count) for f in gained],
-            "lost": [entry(f, changes.removed_count) for f in lost], "per_class": per_class,
-            "uses_sae": name in regularizers.SAE_BASED}
+            "lost": [entry(f, changes.removed_count) for f in lost], "per_class": per_class}
