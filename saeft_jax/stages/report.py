@@ -114,14 +114,16 @@ def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
         for dataset in datasets:
             arrays = evaluate.load_arrays(run, name, dataset)
             if dataset not in zeroshot_fvu:
-                zeroshot_fvu[dataset] = evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k, mesh=local)["fvu"]
+                zeroshot_fvu[dataset] = evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k, relu=relu,
+                                                     mesh=local)["fvu"]
             codes0 = interpret.sae_codes(sae_params, arrays["zeroshot_embeddings"], k, relu=relu)
             codes_t = interpret.sae_codes(sae_params, arrays["finetuned_embeddings"], k, relu=relu)
             changes = interpret.feature_changes(codes0, codes_t, arrays["labels"], dict_size,
                                                 len(specs[dataset].classnames))
             by_dataset[dataset] = {
                 "added_per_image": changes.added_per_image, "removed_per_image": changes.removed_per_image,
-                "sae_fvu": evaluate_sae(sae_params, arrays["finetuned_embeddings"], k, mesh=local)["fvu"],
+                "sae_fvu": evaluate_sae(sae_params, arrays["finetuned_embeddings"], k, relu=relu,
+                                        mesh=local)["fvu"],
                 "sae_fvu_zeroshot": zeroshot_fvu[dataset],
                 "cka": interpret.linear_cka(arrays["zeroshot_embeddings"], arrays["finetuned_embeddings"])}
             if dataset == datasets[0]:
