@@ -4,7 +4,8 @@
     python -m benchmarks.clip_forward --model vitb32 --batch 8 --steps 5 --backward   # forward + backward
 
 Both run on the same random weights (a transformers `CLIPModel` at the published shape, saved
-and reopened with `saeft_jax.hf.load_clip`) on the CPU, fp32. `--backward` times the gradient of
+and reopened with `saeft_jax.hf.load_clip`) on the same chip (the GPU when there is one); at
+`--dtype bfloat16` ours computes in bf16 with fp32 weights and PyTorch runs under autocast. `--backward` times the gradient of
 the summed embeddings with respect to every image-encoder parameter instead (what fine-tuning
 adds to the forward).
 """
@@ -14,10 +15,12 @@ from __future__ import annotations
 import argparse
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks.common import median_seconds, peak_rss_mib, random_clip_pair, report
+from benchmarks.common import (jax_peak_device_mib, median_seconds, peak_rss_mib, random_clip_pair, report,
+                               torch_device, torch_peak_device_mib, torch_timed, utilisation, vit_forward_flops)
 from saeft_jax.models.clip import image_params
 from saeft_jax.models.clip_shapes import SHAPES
 
@@ -28,6 +31,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--backward", action="store_true", help="time forward + backward instead")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the chip's peak at --dtype, for MFU")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -35,9 +40,13 @@ def main() -> None:
     size = model.config.vision.image_size
     images = np.random.RandomState(0).randn(args.batch, size, size, 3).astype(np.float32)
 
-    encode = lambda p, x: model.apply({"params": p}, x, method=model.encode_image)
+    compute = model.clone(dtype=jnp.dtype(args.dtype))
+    encode = lambda p, x: compute.apply({"params": p}, x, method=compute.encode_image)
     images_jax = jax.device_put(images)
-    pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    device = torch_device()
+    torch_model.to(device)
+    pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     if args.backward:
         encoder = image_params(params)
         grad = jax.jit(jax.grad(lambda p, x: encode({**params, **p}, x).sum()))
@@ -45,23 +54,28 @@ def main() -> None:
 
         def torch_step():
             torch_model.zero_grad()
-            out = torch_model.get_image_features(pixel_values=pixels)
-            getattr(out, "pooler_output", out).sum().backward()  # transformers 5 returns an output object
+            with autocast:
+                out = torch_model.get_image_features(pixel_values=pixels)
+            getattr(out, "pooler_output", out).float().sum().backward()  # transformers 5 returns an output object
 
-        torch_s = median_seconds(torch_step, args.steps)
+        torch_s = median_seconds(torch_timed(torch_step), args.steps)
     else:
         forward = jax.jit(encode)
         jax_s = median_seconds(lambda: forward(params, images_jax).block_until_ready(), args.steps)
-        with torch.inference_mode():
-            torch_s = median_seconds(lambda: torch_model.get_image_features(pixel_values=pixels), args.steps)
+        with torch.inference_mode(), autocast:
+            torch_s = median_seconds(torch_timed(lambda: torch_model.get_image_features(pixel_values=pixels)),
+                                     args.steps)
+    flops = (3 if args.backward else 1) * vit_forward_flops(model.config.vision, args.batch)
 
     report({
         "benchmark": "clip_backward" if args.backward else "clip_forward", "model": args.model,
-        "batch": args.batch, "steps": args.steps,
+        "batch": args.batch, "steps": args.steps, "dtype": args.dtype, "torch_device": device,
         "jax_ms_per_batch": 1e3 * jax_s, "torch_ms_per_batch": 1e3 * torch_s,
         "jax_images_per_s": args.batch / jax_s, "torch_images_per_s": args.batch / torch_s,
-        "speedup_vs_torch": torch_s / jax_s, "torch_threads": torch.get_num_threads(),
-        "peak_rss_mib": peak_rss_mib(),
+        "speedup_vs_torch": torch_s / jax_s, **utilisation(flops, jax_s, args.peak_tflops),
+        **{f"torch_{k}": v for k, v in utilisation(flops, torch_s, args.peak_tflops).items()},
+        "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
+        "peak_device_mib": jax_peak_device_mib(), "torch_peak_device_mib": torch_peak_device_mib(),
     }, args.json)
 
 

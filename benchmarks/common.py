@@ -32,13 +32,66 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def jax_peak_device_mib() -> float | None:
+    """Peak memory JAX's allocator has held on the first accelerator, in MiB; None on the CPU."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+
+def torch_device() -> str:
+    """Where the PyTorch side runs: the GPU when there is one, so both sides use the same chip."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_timed(step: Callable[[], Any]) -> Callable[[], None]:
+    """`step` made to block until its GPU work is done, as `median_seconds` needs."""
+    import torch
+
+    def blocking() -> None:
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return blocking
+
+
+def torch_peak_device_mib() -> float | None:
+    """Peak memory PyTorch's allocator has held on the GPU, in MiB; None without one."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def vit_forward_flops(vision: Any, batch: int) -> float:
+    """Matmul FLOPs of one ViT image-tower forward over `batch` images (2 per multiply-add).
+
+    Per layer: q, k, v and out projections 8TD^2, the MLP 4TDI, the attention scores and their
+    weighted sum 4T^2D; plus the patch embedding. Model FLOPs as MFU counts them (no recomputation).
+    """
+    patches = (vision.image_size // vision.patch_size) ** 2
+    t, d = patches + 1, vision.hidden_size
+    layer = 8 * t * d * d + 4 * t * d * vision.intermediate_size + 4 * t * t * d
+    embed = 2 * patches * vision.patch_size ** 2 * vision.num_channels * d
+    return float(batch * (vision.num_hidden_layers * layer + embed))
+
+
+def utilisation(flops: float, seconds: float, peak_tflops: float | None) -> dict[str, float]:
+    """Achieved TFLOP/s and, given the chip's peak, the model FLOPs utilisation."""
+    achieved = flops / seconds / 1e12
+    return {"tflops": achieved, **({"mfu": achieved / peak_tflops} if peak_tflops else {})}
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import jax
     import os
 
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-            "jax_devices": [str(d) for d in jax.devices()]}
+            "jax_devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind}
 
 
 def random_clip_pair(shape: str):

@@ -3,8 +3,9 @@
     python -m benchmarks.sae_train --d 512 --dict-size 2048 --k 16 --batch 1024 --json OUT
 
 The PyTorch way is the reference's: dense `topk` + `scatter` codes, a dense decoder matmul,
-`torch.optim.AdamW` (lr 1e-3, weight decay 0.01). Both train on the same random unit-norm
-features; the figure is samples per second over `--steps` steps after warm-up.
+`torch.optim.AdamW` (lr 1e-3, weight decay 0.01), on the GPU when there is one. Both train on
+the same random unit-norm features; the figure is samples per second over `--steps` steps after
+warm-up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 import torch
 
-from benchmarks.common import median_seconds, peak_rss_mib, report
+from benchmarks.common import median_seconds, peak_rss_mib, report, torch_device, torch_timed
 from saeft_jax import parallel
 from saeft_jax.sae_eval import data_statistics
 from saeft_jax.sae_training import SAEOptions, initial_state, make_step
@@ -40,12 +41,12 @@ def ours(features: np.ndarray, dict_size: int, k: int, steps: int, sparse: bool)
 
 
 def pytorch(features: np.ndarray, dict_size: int, k: int, steps: int) -> float:
-    d = features.shape[1]
-    w_dec = torch.nn.functional.normalize(torch.randn(dict_size, d), dim=-1)
-    params = [torch.nn.Parameter(torch.empty(d, dict_size).uniform_(-d ** -0.5, d ** -0.5)),
-              torch.nn.Parameter(w_dec), torch.nn.Parameter(torch.zeros(d))]
+    d, device = features.shape[1], torch_device()
+    w_dec = torch.nn.functional.normalize(torch.randn(dict_size, d, device=device), dim=-1)
+    params = [torch.nn.Parameter(torch.empty(d, dict_size, device=device).uniform_(-d ** -0.5, d ** -0.5)),
+              torch.nn.Parameter(w_dec), torch.nn.Parameter(torch.zeros(d, device=device))]
     optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
-    x_raw = torch.from_numpy(features)
+    x_raw = torch.from_numpy(features).to(device)
 
     def one_step():
         w_enc, w_dec, b_pre = params
@@ -58,7 +59,7 @@ def pytorch(features: np.ndarray, dict_size: int, k: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return median_seconds(one_step, steps)
+    return median_seconds(torch_timed(one_step), steps)
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ def main() -> None:
         "benchmark": "sae_train", "d": args.d, "dict_size": args.dict_size, "k": args.k, "batch": args.batch,
         "steps": args.steps, "samples_per_s": per_s(sparse_s), "samples_per_s_dense_kernels": per_s(dense_s),
         "torch_samples_per_s": per_s(torch_s), "speedup_vs_torch": torch_s / sparse_s,
-        "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
+        "torch_device": torch_device(), "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
     }, args.json)
 
 

@@ -5,8 +5,9 @@
 Both fine-tune the full image encoder and a 1000-class head from the same random weights with
 cross-entropy + reg_lambda * R, global-norm clipping at 1.0 and AdamW. The PyTorch way is the
 reference's: transformers' `CLIPVisionModelWithProjection`, a frozen deep copy run under
-`no_grad` for f0, dense Top-K SAE codes. Reported: median ms per step after warm-up, and the
-peak resident memory after our part and after both.
+`no_grad` for f0, dense Top-K SAE codes, on the GPU when there is one (bfloat16: under autocast).
+Reported: median ms per step after warm-up, images/s, model TFLOP/s (and MFU given
+`--peak-tflops`), peak host memory after our part and after both, and peak device memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 import transformers
 
 from benchmarks import torch_reference
-from benchmarks.common import median_seconds, peak_rss_mib, random_clip_pair, report
+from benchmarks.common import (jax_peak_device_mib, median_seconds, peak_rss_mib, random_clip_pair, report,
+                               torch_device, torch_peak_device_mib, torch_timed, utilisation, vit_forward_flops)
 from saeft_jax import parallel, regularizers
 from saeft_jax.models import sae
 from saeft_jax.models.clip import image_encoder, image_params
@@ -40,10 +42,13 @@ def ours(model, params, images, labels, head, sae_params, name: str, steps: int,
     k = sae_params["W_enc"].shape[0] // 32
     reg = regularizers.make_regularizer(name, **({"k": k} if name.startswith("sae") else {}))
     optimizer, schedule = make_optimizer(1e-5, total_steps=1000, warmup_steps=500)
-    step = make_train_step(make_loss(encoder, reg, REG_LAMBDA, taps=taps), optimizer, schedule, parallel.data_mesh())
-    frozen = {"encoder": image_params(params), "sae": sae_params}
+    mesh = parallel.data_mesh()
+    step = make_train_step(make_loss(encoder, reg, REG_LAMBDA, taps=taps), optimizer, schedule, mesh)
+    # Everything on the device first, as the training loop has it: the timing is the step alone.
+    frozen = jax.device_put({"encoder": image_params(params), "sae": sae_params}, parallel.replicated(mesh))
+    images, labels = jax.device_put((images, labels), parallel.batch_sharding(mesh))
     carry = {"state": init_state({"encoder": image_params(params), "head": head}, optimizer)}
-    teacher = encoder.apply({"params": image_params(params)}, images) if teacher_cache else None
+    teacher = jax.jit(encoder.apply)({"params": frozen["encoder"]}, images) if teacher_cache else None
 
     def one_step():
         carry["state"], metrics = step(carry["state"], frozen, images, labels, teacher)
@@ -52,24 +57,27 @@ def ours(model, params, images, labels, head, sae_params, name: str, steps: int,
     return median_seconds(one_step, steps)
 
 
-def pytorch(torch_clip, images, labels, head, sae_params, name: str, steps: int) -> float:
+def pytorch(torch_clip, images, labels, head, sae_params, name: str, steps: int, dtype: str) -> float:
+    """The reference's step on `torch_device()`; bfloat16 runs the model under autocast, fp32 weights."""
+    device = torch_device()
     with tempfile.TemporaryDirectory() as tmp:
         torch_clip.save_pretrained(tmp)
-        encoder = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp).train()
+        encoder = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp).train().to(device)
     frozen = copy.deepcopy(encoder).eval().requires_grad_(False)
-    head_w = torch.nn.Parameter(torch.from_numpy(np.asarray(head["W"])))
-    head_b = torch.nn.Parameter(torch.zeros(CLASSES))
+    to_torch = lambda a: torch.from_numpy(np.array(a)).to(device)
+    head_w, head_b = torch.nn.Parameter(to_torch(head["W"])), torch.nn.Parameter(torch.zeros(CLASSES, device=device))
     trainable = [*encoder.parameters(), head_w, head_b]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.1)
-    sae_t = {n: torch.from_numpy(np.asarray(v)) for n, v in sae_params.items()}
+    sae_t = {n: to_torch(v) for n, v in sae_params.items()}
     k = sae_t["W_enc"].shape[0] // 32
-    pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    targets = torch.from_numpy(labels).long()
+    pixels, targets = to_torch(images.transpose(0, 3, 1, 2)), to_torch(labels).long()
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def one_step():
-        f = encoder(pixel_values=pixels).image_embeds
-        with torch.no_grad():  # plain fine-tuning needs no zero-shot forward (XLA drops ours too)
-            f0 = f.detach() if name == "none" else frozen(pixel_values=pixels).image_embeds
+        with autocast:
+            f = encoder(pixel_values=pixels).image_embeds.float()
+            with torch.no_grad():  # plain fine-tuning needs no zero-shot forward (XLA drops ours too)
+                f0 = f.detach() if name == "none" else frozen(pixel_values=pixels).image_embeds.float()
         logits = torch_reference.unit(f) @ head_w.T + head_b
         loss = torch.nn.functional.cross_entropy(logits, targets)
         loss = loss + REG_LAMBDA * torch_reference.regularizer(name, f, f0, sae_t, k)
@@ -78,7 +86,14 @@ def pytorch(torch_clip, images, labels, head, sae_params, name: str, steps: int)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
 
-    return median_seconds(one_step, steps)
+    return median_seconds(torch_timed(one_step), steps)
+
+
+def step_flops(vision, batch: int, regularizer: str, teacher_cache: bool) -> float:
+    """Model FLOPs of one step: forward and backward (3 forwards) of the trained encoder, plus the
+    frozen encoder's forward unless the regularizer needs none or the teacher cache replaces it."""
+    forward = vit_forward_flops(vision, batch)
+    return (3 + (regularizer != "none" and not teacher_cache)) * forward
 
 
 def main() -> None:
@@ -90,7 +105,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--teacher-cache", action="store_true",
                         help="read f0 from a precomputed cache instead of running the frozen encoder")
-    parser.add_argument("--skip-torch", action="store_true", help="time only our step (e.g. on a GPU)")
+    parser.add_argument("--skip-torch", action="store_true", help="time only our step")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the chip's peak at --dtype, to report model FLOPs utilisation (H100/H200 bf16: 989)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -105,13 +122,20 @@ def main() -> None:
 
     ours_s = ours(model, params, images, labels, head, sae_params, args.regularizer, args.steps, jnp.dtype(args.dtype),
                   args.teacher_cache)
+    flops = step_flops(model.config.vision, args.batch, args.regularizer, args.teacher_cache)
     result = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "regularizer": args.regularizer,
               "dtype": args.dtype, "teacher_cache": args.teacher_cache, "steps": args.steps, "ms_per_step": 1e3 * ours_s,
-              "peak_rss_mib": peak_rss_mib()}
+              "images_per_s": args.batch / ours_s, "model_flops_per_step": flops,
+              **utilisation(flops, ours_s, args.peak_tflops),
+              "peak_rss_mib": peak_rss_mib(), "peak_device_mib": jax_peak_device_mib()}
     if not args.skip_torch:
-        torch_s = pytorch(torch_clip, images, labels, head, sae_params, args.regularizer, args.steps)
-        result.update(torch_ms_per_step=1e3 * torch_s, speedup_vs_torch=torch_s / ours_s,
-                      torch_threads=torch.get_num_threads(), peak_rss_mib_with_torch=peak_rss_mib())
+        torch_s = pytorch(torch_clip, images, labels, head, sae_params, args.regularizer, args.steps, args.dtype)
+        torch_flops = step_flops(model.config.vision, args.batch, args.regularizer, teacher_cache=False)
+        result.update(torch_device=torch_device(), torch_ms_per_step=1e3 * torch_s, speedup_vs_torch=torch_s / ours_s,
+                      torch_images_per_s=args.batch / torch_s,
+                      **{f"torch_{k}": v for k, v in utilisation(torch_flops, torch_s, args.peak_tflops).items()},
+                      torch_threads=torch.get_num_threads(), peak_rss_mib_with_torch=peak_rss_mib(),
+                      torch_peak_device_mib=torch_peak_device_mib())
     report(result, args.json)
 
 
