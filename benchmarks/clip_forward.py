@@ -5,9 +5,9 @@
 
 Both run on the same random weights (a transformers `CLIPModel` at the published shape, saved
 and reopened with `saeft_jax.hf.load_clip`) on the same chip (the GPU when there is one); at
-`--dtype bfloat16` ours computes in bf16 with fp32 weights and PyTorch runs under autocast. `--backward` times the gradient of
-the summed embeddings with respect to every image-encoder parameter instead (what fine-tuning
-adds to the forward).
+`--dtype bfloat16` ours computes in bf16 with fp32 weights and PyTorch runs under autocast.
+`--backward` times the gradient of the summed embeddings with respect to every image-encoder
+parameter instead (what fine-tuning adds to the forward).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 Makes `--images` ImageNet-sized JPEGs (500x375 and 375x500, quality 90), prepares them as a
 dataset (`saeft_jax.data.prepare folder`), then times our grain evaluation pipeline (decode +
 `clip_eval`) and training pipeline (decode + `clip_train`) with 0 workers (reader threads only),
-1 and 2 worker processes (timed end to end, worker start-up included), against the torchvision-style loop: `PIL.Image.open` -> RGB -> bicubic
-resize -> centre crop -> normalize, one image after another.
+1 and 2 worker processes (timed end to end, worker start-up included), against the
+torchvision-style loop: `PIL.Image.open` -> RGB -> bicubic resize -> centre crop -> normalize,
+one image after another.
 """
 
 from __future__ import annotations

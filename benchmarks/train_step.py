@@ -124,8 +124,8 @@ def main() -> None:
                   args.teacher_cache)
     flops = step_flops(model.config.vision, args.batch, args.regularizer, args.teacher_cache)
     result = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "regularizer": args.regularizer,
-              "dtype": args.dtype, "teacher_cache": args.teacher_cache, "steps": args.steps, "ms_per_step": 1e3 * ours_s,
-              "images_per_s": args.batch / ours_s, "model_flops_per_step": flops,
+              "dtype": args.dtype, "teacher_cache": args.teacher_cache, "steps": args.steps,
+              "ms_per_step": 1e3 * ours_s, "images_per_s": args.batch / ours_s, "model_flops_per_step": flops,
               **utilisation(flops, ours_s, args.peak_tflops),
               "peak_rss_mib": peak_rss_mib(), "peak_device_mib": jax_peak_device_mib()}
     if not args.skip_torch:

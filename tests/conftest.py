@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
 import dataclasses
 
+import jax
 import pytest
 
 from saeft_jax.hf import config_to_hf
@@ -23,6 +24,10 @@ TINY = CLIPConfig(
     projection_dim=32,
 )
 VITB16 = clip_shape("vitb16")
+
+# The tests compare formulas with fp32/fp64 references. On GPUs and TPUs XLA's default precision
+# lets fp32 matmuls run as TF32 or bf16 passes (about 1e-4 relative off); the CPU is exact either way.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def random_hf_clip(shape: CLIPConfig, hidden_act: str = "quick_gelu", seed: int = 0, **text_overrides):

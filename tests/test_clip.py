@@ -20,13 +20,15 @@ def rel_err(ours, ref) -> float:
 
 def torch_image_features(model, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model.get_image_features(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output.numpy()
+        pixels = torch.from_numpy(images.transpose(0, 3, 1, 2))
+        return model.get_image_features(pixel_values=pixels).pooler_output.numpy()
 
 
 def torch_text_features(model, ids: np.ndarray, attention_mask=None) -> np.ndarray:
     mask = None if attention_mask is None else torch.from_numpy(attention_mask)
     with torch.no_grad():
-        return model.get_text_features(input_ids=torch.from_numpy(ids).long(), attention_mask=mask).pooler_output.numpy()
+        ids = torch.from_numpy(ids).long()
+        return model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output.numpy()
 
 
 def load_pair(tmp_path, shape, act="quick_gelu", **text_overrides):

@@ -18,7 +18,8 @@ def test_every_suite_dataset_has_a_spec_with_names_and_templates():
             assert spec.templates and all("{}" in t for t in spec.templates), dataset
             if spec.fixed_classnames is not None:  # (ImageNet's and iWildCam's lists repeat a few names)
                 assert all(isinstance(c, str) and c for c in spec.classnames), dataset
-    assert suite("imagenet") == ("imagenet", ("imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a", "objectnet"))
+    shifts = ("imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a", "objectnet")
+    assert suite("imagenet") == ("imagenet", shifts)
     assert len(dataset_spec("imagenet").classnames) == 1000  # OpenAI's list, which repeats two names
     assert len(dataset_spec("imagenet").templates) == 80
     with pytest.raises(KeyError, match="unknown dataset 'imagenet_c'"):

@@ -67,7 +67,8 @@ def test_save_clip_reopens_in_transformers(tiny_clip_dir, tmp_path):
                        image_spec=ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
     reopened = transformers.CLIPModel.from_pretrained(out).eval()
     image = torch_image_features(reopened, random_images(2, 32))
-    np.testing.assert_allclose(image, 1.5 * torch_image_features(torch_model, random_images(2, 32)), rtol=1e-4, atol=1e-5)
+    expected = 1.5 * torch_image_features(torch_model, random_images(2, 32))
+    np.testing.assert_allclose(image, expected, rtol=1e-4, atol=1e-5)
     assert rel_err(torch_text_features(reopened, IDS), torch_text_features(torch_model, IDS)) < 1e-6
     assert hf.load_image_spec(out) == ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert hf.load_tokenizer(out)("a cat")["input_ids"] == hf.load_tokenizer(path)("a cat")["input_ids"]

@@ -17,7 +17,8 @@ import json, sys
 sys.path.insert(0, "tests")
 from saeft_jax import distributed
 process_id, processes, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-joined = distributed.initialize(f"127.0.0.1:{port}", processes, process_id) if processes > 1 else distributed.initialize()
+address = f"127.0.0.1:{port}"
+joined = distributed.initialize(address, processes, process_id) if processes > 1 else distributed.initialize()
 import jax
 from saeft_jax import parallel
 from saeft_jax.training.step import init_state
