@@ -1,6 +1,6 @@
 """SAE-FT on WILDS FMoW with CLIP ViT-B/16: satellite images, ID vs OOD years, worst-region accuracy.
 
-    python -m saeft_jax.main --config=configs/fmow_vitb16.py --workdir=/mnt/bucket/saeft/fmow
+    python -m saeft_jax.main --config=configs/fmow_vitb16.py --workdir=gs://my-bucket/saeft/fmow
 
 Data: the WILDS folder (wilds.get_dataset("fmow", download=True)), then
 `python -m saeft_jax.data.prepare fmow --source=data/fmow_v1.1` (141,696 images in the five splits).

@@ -1,6 +1,6 @@
 """SAE-FT on WILDS iWildCam with CLIP ViT-B/16: ID test vs OOD test (new camera traps), macro-F1.
 
-    python -m saeft_jax.main --config=configs/iwildcam_vitb16.py --workdir=/mnt/bucket/saeft/iwildcam
+    python -m saeft_jax.main --config=configs/iwildcam_vitb16.py --workdir=gs://my-bucket/saeft/iwildcam
 
 Data: the WILDS folder (pip install wilds; wilds.get_dataset("iwildcam", download=True)), then
 `python -m saeft_jax.data.prepare iwildcam --source=data/iwildcam_v2.0` (203,029 images).

@@ -1,6 +1,6 @@
 """SAE-FT on ImageNet with CLIP ViT-B/16: the paper's main setting (METHOD.md sections 1-4).
 
-    python -m saeft_jax.main --config=configs/vitb16.py --workdir=/mnt/bucket/saeft/vitb16
+    python -m saeft_jax.main --config=configs/vitb16.py --workdir=gs://my-bucket/saeft/vitb16
 
 Data (TFDS, ArrayRecord, in $TFDS_DATA_DIR or --config.data_dir): imagenet2012 (manual download:
 ILSVRC2012_img_{train,val}.tar into $TFDS_DATA_DIR/downloads/manual/), imagenet_v2, imagenet_r,

@@ -1,6 +1,6 @@
 """SAE-FT on ImageNet with CLIP ViT-B/32: the cheaper ImageNet run (same protocol as vitb16.py).
 
-    python -m saeft_jax.main --config=configs/vitb32.py --workdir=/mnt/bucket/saeft/vitb32
+    python -m saeft_jax.main --config=configs/vitb32.py --workdir=gs://my-bucket/saeft/vitb32
 
 Data: as configs/vitb16.py (ImageNet and its five shifts; see that docstring for preparation).
 Sized for a TPU v4-8 or 4-8 GPUs: global batch 512, bf16 compute, 10 epochs.

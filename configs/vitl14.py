@@ -1,6 +1,6 @@
 """SAE-FT on ImageNet with CLIP ViT-L/14 (d = 768: SAE dictionary 3072, k 24).
 
-    python -m saeft_jax.main --config=configs/vitl14.py --workdir=/mnt/bucket/saeft/vitl14
+    python -m saeft_jax.main --config=configs/vitl14.py --workdir=gs://my-bucket/saeft/vitl14
 
 Data: as configs/vitb16.py. Sized for a TPU v4-64 or 16 x 80 GB GPUs: global batch 512, bf16
 compute, FSDP-sharded parameters and optimizer state, rematerialised blocks.

@@ -7,7 +7,7 @@
 #
 # Data must be in TFDS ArrayRecord format on GCS (TFDS_DATA_DIR=gs://.../tensorflow_datasets, prepared
 # once from any machine with `tfds build ... --file_format=array_record --data_dir=gs://...`).
-# The workdir is the bucket mounted with gcsfuse at /mnt/bucket on every worker (shared by all hosts).
+# The workdir is gs://BUCKET/saeft/RUN, written by every host directly (gcsfs and Orbax's GCS driver).
 set -euo pipefail
 : "${REPO:?git URL of saeft-jax}" "${BUCKET:?gs:// bucket for the workdir and data}"
 ZONE=${ZONE:-us-central2-b}; TYPE=${TYPE:-v4-32}; NAME=${NAME:-saeft}; CONFIG=${CONFIG:-configs/vitb16.py}
@@ -20,13 +20,7 @@ on_all() { gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all --
 
 on_all "set -e; [ -d saeft-jax ] || git clone $REPO saeft-jax; cd saeft-jax && git pull --ff-only; \
         python3 -m venv ~/venv && . ~/venv/bin/activate && pip install -q -U pip && \
-        pip install -q 'jax[tpu]' gcsfs -e .; \
-        command -v gcsfuse >/dev/null || { echo 'deb https://packages.cloud.google.com/apt gcsfuse-jammy main' | \
-          sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
-          curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - >/dev/null; \
-          sudo apt-get update -qq && sudo apt-get install -yqq gcsfuse; }; \
-        sudo mkdir -p /mnt/bucket && sudo chown \$USER /mnt/bucket; \
-        mountpoint -q /mnt/bucket || gcsfuse --implicit-dirs ${BUCKET#gs://} /mnt/bucket"
+        pip install -q 'jax[tpu]' -e '.[gcs]'"
 # The same command on every host; rerunning it after a preemption continues the run.
 on_all "cd saeft-jax && . ~/venv/bin/activate && TFDS_DATA_DIR=$BUCKET/tensorflow_datasets \
-        python -m saeft_jax.main --config=$CONFIG --workdir=/mnt/bucket/saeft/$RUN"
+        python -m saeft_jax.main --config=$CONFIG --workdir=$BUCKET/saeft/$RUN"

@@ -24,9 +24,10 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 import transformers
+from etils import epath
 from flax import traverse_util
 
-from saeft_jax import hf_layout
+from saeft_jax import hf_layout, storage
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models.clip import CLIP, CLIPConfig, TextConfig, TowerConfig, VisionConfig, param_shapes
 
@@ -54,12 +55,14 @@ def load_clip(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, *, rema
 
 
 def save_clip(model: CLIP, params: dict, out_dir: str | os.PathLike, *, tokenizer: Any = None,
-              image_spec: ImageSpec | None = None) -> Path:
+              image_spec: ImageSpec | None = None) -> epath.Path:
     """Writes `config.json` + `model.safetensors` (PyTorch layout), plus tokenizer and image
-    settings when given, atomically: `out_dir` appears complete or not at all."""
-    out_dir = Path(out_dir)
+    settings when given, atomically: a local `out_dir` appears complete or not at all; a URL's
+    files are uploaded once all are written."""
+    out_dir = storage.path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    local_parent = None if storage.is_remote(out_dir) else out_dir.parent  # None: the system's temp dir
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=local_parent))
     flat = traverse_util.flatten_dict(jax.device_get(params))
     state = hf_layout.flax_to_pt_state({p: np.asarray(v, np.float32) for p, v in flat.items()})
     safetensors.numpy.save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
@@ -68,14 +71,19 @@ def save_clip(model: CLIP, params: dict, out_dir: str | os.PathLike, *, tokenize
         tokenizer.save_pretrained(staging)
     if image_spec is not None:
         (staging / "preprocessor_config.json").write_text(json.dumps(image_spec.hf_processor_config(), indent=2))
-    if out_dir.exists():
+    if out_dir.exists() and not storage.is_remote(out_dir):
         shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    storage.publish(staging, out_dir)
     return out_dir
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A local directory holding the checkpoint: `name_or_path` itself or the hub snapshot."""
+    """A local directory holding the checkpoint: `name_or_path` itself, a local copy of a URL
+    (gs://...), or the hub snapshot."""
+    if storage.is_remote(name_or_path):
+        if not storage.path(name_or_path).is_dir():
+            raise CheckpointError(f"No checkpoint directory at {name_or_path}.")
+        return storage.local_copy(storage.path(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path

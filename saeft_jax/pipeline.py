@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 from importlib import metadata
-from pathlib import Path
 
 import jax
 import ml_collections
+from etils import epath
 
+from saeft_jax import storage
 from saeft_jax.stages import evaluate, features, finetune, report, sae, zeroshot
 from saeft_jax.stages.context import Run, write_json
 
@@ -35,7 +36,7 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     """Writes config.json and versions.json; refuses a workdir that holds a run of another config."""
     resolved = json.loads(config.to_json_best_effort())
     path = workdir / "config.json"
@@ -56,22 +57,25 @@ def record_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     write_json(workdir / "versions.json", versions)
 
 
-def prepare_workdir(workdir: str | os.PathLike) -> Path:
-    if "://" in str(workdir):
-        raise UsageError(f"--workdir {workdir} is a URL; the workdir must be a directory every process can reach "
-                         f"through the filesystem. Mount the bucket (e.g. gcsfuse --implicit-dirs BUCKET /mnt/bucket, "
-                         f"as launch/tpu_pod.sh does) and pass the mounted path.")
-    path = Path(workdir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--workdir {path} is a file; pass a directory (it is created when missing)")
+def prepare_workdir(workdir: str | os.PathLike) -> epath.Path:
+    """The workdir, a local directory or an object-store URL (gs://bucket/run), checked writable."""
+    path = storage.path(workdir)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"--workdir {path} cannot be written ({error.strerror}); choose a writable "
-                         f"directory") from error
+        is_file = path.exists() and not path.is_dir()
+        if not is_file:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+    except ImportError as error:  # gs:// without gcsfs, s3:// without s3fs
+        raise UsageError(f"--workdir {path} needs a filesystem package that is not installed ({error}); for gs:// "
+                         f"run pip install gcsfs, for s3:// pip install s3fs") from error
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"--workdir {path} cannot be written ({reason}); choose a writable directory, or for a "
+                         f"bucket check its name and your credentials") from error
+    if is_file:
+        raise UsageError(f"--workdir {path} is a file; pass a directory (it is created when missing)")
     return path
 
 
@@ -80,7 +84,7 @@ def _say(run: Run, message: str) -> None:
         print(message, flush=True)
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
     """Runs the configured stages in `workdir`; returns the report directory."""
     workdir = prepare_workdir(workdir)
     if jax.process_index() == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from saeft_jax import storage  # noqa: E402
 
 
 def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title: str = "SAE latent firing") -> None:
@@ -22,8 +25,7 @@ def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title:
     ax.set_ylabel("latents")
     ax.set_title(f"{title}: {frequencies.size - alive.size} of {frequencies.size} dead")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def wise_curves(curves: dict[str, tuple[list[float], list[float], list[float]]], path: str | os.PathLike, *,
@@ -46,8 +48,7 @@ def wise_curves(curves: dict[str, tuple[list[float], list[float], list[float]]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def dataset_bars(datasets: list[str], series: dict[str, list[float]], path: str | os.PathLike, *,
@@ -64,8 +65,7 @@ def dataset_bars(datasets: list[str], series: dict[str, list[float]], path: str 
     ax.legend(fontsize=7, ncols=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def image_grid(rows: list[tuple[str, list[np.ndarray]]], path: str | os.PathLike, *, columns: int = 8) -> None:
@@ -79,5 +79,12 @@ def image_grid(rows: list[tuple[str, list[np.ndarray]]], path: str | os.PathLike
         for ax, image in zip(row[1:], images):
             ax.imshow(image)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike, *, dpi: int) -> None:
+    """The figure as a PNG at `path` (a local path or a URL), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    storage.write_atomic(storage.path(path), buffer.getvalue())

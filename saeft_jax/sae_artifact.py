@@ -1,19 +1,20 @@
 """The SAE artifact on disk: `sae.safetensors` (parameters) + `sae.json` (shape, options, metrics).
 
 Loading checks the file against what the caller will use it with (d, F, k) and says what
-differs; writes are atomic (a temporary file renamed into place).
+differs; writes are atomic (`saeft_jax.storage`), to a local directory or a URL.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors
-import safetensors.numpy
+from etils import epath
+
+from saeft_jax import storage
 
 PARAMS_FILE, META_FILE = "sae.safetensors", "sae.json"
 _NAMES = {"W_enc", "W_dec", "b_pre", "b_enc"}
@@ -24,41 +25,37 @@ class SAEArtifactError(ValueError):
 
 
 def save_sae(directory: str | os.PathLike, params: dict[str, Any], *, k: int, normalize_inputs: bool = True,
-             options: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
+             options: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> epath.Path:
     """Writes the parameters and `sae.json` {d, dict_size, k, normalize_inputs, options, metrics}."""
-    directory = Path(directory)
+    directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {name: np.asarray(value, np.float32) for name, value in params.items()}
     d, dict_size = arrays["W_enc"].shape
     meta = {"d": d, "dict_size": dict_size, "k": k, "normalize_inputs": normalize_inputs,
             "b_enc": "b_enc" in arrays, "options": options or {}, "metrics": _jsonable(metrics or {})}
-    tmp = directory / (PARAMS_FILE + ".tmp")
-    safetensors.numpy.save_file(arrays, tmp, metadata={"k": str(k)})
-    os.replace(tmp, directory / PARAMS_FILE)
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, directory / META_FILE)
+    storage.save_safetensors(directory / PARAMS_FILE, arrays, metadata={"k": str(k)})
+    storage.write_atomic(directory / META_FILE, json.dumps(meta, indent=2))
     return directory
 
 
 def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: int | None = None,
              k: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """`(params, meta)`; given `d`, `dict_size` or `k`, an artifact that differs is an error."""
-    directory = Path(directory)
+    directory = storage.path(directory)
     missing = [f for f in (PARAMS_FILE, META_FILE) if not (directory / f).exists()]
     if missing:
         raise SAEArtifactError(f"{directory} is not an SAE artifact: {', '.join(missing)} missing (expected "
                                f"{PARAMS_FILE} and {META_FILE}, written by the sae stage).")
     meta = json.loads((directory / META_FILE).read_text())
     try:
-        params = safetensors.numpy.load_file(directory / PARAMS_FILE)
+        params = storage.load_safetensors(directory / PARAMS_FILE)
     except (safetensors.SafetensorError, OSError) as e:
         raise SAEArtifactError(f"{directory / PARAMS_FILE} is not readable ({e}); rerun the sae stage.") from e
     _check(directory, params, meta, {"d": d, "dict_size": dict_size, "k": k})
     return params, meta
 
 
-def _check(directory: Path, params: dict, meta: dict, wanted: dict[str, int | None]) -> None:
+def _check(directory: epath.Path, params: dict, meta: dict, wanted: dict[str, int | None]) -> None:
     problems = [f"{key} is {meta[key]} in the artifact but {value} here" for key, value in wanted.items()
                 if value is not None and meta[key] != value]
     if set(params) - _NAMES or not {"W_enc", "W_dec", "b_pre"} <= set(params):

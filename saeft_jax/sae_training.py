@@ -104,12 +104,14 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
         if checkpoints is not None:
             checkpoints.save(epoch, state, {"epoch": epoch})
         log.write(record)
+        log.flush()  # an epoch is long; its record should survive a preemption
     bar.close()
     if checkpoints is not None:
         checkpoints.close()
     params = jax.device_get(state["params"])
     final = evaluate_sae(params, features, k, relu=opts.relu, batch_size=batch_size, mesh=mesh, stats=stats)
     log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
+    log.flush()
     if opts.histogram_path:
         firing_histogram(final["firing_frequency"], opts.histogram_path)
     return params, {**final, "epochs": epochs}

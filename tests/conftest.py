@@ -67,3 +67,76 @@ def tiny_clip_dir(tmp_path_factory):
     model.save_pretrained(path)
     write_char_tokenizer(path)
     return path, model
+
+
+@pytest.fixture(scope="session")
+def bucket():
+    """`gs://bucket` served by an in-memory GCS emulator on 127.0.0.1, reached by gcsfs (the
+    workdir's files) and by TensorStore (Orbax's checkpoints) as they would reach Cloud Storage."""
+    import logging
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    for noisy in ("gcp_storage_emulator", "gcsfs"):  # gcsfs: "could not determine bucket type" (no credentials)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
+    server._api = _queued_api_class()("127.0.0.1", port, server._storage)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"STORAGE_EMULATOR_HOST": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "True"}
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    yield "gs://bucket"
+    server.stop()
+    for name, value in before.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
+
+
+def _queued_api_class():
+    """The emulator's API thread, made to behave as Cloud Storage does where TensorStore depends on
+    it: a deep accept queue (its one-request-at-a-time server keeps http.server's backlog of 5,
+    which refuses parallel checkpoint writes) and the object's generation in the headers of a
+    download (TensorStore reads it to version Orbax's OCDBT manifest)."""
+    import functools
+    from http import server as http_server
+
+    from gcp_storage_emulator import server as emulator
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    download = objects.download
+
+    def download_with_generation(request, response, storage, *args, **kwargs):
+        try:
+            info = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = info["generation"]
+            response["x-goog-metageneration"] = info["metageneration"]
+        except NotFound:  # the download answers 404 itself
+            pass
+        return download(request, response, storage, *args, **kwargs)
+
+    objects.download = download_with_generation  # reached through objects.get(alt=media)
+    for _, handlers in emulator.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is download:
+                handlers[method] = download_with_generation
+
+    class QueuedHTTPServer(http_server.HTTPServer):
+        request_queue_size = 1024
+
+    class QueuedAPI(emulator.APIThread):
+        def run(self):
+            self._httpd = QueuedHTTPServer((self._host, self._port),
+                                           functools.partial(emulator.RequestHandler, self._storage))
+            self.is_running.set()
+            self._httpd.serve_forever()
+
+    return QueuedAPI

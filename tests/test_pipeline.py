@@ -103,14 +103,20 @@ def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, ca
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")} == stamps
 
 
-def test_stopped_between_stages_then_rerun_gives_the_same_fingerprint(finished, tmp_path_factory):
+def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprint(finished, tmp_path_factory, bucket,
+                                                                                  monkeypatch):
+    """The same run with --workdir=gs://... (an emulated bucket), stopped after the SAE and rerun."""
+    from saeft_jax import storage
     from saeft_jax.pipeline import run_pipeline
 
-    workdir = tmp_path_factory.mktemp("stopped")
+    monkeypatch.setattr(storage, "CACHE", str(tmp_path_factory.mktemp("remote_cache")))
+    workdir = storage.path(f"{bucket}/stopped")
     only = {"finetune.regularizers": ("sae_add_remove",)}  # one method keeps the test short
-    run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), workdir)
+    run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
     assert not (workdir / "finetune").exists() and (workdir / "sae" / "done.json").exists()
-    run_pipeline(smoke_config(tmp_path_factory, **only), workdir)
+    run_pipeline(smoke_config(tmp_path_factory, **only), str(workdir))
+    assert (workdir / "finetune" / "sae_add_remove" / "checkpoints").is_dir()  # Orbax wrote to the bucket too
+    assert (workdir / "report" / "wise.png").read_bytes()[:4] == b"\x89PNG"
     resumed = json.loads((workdir / "report" / "report.json").read_text())
     complete = json.loads((finished / "report" / "report.json").read_text())
     assert resumed["runs"]["sae_add_remove"]["fingerprint"] == complete["runs"]["sae_add_remove"]["fingerprint"]

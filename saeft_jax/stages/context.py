@@ -7,14 +7,14 @@ import dataclasses
 import functools
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
-from saeft_jax import distributed, hf, parallel
+from saeft_jax import distributed, hf, parallel, storage
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
 from saeft_jax.data.sources import open_source
 
@@ -26,7 +26,7 @@ class Run:
     for each other at completion marks."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, model_path: str | None = None):
-        self.config, self.workdir = config, Path(workdir)
+        self.config, self.workdir = config, storage.path(workdir)
         self.model_path = model_path or config.model
 
     @functools.cached_property
@@ -66,7 +66,7 @@ class Run:
     def is_writer(self) -> bool:
         return jax.process_index() == 0
 
-    def dir(self, *parts: str) -> Path:
+    def dir(self, *parts: str) -> epath.Path:
         path = self.workdir.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -86,8 +86,6 @@ class Run:
         distributed.barrier(f"{self.workdir}:{name}")
 
 
-def write_json(path: Path, record: Any) -> None:
-    """JSON written under a temporary name and renamed into place."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=1))
-    os.replace(partial, path)
+def write_json(path: epath.Path, record: Any) -> None:
+    """JSON written atomically (`storage.write_atomic`)."""
+    storage.write_atomic(path, json.dumps(record, indent=1))

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 
+from saeft_jax import storage
 from saeft_jax.evaluation import wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
 from saeft_jax.models.clip import image_encoder, image_params
@@ -39,13 +40,12 @@ def run_stage(run: Run, name: str) -> None:
                                       num_workers=run.config.num_workers, show_progress=run.config.show_progress,
                                       sweep=sweeps[key])
             if run.is_writer:
-                partial = directory / f"{spec.name}.partial.npz"
-                np.savez(partial, labels=result.labels, groups=result.groups, indices=result.indices,
-                         predictions=result.predictions, alphas=np.asarray(result.alphas),
-                         zeroshot_embeddings=result.zeroshot_embeddings,
-                         finetuned_embeddings=result.finetuned_embeddings)
                 write_json(directory / f"{spec.name}.json", result.summary())
-                partial.rename(path)  # last: the .npz marks the dataset as evaluated
+                # Last: the .npz marks the dataset as evaluated.
+                storage.save_npz(path, labels=result.labels, groups=result.groups, indices=result.indices,
+                                 predictions=result.predictions, alphas=np.asarray(result.alphas),
+                                 zeroshot_embeddings=result.zeroshot_embeddings,
+                                 finetuned_embeddings=result.finetuned_embeddings)
             run.barrier(f"evaluate {name} {spec.name}")
         results[spec.name] = json.loads((directory / f"{spec.name}.json").read_text())
     run.mark_done({"datasets": results}, STAGE, name)
@@ -53,5 +53,4 @@ def run_stage(run: Run, name: str) -> None:
 
 def load_arrays(run: Run, name: str, dataset: str) -> dict[str, np.ndarray]:
     """The per-example arrays of run `name` on `dataset`."""
-    with np.load(run.workdir / STAGE / name / f"{dataset}.npz") as arrays:
-        return dict(arrays)
+    return storage.load_npz(run.workdir / STAGE / name / f"{dataset}.npz")

@@ -9,11 +9,14 @@ float32 in source order: row i is example i's embedding.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 import jax
 
-from saeft_jax import parallel
+from saeft_jax import parallel, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import eval_transform
 from saeft_jax.models.clip import image_encoder, image_params
@@ -43,10 +46,8 @@ def run_stage(run: Run) -> None:
                     for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.image_spec),
                                                    num_workers=run.config.num_workers, first_step=first,
                                                    num_steps=cfg.chunk_steps)]
-            partial = path.with_name(path.stem + ".partial.npz")
-            np.savez(partial, index=np.concatenate([r[0] for r in rows]),
-                     embedding=np.concatenate([r[1] for r in rows]))
-            partial.rename(path)
+            storage.save_npz(path, index=np.concatenate([r[0] for r in rows]),
+                             embedding=np.concatenate([r[1] for r in rows]))
         bar.update(min(cfg.chunk_steps, steps - first))
     bar.close()
     run.barrier("features chunks")
@@ -63,26 +64,32 @@ def _local_rows(embeddings: jax.Array, batch: dict[str, np.ndarray]) -> tuple[np
 
 
 def _assemble(run: Run, n: int) -> None:
+    """Builds train.npy on a local disk (for a URL workdir, where `features_path` will look for its
+    copy) and moves or uploads it into place."""
     out = run.dir(STAGE) / "train.npy"
-    partial = out.with_name("train.partial.npy")
+    local = storage.cache_path(out) if storage.is_remote(out) else Path(out)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name("train.partial.npy")
     features, filled = None, 0
     for path in sorted((run.workdir / STAGE / "chunks").glob("c*-p*.npz")):
-        with np.load(path) as chunk:
-            if features is None:
-                features = np.lib.format.open_memmap(partial, "w+", np.float32, (n, chunk["embedding"].shape[1]))
-            features[chunk["index"]] = chunk["embedding"]
-            filled += len(chunk["index"])
+        chunk = storage.load_npz(path)
+        if features is None:
+            features = np.lib.format.open_memmap(partial, "w+", np.float32, (n, chunk["embedding"].shape[1]))
+        features[chunk["index"]] = chunk["embedding"]
+        filled += len(chunk["index"])
     if filled != n:
         raise RuntimeError(f"the feature chunks in {run.workdir / STAGE / 'chunks'} hold {filled} rows for {n} "
                            f"training examples (a different dataset or batch size?); delete the folder and rerun")
     features.flush()
     del features
-    partial.rename(out)
+    os.replace(partial, local)
+    if storage.is_remote(out):
+        storage.upload(local, out)
 
 
 def features_path(run: Run) -> str:
-    """The (N, d) training embeddings' `.npy` file."""
-    return str(run.workdir / STAGE / "train.npy")
+    """The (N, d) training embeddings' `.npy` file on a local disk (for a URL workdir, a copy)."""
+    return str(storage.local_copy(run.workdir / STAGE / "train.npy"))
 
 
 def load_features(run: Run) -> np.ndarray:

@@ -5,10 +5,8 @@ checkpoint (`final/`), the head (`head.safetensors`) and the parameters' fingerp
 from __future__ import annotations
 
 import jax
-import numpy as np
-import safetensors.numpy
 
-from saeft_jax import hf, parallel, regularizers
+from saeft_jax import hf, parallel, regularizers, storage
 from saeft_jax.config import ConfigError
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
@@ -77,8 +75,7 @@ def run_stage(run: Run, name: str) -> None:
     if run.is_writer:
         hf.save_clip(model, {**params, **tuned["encoder"]}, directory / "final", tokenizer=run.tokenizer,
                      image_spec=run.image_spec)
-        safetensors.numpy.save_file({k: np.asarray(v, np.float32) for k, v in tuned["head"].items()},
-                                    directory / "head.safetensors")
+        storage.save_safetensors(directory / "head.safetensors", tuned["head"])
     run.mark_done({"regularizer": name, "train": {k: summary[k] for k in ("steps", "final_loss", "final_ce")},
                    "fingerprint": fingerprint(tuned)}, STAGE, name)
 
@@ -87,4 +84,4 @@ def load_finetuned(run: Run, name: str) -> dict:
     """{"encoder", "head"} of fine-tuning run `name`, as saved."""
     directory = run.workdir / STAGE / name
     _, params = hf.load_clip(directory / "final")
-    return {"encoder": image_params(params), "head": safetensors.numpy.load_file(directory / "head.safetensors")}
+    return {"encoder": image_params(params), "head": storage.load_safetensors(directory / "head.safetensors")}

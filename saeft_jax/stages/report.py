@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from saeft_jax import parallel, plots
+from saeft_jax import parallel, plots, storage
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import interpret
 from saeft_jax.sae_eval import evaluate_sae
@@ -58,7 +58,7 @@ def run_stage(run: Run) -> None:
         figures.update(details.pop("figures", {}))
         write_json(directory / "report.json", report)
         text = render_markdown(run.config, report, details, figures)
-        (directory / "report.md").write_text(text)
+        storage.write_atomic(directory / "report.md", text)
     run.mark_done({"files": ["report.md", "report.json"]}, STAGE)
 
 

@@ -4,8 +4,8 @@ training label space and every other label space of the evaluation suite."""
 from __future__ import annotations
 
 import numpy as np
-import safetensors.numpy
 
+from saeft_jax import storage
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.stages.context import Run
 from saeft_jax.zeroshot import build_zeroshot_head
@@ -36,13 +36,11 @@ def run_stage(run: Run) -> None:
             head = build_zeroshot_head(model, params, run.tokenizer, spec.classnames, spec.templates,
                                        show_progress=run.config.show_progress)
             if run.is_writer:
-                partial = path.with_suffix(".partial")
-                safetensors.numpy.save_file({k: np.asarray(v, np.float32) for k, v in head.items()}, partial)
-                partial.rename(path)
+                storage.save_safetensors(path, head)
         summary[space] = {"classes": len(spec.classnames), "templates": len(spec.templates)}
     run.mark_done({"spaces": summary}, STAGE)
 
 
 def load_head(run: Run, space: str) -> dict[str, np.ndarray]:
     """The zero-shot head of label space `space`."""
-    return safetensors.numpy.load_file(run.workdir / STAGE / f"{space}.safetensors")
+    return storage.load_safetensors(run.workdir / STAGE / f"{space}.safetensors")

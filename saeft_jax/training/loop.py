@@ -12,13 +12,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from saeft_jax import parallel
+from saeft_jax import parallel, storage
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.observe import JsonLines, progress
 
@@ -50,14 +49,14 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     `batches` yields `(images, labels)` or `(images, labels, teacher_embeddings)`, this process's
     share of each global batch, and has `get_state()`/`set_state()` (a grain iterator).
     `state_sharding` is the one the step was built with (default replicated). Returns the final state and a summary
-    {"steps", "final_loss", "final_ce", "preempted"}; metrics go to `workdir/metrics.jsonl`.
+    {"steps", "final_loss", "final_ce", "preempted"}; process 0 writes the metrics to `workdir/metrics.jsonl`.
     """
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     replicated = parallel.replicated(mesh)
     state = jax.device_put(state, state_sharding or replicated)  # global arrays, also across hosts
     frozen = jax.device_put(frozen, replicated)
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
-    log = JsonLines(workdir / "metrics.jsonl")
+    log = JsonLines(workdir / "metrics.jsonl" if jax.process_index() == 0 else None)  # one writer per file
     done = checkpoints.latest_step() or 0
     if done:
         state, meta = checkpoints.restore(done, state)
@@ -79,12 +78,14 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
             if done % checkpoint_every == 0 or done == total_steps or preempted:
                 _raise_if_diverged(state, total_steps)
                 checkpoints.save(done, state, {"step": done, "data": batches.get_state()})
+                log.flush()
                 if preempted:
                     break
     finally:
         bar.close()
         stop.restore()
         checkpoints.close()
+        log.flush()
     return state, {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
                    "preempted": done < total_steps}
 

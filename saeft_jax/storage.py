@@ -1,0 +1,126 @@
+"""Workdir files on a local disk or an object store (gs://, s3://): one path type, atomic writes,
+and local copies for the libraries that need a real file (memory maps, Hugging Face loading).
+
+Paths are `etils.epath.Path`: pathlib on local disks, fsspec (gcsfs, s3fs) for URLs. On a local
+disk a file is written under a temporary name and renamed into place; an object store replaces
+an object whole, so there the object is written directly. Either way a reader never sees half a
+file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+from etils import epath
+
+CACHE = "~/.cache/saeft_jax/remote"
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+    """`p` as a path that may be a URL (`gs://bucket/run`) or a local path (`~` expanded)."""
+    return epath.Path(p) if is_remote(p) else epath.Path(os.path.expanduser(os.fspath(p)))
+
+
+def is_remote(p: str | os.PathLike) -> bool:
+    """True for object-store URLs such as gs://bucket/dir."""
+    return "://" in os.fspath(p)
+
+
+def write_atomic(target: epath.Path, data: bytes | str) -> None:
+    """Writes `data` to `target` so that readers see the old file or the new one, never a part."""
+    payload = data.encode() if isinstance(data, str) else data
+    if is_remote(target):
+        target.write_bytes(payload)
+        return
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(payload)
+    os.replace(partial, target)
+
+
+def save_npz(target: epath.Path, **arrays: np.ndarray) -> None:
+    """`np.savez` of `arrays`, written atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(target, buffer.getvalue())
+
+
+def load_npz(source: epath.Path) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` file, read whole."""
+    with np.load(io.BytesIO(source.read_bytes())) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def save_safetensors(target: epath.Path, arrays: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """`arrays` as float32 tensors in a safetensors file, written atomically."""
+    tensors = {name: np.asarray(value, np.float32) for name, value in arrays.items()}
+    write_atomic(target, safetensors.numpy.save(tensors, metadata=metadata))
+
+
+def load_safetensors(source: epath.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file (read whole; never unpickles)."""
+    return safetensors.numpy.load(source.read_bytes())
+
+
+def cache_path(source: epath.Path) -> Path:
+    """Where `local_copy` keeps its copy of the URL `source`."""
+    digest = hashlib.sha256(os.fspath(source).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(CACHE)) / digest / source.name
+
+
+def local_copy(source: epath.Path) -> Path:
+    """A local path holding `source` (a file or a directory): `source` itself on a local disk; for
+    a URL, a copy at `cache_path(source)`, fetched once and fetched again when the object's size
+    or modification time changes."""
+    if not is_remote(source):
+        return Path(source)
+    local = cache_path(source)
+    for file in _files(source) if source.is_dir() else [source]:
+        _fetch(file, local / file.relative_to(source) if source.is_dir() else local)
+    return local
+
+
+def upload(local: Path, target: epath.Path) -> None:
+    """Copies the local file or directory `local` to the URL `target`, file by file; each local
+    file then carries its object's modification time, so `local_copy` can use it as the copy."""
+    for file in [f for f in local.rglob("*") if f.is_file()] if local.is_dir() else [local]:
+        remote = target / file.relative_to(local).as_posix() if local.is_dir() else target
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        with file.open("rb") as reader, remote.open("wb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 24)
+        mtime = remote.stat().mtime
+        os.utime(file, (mtime, mtime))
+
+
+def publish(local: Path, target: epath.Path) -> None:
+    """Moves the finished local file or directory `local` to `target`: a rename on a local disk;
+    for a URL an upload, after which `local` is removed."""
+    if not is_remote(target):
+        os.replace(local, target)
+        return
+    upload(local, target)
+    shutil.rmtree(local) if local.is_dir() else local.unlink()
+
+
+def _files(directory: epath.Path) -> list[epath.Path]:
+    """Every file under `directory`, by listing (object stores refuse recursive glob patterns)."""
+    return [f for item in directory.iterdir() for f in (_files(item) if item.is_dir() else [item])]
+
+
+def _fetch(source: epath.Path, local: Path) -> None:
+    """Streams the object `source` to `local` unless `local` already matches its size and time."""
+    stat = source.stat()
+    if local.exists() and (local.stat().st_size, int(local.stat().st_mtime)) == (stat.length, int(stat.mtime)):
+        return
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(local.name + ".partial")
+    with source.open("rb") as reader, partial.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 24)
+    os.utime(partial, (stat.mtime, stat.mtime))
+    os.replace(partial, local)
