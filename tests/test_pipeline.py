@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow  # about two and a half minutes: CI runs it, the quick loop skips it
+pytestmark = pytest.mark.slow  # about three minutes: run with `-m slow`, as CI does
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
