@@ -105,7 +105,10 @@ def publish(local: Path, target: epath.Path) -> None:
         os.replace(local, target)
         return
     upload(local, target)
-    shutil.rmtree(local) if local.is_dir() else local.unlink()
+    if local.is_dir():
+        shutil.rmtree(local)
+    else:
+        local.unlink()
 
 
 def _files(directory: epath.Path) -> list[epath.Path]:
