@@ -91,7 +91,8 @@ def machine() -> dict[str, Any]:
     import os
 
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-            "jax_devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind}
+            "jax_devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def random_clip_pair(shape: str):

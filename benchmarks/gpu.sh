@@ -51,6 +51,9 @@ run vitb16_sae  150 $ts --model vitb16 --batch 256 --regularizer sae_add_remove
 run vitb16_none 150 $ts --model vitb16 --batch 256 --regularizer none
 run sae_default  90 benchmarks.sae_train --d 512 --dict-size 2048 --k 16 --batch 1024 --steps 50
 run vitb16_cache 120 $ts --model vitb16 --batch 256 --regularizer sae_add_remove --teacher-cache --skip-torch
+# What the launch scripts' deterministic kernels cost (DETERMINISTIC=1 there).
+XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}" \
+  run vitb16_sae_deterministic 150 $ts --model vitb16 --batch 256 --regularizer sae_add_remove --skip-torch
 run forward_vitb16 90 benchmarks.clip_forward --model vitb16 --batch 512 --steps 10 --dtype bfloat16 --peak-tflops $peak
 run sae_large    90 benchmarks.sae_train --d 768 --dict-size 24576 --k 32 --batch 4096 --steps 50
 run vitl14_sae  150 $ts --model vitl14 --batch 128 --regularizer sae_add_remove
@@ -64,10 +67,11 @@ fi
 
 python - "$out" <<'EOF' 2>&1 | tee -a "$log"
 import glob, json, os, sys
-rows = [json.load(open(f)) for f in sorted(glob.glob("/tmp/gpu_bench/*.json")) if os.path.getsize(f)]
+files = [f for f in sorted(glob.glob("/tmp/gpu_bench/*.json")) if os.path.getsize(f)]
+rows = [{"run": os.path.basename(f)[:-5], **json.load(open(f))} for f in files]
 json.dump(rows, open(os.path.join(sys.argv[1], "gpu_results.json"), "w"), indent=1)
 fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-keys = ["benchmark", "model", "batch", "regularizer", "teacher_cache", "ms_per_step", "images_per_s", "tflops", "mfu",
+keys = ["run", "benchmark", "model", "batch", "regularizer", "teacher_cache", "ms_per_step", "images_per_s", "tflops", "mfu",
         "peak_device_mib", "torch_ms_per_step", "torch_images_per_s", "torch_mfu", "torch_peak_device_mib",
         "speedup_vs_torch", "samples_per_s", "samples_per_s_dense_kernels", "torch_samples_per_s",
         "jax_images_per_s", "torch_images_per_s", "n"]
