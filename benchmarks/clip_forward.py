@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import (jax_peak_device_mib, median_seconds, peak_rss_mib, random_clip_pair, report,
-                               torch_device, torch_peak_device_mib, torch_timed, utilisation, vit_forward_flops)
+                               torch_autocast, torch_device, torch_peak_device_mib, torch_timed, utilisation,
+                               vit_forward_flops)
 from saeft_jax.models.clip import image_params
 from saeft_jax.models.clip_shapes import SHAPES
 
@@ -46,7 +47,7 @@ def main() -> None:
     device = torch_device()
     torch_model.to(device)
     pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    autocast = torch_autocast(args.dtype)
     if args.backward:
         encoder = image_params(params)
         grad = jax.jit(jax.grad(lambda p, x: encode({**params, **p}, x).sum()))
@@ -73,7 +74,7 @@ def main() -> None:
         "jax_ms_per_batch": 1e3 * jax_s, "torch_ms_per_batch": 1e3 * torch_s,
         "jax_images_per_s": args.batch / jax_s, "torch_images_per_s": args.batch / torch_s,
         "speedup_vs_torch": torch_s / jax_s, **utilisation(flops, jax_s, args.peak_tflops),
-        **{f"torch_{k}": v for k, v in utilisation(flops, torch_s, args.peak_tflops).items()},
+        **utilisation(flops, torch_s, args.peak_tflops, prefix="torch_"),
         "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": jax_peak_device_mib(), "torch_peak_device_mib": torch_peak_device_mib(),
     }, args.json)

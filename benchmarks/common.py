@@ -47,6 +47,13 @@ def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def torch_autocast(dtype: str):
+    """bfloat16 compute with fp32 weights for PyTorch (`torch.autocast`); a no-op at float32."""
+    import torch
+
+    return torch.autocast(torch_device(), dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def torch_timed(step: Callable[[], Any]) -> Callable[[], None]:
     """`step` made to block until its GPU work is done, as `median_seconds` needs."""
     import torch
@@ -79,10 +86,10 @@ def vit_forward_flops(vision: Any, batch: int) -> float:
     return float(batch * (vision.num_hidden_layers * layer + embed))
 
 
-def utilisation(flops: float, seconds: float, peak_tflops: float | None) -> dict[str, float]:
-    """Achieved TFLOP/s and, given the chip's peak, the model FLOPs utilisation."""
+def utilisation(flops: float, seconds: float, peak_tflops: float | None, prefix: str = "") -> dict[str, float]:
+    """Achieved TFLOP/s and, given the chip's peak, the model FLOPs utilisation (keys after `prefix`)."""
     achieved = flops / seconds / 1e12
-    return {"tflops": achieved, **({"mfu": achieved / peak_tflops} if peak_tflops else {})}
+    return {f"{prefix}tflops": achieved, **({f"{prefix}mfu": achieved / peak_tflops} if peak_tflops else {})}
 
 
 def machine() -> dict[str, Any]:

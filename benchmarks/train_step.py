@@ -24,7 +24,8 @@ import transformers
 
 from benchmarks import torch_reference
 from benchmarks.common import (jax_peak_device_mib, median_seconds, peak_rss_mib, random_clip_pair, report,
-                               torch_device, torch_peak_device_mib, torch_timed, utilisation, vit_forward_flops)
+                               torch_autocast, torch_device, torch_peak_device_mib, torch_timed, utilisation,
+                               vit_forward_flops)
 from saeft_jax import parallel, regularizers
 from saeft_jax.models import sae
 from saeft_jax.models.clip import image_encoder, image_params
@@ -71,7 +72,7 @@ def pytorch(torch_clip, images, labels, head, sae_params, name: str, steps: int,
     sae_t = {n: to_torch(v) for n, v in sae_params.items()}
     k = sae_t["W_enc"].shape[0] // 32
     pixels, targets = to_torch(images.transpose(0, 3, 1, 2)), to_torch(labels).long()
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    autocast = torch_autocast(dtype)
 
     def one_step():
         with autocast:
@@ -133,7 +134,7 @@ def main() -> None:
         torch_flops = step_flops(model.config.vision, args.batch, args.regularizer, teacher_cache=False)
         result.update(torch_device=torch_device(), torch_ms_per_step=1e3 * torch_s, speedup_vs_torch=torch_s / ours_s,
                       torch_images_per_s=args.batch / torch_s,
-                      **{f"torch_{k}": v for k, v in utilisation(torch_flops, torch_s, args.peak_tflops).items()},
+                      **utilisation(torch_flops, torch_s, args.peak_tflops, prefix="torch_"),
                       torch_threads=torch.get_num_threads(), peak_rss_mib_with_torch=peak_rss_mib(),
                       torch_peak_device_mib=torch_peak_device_mib())
     report(result, args.json)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,8 +70,6 @@ def save_clip(model: CLIP, params: dict, out_dir: str | os.PathLike, *, tokenize
         tokenizer.save_pretrained(staging)
     if image_spec is not None:
         (staging / "preprocessor_config.json").write_text(json.dumps(image_spec.hf_processor_config(), indent=2))
-    if out_dir.exists() and not storage.is_remote(out_dir):
-        shutil.rmtree(out_dir)
     storage.publish(staging, out_dir)
     return out_dir
 

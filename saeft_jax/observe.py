@@ -28,7 +28,6 @@ class JsonLines:
 
     def __init__(self, path: str | os.PathLike | None, flush_every_s: float = 30.0):
         self.path = storage.path(path) if path else None
-        self._remote = bool(path) and storage.is_remote(path)
         self._pending: list[str] = []
         self._flush_every_s, self._flushed_at = flush_every_s, time.monotonic()
 
@@ -36,7 +35,7 @@ class JsonLines:
         if self.path is None:
             return
         line = json.dumps(record) + "\n"
-        if self._remote:
+        if storage.is_remote(self.path):
             self._pending.append(line)
             if time.monotonic() - self._flushed_at > self._flush_every_s:
                 self.flush()

@@ -92,16 +92,17 @@ def upload(local: Path, target: epath.Path) -> None:
     for file in [f for f in local.rglob("*") if f.is_file()] if local.is_dir() else [local]:
         remote = target / file.relative_to(local).as_posix() if local.is_dir() else target
         remote.parent.mkdir(parents=True, exist_ok=True)
-        with file.open("rb") as reader, remote.open("wb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 24)
+        _stream(epath.Path(file), remote)
         mtime = remote.stat().mtime
         os.utime(file, (mtime, mtime))
 
 
 def publish(local: Path, target: epath.Path) -> None:
-    """Moves the finished local file or directory `local` to `target`: a rename on a local disk;
-    for a URL an upload, after which `local` is removed."""
+    """Moves the finished local file or directory `local` to `target`, replacing what was there: a
+    rename on a local disk; for a URL an upload, after which `local` is removed."""
     if not is_remote(target):
+        if Path(target).is_dir():
+            shutil.rmtree(target)
         os.replace(local, target)
         return
     upload(local, target)
@@ -123,7 +124,12 @@ def _fetch(source: epath.Path, local: Path) -> None:
         return
     local.parent.mkdir(parents=True, exist_ok=True)
     partial = local.with_name(local.name + ".partial")
-    with source.open("rb") as reader, partial.open("wb") as writer:
-        shutil.copyfileobj(reader, writer, 1 << 24)
+    _stream(source, epath.Path(partial))
     os.utime(partial, (stat.mtime, stat.mtime))
     os.replace(partial, local)
+
+
+def _stream(source: epath.Path, destination: epath.Path) -> None:
+    """Copies one file in 16 MiB pieces (features files are gigabytes)."""
+    with source.open("rb") as reader, destination.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 24)
