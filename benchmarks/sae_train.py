@@ -19,8 +19,8 @@ import torch
 
 from benchmarks.common import median_seconds, peak_rss_mib, report, torch_device, torch_timed
 from saeft_jax import parallel
-from saeft_jax.sae_eval import data_statistics
-from saeft_jax.sae_training import SAEOptions, initial_state, make_step
+from saeft_jax.sae.quality import data_statistics
+from saeft_jax.sae.training import SAEOptions, initial_state, make_step
 
 
 def ours(features: np.ndarray, dict_size: int, k: int, steps: int, sparse: bool) -> float:

@@ -1,4 +1,4 @@
-"""The METHOD.md formulas written directly in PyTorch, as the reference code would: dense
+"""The formulas of docs/method.md written directly in PyTorch, as the reference code would: dense
 `topk` + `scatter` SAE codes and the SAE-FT regularizers. The benchmarks time them; the tests
 use them as the independent reference for `saeft_jax.regularizers`."""
 

@@ -27,7 +27,8 @@ from benchmarks.common import (jax_peak_device_mib, median_seconds, peak_rss_mib
                                torch_autocast, torch_device, torch_peak_device_mib, torch_timed, utilisation,
                                vit_forward_flops)
 from saeft_jax import parallel, regularizers
-from saeft_jax.models import sae
+from saeft_jax.sae import model as sae
+from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.models.clip import image_encoder, image_params
 from saeft_jax.models.clip_shapes import SHAPES
 from saeft_jax.training.optim import make_optimizer
@@ -39,20 +40,21 @@ CLASSES, REG_LAMBDA = 1000, 70.0
 def ours(model, params, images, labels, head, sae_params, name: str, steps: int, dtype,
          teacher_cache: bool = False) -> float:
     encoder = image_encoder(model.clone(dtype=dtype))
-    taps = regularizers.ldifs_taps(model.config.vision.num_hidden_layers) if name == "ldifs" else ()
-    k = sae_params["W_enc"].shape[0] // 32
-    reg = regularizers.make_regularizer(name, **({"k": k} if name.startswith("sae") else {}))
+    entry = regularizers.get(name)
+    taps = entry.taps(model.config.vision.num_hidden_layers) if entry.taps else ()
+    sae_value = FrozenSAE(sae_params, sae_params["W_enc"].shape[0] // 32)  # k = d / 32
     optimizer, schedule = make_optimizer(1e-5, total_steps=1000, warmup_steps=500)
     mesh = parallel.data_mesh()
-    step = make_train_step(make_loss(encoder, reg, REG_LAMBDA, taps=taps), optimizer, schedule, mesh)
+    step = make_train_step(make_loss(encoder, entry.bind({}), REG_LAMBDA, taps=taps), optimizer, schedule, mesh)
     # Everything on the device first, as the training loop has it: the timing is the step alone.
-    frozen = jax.device_put({"encoder": image_params(params), "sae": sae_params}, parallel.replicated(mesh))
-    images, labels = jax.device_put((images, labels), parallel.batch_sharding(mesh))
+    frozen = jax.device_put({"encoder": image_params(params), "sae": sae_value}, parallel.replicated(mesh))
+    batch = jax.device_put({"images": images, "labels": labels}, parallel.batch_sharding(mesh))
     carry = {"state": init_state({"encoder": image_params(params), "head": head}, optimizer)}
-    teacher = jax.jit(encoder.apply)({"params": frozen["encoder"]}, images) if teacher_cache else None
+    if teacher_cache:
+        batch["teacher"] = jax.jit(encoder.apply)({"params": frozen["encoder"]}, batch["images"])
 
     def one_step():
-        carry["state"], metrics = step(carry["state"], frozen, images, labels, teacher)
+        carry["state"], metrics = step(carry["state"], frozen, batch)
         jax.block_until_ready(metrics["loss"])
 
     return median_seconds(one_step, steps)
@@ -63,7 +65,8 @@ def pytorch(torch_clip, images, labels, head, sae_params, name: str, steps: int,
     device = torch_device()
     with tempfile.TemporaryDirectory() as tmp:
         torch_clip.save_pretrained(tmp)
-        encoder = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp).train().to(device)
+        encoder = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp, trust_remote_code=False)
+        encoder = encoder.train().to(device)
     frozen = copy.deepcopy(encoder).eval().requires_grad_(False)
     to_torch = lambda a: torch.from_numpy(np.array(a)).to(device)
     head_w, head_b = torch.nn.Parameter(to_torch(head["W"])), torch.nn.Parameter(torch.zeros(CLASSES, device=device))
@@ -73,12 +76,13 @@ def pytorch(torch_clip, images, labels, head, sae_params, name: str, steps: int,
     k = sae_t["W_enc"].shape[0] // 32
     pixels, targets = to_torch(images.transpose(0, 3, 1, 2)), to_torch(labels).long()
     autocast = torch_autocast(dtype)
+    penalizes = regularizers.get(name).penalizes
 
     def one_step():
         with autocast:
             f = encoder(pixel_values=pixels).image_embeds.float()
             with torch.no_grad():  # plain fine-tuning needs no zero-shot forward (XLA drops ours too)
-                f0 = f.detach() if name == "none" else frozen(pixel_values=pixels).image_embeds.float()
+                f0 = f.detach() if not penalizes else frozen(pixel_values=pixels).image_embeds.float()
         logits = torch_reference.unit(f) @ head_w.T + head_b
         loss = torch.nn.functional.cross_entropy(logits, targets)
         loss = loss + REG_LAMBDA * torch_reference.regularizer(name, f, f0, sae_t, k)
@@ -94,14 +98,14 @@ def step_flops(vision, batch: int, regularizer: str, teacher_cache: bool) -> flo
     """Model FLOPs of one step: forward and backward (3 forwards) of the trained encoder, plus the
     frozen encoder's forward unless the regularizer needs none or the teacher cache replaces it."""
     forward = vit_forward_flops(vision, batch)
-    return (3 + (regularizer != "none" and not teacher_cache)) * forward
+    return (3 + (regularizers.get(regularizer).penalizes and not teacher_cache)) * forward
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vitb32", choices=sorted(SHAPES))
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--regularizer", default="sae_add_remove", choices=regularizers.NAMES)
+    parser.add_argument("--regularizer", default="sae_add_remove", choices=list(regularizers.REGISTRY))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--teacher-cache", action="store_true",

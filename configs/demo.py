@@ -19,7 +19,9 @@ colored / average of the five shifts): zero-shot 25.3 / 70.3; plain fine-tuning 
 SAE-FT 48.9 / 60.2; the SAE-FT WiSE-FT curve above the plain one (README, "What the demo shows").
 """
 
-from saeft_jax.config import base_config
+import ml_collections
+
+from saeft_jax.config import base_config, method
 
 
 def get_config(arg: str | None = None):
@@ -31,8 +33,11 @@ def get_config(arg: str | None = None):
     c.features.batch_size = 64
     c.features.chunk_steps = 8
     c.sae.update(dict_size=256, k=8, batch_size=128, epochs=60, auxk=True, renorm_decoder=True)
-    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=100.0, batch_size=64, steps=400, lr=1e-3,
-                      warmup_steps=30, checkpoint_every=100, log_every=20)
+    c.finetune.methods = ml_collections.ConfigDict({
+        "none": method("none"),  # plain fine-tuning
+        "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),  # SAE-FT
+    })
+    c.finetune.update(batch_size=64, steps=400, lr=1e-3, warmup_steps=30, checkpoint_every=100, log_every=20)
     c.evaluate.batch_size = 64
     c.report.concepts = ("colorful", "plain", "inverted", "rotated", "noisy", "bold", "background", "stroke")
     if arg == "smoke":  # the same pipeline, shortened to about two minutes (tests, CI)

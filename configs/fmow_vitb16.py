@@ -6,11 +6,13 @@ Data: the WILDS folder (wilds.get_dataset("fmow", download=True)), then
 `python -m saeft_jax.data.prepare fmow --source=data/fmow_v1.1` (141,696 images in the five splits).
 Sized for 8 GPUs or a TPU v4-16: batch 256, 20 epochs, lr 1e-5.
 
-Expected: METHOD.md records no reference numbers for FMoW; compare against the published WiSE-FT
+Expected: docs/method.md records no reference numbers for FMoW; compare against the published WiSE-FT
 and FLYP tables for ViT-B/16. Not yet run by this project.
 """
 
-from saeft_jax.config import base_config
+import ml_collections
+
+from saeft_jax.config import base_config, method
 
 
 def get_config(arg: str | None = None):
@@ -19,7 +21,11 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "fmow_train"
     c.eval_suite = "wilds_fmow"
-    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=70.0, batch_size=256, epochs=20, lr=1e-5)
+    c.finetune.methods = ml_collections.ConfigDict({
+        "none": method("none"),  # plain fine-tuning
+        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+    })
+    c.finetune.update(batch_size=256, epochs=20, lr=1e-5)
     if arg:
         raise ValueError(f"configs/fmow_vitb16.py takes no argument; got {arg!r}")
     return c

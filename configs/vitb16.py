@@ -1,4 +1,4 @@
-"""SAE-FT on ImageNet with CLIP ViT-B/16: the paper's main setting (METHOD.md sections 1-4).
+"""SAE-FT on ImageNet with CLIP ViT-B/16: the paper's main setting (docs/method.md).
 
     python -m saeft_jax.main --config=configs/vitb16.py --workdir=gs://my-bucket/saeft/vitb16
 
@@ -10,12 +10,14 @@ imagenet_a, imagenet_sketch, each `tfds build NAME --file_format=array_record`; 
 Sized for a TPU v4-32 / v5e-64 slice or 8 x 80 GB GPUs: global batch 512, fp32 parameters with
 bf16 compute, 10 epochs (25,020 steps). The features stage writes 1.28M x 512 floats (2.6 GB).
 
-Expected (METHOD.md section 4, peers' published ViT-B/16 numbers, the bar to meet): zero-shot
+Expected (docs/method.md, "Evaluation protocol"; peers' published ViT-B/16 numbers, the bar to meet): zero-shot
 ImageNet 68.3, avg OOD 58.1; standard fine-tuning 81.3 / 53.8; WiSE-FT alpha 0.5 81.7 / 63.0.
 SAE-FT claims to match or beat these. Not yet run by this project (no accelerator time so far).
 """
 
-from saeft_jax.config import base_config
+import ml_collections
+
+from saeft_jax.config import base_config, method
 
 
 def get_config(arg: str | None = None):
@@ -24,7 +26,11 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "imagenet_train"
     c.eval_suite = "imagenet"
-    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=70.0, batch_size=512, epochs=10, lr=1e-5)
+    c.finetune.methods = ml_collections.ConfigDict({
+        "none": method("none"),  # plain fine-tuning
+        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+    })
+    c.finetune.update(batch_size=512, epochs=10, lr=1e-5)
     c.sae.update(dict_size=2048, k=16)
     if arg:
         raise ValueError(f"configs/vitb16.py takes no argument; got {arg!r}")

@@ -5,18 +5,24 @@
 Data: as configs/vitb16.py (ImageNet and its five shifts; see that docstring for preparation).
 Sized for a TPU v4-8 or 4-8 GPUs: global batch 512, bf16 compute, 10 epochs.
 
-Expected: METHOD.md records reference numbers for ViT-B/16 only (see configs/vitb16.py); for
+Expected: docs/method.md records reference numbers for ViT-B/16 only (see configs/vitb16.py); for
 B/32 expect lower accuracy than B/16 at both ends. Not yet run by this project.
 """
 
-from saeft_jax.config import base_config
+import ml_collections
+
+from saeft_jax.config import base_config, method
 
 
 def get_config(arg: str | None = None):
     c = base_config()
     c.model = "openai/clip-vit-base-patch32"
     c.dtype = "bfloat16"
-    c.finetune.update(regularizers=("none", "sae_add_remove"), reg_lambda=70.0, batch_size=512, epochs=10, lr=1e-5)
+    c.finetune.methods = ml_collections.ConfigDict({
+        "none": method("none"),  # plain fine-tuning
+        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+    })
+    c.finetune.update(batch_size=512, epochs=10, lr=1e-5)
     if arg:
         raise ValueError(f"configs/vitb32.py takes no argument; got {arg!r}")
     return c

@@ -1,16 +1,32 @@
 """The one place that talks to Orbax: numbered checkpoints of a state pytree plus JSON metadata.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
-mid-write never damages the last good checkpoint; `max_to_keep` prunes older ones.
+mid-write never damages the last good checkpoint; `max_to_keep` prunes older ones. A checkpoint
+damaged afterwards (a truncated or missing file, found against the file sizes recorded beside
+each complete checkpoint in `<directory>.sizes/`, or any file Orbax cannot read) is skipped on
+resume in favour of the newest one that restores, with a warning naming it. A save that would not fit on a local disk is
+refused before it starts, and a save that fails for lack of space or permission ends as a
+`StorageError` naming the directory; the newest complete checkpoint stays either way.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from saeft_jax import storage
+from saeft_jax.storage import StorageError
+from saeft_jax.errors import UsageError
+
+class CheckpointsUnusable(UsageError):
+    """Checkpoints exist but none restores; the message names the directory."""
 
 
 class Checkpoints:
@@ -20,8 +36,9 @@ class Checkpoints:
         path = str(directory)
         if "://" not in path:
             path = os.path.abspath(path)
+        self.directory = path
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=async_save)
+                                               enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
@@ -30,8 +47,12 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
         """Saves `state` (a pytree of arrays) and JSON-serialisable `meta` as `step` (asynchronously)."""
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         meta=ocp.args.JsonSave(meta or {})))
+        with self._storage_errors(f"saving checkpoint {step}"):
+            self._manager.wait_until_finished()  # Orbax waits for the previous save anyway; then list its files
+            self._record_sizes()
+            self._check_space(state)
+            self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             meta=ocp.args.JsonSave(meta or {})))
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
         """`(state, meta)` of `step`; `like` gives the tree structure, shapes, dtypes and shardings."""
@@ -40,14 +61,94 @@ class Checkpoints:
                                                                        meta=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta)
 
+    def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """`(step, state, meta)` of the newest checkpoint that restores, or None when there is none.
+
+        A newer checkpoint that does not restore is reported and deleted once an older one has
+        restored (so the run continues and saves that step again); when none restores, nothing is
+        deleted and `CheckpointsUnusable` names the directory."""
+        failures = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            damage = self._damage(step)
+            if damage:
+                failures.append((step, damage))
+                continue
+            try:
+                state, meta = self.restore(step, like)
+            except Exception as error:  # Orbax and TensorStore raise many types for damaged files
+                failures.append((step, _first_line(error)))
+                continue
+            for bad, why in failures:
+                print(f"warning: checkpoint {bad} in {self.directory} does not restore ({why}); continuing from "
+                      f"checkpoint {step} and deleting it", file=sys.stderr, flush=True)
+                self._manager.delete(bad)
+                self._sizes_file(bad).unlink(missing_ok=True)
+            return step, state, meta
+        if failures:
+            listed = "; ".join(f"step {s}: {why}" for s, why in failures)
+            raise CheckpointsUnusable(f"no checkpoint in {self.directory} restores ({listed}). If the files are "
+                                      f"damaged, delete that directory to start this stage over; if they cannot be "
+                                      f"reached, check the disk or bucket and rerun.")
+        return None
+
     def reached_preemption(self, step: int) -> bool:
         """True when the cluster (e.g. a TPU maintenance event) asks every process to save now."""
         return self._manager.reached_preemption(step)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        with self._storage_errors("finishing a checkpoint save"):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Finishes pending saves and releases the manager."""
-        self._manager.close()
+        """Finishes pending saves, records their file sizes and releases the manager."""
+        with self._storage_errors("finishing a checkpoint save"):
+            self._manager.wait_until_finished()
+            self._record_sizes()
+            self._manager.close()
+
+    def _sizes_file(self, step: int) -> epath.Path:
+        return epath.Path(self.directory + ".sizes") / f"{step}.json"
+
+    def _record_sizes(self) -> None:
+        """Writes the size of every file of each complete checkpoint not yet recorded (process 0),
+        so a truncated or missing file is found on resume without asking Orbax to read it."""
+        if jax.process_index() != 0:
+            return
+        for step in self._manager.all_steps():
+            record = self._sizes_file(step)
+            if not record.exists():
+                record.parent.mkdir(parents=True, exist_ok=True)
+                folder = epath.Path(self.directory) / str(step)
+                sizes = {str(f.relative_to(folder)): storage.size_of(f) for f in storage.files_under(folder)}
+                storage.write_atomic(record, json.dumps(sizes))
+
+    def _damage(self, step: int) -> str | None:
+        """What differs from the recorded sizes of checkpoint `step` (None: nothing, or not recorded)."""
+        record = self._sizes_file(step)
+        if not record.exists():
+            return None
+        folder = epath.Path(self.directory) / str(step)
+        for name, size in json.loads(record.read_text()).items():
+            found = storage.size_of(folder / name)
+            if found != size:
+                return f"{name} is missing" if found is None else f"{name} has {found} bytes, {size} when saved"
+        return None
+
+    def _check_space(self, state: Any) -> None:
+        if "://" in self.directory or not os.path.isdir(self.directory):
+            return
+        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state)) * 1.1 + 2 ** 20
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise StorageError(f"{self.directory} has {free / 2**20:.1f} MiB free, and a checkpoint needs about "
+                               f"{needed / 2**20:.1f} MiB. Free space (or point --workdir elsewhere) and rerun: "
+                               f"the newest complete checkpoint is kept and the run continues from it.")
+
+    def _storage_errors(self, doing: str):
+        return storage.failures_named(self.directory, doing)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0].split(" See full TensorStore details")[0] if text else type(error).__name__)[:300]

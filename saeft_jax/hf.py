@@ -27,6 +27,7 @@ from etils import epath
 from flax import traverse_util
 
 from saeft_jax import hf_layout, storage
+from saeft_jax.errors import UsageError
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models.clip import CLIP, CLIPConfig, TextConfig, TowerConfig, VisionConfig, param_shapes
 
@@ -35,7 +36,7 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _TOWER_FIELDS = [f.name for f in TowerConfig.__dataclass_fields__.values()]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used as asked; the message says what to do."""
 
 
@@ -116,7 +117,7 @@ def read_config(directory: Path) -> CLIPConfig:
         raise CheckpointError(f"{directory} has no config.json; a CLIP checkpoint holds config.json and one of "
                               f"{', '.join(WEIGHT_FILES)}.")
     try:
-        hf = transformers.AutoConfig.from_pretrained(directory)
+        hf = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)  # never run its code
     except (ValueError, OSError) as error:  # unreadable JSON, no model_type, ...
         raise CheckpointError(f"{directory}/config.json is not a usable model config ({error}); a CLIP checkpoint "
                               f"holds the config.json that CLIPModel.save_pretrained writes.") from error
@@ -150,7 +151,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> transformers.CLIPTokenize
     directory = resolve(name_or_path)
     if not ((directory / "tokenizer.json").exists() or (directory / "vocab.json").exists()):
         raise CheckpointError(f"{directory} has no tokenizer: expected tokenizer.json or vocab.json + merges.txt.")
-    return transformers.CLIPTokenizerFast.from_pretrained(directory)
+    return transformers.CLIPTokenizerFast.from_pretrained(directory, trust_remote_code=False)
 
 
 def load_image_spec(name_or_path: str | os.PathLike) -> ImageSpec:

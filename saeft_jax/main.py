@@ -2,17 +2,23 @@
 
 Overrides go as `--config.finetune.lr=3e-5` (unknown keys are rejected by name). On several
 hosts, pass `--coordinator_address/--num_processes/--process_id` (or the JAX_* environment
-variables); TPU pods and SLURM need nothing. Usage errors end with one paragraph and exit code 2.
+variables); TPU pods and SLURM need nothing. A user's mistake (a config file that is missing or
+does not load, an unknown key, a value that cannot work, missing data, an unusable workdir or
+checkpoint) ends with one paragraph and exit code 2; a preempted run with exit code 3.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from saeft_jax import distributed
+from saeft_jax.methods import unknown_hparam_hints
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file, e.g. configs/vitb16.py[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where every artifact of the run goes (created if missing).",
@@ -20,38 +26,98 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where every artifact of the run
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
+_KEYS = "the keys and their defaults are listed in saeft_jax/config.py (base_config) and docs/design.md"
+
+
+def fail(message: str) -> None:
+    """Ends the program with `message` as one paragraph on stderr and exit code 2."""
+    print(f"\nerror: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_path(argv: list[str]) -> str:
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return given[-1] if given else _CONFIG.default
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def _unknown_key(argv: list[str], error: Exception) -> str:
+    """The `--config.a.b` override that names a key the config does not have, and what was meant."""
+    text = str(error.__context__ or error).replace("\\n", "\n").replace("\\'", "'")
+    missing = re.search(r"'([^'\s]+)'", text)
+    meant = re.search(r'Did you mean "([^"]+)"', text)
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    named = [o for o in overrides if missing and missing.group(1) in o[len("--config."):].split(".")]
+    flag = named[0] if named else (overrides[0] if overrides else "--config")
+    hint = f" (did you mean {meant.group(1)!r}?)" if meant else ""
+    if flag.startswith("--config.finetune.methods.") and missing:
+        hint += "".join(f" ({h})" for h in unknown_hparam_hints(missing.group(1)))
+    return f"{flag}: the config {_config_path(argv)} has no such key{hint}; {_KEYS}."
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with the config file loaded here so that its mistakes end as one paragraph."""
+    try:
+        rest = flags.FLAGS(argv)
+        config = _CONFIG.value
+    except flags.UnrecognizedFlagError as error:
+        fail(f"{error}; run with --help for the flags, and give config keys as --config.<key>=<value>.")
+    except flags.IllegalFlagValueError as error:
+        text = str(error)
+        if "Error whilst parsing config file" in text:
+            fail(f"--config={_config_path(argv)}: its get_config() failed ({_last_line(text)}); fix the config "
+                 f"file or its argument (e.g. configs/demo.py:smoke).")
+        first = text.splitlines()[0]
+        if first.startswith("flag --config."):
+            fail(f"{first}; give a value of the key's type ({_KEYS}).")
+        fail(f"{first.rstrip('.')}; run with --help for the flags.")
+    except (AttributeError, KeyError) as error:
+        fail(_unknown_key(argv, error))
+    except SyntaxError as error:
+        fail(f"--config={_config_path(argv)} is not valid Python: {error.msg} at line {error.lineno}; fix the file.")
+    except OSError:  # ml_collections' stand-in for a file it could not open, reached by an override
+        _missing_config_file(argv)
+    except flags.Error as error:
+        fail(f"{error}; run with --help for the flags.")
+    if type(config).__name__ == "_ErrorConfig":  # the same stand-in, reached first here
+        _missing_config_file(argv)
+    return rest
+
+
+def _missing_config_file(argv: list[str]) -> None:
+    fail(f"--config={_config_path(argv)}: no such config file (relative paths start at {os.getcwd()}); pass one "
+         f"of configs/*.py, e.g. --config=configs/demo.py.")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        fail(f"unexpected arguments {argv[1:]}; flags go as --name=value and config keys as --config.<key>=<value>.")
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any other JAX call
     if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO; show warnings and up
         logging.set_verbosity(logging.WARNING)
-    from saeft_jax.config import ConfigError, finish
-    from saeft_jax.data.prepare import PreparationError
-    from saeft_jax.data.sources import DatasetNotPrepared
-    from saeft_jax.hf import CheckpointError
-    from saeft_jax.pipeline import UsageError, run_pipeline
-    from saeft_jax.sae_artifact import SAEArtifactError
-    from saeft_jax.stages.finetune import Preempted
-    from saeft_jax.training.loop import TrainingDiverged
+    from saeft_jax.config import finish
+    from saeft_jax.errors import UsageError
+    from saeft_jax.pipeline import run_pipeline
+    from saeft_jax.stages.finetuned import Preempted
 
     try:
-        report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value)
+        command = shlex.join([os.path.basename(sys.executable), "-m", "saeft_jax.main", *sys.argv[1:]])
+        report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value, command=f"rerunning {command}")
     except Preempted as stop:
         logging.warning("%s", stop)
         print(f"\nstopped: {stop}", file=sys.stderr)
         sys.exit(3)
-    except (UsageError, ConfigError, DatasetNotPrepared, CheckpointError, SAEArtifactError, PreparationError,
-            TrainingDiverged) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        sys.exit(2)
+    except UsageError as error:
+        fail(str(error))
     print(f"\ndone: {report / 'report.md'}")
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

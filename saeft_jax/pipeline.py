@@ -10,20 +10,19 @@ from importlib import metadata
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
-from saeft_jax import storage
-from saeft_jax.stages import evaluate, features, finetune, report, sae, zeroshot
+from saeft_jax import preflight, storage
+from saeft_jax.errors import UsageError
+from saeft_jax.stages import completion, features, finetuned, heads, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
+from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Keys that change how a run goes, not what it computes: a rerun may change them.
 OPERATIONAL = {"stages", "show_progress", "num_workers", "data_dir", "demo.cache_dir", "finetune.log_every",
                "finetune.checkpoint_every", "finetune.keep_checkpoints", "features.chunk_steps"}
 PACKAGES = ("saeft-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "numpy")
-
-
-class UsageError(ValueError):
-    """The command cannot run as given (workdir, config); the message says how to fix it."""
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -41,7 +40,13 @@ def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> Non
     resolved = json.loads(config.to_json_best_effort())
     path = workdir / "config.json"
     if path.exists():
-        before = {k: v for k, v in _flat(json.loads(path.read_text())).items() if k not in OPERATIONAL}
+        try:
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{path} is damaged ({error}), so this run cannot tell whether the workdir holds a run of "
+                             f"the same config. If it does, delete {path} and rerun; otherwise use a new "
+                             f"--workdir.") from error
+        before = {k: v for k, v in _flat(recorded).items() if k not in OPERATIONAL}
         now = {k: v for k, v in _flat(resolved).items() if k not in OPERATIONAL}
         differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if differ:
@@ -84,9 +89,39 @@ def _say(run: Run, message: str) -> None:
         print(message, flush=True)
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
-    """Runs the configured stages in `workdir`; returns the report directory."""
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                 command: str = "rerunning the same command") -> epath.Path:
+    """Runs the configured stages in `workdir`, holding its lock; returns the report directory.
+    `command` tells a user how to rerun, in messages about damaged artifacts."""
     workdir = prepare_workdir(workdir)
+    lock = _take_lock(workdir)
+    try:
+        with storage.failures_named(str(workdir), "running the pipeline"):
+            return _run_stages(config, workdir, command)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
+    """Process 0 takes the workdir's lock; every process learns whether it did."""
+    lock, taken, error = None, True, None
+    if jax.process_index() == 0:
+        lock = WorkdirLock(workdir)
+        try:
+            lock.acquire()
+        except UsageError as refused:
+            taken, error = False, refused
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        taken = bool(multihost_utils.broadcast_one_to_all(np.int32(taken)))
+    if not taken:
+        raise error or WorkdirBusy(f"process 0 could not take the lock of {workdir}; its message says why")
+    return lock
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command: str) -> epath.Path:
     if jax.process_index() == 0:
         record_config(config, workdir)
     model_path = None
@@ -94,21 +129,16 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         from saeft_jax.demo import setup
 
         model_path = setup.prepare(config)
-    run = Run(config, workdir, model_path)
-    try:
-        specs = [run.train_spec, *run.eval_specs()]
-    except KeyError as error:
-        raise UsageError(f"config.train_dataset / config.eval_suite: {error.args[0]}") from error
-    for spec in specs:  # fail now, not hours in, when data are missing
-        run.source(spec)
-    names = list(config.finetune.regularizers)
+    run = Run(config, workdir, model_path, command=command)
+    preflight.check(run)
+    names = list(run.methods)
     wanted = set(config.stages)
     needs_features = "sae" in wanted or config.finetune.teacher_cache
-    plan = [("zeroshot", (), zeroshot.run_stage, ()),
+    plan = [("zeroshot", (), heads.run_stage, ()),
             *([("features", (), features.run_stage, ())] if needs_features else []),
-            ("sae", (), sae.run_stage, ()),
-            *(("finetune", (n,), finetune.run_stage, (n,)) for n in names),
-            *(("evaluate", (n,), evaluate.run_stage, (n,)) for n in names),
+            ("sae", (), trained_sae.run_stage, ()),
+            *(("finetune", (n,), finetuned.run_stage, (n,)) for n in names),
+            *(("evaluate", (n,), scores.run_stage, (n,)) for n in names),
             ("report", (), report.run_stage, ())]
     for stage, parts, function, args in plan:
         label = "/".join((stage, *parts))
@@ -117,6 +147,14 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         if run.done(stage, *parts) is not None:
             _say(run, f"stage {label}: complete, skipped")
             continue
-        _say(run, f"stage {label}: running")
+        problem = run.problem(stage, *parts)
+        if problem is None:
+            _say(run, f"stage {label}: running")
+        else:
+            _say(run, f"stage {label}: {problem.reason}; " + ("starting it over" if problem.start_over else
+                                                             "making what is missing again"))
+            if run.is_writer:
+                completion.discard(workdir, (stage, *parts), problem)
+            run.barrier(f"discard {label}")
         function(run, *args)
     return workdir / report.STAGE

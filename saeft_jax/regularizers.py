@@ -1,40 +1,137 @@
-"""The SAE-FT penalty and its baselines (METHOD.md section 3), selected by name.
+"""The fine-tuning regularizers: the SAE-FT penalty and its baselines (docs/method.md, "The
+fine-tuning objective"), one registry entry each.
 
-Each regularizer compares the current embeddings `f` with the frozen zero-shot ones `f0` on
-the same batch and returns `(R, metrics)`; the trainer adds `reg_lambda * R` to the
-cross-entropy. `f0`, the SAE parameters and the zero-shot codes carry no gradient.
+An entry is a function `penalty(f, f0, *, <inputs>, <hyperparameters>) -> (R, metrics)`
+registered with `register`. Its keyword-only arguments with defaults are its hyperparameters;
+`needs` declares what else it takes:
+
+- "f0": the frozen zero-shot embeddings of the batch (the teacher cache can supply them);
+- "sae": the run's `FrozenSAE` (argument `sae`); every such entry also gets the hyperparameter
+  `reference_raw_inputs`, which feeds it raw embeddings as the reference code does;
+- "tokens": the token features of both encoders at the layers `taps(num_layers)` names
+  (arguments `tokens`, `tokens0`); the teacher cache cannot supply these.
+
+The trainer adds `reg_lambda * R` to the cross-entropy; `f0`, the SAE and the zero-shot codes
+carry no gradient. Adding a regularizer is one decorated function here; nothing else in the
+package looks at a regularizer's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from saeft_jax.models import sae
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.sae.model import unit_norm
 
 Metrics = dict[str, jax.Array]
+Penalty = Callable[..., tuple[jax.Array, Metrics]]
+NEEDS = ("f0", "sae", "tokens")
+_INPUT_ARGUMENTS = {"sae": ("sae",), "tokens": ("tokens", "tokens0")}
+SAE_HPARAMS = {"reference_raw_inputs": False}
 
 
-def sae_codes(f: jax.Array, f0: jax.Array, sae_params: dict, k: int, normalize: bool, relu: bool = False):
-    """(f, f0, st, s0) as the regularizers see them: both normalized when `normalize`, dense
-    Top-K codes of each (`s0` and the SAE without gradient)."""
-    sae_params = jax.lax.stop_gradient(sae_params)
-    f0 = jax.lax.stop_gradient(f0)
-    if normalize:
-        f, f0 = sae.unit_norm(f), sae.unit_norm(f0)
-    st = sae.encode(sae_params, f, k, relu=relu)
-    s0 = jax.lax.stop_gradient(sae.encode(sae_params, f0, k, relu=relu))
-    return f, f0, st, s0
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+    """One registry entry: the penalty, its hyperparameters with their defaults, what it needs."""
+
+    name: str
+    penalty: Penalty
+    hparams: Mapping[str, Any]
+    needs: frozenset[str]
+    taps: Callable[[int], tuple[int, ...]] | None = None
+
+    @property
+    def uses_sae(self) -> bool:
+        return "sae" in self.needs
+
+    @property
+    def penalizes(self) -> bool:
+        """False for plain fine-tuning, whose penalty compares nothing."""
+        return bool(self.needs)
+
+    @property
+    def teacher_cache(self) -> bool:
+        """Whether the teacher cache (the features stage's f0) can stand in for the frozen encoder."""
+        return "f0" in self.needs and "tokens" not in self.needs
+
+    def bind(self, hparams: Mapping[str, Any]) -> Callable:
+        """`R(f, f0, *, sae=None, tokens=None, tokens0=None) -> (R, metrics)` with `hparams`
+        (defaults for the missing ones) bound; the SAE and the tokens come with each call, as
+        arguments of the jit program rather than constants inside it."""
+        unknown = sorted(set(hparams) - set(self.hparams))
+        if unknown:
+            raise TypeError(f"regularizer {self.name!r} does not take {unknown}; it takes {sorted(self.hparams)}")
+        values = {**self.hparams, **hparams}
+        raw = values.pop("reference_raw_inputs", False)
+
+        def penalty(f, f0, *, sae: FrozenSAE | None = None, tokens=None, tokens0=None):
+            inputs: dict[str, Any] = {}
+            if self.uses_sae:
+                if sae is None:
+                    raise TypeError(f"regularizer {self.name!r} needs the run's SAE")
+                inputs["sae"] = sae.reference_raw_inputs() if raw else sae
+            if "tokens" in self.needs:
+                inputs.update(tokens=tokens, tokens0=tokens0)
+            return self.penalty(f, f0, **inputs, **values)
+
+        return penalty
 
 
-def _residual(f, f0, st, s0, sae_params) -> jax.Array:
+REGISTRY: dict[str, Regularizer] = {}
+
+
+def register(name: str | None = None, *, needs: Sequence[str] = ("f0",),
+             taps: Callable[[int], tuple[int, ...]] | None = None) -> Callable[[Penalty], Penalty]:
+    """Registers the decorated penalty as regularizer `name` (default: the function's name)."""
+    needs = frozenset(needs)
+    if needs - set(NEEDS):
+        raise ValueError(f"unknown needs {sorted(needs - set(NEEDS))}; known: {NEEDS}")
+    if ("tokens" in needs) != (taps is not None):
+        raise ValueError("a regularizer that needs tokens says where to tap them (`taps`), and only then")
+
+    def add(penalty: Penalty) -> Penalty:
+        entry_name = name or penalty.__name__
+        if entry_name in REGISTRY:
+            raise ValueError(f"regularizer {entry_name!r} is registered already")
+        keyword = {p.name: p for p in inspect.signature(penalty).parameters.values() if p.kind is p.KEYWORD_ONLY}
+        inputs = {argument for need in needs for argument in _INPUT_ARGUMENTS.get(need, ())}
+        if not inputs <= set(keyword):
+            raise ValueError(f"regularizer {entry_name!r} needs {sorted(needs)} but does not take {sorted(inputs)}")
+        hparams = {n: p.default for n, p in keyword.items() if n not in inputs}
+        undeclared = [n for n, default in hparams.items() if default is inspect.Parameter.empty]
+        if undeclared:
+            raise ValueError(f"regularizer {entry_name!r}: hyperparameters {undeclared} need defaults")
+        if "sae" in needs:
+            hparams = {**hparams, **SAE_HPARAMS}
+        REGISTRY[entry_name] = Regularizer(entry_name, penalty, hparams, needs, taps)
+        return penalty
+
+    return add
+
+
+def get(name: str) -> Regularizer:
+    """The registry entry `name`; an unknown name is a `KeyError` that lists the known ones."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown regularizer {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def sae_codes(f: jax.Array, f0: jax.Array, sae: FrozenSAE):
+    """(f, f0, st, s0) as the SAE regularizers see them: inputs as the SAE takes them, dense
+    Top-K codes of each (`s0` without gradient)."""
+    f, f0 = sae.inputs(f), sae.inputs(jax.lax.stop_gradient(f0))
+    return f, f0, sae.encode(f), jax.lax.stop_gradient(sae.encode(f0))
+
+
+def _residual(f, f0, st, s0, sae: FrozenSAE) -> jax.Array:
     """mean over B x d of ((f - f0) - (st - s0) @ W_dec)^2: change the dictionary does not explain."""
-    r = (f - f0) - (st - s0) @ jax.lax.stop_gradient(sae_params["W_dec"])
-    return jnp.mean(r ** 2)
+    return jnp.mean(((f - f0) - (st - s0) @ sae.atoms) ** 2)
 
 
 def _support_changes(st: jax.Array, s0: jax.Array) -> Metrics:
@@ -43,47 +140,55 @@ def _support_changes(st: jax.Array, s0: jax.Array) -> Metrics:
             "removed_per_image": jnp.mean(jnp.sum(active0 & ~active, -1).astype(jnp.float32))}
 
 
-def sae_add_remove(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_add: float = 10.0,
-                   lambda_remove: float = 0.02, mu: float = 1.0, normalize: bool = True,
-                   relu: bool = False) -> tuple[jax.Array, Metrics]:
+@register(needs=())
+def none(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Plain fine-tuning: no penalty."""
+    return jnp.zeros((), f.dtype), {}
+
+
+@register(needs=("f0", "sae"))
+def sae_add_remove(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: float = 10.0,
+                   lambda_remove: float = 0.02, mu: float = 1.0) -> tuple[jax.Array, Metrics]:
     """SAE-FT: penalise features that appear (add), weaken or vanish (remove), and change
     outside the dictionary (residual)."""
-    f, f0, st, s0 = sae_codes(f, f0, sae_params, k, normalize, relu)
+    f, f0, st, s0 = sae_codes(f, f0, sae)
     m0 = (s0 != 0).astype(st.dtype)
     add = jnp.mean((1 - m0) * jnp.abs(st))
     remove = jnp.mean(m0 * jax.nn.relu(s0 - st))
-    residual = _residual(f, f0, st, s0, sae_params)
+    residual = _residual(f, f0, st, s0, sae)
     total = lambda_add * add + lambda_remove * remove + mu * residual
     return total, {"add": add, "remove": remove, "residual": residual, **_support_changes(st, s0)}
 
 
-def sae_mask(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_add: float = 10.0,
-             mu: float = 1.0, normalize: bool = True, relu: bool = False) -> tuple[jax.Array, Metrics]:
+@register(needs=("f0", "sae"))
+def sae_mask(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: float = 10.0,
+             mu: float = 1.0) -> tuple[jax.Array, Metrics]:
     """`sae_add_remove` without the removal term (the reference README's "main method")."""
-    return sae_add_remove(f, f0, sae_params, k=k, lambda_add=lambda_add, lambda_remove=0.0, mu=mu,
-                          normalize=normalize, relu=relu)
+    return sae_add_remove(f, f0, sae=sae, lambda_add=lambda_add, lambda_remove=0.0, mu=mu)
 
 
-def _sparse_terms(f, f0, st, s0, sae_params, lambda_l1: float, mu: float) -> tuple[jax.Array, Metrics]:
-    l1 = jnp.mean(jnp.abs(st - s0))
-    residual = _residual(f, f0, st, s0, sae_params)
-    return lambda_l1 * l1 + mu * residual, {"l1": l1, "residual": residual, **_support_changes(st, s0)}
+def _sparse_terms(f, f0, st, s0, sae: FrozenSAE, lambda_l1: float, mu: float) -> tuple[jax.Array, Metrics]:
+    l1_change = jnp.mean(jnp.abs(st - s0))
+    residual = _residual(f, f0, st, s0, sae)
+    return lambda_l1 * l1_change + mu * residual, {"l1": l1_change, "residual": residual,
+                                                   **_support_changes(st, s0)}
 
 
-def sae_sparse(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_l1: float = 1e-3,
-               mu: float = 1.0, normalize: bool = True, relu: bool = False) -> tuple[jax.Array, Metrics]:
+@register(needs=("f0", "sae"))
+def sae_sparse(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3,
+               mu: float = 1.0) -> tuple[jax.Array, Metrics]:
     """lambda_l1 * mean|st - s0| + mu * residual."""
-    f, f0, st, s0 = sae_codes(f, f0, sae_params, k, normalize, relu)
-    return _sparse_terms(f, f0, st, s0, sae_params, lambda_l1, mu)
+    f, f0, st, s0 = sae_codes(f, f0, sae)
+    return _sparse_terms(f, f0, st, s0, sae, lambda_l1, mu)
 
 
-def sae_kl(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_l1: float = 1e-3,
-           lambda_kl: float = 0.1, mu: float = 1.0, normalize: bool = True,
-           relu: bool = False) -> tuple[jax.Array, Metrics]:
+@register(needs=("f0", "sae"))
+def sae_kl(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_kl: float = 0.1,
+           mu: float = 1.0) -> tuple[jax.Array, Metrics]:
     """`sae_sparse` + lambda_kl * KL(p0 || pt), p = |codes| renormalised to sum 1 per example
     (magnitudes, since Top-K codes without ReLU can be negative)."""
-    f, f0, st, s0 = sae_codes(f, f0, sae_params, k, normalize, relu)
-    total, metrics = _sparse_terms(f, f0, st, s0, sae_params, lambda_l1, mu)
+    f, f0, st, s0 = sae_codes(f, f0, sae)
+    total, metrics = _sparse_terms(f, f0, st, s0, sae, lambda_l1, mu)
     eps = 1e-8
     p0 = jnp.abs(s0) / (jnp.sum(jnp.abs(s0), -1, keepdims=True) + eps)
     pt = jnp.abs(st) / (jnp.sum(jnp.abs(st), -1, keepdims=True) + eps)
@@ -91,25 +196,18 @@ def sae_kl(f: jax.Array, f0: jax.Array, sae_params: dict, *, k: int, lambda_l1: 
     return total + lambda_kl * kl, {**metrics, "kl": kl}
 
 
+@register()
 def mse(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
     """mean (f - f0)^2: the L2 feature-distance baseline."""
     value = jnp.mean((f - jax.lax.stop_gradient(f0)) ** 2)
     return value, {"mse": value}
 
 
+@register()
 def l1(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
     """mean |f - f0|."""
     value = jnp.mean(jnp.abs(f - jax.lax.stop_gradient(f0)))
     return value, {"l1": value}
-
-
-def ldifs(tokens: Sequence[jax.Array], tokens0: Sequence[jax.Array]) -> tuple[jax.Array, Metrics]:
-    """LDIFS: mean squared distance of L2-normalized token features of the current and frozen
-    encoders, averaged over tokens and over the tapped layers (see `ldifs_taps`)."""
-    distances = [jnp.mean(jnp.sum((sae.unit_norm(t) - jax.lax.stop_gradient(sae.unit_norm(t0))) ** 2, -1))
-                 for t, t0 in zip(tokens, tokens0, strict=True)]
-    value = jnp.mean(jnp.stack(distances))
-    return value, {"ldifs": value}
 
 
 def ldifs_taps(num_layers: int) -> tuple[int, ...]:
@@ -117,33 +215,12 @@ def ldifs_taps(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted({0, *(round(num_layers * q / 4) for q in (1, 2, 3, 4))}))
 
 
-SAE_BASED = {"sae_add_remove": sae_add_remove, "sae_mask": sae_mask, "sae_sparse": sae_sparse, "sae_kl": sae_kl}
-FEATURE_BASED = {"mse": mse, "l1": l1}
-NAMES = ("none", *FEATURE_BASED, "ldifs", *SAE_BASED)
-
-
-def make_regularizer(name: str, **hparams: Any) -> Callable[..., tuple[jax.Array, Metrics]]:
-    """`R(f, f0, *, sae_params=None, tokens=None, tokens0=None) -> (R, metrics)` for `name`,
-    with its hyperparameters bound (unknown ones rejected by name)."""
-    if name not in NAMES:
-        raise ValueError(f"unknown regularizer {name!r}; known: {', '.join(NAMES)}")
-    if name in SAE_BASED:
-        fn = SAE_BASED[name]
-        _check_hparams(name, fn, hparams)
-        return lambda f, f0, *, sae_params, tokens=None, tokens0=None: fn(f, f0, sae_params, **hparams)
-    if hparams:
-        raise TypeError(f"regularizer {name!r} takes no hyperparameters; got {sorted(hparams)}")
-    if name == "ldifs":
-        return lambda f, f0, *, sae_params=None, tokens, tokens0: ldifs(tokens, tokens0)
-    if name == "none":
-        return lambda f, f0, **_: (jnp.zeros((), f.dtype), {})
-    return lambda f, f0, **_: FEATURE_BASED[name](f, f0)
-
-
-def _check_hparams(name: str, fn: Callable, hparams: dict[str, Any]) -> None:
-    accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
-    unknown = sorted(set(hparams) - accepted)
-    if unknown:
-        raise TypeError(f"regularizer {name!r} does not take {unknown}; it takes {sorted(accepted)}")
-    if "k" not in hparams:
-        raise TypeError(f"regularizer {name!r} needs k, the SAE's Top-K")
+@register(needs=("tokens",), taps=ldifs_taps)
+def ldifs(f: jax.Array, f0: jax.Array, *, tokens: Sequence[jax.Array],
+          tokens0: Sequence[jax.Array]) -> tuple[jax.Array, Metrics]:
+    """LDIFS: mean squared distance of L2-normalized token features of the current and frozen
+    encoders, averaged over tokens and over the tapped layers (`ldifs_taps`)."""
+    distances = [jnp.mean(jnp.sum((unit_norm(t) - jax.lax.stop_gradient(unit_norm(t0))) ** 2, -1))
+                 for t, t0 in zip(tokens, tokens0, strict=True)]
+    value = jnp.mean(jnp.stack(distances))
+    return value, {"ldifs": value}

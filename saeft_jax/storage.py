@@ -9,6 +9,7 @@ file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -20,7 +21,34 @@ import numpy as np
 import safetensors.numpy
 from etils import epath
 
+from saeft_jax.errors import UsageError
+
 CACHE = "~/.cache/saeft_jax/remote"
+# How Orbax and TensorStore word an OSError they report as another type.
+_SPACE_OR_ACCESS = ("RESOURCE_EXHAUSTED", "No space left", "Disk quota", "PERMISSION_DENIED", "Permission denied",
+                    "Read-only file system")
+
+
+class StorageError(UsageError):
+    """A file could not be written or read (space, permission, reachability); the message says where."""
+
+
+@contextlib.contextmanager
+def failures_named(where: str, doing: str):
+    """Turns an OSError (or an Orbax/TensorStore error wrapping one) raised while `doing` into one
+    `StorageError` paragraph naming `where` (or the file the error names) and what is needed."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as error:
+        if not (isinstance(error, OSError) or any(marker in str(error) for marker in _SPACE_OR_ACCESS)):
+            raise
+        path = getattr(error, "filename", None) or where
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:300]
+        raise StorageError(f"{path}: {reason} (while {doing}). Free space, fix the permissions or the connection "
+                           f"there and rerun the same command: finished work is kept, and the run continues from "
+                           f"its last complete artifact or checkpoint.") from error
 
 
 def path(p: str | os.PathLike) -> epath.Path:
@@ -40,8 +68,12 @@ def write_atomic(target: epath.Path, data: bytes | str) -> None:
         target.write_bytes(payload)
         return
     partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(payload)
-    os.replace(partial, target)
+    try:
+        partial.write_bytes(payload)
+        os.replace(partial, target)
+    except OSError:  # out of space, permission: leave no half-written file behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def save_npz(target: epath.Path, **arrays: np.ndarray) -> None:
@@ -66,6 +98,29 @@ def save_safetensors(target: epath.Path, arrays: dict[str, Any], metadata: dict[
 def load_safetensors(source: epath.Path) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file (read whole; never unpickles)."""
     return safetensors.numpy.load(source.read_bytes())
+
+
+def digest(target: epath.Path) -> dict[str, int | str]:
+    """{"bytes", "sha256"} of a file, read in 16 MiB pieces (feature files are gigabytes)."""
+    sha, size = hashlib.sha256(), 0
+    with target.open("rb") as reader:
+        for piece in iter(lambda: reader.read(1 << 24), b""):
+            sha.update(piece)
+            size += len(piece)
+    return {"bytes": size, "sha256": sha.hexdigest()}
+
+
+def size_of(target: epath.Path) -> int | None:
+    """The size of a file in bytes, or None when it does not exist."""
+    try:
+        return target.stat().length
+    except FileNotFoundError:
+        return None
+
+
+def files_under(target: epath.Path) -> list[epath.Path]:
+    """`target` itself when it is a file, else every file below it."""
+    return _files(target) if target.is_dir() else [target]
 
 
 def cache_path(source: epath.Path) -> Path:

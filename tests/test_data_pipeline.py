@@ -40,7 +40,7 @@ def global_batches(processes: int, steps: int, *, source_size=23, batch=8, seed=
     out = []
     for _ in range(steps):
         parts = [next(it) for it in iterators]
-        out.append((np.concatenate([images for images, _ in parts]), np.concatenate([l for _, l in parts])))
+        out.append((np.concatenate([p["images"] for p in parts]), np.concatenate([p["labels"] for p in parts])))
     return out
 
 
@@ -72,10 +72,11 @@ def test_resume_from_state_yields_exactly_the_uninterrupted_batches():
     state = first.get_state()
     resumed = make()
     resumed.set_state(state)
-    for images, labels in expected[5:]:
-        got_images, got_labels = next(resumed)
-        np.testing.assert_array_equal(got_images, images)
-        np.testing.assert_array_equal(got_labels, labels)
+    for batch in expected[5:]:
+        got = next(resumed)
+        assert set(got) == {"images", "labels"}  # what the train step takes, nothing more
+        np.testing.assert_array_equal(got["images"], batch["images"])
+        np.testing.assert_array_equal(got["labels"], batch["labels"])
 
 
 def test_two_workers_give_the_same_batches_and_resume():
@@ -91,16 +92,16 @@ def test_two_workers_give_the_same_batches_and_resume():
     resumed = make()
     resumed.set_state(first.get_state())
     for images, _ in reference[3:]:
-        np.testing.assert_array_equal(next(resumed)[0], images)
+        np.testing.assert_array_equal(next(resumed)["images"], images)
 
 
 def test_teacher_rows_follow_their_examples():
     teacher = np.arange(23 * 2, dtype=np.float32).reshape(23, 2)
     batches = pipeline.train_batches(ToySource(23), share=pipeline.Share(8), seed=0, transform=identify,
                                      teacher=teacher)
-    images, labels, f0 = next(batches)
-    np.testing.assert_array_equal(f0, teacher[images[:, 0].astype(int)])
-    np.testing.assert_array_equal(labels, images[:, 0].astype(int) % 7)
+    batch = next(batches)
+    np.testing.assert_array_equal(batch["teacher"], teacher[batch["images"][:, 0].astype(int)])
+    np.testing.assert_array_equal(batch["labels"], batch["images"][:, 0].astype(int) % 7)
 
 
 @pytest.mark.parametrize("processes", [1, 2, 4])

@@ -149,3 +149,71 @@ def test_tfds_sources_through_mock_data_map_imagenet_r_labels():
         example = source[1]
         assert example["image"].dtype == np.uint8 and example["image"].shape == (32, 32, 3)
         assert 0 <= example["label"] < 10
+
+
+def test_splits_prepared_one_at_a_time_accumulate(tmp_path):
+    for split, seed in (("train", 0), ("test", 50)):
+        for label, name in enumerate(["cat", "dog"]):
+            write_image(tmp_path / split / name / "0.png", seed + label)
+            write_image(tmp_path / split / name / "1.png", seed + label + 10)
+    prepare.prepare("folder", tmp_path / "train", tmp_path / "data", name="pets", split="train", show_progress=False)
+    info = prepare.prepare("folder", tmp_path / "test", tmp_path / "data", name="pets", split="test",
+                           show_progress=False)
+    assert info["splits"] == {"train": 4, "test": 4}  # the first split's metadata is kept
+    for split in ("train", "test"):
+        assert len(sources.open_source(folder_spec("pets", split, classes=2), tmp_path / "data")) == 4
+    (tmp_path / "test" / "bird").mkdir()
+    write_image(tmp_path / "test" / "bird" / "0.png", 99)
+    with pytest.raises(prepare.PreparationError, match="other classes.*every split of a dataset shares its classes"):
+        prepare.prepare("folder", tmp_path / "test", tmp_path / "data", name="pets", split="test", show_progress=False)
+    assert prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "pets"))["splits"] == {"train": 4,
+                                                                                                  "test": 4}
+
+
+def test_a_split_prepared_again_replaces_its_shards(tmp_path):
+    for i in range(5):
+        write_image(tmp_path / "src" / "a" / f"{i}.png", i)
+    prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+    for i in range(3):
+        (tmp_path / "src" / "a" / f"{i}.png").unlink()
+    info = prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+    assert info["splits"] == {"test": 2}
+    assert len(sources.open_source(folder_spec("x", classes=1), tmp_path / "data")) == 2
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", ".."])
+def test_names_that_would_write_outside_the_data_dir_are_refused(tmp_path, name):
+    write_image(tmp_path / "src" / "a" / "0.png", 0)
+    with pytest.raises(prepare.PreparationError, match="not a plain folder name"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name=name, show_progress=False)
+    assert not any((tmp_path).glob("**/info.json"))
+
+
+def test_links_out_of_the_source_are_refused(tmp_path):
+    write_image(tmp_path / "src" / "a" / "0.png", 0)
+    write_image(tmp_path / "elsewhere" / "secret.png", 1)
+    (tmp_path / "src" / "a" / "1.png").symlink_to(tmp_path / "elsewhere" / "secret.png")
+    with pytest.raises(prepare.PreparationError, match=r"lead outside it through links.*1\.png"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+
+
+def test_ignored_files_and_empty_classes_are_summarised_and_counts_checked(tmp_path, capsys):
+    write_image(tmp_path / "src" / "a" / "0.png", 0)
+    write_image(tmp_path / "src" / "a" / "1.png", 1)
+    (tmp_path / "src" / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "src" / "b").mkdir()  # a class without images
+    (tmp_path / "src" / "README").write_text("top-level file")
+    with pytest.raises(prepare.PreparationError, match="split test: 2 images, expected 3"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", expected={"images": 3},
+                        show_progress=False)
+    with pytest.raises(prepare.PreparationError, match="1 classes with images, expected 2"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", expected={"classes": 2},
+                        show_progress=False)
+    code = prepare.main(["folder", f"--source={tmp_path / 'src'}", f"--data_dir={tmp_path / 'data'}", "--name=x",
+                         "--expected_images=2", "--expected_classes=1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "test 2 images" in out
+    assert "1 class folders without images" in out and ": b" in out
+    assert "2 files that are not images, ignored" in out and "notes.txt" in out and "README" in out
+    info = prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "x"))
+    assert info["empty_classes"] == {"test": ["b"]} and len(info["ignored"]["test"]) == 2

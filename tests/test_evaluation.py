@@ -13,7 +13,8 @@ from saeft_jax.data.preprocess import ImageSpec, clip_eval
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.evaluation import interpret, wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
-from saeft_jax.models import sae
+from saeft_jax.sae import model as sae
+from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
 from saeft_jax.models.heads import classify
 
@@ -117,7 +118,7 @@ def test_codes_names_and_top_images():
     rng = np.random.RandomState(0)
     params = sae.init_params(jax.random.PRNGKey(0), 6, 12)
     embeddings = rng.randn(20, 6).astype(np.float32) * 4
-    values, indices = interpret.sae_codes(params, embeddings, 3)
+    values, indices = FrozenSAE(params, 3).codes(embeddings)
     expected = np.asarray(sae.encode(params, sae.unit_norm(embeddings), 3))
     dense = np.zeros((20, 12), np.float32)
     np.put_along_axis(dense, indices, values, 1)

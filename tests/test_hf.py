@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import flax.serialization
 import jax.numpy as jnp
@@ -197,3 +200,42 @@ def test_directory_without_tokenizer_says_what_is_expected(tiny_clip_dir, tmp_pa
     shutil.copy(tiny_clip_dir[0] / "config.json", tmp_path / "config.json")
     with pytest.raises(hf.CheckpointError, match="no tokenizer: expected tokenizer.json or vocab.json"):
         hf.load_tokenizer(tmp_path)
+
+
+REMOTE_CODE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("the checkpoint's Python ran")  # transformers runs a copy elsewhere
+from transformers import CLIPConfig
+
+class EvilConfig(CLIPConfig):
+    model_type = "evil_clip"
+"""
+
+
+@pytest.mark.parametrize("model_type", ["clip", "evil_clip"])
+def test_a_checkpoint_that_asks_to_run_its_own_code_never_does(tiny_clip_dir, tmp_path, model_type):
+    """config.json and tokenizer_config.json carry `auto_map` to Python in the checkpoint, and stdin
+    answers "y" should transformers ask whether to run it: the code never runs."""
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_clip_dir[0], checkpoint)
+    (checkpoint / "evil_config.py").write_text(REMOTE_CODE.format(marker=str(checkpoint / "CODE_RAN")))
+    for name in ("config.json", "tokenizer_config.json"):
+        path = checkpoint / name
+        config = json.loads(path.read_text()) if path.exists() else {}
+        config["auto_map"] = {"AutoConfig": "evil_config.EvilConfig",
+                              "AutoTokenizer": ["evil_config.EvilConfig", None]}
+        if name == "config.json":
+            config["model_type"] = model_type
+        path.write_text(json.dumps(config))
+    script = ("import sys\nfrom saeft_jax import hf\ntry:\n"
+              "    hf.load_clip(sys.argv[1]); hf.load_tokenizer(sys.argv[1])\n"
+              "    print('LOADED')\nexcept hf.CheckpointError as error:\n    print('REFUSED', error)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(checkpoint)], input="y\ny\n", capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert not (checkpoint / "CODE_RAN").exists(), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if model_type == "clip":
+        assert "LOADED" in result.stdout, result.stdout + result.stderr  # the built-in CLIP classes serve it
+    else:
+        assert "REFUSED" in result.stdout and str(checkpoint) in result.stdout

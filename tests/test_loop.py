@@ -21,9 +21,9 @@ TOTAL = 6
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int = 8, seed: int = 0):
-    """A checkpointable grain iterator of shuffled (images, labels) batches, repeating."""
+    """A checkpointable grain iterator of shuffled {"images", "labels"} batches, repeating."""
     dataset = grain.MapDataset.range(len(labels)).seed(seed).shuffle().repeat(None).batch(batch_size)
-    return iter(dataset.map(lambda idx: (images[idx], labels[idx])).to_iter_dataset())
+    return iter(dataset.map(lambda idx: {"images": images[idx], "labels": labels[idx]}).to_iter_dataset())
 
 
 class Sabotage:
@@ -34,16 +34,16 @@ class Sabotage:
 
     def __next__(self):
         self.count += 1
-        images, labels = next(self.inner)
+        batch = next(self.inner)
         if self.count == self.at:
             if self.action == "crash":
                 raise KeyboardInterrupt("simulated kill")
             if self.action == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
             if self.action == "nan":
-                images = images.copy()
-                images[0, 0, 0, 0] = np.nan
-        return images, labels
+                batch = {**batch, "images": batch["images"].copy()}
+                batch["images"][0, 0, 0, 0] = np.nan
+        return batch
 
     def get_state(self):
         return self.inner.get_state()
@@ -139,3 +139,35 @@ def test_sigkill_at_a_random_step_then_rerun_matches_uninterrupted(run, tmp_path
     straight, _ = loop(run, tmp_path / "straight")
     assert summary["steps"] == TOTAL
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["params"]), jax.device_get(straight["params"]))
+
+
+def truncate_largest_file(step_dir) -> None:
+    files = [f for f in step_dir.rglob("*") if f.is_file()]
+    largest = max(files, key=lambda f: f.stat().st_size)
+    with open(largest, "r+b") as handle:
+        handle.truncate(largest.stat().st_size // 2)
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_for_the_previous_one(run, tmp_path, capfd):
+    straight, _ = loop(run, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        loop(run, tmp_path / "resumed", Sabotage(batches(*run[4:]), at=5, action="crash"))
+    truncate_largest_file(tmp_path / "resumed" / "checkpoints" / "4")
+    resumed, summary = loop(run, tmp_path / "resumed")
+    assert summary["steps"] == TOTAL
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["params"]), jax.device_get(straight["params"]))
+    err = capfd.readouterr().err
+    assert "warning: checkpoint 4 in" in err and "continuing from checkpoint 2" in err and "Traceback" not in err
+
+
+def test_with_no_checkpoint_that_restores_the_directory_is_named(run, tmp_path):
+    from saeft_jax.checkpoints import CheckpointsUnusable
+
+    with pytest.raises(KeyboardInterrupt):
+        loop(run, tmp_path, Sabotage(batches(*run[4:]), at=5, action="crash"))
+    for step in (2, 4):
+        truncate_largest_file(tmp_path / "checkpoints" / str(step))
+    with pytest.raises(CheckpointsUnusable, match=rf"no checkpoint in {tmp_path / 'checkpoints'} restores "
+                                                  rf"\(step 4: .* bytes.*; step 2: "):
+        loop(run, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]  # nothing deleted

@@ -28,10 +28,10 @@ mesh = parallel.data_mesh()
 step, optimizer = make_step(model, "sae_add_remove", mesh)
 state, frozen = jax.device_put((init_state(params, optimizer), frozen), parallel.replicated(mesh))
 rows = slice(process_id * len(labels) // processes, (process_id + 1) * len(labels) // processes)
-batch = lambda x: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), x[rows])
+local = lambda x: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), x[rows])
 losses = []
 for _ in range(3):
-    state, metrics = step(state, frozen, batch(images), batch(labels))
+    state, metrics = step(state, frozen, {"images": local(images), "labels": local(labels)})
     losses.append(float(metrics["loss"]))
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.data.registry import DatasetSpec

@@ -16,12 +16,32 @@ pytestmark = pytest.mark.slow  # about three minutes: run with `-m slow`, as CI 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def code_shift(f, f0, *, sae, scale: float = 1.0):
+    """A regularizer registered by this test alone: the mean squared change of the SAE codes."""
+    import jax.numpy as jnp
+
+    shift = jnp.mean((sae.encode(sae.inputs(f)) - sae.encode(sae.inputs(f0))) ** 2)
+    return scale * shift, {"code_shift": shift}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """`code_shift` in the registry for this module: one entry, no other file touched."""
+    from saeft_jax import regularizers
+
+    regularizers.register(needs=("f0", "sae"))(code_shift)
+    yield
+    del regularizers.REGISTRY["code_shift"]
+
+
 def smoke_config(tmp_path_factory, **changes):
     sys.path.insert(0, ROOT)
     from configs import demo
-    from saeft_jax.config import finish
+    from saeft_jax.config import finish, method
 
     config = demo.get_config("smoke")
+    # a third method: the test's own regularizer, fed raw embeddings as the reference code does
+    config.finetune.methods.code_shift = method("code_shift", reg_lambda=50.0, scale=2.0, reference_raw_inputs=True)
     config.show_progress = False
     config.data_dir = str(tmp_path_factory.getbasetemp() / "data")
     config.demo.cache_dir = str(tmp_path_factory.getbasetemp() / "cache")
@@ -48,7 +68,12 @@ def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finishe
     assert report["id_dataset"] == "digits_colored" and len(report["ood_datasets"]) == 5
     assert set(report["sae"]) == {"fvu", "dead_fraction", "l0"} and report["sae"]["l0"] == pytest.approx(8.0)
     runs = report["runs"]
-    assert set(runs) == {"zeroshot", "none", "sae_add_remove"}
+    assert set(runs) == {"zeroshot", "none", "sae_add_remove", "code_shift"}
+    assert runs["code_shift"]["method"] == {"regularizer": "code_shift", "reg_lambda": 50.0, "scale": 2.0,
+                                            "reference_raw_inputs": True}
+    metrics = [json.loads(line) for line in (finished / "finetune" / "code_shift" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert all(np.isfinite(m["code_shift"]) for m in metrics)  # the test's regularizer ran in the train step
     datasets = {report["id_dataset"], *report["ood_datasets"]}
     for name, run in runs.items():
         assert set(run["metrics"]) == datasets and all(0 <= v <= 1 for v in run["metrics"].values())
@@ -71,6 +96,8 @@ def test_report_markdown_and_pictures(finished):
     text = (finished / "report" / "report.md").read_text()
     order = [text.index(h) for h in ("## What was run", "## Results", "## Pictures", "## What changed")]
     assert order == sorted(order)
+    assert "`code_shift` (reg_lambda 50, scale 2, reference_raw_inputs True)" in text and "### `code_shift`" in text
+    assert "**Raw SAE inputs:** `code_shift` fed the SAE raw" in text  # the reference reproduction is named
     for png in ("wise.png", "datasets.png", "features_none.png", "features_sae_add_remove.png"):
         assert f"]({png})" in text
         with Image.open(finished / "report" / png) as image:
@@ -99,19 +126,23 @@ def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, ca
     stamps = {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")}
     run_pipeline(smoke_config(tmp_path_factory), finished)
     out = capsys.readouterr().out
-    assert "running" not in out and out.count("complete, skipped") == 8
+    assert "running" not in out and out.count("complete, skipped") == 10
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")} == stamps
 
 
 def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprint(finished, tmp_path_factory, bucket,
                                                                                   monkeypatch):
     """The same run with --workdir=gs://... (an emulated bucket), stopped after the SAE and rerun."""
+    import ml_collections
+
     from saeft_jax import storage
+    from saeft_jax.config import method
     from saeft_jax.pipeline import run_pipeline
 
     monkeypatch.setattr(storage, "CACHE", str(tmp_path_factory.mktemp("remote_cache")))
     workdir = storage.path(f"{bucket}/stopped")
-    only = {"finetune.regularizers": ("sae_add_remove",)}  # one method keeps the test short
+    only = {"finetune.methods": ml_collections.ConfigDict({"sae_add_remove": method("sae_add_remove",
+                                                                                     reg_lambda=100.0)})}
     run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
     assert not (workdir / "finetune").exists() and (workdir / "sae" / "done.json").exists()
     run_pipeline(smoke_config(tmp_path_factory, **only), str(workdir))
@@ -126,7 +157,7 @@ def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
     import shutil
 
     from saeft_jax.config import ConfigError
-    from saeft_jax.stages import finetune
+    from saeft_jax.stages import finetuned
     from saeft_jax.stages.context import Run
 
     workdir = tmp_path_factory.mktemp("teacher")
@@ -138,7 +169,7 @@ def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
         smoke_config(tmp_path_factory, **changes)
     config = smoke_config(tmp_path_factory, **changes, **{"finetune.warmup_steps": 1})
     model_path = json.loads((finished / "report" / "report.json").read_text())["model"]
-    finetune.run_stage(Run(config, workdir, model_path), "sae_add_remove")
+    finetuned.run_stage(Run(config, workdir, model_path), "sae_add_remove")
     done = json.loads((workdir / "finetune" / "sae_add_remove" / "done.json").read_text())
     assert done["train"]["steps"] == 4 and np.isfinite(done["train"]["final_loss"])
 

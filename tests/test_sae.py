@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saeft_jax.models import sae
+from saeft_jax.sae import model as sae
 
 D, F, K, B = 16, 64, 4, 8
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saeft_jax.sae_artifact import SAEArtifactError, load_sae, save_sae
-from saeft_jax.sae_eval import evaluate_sae, geometric_median
-from saeft_jax.sae_training import train_sae
+from saeft_jax.sae.artifact import SAEArtifactError, load_sae, save_sae
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.sae.quality import evaluate_sae, geometric_median
+from saeft_jax.sae.training import train_sae
 
 
 def sparse_mixtures(n: int, d: int, atoms: int, active: int, seed: int = 0,
@@ -140,12 +141,14 @@ def test_bad_arguments_are_named():
 def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
     features = mixtures[0][:2048]
     params, metrics = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=1, progress=False)
-    save_sae(tmp_path / "sae", params, k=4, options={"auxk": False}, metrics=metrics)
-    loaded, meta = load_sae(tmp_path / "sae", d=64, dict_size=64, k=4)
+    save_sae(tmp_path / "sae", FrozenSAE(params, 4), options={"auxk": False}, metrics=metrics)
+    loaded = load_sae(tmp_path / "sae", d=64, dict_size=64, k=4)
     for name in params:
-        np.testing.assert_array_equal(loaded[name], params[name])
+        np.testing.assert_array_equal(loaded.params[name], params[name])
+    assert (loaded.k, loaded.relu, loaded.normalize_inputs, loaded.fed_raw) == (4, False, True, False)
+    meta = json.loads((tmp_path / "sae" / "sae.json").read_text())
     assert meta["metrics"]["fvu"] == pytest.approx(metrics["fvu"]) and meta["normalize_inputs"]
-    assert evaluate_sae(loaded, features, 4, batch_size=512)["fvu"] == pytest.approx(metrics["fvu"], rel=1e-5)
+    assert evaluate_sae(loaded, features, batch_size=512)["fvu"] == pytest.approx(metrics["fvu"], rel=1e-5)
     with pytest.raises(SAEArtifactError, match="d is 64 in the artifact but 512 here"):
         load_sae(tmp_path / "sae", d=512)
     with pytest.raises(SAEArtifactError, match="dict_size is 64 in the artifact but 2048 here.*k is 4"):
@@ -161,7 +164,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     import sys, numpy as np, jax
     sys.path.insert(0, "tests")
     from test_sae_training import sparse_mixtures
-    from saeft_jax.sae_training import train_sae
+    from saeft_jax.sae.training import train_sae
     assert len(jax.devices()) == 8, jax.devices()
     features = sparse_mixtures(4096, 64, 128, 4)[0]
     kwargs = dict(dict_size=64, k=4, batch_size=512, epochs=2, progress=False, auxk=True, dead_after=1024)
@@ -181,3 +184,31 @@ def test_same_result_on_one_and_eight_devices(tmp_path):
     for name in ("W_enc", "W_dec", "b_pre"):
         np.testing.assert_allclose(result["eight_" + name], result["one_" + name], rtol=1e-4, atol=1e-6)
     assert result["fvu"][1] == pytest.approx(result["fvu"][0], rel=1e-4)
+
+
+def test_a_relu_sae_gives_the_penalty_the_codes_the_report_reads(mixtures, tmp_path):
+    """The artifact carries relu, so the fine-tuning penalty and the report's analyses encode alike."""
+    import jax.numpy as jnp
+
+    from saeft_jax import regularizers
+    from saeft_jax.evaluation.analyses import Comparison, Embeddings, feature_changes
+
+    features = mixtures[0][:2048]
+    params, metrics = train_sae(features, dict_size=64, k=48, batch_size=512, epochs=1, progress=False, relu=True)
+    save_sae(tmp_path / "sae", FrozenSAE(params, 48, relu=True), options={"relu": True}, metrics=metrics)
+    sae = load_sae(tmp_path / "sae")
+    assert sae.relu
+    rng = np.random.default_rng(1)
+    f0 = features[:32]
+    f = (f0 + 0.5 * rng.normal(size=f0.shape)).astype(np.float32)
+    _, _, st, s0 = regularizers.sae_codes(jnp.asarray(f), jnp.asarray(f0), sae)  # inside the penalty
+    values, indices = Embeddings(f, sae).codes  # what the report reads
+    dense = np.zeros((len(f), 64), np.float32)
+    np.put_along_axis(dense, indices, values, 1)
+    np.testing.assert_allclose(np.asarray(st), dense, rtol=1e-5, atol=1e-6)
+    assert dense.min() >= 0  # ReLU after Top-K
+    without_relu = FrozenSAE(sae.params, 48).codes(f)[0]
+    assert without_relu.min() < 0  # k = 48 of 64 reaches negative pre-activations: relu changes the codes
+    _, penalty_metrics = regularizers.sae_add_remove(jnp.asarray(f), jnp.asarray(f0), sae=sae)
+    report = feature_changes(Comparison(Embeddings(f0, sae), Embeddings(f, sae), np.zeros(len(f), int), 1))
+    assert float(penalty_metrics["added_per_image"]) == pytest.approx(report["added_per_image"])

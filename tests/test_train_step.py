@@ -15,7 +15,8 @@ from flax import traverse_util
 
 from conftest import TINY
 from saeft_jax import parallel, regularizers
-from saeft_jax.models import sae
+from saeft_jax.sae import model as sae
+from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
 from saeft_jax.training.optim import make_optimizer, wiseft_schedule
 from saeft_jax.training.step import init_state, make_loss, make_train_step
@@ -30,16 +31,25 @@ def setup_run(seed: int = 0):
     rng = np.random.default_rng(seed)
     encoder = jax.tree.map(lambda p: p + 0.05 * rng.normal(size=p.shape).astype(np.float32), zeroshot)
     head = {"W": jnp.asarray(rng.normal(size=(CLASSES, 32)).astype(np.float32) * 10), "b": jnp.zeros(CLASSES)}
-    frozen = {"encoder": zeroshot, "sae": sae.init_params(jax.random.key(seed + 1), 32, 128)}
+    frozen = {"encoder": zeroshot, "sae": FrozenSAE(sae.init_params(jax.random.key(seed + 1), 32, 128), K)}
     images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, CLASSES, 8).astype(np.int32)
     return image_encoder(model), {"encoder": encoder, "head": head}, frozen, images, labels
 
 
+def batch(images, labels, teacher=None) -> dict:
+    """A batch as the pipeline gives it to the step."""
+    return {"images": images, "labels": labels, **({} if teacher is None else {"teacher": teacher})}
+
+
+def penalty(name: str):
+    return regularizers.get(name).bind({})
+
+
 def test_loss_is_cross_entropy_plus_weighted_regularizer():
     model, params, frozen, images, labels = setup_run()
-    reg = regularizers.make_regularizer("sae_add_remove", k=K)
-    loss, metrics = make_loss(model, reg, reg_lambda=70.0, label_smoothing=0.1)(params, frozen, images, labels)
+    loss, metrics = make_loss(model, penalty("sae_add_remove"), reg_lambda=70.0, label_smoothing=0.1)(
+        params, frozen, batch(images, labels))
 
     encode = lambda p: np.asarray(model.apply({"params": p}, images), np.float64)
     f, f0 = encode(params["encoder"]), encode(frozen["encoder"])
@@ -50,7 +60,7 @@ def test_loss_is_cross_entropy_plus_weighted_regularizer():
     targets[np.arange(8), labels] += 0.9
     ce = -(targets * log_probs).sum(-1).mean()
     expected_reg, _ = regularizers.sae_add_remove(jnp.asarray(f, jnp.float32), jnp.asarray(f0, jnp.float32),
-                                                  frozen["sae"], k=K)
+                                                  sae=frozen["sae"])
     assert float(metrics["ce"]) == pytest.approx(ce, rel=1e-5)
     assert float(metrics["reg"]) == pytest.approx(float(expected_reg), rel=1e-4)
     assert float(loss) == pytest.approx(ce + 70.0 * float(expected_reg), rel=1e-4)
@@ -69,9 +79,9 @@ def test_wiseft_schedule_matches_the_reference_formula():
 
 def make_step(model, regularizer="sae_add_remove", mesh=None, state_sharding=None):
     optimizer, schedule = make_optimizer(1e-3, total_steps=100, warmup_steps=2)
-    reg = regularizers.make_regularizer(regularizer, **({"k": K} if regularizer.startswith("sae") else {}))
-    taps = regularizers.ldifs_taps(TINY.vision.num_hidden_layers) if regularizer == "ldifs" else ()
-    loss = make_loss(model, reg, reg_lambda=10.0, taps=taps)
+    entry = regularizers.get(regularizer)
+    taps = entry.taps(TINY.vision.num_hidden_layers) if entry.taps else ()
+    loss = make_loss(model, entry.bind({}), reg_lambda=10.0, taps=taps)
     mesh = mesh or parallel.data_mesh(jax.devices()[:1])
     return make_train_step(loss, optimizer, schedule, mesh, state_sharding), optimizer
 
@@ -83,7 +93,7 @@ def test_step_trains_and_reports():
     before = jax.tree.map(np.array, state["params"])
     losses = []
     for _ in range(5):
-        state, metrics = step(state, frozen, images, labels)
+        state, metrics = step(state, frozen, batch(images, labels))
         losses.append(float(metrics["loss"]))
     assert losses[-1] < losses[0] and int(state["step"]) == 5 and bool(metrics["finite"])
     assert float(metrics["lr"]) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 2 / 98)))
@@ -94,13 +104,13 @@ def test_step_trains_and_reports():
 def test_non_finite_step_freezes_the_last_good_state():
     model, params, frozen, images, labels = setup_run()
     step, optimizer = make_step(model)
-    state, _ = step(init_state(params, optimizer), frozen, images, labels)
+    state, _ = step(init_state(params, optimizer), frozen, batch(images, labels))
     good = jax.tree.map(np.array, state)
     poisoned = images.copy()
     poisoned[0, 0, 0, 0] = np.nan
-    state, metrics = step(state, frozen, poisoned, labels)
+    state, metrics = step(state, frozen, batch(poisoned, labels))
     assert not bool(metrics["finite"]) and int(state["bad_step"]) == 1
-    state, metrics = step(state, frozen, images, labels)  # a good batch afterwards changes nothing
+    state, metrics = step(state, frozen, batch(images, labels))  # a good batch afterwards changes nothing
     assert bool(metrics["finite"]) and int(state["bad_step"]) == 1
     frozen_state = jax.tree.map(np.array, state)
     frozen_state["bad_step"] = good["bad_step"]
@@ -110,7 +120,7 @@ def test_non_finite_step_freezes_the_last_good_state():
 EIGHT_DEVICES = textwrap.dedent("""
     import sys, numpy as np, jax
     sys.path.insert(0, "tests")
-    from test_train_step import setup_run, make_step
+    from test_train_step import batch, setup_run, make_step
     from saeft_jax import parallel
     from saeft_jax.training.step import init_state
     assert len(jax.devices()) == 8
@@ -124,7 +134,7 @@ EIGHT_DEVICES = textwrap.dedent("""
         step, _ = make_step(model, regularizer, mesh, sharding)
         state, out = jax.device_put(init_state(params, optimizer), sharding), []
         for _ in range(3):
-            state, metrics = step(state, frozen, images, labels)
+            state, metrics = step(state, frozen, batch(images, labels))
             out.append(float(metrics["loss"]))
         losses[regularizer + "_" + name] = out
     fc1 = state["params"]["encoder"]["vision_model"]["encoder"]["layers"]["0"]["mlp"]["fc1"]["kernel"]
@@ -159,9 +169,9 @@ def test_fsdp_rule_splits_large_arrays_on_their_largest_divisible_dimension():
 
 def test_teacher_cache_is_exact_for_deterministic_inputs():
     model, params, frozen, images, labels = setup_run()
-    loss = make_loss(model, regularizers.make_regularizer("sae_add_remove", k=K), reg_lambda=10.0)
+    loss = make_loss(model, penalty("sae_add_remove"), reg_lambda=10.0)
     cached = np.asarray(model.apply({"params": frozen["encoder"]}, images))  # what the features stage stores
-    grad = jax.jit(jax.grad(lambda p, t: loss(p, frozen, images, labels, t)[0]))
+    grad = jax.jit(jax.grad(lambda p, t: loss(p, frozen, batch(images, labels, t))[0]))
     live, replayed = grad(params, None), grad(params, cached)
     # Equal up to float rounding (the cache came from a separately compiled forward pass); some
     # gradients are exactly zero in theory (biases before a LayerNorm) and only noise in practice.
@@ -169,28 +179,28 @@ def test_teacher_cache_is_exact_for_deterministic_inputs():
     for a, b in zip(jax.tree.leaves(replayed), jax.tree.leaves(live)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
     step, optimizer = make_step(model)
-    _, with_cache = step(init_state(params, optimizer), frozen, images, labels, cached)
-    _, without = step(init_state(params, optimizer), frozen, images, labels)
+    _, with_cache = step(init_state(params, optimizer), frozen, batch(images, labels, cached))
+    _, without = step(init_state(params, optimizer), frozen, batch(images, labels))
     for name in ("loss", "ce", "reg", "grad_norm"):
         assert float(with_cache[name]) == pytest.approx(float(without[name]), rel=1e-5), name
     ldifs, _ = make_step(model, "ldifs")
     with pytest.raises(ValueError, match="ldifs needs the frozen encoder's tokens"):
-        ldifs(init_state(params, optimizer), frozen, images, labels, cached)
+        ldifs(init_state(params, optimizer), frozen, batch(images, labels, cached))
 
 
 def test_two_accumulated_half_batches_equal_one_full_batch_step():
     model, params, frozen, images, labels = setup_run()
-    loss = make_loss(model, regularizers.make_regularizer("sae_add_remove", k=K), reg_lambda=10.0)
+    loss = make_loss(model, penalty("sae_add_remove"), reg_lambda=10.0)
     mesh = parallel.data_mesh(jax.devices()[:1])
     full_opt, schedule = make_optimizer(1e-3, total_steps=100, warmup_steps=2)
     half_opt, _ = make_optimizer(1e-3, total_steps=100, warmup_steps=2, accumulate_steps=2)
     full_step = make_train_step(loss, full_opt, schedule, mesh)
     half_step = make_train_step(loss, half_opt, schedule, mesh)
-    full, _ = full_step(init_state(params, full_opt), frozen, images, labels)
+    full, _ = full_step(init_state(params, full_opt), frozen, batch(images, labels))
     half = init_state(params, half_opt)
-    half, _ = half_step(half, frozen, images[:4], labels[:4])
+    half, _ = half_step(half, frozen, batch(images[:4], labels[:4]))
     unchanged = jax.device_get(half["params"])
-    half, _ = half_step(half, frozen, images[4:], labels[4:])
+    half, _ = half_step(half, frozen, batch(images[4:], labels[4:]))
     # Every loss term is a mean over the batch, so the mean of the halves' gradients is the full one.
     # Key biases are skipped: softmax ignores them, their gradient is rounding noise that Adam
     # scales up to a full-size update.

@@ -1,4 +1,4 @@
-"""The zero-shot head against transformers' text features and the METHOD.md formula in NumPy."""
+"""The zero-shot head against transformers' text features and the formula of docs/method.md in NumPy."""
 
 from __future__ import annotations
 

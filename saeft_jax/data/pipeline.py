@@ -109,8 +109,12 @@ def _local_iterator(ordered: grain.MapDataset, share: Share, length: int, num_wo
     return iter(dataset)
 
 
-class _TrainTuples:
-    """Adapts batches to the train loop's `(images, labels[, teacher])`, keeping the state API."""
+TRAIN_FIELDS = {"image": "images", "label": "labels", "teacher": "teacher"}  # element key -> batch key
+
+
+class _TrainBatches:
+    """Batches as the train step takes them, `{"images", "labels"[, "teacher"]}`, with the
+    iterator's `get_state`/`set_state`."""
 
     def __init__(self, batches: grain.DatasetIterator):
         self._batches = batches
@@ -118,11 +122,9 @@ class _TrainTuples:
     def __iter__(self):
         return self
 
-    def __next__(self):
+    def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._batches)
-        if "teacher" in batch:
-            return batch["image"], batch["label"], batch["teacher"]
-        return batch["image"], batch["label"]
+        return {name: batch[key] for key, name in TRAIN_FIELDS.items() if key in batch}
 
     def get_state(self):
         return self._batches.get_state()
@@ -132,15 +134,15 @@ class _TrainTuples:
 
 
 def train_batches(source, *, share: Share, seed: int, transform: Callable, teacher: np.ndarray | NpyRows | None = None,
-                  num_workers: int = 0, num_threads: int = 4) -> _TrainTuples:
-    """Endless (images, labels[, teacher]) batches of this process's share, in an order shuffled
+                  num_workers: int = 0, num_threads: int = 4) -> _TrainBatches:
+    """Endless `{"images", "labels"[, "teacher"]}` batches of this process's share, in an order shuffled
     anew each epoch. `transform(image, rng)` makes the model input (e.g. `preprocess.train_transform`);
     `teacher` (N, d) (an array or `NpyRows`), indexed like `source`, adds each example's cached
     zero-shot embedding.
     The iterator has `get_state`/`set_state` and resumes exactly."""
     ordered = (grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
                .map(_Read(source, teacher)).random_map(_Transform(transform)))
-    return _TrainTuples(_local_iterator(ordered, share, len(ordered) // share.process_count, num_workers, num_threads))
+    return _TrainBatches(_local_iterator(ordered, share, len(ordered) // share.process_count, num_workers, num_threads))
 
 
 class _Transform:

@@ -5,10 +5,14 @@
     python -m saeft_jax.data.prepare fmow      --source=/data/fmow_v1.1      --data_dir=...
     python -m saeft_jax.data.prepare folder    --source=/data/mine --name=mine --split=test --data_dir=...
 
-The result lives in `DATA_DIR/saeft/<name>/` (see `saeft_jax.data.records`). Every image is
-decoded once here, so a broken file is named now rather than midway through training
-(`--skip_corrupt` counts and skips such files instead). Image and class counts are checked against
-the published ones (`--no_count_check` for a subset of your own).
+The result lives in `DATA_DIR/saeft/<name>/` (see `saeft_jax.data.records`); splits prepared one
+at a time under the same name accumulate in its `info.json`. Every image is decoded once here,
+so a broken file is named now rather than midway through training (`--skip_corrupt` counts and
+skips such files instead). Image and class counts are checked against the published ones
+(`--no_count_check` for a subset of your own); a folder dataset is checked against
+`--expected_images` / `--expected_classes` when given. Files that are not images, class folders
+without images and links that lead out of the source folder are listed in a summary (links are
+refused), and a `--name` must be a plain folder name.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from saeft_jax.data import labels, records
+from saeft_jax.errors import UsageError
 from saeft_jax.observe import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -37,7 +43,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
 }
 
 
-class PreparationError(ValueError):
+class PreparationError(UsageError):
     """The source folder is not what the preparation expects; the message says what differs."""
 
 
@@ -52,11 +58,13 @@ class Example:
 
 @dataclasses.dataclass
 class Listing:
-    """What a source folder holds, before any image is read."""
+    """What a source folder holds, before any image is read, and what it holds besides images."""
 
     splits: dict[str, list[Example]]
     classnames: tuple[str, ...]
     group_names: tuple[str, ...] = ()
+    ignored: list[str] = dataclasses.field(default_factory=list)  # files that are not images
+    empty_classes: list[str] = dataclasses.field(default_factory=list)
 
 
 def prepared_dir(data_dir: str | os.PathLike, name: str) -> Path:
@@ -66,27 +74,70 @@ def prepared_dir(data_dir: str | os.PathLike, name: str) -> Path:
 
 def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *, name: str | None = None,
             split: str = "test", check_counts: bool = True, skip_corrupt: bool = False,
-            show_progress: bool = True) -> dict[str, Any]:
-    """Prepares `source` (layout `kind`: objectnet, iwildcam, fmow or folder) and returns its info."""
+            expected: dict[str, int] | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Prepares `source` (layout `kind`: objectnet, iwildcam, fmow or folder) and returns its info.
+
+    `expected` ({"images": N, "classes": C}, either may be left out) states a folder dataset's
+    size. The splits prepared join those already in the dataset's `info.json`."""
+    name = _checked_name(name or kind)
     source = Path(source).expanduser()
     if not source.is_dir():
         raise PreparationError(f"{source} is not a directory; pass the unpacked dataset folder as --source")
     listing = {"objectnet": _objectnet, "iwildcam": _iwildcam, "fmow": _fmow,
                "folder": lambda s: _folder(s, split)}[kind](source)
+    _refuse_links_out(source, listing)
     if check_counts and kind in EXPECTED:
-        _check_counts(kind, listing)
-    out = prepared_dir(data_dir, name or kind)
-    info = {"name": name or kind, "classnames": list(listing.classnames), "group_names": list(listing.group_names),
-            "splits": {}, "skipped": {}}
+        _check_counts(kind, EXPECTED[kind], listing)
+    if expected:
+        _check_counts(name, {"classes": expected.get("classes"), "splits": {split: expected.get("images")}}, listing)
+    out = prepared_dir(data_dir, name)
+    info = _joined_info(out, name, listing)
     for split_name, examples in listing.splits.items():
         skipped: list[str] = []
-        bar = progress(len(examples), f"{name or kind}/{split_name}", enabled=show_progress, unit="img")
+        bar = progress(len(examples), f"{name}/{split_name}", enabled=show_progress, unit="img")
         info["splits"][split_name] = records.write_split(
             out, split_name, _encoded(examples, skip_corrupt, skipped, bar))
         bar.close()
         info["skipped"][split_name] = skipped
+        info["ignored"][split_name] = listing.ignored
+        info["empty_classes"][split_name] = listing.empty_classes
     records.write_info(out, info)
     return info
+
+
+def _checked_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise PreparationError(f"--name {name!r} is not a plain folder name (letters, digits, '_', '.', '-', not "
+                               f"starting with '.'); the dataset goes to DATA_DIR/saeft/<name>, and a name with "
+                               f"'/' or '..' would write elsewhere.")
+    return name
+
+
+def _joined_info(out: Path, name: str, listing: Listing) -> dict[str, Any]:
+    """The dataset's info with this preparation's classes, keeping the splits prepared before."""
+    info = {"name": name, "classnames": list(listing.classnames), "group_names": list(listing.group_names),
+            "splits": {}, "skipped": {}, "ignored": {}, "empty_classes": {}}
+    before = records.read_info(out)
+    if before is None:
+        return info
+    if before["classnames"] != info["classnames"]:
+        raise PreparationError(f"{out} holds splits {sorted(before['splits'])} with other classes "
+                               f"({len(before['classnames'])}: {before['classnames'][:5]}...) than {name!r} has now "
+                               f"({len(info['classnames'])}: {info['classnames'][:5]}...); every split of a dataset "
+                               f"shares its classes. Use another --name, or the same class folders.")
+    for key in ("splits", "skipped", "ignored", "empty_classes"):
+        info[key] = dict(before.get(key, {}))
+    return info
+
+
+def _refuse_links_out(source: Path, listing: Listing) -> None:
+    root = source.resolve()
+    outside = [str(e.path) for examples in listing.splits.values() for e in examples
+               if not e.path.resolve().is_relative_to(root)]
+    if outside:
+        raise PreparationError(f"{len(outside)} image path(s) under {source} lead outside it through links, e.g. "
+                               f"{outside[:3]}; copy those images into the source folder (or remove the links) "
+                               f"so that the dataset holds what the folder shows.")
 
 
 def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], bar) -> Iterator[bytes]:
@@ -111,30 +162,39 @@ def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], ba
             yield records.encode(data, example.label, example.group, example.path.name)
 
 
-def _check_counts(kind: str, listing: Listing) -> None:
-    expected = EXPECTED[kind]
+def _check_counts(name: str, expected: dict[str, Any], listing: Listing) -> None:
+    """Classes with images and images per split against `expected` (None entries are not checked)."""
     found = {split: len(examples) for split, examples in listing.splits.items()}
     present = {e.label for examples in listing.splits.values() for e in examples}
     problems = []
-    if len(present) != expected["classes"]:
+    if expected.get("classes") is not None and len(present) != expected["classes"]:
         problems.append(f"{len(present)} classes with images, expected {expected['classes']}")
     problems += [f"split {split}: {found.get(split, 0)} images, expected {count}"
-                 for split, count in expected["splits"].items() if found.get(split, 0) != count]
+                 for split, count in expected["splits"].items() if count is not None and found.get(split, 0) != count]
     if problems:
-        raise PreparationError(f"{kind} does not have its published size: {'; '.join(problems)}. A partial "
-                               f"download or the wrong folder? Pass --no_count_check to prepare it anyway.")
+        raise PreparationError(f"{name} does not have the expected size: {'; '.join(problems)}. A partial "
+                               f"download or the wrong folder? Pass --no_count_check (or other --expected_* "
+                               f"values) to prepare it anyway.")
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path, ignored: list[str] | None = None) -> list[Path]:
+    """The image files of `folder`, sorted; other files go to `ignored` when given."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if ignored is not None:
+        ignored += [str(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _folder(source: Path, split: str) -> Listing:
     classes = sorted(p for p in source.iterdir() if p.is_dir())
     if not classes:
         raise PreparationError(f"{source} has no class folders; expected one sub-folder of images per class")
-    examples = [Example(path, label) for label, folder in enumerate(classes) for path in _images(folder)]
-    return Listing({split: examples}, tuple(p.name.replace("_", " ") for p in classes))
+    ignored = [str(p) for p in source.iterdir() if p.is_file()]
+    per_class = {folder: _images(folder, ignored) for folder in classes}
+    examples = [Example(path, label) for label, folder in enumerate(classes) for path in per_class[folder]]
+    empty = [folder.name for folder, images in per_class.items() if not images]
+    return Listing({split: examples}, tuple(p.name.replace("_", " ") for p in classes), ignored=sorted(ignored),
+                   empty_classes=empty)
 
 
 def _objectnet(source: Path) -> Listing:
@@ -203,19 +263,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help="split name for a folder dataset")
     parser.add_argument("--skip_corrupt", action="store_true", help="skip and count images that do not decode")
     parser.add_argument("--no_count_check", action="store_true", help="do not compare with the published sizes")
+    parser.add_argument("--expected_images", type=int, help="a folder dataset's image count, checked")
+    parser.add_argument("--expected_classes", type=int, help="a folder dataset's class count, checked")
     args = parser.parse_args(argv)
     if args.kind == "folder" and not args.name:
         parser.error("a folder dataset needs --name")
+    expected = {key: value for key, value in (("images", args.expected_images), ("classes", args.expected_classes))
+                if value is not None}
     try:
         info = prepare(args.kind, args.source, args.data_dir, name=args.name, split=args.split,
-                       check_counts=not args.no_count_check, skip_corrupt=args.skip_corrupt)
-    except PreparationError as error:
-        print(f"error: {error}", file=sys.stderr)
+                       check_counts=not args.no_count_check, skip_corrupt=args.skip_corrupt, expected=expected)
+    except (PreparationError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    skipped = sum(len(v) for v in info["skipped"].values())
-    print(f"prepared {info['name']} in {prepared_dir(args.data_dir, info['name'])}: {info['splits']}"
-          + (f"; skipped {skipped} corrupt images (listed in info.json)" if skipped else ""))
+    print(summary(info, prepared_dir(args.data_dir, info["name"])))
     return 0
+
+
+def summary(info: dict[str, Any], where: Path) -> str:
+    """What was prepared, and every file left out and why, as lines for the terminal."""
+    lines = [f"prepared {info['name']} in {where}: " + ", ".join(f"{s} {n} images" for s, n in info["splits"].items())]
+    for key, what in (("skipped", "corrupt images skipped"), ("ignored", "files that are not images, ignored"),
+                      ("empty_classes", "class folders without images (their classes keep their labels)")):
+        for split, items in info.get(key, {}).items():
+            if items:
+                lines.append(f"  {split}: {len(items)} {what}: " + ", ".join(items[:10])
+                             + (f" ... (all in {where / records.INFO})" if len(items) > 10 else ""))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

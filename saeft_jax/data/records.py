@@ -67,6 +67,8 @@ def write_split(directory: Path, split: str, records: Iterable[bytes], per_file:
         written += 1
     if writer is not None:
         writer.close()
+    for stale in split_files(directory, split):  # an earlier preparation of this split, maybe in other shards
+        stale.unlink()
     for shard, partial in enumerate(partials):
         partial.rename(directory / f"{split}-{shard:05d}-of-{len(partials):05d}.array_record")
     return written

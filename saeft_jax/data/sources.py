@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from saeft_jax.data import records
+from saeft_jax.errors import UsageError
 from saeft_jax.data.prepare import prepared_dir
 from saeft_jax.data.registry import DatasetSpec
 
 DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
 
 
-class DatasetNotPrepared(FileNotFoundError):
+class DatasetNotPrepared(UsageError, FileNotFoundError):
     """A dataset's files are missing; the message names the command that prepares them."""
 
 

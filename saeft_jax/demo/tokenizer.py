@@ -37,7 +37,7 @@ def build_tokenizer(corpus: Iterable[str], directory: str | Path,
     tokens += list(SPECIAL)
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return transformers.CLIPTokenizerFast.from_pretrained(directory)
+    return transformers.CLIPTokenizerFast.from_pretrained(directory, trust_remote_code=False)
 
 
 def _merges(learner: Tokenizer) -> list[tuple[str, str]]:

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, sharded inference over suites, WiSE-FT sweeps and the interpretability of change."""
+"""Evaluation: metrics, sharded inference over suites, WiSE-FT sweeps, and the analyses of what changed."""

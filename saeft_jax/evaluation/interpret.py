@@ -1,6 +1,7 @@
-"""What fine-tuning changed, in SAE-feature terms (METHOD.md section 5): features added and
-removed per image, per class and overall, their names from the nearest text embeddings, their
-top-activating images, and linear CKA between the zero-shot and fine-tuned representations."""
+"""What fine-tuning changed, in SAE-feature terms (docs/method.md, "Reading the change"):
+features added and removed per image, per class and overall, their names from the nearest text
+embeddings, their top-activating images, and linear CKA between the zero-shot and fine-tuned
+representations."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
-
-from saeft_jax.models import sae
 
 _CHUNK = 8192
 
@@ -22,16 +20,6 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     y = np.asarray(y, np.float64) - np.mean(y, axis=0)
     cross = np.linalg.norm(x.T @ y) ** 2
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
-
-
-def sae_codes(sae_params: dict, embeddings: np.ndarray, k: int, *, relu: bool = False,
-              normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k codes (values (N, k), indices (N, k)) of raw embeddings (unit-normalized first, as
-    the SAE was trained, unless `normalize` is False)."""
-    encode = jax.jit(lambda p, x: sae.encode_sparse(p, sae.unit_norm(x) if normalize else x, k, relu=relu))
-    parts = [jax.device_get(encode(sae_params, np.asarray(embeddings[s:s + _CHUNK], np.float32)))
-             for s in range(0, len(embeddings), _CHUNK)]
-    return np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts])
 
 
 def _dense(values: np.ndarray, indices: np.ndarray, dict_size: int) -> np.ndarray:
@@ -114,3 +102,28 @@ def top_activating(codes: tuple[np.ndarray, np.ndarray], feature: int, count: in
     activation = np.where(indices == feature, values, 0.0).sum(axis=1)
     order = np.argsort(-activation, kind="stable")[:count]
     return order[activation[order] > 0]
+
+
+Codes = tuple[np.ndarray, np.ndarray]
+
+
+def explain(changes: FeatureChanges, codes0: Codes, codes_t: Codes, atoms: np.ndarray, text: np.ndarray,
+            vocabulary: Sequence[str], classnames: Sequence[str], *, top_features: int, images_per_feature: int,
+            classes_shown: int) -> dict[str, Any]:
+    """The features most often gained and lost, each with its nearest vocabulary entries, its
+    mean activation change and the rows of its top-activating images (fine-tuned codes for a
+    gained feature, zero-shot codes for a lost one), and the classes that changed most."""
+    gained = [int(f) for f in np.argsort(-changes.added_count, kind="stable")[:top_features] if changes.added_count[f]]
+    lost = [int(f) for f in np.argsort(-changes.removed_count, kind="stable")[:top_features]
+            if changes.removed_count[f]]
+    names = name_features(atoms, text, vocabulary, gained + lost)
+
+    def entries(features: list[int], counts: np.ndarray, codes: Codes) -> list[dict[str, Any]]:
+        return [{"feature": f, "images": int(counts[f]), "mean_change": float(changes.mean_change[f]),
+                 "names": names[f], "top_rows": top_activating(codes, f, images_per_feature).tolist()}
+                for f in features]
+
+    per_class = sorted(changes.top_per_class(classnames),
+                       key=lambda r: -(r["added_per_image"] + r["removed_per_image"]))[:classes_shown]
+    return {"gained": entries(gained, changes.added_count, codes_t),
+            "lost": entries(lost, changes.removed_count, codes0), "per_class": per_class}

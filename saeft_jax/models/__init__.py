@@ -1,1 +1,1 @@
-"""Models: the CLIP towers, the sparse autoencoder and the classification head (no data, no training)."""
+"""Models: the CLIP towers and the classification head (no data, no training; the SAE is in `saeft_jax.sae`)."""

@@ -1,4 +1,4 @@
-"""The zero-shot classification head (METHOD.md section 1): weights from text, applied to
+"""The zero-shot classification head (docs/method.md, "The pipeline"): weights from text, applied to
 L2-normalized image embeddings.
 
 Head parameters are `{"W": (C, d), "b": (C,)}`; `W` already carries `exp(logit_scale)`, so

@@ -1,5 +1,6 @@
 """What every stage shares: the config, the workdir layout, the mesh, the model, the training
-data, and the completion marks that let a rerun skip finished work."""
+data, the methods, and the completion marks that let a rerun skip finished work (with their
+integrity checks, `saeft_jax.stages.completion`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import functools
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,21 +19,28 @@ from etils import epath
 from saeft_jax import distributed, hf, parallel, storage
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
 from saeft_jax.data.sources import open_source
-
-DONE = "done.json"
-
+from saeft_jax.methods import Method, from_config
+from saeft_jax.stages import completion
 
 class Run:
     """One run: `config` in `workdir`. Only process 0 writes shared files; all processes wait
     for each other at completion marks."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, model_path: str | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, model_path: str | None = None,
+                 command: str = "rerunning the same command"):
         self.config, self.workdir = config, storage.path(workdir)
         self.model_path = model_path or config.model
+        self.command = command  # how a user reruns this run, for messages
+        self._verified: dict[tuple, Path] = {}
 
     @functools.cached_property
     def mesh(self):
         return parallel.data_mesh()
+
+    @functools.cached_property
+    def methods(self) -> dict[str, Method]:
+        """The fine-tuning methods of `config.finetune.methods`, checked, in order."""
+        return from_config(self.config.finetune.methods)
 
     @functools.cached_property
     def clip(self):
@@ -72,15 +81,31 @@ class Run:
         return path
 
     def done(self, *parts: str) -> dict[str, Any] | None:
-        """The completion record of artifact `parts`, or None when it is not complete."""
-        path = self.workdir.joinpath(*parts, DONE)
-        return json.loads(path.read_text()) if path.exists() else None
+        """The completion record of artifact `parts`, or None when it is not complete (never made,
+        a file it lists missing or resized, or made from an artifact that has changed since)."""
+        return completion.status(self.workdir, parts)[0]
 
-    def mark_done(self, record: dict[str, Any] | None, *parts: str) -> None:
-        """Writes the completion record (atomically, by process 0), then waits for all processes."""
+    def problem(self, *parts: str) -> completion.Problem | None:
+        """Why a marked artifact `parts` no longer counts as complete (None: complete or never made)."""
+        return completion.status(self.workdir, parts)[1]
+
+    def mark_done(self, record: dict[str, Any] | None, *parts: str, files: tuple[str, ...] = (),
+                  inputs: tuple[tuple[str, ...], ...] = ()) -> None:
+        """Writes the completion record with the size and hash of each of `files` (under the
+        artifact's directory) and of the artifacts `inputs` it was made from (atomically, by
+        process 0), then waits for all processes."""
         if self.is_writer:
-            write_json(self.dir(*parts) / DONE, record)
+            directory = self.dir(*parts)
+            write_json(directory / completion.DONE, {**(record or {}), "files": completion.digests(directory, files),
+                                                     "inputs": completion.input_hashes(self.workdir, inputs)})
         self.barrier("/".join(parts))
+
+    def read(self, parts: tuple[str, ...], name: str) -> Path:
+        """A local path holding file or directory `name` of artifact `parts`, checked against the
+        hashes its stage recorded (once per run); see `completion.verified`."""
+        if (parts, name) not in self._verified:
+            self._verified[parts, name] = completion.verified(self.workdir, parts, name, self.command)
+        return self._verified[parts, name]
 
     def barrier(self, name: str) -> None:
         distributed.barrier(f"{self.workdir}:{name}")

@@ -2,14 +2,16 @@
 (evaluation preprocessing), for the SAE and the teacher cache.
 
 The pass goes chunk by chunk (`features.chunk_steps` global batches); each process writes its
-own rows of a chunk (`chunks/c<chunk>-p<process>.npz`: source indices and embeddings), so a
-stopped pass resumes at the first missing chunk. Process 0 then assembles `train.npy`, (N, d)
-float32 in source order: row i is example i's embedding.
+own rows of a chunk (`chunks/s<first step>-n<steps>-p<process>.npz`: source indices and
+embeddings), so a stopped pass resumes at the first missing chunk, also after `chunk_steps`
+changed. Process 0 then assembles `train.npy`, (N, d) float32 in source order: row i is example
+i's embedding; every row must be covered by some chunk.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import eval_transform
 from saeft_jax.models.clip import image_encoder, image_params
 from saeft_jax.observe import progress
+from saeft_jax.stages import completion
 from saeft_jax.stages.context import Run
 
 STAGE = "features"
@@ -40,7 +43,8 @@ def run_stage(run: Run) -> None:
     frozen = jax.device_put(image_params(params), parallel.replicated(run.mesh))
     bar = progress(steps, "features", enabled=run.config.show_progress, unit="batch")
     for first in range(0, steps, cfg.chunk_steps):
-        path = chunks / f"c{first // cfg.chunk_steps:05d}-p{jax.process_index():03d}.npz"
+        count = min(cfg.chunk_steps, steps - first)
+        path = chunks / f"s{first:07d}-n{count:05d}-p{jax.process_index():03d}.npz"
         if not path.exists():
             rows = [_local_rows(encode(frozen, jax.make_array_from_process_local_data(batch_sharding, b["image"])), b)
                     for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.image_spec),
@@ -48,12 +52,12 @@ def run_stage(run: Run) -> None:
                                                    num_steps=cfg.chunk_steps)]
             storage.save_npz(path, index=np.concatenate([r[0] for r in rows]),
                              embedding=np.concatenate([r[1] for r in rows]))
-        bar.update(min(cfg.chunk_steps, steps - first))
+        bar.update(count)
     bar.close()
     run.barrier("features chunks")
     if run.is_writer:
         _assemble(run, len(source))
-    run.mark_done({"n": len(source), "d": model.config.projection_dim, "file": "train.npy"}, STAGE)
+    run.mark_done({"n": len(source), "d": model.config.projection_dim}, STAGE, files=("train.npy",))
 
 
 def _local_rows(embeddings: jax.Array, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,16 +74,19 @@ def _assemble(run: Run, n: int) -> None:
     local = storage.cache_path(out) if storage.is_remote(out) else Path(out)
     local.parent.mkdir(parents=True, exist_ok=True)
     partial = local.with_name("train.partial.npy")
-    features, filled = None, 0
-    for path in sorted((run.workdir / STAGE / "chunks").glob("c*-p*.npz")):
-        chunk = storage.load_npz(path)
+    chunks = run.workdir / STAGE / "chunks"
+    features, covered = None, np.zeros(n, bool)
+    for path in sorted(chunks.glob("s*-n*-p*.npz")):
+        chunk = _load_chunk(run, path)
         if features is None:
             features = np.lib.format.open_memmap(partial, "w+", np.float32, (n, chunk["embedding"].shape[1]))
-        features[chunk["index"]] = chunk["embedding"]
-        filled += len(chunk["index"])
-    if filled != n:
-        raise RuntimeError(f"the feature chunks in {run.workdir / STAGE / 'chunks'} hold {filled} rows for {n} "
-                           f"training examples (a different dataset or batch size?); delete the folder and rerun")
+        features[chunk["index"]] = chunk["embedding"]  # chunks that overlap hold the same rows
+        covered[chunk["index"]] = True
+    if not covered.all():
+        chunks.rmtree()
+        raise completion.ArtifactDamaged(f"the feature chunks in {chunks} cover {covered.sum()} of the {n} training "
+                                         f"examples (chunks of another run?); they are removed, so {run.command} "
+                                         f"computes the pass again.")
     features.flush()
     del features
     os.replace(partial, local)
@@ -87,11 +94,35 @@ def _assemble(run: Run, n: int) -> None:
         storage.upload(local, out)
 
 
+def _load_chunk(run: Run, path) -> dict[str, np.ndarray]:
+    """A chunk of the pass; a damaged one (its zip checksums fail) is removed to be computed again."""
+    try:
+        return storage.load_npz(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        path.unlink(missing_ok=True)
+        raise completion.ArtifactDamaged(f"{path} is damaged ({error}); it is removed, so {run.command} computes "
+                                         f"that chunk again.") from error
+
+
 def features_path(run: Run) -> str:
-    """The (N, d) training embeddings' `.npy` file on a local disk (for a URL workdir, a copy)."""
-    return str(storage.local_copy(run.workdir / STAGE / "train.npy"))
+    """The (N, d) training embeddings' `.npy` file on a local disk (for a URL workdir, a copy),
+    checked against its recorded hash and against the model's width and the training set's size."""
+    path = run.read((STAGE,), "train.npy")
+    model, _ = run.clip
+    expected = (len(run.source(run.train_spec)), model.config.projection_dim)
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except ValueError:  # not an .npy file at all
+        shape = None
+    if shape != expected:
+        completion.withdraw(run.workdir, (STAGE,), "train.npy")
+        raise completion.ArtifactDamaged(
+            f"{run.workdir / STAGE / 'train.npy'} holds embeddings of shape {shape}, but this run needs {expected} "
+            f"({run.config.train_dataset} examples x the model's embedding width). It is removed and its mark "
+            f"withdrawn, so {run.command} computes it again.")
+    return str(path)
 
 
 def load_features(run: Run) -> np.ndarray:
-    """The (N, d) training embeddings, memory-mapped."""
+    """The (N, d) training embeddings, memory-mapped (checked as `features_path` says)."""
     return np.load(features_path(run), mmap_mode="r")

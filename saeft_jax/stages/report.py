@@ -1,6 +1,10 @@
-"""Stage report: `report/report.json` (DESIGN.md schema), `report/report.md` and the PNGs,
-from the artifacts of the stages before it. Interpretability is computed here, on the
-in-distribution test set (every dataset's figures are in `changes_by_dataset`)."""
+"""Stage report: `report/report.json` (schema in docs/design.md), `report/report.md` and the PNGs.
+
+It collects what the stages before it recorded (scores per WiSE-FT alpha, training summaries,
+the SAE's quality), runs the analyses `config.report.analyses` names on every method and dataset
+(`saeft_jax.evaluation.analyses`), explains the in-distribution changes feature by feature
+(`saeft_jax.evaluation.interpret`) and renders it all (`saeft_jax.rendering`).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from saeft_jax import parallel, plots, storage
+from saeft_jax import parallel, storage
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import interpret
-from saeft_jax.sae_eval import evaluate_sae
-from saeft_jax.stages import evaluate, finetune, sae, zeroshot
+from saeft_jax.evaluation.analyses import Comparison, Embeddings, run_analyses
+from saeft_jax.rendering import plots
+from saeft_jax.rendering.markdown import best_mix, render_markdown, report_datasets, report_methods
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.stages import finetuned, heads, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
-from saeft_jax.stages.render import best_mix, render_markdown, report_datasets, report_methods
 from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "report"
@@ -31,20 +37,21 @@ def _run_scores(record: dict[str, Any], alpha: str, ood: list[str]) -> dict[str,
 
 
 def collect(run: Run) -> dict[str, Any]:
-    """The report.json content (without the interpretability details that go to report.md only)."""
+    """The report.json content (without the analyses, which `run_stage` adds)."""
     in_distribution, shifts = suite(run.config.eval_suite)
-    names = list(run.config.finetune.regularizers)
-    evaluations = {name: run.done(evaluate.STAGE, name) for name in names}
+    names = list(run.methods)
+    evaluations = {name: run.done(scores.STAGE, name) for name in names}
     alphas = list(next(iter(evaluations.values()))["datasets"].values())[0]["scores"]
-    sae_done = run.done(sae.STAGE)
+    sae_done = run.done(trained_sae.STAGE)
     report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": list(shifts),
               "sae": {k: sae_done[k] for k in ("fvu", "dead_fraction", "l0")} if sae_done else None,
               "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", list(shifts))}}
-    for name in names:
-        trained = run.done(finetune.STAGE, name)
+    for name, method in run.methods.items():
+        trained = run.done(finetuned.STAGE, name)
         report["runs"][name] = {**_run_scores(evaluations[name], "1.0", list(shifts)),
                                 "wise": {a: _run_scores(evaluations[name], a, list(shifts)) for a in alphas},
-                                "train": trained["train"], "fingerprint": trained["fingerprint"]}
+                                "method": method.describe(), "train": trained["train"],
+                                "fingerprint": trained["fingerprint"]}
     return report
 
 
@@ -53,16 +60,21 @@ def run_stage(run: Run) -> None:
     if run.is_writer:
         report = collect(run)
         directory = run.dir(STAGE)
-        details = _changes(run, report) if report["sae"] else {}
-        figures = _figures(run, report, directory)
-        figures.update(details.pop("figures", {}))
+        sae = trained_sae.load(run) if report["sae"] else None
+        details = {**_changes(run, report, sae), "labels": {n: m.label() for n, m in run.methods.items()}}
+        figures = _figures(report, directory)
+        if sae is not None:
+            figures.update(_feature_grids(run, details, directory))
         write_json(directory / "report.json", report)
-        text = render_markdown(run.config, report, details, figures)
-        storage.write_atomic(directory / "report.md", text)
-    run.mark_done({"files": ["report.md", "report.json"]}, STAGE)
+        storage.write_atomic(directory / "report.md", render_markdown(run.config, report, details, figures))
+        files = ("report.md", "report.json", *figures.values())
+    else:
+        files = ()
+    made_from = (*((scores.STAGE, name) for name in run.methods), (trained_sae.STAGE,))
+    run.mark_done({}, STAGE, files=files, inputs=made_from)
 
 
-def _figures(run: Run, report: dict[str, Any], directory) -> dict[str, str]:
+def _figures(report: dict[str, Any], directory) -> dict[str, str]:
     datasets = report_datasets(report)
     methods = report_methods(report)
     figures = {}
@@ -87,8 +99,8 @@ def _figures(run: Run, report: dict[str, Any], directory) -> dict[str, str]:
 
 def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     """Names for features: the training classes (their zero-shot head rows) and the configured concepts."""
-    spec = zeroshot.label_spaces(run)[run.train_spec.label_space]
-    names, vectors = list(spec.classnames), [zeroshot.load_head(run, spec.label_space)["W"]]
+    spec = heads.label_spaces(run)[run.train_spec.label_space]
+    names, vectors = list(spec.classnames), [heads.load_head(run, spec.label_space)["W"]]
     concepts = list(run.config.report.concepts)
     if concepts:
         model, params = run.clip
@@ -98,66 +110,52 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     return names, np.concatenate(vectors)
 
 
-def _changes(run: Run, report: dict[str, Any]) -> dict[str, Any]:
-    """Feature changes, SAE FVU and CKA per run and dataset; names and image grids for the ID set."""
-    sae_params, meta = sae.load(run)
-    k, dict_size, relu = meta["k"], meta["dict_size"], meta["options"].get("relu", False)
+def _changes(run: Run, report: dict[str, Any], sae: FrozenSAE | None) -> dict[str, Any]:
+    """Runs the configured analyses per method and dataset into `report`; returns the feature
+    explanation of each method on the first dataset (in distribution when there is one)."""
     local = parallel.data_mesh(jax.local_devices())  # only process 0 writes the report
-    vocabulary, text = _vocabulary(run)
     datasets = report_datasets(report)
     specs = {s.name: s for s in run.eval_specs()}
-    cfg = run.config.report
-    details: dict[str, Any] = {"runs": {}, "figures": {}}
-    zeroshot_fvu: dict[str, float] = {}  # the zero-shot embeddings are every method's alpha 0: fit them once
+    zeroshot: dict[str, Embeddings] = {}  # every method's alpha 0: the same embeddings, encoded once
+    explanations: dict[str, Any] = {}
+    vocabulary = _vocabulary(run) if sae is not None else None
     for name in report_methods(report):
         by_dataset = {}
         for dataset in datasets:
-            arrays = evaluate.load_arrays(run, name, dataset)
-            if dataset not in zeroshot_fvu:
-                zeroshot_fvu[dataset] = evaluate_sae(sae_params, arrays["zeroshot_embeddings"], k, relu=relu,
-                                                     mesh=local)["fvu"]
-            codes0 = interpret.sae_codes(sae_params, arrays["zeroshot_embeddings"], k, relu=relu)
-            codes_t = interpret.sae_codes(sae_params, arrays["finetuned_embeddings"], k, relu=relu)
-            changes = interpret.feature_changes(codes0, codes_t, arrays["labels"], dict_size,
-                                                len(specs[dataset].classnames))
-            by_dataset[dataset] = {
-                "added_per_image": changes.added_per_image, "removed_per_image": changes.removed_per_image,
-                "sae_fvu": evaluate_sae(sae_params, arrays["finetuned_embeddings"], k, relu=relu,
-                                        mesh=local)["fvu"],
-                "sae_fvu_zeroshot": zeroshot_fvu[dataset],
-                "cka": interpret.linear_cka(arrays["zeroshot_embeddings"], arrays["finetuned_embeddings"])}
-            if dataset == datasets[0]:
-                details["runs"][name] = _explain(run, name, specs[dataset], arrays, changes, codes0, codes_t,
-                                                 sae_params, vocabulary, text, cfg, details["figures"])
-        main = by_dataset[datasets[0]]
-        report["runs"][name]["changes"] = {key: main[key] for key in ("added_per_image", "removed_per_image",
-                                                                      "sae_fvu", "cka")}
+            arrays = scores.load_arrays(run, name, dataset)
+            if dataset not in zeroshot:
+                zeroshot[dataset] = Embeddings(arrays["zeroshot_embeddings"], sae, local)
+            comparison = Comparison(zeroshot[dataset], Embeddings(arrays["finetuned_embeddings"], sae, local),
+                                    arrays["labels"], len(specs[dataset].classnames))
+            by_dataset[dataset] = run_analyses(run.config.report.analyses, comparison)
+            if dataset == datasets[0] and sae is not None:
+                explanations[name] = _explain(run, specs[dataset], comparison, vocabulary, arrays["indices"])
+        report["runs"][name]["changes"] = {key: value for key, value in by_dataset[datasets[0]].items()
+                                           if key != "sae_fvu_zeroshot"}
         report["runs"][name]["changes_by_dataset"] = by_dataset
-    return details
+    return {"runs": explanations}
 
 
-def _explain(run, name, spec, arrays, changes, codes0, codes_t, sae_params, vocabulary, text, cfg, figures):
-    gained = [int(f) for f in np.argsort(-changes.added_count, kind="stable")[:cfg.top_features]
-              if changes.added_count[f]]
-    lost = [int(f) for f in np.argsort(-changes.removed_count, kind="stable")[:cfg.top_features]
-            if changes.removed_count[f]]
-    names = interpret.name_features(np.asarray(sae_params["W_dec"]), text, vocabulary, gained + lost)
-    source = run.source(spec)
-    rows = []
-    for label, features, codes, counts in (("gained", gained, codes_t, changes.added_count),
-                                           ("lost", lost, codes0, changes.removed_count)):
-        for f in features:
-            top = interpret.top_activating(codes, f, cfg.images_per_feature)
-            title = f"{label} #{f} ({names[f][0][0]}): {int(counts[f])} imgs"
-            rows.append((title, [source[int(arrays["indices"][i])]["image"] for i in top]))
-    if rows:
-        file = f"features_{name}.png"
-        plots.image_grid(rows, run.workdir / STAGE / file, columns=cfg.images_per_feature)
-        figures[f"features_{name}"] = file
-    per_class = sorted(changes.top_per_class(spec.classnames),
-                       key=lambda r: -(r["added_per_image"] + r["removed_per_image"]))[:cfg.classes_shown]
-    def entry(f: int, count: np.ndarray) -> tuple:
-        return f, int(count[f]), float(changes.mean_change[f]), names[f]
+def _explain(run: Run, spec, comparison: Comparison, vocabulary, indices: np.ndarray) -> dict[str, Any]:
+    cfg = run.config.report
+    names, text = vocabulary
+    detail = interpret.explain(comparison.changes, comparison.zeroshot.codes, comparison.finetuned.codes,
+                               np.asarray(comparison.zeroshot.sae.params["W_dec"]), text, names, spec.classnames,
+                               top_features=cfg.top_features, images_per_feature=cfg.images_per_feature,
+                               classes_shown=cfg.classes_shown)
+    return {"dataset": spec.name, "source_indices": indices, **detail}
 
-    return {"dataset": spec.name, "gained": [entry(f, changes.added_count) for f in gained],
-            "lost": [entry(f, changes.removed_count) for f in lost], "per_class": per_class}
+
+def _feature_grids(run: Run, details: dict[str, Any], directory) -> dict[str, str]:
+    """One PNG per method: the top-activating images of its most gained and lost features."""
+    figures = {}
+    for name, detail in details["runs"].items():
+        source = run.source(run.spec(detail["dataset"]))
+        rows = [(f"{label} #{e['feature']} ({e['names'][0][0]}): {e['images']} imgs",
+                 [source[int(detail["source_indices"][i])]["image"] for i in e["top_rows"]])
+                for label in ("gained", "lost") for e in detail[label]]
+        if rows:
+            file = f"features_{name}.png"
+            plots.image_grid(rows, directory / file, columns=run.config.report.images_per_feature)
+            figures[f"features_{name}"] = file
+    return figures

@@ -1,1 +1,1 @@
-"""Fine-tuning: the optimizer, the jit-compiled SAE-FT train step and (to come) the train loop."""
+"""Fine-tuning: the optimizer, the jit-compiled SAE-FT train step and the linear train loop."""

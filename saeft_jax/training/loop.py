@@ -18,11 +18,12 @@ import jax
 import numpy as np
 
 from saeft_jax import parallel, storage
+from saeft_jax.errors import UsageError
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.observe import JsonLines, progress
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UsageError):
     """A non-finite loss or gradient; the newest checkpoint is the last good state."""
 
 
@@ -46,8 +47,8 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
                state_sharding: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
 
-    `batches` yields `(images, labels)` or `(images, labels, teacher_embeddings)`, this process's
-    share of each global batch, and has `get_state()`/`set_state()` (a grain iterator).
+    `batches` yields dicts of arrays (`{"images", "labels"[, "teacher"]}`: this process's share
+    of each global batch, as the step takes it) and has `get_state()`/`set_state()` (a grain iterator).
     `state_sharding` is the one the step was built with (default replicated). Returns the final state and a summary
     {"steps", "final_loss", "final_ce", "preempted"}; process 0 writes the metrics to `workdir/metrics.jsonl`.
     """
@@ -57,9 +58,9 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     frozen = jax.device_put(frozen, replicated)
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
     log = JsonLines(workdir / "metrics.jsonl" if jax.process_index() == 0 else None)  # one writer per file
-    done = checkpoints.latest_step() or 0
-    if done:
-        state, meta = checkpoints.restore(done, state)
+    done, latest = 0, checkpoints.restore_latest(state)
+    if latest is not None:
+        done, state, meta = latest
         batches.set_state(meta["data"])
         log.keep_only(lambda record: record["step"] <= done)
     stop, sharding = _StopRequest(), parallel.batch_sharding(mesh)
@@ -67,12 +68,12 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     last, clock, clock_step = {}, time.perf_counter(), done
     try:
         while done < total_steps:
-            arrays = next(batches)  # (images, labels) or, with the teacher cache, (images, labels, f0)
-            state, metrics = step(state, frozen, *(_global(x, sharding) for x in arrays))
+            batch = next(batches)
+            state, metrics = step(state, frozen, {name: _global(x, sharding) for name, x in batch.items()})
             done += 1
             bar.update(1)
             if done % log_every == 0 or done == total_steps:
-                last = _log(log, bar, state, metrics, done, total_steps, len(arrays[1]), clock, clock_step)
+                last = _log(log, bar, state, metrics, done, total_steps, len(batch["labels"]), clock, clock_step)
                 clock, clock_step = time.perf_counter(), done
             preempted = stop.requested or checkpoints.reached_preemption(done)
             if done % checkpoint_every == 0 or done == total_steps or preempted:

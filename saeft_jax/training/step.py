@@ -35,10 +35,12 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> dict[st
 
 def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
               taps: tuple[int, ...] = ()) -> Callable:
-    """`loss(params, frozen, images, labels, teacher=None) -> (loss, metrics)`; `frozen` =
-    {"encoder": zero-shot image params, "sae": SAE params or None}.
+    """`loss(params, frozen, batch) -> (loss, metrics)`; `frozen` = {"encoder": zero-shot image
+    params, "sae": the `FrozenSAE` or None}; `batch` = {"images", "labels"[, "teacher"]}.
 
-    `teacher`, when given, holds the zero-shot embeddings f0 of this batch (the teacher cache:
+    `regularizer(f, f0, *, sae, tokens, tokens0) -> (R, metrics)` is a penalty with its
+    hyperparameters bound (`Regularizer.bind`); `taps` are the layers whose token features it compares.
+    `batch["teacher"]`, when present, holds the zero-shot embeddings f0 of this batch (the teacher cache:
     read from the features stage instead of running the frozen encoder). It is exact (up to float
     rounding) when the training preprocessing is deterministic, an approximation under random
     crops (f0 of the uncropped image stands for f0 of the crop), and cannot serve `ldifs`, which
@@ -49,7 +51,8 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
         out = encoder.apply({"params": params}, images, taps)
         return out if taps else (out, None)
 
-    def loss(params, frozen, images, labels, teacher=None):
+    def loss(params, frozen, batch):
+        images, labels, teacher = batch["images"], batch["labels"], batch.get("teacher")
         f, tokens = encode(params["encoder"], images)
         if teacher is not None and taps:
             raise ValueError("the teacher cache holds embeddings only; ldifs needs the frozen encoder's tokens")
@@ -58,7 +61,7 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
         logits = classify(params["head"], f)
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         ce = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-        reg, reg_metrics = regularizer(f, f0, sae_params=frozen["sae"], tokens=tokens, tokens0=tokens0)
+        reg, reg_metrics = regularizer(f, f0, sae=frozen["sae"], tokens=tokens, tokens0=tokens0)
         total = ce + reg_lambda * reg
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return total, {"loss": total, "ce": ce, "reg": reg, "accuracy": accuracy, **reg_metrics}
@@ -68,12 +71,13 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
 
 def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh,
                     state_sharding: Any = None) -> Callable:
-    """The jit-compiled `step(state, frozen, images, labels, teacher=None) -> (state, metrics)`;
-    the state is replicated unless `state_sharding` (e.g. `parallel.state_shardings(state, mesh,
-    fsdp=True)`) says otherwise, and keeps its sharding across steps."""
+    """The jit-compiled `step(state, frozen, batch) -> (state, metrics)`; the batch's arrays are
+    split over the data axis; the state is replicated unless `state_sharding` (e.g.
+    `parallel.state_shardings(state, mesh, fsdp=True)`) says otherwise, and keeps its sharding
+    across steps."""
 
-    def step(state, frozen, images, labels, teacher=None):
-        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, images, labels, teacher)
+    def step(state, frozen, batch):
+        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, batch)
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
@@ -87,6 +91,5 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state_sharding = state_sharding or replicated
-    compiled = jax.jit(step, in_shardings=(state_sharding, replicated, batch, batch, batch),
-                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    return lambda state, frozen, images, labels, teacher=None: compiled(state, frozen, images, labels, teacher)
+    return jax.jit(step, in_shardings=(state_sharding, replicated, batch), out_shardings=(state_sharding, replicated),
+                   donate_argnums=(0,))

@@ -1,7 +1,8 @@
 """SAE quality on a set of embeddings: FVU, MSE, L0, dead latents and firing frequencies.
 
-FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 on the unit-norm inputs (METHOD.md section 2).
-Used on the training features after SAE training and, later, on fine-tuned embeddings.
+FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the inputs as the SAE sees them (unit-norm
+rows; docs/method.md, "The sparse autoencoder"). Used on the training features after SAE
+training and on the zero-shot and fine-tuned embeddings of every evaluated dataset.
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from saeft_jax import parallel
-from saeft_jax.models import sae
+from saeft_jax.sae import model
+from saeft_jax.sae.frozen import FrozenSAE
 
 _CHUNK = 65536
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def _unit_rows(x: np.ndarray, normalize: bool = True) -> np.ndarray:
     x = np.asarray(x, np.float64)
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8) if normalize else x
 
 
-def data_statistics(features: np.ndarray) -> dict[str, Any]:
-    """Mean and total variance of the unit-normalized rows, in one float64 pass over chunks."""
+def data_statistics(features: np.ndarray, normalize: bool = True) -> dict[str, Any]:
+    """Mean and total variance of the rows (unit-normalized first when `normalize`), in one
+    float64 pass over chunks."""
     n, d = features.shape
     total, total_sq = np.zeros(d), 0.0
     for start in range(0, n, _CHUNK):
-        x = _unit_rows(features[start:start + _CHUNK])
+        x = _unit_rows(features[start:start + _CHUNK], normalize)
         total += x.sum(0)
         total_sq += float((x ** 2).sum())
     mean = total / n
@@ -48,19 +51,20 @@ def geometric_median(features: np.ndarray, seed: int = 0, max_rows: int = _CHUNK
     return median.astype(np.float32)
 
 
-def evaluate_sae(params: dict, features: np.ndarray, k: int, *, relu: bool = False, batch_size: int = 1024,
-                 mesh=None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Metrics of the SAE `params` on all rows of `features` (raw embeddings)."""
+def evaluate_sae(sae: FrozenSAE, features: np.ndarray, *, batch_size: int = 1024, mesh=None,
+                 stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics of `sae` on all rows of `features` (raw embeddings, given to the SAE as it was trained)."""
     mesh = mesh or parallel.data_mesh()
-    stats = stats or data_statistics(features)
+    stats = stats or data_statistics(features, sae.normalize_inputs)
     n, d = features.shape
-    dict_size = params["W_dec"].shape[0]
-    params = jax.device_put(params, parallel.replicated(mesh))
+    dict_size = sae.dict_size
+    params = jax.device_put(sae.params, parallel.replicated(mesh))
+    k, relu, normalize = sae.k, sae.relu, sae.normalize_inputs
 
     @jax.jit
     def chunk_sums(params, raw, valid):
-        x = sae.unit_norm(raw)
-        x_hat, values, indices = sae.reconstruct(params, x, k, relu=relu)
+        x = model.unit_norm(raw) if normalize else raw
+        x_hat, values, indices = model.reconstruct(params, x, k, relu=relu)
         fired = (values != 0) & valid[:, None]
         fires = jnp.zeros(dict_size, jnp.int32).at[indices].add(fired.astype(jnp.int32))
         return jnp.sum(((x_hat - x) ** 2).sum(-1) * valid), jnp.sum(fired), fires

@@ -1,4 +1,5 @@
-"""The SAE artifact on disk: `sae.safetensors` (parameters) + `sae.json` (shape, options, metrics).
+"""The SAE artifact on disk: `sae.safetensors` (parameters) + `sae.json` (shape, k, input
+normalisation, options, metrics), read back as one `FrozenSAE`.
 
 Loading checks the file against what the caller will use it with (d, F, k) and says what
 differs; writes are atomic (`saeft_jax.storage`), to a local directory or a URL.
@@ -15,32 +16,34 @@ import safetensors
 from etils import epath
 
 from saeft_jax import storage
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.errors import UsageError
 
 PARAMS_FILE, META_FILE = "sae.safetensors", "sae.json"
 _NAMES = {"W_enc", "W_dec", "b_pre", "b_enc"}
 
 
-class SAEArtifactError(ValueError):
+class SAEArtifactError(UsageError):
     """An SAE artifact that is missing, damaged or made for another model."""
 
 
-def save_sae(directory: str | os.PathLike, params: dict[str, Any], *, k: int, normalize_inputs: bool = True,
-             options: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> epath.Path:
-    """Writes the parameters and `sae.json` {d, dict_size, k, normalize_inputs, options, metrics}."""
+def save_sae(directory: str | os.PathLike, sae: FrozenSAE, *, options: dict[str, Any] | None = None,
+             metrics: dict[str, Any] | None = None) -> epath.Path:
+    """Writes the parameters and `sae.json` {d, dict_size, k, relu, normalize_inputs, options, metrics}."""
     directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {name: np.asarray(value, np.float32) for name, value in params.items()}
+    arrays = {name: np.asarray(value, np.float32) for name, value in sae.params.items()}
     d, dict_size = arrays["W_enc"].shape
-    meta = {"d": d, "dict_size": dict_size, "k": k, "normalize_inputs": normalize_inputs,
+    meta = {"d": d, "dict_size": dict_size, "k": sae.k, "relu": sae.relu, "normalize_inputs": sae.normalize_inputs,
             "b_enc": "b_enc" in arrays, "options": options or {}, "metrics": _jsonable(metrics or {})}
-    storage.save_safetensors(directory / PARAMS_FILE, arrays, metadata={"k": str(k)})
+    storage.save_safetensors(directory / PARAMS_FILE, arrays, metadata={"k": str(sae.k)})
     storage.write_atomic(directory / META_FILE, json.dumps(meta, indent=2))
     return directory
 
 
 def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: int | None = None,
-             k: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """`(params, meta)`; given `d`, `dict_size` or `k`, an artifact that differs is an error."""
+             k: int | None = None) -> FrozenSAE:
+    """The SAE of the artifact in `directory`; given `d`, `dict_size` or `k`, an artifact that differs is an error."""
     directory = storage.path(directory)
     missing = [f for f in (PARAMS_FILE, META_FILE) if not (directory / f).exists()]
     if missing:
@@ -50,9 +53,11 @@ def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: i
     try:
         params = storage.load_safetensors(directory / PARAMS_FILE)
     except (safetensors.SafetensorError, OSError) as e:
-        raise SAEArtifactError(f"{directory / PARAMS_FILE} is not readable ({e}); rerun the sae stage.") from e
+        raise SAEArtifactError(f"{directory / PARAMS_FILE} is not readable ({e}); it is damaged. Copy an intact "
+                               f"artifact there, or delete the directory to train the SAE again.") from e
     _check(directory, params, meta, {"d": d, "dict_size": dict_size, "k": k})
-    return params, meta
+    return FrozenSAE(params, int(meta["k"]), relu=bool(meta.get("relu", meta["options"].get("relu", False))),
+                     normalize_inputs=bool(meta["normalize_inputs"]))
 
 
 def _check(directory: epath.Path, params: dict, meta: dict, wanted: dict[str, int | None]) -> None:

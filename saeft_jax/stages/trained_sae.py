@@ -1,12 +1,13 @@
-"""Stage sae: the Top-K SAE trained on the training features (`sae.safetensors` + `sae.json`,
-per-epoch metrics, the firing histogram), resumable epoch by epoch."""
+"""Stage sae: the Top-K SAE trained on the training features (`sae/sae.safetensors` +
+`sae.json`, per-epoch metrics, the firing histogram), resumable epoch by epoch."""
 
 from __future__ import annotations
 
 import jax
 
-from saeft_jax.sae_artifact import load_sae, save_sae
-from saeft_jax.sae_training import train_sae
+from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.sae.training import train_sae
 from saeft_jax.stages.context import Run
 from saeft_jax.stages.features import load_features
 
@@ -29,12 +30,14 @@ def run_stage(run: Run) -> None:
             checkpoint_dir=str(directory / "checkpoints") if jax.process_count() == 1 else None,
             metrics_path=str(directory / "metrics.jsonl"), histogram_path=str(directory / "firing.png"),
             progress=run.config.show_progress, devices=tuple(jax.local_devices()), **options)
-        save_sae(directory, params, k=cfg.k, options=options, metrics=metrics)
+        save_sae(directory, FrozenSAE(params, cfg.k, relu=cfg.relu), options=options, metrics=metrics)
         record = {key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")}
-    run.mark_done(record, STAGE)
+    run.mark_done(record, STAGE, files=("sae.safetensors", "sae.json"), inputs=(("features",),))
 
 
-def load(run: Run) -> tuple[dict, dict]:
-    """(SAE parameters, its sae.json), checked against the model's embedding width."""
+def load(run: Run) -> FrozenSAE:
+    """The run's SAE, checked against its recorded hashes and the model's embedding width."""
+    for name in (PARAMS_FILE, META_FILE):
+        run.read((STAGE,), name)
     model, _ = run.clip
     return load_sae(run.workdir / STAGE, d=model.config.projection_dim)

@@ -17,6 +17,11 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _num(value: float | None, digits: int) -> str:
+    """`value` with `digits` decimals; "n/a" when the analysis giving it did not run."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def report_datasets(report: dict[str, Any]) -> list[str]:
     """The report's datasets, in-distribution first."""
     return ([report["id_dataset"]] if report["id_dataset"] else []) + report["ood_datasets"]
@@ -33,12 +38,13 @@ def best_mix(run: dict[str, Any], id_dataset: str | None) -> tuple[str, dict[str
 
 
 def render_markdown(config, report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
-    """The whole report as Markdown."""
-    return "\n".join(_what(config, report) + _numbers(report) + _pictures(figures) +
+    """The whole report as Markdown; `details` holds each method's `labels` line and the feature
+    explanations (`runs`), `figures` the PNG file of each picture."""
+    return "\n".join(_what(config, report, details["labels"]) + _numbers(report) + _pictures(figures) +
                      _changed(report, details, figures)) + "\n"
 
 
-def _what(config, report) -> list[str]:
+def _what(config, report, labels: dict[str, str]) -> list[str]:
     methods = report_methods(report)
     ft = config.finetune
     steps = report["runs"][methods[0]]["train"]["steps"] if methods else 0
@@ -48,15 +54,21 @@ def _what(config, report) -> list[str]:
              f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
              f"(in distribution: `{report['id_dataset']}`; shifts: "
              + ", ".join(f"`{d}`" for d in report["ood_datasets"]) + ").",
-             "- **Methods:** " + ", ".join(f"`{m}`" + ("" if m == "none" else f" (reg_lambda {ft.reg_lambda:g})")
-                                            for m in methods) + f"; {steps} steps of batch {ft.batch_size}, "
-             f"lr {ft.lr:g}, warmup {ft.warmup_steps}, weight decay {ft.weight_decay:g}.",
+             "- **Methods:** " + ", ".join(labels[m] for m in methods)
+             + f"; {steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, warmup {ft.warmup_steps}, "
+             f"weight decay {ft.weight_decay:g}.",
              f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
              f"{jax.devices()[0].platform} device(s)."]
     if report["sae"]:
         sae = report["sae"]
         lines.append(f"- **SAE:** dictionary {config.sae.dict_size}, k {config.sae.k}; on the training features FVU "
                      f"{sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents {100 * sae['dead_fraction']:.1f}%.")
+    raw = [m for m in methods if report["runs"][m]["method"].get("reference_raw_inputs")]
+    if raw:
+        lines.append("- **Raw SAE inputs:** " + ", ".join(f"`{m}`" for m in raw) + " fed the SAE raw (unnormalised) "
+                     "embeddings, reproducing the reference code without `--normalize`, although the SAE was "
+                     "trained on unit-norm ones; the analyses below give the SAE unit-norm embeddings, as trained, "
+                     "so they read other codes than those penalties did.")
     return lines + [""]
 
 
@@ -94,7 +106,7 @@ def _pictures(figures) -> list[str]:
 
 def _changed(report, details, figures) -> list[str]:
     methods = report_methods(report)
-    if not report["sae"] or not all("changes" in report["runs"][m] for m in methods):
+    if not report["sae"]:
         return ["## What changed", "", "No SAE was trained in this run, so there is no feature-level account.", ""]
     id_name = report["id_dataset"] or report["ood_datasets"][0]
     lines = ["## What changed", "",
@@ -106,9 +118,10 @@ def _changed(report, details, figures) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for m in methods:
         c, run = report["runs"][m]["changes_by_dataset"][id_name], report["runs"][m]
+        fvu = f"{_num(c.get('sae_fvu'), 3)} ({_num(c.get('sae_fvu_zeroshot'), 3)})"
         lines.append(f"| {m} | {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
-                     f"{c['added_per_image']:.2f} | {c['removed_per_image']:.2f} | {c['sae_fvu']:.3f} "
-                     f"({c['sae_fvu_zeroshot']:.3f}) | {c['cka']:.3f} |")
+                     f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
+                     f"{_num(c.get('cka'), 3)} |")
     lines += ["", _reading(report, methods, id_name), ""]
     for m in methods:
         lines += _method_details(m, details["runs"].get(m), figures)
@@ -120,9 +133,12 @@ def _reading(report, methods, id_name) -> str:
     parts = []
     for m in methods:
         run, c = report["runs"][m], report["runs"][m]["changes"]
-        parts.append(f"`{m}` moves ID by {100 * (run['metrics'][id_name] - zs['metrics'][id_name]):+.1f} points and "
-                     f"average OOD by {100 * ((run['avg_ood'] or 0) - (zs['avg_ood'] or 0)):+.1f}, adding "
-                     f"{c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features per image")
+        part = (f"`{m}` moves ID by {100 * (run['metrics'][id_name] - zs['metrics'][id_name]):+.1f} points and "
+                f"average OOD by {100 * ((run['avg_ood'] or 0) - (zs['avg_ood'] or 0)):+.1f}")
+        if "added_per_image" in c:
+            part += (f", adding {c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features "
+                     f"per image")
+        parts.append(part)
     return "**Reading.** " + "; ".join(parts) + "."
 
 
@@ -130,9 +146,8 @@ def _method_details(method, detail, figures) -> list[str]:
     if not detail:
         return []
     def describe(entries):
-        return [f"- #{f} in {n} images (mean activation change {change:+.3f}): "
-                + ", ".join(f"{name} ({cos:.2f})" for name, cos in names)
-                for f, n, change, names in entries] or ["- none"]
+        return [f"- #{e['feature']} in {e['images']} images (mean activation change {e['mean_change']:+.3f}): "
+                + ", ".join(f"{name} ({cos:.2f})" for name, cos in e["names"]) for e in entries] or ["- none"]
     lines = [f"### `{method}`", "", "Features most often gained (nearest text entries, cosine; the mean change of the "
              "feature's activation over all images):", "",
              *describe(detail["gained"]), "", "Features most often lost:", "", *describe(detail["lost"]), ""]

@@ -1,4 +1,4 @@
-"""The Top-K sparse autoencoder of METHOD.md section 2: parameters, encode, decode, loss.
+"""The Top-K sparse autoencoder's formulas (docs/method.md): parameters, encode, decode, loss.
 
 Parameters are a flat dict `W_enc (d, F)`, `W_dec (F, d)`, `b_pre (d,)`, optional `b_enc (F,)`.
 `encode`/`decode` are the dense reference formulas (callers normalize inputs). The sparse

@@ -1,4 +1,4 @@
-"""Trains the Top-K SAE on frozen CLIP embeddings (METHOD.md section 2), data-parallel, resumable.
+"""Trains the Top-K SAE on frozen CLIP embeddings (docs/method.md), data-parallel, resumable.
 
 Defaults reproduce the reference: unit-norm inputs, MSE, AdamW (lr 1e-3, betas 0.9/0.999,
 weight decay 0.01), batch 1024, 100 epochs, no schedule. The reference's known weaknesses are
@@ -20,10 +20,11 @@ import optax
 
 from saeft_jax import parallel
 from saeft_jax.checkpoints import Checkpoints
-from saeft_jax.models import sae
 from saeft_jax.observe import JsonLines, progress
-from saeft_jax.plots import firing_histogram
-from saeft_jax.sae_eval import data_statistics, evaluate_sae, geometric_median
+from saeft_jax.rendering.plots import firing_histogram
+from saeft_jax.sae import model
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.sae.quality import data_statistics, evaluate_sae, geometric_median
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,25 +92,28 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     log = JsonLines(opts.metrics_path)
     checkpoints = Checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else None
     start = 0
-    if checkpoints is not None and checkpoints.latest_step() is not None:
-        state, meta = checkpoints.restore(checkpoints.latest_step(), state)
+    latest = checkpoints.restore_latest(state) if checkpoints is not None else None
+    if latest is not None:
+        _, state, meta = latest
         start = meta["epoch"] + 1
         log.keep_only(lambda r: r.get("epoch", -1) < start)
     batches = _Batches(features, batch_size, seed, mesh, opts.device_bytes)
     bar = progress(epochs * steps_per_epoch, "sae", enabled=opts.progress, initial=start * steps_per_epoch)
-    for epoch in range(start, epochs):
-        state, epoch_stats = _run_epoch(state, step, batches, epoch, dict_size, bar)
-        record = {"epoch": epoch, **_epoch_metrics(epoch_stats, stats, steps_per_epoch * batch_size)}
-        bar.set_postfix(fvu=f"{record['fvu']:.4f}", dead=f"{record['dead_fraction']:.3f}")
+    try:
+        for epoch in range(start, epochs):
+            state, epoch_stats = _run_epoch(state, step, batches, epoch, dict_size, bar)
+            record = {"epoch": epoch, **_epoch_metrics(epoch_stats, stats, steps_per_epoch * batch_size)}
+            bar.set_postfix(fvu=f"{record['fvu']:.4f}", dead=f"{record['dead_fraction']:.3f}")
+            if checkpoints is not None:
+                checkpoints.save(epoch, state, {"epoch": epoch})
+            log.write(record)
+            log.flush()  # an epoch is long; its record should survive a preemption
+    finally:
+        bar.close()
         if checkpoints is not None:
-            checkpoints.save(epoch, state, {"epoch": epoch})
-        log.write(record)
-        log.flush()  # an epoch is long; its record should survive a preemption
-    bar.close()
-    if checkpoints is not None:
-        checkpoints.close()
+            checkpoints.close()  # also after an error: a save in flight finishes before the process ends
     params = jax.device_get(state["params"])
-    final = evaluate_sae(params, features, k, relu=opts.relu, batch_size=batch_size, mesh=mesh, stats=stats)
+    final = evaluate_sae(FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh, stats=stats)
     log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
     log.flush()
     if opts.histogram_path:
@@ -122,7 +126,7 @@ def initial_state(features: np.ndarray, d: int, dict_size: int, seed: int, opts:
     """Parameters, optimizer state and the per-latent samples-since-fired counter, replicated."""
     b_pre = {"zeros": lambda: None, "mean": lambda: stats["mean"],
              "median": lambda: geometric_median(features, seed)}[opts.b_pre_init]()
-    params = sae.init_params(jax.random.key(seed), d, dict_size, b_enc=opts.b_enc, tied_init=opts.tied_init,
+    params = model.init_params(jax.random.key(seed), d, dict_size, b_enc=opts.b_enc, tied_init=opts.tied_init,
                              b_pre=b_pre)
     state = {"params": params, "opt": optimizer.init(params),
              "since_fired": jnp.zeros(dict_size, jnp.int32)}
@@ -134,17 +138,17 @@ def make_step(optimizer: optax.GradientTransformation, k: int, opts: SAEOptions,
     accumulators are donated, the batch is split over the mesh's data axis."""
 
     def loss_fn(params, x, dead):
-        x_hat, values, indices = sae.reconstruct(params, x, k, relu=opts.relu, sparse=opts.sparse)
+        x_hat, values, indices = model.reconstruct(params, x, k, relu=opts.relu, sparse=opts.sparse)
         mse = jnp.mean((x_hat - x) ** 2)
         loss = mse
         if opts.auxk:
             k_aux = opts.k_aux or x.shape[-1] // 2
             residual = jax.lax.stop_gradient(x - x_hat)
-            loss = loss + opts.auxk_coef * sae.auxk_loss(params, x, residual, dead, k_aux, relu=opts.relu)
+            loss = loss + opts.auxk_coef * model.auxk_loss(params, x, residual, dead, k_aux, relu=opts.relu)
         return loss, (x_hat, values, indices)
 
     def step(state, acc, raw):
-        x = sae.unit_norm(raw)
+        x = model.unit_norm(raw)
         params = state["params"]
         dead = state["since_fired"] >= dead_after
         grads, (x_hat, values, indices) = jax.grad(loss_fn, has_aux=True)(params, x, dead)

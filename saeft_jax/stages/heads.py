@@ -1,9 +1,10 @@
-"""Stage zeroshot: the text heads (class names x templates through the text tower) for the
-training label space and every other label space of the evaluation suite."""
+"""Stage zeroshot: the zero-shot heads (class names x templates through the text tower), one
+per label space in use: the training classes and every other label space of the evaluation suite."""
 
 from __future__ import annotations
 
 import numpy as np
+from etils import epath
 
 from saeft_jax import storage
 from saeft_jax.data.registry import DatasetSpec
@@ -38,9 +39,9 @@ def run_stage(run: Run) -> None:
             if run.is_writer:
                 storage.save_safetensors(path, head)
         summary[space] = {"classes": len(spec.classnames), "templates": len(spec.templates)}
-    run.mark_done({"spaces": summary}, STAGE)
+    run.mark_done({"spaces": summary}, STAGE, files=tuple(f"{space}.safetensors" for space in summary))
 
 
 def load_head(run: Run, space: str) -> dict[str, np.ndarray]:
     """The zero-shot head of label space `space`."""
-    return storage.load_safetensors(run.workdir / STAGE / f"{space}.safetensors")
+    return storage.load_safetensors(epath.Path(run.read((STAGE,), f"{space}.safetensors")))

@@ -1,0 +1,102 @@
+"""The analyses of what fine-tuning changed, one registry entry each, run by the report for
+every method on every dataset; `config.report.analyses` names those a run computes.
+
+An analysis takes a `Comparison` (one dataset's images under the zero-shot and a fine-tuned
+model, their labels and the run's SAE) and returns named figures, which go to report.json under
+`changes_by_dataset` (and, for the in-distribution set, `changes`). Codes and FVUs are computed
+once per set of embeddings however many analyses use them. Adding an analysis is one decorated
+function here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+from saeft_jax.evaluation import interpret
+from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.sae.quality import evaluate_sae
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """One model's embeddings (N, d) of a dataset's images, with what the SAE makes of them."""
+
+    values: np.ndarray
+    sae: FrozenSAE | None
+    mesh: object = None  # the devices the SAE's FVU is computed on (default: all)
+
+    @functools.cached_property
+    def codes(self) -> interpret.Codes:
+        """Top-k codes (values, indices) under the SAE as it was trained."""
+        return self.sae.codes(self.values)
+
+    @functools.cached_property
+    def sae_fvu(self) -> float:
+        return float(evaluate_sae(self.sae, self.values, mesh=self.mesh)["fvu"])
+
+
+@dataclasses.dataclass
+class Comparison:
+    """A dataset's images under the zero-shot and one fine-tuned model."""
+
+    zeroshot: Embeddings
+    finetuned: Embeddings
+    labels: np.ndarray
+    num_classes: int
+
+    @functools.cached_property
+    def changes(self) -> interpret.FeatureChanges:
+        return interpret.feature_changes(self.zeroshot.codes, self.finetuned.codes, self.labels,
+                                         self.zeroshot.sae.dict_size, self.num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    name: str
+    compute: Callable[[Comparison], dict[str, float]]
+    uses_sae: bool
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def analysis(*, uses_sae: bool) -> Callable:
+    """Registers the decorated function as an analysis of that name."""
+
+    def add(compute: Callable[[Comparison], dict[str, float]]) -> Callable:
+        ANALYSES[compute.__name__] = Analysis(compute.__name__, compute, uses_sae)
+        return compute
+
+    return add
+
+
+def run_analyses(names, comparison: Comparison) -> dict[str, float]:
+    """The figures of analyses `names` on `comparison` (those needing an SAE skipped without one)."""
+    figures: dict[str, float] = {}
+    for name in names:
+        entry = ANALYSES[name]
+        if comparison.zeroshot.sae is not None or not entry.uses_sae:
+            figures.update(entry.compute(comparison))
+    return figures
+
+
+@analysis(uses_sae=True)
+def feature_changes(c: Comparison) -> dict[str, float]:
+    """Features added (in the fine-tuned codes' support, not the zero-shot one's) and removed, per image."""
+    return {"added_per_image": c.changes.added_per_image, "removed_per_image": c.changes.removed_per_image}
+
+
+@analysis(uses_sae=True)
+def sae_fvu(c: Comparison) -> dict[str, float]:
+    """How well the zero-shot SAE reconstructs the fine-tuned embeddings (and the zero-shot ones)."""
+    return {"sae_fvu": c.finetuned.sae_fvu, "sae_fvu_zeroshot": c.zeroshot.sae_fvu}
+
+
+@analysis(uses_sae=False)
+def cka(c: Comparison) -> dict[str, float]:
+    """Linear CKA between the zero-shot and fine-tuned representations over the images."""
+    return {"cka": interpret.linear_cka(c.zeroshot.values, c.finetuned.values)}

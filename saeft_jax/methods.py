@@ -1,0 +1,133 @@
+"""Fine-tuning methods: what `config.finetune.methods` holds and how it is checked.
+
+The mapping's keys name the methods (their directories under `finetune/` and `evaluate/`, their
+keys in the report); each value holds the `regularizer` it trains with, its weight `reg_lambda`
+and every hyperparameter that regularizer declares. `method(...)` builds such an entry with the
+declared defaults filled in, so `--config.finetune.methods.<name>.<hyperparameter>=v` works for
+each of them and a misspelt one is rejected by name before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from saeft_jax import regularizers
+from saeft_jax.errors import ConfigError
+
+SETTINGS = ("regularizer", "reg_lambda")  # a method's keys besides its regularizer's hyperparameters
+
+
+def method(regularizer: str, reg_lambda: float | None = None, **hparams: Any) -> ml_collections.ConfigDict:
+    """A `config.finetune.methods` entry: `regularizer`, `reg_lambda` (required unless the
+    regularizer penalizes nothing) and every hyperparameter the regularizer declares (its
+    default unless given here)."""
+    entry = _entry(regularizer, "method(...)")
+    where = f"method({regularizer!r}, ...)"
+    _reject_unknown(entry, hparams, where)
+    return ml_collections.ConfigDict({"regularizer": regularizer, "reg_lambda": _reg_lambda(entry, reg_lambda, where),
+                                      **entry.hparams, **hparams})
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One fine-tuning method of a run, checked."""
+
+    name: str
+    regularizer: regularizers.Regularizer
+    reg_lambda: float
+    hparams: Mapping[str, Any]
+
+    def penalty(self):
+        """The regularizer with this method's hyperparameters bound (`Regularizer.bind`)."""
+        return self.regularizer.bind(self.hparams)
+
+    @property
+    def reference_raw_inputs(self) -> bool:
+        """Whether its penalty feeds the SAE raw embeddings (the reference's behaviour)."""
+        return bool(self.hparams.get("reference_raw_inputs", False))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings: regularizer, reg_lambda and hyperparameters."""
+        return {"regularizer": self.regularizer.name, "reg_lambda": self.reg_lambda, **self.hparams}
+
+    def label(self) -> str:
+        """`name` (regularizer when it is not the name, reg_lambda, hyperparameters off their defaults)."""
+        if not self.regularizer.penalizes:
+            return f"`{self.name}` (plain fine-tuning)"
+        parts = [] if self.name == self.regularizer.name else [f"`{self.regularizer.name}`"]
+        parts.append(f"reg_lambda {self.reg_lambda:g}")
+        parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.hparams.items()
+                  if v != self.regularizer.hparams[k]]
+        return f"`{self.name}` ({', '.join(parts)})"
+
+
+def from_config(methods: Mapping[str, Any]) -> dict[str, Method]:
+    """The checked methods of `config.finetune.methods`, in order."""
+    if not methods:
+        raise ConfigError("config.finetune.methods is empty; name at least one method, e.g. "
+                          "{'none': method('none'), 'sae_add_remove': method('sae_add_remove', reg_lambda=70.0)}")
+    checked = {}
+    for name, settings in methods.items():
+        where = f"config.finetune.methods.{name}"
+        settings = dict(settings)
+        if "regularizer" not in settings:
+            raise ConfigError(f"{where} names no regularizer; set {where}.regularizer to one of "
+                              f"{', '.join(regularizers.REGISTRY)}")
+        entry = _entry(settings.pop("regularizer"), f"{where}.regularizer")
+        reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
+        _reject_unknown(entry, settings, where)
+        checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings})
+    return checked
+
+
+def filled(methods: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`methods` with every declared hyperparameter present (a config that wrote an entry by hand)."""
+    checked = from_config(methods)
+    return ml_collections.ConfigDict({name: {"regularizer": m.regularizer.name, "reg_lambda": m.reg_lambda,
+                                             **m.hparams} for name, m in checked.items()})
+
+
+def _entry(name: str, where: str) -> regularizers.Regularizer:
+    if name not in regularizers.REGISTRY:
+        close = difflib.get_close_matches(name, regularizers.REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown regularizer {name!r}{hint}; known: {', '.join(regularizers.REGISTRY)}")
+    return regularizers.REGISTRY[name]
+
+
+def unknown_hparam_hints(name: str) -> list[str]:
+    """What a user who wrote the undeclared hyperparameter `name` probably wants."""
+    if name == "normalize":
+        return ["an SAE is given embeddings as it was trained (unit norm); reference_raw_inputs=True gives it raw "
+                "ones, as the reference code does without --normalize"]
+    return []
+
+
+def _reg_lambda(entry: regularizers.Regularizer, reg_lambda: float | None, where: str) -> float:
+    if reg_lambda is not None:
+        return float(reg_lambda)
+    if entry.penalizes:
+        raise ConfigError(f"{where}: regularizer {entry.name!r} needs its weight reg_lambda (the loss is CE + "
+                          f"reg_lambda * R); set it, e.g. method({entry.name!r}, reg_lambda=1.0).")
+    return 0.0
+
+
+def _reject_unknown(entry: regularizers.Regularizer, hparams: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(hparams) - set(entry.hparams))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, entry.hparams, n=1)
+        if close:
+            hints.append(f"{name!r}: did you mean {close[0]!r}?")
+        hints += unknown_hparam_hints(name)
+    declared = ", ".join(f"{n} (default {v!r})" for n, v in entry.hparams.items()) or "none"
+    raise ConfigError(f"{where}: regularizer {entry.name!r} has no hyperparameter {', '.join(unknown)}"
+                      f"{' (' + '; '.join(hints) + ')' if hints else ''}. Its hyperparameters: {declared}; a method "
+                      f"also takes {', '.join(SETTINGS)}.")

@@ -1,0 +1,62 @@
+"""The checks a run passes before any stage starts: its data are there, every batch divides
+over the devices and processes that share it, and every duration is at least one step.
+
+What `config.finish` cannot know, because it depends on the machine or the data, is checked
+here, so that a run that cannot work stops at once with one paragraph instead of a traceback
+hours in, after earlier stages have run.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from saeft_jax.errors import ConfigError, UsageError
+from saeft_jax.stages.context import Run
+from saeft_jax.stages.finetuned import total_steps
+
+
+def check(run: Run) -> None:
+    """Raises a `UsageError` naming the first thing that would make a stage fail."""
+    try:
+        specs = [run.train_spec, *run.eval_specs()]
+    except KeyError as error:
+        raise UsageError(f"config.train_dataset / config.eval_suite: {error.args[0]}") from error
+    sources = [run.source(spec) for spec in specs]  # a missing dataset fails now, naming its preparation
+    _check_batches(run)
+    _check_durations(run, len(sources[0]))
+
+
+def _check_batches(run: Run) -> None:
+    devices, processes, local = jax.device_count(), jax.process_count(), jax.local_device_count()
+    c = run.config
+    shared = {"finetune.batch_size": c.finetune.batch_size, "features.batch_size": c.features.batch_size,
+              "evaluate.batch_size": c.evaluate.batch_size}
+    for key, batch in shared.items():
+        if batch % devices or batch % processes:
+            raise ConfigError(f"config.{key} is {batch}, which does not divide over this run's {devices} devices in "
+                              f"{processes} process(es): every device takes an equal share of each batch. Use a "
+                              f"multiple of {devices} (e.g. {_multiple(batch, devices)}).")
+    if c.sae.batch_size % local:  # the SAE trains on process 0's own devices
+        raise ConfigError(f"config.sae.batch_size is {c.sae.batch_size}, which does not divide over the {local} "
+                          f"devices of process 0, where the SAE trains. Use a multiple of {local} (e.g. "
+                          f"{_multiple(c.sae.batch_size, local)}).")
+
+
+def _check_durations(run: Run, examples: int) -> None:
+    c = run.config
+    if c.finetune.batch_size > examples:
+        raise ConfigError(f"config.finetune.batch_size ({c.finetune.batch_size}) exceeds the {examples} examples of "
+                          f"{c.train_dataset}; lower it.")
+    if "sae" in c.stages and c.sae.batch_size > examples:
+        raise ConfigError(f"config.sae.batch_size ({c.sae.batch_size}) exceeds the {examples} training embeddings the "
+                          f"SAE learns from ({c.train_dataset}); lower it.")
+    steps = total_steps(run, examples)
+    if c.finetune.warmup_steps >= steps:
+        length = "config.finetune.steps" if c.finetune.steps else f"{c.finetune.epochs} epochs of {examples} examples"
+        raise ConfigError(f"config.finetune.warmup_steps ({c.finetune.warmup_steps}) must be below the run's {steps} "
+                          f"fine-tuning steps ({length} at batch {c.finetune.batch_size}); lower it or lengthen the "
+                          f"run.")
+
+
+def _multiple(value: int, divisor: int) -> int:
+    return max(divisor, value // divisor * divisor)

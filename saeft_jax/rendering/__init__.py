@@ -1,0 +1,1 @@
+"""Rendering: the report as Markdown and the PNG figures (no computation of results)."""

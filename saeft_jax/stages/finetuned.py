@@ -1,0 +1,93 @@
+"""Stage finetune: one fine-tuned model per method of `config.finetune.methods`
+(`finetune/<method>/`): the train loop with its Orbax checkpoints and metrics, then the final
+model as a Hugging Face checkpoint (`final/`), the head (`head.safetensors`) and the parameters'
+fingerprint."""
+
+from __future__ import annotations
+
+import jax
+from etils import epath
+
+from saeft_jax import hf, parallel, storage
+from saeft_jax.data import pipeline
+from saeft_jax.data.preprocess import train_transform
+from saeft_jax.fingerprint import fingerprint
+from saeft_jax.methods import Method
+from saeft_jax.models.clip import image_encoder, image_params
+from saeft_jax.stages import features, heads, trained_sae
+from saeft_jax.stages.context import Run
+from saeft_jax.training.loop import train_loop
+from saeft_jax.training.optim import make_optimizer
+from saeft_jax.training.step import init_state, make_loss, make_train_step
+
+STAGE = "finetune"
+
+
+class Preempted(RuntimeError):
+    """The run stopped at a checkpoint (SIGTERM or a preemption notice); rerun to continue."""
+
+
+def total_steps(run: Run, examples: int) -> int:
+    """Fine-tuning steps: `finetune.steps`, or `finetune.epochs` over `examples` at the batch size."""
+    cfg = run.config.finetune
+    return cfg.steps if cfg.steps > 0 else max(1, cfg.epochs * examples // cfg.batch_size)
+
+
+def run_stage(run: Run, name: str) -> None:
+    """Fine-tunes with method `name`, continuing from its newest checkpoint."""
+    cfg, method = run.config.finetune, run.methods[name]
+    model, params = run.clip
+    source = run.source(run.train_spec)
+    steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
+    optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                                         clip_norm=cfg.clip_norm, accumulate_steps=cfg.accumulate_steps)
+    sae = trained_sae.load(run) if method.regularizer.uses_sae else None
+    state = init_state({"encoder": image_params(params), "head": heads.load_head(run, run.train_spec.label_space)},
+                       optimizer)
+    sharding = parallel.state_shardings(state, run.mesh, fsdp=True) if cfg.fsdp else None
+    step = make_train_step(_loss(run, method), optimizer, schedule, run.mesh, sharding)
+    directory = run.dir(STAGE, name)
+    state, summary = train_loop(step, state, {"encoder": image_params(params), "sae": sae},
+                                _batches(run, method, source), mesh=run.mesh, workdir=directory, total_steps=steps,
+                                log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                                keep_checkpoints=cfg.keep_checkpoints, show_progress=run.config.show_progress,
+                                state_sharding=sharding)
+    if summary["preempted"]:
+        raise Preempted(f"fine-tuning method {name!r} stopped at step {summary['steps']} of {steps} and saved a "
+                        f"checkpoint in {directory / 'checkpoints'}; run the same command again to continue")
+    tuned = jax.device_get(state["params"])
+    if run.is_writer:
+        hf.save_clip(model, {**params, **tuned["encoder"]}, directory / "final", tokenizer=run.tokenizer,
+                     image_spec=run.image_spec)
+        storage.save_safetensors(directory / "head.safetensors", tuned["head"])
+    made_from = (("zeroshot",), *([("sae",)] if sae is not None else []),
+                 *([("features",)] if cfg.teacher_cache and method.regularizer.teacher_cache else []))
+    run.mark_done({"method": method.describe(), "train": {k: summary[k] for k in ("steps", "final_loss", "final_ce")},
+                   "fingerprint": fingerprint(tuned)}, STAGE, name, files=("final", "head.safetensors"),
+                  inputs=made_from)
+
+
+def _loss(run: Run, method: Method):
+    """Cross-entropy plus the method's weighted penalty, tapping token features where it asks."""
+    model, _ = run.clip
+    taps = method.regularizer.taps(model.config.vision.num_hidden_layers) if method.regularizer.taps else ()
+    return make_loss(image_encoder(model), method.penalty(), method.reg_lambda,
+                     label_smoothing=run.config.finetune.label_smoothing, taps=taps)
+
+
+def _batches(run: Run, method: Method, source):
+    """This process's training batches, with the cached f0 when the teacher cache is on and
+    the method's penalty can use it (it holds embeddings, not token features)."""
+    cfg = run.config.finetune
+    use_cache = cfg.teacher_cache and method.regularizer.teacher_cache
+    teacher = pipeline.NpyRows(features.features_path(run)) if use_cache else None
+    transform = train_transform(run.image_spec, tuple(cfg.crop_scale) if cfg.random_crop else None)
+    return pipeline.train_batches(source, share=pipeline.Share.of_this_process(cfg.batch_size), seed=run.config.seed,
+                                  transform=transform, teacher=teacher, num_workers=run.config.num_workers)
+
+
+def load_finetuned(run: Run, name: str) -> dict:
+    """{"encoder", "head"} of method `name`'s fine-tuned model, as saved."""
+    _, params = hf.load_clip(run.read((STAGE, name), "final"))
+    head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
+    return {"encoder": image_params(params), "head": head}

@@ -1,0 +1,123 @@
+"""Config and command line: methods filled with every declared hyperparameter, each settable from
+the command line; misspelt keys, bad files and bad values end with one paragraph and exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from saeft_jax import methods, regularizers
+from saeft_jax.config import finish, method
+from saeft_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVERY_REGULARIZER = textwrap.dedent("""
+    import ml_collections
+    from saeft_jax import regularizers
+    from saeft_jax.config import base_config, method
+
+    def get_config():
+        c = base_config()
+        c.finetune.methods = ml_collections.ConfigDict(
+            {name: method(name, reg_lambda=1.0) for name in regularizers.REGISTRY})
+        return c
+""")
+
+
+def parse(argv: list[str]):
+    """The config after absl parses `argv` as `python -m saeft_jax.main` would, then `finish`."""
+    values, argv = flags.FlagValues(), ["prog", *argv]
+    holder = config_flags.DEFINE_config_file("config", None, "config", flag_values=values, sys_argv=argv)
+    values(argv)
+    return finish(holder.value)
+
+
+def changed(value):
+    return (not value) if isinstance(value, bool) else 3 * value + 0.5
+
+
+def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path):
+    path = tmp_path / "every.py"
+    path.write_text(EVERY_REGULARIZER)
+    overrides = {f"{name}.{hparam}": changed(default) for name, entry in regularizers.REGISTRY.items()
+                 for hparam, default in entry.hparams.items()}
+    assert len(overrides) >= 14  # the sae_* regularizers take 3 or 4 each
+    argv = [f"--config={path}", *(f"--config.finetune.methods.{k}={v}" for k, v in overrides.items()),
+            "--config.finetune.methods.mse.reg_lambda=7"]
+    checked = methods.from_config(parse(argv).finetune.methods)
+    for key, value in overrides.items():
+        name, hparam = key.split(".")
+        assert checked[name].hparams[hparam] == pytest.approx(value), key
+        checked[name].penalty()  # binds: every value reaches the regularizer
+    assert checked["mse"].reg_lambda == 7.0 and checked["sae_add_remove"].reg_lambda == 1.0  # a lambda per method
+
+
+def test_methods_are_filled_with_the_declared_defaults():
+    entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
+    assert dict(entry) == {"regularizer": "sae_kl", "reg_lambda": 3.0, "lambda_l1": 1e-3, "lambda_kl": 0.5,
+                           "mu": 1.0, "reference_raw_inputs": False}
+    assert method("none").reg_lambda == 0.0
+    with pytest.raises(ConfigError, match=r"regularizer 'mse' needs its weight reg_lambda"):
+        method("mse")
+    with pytest.raises(ConfigError, match=r"unknown regularizer 'sae_addremove' \(did you mean 'sae_add_remove'\?\)"):
+        method("sae_addremove", reg_lambda=1.0)
+    with pytest.raises(ConfigError, match=r"has no hyperparameter lamda_add \('lamda_add': did you mean 'lambda_add'"):
+        method("sae_add_remove", reg_lambda=1.0, lamda_add=3.0)
+
+
+def test_normalize_contradicting_the_sae_is_refused_unless_named_as_the_reference_reproduction():
+    with pytest.raises(ConfigError, match="has no hyperparameter normalize.*reference_raw_inputs=True gives it raw"):
+        method("sae_add_remove", reg_lambda=70.0, normalize=False)
+    raw = methods.from_config({"m": method("sae_add_remove", reg_lambda=70.0, reference_raw_inputs=True)})["m"]
+    assert raw.reference_raw_inputs and raw.describe()["reference_raw_inputs"] is True
+
+
+def main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def assert_one_paragraph(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    paragraph = result.stderr.strip()
+    assert paragraph.startswith("error: ") and "\n" not in paragraph, paragraph
+    for needle in needles:
+        assert needle in paragraph, paragraph
+
+
+def test_a_misspelt_hyperparameter_exits_2_naming_it_before_anything_runs(tmp_path):
+    workdir = tmp_path / "never"
+    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}",
+                  "--config.finetune.methods.sae_add_remove.lambda_addd=1")
+    assert_one_paragraph(result, "--config.finetune.methods.sae_add_remove.lambda_addd", "did you mean 'lambda_add'")
+    assert not workdir.exists()  # nothing ran
+    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}",
+                  "--config.finetune.methods.sae_add_remove.normalize=False")
+    assert_one_paragraph(result, "normalize", "reference_raw_inputs=True")
+
+
+@pytest.mark.parametrize("case", ["missing", "syntax", "raises", "typo", "value", "argument"])
+def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case):
+    files = {"syntax": "def get_config(:\n",
+             "raises": "def get_config():\n    raise ValueError('no such setting here')\n",
+             "typo": "from saeft_jax.config import base_config, method\n\ndef get_config():\n    c = base_config()\n"
+                     "    c.finetune.methods.sae_add_remove = method('sae_add_remove', reg_lambda=1.0, lamda_add=2.0)\n"
+                     "    return c\n"}
+    path = tmp_path / "cfg.py"
+    if case in files:
+        path.write_text(files[case])
+    arguments = {"missing": [f"--config={tmp_path / 'nope.py'}"], "value": ["--config.finetune.lr=fast"],
+                 "argument": ["--config=configs/demo.py:bogus"]}.get(case, [f"--config={path}"])
+    result = main(*arguments, f"--workdir={tmp_path / 'w'}")
+    expected = {"missing": ["no such config file", "nope.py"], "syntax": ["is not valid Python", "line 1"],
+                "raises": ["get_config() failed", "no such setting here"], "typo": ["lamda_add", "lambda_add"],
+                "value": ["--config.finetune.lr=fast", "key's type"], "argument": ["takes no argument or 'smoke'"]}
+    assert_one_paragraph(result, *expected[case])
+    assert not (tmp_path / "w").exists()

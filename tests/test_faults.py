@@ -1,0 +1,274 @@
+"""Faults injected into the smoke pipeline: killed at random points inside every stage, each
+artifact type damaged in turn, a second run on a busy workdir, a full or read-only disk.
+
+Every rerun either ends with the uninterrupted run's fingerprints or stops with a named error
+(a `UsageError`: one paragraph and exit code 2 on the command line), never with a traceback or a
+wrong report; and following the named error's advice (rerunning, or what it says) then ends with
+the uninterrupted run's fingerprints. Set FAULT_SEED to replay the kill times of a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # about eight minutes on 2 CPU cores: run with `-m slow`, as CI does
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("zeroshot", "features", "sae", "finetune/none", "finetune/sae_add_remove", "evaluate/none",
+          "evaluate/sae_add_remove", "report")
+LONGEST_DELAY = {"zeroshot": 1.5, "features": 2.0, "sae": 3.0, "finetune": 5.0, "evaluate": 4.0, "report": 3.0}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The demo's data and cached CLIP (the same places test_pipeline uses, so made once a session)."""
+    base = tmp_path_factory.getbasetemp()
+    return {"data_dir": str(base / "data"), "demo.cache_dir": str(base / "cache")}
+
+
+def arguments(workdir, shared) -> list[str]:
+    return ["--config=configs/demo.py:smoke", f"--workdir={workdir}", "--config.show_progress=False",
+            *(f"--config.{key}={value}" for key, value in shared.items())]
+
+
+def main(workdir, shared, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-u", "-m", "saeft_jax.main", *arguments(workdir, shared)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, **kwargs)
+
+
+def fingerprints(workdir) -> dict[str, str]:
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    return {name: run["fingerprint"] for name, run in report["runs"].items() if name != "zeroshot"}
+
+
+def finish(workdir, shared) -> subprocess.CompletedProcess:
+    process = main(workdir, shared)
+    out, err = process.communicate(timeout=900)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def reference(shared, tmp_path_factory):
+    """An uninterrupted run of the command line."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = finish(workdir, shared)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def kill_inside(stage: str, workdir, shared, rng: random.Random, probes: list[str]) -> bool:
+    """Starts the pipeline and SIGKILLs it a random moment after `stage` starts; False when the
+    pipeline had nothing left to do there (it ends by itself)."""
+    process = main(workdir, shared)
+    for line in process.stdout:
+        if line.startswith(f"stage {stage}: ") and "skipped" not in line:
+            delay = rng.uniform(0.05, LONGEST_DELAY[stage.split("/")[0]])
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            probes.append(f"killed {delay:.2f} s into {stage} (exit {process.returncode})")
+            return True
+    process.wait()
+    probes.append(f"{stage} was already complete (exit {process.returncode})")
+    return False
+
+
+def test_killed_inside_every_stage_then_rerun_ends_with_the_same_fingerprints(reference, shared, tmp_path):
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2 ** 31))
+    print(f"FAULT_SEED={seed}")  # shown when the test fails
+    rng, probes = random.Random(seed), []
+    workdir = tmp_path / "killed"
+    for stage in STAGES:
+        kill_inside(stage, workdir, shared, rng, probes)
+        if stage == "finetune/none":  # while one run holds the workdir, another is refused
+            holder = main(workdir, shared)
+            for line in holder.stdout:
+                if line.startswith("stage finetune/none: "):
+                    break
+            second = finish(workdir, shared)
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+            assert second.returncode == 2 and "Traceback" not in second.stderr
+            assert f"is in use by another run (process {holder.pid} on" in second.stderr
+            probes.append("a second run while the first held the workdir: refused, naming the holder")
+    result = finish(workdir, shared)  # the lock of the last killed run is stale and taken over
+    print("\n".join(probes))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert fingerprints(workdir) == fingerprints(reference)
+    for method in ("none", "sae_add_remove"):
+        steps = [json.loads(line)["step"] for line in (workdir / "finetune" / method / "metrics.jsonl").read_text()
+                 .splitlines()]
+        assert steps == sorted(set(steps)), f"{method}: metrics lines written twice"
+    assert not (workdir / "run.lock").exists()
+
+
+def flip(relative: str):
+    def damage(workdir):
+        path = workdir / relative
+        data = bytearray(path.read_bytes())
+        for i in range(len(data) // 2, min(len(data), len(data) // 2 + 32)):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+    return damage
+
+
+def truncate(relative: str):
+    def damage(workdir):
+        path = workdir / relative
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return damage
+
+
+def delete(relative: str):
+    def damage(workdir):
+        path = workdir / relative
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return damage
+
+
+def garbage(relative: str):
+    def damage(workdir):
+        (workdir / relative).write_text("{not json" + " " * 20)
+    return damage
+
+
+def wrong_shape(workdir):
+    path = workdir / "features" / "train.npy"
+    features = np.load(path)
+    np.save(path, features.reshape(features.shape[1], features.shape[0]))  # same bytes, transposed shape
+
+
+def truncate_newest_checkpoint(workdir):
+    steps = workdir / "finetune" / "sae_add_remove" / "checkpoints"
+    newest = max((p for p in steps.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    truncate(str(max((f for f in newest.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+                 .relative_to(workdir)))(workdir)
+    delete("finetune/sae_add_remove/final")(workdir)
+
+
+# (what, damage, marks removed so that a consumer reads the damaged file, advice to follow when named)
+PROBES = [
+    ("zeroshot head, bytes flipped", flip("zeroshot/digits.safetensors"), ["report"], None),
+    ("zeroshot head, truncated", truncate("zeroshot/digits.safetensors"), [], None),
+    ("features, bytes flipped", flip("features/train.npy"), ["sae"], None),
+    ("features, truncated", truncate("features/train.npy"), [], None),
+    ("features, transposed (same size)", wrong_shape, ["sae"], None),
+    ("features chunk, bytes flipped", lambda w: [flip("features/chunks/s0000000-n00008-p000.npz")(w),
+                                                 delete("features/train.npy")(w)], [], None),
+    ("SAE parameters, bytes flipped", flip("sae/sae.safetensors"), ["report"], None),
+    ("SAE parameters, truncated", truncate("sae/sae.safetensors"), [], None),
+    ("sae.json, overwritten", garbage("sae/sae.json"), ["report"], None),
+    ("fine-tuned weights, bytes flipped", flip("finetune/sae_add_remove/final/model.safetensors"),
+     ["evaluate/sae_add_remove"], None),
+    ("fine-tuned weights, truncated", truncate("finetune/sae_add_remove/final/model.safetensors"), [], None),
+    ("fine-tuned head, bytes flipped", flip("finetune/none/head.safetensors"), ["evaluate/none"], None),
+    ("newest checkpoint truncated, final model deleted", truncate_newest_checkpoint, [], None),
+    ("evaluation arrays, bytes flipped", flip("evaluate/none/digits_noisy.npz"), ["report"], None),
+    ("evaluation arrays, deleted", delete("evaluate/none/digits_noisy.npz"), [], None),
+    ("evaluation summary, deleted", delete("evaluate/sae_add_remove/digits_clean.json"), [], None),
+    ("report, truncated", truncate("report/report.md"), [], None),
+    ("a completion mark, overwritten", garbage("sae/done.json"), [], None),
+    ("run.lock, overwritten", garbage("run.lock"), [], None),
+    ("config.json, overwritten", garbage("config.json"), [], "delete config.json"),
+]
+
+
+def smoke_config(shared):
+    sys.path.insert(0, ROOT)
+    from configs import demo
+    from saeft_jax.config import finish as finish_config
+
+    config = demo.get_config("smoke")
+    config.show_progress = False
+    config.data_dir, config.demo.cache_dir = shared["data_dir"], shared["demo.cache_dir"]
+    return finish_config(config)
+
+
+def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, capsys):
+    from saeft_jax.errors import UsageError
+    from saeft_jax.pipeline import run_pipeline
+
+    outcomes = []
+    for what, damage, consumers, advice in PROBES:
+        workdir = tmp_path / what.replace(" ", "_").replace(",", "")
+        shutil.copytree(reference, workdir)
+        damage(workdir)
+        for consumer in consumers:
+            (workdir / consumer / "done.json").unlink()
+        try:
+            run_pipeline(smoke_config(shared), workdir)
+            outcome = "rebuilt on the rerun"
+        except UsageError as error:  # the command line's exit 2 with this paragraph
+            outcome = f"named: {str(error)[:140]}..."
+            if advice == "delete config.json":
+                (workdir / "config.json").unlink()
+            run_pipeline(smoke_config(shared), workdir)  # the advice works
+        outcomes.append(f"{what}: {outcome}")
+        assert fingerprints(workdir) == fingerprints(reference), what
+        report = json.loads((workdir / "report" / "report.json").read_text())
+        assert report["runs"]["sae_add_remove"]["metrics"] == json.loads(
+            (reference / "report" / "report.json").read_text())["runs"]["sae_add_remove"]["metrics"], what
+        shutil.rmtree(workdir)
+    with capsys.disabled():
+        print("\n" + "\n".join(outcomes))
+    assert len(outcomes) == len(PROBES)
+
+
+DISK = """
+set -e
+mkdir -p "$1"
+mount -t tmpfs -o size=$2 tmpfs "$1"
+{main} > "$3/full.out" 2> "$3/full.err" && echo "full: 0" || echo "full: $?"
+ls -R "$1" > "$3/full.ls"
+mount -o remount,size=400m "$1"
+{main} > "$3/freed.out" 2> "$3/freed.err" && echo "freed: 0" || echo "freed: $?"
+mkdir -p "$3/report" && cp "$1/report/report.json" "$3/report/report.json" || true
+mount -o remount,ro "$1"
+{main} > "$3/ro.out" 2> "$3/ro.err" && echo "ro: 0" || echo "ro: $?"
+"""
+
+
+def namespace_prefix() -> list[str] | None:
+    """How to mount a small disk here: in a mount namespace as root, else in a user namespace too."""
+    candidates = ([["unshare", "--mount"]] if os.geteuid() == 0 else []) + [
+        ["unshare", "--user", "--map-root-user", "--mount"]]
+    for prefix in candidates:
+        probe = subprocess.run([*prefix, "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+@pytest.mark.parametrize("size", ["700k", "3m"])
+def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_is_room(reference, shared, tmp_path,
+                                                                                       size):
+    """Once at the features (700k) and once at the first checkpoint (3m); then the same disk made
+    larger, then read-only."""
+    prefix = namespace_prefix()
+    if prefix is None:
+        pytest.skip("this machine lets neither root nor a user namespace mount a small tmpfs")
+    command = " ".join([sys.executable, "-u", "-m", "saeft_jax.main", *arguments("$1", shared)])
+    script = DISK.format(main=command)
+    result = subprocess.run([*prefix, "sh", "-c", script, "sh", str(tmp_path / "disk"), size, str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    codes = dict(line.split(": ") for line in result.stdout.split("\n") if ": " in line)
+    full = (tmp_path / "full.err").read_text()
+    assert codes["full"] == "2", full
+    assert "Traceback" not in full and full.strip().startswith("error: "), full
+    assert "No space left on device" in full or "MiB free" in full, full
+    assert codes["freed"] == "0", (tmp_path / "freed.err").read_text()
+    assert fingerprints(tmp_path) == fingerprints(reference)  # tmp_path/report/report.json: the copy
+    read_only = (tmp_path / "ro.err").read_text()
+    assert codes["ro"] == "2" and "Traceback" not in read_only and "Read-only file system" in read_only, read_only

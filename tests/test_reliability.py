@@ -1,0 +1,257 @@
+"""Bad values, damaged artifacts, busy workdirs and storage failures: each ends with one named
+paragraph (a `UsageError`, exit code 2 on the command line) and loses nothing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from etils import epath
+
+from saeft_jax import storage, workdir_lock
+from saeft_jax.config import finish, method
+from saeft_jax.errors import ConfigError, UsageError
+from saeft_jax.stages import completion
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def smoke(**changes):
+    """The smoke config with `changes` ("a.b": value) applied, not yet finished."""
+    from configs import demo
+
+    config = demo.get_config("smoke")
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("finetune.lr", -1e-3, "positive, finite learning rate"),
+    ("finetune.lr", float("nan"), "positive, finite learning rate"),
+    ("sae.lr", 0.0, "positive, finite learning rate"),
+    ("sae.k", 0, "at least 1"),
+    ("sae.k", 257, "exceeds config.sae.dict_size"),
+    ("sae.dict_size", 0, "positive number of latents"),
+    ("finetune.weight_decay", -0.1, "zero or more"),
+    ("finetune.label_smoothing", 1.0, "in [0, 1)"),
+    ("finetune.clip_norm", 0.0, "positive gradient-norm bound"),
+    ("finetune.batch_size", 0, "positive batch size"),
+    ("finetune.steps", -5, "0 (the length comes from finetune.epochs)"),
+    ("finetune.warmup_steps", 60, "must be below config.finetune.steps"),
+    ("finetune.log_every", 0, "at least 1 step"),
+    ("finetune.checkpoint_every", 0, "at least 1 step"),
+    ("finetune.keep_checkpoints", 0, "at least 1"),
+    ("finetune.accumulate_steps", 0, "at least 1 micro-batch"),
+    ("finetune.crop_scale", (0.9, 0.5), "0 < low <= high <= 1"),
+    ("evaluate.alphas", (0.0, 0.5, 1.5), "outside [0, 1]"),
+    ("evaluate.alphas", (-0.1, 1.0), "outside [0, 1]"),
+    ("features.chunk_steps", 0, "at least 1 batch per chunk"),
+    ("sae.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
+    ("dtype", "float16", "'float32' or 'bfloat16'"),
+    ("num_workers", -1, "0 (reader threads only)"),
+])
+def test_values_that_cannot_work_are_refused_by_name(key, value, says):
+    with pytest.raises(ConfigError, match=r"config\." + key.replace(".", r"\.")) as error:
+        finish(smoke(**{key: value}))
+    assert says in str(error.value)
+
+
+def test_method_weights_must_be_non_negative():
+    config = smoke()
+    config.finetune.methods.sae_add_remove.reg_lambda = -70.0
+    with pytest.raises(ConfigError, match=r"config\.finetune\.methods\.sae_add_remove\.reg_lambda is -70\.0"):
+        finish(config)
+    config = smoke()
+    config.finetune.methods.sae_add_remove = method("sae_add_remove", reg_lambda=1.0, lambda_remove=-0.5)
+    with pytest.raises(ConfigError, match=r"methods\.sae_add_remove\.lambda_remove is -0\.5"):
+        finish(config)
+    with pytest.raises(ConfigError, match="both 0, so fine-tuning has no length"):
+        finish(smoke(**{"finetune.steps": 0, "finetune.epochs": 0}))
+
+
+def test_a_bad_value_on_the_command_line_exits_2_before_anything_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
+                             f"--workdir={tmp_path / 'w'}", "--config.finetune.lr=-1e-3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "config.finetune.lr is -0.001" in result.stderr and not (tmp_path / "w").exists()
+
+
+class FakeRun:
+    """What `preflight` reads of a run: its config, datasets and sources."""
+
+    def __init__(self, config, examples: int = 900):
+        from saeft_jax.data.registry import DatasetSpec
+
+        self.config = config
+        self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
+        self.examples = examples
+
+    def eval_specs(self):
+        return [self.train_spec]
+
+    def source(self, spec):
+        return [None] * self.examples
+
+
+@pytest.mark.parametrize("changes, devices, says", [
+    ({"finetune.batch_size": 64}, 3, "config.finetune.batch_size is 64, which does not divide over this run's 3 "),
+    ({"evaluate.batch_size": 100}, 8, "config.evaluate.batch_size is 100"),
+    ({"sae.batch_size": 100}, 8, "config.sae.batch_size is 100, which does not divide over the 8 devices"),
+    ({"sae.batch_size": 1024}, 1, "config.sae.batch_size (1024) exceeds the 900 training embeddings"),
+    ({"finetune.steps": 0, "finetune.epochs": 1, "finetune.warmup_steps": 20}, 1,
+     "must be below the run's 14 fine-tuning steps (1 epochs of 900 examples at batch 64)"),
+])
+def test_preflight_refuses_what_the_devices_or_the_data_cannot_run(monkeypatch, changes, devices, says):
+    from saeft_jax import preflight
+
+    monkeypatch.setattr(preflight.jax, "device_count", lambda: devices)
+    monkeypatch.setattr(preflight.jax, "local_device_count", lambda: devices)
+    with pytest.raises(ConfigError) as error:
+        preflight.check(FakeRun(finish(smoke(**changes))))
+    assert says in str(error.value)
+
+
+def test_preflight_accepts_the_smoke_config_on_eight_devices(monkeypatch):
+    from saeft_jax import preflight
+
+    monkeypatch.setattr(preflight.jax, "device_count", lambda: 8)
+    monkeypatch.setattr(preflight.jax, "local_device_count", lambda: 8)
+    preflight.check(FakeRun(finish(smoke())))
+
+
+def write_lock(workdir, **fields):
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "token": "theirs", "started": time.time(),
+              "heartbeat": time.time(), **fields}
+    (workdir / workdir_lock.NAME).write_text(json.dumps(record))
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_live_run_keeps_its_workdir(tmp_path):
+    write_lock(tmp_path)  # this very process: alive
+    with pytest.raises(workdir_lock.WorkdirBusy, match=rf"in use by another run \(process {os.getpid()} on "):
+        workdir_lock.WorkdirLock(epath.Path(tmp_path)).acquire()
+    write_lock(tmp_path, host="elsewhere", pid=1)  # another host, recent heartbeat
+    with pytest.raises(workdir_lock.WorkdirBusy, match="on elsewhere"):
+        workdir_lock.WorkdirLock(epath.Path(tmp_path)).acquire()
+    assert json.loads((tmp_path / workdir_lock.NAME).read_text())["token"] == "theirs"  # untouched
+
+
+@pytest.mark.parametrize("stale", ["dead process", "old heartbeat elsewhere", "unreadable"])
+def test_a_stale_lock_is_taken_over_and_released(tmp_path, stale):
+    if stale == "dead process":
+        write_lock(tmp_path, pid=dead_pid())
+    elif stale == "old heartbeat elsewhere":
+        write_lock(tmp_path, host="elsewhere", heartbeat=time.time() - workdir_lock.STALE_AFTER_S - 1)
+    else:
+        (tmp_path / workdir_lock.NAME).write_text('{"host": "vm", "pid"')
+    lock = workdir_lock.WorkdirLock(epath.Path(tmp_path))
+    lock.acquire()
+    held = json.loads((tmp_path / workdir_lock.NAME).read_text())
+    assert held["token"] == lock.token and held["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / workdir_lock.NAME).exists()
+
+
+def test_release_leaves_a_lock_that_another_run_took_over(tmp_path):
+    lock = workdir_lock.WorkdirLock(epath.Path(tmp_path))
+    lock.acquire()
+    write_lock(tmp_path, token="newer")  # presumed dead, taken over by another run
+    lock.release()
+    assert json.loads((tmp_path / workdir_lock.NAME).read_text())["token"] == "newer"
+
+
+def make_artifact(workdir, parts, files: dict[str, bytes], inputs=()) -> None:
+    directory = workdir.joinpath(*parts)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
+    record = {"files": completion.digests(directory, tuple(files)), "inputs": completion.input_hashes(workdir, inputs)}
+    (directory / completion.DONE).write_text(json.dumps(record))
+
+
+def test_marks_see_missing_resized_and_stale_artifacts_and_a_rerun_discards_them(tmp_path):
+    workdir = epath.Path(tmp_path)
+    make_artifact(workdir, ("sae",), {"sae.safetensors": b"x" * 100, "sae.json": b"{}"})
+    make_artifact(workdir, ("finetune", "m"), {"final/model.safetensors": b"w" * 50, "head.safetensors": b"h"},
+                  inputs=(("sae",),))
+    (tmp_path / "finetune" / "m" / "checkpoints").mkdir()
+    assert completion.status(workdir, ("finetune", "m"))[0] is not None
+    (tmp_path / "finetune" / "m" / "final" / "model.safetensors").write_bytes(b"w" * 49)
+    record, problem = completion.status(workdir, ("finetune", "m"))
+    assert record is None and "has 49 bytes, 50 when it was written" in problem.reason
+    assert problem.files == ("final/model.safetensors",) and not problem.start_over
+    completion.discard(workdir, ("finetune", "m"), problem)  # only the damaged file goes: the rest resumes
+    assert not (tmp_path / "finetune" / "m" / "final" / "model.safetensors").exists()
+    kept = tmp_path / "finetune" / "m"
+    assert (kept / "checkpoints").is_dir() and (kept / "head.safetensors").exists()
+    make_artifact(workdir, ("finetune", "m"), {"final/model.safetensors": b"w" * 50, "head.safetensors": b"h"},
+                  inputs=(("sae",),))
+    make_artifact(workdir, ("sae",), {"sae.safetensors": b"y" * 100, "sae.json": b"{}"})  # rebuilt differently
+    record, problem = completion.status(workdir, ("finetune", "m"))
+    assert record is None and problem.start_over and problem.reason.endswith("sae that has since changed")
+    completion.discard(workdir, ("finetune", "m"), problem)  # made from the old SAE: nothing of it is resumed
+    assert [p.name for p in (tmp_path / "finetune" / "m").iterdir()] == [completion.WITHDRAWN]
+    (tmp_path / "sae" / "sae.json").unlink()
+    assert "sae.json is missing" in completion.status(workdir, ("sae",))[1].reason
+    (tmp_path / "sae" / completion.DONE).write_text("{not json")
+    assert completion.status(workdir, ("sae",)) == (None, None)  # a damaged mark: the stage runs again
+
+
+def test_a_file_with_flipped_bytes_is_caught_where_it_is_read_and_its_stage_withdrawn(tmp_path):
+    workdir = epath.Path(tmp_path)
+    make_artifact(workdir, ("sae",), {"sae.safetensors": b"x" * 100, "sae.json": b"{}"})
+    assert completion.verified(workdir, ("sae",), "sae.safetensors", "rerunning it") == tmp_path / "sae" / \
+        "sae.safetensors"
+    (tmp_path / "sae" / "sae.safetensors").write_bytes(b"x" * 50 + b"y" + b"x" * 49)  # same size
+    assert completion.status(workdir, ("sae",))[0] is not None  # the cheap check cannot see it
+    with pytest.raises(completion.ArtifactDamaged, match=r"sae\.safetensors does not match the size and SHA-256.*"
+                                                         r"so rerunning it rebuilds it"):
+        completion.verified(workdir, ("sae",), "sae.safetensors", "rerunning it")
+    assert not (tmp_path / "sae" / "sae.safetensors").exists() and not (tmp_path / "sae" / completion.DONE).exists()
+    assert (tmp_path / "sae" / completion.WITHDRAWN).exists()  # kept for a look
+    assert completion.status(workdir, ("sae",)) == (None, None)  # so the pipeline runs the stage again
+
+
+def test_storage_failures_become_one_paragraph_naming_the_path(tmp_path):
+    with pytest.raises(storage.StorageError, match=r"/data/x: No space left on device \(while writing\)"):
+        with storage.failures_named(str(tmp_path), "writing"):
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/x")
+    with pytest.raises(storage.StorageError, match=rf"{tmp_path}: RESOURCE_EXHAUSTED: Error writing"):
+        with storage.failures_named(str(tmp_path), "saving"):
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database')
+    with pytest.raises(ZeroDivisionError):  # a bug stays a bug
+        with storage.failures_named(str(tmp_path), "dividing"):
+            raise ZeroDivisionError("not a storage problem")
+    assert issubclass(storage.StorageError, UsageError)
+
+
+def test_a_checkpoint_that_would_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    from saeft_jax import checkpoints
+
+    manager = checkpoints.Checkpoints(tmp_path / "checkpoints")
+    usage = type("Usage", (), {"free": 1024})
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(storage.StorageError, match=r"has 0\.0 MiB free, and a checkpoint needs about 6\.5 MiB"):
+        manager.save(1, {"w": np.zeros(2 ** 20 * 5 // 4, np.float32)})
+    manager.close()
+    assert manager.latest_step() is None and not any((tmp_path / "checkpoints").iterdir())
