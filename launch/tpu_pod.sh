@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# SAE-FT on a Cloud TPU pod slice: create the TPU VM, install on every worker, run the same
-# command on all of them (JAX finds the other hosts itself; no distributed flags needed).
+# SAE-FT on a Cloud TPU VM slice: create it, install on every worker, run the same command on all
+# of them. JAX finds the other hosts through the TPU VM metadata server (saeft_jax.distributed),
+# so no distributed flags are needed.
 #
 #   REPO=https://github.com/OWNER/saeft-jax.git BUCKET=gs://my-bucket \
 #   ZONE=us-central2-b TYPE=v4-32 NAME=saeft CONFIG=configs/vitb16.py launch/tpu_pod.sh
 #
-# Data must be in TFDS ArrayRecord format on GCS (TFDS_DATA_DIR=gs://.../tensorflow_datasets, prepared
-# once from any machine with `tfds build ... --file_format=array_record --data_dir=gs://...`).
-# The workdir is gs://BUCKET/saeft/RUN, written by every host directly (gcsfs and Orbax's GCS driver).
+# The TPU VM image's Python is 3.10, below the package's floor (3.11, as jax needs), so uv
+# installs a 3.11 next to it; the install is pinned to the versions CI tested (constraints.txt).
+# Data in TFDS ArrayRecord format in the bucket (TFDS_DATA_DIR=$BUCKET/tensorflow_datasets,
+# prepared once from any machine with `tfds build ... --file_format=array_record
+# --data_dir=$BUCKET/tensorflow_datasets`; folders with `python -m saeft_jax.data.prepare ...
+# --data_dir=$BUCKET/tensorflow_datasets`). Every host reads the data and writes the workdir,
+# gs://BUCKET/saeft/RUN, directly. Rerunning this script after a preemption continues the run.
 set -euo pipefail
 : "${REPO:?git URL of saeft-jax}" "${BUCKET:?gs:// bucket for the workdir and data}"
 ZONE=${ZONE:-us-central2-b}; TYPE=${TYPE:-v4-32}; NAME=${NAME:-saeft}; CONFIG=${CONFIG:-configs/vitb16.py}
-VERSION=${VERSION:-tpu-ubuntu2204-base}; RUN=${RUN:-$(basename "$CONFIG" .py)}
+VERSION=${VERSION:-tpu-ubuntu2204-base}; RUN=${RUN:-$(basename "$CONFIG" .py)}; PYTHON=${PYTHON:-3.11}
 
 gcloud compute tpus tpu-vm describe "$NAME" --zone "$ZONE" >/dev/null 2>&1 || \
   gcloud compute tpus tpu-vm create "$NAME" --zone "$ZONE" --accelerator-type "$TYPE" --version "$VERSION"
 
 on_all() { gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all --command "$1"; }
 
-on_all "set -e; [ -d saeft-jax ] || git clone $REPO saeft-jax; cd saeft-jax && git pull --ff-only; \
-        python3 -m venv ~/venv && . ~/venv/bin/activate && pip install -q -U pip && \
-        pip install -q 'jax[tpu]' -e '.[gcs]'"
-# The same command on every host; rerunning it after a preemption continues the run.
+on_all "set -e; command -v ~/.local/bin/uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; \
+        [ -d saeft-jax ] || git clone $REPO saeft-jax; cd saeft-jax && git pull --ff-only; \
+        ~/.local/bin/uv venv --allow-existing --python $PYTHON ~/venv && . ~/venv/bin/activate && \
+        ~/.local/bin/uv pip install -c constraints.txt 'jax[tpu]' -e '.[gcs]'"
 on_all "cd saeft-jax && . ~/venv/bin/activate && TFDS_DATA_DIR=$BUCKET/tensorflow_datasets \
-        python -m saeft_jax.main --config=$CONFIG --workdir=$BUCKET/saeft/$RUN"
+        python -m saeft_jax.main --config=$CONFIG --workdir=$BUCKET/saeft/$RUN --config.data_dir=$BUCKET/tensorflow_datasets"

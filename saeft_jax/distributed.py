@@ -1,41 +1,89 @@
-"""Multi-process start-up (`jax.distributed.initialize` exactly when a run spans several
-processes) and the barrier that lets processes wait for each other.
+"""Multi-process start-up and the barrier that lets processes wait for each other.
 
-Explicit settings (flags or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) win;
-TPU pods and SLURM jobs of several tasks are detected by JAX itself; a single-host run never
-initializes. Must run before any other JAX call.
+A run joins its processes (`jax.distributed.initialize`) when, and only when, it spans several:
+
+- explicit settings win: `--coordinator_address/--num_processes/--process_id`, or
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID;
+- otherwise JAX's own cluster detection decides, with JAX's own rules: SLURM (inside `srun`), a
+  gcloud TPU VM slice (through its metadata server), a GKE TPU pod, Kubernetes, Open MPI. A
+  cluster of one process (a single-host TPU VM, a one-task SLURM job) does not initialize;
+- `SAEFT_DISTRIBUTED=off` turns detection off for a run that only looks like a cluster.
+
+Under SLURM every task is one process and drives one GPU, the GPU of its SLURM_LOCALID (JAX's
+rule), so a node with 8 GPUs runs 8 tasks (`launch/slurm.sbatch`). CPU processes talk over gloo.
+Must run before any other JAX call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 
+from saeft_jax.errors import UsageError
 
-def _multi_task_cluster() -> bool:
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
-    tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return slurm or tpu_pod
+SWITCH = "SAEFT_DISTRIBUTED"
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
-    """Joins the process group when the run spans several processes; returns whether it did."""
+@dataclasses.dataclass(frozen=True)
+class Startup:
+    """How this process starts: `how` is "explicit", a JAX cluster name ("slurm", "gcetpu",
+    "gketpu", ...) or "single host"; the other fields are JAX's settings (None: JAX decides)."""
+
+    how: str
+    processes: int = 1
+    process_id: int = 0
+    coordinator_address: str | None = None
+    local_device_ids: tuple[int, ...] | None = None
+
+    @property
+    def joins(self) -> bool:
+        return self.processes > 1
+
+
+def plan(coordinator_address: str | None = None, num_processes: int | None = None,
+         process_id: int | None = None) -> Startup:
+    """What `initialize` will do, decided without starting anything."""
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
         count = num_processes if num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
         index = process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID")
         if count is None or index is None:
-            raise ValueError(f"a coordinator address ({address}) needs the number of processes and this "
+            raise UsageError(f"a coordinator address ({address}) needs the number of processes and this "
                              f"process's id (--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
+        return Startup("explicit", int(count), int(index), address)
+    switch = os.environ.get(SWITCH, "auto")
+    if switch not in ("auto", "off"):
+        raise UsageError(f"{SWITCH}={switch!r}; use 'auto' (JAX detects SLURM, TPU slices, GKE, ...) or 'off' "
+                         f"(this run is one process).")
+    cluster = _detected_cluster() if switch == "auto" else None
+    if cluster is None or cluster.get_process_count() <= 1:
+        return Startup("single host")
+    address, count, index, devices = cluster.auto_detect_unset_distributed_params(
+        None, None, None, None, cluster.name, 300)
+    return Startup(cluster.name, count, index, address, tuple(devices) if devices is not None else None)
+
+
+def _detected_cluster():
+    """The cluster environment JAX would join by itself (`jax.distributed.initialize()` with no
+    arguments), or None on a single machine."""
+    from jax._src import clusters  # JAX's detection, the same that initialize() uses
+
+    return next((env for env in clusters.ClusterEnv._cluster_types
+                 if not env.opt_in_only_method and env.is_env_present()), None)
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> Startup:
+    """Joins the process group when the run spans several processes; returns how it started."""
+    startup = plan(coordinator_address, num_processes, process_id)
+    if startup.joins:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over gloo
-        jax.distributed.initialize(address, int(count), int(index))
-        return True
-    if _multi_task_cluster():
-        jax.distributed.initialize()
-        return True
-    return False
+        jax.distributed.initialize(startup.coordinator_address, startup.processes, startup.process_id,
+                                   local_device_ids=list(startup.local_device_ids)
+                                   if startup.local_device_ids is not None else None)
+    return startup
 
 
 def barrier(name: str, timeout_s: int = 24 * 3600) -> None:

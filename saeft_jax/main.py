@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from saeft_jax import distributed
+from saeft_jax.errors import UsageError
 from saeft_jax.methods import unknown_hparam_hints
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file, e.g. configs/vitb16.py[:arg].")
@@ -96,11 +97,13 @@ def _missing_config_file(argv: list[str]) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; flags go as --name=value and config keys as --config.<key>=<value>.")
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any other JAX call
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any JAX call
+    except UsageError as error:
+        fail(str(error))
     if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO; show warnings and up
         logging.set_verbosity(logging.WARNING)
     from saeft_jax.config import finish
-    from saeft_jax.errors import UsageError
     from saeft_jax.pipeline import run_pipeline
     from saeft_jax.stages.finetuned import Preempted
 

@@ -36,6 +36,12 @@ def _check_batches(run: Run) -> None:
             raise ConfigError(f"config.{key} is {batch}, which does not divide over this run's {devices} devices in "
                               f"{processes} process(es): every device takes an equal share of each batch. Use a "
                               f"multiple of {devices} (e.g. {_multiple(batch, devices)}).")
+    micro = c.finetune.accumulate_steps
+    if c.finetune.batch_size % (devices * micro):
+        raise ConfigError(f"config.finetune.batch_size ({c.finetune.batch_size}) must split into "
+                          f"config.finetune.accumulate_steps ({micro}) micro-batches that each divide over the "
+                          f"{devices} devices; use a multiple of {devices * micro} (e.g. "
+                          f"{_multiple(c.finetune.batch_size, devices * micro)}).")
     if c.sae.batch_size % local:  # the SAE trains on process 0's own devices
         raise ConfigError(f"config.sae.batch_size is {c.sae.batch_size}, which does not divide over the {local} "
                           f"devices of process 0, where the SAE trains. Use a multiple of {local} (e.g. "

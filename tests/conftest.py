@@ -72,7 +72,8 @@ def tiny_clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bucket():
     """`gs://bucket` served by an in-memory GCS emulator on 127.0.0.1, reached by gcsfs (the
-    workdir's files) and by TensorStore (Orbax's checkpoints) as they would reach Cloud Storage."""
+    workdir's files), by TensorStore (Orbax's checkpoints) and by google-cloud-cpp (ArrayRecord's
+    reader of prepared datasets) as they would reach Cloud Storage."""
     import logging
     import socket
 
@@ -88,6 +89,7 @@ def bucket():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {"STORAGE_EMULATOR_HOST": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
+           "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,  # google-cloud-cpp, inside ArrayRecord's reader
            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "True"}
     before = {name: os.environ.get(name) for name in env}
     os.environ.update(env)

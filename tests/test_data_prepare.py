@@ -217,3 +217,29 @@ def test_ignored_files_and_empty_classes_are_summarised_and_counts_checked(tmp_p
     assert "2 files that are not images, ignored" in out and "notes.txt" in out and "README" in out
     info = prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "x"))
     assert info["empty_classes"] == {"test": ["b"]} and len(info["ignored"]["test"]) == 2
+
+
+def test_prepared_datasets_are_written_to_and_read_from_a_bucket(tmp_path, bucket):
+    import pickle
+
+    truth = {}
+    for split in ("train", "test"):
+        for label, name in enumerate(["cat", "dog"]):
+            truth[split, label] = write_image(tmp_path / split / name / "0.png", 7 * label + len(split))
+        prepare.prepare("folder", tmp_path / split, f"{bucket}/tfds", name="pets", split=split, show_progress=False)
+    info = prepare.records.read_info(prepare.prepared_dir(f"{bucket}/tfds", "pets"))
+    assert info["splits"] == {"train": 2, "test": 2}  # accumulated in the bucket too
+    for split in ("train", "test"):
+        source = sources.open_source(folder_spec("pets", split, classes=2), f"{bucket}/tfds")
+        reopened = pickle.loads(pickle.dumps(source))  # as a grain worker gets it
+        for index in range(2):
+            np.testing.assert_array_equal(reopened[index]["image"], truth[split, reopened[index]["label"]])
+
+
+def test_tfds_sources_keep_a_bucket_data_dir(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    seen = {}
+    monkeypatch.setattr(tfds, "data_source", lambda name, **kw: seen.update(kw) or [None])
+    sources.open_source(dataset_spec("imagenet_v2"), "gs://my-bucket/tensorflow_datasets")
+    assert seen["data_dir"] == "gs://my-bucket/tensorflow_datasets"  # not gs:/my-bucket/...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from saeft_jax.data import records
@@ -52,7 +54,7 @@ def test_written_dataset_has_every_split_and_is_written_once(tmp_path):
     tests = len(digits.split_indices(1797, setup)["test"])
     assert info["splits"] == {"train": 2 * len(digits.split_indices(1797, setup)["finetune"]),
                               **{f"test_{s}": tests for s in digits.STYLES}}
-    stamp = (directory / "info.json").stat().st_mtime_ns
+    stamp = os.stat(directory / "info.json").st_mtime_ns
     digits.write_dataset(tmp_path, setup)
-    assert (directory / "info.json").stat().st_mtime_ns == stamp
+    assert os.stat(directory / "info.json").st_mtime_ns == stamp
     assert digits.DigitsSetup(finetune_style="noisy").dataset != setup.dataset

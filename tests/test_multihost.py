@@ -17,8 +17,9 @@ import json, sys
 sys.path.insert(0, "tests")
 from saeft_jax import distributed
 process_id, processes, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-address = f"127.0.0.1:{port}"
-joined = distributed.initialize(address, processes, process_id) if processes > 1 else distributed.initialize()
+explicit = processes > 1 and port != "slurm"  # under a simulated srun the environment says it all
+joined = (distributed.initialize(f"127.0.0.1:{port}", processes, process_id) if explicit
+          else distributed.initialize()).joins
 import jax
 from saeft_jax import parallel
 from saeft_jax.training.step import init_state
@@ -56,11 +57,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(process_id: int, processes: int, port: int, devices: int) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+def start(process_id: int, processes: int, port: int | str, devices: int, **extra_env: str) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           **extra_env}
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-c", WORKER, str(process_id), str(processes), str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def srun_environment(task: int, tasks: int) -> dict[str, str]:
+    """What `srun --ntasks=TASKS` sets for task TASK on one node, with a job id whose SLURM port
+    (JAX's rule: 61440 + job id mod 4096) is free here."""
+    port = next(p for p in range(61440 + os.getpid() % 2000, 65536) if _free(p))
+    return {"SLURM_JOB_ID": str(port - 61440 + 4096), "SLURM_NTASKS": str(tasks), "SLURM_PROCID": str(task),
+            "SLURM_LOCALID": str(task), "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1",
+            "SLURM_NODEID": "0", "SLURM_STEP_ID": "0"}
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def result(process: subprocess.Popen) -> dict:
@@ -86,17 +106,14 @@ def test_two_processes_match_one_process_with_as_many_devices():
         np.testing.assert_allclose(worker["embedding"], single["embedding"], rtol=1e-4)
 
 
-def test_single_host_never_initializes_and_half_settings_are_named(monkeypatch):
-    from saeft_jax import distributed
-
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
-                 "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
-        monkeypatch.delenv(name, raising=False)
-    assert distributed.initialize() is False
-    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
-    with pytest.raises(ValueError, match="needs the number of processes and this process's id"):
-        distributed.initialize()
-    monkeypatch.setenv("SLURM_JOB_ID", "7")
-    monkeypatch.setenv("SLURM_NTASKS", "1")
-    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
-    assert distributed.initialize() is False  # a one-task SLURM job is a single host
+@pytest.mark.slow
+def test_two_tasks_under_a_simulated_srun_join_as_one_job_without_flags():
+    """No distributed flags: JAX reads the SLURM environment, and the pair matches one process."""
+    environments = [srun_environment(task, 2) for task in range(2)]
+    environments[1]["SLURM_JOB_ID"] = environments[0]["SLURM_JOB_ID"]
+    workers = [start(i, 2, "slurm", devices=4, **environments[i]) for i in range(2)]
+    single = result(start(0, 1, free_port(), devices=8))
+    for worker in (result(w) for w in workers):
+        assert worker["joined"] and worker["processes"] == 2 and worker["devices"] == 8
+        np.testing.assert_allclose(worker["losses"], single["losses"], rtol=1e-5)
+        assert worker["predictions"] == single["predictions"] and worker["scores"] == single["scores"]

@@ -132,7 +132,8 @@ def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, ca
 
 def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprint(finished, tmp_path_factory, bucket,
                                                                                   monkeypatch):
-    """The same run with --workdir=gs://... (an emulated bucket), stopped after the SAE and rerun."""
+    """The same run with its workdir and its data in an emulated bucket (--workdir=gs://...,
+    --config.data_dir=gs://...; the demo writes its dataset there), stopped after the SAE and rerun."""
     import ml_collections
 
     from saeft_jax import storage
@@ -142,11 +143,14 @@ def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprin
     monkeypatch.setattr(storage, "CACHE", str(tmp_path_factory.mktemp("remote_cache")))
     workdir = storage.path(f"{bucket}/stopped")
     only = {"finetune.methods": ml_collections.ConfigDict({"sae_add_remove": method("sae_add_remove",
-                                                                                     reg_lambda=100.0)})}
+                                                                                     reg_lambda=100.0)}),
+            "data_dir": f"{bucket}/tensorflow_datasets"}
     run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
     assert not (workdir / "finetune").exists() and (workdir / "sae" / "done.json").exists()
     run_pipeline(smoke_config(tmp_path_factory, **only), str(workdir))
     assert (workdir / "finetune" / "sae_add_remove" / "checkpoints").is_dir()  # Orbax wrote to the bucket too
+    demo_data = list(storage.path(f"{bucket}/tensorflow_datasets/saeft").glob("demo_digits-*"))
+    assert demo_data and (demo_data[0] / "info.json").exists()  # the data were written to and read from it
     assert (workdir / "report" / "wise.png").read_bytes()[:4] == b"\x89PNG"
     resumed = json.loads((workdir / "report" / "report.json").read_text())
     complete = json.loads((finished / "report" / "report.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -188,25 +189,37 @@ def test_teacher_cache_is_exact_for_deterministic_inputs():
         ldifs(init_state(params, optimizer), frozen, batch(images, labels, cached))
 
 
-def test_two_accumulated_half_batches_equal_one_full_batch_step():
-    model, params, frozen, images, labels = setup_run()
+def test_accumulated_micro_batches_equal_the_large_batch_over_a_whole_run(tmp_path):
+    """Batch 8 as 4 micro-batches of 2 against batch 8 at once, over a whole 6-step schedule:
+    the same parameters, and the logged rate is the applied one, counted in updates."""
+    from saeft_jax.training.loop import train_loop
+    from test_loop import batches
+
+    model, params, frozen, _, _ = setup_run()
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(24, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, 24).astype(np.int32)
     loss = make_loss(model, penalty("sae_add_remove"), reg_lambda=10.0)
     mesh = parallel.data_mesh(jax.devices()[:1])
-    full_opt, schedule = make_optimizer(1e-3, total_steps=100, warmup_steps=2)
-    half_opt, _ = make_optimizer(1e-3, total_steps=100, warmup_steps=2, accumulate_steps=2)
-    full_step = make_train_step(loss, full_opt, schedule, mesh)
-    half_step = make_train_step(loss, half_opt, schedule, mesh)
-    full, _ = full_step(init_state(params, full_opt), frozen, batch(images, labels))
-    half = init_state(params, half_opt)
-    half, _ = half_step(half, frozen, batch(images[:4], labels[:4]))
-    unchanged = jax.device_get(half["params"])
-    half, _ = half_step(half, frozen, batch(images[4:], labels[4:]))
-    # Every loss term is a mean over the batch, so the mean of the halves' gradients is the full one.
+    finals, logged = {}, {}
+    for micro in (1, 4):
+        optimizer, schedule = make_optimizer(1e-3, total_steps=6, warmup_steps=2)
+        step = make_train_step(loss, optimizer, schedule, mesh, accumulate_steps=micro)
+        state, summary = train_loop(step, init_state(params, optimizer), frozen, batches(images, labels, 8),
+                                    mesh=mesh, workdir=tmp_path / str(micro), total_steps=6, log_every=1,
+                                    checkpoint_every=3, show_progress=False)
+        assert summary["steps"] == 6
+        finals[micro] = traverse_util.flatten_dict(jax.device_get(state["params"]))
+        logged[micro] = [json.loads(line) for line in (tmp_path / str(micro) / "metrics.jsonl").read_text()
+                         .splitlines()]
     # Key biases are skipped: softmax ignores them, their gradient is rounding noise that Adam
     # scales up to a full-size update.
-    accumulated = traverse_util.flatten_dict(jax.device_get(half["params"]))
-    for path, value in traverse_util.flatten_dict(jax.device_get(full["params"])).items():
+    for path, value in finals[1].items():
         if path[-2:] != ("k_proj", "bias"):
-            np.testing.assert_allclose(accumulated[path], value, rtol=1e-5, atol=1e-6, err_msg="/".join(path))
-    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), unchanged, jax.device_get(params))
-    assert max(jax.tree.leaves(moved)) == 0  # the first micro-batch only accumulates
+            np.testing.assert_allclose(finals[4][path], value, rtol=2e-4, atol=2e-5, err_msg="/".join(path))
+    rates = [record["lr"] for record in logged[4]]
+    assert rates == pytest.approx([record["lr"] for record in logged[1]])
+    assert rates == pytest.approx([float(schedule(i)) for i in range(6)])  # warm-up 2 updates, then cosine
+    assert rates[-1] < 0.2 * rates[1]  # the cosine is near its end at the last update, not at the peak
+    for name in ("loss", "ce", "reg"):
+        assert [r[name] for r in logged[4]] == pytest.approx([r[name] for r in logged[1]], rel=1e-4), name

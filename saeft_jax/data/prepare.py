@@ -28,6 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
+from saeft_jax import storage
 from saeft_jax.data import labels, records
 from saeft_jax.errors import UsageError
 from saeft_jax.observe import progress
@@ -67,9 +70,9 @@ class Listing:
     empty_classes: list[str] = dataclasses.field(default_factory=list)
 
 
-def prepared_dir(data_dir: str | os.PathLike, name: str) -> Path:
-    """Where prepared dataset `name` lives."""
-    return Path(data_dir).expanduser() / "saeft" / name
+def prepared_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
+    """Where prepared dataset `name` lives (a local directory or a gs:// prefix)."""
+    return storage.path(data_dir) / "saeft" / name
 
 
 def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *, name: str | None = None,
@@ -113,7 +116,7 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def _joined_info(out: Path, name: str, listing: Listing) -> dict[str, Any]:
+def _joined_info(out: epath.Path, name: str, listing: Listing) -> dict[str, Any]:
     """The dataset's info with this preparation's classes, keeping the splits prepared before."""
     info = {"name": name, "classnames": list(listing.classnames), "group_names": list(listing.group_names),
             "splits": {}, "skipped": {}, "ignored": {}, "empty_classes": {}}

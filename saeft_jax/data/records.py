@@ -3,7 +3,8 @@
 A record is `len(header) (4 bytes, little endian) + header (UTF-8 JSON: label, group, file) +
 the image file's bytes as they were` (JPEG, PNG, ...), so preparation never re-encodes and no
 record is ever unpickled. A split lives in `<dir>/<split>-NNNNN-of-MMMMM.array_record`;
-`<dir>/info.json` holds the class names, group names and example counts.
+`<dir>/info.json` holds the class names, group names and example counts. `<dir>` may be on a
+local disk or in a bucket (gs://): ArrayRecord reads Cloud Storage itself.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import io
 import json
 import struct
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image
+
+from saeft_jax import storage
 
 INFO = "info.json"
 
@@ -44,44 +49,45 @@ def decode_image(data: bytes, name: str = "") -> np.ndarray:
         raise ValueError(f"image {name or '(unnamed)'} does not decode: {error}") from error
 
 
-def split_files(directory: Path, split: str) -> list[Path]:
-    """The ArrayRecord files of one split, in order."""
-    return sorted(Path(directory).glob(f"{split}-*-of-*.array_record"))
+def split_files(directory: epath.Path, split: str) -> list[epath.Path]:
+    """The ArrayRecord files of one split, in order (on a disk or in a bucket)."""
+    return sorted(storage.path(directory).glob(f"{split}-*-of-*.array_record"), key=str)
 
 
-def write_split(directory: Path, split: str, records: Iterable[bytes], per_file: int = 10_000) -> int:
+def write_split(directory: epath.Path, split: str, records: Iterable[bytes], per_file: int = 10_000) -> int:
     """Streams records into the shards of `split` and returns how many it wrote. Shards are written
-    under temporary names and take their final `-of-` names only at the end, so a stopped
+    under temporary names on a local disk and take their final `-of-` names only at the end (in a
+    bucket: are uploaded then), replacing an earlier preparation of the split, so a stopped
     preparation leaves no file that looks complete."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    partials, writer, written = [], None, 0
-    for record in records:
-        if written % per_file == 0:
-            if writer is not None:
-                writer.close()
-            partials.append(directory / f"{split}-{len(partials):05d}.partial")
-            writer = ArrayRecordWriter(str(partials[-1]), "group_size:1")
-        writer.write(record)
-        written += 1
-    if writer is not None:
-        writer.close()
-    for stale in split_files(directory, split):  # an earlier preparation of this split, maybe in other shards
-        stale.unlink()
-    for shard, partial in enumerate(partials):
-        partial.rename(directory / f"{split}-{shard:05d}-of-{len(partials):05d}.array_record")
+    with tempfile.TemporaryDirectory(dir=None if storage.is_remote(directory) else directory) as staging:
+        partials, writer, written = [], None, 0
+        for record in records:
+            if written % per_file == 0:
+                if writer is not None:
+                    writer.close()
+                partials.append(Path(staging) / f"{split}-{len(partials):05d}.partial")
+                writer = ArrayRecordWriter(str(partials[-1]), "group_size:1")
+            writer.write(record)
+            written += 1
+        if writer is not None:
+            writer.close()
+        for stale in split_files(directory, split):
+            stale.unlink()
+        for shard, partial in enumerate(partials):
+            storage.publish(partial, directory / f"{split}-{shard:05d}-of-{len(partials):05d}.array_record")
     return written
 
 
-def write_info(directory: Path, info: dict[str, Any]) -> None:
+def write_info(directory: epath.Path, info: dict[str, Any]) -> None:
     """Writes `info.json` last and atomically: its presence marks the dataset as complete."""
-    partial = directory / (INFO + ".partial")
-    partial.write_text(json.dumps(info, indent=1))
-    partial.rename(directory / INFO)
+    storage.write_atomic(storage.path(directory) / INFO, json.dumps(info, indent=1))
 
 
-def read_info(directory: Path) -> dict[str, Any] | None:
+def read_info(directory: epath.Path) -> dict[str, Any] | None:
     """`info.json` of a prepared dataset, or None when it is missing (not prepared or unfinished)."""
-    path = Path(directory) / INFO
+    path = storage.path(directory) / INFO
     return json.loads(path.read_text()) if path.exists() else None

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from saeft_jax import storage
 from saeft_jax.data import records
 from saeft_jax.errors import UsageError
 from saeft_jax.data.prepare import prepared_dir
@@ -24,8 +25,9 @@ class DatasetNotPrepared(UsageError, FileNotFoundError):
 
 
 def open_source(spec: DatasetSpec, data_dir: str | os.PathLike | None = None):
-    """The examples of `spec`'s split, read from `data_dir` (default `$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
-    data_dir = str(Path(data_dir or DEFAULT_DATA_DIR).expanduser())
+    """The examples of `spec`'s split, read from `data_dir`: a local directory or a bucket
+    (gs://...), by default `$TFDS_DATA_DIR` or ~/tensorflow_datasets."""
+    data_dir = os.fspath(storage.path(data_dir or DEFAULT_DATA_DIR))
     if spec.source == "tfds":
         return TfdsSource(spec, data_dir)
     return PreparedSource(spec, data_dir)

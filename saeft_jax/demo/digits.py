@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageFilter
 
 from saeft_jax.data import records, registry
@@ -114,7 +115,7 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_dataset(data_dir: str | Path, setup: DigitsSetup) -> Path:
+def write_dataset(data_dir: str | Path, setup: DigitsSetup) -> epath.Path:
     """Writes the fine-tuning split (`train`, the fine-tuning style, `finetune_copies` renderings
     per image) and one test split per style (`test_<style>`) as prepared dataset `setup.dataset`;
     does nothing when it is already complete."""

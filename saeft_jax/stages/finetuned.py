@@ -40,12 +40,13 @@ def run_stage(run: Run, name: str) -> None:
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
     optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                                         clip_norm=cfg.clip_norm, accumulate_steps=cfg.accumulate_steps)
+                                         clip_norm=cfg.clip_norm)
     sae = trained_sae.load(run) if method.regularizer.uses_sae else None
     state = init_state({"encoder": image_params(params), "head": heads.load_head(run, run.train_spec.label_space)},
                        optimizer)
     sharding = parallel.state_shardings(state, run.mesh, fsdp=True) if cfg.fsdp else None
-    step = make_train_step(_loss(run, method), optimizer, schedule, run.mesh, sharding)
+    step = make_train_step(_loss(run, method), optimizer, schedule, run.mesh, sharding,
+                           accumulate_steps=cfg.accumulate_steps)
     directory = run.dir(STAGE, name)
     state, summary = train_loop(step, state, {"encoder": image_params(params), "sae": sae},
                                 _batches(run, method, source), mesh=run.mesh, workdir=directory, total_steps=steps,

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from saeft_jax import parallel
 from saeft_jax.models.clip import ImageEncoder
@@ -70,14 +71,32 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
 
 
 def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh,
-                    state_sharding: Any = None) -> Callable:
-    """The jit-compiled `step(state, frozen, batch) -> (state, metrics)`; the batch's arrays are
-    split over the data axis; the state is replicated unless `state_sharding` (e.g.
-    `parallel.state_shardings(state, mesh, fsdp=True)`) says otherwise, and keeps its sharding
-    across steps."""
+                    state_sharding: Any = None, accumulate_steps: int = 1) -> Callable:
+    """The jit-compiled `step(state, frozen, batch) -> (state, metrics)`: one optimizer update.
+
+    The batch's arrays are split over the data axis; the state is replicated unless
+    `state_sharding` (e.g. `parallel.state_shardings(state, mesh, fsdp=True)`) says otherwise,
+    and keeps its sharding across steps. With `accumulate_steps` A > 1 the batch is taken as A
+    micro-batches, whose gradients are computed one after another (`lax.scan`, so only one
+    micro-batch's activations are alive) and averaged before the single update: every loss term
+    is a mean over the batch, so this is the gradient of the whole batch, and the schedule, the
+    step count and the logged learning rate all count updates."""
+
+    def gradients(params, frozen, batch):
+        if accumulate_steps == 1:
+            return jax.value_and_grad(loss, has_aux=True)(params, frozen, batch)[::-1]
+        micro = jax.tree.map(lambda x: _micro_batches(x, accumulate_steps, mesh), batch)
+
+        def one(total, micro_batch):
+            grads, (_, metrics) = jax.value_and_grad(loss, has_aux=True)(params, frozen, micro_batch)[::-1]
+            return jax.tree.map(jnp.add, total, grads), metrics
+
+        total, metrics = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), micro)
+        mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
+        return jax.tree.map(lambda g: g / accumulate_steps, total), (None, mean(metrics))
 
     def step(state, frozen, batch):
-        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, batch)
+        grads, (_, metrics) = gradients(state["params"], frozen, batch)
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
@@ -93,3 +112,11 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
     state_sharding = state_sharding or replicated
     return jax.jit(step, in_shardings=(state_sharding, replicated, batch), out_shardings=(state_sharding, replicated),
                    donate_argnums=(0,))
+
+
+def _micro_batches(x: jax.Array, count: int, mesh) -> jax.Array:
+    """(B, ...) -> (count, B / count, ...), micro-batch j holding rows j, j + count, ...: each
+    device's rows then hold an equal part of every micro-batch, so nothing moves between devices."""
+    rows = x.shape[0] // count
+    micro = jnp.swapaxes(x.reshape(rows, count, *x.shape[1:]), 0, 1)
+    return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS)))

@@ -1,0 +1,34 @@
+"""The Colab notebook, executed cell by cell in a fresh kernel on CPU with the smoke config, as
+a user runs it: clone-or-use the checkout, pinned install, the demo, the report displayed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.slow  # about two minutes: the smoke pipeline and an editable reinstall
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_colab_notebook_runs_as_written_and_shows_the_report(tmp_path_factory, monkeypatch):
+    import nbclient
+    import nbformat
+
+    base = tmp_path_factory.getbasetemp()
+    workdir = tmp_path_factory.mktemp("notebook")
+    for name, value in {"SAEFT_CHECKOUT": ROOT, "SAEFT_CONFIG": "configs/demo.py:smoke",
+                        "SAEFT_WORKDIR": str(workdir), "JAX_PLATFORMS": "cpu",
+                        "SAEFT_EXTRA_FLAGS": f"--config.data_dir={base / 'data'} "
+                                             f"--config.demo.cache_dir={base / 'cache'}"}.items():
+        monkeypatch.setenv(name, value)  # the kernel inherits them
+    notebook = nbformat.read(os.path.join(ROOT, "launch", "colab_tpu.ipynb"), as_version=4)
+    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3").execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "done: " in text and "CpuDevice" in text
+    markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert markdown and markdown[0].startswith("# SAE-FT report")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the report's pictures, shown
+    assert (workdir / "report" / "report.json").exists()
