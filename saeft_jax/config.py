@@ -7,7 +7,7 @@ Fine-tuning methods are entries of `finetune.methods`, built with `method(...)` 
 
 from __future__ import annotations
 
-import math
+import difflib
 
 import ml_collections
 
@@ -51,13 +51,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
     c.report = ml_collections.ConfigDict({"analyses": tuple(ANALYSES), "concepts": (), "top_features": 6,
                                           "images_per_feature": 8, "classes_shown": 10})
+    c.lock()  # a misspelt key in a config file fails where it is written, naming the key
+    c.finetune.methods.unlock()  # methods are added by name
     return c
 
 
 def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks every value and the relations between values, fills each method with its
-    regularizer's declared hyperparameters, and locks the config against new keys. A value that
-    cannot work is a `ConfigError` naming the key, the value and what would work."""
+    """Checks every key and value and the relations between values, fills each method with its
+    regularizer's declared hyperparameters, and locks the config against new keys. A key that
+    `base_config` lacks or a value that cannot work is a `ConfigError` naming it and what would work."""
+    _check_keys(c)
     for key, ok, wanted in _RULES:
         _expect(c, key, ok, wanted)
     _check_relations(c)
@@ -78,14 +81,42 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def _keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+    """Every key of `c`, dotted; the methods mapping is checked by `saeft_jax.methods` instead."""
+    out = set()
+    for key, value in c.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict) and name != "finetune.methods":
+            out |= _keys(value, f"{name}.")
+        else:
+            out.add(name)
+    return out
+
+
+def _check_keys(c: ml_collections.ConfigDict) -> None:
+    known, given = _keys(base_config()), _keys(c)
+    for unknown in sorted(given - known):
+        close = difflib.get_close_matches(unknown, known, n=1)
+        raise ConfigError(f"config.{unknown} is not a key of the run configuration"
+                          f"{f' (did you mean config.{close[0]}?)' if close else ''}; the keys and their defaults "
+                          f"are in saeft_jax/config.py (base_config).")
+    missing = sorted(known - given)
+    if missing:
+        raise ConfigError(f"the config lacks {', '.join(f'config.{k}' for k in missing)}; a config file starts from "
+                          f"saeft_jax.config.base_config() and changes what it needs.")
+
+
+_FLOAT32_MAX = 3.4e38  # values are used in float32 on the device
+
+
 def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < _FLOAT32_MAX
 
 
 def _non_negative(value) -> bool:
     if isinstance(value, bool):  # a switch, not a weight
         return True
-    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    return isinstance(value, (int, float)) and 0 <= value < _FLOAT32_MAX
 
 
 def _positive_int(value) -> bool:

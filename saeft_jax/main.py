@@ -14,6 +14,7 @@ import re
 import shlex
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -47,17 +48,24 @@ def _last_line(text: str) -> str:
 
 
 def _unknown_key(argv: list[str], error: Exception) -> str:
-    """The `--config.a.b` override that names a key the config does not have, and what was meant."""
+    """The key, set by a `--config.a.b` override or by the config file, that the config does not
+    have, and what was meant."""
     text = str(error.__context__ or error).replace("\\n", "\n").replace("\\'", "'")
-    missing = re.search(r"'([^'\s]+)'", text)
+    if "get_config" in text:
+        return (f"--config={_config_path(argv)} defines no get_config(); a config file defines get_config(arg=None) "
+                f"returning saeft_jax.config.base_config() with its changes (see configs/demo.py).")
+    missing = re.search(r"""Key "([^"]+)" does not exist""", text) or re.search(r"'([^'\s]+)'", text)
     meant = re.search(r'Did you mean "([^"]+)"', text)
-    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    named = [o for o in overrides if missing and missing.group(1) in o[len("--config."):].split(".")]
-    flag = named[0] if named else (overrides[0] if overrides else "--config")
     hint = f" (did you mean {meant.group(1)!r}?)" if meant else ""
-    if flag.startswith("--config.finetune.methods.") and missing:
-        hint += "".join(f" ({h})" for h in unknown_hparam_hints(missing.group(1)))
-    return f"{flag}: the config {_config_path(argv)} has no such key{hint}; {_KEYS}."
+    key = missing.group(1) if missing else "?"
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    named = [o for o in overrides if key in o[len("--config."):].split(".")]
+    if not named:  # set inside the config file
+        return (f"--config={_config_path(argv)}: its get_config() sets the config key {key!r}, which does not "
+                f"exist{hint}; {_KEYS}.")
+    if named[0].startswith("--config.finetune.methods."):
+        hint += "".join(f" ({h})" for h in unknown_hparam_hints(key))
+    return f"{named[0]}: the config {_config_path(argv)} has no such key{hint}; {_KEYS}."
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -86,6 +94,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(f"{error}; run with --help for the flags.")
     if type(config).__name__ == "_ErrorConfig":  # the same stand-in, reached first here
         _missing_config_file(argv)
+    if not isinstance(config, ml_collections.ConfigDict):
+        fail(f"--config={_config_path(argv)}: get_config() returned a {type(config).__name__}; it must return the "
+             f"ConfigDict of saeft_jax.config.base_config() with its changes (see configs/demo.py).")
     return rest
 
 
@@ -107,8 +118,8 @@ def main(argv: list[str]) -> None:
     from saeft_jax.pipeline import run_pipeline
     from saeft_jax.stages.finetuned import Preempted
 
+    command = shlex.join([os.path.basename(sys.executable), "-m", "saeft_jax.main", *sys.argv[1:]])
     try:
-        command = shlex.join([os.path.basename(sys.executable), "-m", "saeft_jax.main", *sys.argv[1:]])
         report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value, command=f"rerunning {command}")
     except Preempted as stop:
         logging.warning("%s", stop)
@@ -116,7 +127,13 @@ def main(argv: list[str]) -> None:
         sys.exit(3)
     except UsageError as error:
         fail(str(error))
-    print(f"\ndone: {report / 'report.md'}")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished work is kept, and {command} continues the run", file=sys.stderr)
+        sys.exit(130)
+    if report is None:
+        print(f"\ndone: the stages {', '.join(_CONFIG.value.stages)} in {_WORKDIR.value} (no report this time)")
+    else:
+        print(f"\ndone: {report / 'report.md'}")
 
 
 def run() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from saeft_jax import regularizers
 from saeft_jax.errors import ConfigError
 
 SETTINGS = ("regularizer", "reg_lambda")  # a method's keys besides its regularizer's hyperparameters
+RESERVED = ("zeroshot",)  # the report's zero-shot run
 
 
 def method(regularizer: str, reg_lambda: float | None = None, **hparams: Any) -> ml_collections.ConfigDict:
@@ -74,12 +76,17 @@ def from_config(methods: Mapping[str, Any]) -> dict[str, Method]:
     checked = {}
     for name, settings in methods.items():
         where = f"config.finetune.methods.{name}"
+        if name in RESERVED or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ConfigError(f"{where}: {name!r} cannot name a method: a method's name is a folder under "
+                              f"finetune/ and evaluate/ and a key of the report, so it is a plain name (letters, "
+                              f"digits, '_', '.', '-', not starting with '.') other than {', '.join(RESERVED)}.")
         settings = dict(settings)
         if "regularizer" not in settings:
             raise ConfigError(f"{where} names no regularizer; set {where}.regularizer to one of "
                               f"{', '.join(regularizers.REGISTRY)}")
         entry = _entry(settings.pop("regularizer"), f"{where}.regularizer")
         reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
+        settings = _without_other_defaults(entry, settings)
         _reject_unknown(entry, settings, where)
         checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings})
     return checked
@@ -109,12 +116,26 @@ def unknown_hparam_hints(name: str) -> list[str]:
 
 
 def _reg_lambda(entry: regularizers.Regularizer, reg_lambda: float | None, where: str) -> float:
-    if reg_lambda is not None:
-        return float(reg_lambda)
-    if entry.penalizes:
-        raise ConfigError(f"{where}: regularizer {entry.name!r} needs its weight reg_lambda (the loss is CE + "
-                          f"reg_lambda * R); set it, e.g. method({entry.name!r}, reg_lambda=1.0).")
-    return 0.0
+    if not entry.penalizes:
+        return float(reg_lambda or 0.0)
+    if not reg_lambda:
+        why = ("0 would make it plain fine-tuning, which is method('none')" if reg_lambda == 0 else
+               "none is given")
+        how = f"--{where}.reg_lambda=1" if where.startswith("config.") else f"method({entry.name!r}, reg_lambda=1.0)"
+        raise ConfigError(f"{where}: regularizer {entry.name!r} needs a positive weight reg_lambda (the loss is "
+                          f"CE + reg_lambda * R; {why}); set it, e.g. {how}.")
+    return float(reg_lambda)
+
+
+def _without_other_defaults(entry: regularizers.Regularizer, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` less the hyperparameters another regularizer declares, at that one's default: what
+    is left of an entry built for another regularizer when its regularizer is switched (on the
+    command line, say), so that the switch brings the new regularizer's defaults instead."""
+    def leftover(name: str, value: Any) -> bool:
+        return name not in entry.hparams and any(
+            name in other.hparams and other.hparams[name] == value for other in regularizers.REGISTRY.values())
+
+    return {name: value for name, value in settings.items() if not leftover(name, value)}
 
 
 def _reject_unknown(entry: regularizers.Regularizer, hparams: Mapping[str, Any], where: str) -> None:

@@ -4,8 +4,10 @@ nothing after a finished one."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from importlib import metadata
 
 import jax
@@ -35,8 +37,8 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-    """Writes config.json and versions.json; refuses a workdir that holds a run of another config."""
+def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+    """Refuses a workdir that holds a run of another config."""
     resolved = json.loads(config.to_json_best_effort())
     path = workdir / "config.json"
     if path.exists():
@@ -52,7 +54,12 @@ def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> Non
         if differ:
             raise UsageError(f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
                              f"--workdir, or the same config to continue that run.")
-    write_json(path, resolved)
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+    """Writes config.json and versions.json (once the run has passed its checks, so that a refused
+    command leaves nothing that would refuse the corrected one)."""
+    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
     versions = {}
     for package in PACKAGES:
         try:
@@ -64,6 +71,8 @@ def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> Non
 
 def prepare_workdir(workdir: str | os.PathLike) -> epath.Path:
     """The workdir, a local directory or an object-store URL (gs://bucket/run), checked writable."""
+    if not os.fspath(workdir).strip():
+        raise UsageError("--workdir is empty; name the directory (or gs:// URL) the run's artifacts go to.")
     path = storage.path(workdir)
     try:
         is_file = path.exists() and not path.is_dir()
@@ -90,9 +99,10 @@ def _say(run: Run, message: str) -> None:
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                 command: str = "rerunning the same command") -> epath.Path:
-    """Runs the configured stages in `workdir`, holding its lock; returns the report directory.
-    `command` tells a user how to rerun, in messages about damaged artifacts."""
+                 command: str = "rerunning the same command") -> epath.Path | None:
+    """Runs the configured stages in `workdir`, holding its lock; returns the report directory
+    when the report is complete, else None. `command` tells a user how to rerun, in messages
+    about damaged artifacts."""
     workdir = prepare_workdir(workdir)
     lock = _take_lock(workdir)
     try:
@@ -121,9 +131,25 @@ def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
     return lock
 
 
-def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command: str) -> epath.Path:
+def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ...], ...]]]:
+    """(artifact, the function that makes it, the artifacts it is made from), in order."""
+    cached = run.config.finetune.teacher_cache
+    plan = [(("zeroshot",), heads.run_stage, ()), (("features",), features.run_stage, ()),
+            (("sae",), trained_sae.run_stage, (("features",),))]
+    for name, method in run.methods.items():
+        needs = (("zeroshot",), *([("sae",)] if method.regularizer.uses_sae else []),
+                 *([("features",)] if cached and method.regularizer.teacher_cache else []))
+        plan.append((("finetune", name), functools.partial(finetuned.run_stage, name=name), needs))
+    for name in run.methods:
+        plan.append((("evaluate", name), functools.partial(scores.run_stage, name=name),
+                     (("finetune", name), ("zeroshot",))))
+    plan.append((("report",), report.run_stage, tuple(("evaluate", name) for name in run.methods)))
+    return plan
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command: str) -> epath.Path | None:
     if jax.process_index() == 0:
-        record_config(config, workdir)
+        check_config(config, workdir)
     model_path = None
     if config.demo.enabled:
         from saeft_jax.demo import setup
@@ -131,30 +157,30 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command:
         model_path = setup.prepare(config)
     run = Run(config, workdir, model_path, command=command)
     preflight.check(run)
-    names = list(run.methods)
+    if run.is_writer:
+        record_config(config, workdir)
     wanted = set(config.stages)
-    needs_features = "sae" in wanted or config.finetune.teacher_cache
-    plan = [("zeroshot", (), heads.run_stage, ()),
-            *([("features", (), features.run_stage, ())] if needs_features else []),
-            ("sae", (), trained_sae.run_stage, ()),
-            *(("finetune", (n,), finetuned.run_stage, (n,)) for n in names),
-            *(("evaluate", (n,), scores.run_stage, (n,)) for n in names),
-            ("report", (), report.run_stage, ())]
-    for stage, parts, function, args in plan:
-        label = "/".join((stage, *parts))
-        if stage not in wanted:
+    for parts, function, needs in _plan(run):
+        stage, label = parts[0], "/".join(parts)
+        if stage not in wanted or (stage == "features" and "sae" not in wanted and not config.finetune.teacher_cache):
             continue
-        if run.done(stage, *parts) is not None:
+        if run.done(*parts) is not None:
             _say(run, f"stage {label}: complete, skipped")
             continue
-        problem = run.problem(stage, *parts)
+        missing = [need for need in needs if run.done(*need) is None]
+        if missing:
+            names, stages = ", ".join("/".join(m) for m in missing), sorted({m[0] for m in missing})
+            raise UsageError(f"stage {label} is made from {names}, which {'is' if len(missing) == 1 else 'are'} not "
+                             f"complete in {workdir}; add the stage{'s' if len(stages) > 1 else ''} "
+                             f"{', '.join(stages)} to config.stages (all stages run by default).")
+        problem = run.problem(*parts)
         if problem is None:
             _say(run, f"stage {label}: running")
         else:
             _say(run, f"stage {label}: {problem.reason}; " + ("starting it over" if problem.start_over else
                                                              "making what is missing again"))
             if run.is_writer:
-                completion.discard(workdir, (stage, *parts), problem)
+                completion.discard(workdir, parts, problem)
             run.barrier(f"discard {label}")
-        function(run, *args)
-    return workdir / report.STAGE
+        function(run)
+    return workdir / report.STAGE if run.done(report.STAGE) is not None else None

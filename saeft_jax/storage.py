@@ -10,6 +10,7 @@ file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -46,9 +47,21 @@ def failures_named(where: str, doing: str):
             raise
         path = getattr(error, "filename", None) or where
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:300]
-        raise StorageError(f"{path}: {reason} (while {doing}). Free space, fix the permissions or the connection "
-                           f"there and rerun the same command: finished work is kept, and the run continues from "
-                           f"its last complete artifact or checkpoint.") from error
+        raise StorageError(f"{path}: {reason} (while {doing}). {_remedy(error)} and rerun the same command: finished "
+                           f"work is kept, and the run continues from its last complete artifact or "
+                           f"checkpoint.") from error
+
+
+def _remedy(error: Exception) -> str:
+    """What to do about a storage failure, by its kind."""
+    code, text = getattr(error, "errno", None), str(error)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "RESOURCE_EXHAUSTED" in text or "No space" in text:
+        return "Free space there (or point --workdir elsewhere)"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "PERMISSION" in text.upper() or "Read-only" in text:
+        return "Make it writable for this user"
+    if code == errno.ENOENT:
+        return "A file the run had made was removed while it ran; leave the workdir alone"
+    return "Check the disk, or the bucket's name, your credentials and the connection"
 
 
 def path(p: str | os.PathLike) -> epath.Path:

@@ -4,6 +4,7 @@ the command line; misspelt keys, bad files and bad values end with one paragraph
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,8 +64,10 @@ def test_methods_are_filled_with_the_declared_defaults():
     assert dict(entry) == {"regularizer": "sae_kl", "reg_lambda": 3.0, "lambda_l1": 1e-3, "lambda_kl": 0.5,
                            "mu": 1.0, "reference_raw_inputs": False}
     assert method("none").reg_lambda == 0.0
-    with pytest.raises(ConfigError, match=r"regularizer 'mse' needs its weight reg_lambda"):
+    with pytest.raises(ConfigError, match=r"regularizer 'mse' needs a positive weight reg_lambda.*none is given"):
         method("mse")
+    with pytest.raises(ConfigError, match=r"0 would make it plain fine-tuning, which is method\('none'\)"):
+        method("sae_add_remove", reg_lambda=0.0)
     with pytest.raises(ConfigError, match=r"unknown regularizer 'sae_addremove' \(did you mean 'sae_add_remove'\?\)"):
         method("sae_addremove", reg_lambda=1.0)
     with pytest.raises(ConfigError, match=r"has no hyperparameter lamda_add \('lamda_add': did you mean 'lambda_add'"):
@@ -120,4 +123,50 @@ def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case)
                 "raises": ["get_config() failed", "no such setting here"], "typo": ["lamda_add", "lambda_add"],
                 "value": ["--config.finetune.lr=fast", "key's type"], "argument": ["takes no argument or 'smoke'"]}
     assert_one_paragraph(result, *expected[case])
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "..", "a/../../x", ".hidden"])
+def test_method_names_must_be_plain_and_not_the_zero_shot_run(name):
+    with pytest.raises(ConfigError, match=rf"{re.escape(repr(name))} cannot name a method"):
+        methods.from_config({name: method("sae_add_remove", reg_lambda=70.0)})
+
+
+def test_a_regularizer_switched_on_the_command_line_brings_its_own_defaults():
+    config = parse(["--config=configs/demo.py:smoke",
+                    "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse"])
+    switched = methods.from_config(config.finetune.methods)["sae_add_remove"]
+    assert switched.regularizer.name == "sae_sparse" and switched.reg_lambda == 100.0
+    assert dict(switched.hparams) == dict(regularizers.get("sae_sparse").hparams)  # no lambda_add left over
+    with pytest.raises(ConfigError, match=r"methods\.none: regularizer 'sae_add_remove' needs a positive weight"):
+        parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.regularizer=sae_add_remove"])
+    config = parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.regularizer=sae_add_remove",
+                    "--config.finetune.methods.none.reg_lambda=30"])
+    assert methods.from_config(config.finetune.methods)["none"].reg_lambda == 30.0
+    with pytest.raises(ConfigError, match="has no hyperparameter lambda_add"):  # set by hand: not dropped
+        parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse",
+               "--config.finetune.methods.sae_add_remove.lambda_add=3"])
+
+
+BAD_FILES = {
+    "misspelt key": "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
+                    "    c.finetune.lrr = 3e-5\n    return c\n",
+    "key added behind the lock": "from saeft_jax.config import base_config\n\ndef get_config():\n"
+                                 "    c = base_config()\n    with c.unlocked():\n        c.sae.kk = 4\n    return c\n",
+    "key removed": "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
+                   "    with c.unlocked():\n        del c.finetune['lr']\n    return c\n",
+    "a plain dict": "def get_config():\n    return {'model': 'x'}\n",
+    "no get_config": "MODEL = 'x'\n",
+}
+SAYS = {"misspelt key": ["lrr", "did you mean 'lr'"], "key added behind the lock": ["config.sae.kk", "config.sae.k?"],
+        "key removed": ["lacks config.finetune.lr"], "a plain dict": ["returned a dict"],
+        "no get_config": ["defines no get_config()"]}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, case):
+    path = tmp_path / "cfg.py"
+    path.write_text(BAD_FILES[case])
+    result = main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    assert_one_paragraph(result, *SAYS[case])
     assert not (tmp_path / "w").exists()

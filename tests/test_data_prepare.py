@@ -184,7 +184,7 @@ def test_a_split_prepared_again_replaces_its_shards(tmp_path):
 @pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", ".."])
 def test_names_that_would_write_outside_the_data_dir_are_refused(tmp_path, name):
     write_image(tmp_path / "src" / "a" / "0.png", 0)
-    with pytest.raises(prepare.PreparationError, match="not a plain folder name"):
+    with pytest.raises(prepare.PreparationError, match="--name .* is not a plain name"):
         prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name=name, show_progress=False)
     assert not any((tmp_path).glob("**/info.json"))
 
@@ -243,3 +243,34 @@ def test_tfds_sources_keep_a_bucket_data_dir(monkeypatch):
     monkeypatch.setattr(tfds, "data_source", lambda name, **kw: seen.update(kw) or [None])
     sources.open_source(dataset_spec("imagenet_v2"), "gs://my-bucket/tensorflow_datasets")
     assert seen["data_dir"] == "gs://my-bucket/tensorflow_datasets"  # not gs:/my-bucket/...
+
+
+def test_split_names_that_share_a_prefix_keep_their_own_shards(tmp_path):
+    for split, count in (("test-extra", 4), ("test", 6)):
+        for i in range(count):
+            write_image(tmp_path / split / "a" / f"{i}.png", i)
+    for order in (("test-extra", "test"), ("test", "test-extra")):
+        data = tmp_path / ("data-" + order[0])
+        for split in order:
+            prepare.prepare("folder", tmp_path / split, data, name="x", split=split, show_progress=False)
+        for split, count in (("test-extra", 4), ("test", 6)):
+            assert len(sources.open_source(folder_spec("x", split, classes=1), data)) == count, (order, split)
+
+
+def test_a_split_name_that_would_write_elsewhere_is_refused(tmp_path):
+    write_image(tmp_path / "src" / "a" / "0.png", 0)
+    with pytest.raises(prepare.PreparationError, match=r"--split '\.\./\.\./escaped' is not a plain name"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", split="../../escaped",
+                        show_progress=False)
+    assert not list(tmp_path.rglob("*.array_record"))
+
+
+def test_hidden_folders_are_no_classes_and_dangling_links_are_listed(tmp_path):
+    write_image(tmp_path / "src" / "cat" / "0.png", 0)
+    write_image(tmp_path / "src" / "dog" / "0.png", 1)
+    write_image(tmp_path / "src" / ".ipynb_checkpoints" / "0.png", 2)
+    (tmp_path / "src" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    info = prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+    assert info["classnames"] == ["cat", "dog"] and info["splits"] == {"test": 2}  # labels unshifted
+    assert any(p.endswith(".ipynb_checkpoints") for p in info["ignored"]["test"])
+    assert any(p.endswith("gone.png") for p in info["ignored"]["test"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -175,6 +176,8 @@ PROBES = [
     ("fine-tuned head, bytes flipped", flip("finetune/none/head.safetensors"), ["evaluate/none"], None),
     ("newest checkpoint truncated, final model deleted", truncate_newest_checkpoint, [], None),
     ("evaluation arrays, bytes flipped", flip("evaluate/none/digits_noisy.npz"), ["report"], None),
+    ("two evaluation arrays, bytes flipped", lambda w: [flip("evaluate/none/digits_noisy.npz")(w),
+                                                        flip("evaluate/none/digits_clean.npz")(w)], ["report"], None),
     ("evaluation arrays, deleted", delete("evaluate/none/digits_noisy.npz"), [], None),
     ("evaluation summary, deleted", delete("evaluate/sae_add_remove/digits_clean.json"), [], None),
     ("report, truncated", truncate("report/report.md"), [], None),
@@ -272,3 +275,26 @@ def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_i
     assert fingerprints(tmp_path) == fingerprints(reference)  # tmp_path/report/report.json: the copy
     read_only = (tmp_path / "ro.err").read_text()
     assert codes["ro"] == "2" and "Traceback" not in read_only and "Read-only file system" in read_only, read_only
+
+
+def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_records_nothing(shared, tmp_path):
+    from saeft_jax.errors import ConfigError, UsageError
+    from saeft_jax.pipeline import run_pipeline
+
+    config = smoke_config(shared)
+    for stages, needs in ((("report",), "evaluate/none, evaluate/sae_add_remove"), (("sae",), "features"),
+                          (("evaluate",), "finetune/none, zeroshot")):
+        with config.unlocked():
+            config.stages = stages
+        with pytest.raises(UsageError, match=rf"is made from {re.escape(needs)}, which .* not complete"):
+            run_pipeline(config, tmp_path / "empty")
+    refused = smoke_config(shared)
+    with refused.unlocked():
+        refused.sae.batch_size = 100_000
+    with pytest.raises(ConfigError, match="exceeds the .* training embeddings"):
+        run_pipeline(refused, tmp_path / "refused")
+    assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused
+    assert run_pipeline(smoke_config(shared), tmp_path / "refused") is not None  # the report is made
+    with config.unlocked():
+        config.stages = ("zeroshot",)
+    assert run_pipeline(config, tmp_path / "refused") is not None  # only zeroshot, complete: the report stands

@@ -38,8 +38,8 @@ class Sabotage:
         if self.count == self.at:
             if self.action == "crash":
                 raise KeyboardInterrupt("simulated kill")
-            if self.action == "sigterm":
-                os.kill(os.getpid(), signal.SIGTERM)
+            if self.action in ("sigterm", "sigint"):
+                os.kill(os.getpid(), signal.SIGTERM if self.action == "sigterm" else signal.SIGINT)
             if self.action == "nan":
                 batch = {**batch, "images": batch["images"].copy()}
                 batch["images"][0, 0, 0, 0] = np.nan
@@ -89,11 +89,13 @@ def test_interrupted_run_resumes_to_identical_parameters(run, tmp_path):
             "lr", "images_per_s"} <= set(record)
 
 
-def test_sigterm_saves_and_returns(run, tmp_path):
-    state, summary = loop(run, tmp_path, Sabotage(batches(*run[4:]), at=3, action="sigterm"))
+@pytest.mark.parametrize("action", ["sigterm", "sigint"])
+def test_sigterm_or_a_first_ctrl_c_saves_and_returns(run, tmp_path, action):
+    before = signal.getsignal(signal.SIGINT)
+    state, summary = loop(run, tmp_path, Sabotage(batches(*run[4:]), at=3, action=action))
     assert summary["preempted"] and summary["steps"] == 3
     assert Checkpoints(tmp_path / "checkpoints").latest_step() == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is before
     _, summary = loop(run, tmp_path)
     assert summary["steps"] == TOTAL and not summary["preempted"]
 

@@ -66,7 +66,8 @@ def finished(tmp_path_factory):
 def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finished):
     report = json.loads((finished / "report" / "report.json").read_text())
     assert report["id_dataset"] == "digits_colored" and len(report["ood_datasets"]) == 5
-    assert set(report["sae"]) == {"fvu", "dead_fraction", "l0"} and report["sae"]["l0"] == pytest.approx(8.0)
+    assert set(report["sae"]) == {"fvu", "dead_fraction", "l0", "dict_size", "k", "relu"}
+    assert report["sae"]["l0"] == pytest.approx(8.0) and (report["sae"]["k"], report["sae"]["dict_size"]) == (8, 256)
     runs = report["runs"]
     assert set(runs) == {"zeroshot", "none", "sae_add_remove", "code_shift"}
     assert runs["code_shift"]["method"] == {"regularizer": "code_shift", "reg_lambda": 50.0, "scale": 2.0,

@@ -232,8 +232,15 @@ def test_a_file_with_flipped_bytes_is_caught_where_it_is_read_and_its_stage_with
     assert completion.status(workdir, ("sae",)) == (None, None)  # so the pipeline runs the stage again
 
 
+def test_an_empty_workdir_is_refused():
+    from saeft_jax.pipeline import prepare_workdir
+
+    with pytest.raises(UsageError, match="--workdir is empty"):
+        prepare_workdir("")
+
+
 def test_storage_failures_become_one_paragraph_naming_the_path(tmp_path):
-    with pytest.raises(storage.StorageError, match=r"/data/x: No space left on device \(while writing\)"):
+    with pytest.raises(storage.StorageError, match=r"/data/x: No space left on device \(while writing\)\. Free space"):
         with storage.failures_named(str(tmp_path), "writing"):
             raise OSError(errno.ENOSPC, "No space left on device", "/data/x")
     with pytest.raises(storage.StorageError, match=rf"{tmp_path}: RESOURCE_EXHAUSTED: Error writing"):

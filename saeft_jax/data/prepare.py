@@ -82,7 +82,8 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
 
     `expected` ({"images": N, "classes": C}, either may be left out) states a folder dataset's
     size. The splits prepared join those already in the dataset's `info.json`."""
-    name = _checked_name(name or kind)
+    name = _checked_name(name or kind, "--name")
+    _checked_name(split, "--split")
     source = Path(source).expanduser()
     if not source.is_dir():
         raise PreparationError(f"{source} is not a directory; pass the unpacked dataset folder as --source")
@@ -108,11 +109,11 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
     return info
 
 
-def _checked_name(name: str) -> str:
+def _checked_name(name: str, flag: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise PreparationError(f"--name {name!r} is not a plain folder name (letters, digits, '_', '.', '-', not "
-                               f"starting with '.'); the dataset goes to DATA_DIR/saeft/<name>, and a name with "
-                               f"'/' or '..' would write elsewhere.")
+        raise PreparationError(f"{flag} {name!r} is not a plain name (letters, digits, '_', '.', '-', not starting "
+                               f"with '.'); the dataset goes to DATA_DIR/saeft/<name>/<split>-*.array_record, and "
+                               f"a name with '/' or '..' would write elsewhere.")
     return name
 
 
@@ -181,18 +182,21 @@ def _check_counts(name: str, expected: dict[str, Any], listing: Listing) -> None
 
 
 def _images(folder: Path, ignored: list[str] | None = None) -> list[Path]:
-    """The image files of `folder`, sorted; other files go to `ignored` when given."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    """The image files of `folder`, sorted; everything else in it (other files, folders, links to
+    nothing) goes to `ignored` when given."""
+    entries = sorted(folder.iterdir())
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if ignored is not None:
-        ignored += [str(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        ignored += [str(p) for p in entries if p not in images]
+    return images
 
 
 def _folder(source: Path, split: str) -> Listing:
-    classes = sorted(p for p in source.iterdir() if p.is_dir())
+    entries = sorted(source.iterdir())
+    classes = [p for p in entries if p.is_dir() and not p.name.startswith(".")]  # .ipynb_checkpoints is no class
     if not classes:
         raise PreparationError(f"{source} has no class folders; expected one sub-folder of images per class")
-    ignored = [str(p) for p in source.iterdir() if p.is_file()]
+    ignored = [str(p) for p in entries if p not in classes]
     per_class = {folder: _images(folder, ignored) for folder in classes}
     examples = [Example(path, label) for label, folder in enumerate(classes) for path in per_class[folder]]
     empty = [folder.name for folder, images in per_class.items() if not images]

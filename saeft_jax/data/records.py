@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -50,8 +51,11 @@ def decode_image(data: bytes, name: str = "") -> np.ndarray:
 
 
 def split_files(directory: epath.Path, split: str) -> list[epath.Path]:
-    """The ArrayRecord files of one split, in order (on a disk or in a bucket)."""
-    return sorted(storage.path(directory).glob(f"{split}-*-of-*.array_record"), key=str)
+    """The ArrayRecord files of one split, in order (on a disk or in a bucket); only this split's:
+    `test-00000-of-00001.array_record` is split "test", not a shard of "test-extra"."""
+    shard = re.compile(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.array_record")
+    files = storage.path(directory).glob(f"{split}-*-of-*.array_record")
+    return sorted((f for f in files if shard.fullmatch(f.name)), key=str)
 
 
 def write_split(directory: epath.Path, split: str, records: Iterable[bytes], per_file: int = 10_000) -> int:

@@ -61,8 +61,10 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
              f"{jax.devices()[0].platform} device(s)."]
     if report["sae"]:
         sae = report["sae"]
-        lines.append(f"- **SAE:** dictionary {config.sae.dict_size}, k {config.sae.k}; on the training features FVU "
-                     f"{sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents {100 * sae['dead_fraction']:.1f}%.")
+        relu = ", ReLU after Top-K" if sae.get("relu") else ""
+        lines.append(f"- **SAE:** dictionary {sae.get('dict_size', config.sae.dict_size)}, k "
+                     f"{sae.get('k', config.sae.k)}{relu}; on the training features FVU {sae['fvu']:.3f}, L0 "
+                     f"{sae['l0']:.1f}, dead latents {100 * sae['dead_fraction']:.1f}%.")
     raw = [m for m in methods if report["runs"][m]["method"].get("reference_raw_inputs")]
     if raw:
         lines.append("- **Raw SAE inputs:** " + ", ".join(f"`{m}`" for m in raw) + " fed the SAE raw (unnormalised) "

@@ -124,11 +124,25 @@ def verified(workdir: epath.Path, parts: tuple[str, ...], name: str, command: st
         found = storage.digest(epath.Path(copy)) if copy.exists() else None
         if found != expected:
             what = "is missing" if found is None else "does not match the size and SHA-256 recorded when it was written"
+            others = _remove_damaged(directory, record)
             withdraw(workdir, parts, name)
-            raise ArtifactDamaged(f"{directory / file} {what} (damaged, truncated or changed by hand). The "
+            also = f" (so were {', '.join(others)}, also removed)" if others else ""
+            raise ArtifactDamaged(f"{directory / file} {what} (damaged, truncated or changed by hand){also}. The "
                                   f"completion mark of {key(parts)} is withdrawn and the file removed, so {command} "
                                   f"rebuilds it, and what was made from it.")
     return local
+
+
+def _remove_damaged(directory: epath.Path, record: dict[str, Any]) -> list[str]:
+    """Checks every file `record` lists and removes those that differ from it: a rerun then remakes
+    them instead of keeping one it has not read yet."""
+    damaged = []
+    for name, expected in record.get("files", {}).items():
+        path = directory / name
+        if path.exists() and storage.digest(path) != expected:
+            path.unlink()
+            damaged.append(name)
+    return damaged
 
 
 def withdraw(workdir: epath.Path, parts: tuple[str, ...], name: str) -> None:

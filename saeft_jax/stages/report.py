@@ -44,7 +44,8 @@ def collect(run: Run) -> dict[str, Any]:
     alphas = list(next(iter(evaluations.values()))["datasets"].values())[0]["scores"]
     sae_done = run.done(trained_sae.STAGE)
     report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": list(shifts),
-              "sae": {k: sae_done[k] for k in ("fvu", "dead_fraction", "l0")} if sae_done else None,
+              "sae": {k: sae_done[k] for k in ("fvu", "dead_fraction", "l0", "dict_size", "k", "relu")
+                      if k in sae_done} if sae_done else None,
               "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", list(shifts))}}
     for name, method in run.methods.items():
         trained = run.done(finetuned.STAGE, name)

@@ -31,7 +31,8 @@ def run_stage(run: Run) -> None:
             metrics_path=str(directory / "metrics.jsonl"), histogram_path=str(directory / "firing.png"),
             progress=run.config.show_progress, devices=tuple(jax.local_devices()), **options)
         save_sae(directory, FrozenSAE(params, cfg.k, relu=cfg.relu), options=options, metrics=metrics)
-        record = {key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")}
+        record = {**{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
+                  "dict_size": cfg.dict_size, "k": cfg.k, "relu": cfg.relu}
     run.mark_done(record, STAGE, files=("sae.safetensors", "sae.json"), inputs=(("features",),))
 
 

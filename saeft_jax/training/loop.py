@@ -28,17 +28,23 @@ class TrainingDiverged(UsageError):
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag the loop checks after each step (then saves and returns)."""
+    """Turns SIGTERM (a preemption notice, SLURM's time limit) and a first Ctrl-C into a flag the
+    loop checks after each step (then saves and returns); a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
