@@ -2,6 +2,7 @@
 
     python -m saeft_jax.main --config=configs/demo.py --workdir=/tmp/saeft_demo
     python -m saeft_jax.main --config=configs/demo.py:smoke --workdir=/tmp/saeft_smoke   # shortened, for tests
+    python -m saeft_jax.main --config=configs/demo.py:sweep --workdir=/tmp/saeft_sweep   # the ablations
 
 Data: scikit-learn's bundled digits rendered at 24x24 in six styles (clean, inverted, rotated,
 noisy, thick, colored); written once to `data_dir` (default ~/tensorflow_datasets/saeft/).
@@ -21,10 +22,14 @@ SAE-FT 48.9 / 60.2; the SAE-FT WiSE-FT curve above the plain one (README, "What 
 
 import ml_collections
 
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config, method, sae_settings
 
 
 def get_config(arg: str | None = None):
+    """`arg`: none (the demo), "smoke" (shortened), "sweep" (the ablation run), "sweep,smoke"."""
+    variants = set(arg.split(",")) if arg else set()
+    if variants - {"smoke", "sweep"}:
+        raise ValueError(f"configs/demo.py takes no argument, or 'smoke', 'sweep' or 'sweep,smoke'; got {arg!r}")
     c = base_config()
     c.demo.enabled = True
     c.model = "demo"  # stands for the demo's own checkpoint, built or taken from demo.cache_dir
@@ -32,21 +37,39 @@ def get_config(arg: str | None = None):
     c.eval_suite = "digits"
     c.features.batch_size = 64
     c.features.chunk_steps = 8
-    c.sae.update(dict_size=256, k=8, batch_size=128, epochs=60, auxk=True, renorm_decoder=True)
+    c.saes.main.update(dict_size=256, k=8, batch_size=128, epochs=60, auxk=True, renorm_decoder=True)
     c.finetune.methods = ml_collections.ConfigDict({
         "none": method("none"),  # plain fine-tuning
         "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),  # SAE-FT
     })
-    c.finetune.update(batch_size=64, steps=400, lr=1e-3, warmup_steps=30, checkpoint_every=100, log_every=20)
+    c.finetune.update(batch_size=64, steps=400, lr=1e-3, warmup_steps=30, checkpoint_every=100, log_every=20,
+                      val_dataset="digits_val")
     c.evaluate.batch_size = 64
     c.report.concepts = ("colorful", "plain", "inverted", "rotated", "noisy", "bold", "background", "stroke")
-    if arg == "smoke":  # the same pipeline, shortened to about two minutes (tests, CI)
+    if "sweep" in variants:
+        _sweep(c)
+    if "smoke" in variants:  # the same pipeline, shortened to about two minutes (tests, CI)
         c.demo.pretrain_steps = 200
         c.demo.pretrain_batch_size = 64
-        c.sae.epochs = 10
+        for sae in c.saes.values():
+            sae.epochs = 10
         c.finetune.steps = 60
         c.finetune.warmup_steps = 6
         c.finetune.checkpoint_every = 30
-    elif arg:
-        raise ValueError(f"configs/demo.py takes no argument or 'smoke'; got {arg!r}")
     return c
+
+
+def _sweep(c) -> None:
+    """The ablations of one run: SAE-FT's weight, its SAE, the residual weight mu and the SAE's
+    inputs, against plain fine-tuning and the L2 feature-distance baseline at its own weight."""
+    c.saes.wide = sae_settings(**{**c.saes.main, "dict_size": 512, "k": 16})
+    c.finetune.methods = ml_collections.ConfigDict({
+        "none": method("none"),
+        "sae_add_remove_30": method("sae_add_remove", reg_lambda=30.0),
+        "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),
+        "sae_add_remove_300": method("sae_add_remove", reg_lambda=300.0),
+        "sae_add_remove_wide": method("sae_add_remove", reg_lambda=100.0, sae="wide"),  # F 512, k 16
+        "sae_add_remove_mu0": method("sae_add_remove", reg_lambda=100.0, mu=0.0),  # no residual term
+        "sae_add_remove_raw": method("sae_add_remove", reg_lambda=100.0, reference_raw_inputs=True),
+        "mse": method("mse", reg_lambda=10.0),
+    })

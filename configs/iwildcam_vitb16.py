@@ -25,7 +25,7 @@ def get_config(arg: str | None = None):
         "none": method("none"),  # plain fine-tuning
         "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
     })
-    c.finetune.update(batch_size=256, epochs=20, lr=3e-5)
+    c.finetune.update(batch_size=256, epochs=20, lr=3e-5, val_dataset="iwildcam_id_val")
     if arg:
         raise ValueError(f"configs/iwildcam_vitb16.py takes no argument; got {arg!r}")
     return c

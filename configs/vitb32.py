@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
         "none": method("none"),  # plain fine-tuning
         "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
     })
-    c.finetune.update(batch_size=512, epochs=10, lr=1e-5)
+    c.finetune.update(batch_size=512, epochs=10, lr=1e-5, val_fraction=0.01)
     if arg:
         raise ValueError(f"configs/vitb32.py takes no argument; got {arg!r}")
     return c

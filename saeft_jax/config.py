@@ -8,6 +8,7 @@ Fine-tuning methods are entries of `finetune.methods`, built with `method(...)` 
 from __future__ import annotations
 
 import difflib
+import re
 
 import ml_collections
 
@@ -37,14 +38,14 @@ def base_config() -> ml_collections.ConfigDict:
                                         "pretrain_batch_size": 128, "finetune_style": "colored"})
 
     c.features = ml_collections.ConfigDict({"batch_size": 256, "chunk_steps": 64})
-    c.sae = ml_collections.ConfigDict({
-        "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3,
-        "auxk": False, "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False,
-        "b_pre_init": "zeros"})
+    c.saes = ml_collections.ConfigDict({"main": sae_settings()})  # name -> settings; see sae_names
     c.finetune = ml_collections.ConfigDict({
         "methods": ml_collections.ConfigDict({"none": method("none"),
                                               "sae_add_remove": method("sae_add_remove", reg_lambda=70.0)}),
         "batch_size": 512, "epochs": 10, "steps": 0,  # steps > 0 overrides epochs
+        # the validation split every selection (the WiSE-FT alpha) is made on: a dataset of its own
+        # (e.g. WILDS id_val) or a fraction held out of the training set; neither: nothing selected
+        "val_dataset": "", "val_fraction": 0.0,
         "lr": 1e-5, "warmup_steps": 500, "weight_decay": 0.1, "clip_norm": 1.0, "label_smoothing": 0.0,
         "accumulate_steps": 1, "random_crop": True, "crop_scale": (0.9, 1.0), "teacher_cache": False,
         "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2})
@@ -52,8 +53,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.report = ml_collections.ConfigDict({"analyses": tuple(ANALYSES), "concepts": (), "top_features": 6,
                                           "images_per_feature": 8, "classes_shown": 10})
     c.lock()  # a misspelt key in a config file fails where it is written, naming the key
-    c.finetune.methods.unlock()  # methods are added by name
+    c.finetune.methods.unlock()  # methods and SAEs are added by name
+    c.saes.unlock()
     return c
+
+
+SAE_DEFAULTS = {"dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3, "auxk": False,
+                "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False, "b_pre_init": "zeros"}
+
+
+def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The SAEs of `config.saes`, the default first: `main` when there is one, else the first by
+    name. An SAE-based method without `sae` uses the default; the report reads every method in
+    its vocabulary."""
+    return tuple(sorted(c.saes, key=lambda name: (name != "main", name)))
+
+
+def sae_settings(**changes) -> ml_collections.ConfigDict:
+    """A `config.saes` entry: the reference's SAE (F 2048, k 16, batch 1024, 100 epochs, lr 1e-3,
+    no AuxK, renormalisation, ReLU, encoder bias or tied initialisation) with `changes`."""
+    unknown = sorted(set(changes) - set(SAE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: "
+                          f"{', '.join(SAE_DEFAULTS)}")
+    return ml_collections.ConfigDict({**SAE_DEFAULTS, **changes})
 
 
 def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -70,11 +93,12 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     unknown = [a for a in c.report.analyses if a not in ANALYSES]
     if unknown:
         raise ConfigError(f"config.report.analyses has unknown analyses {unknown}; known: {', '.join(ANALYSES)}")
+    _check_saes(c)
     with c.unlocked():
-        c.finetune.methods = methods.filled(c.finetune.methods)
+        c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c))
     for name, method_settings in c.finetune.methods.items():
         for key, value in method_settings.items():
-            if key != "regularizer":
+            if key not in ("regularizer", "sae", "checkpoint"):
                 _expect(c, f"finetune.methods.{name}.{key}", _non_negative,
                         "zero or more and finite (a weight of the loss)")
     c.lock()
@@ -82,11 +106,11 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
-    """Every key of `c`, dotted; the methods mapping is checked by `saeft_jax.methods` instead."""
+    """Every key of `c`, dotted; the name-keyed mappings (methods, SAEs) are checked on their own."""
     out = set()
     for key, value in c.items():
         name = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict) and name != "finetune.methods":
+        if isinstance(value, ml_collections.ConfigDict) and name not in ("finetune.methods", "saes"):
             out |= _keys(value, f"{name}.")
         else:
             out.add(name)
@@ -129,21 +153,16 @@ def _non_negative_int(value) -> bool:
 
 _RULES = (
     ("finetune.lr", _positive, "a positive, finite learning rate (the protocol's is 1e-5)"),
-    ("sae.lr", _positive, "a positive, finite learning rate (the reference's is 1e-3)"),
     ("finetune.clip_norm", _positive, "a positive gradient-norm bound (the protocol's is 1.0)"),
     ("finetune.weight_decay", _non_negative, "zero or more and finite"),
     ("finetune.label_smoothing", lambda v: _non_negative(v) and v < 1, "in [0, 1)"),
-    ("sae.dict_size", _positive_int, "a positive number of latents"),
-    ("sae.k", _positive_int, "at least 1 (the latents kept per embedding)"),
-    ("sae.batch_size", _positive_int, "a positive batch size"),
-    ("sae.epochs", _positive_int, "at least 1"),
-    ("sae.b_pre_init", lambda v: v in ("zeros", "mean", "median"), "'zeros', 'mean' or 'median'"),
     ("features.batch_size", _positive_int, "a positive batch size"),
     ("features.chunk_steps", _positive_int, "at least 1 batch per chunk"),
     ("finetune.batch_size", _positive_int, "a positive batch size"),
     ("finetune.steps", _non_negative_int, "0 (the length comes from finetune.epochs) or a positive step count"),
     ("finetune.epochs", _non_negative_int, "zero or more"),
     ("finetune.warmup_steps", _non_negative_int, "zero or more steps"),
+    ("finetune.val_fraction", lambda v: _non_negative(v) and v <= 0.5, "in [0, 0.5] (0: no held-out split)"),
     ("finetune.accumulate_steps", _positive_int, "at least 1 micro-batch per update"),
     ("finetune.log_every", _positive_int, "at least 1 step"),
     ("finetune.checkpoint_every", _positive_int, "at least 1 step"),
@@ -168,10 +187,43 @@ def _expect(c: ml_collections.ConfigDict, key: str, ok, wanted: str) -> None:
                           f"file or with --config.{key}=...")
 
 
+_SAE_RULES = (
+    ("lr", _positive, "a positive, finite learning rate (the reference's is 1e-3)"),
+    ("dict_size", _positive_int, "a positive number of latents"),
+    ("k", _positive_int, "at least 1 (the latents kept per embedding)"),
+    ("batch_size", _positive_int, "a positive batch size"),
+    ("epochs", _positive_int, "at least 1"),
+    ("b_pre_init", lambda v: v in ("zeros", "mean", "median"), "'zeros', 'mean' or 'median'"),
+)
+
+
+def _check_saes(c: ml_collections.ConfigDict) -> None:
+    """Every SAE: a plain name, known settings (the missing ones filled with defaults), workable values."""
+    if not c.saes:
+        raise ConfigError("config.saes is empty; name at least one SAE, e.g. {'main': sae_settings()}")
+    with c.unlocked():
+        for name in list(c.saes):
+            where = f"config.saes.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ConfigError(f"{where}: {name!r} cannot name an SAE: it is a folder under sae/, so a plain name "
+                                  f"(letters, digits, '_', '.', '-', not starting with '.').")
+            unknown = sorted(set(c.saes[name]) - set(SAE_DEFAULTS))
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], SAE_DEFAULTS, n=1)
+                raise ConfigError(f"{where}.{unknown[0]} is not an SAE setting"
+                                  f"{f' (did you mean {close[0]}?)' if close else ''}; the settings: "
+                                  f"{', '.join(SAE_DEFAULTS)}.")
+            c.saes[name] = ml_collections.ConfigDict({**SAE_DEFAULTS, **c.saes[name]})
+            for key, ok, wanted in _SAE_RULES:
+                _expect(c, f"saes.{name}.{key}", ok, wanted)
+            sae = c.saes[name]
+            if sae.k > sae.dict_size:
+                raise ConfigError(f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
+                                  f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "
+                                  f"F = 4d).")
+
+
 def _check_relations(c: ml_collections.ConfigDict) -> None:
-    if c.sae.k > c.sae.dict_size:
-        raise ConfigError(f"config.sae.k ({c.sae.k}) exceeds config.sae.dict_size ({c.sae.dict_size}): an SAE cannot "
-                          f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, F = 4d).")
     ft = c.finetune
     if not ft.steps and not ft.epochs:
         raise ConfigError("config.finetune.steps and config.finetune.epochs are both 0, so fine-tuning has no length; "
@@ -179,6 +231,9 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
     if ft.steps and ft.warmup_steps >= ft.steps:
         raise ConfigError(f"config.finetune.warmup_steps ({ft.warmup_steps}) must be below "
                           f"config.finetune.steps ({ft.steps})")
+    if ft.val_dataset and ft.val_fraction:
+        raise ConfigError(f"config.finetune.val_dataset ({ft.val_dataset!r}) and config.finetune.val_fraction "
+                          f"({ft.val_fraction}) both name a validation split; keep one.")
     scale = tuple(ft.crop_scale)
     if len(scale) != 2 or not all(_positive(v) for v in scale) or not scale[0] <= scale[1] <= 1:
         raise ConfigError(f"config.finetune.crop_scale is {scale!r}; it must be (low, high) with 0 < low <= high <= 1, "

@@ -20,19 +20,26 @@ import ml_collections
 from saeft_jax import regularizers
 from saeft_jax.errors import ConfigError
 
-SETTINGS = ("regularizer", "reg_lambda")  # a method's keys besides its regularizer's hyperparameters
+SETTINGS = ("regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
 RESERVED = ("zeroshot",)  # the report's zero-shot run
 
 
-def method(regularizer: str, reg_lambda: float | None = None, **hparams: Any) -> ml_collections.ConfigDict:
+def method(regularizer: str = "none", reg_lambda: float | None = None, *, sae: str = "", checkpoint: str = "",
+           **hparams: Any) -> ml_collections.ConfigDict:
     """A `config.finetune.methods` entry: `regularizer`, `reg_lambda` (required unless the
-    regularizer penalizes nothing) and every hyperparameter the regularizer declares (its
-    default unless given here)."""
+    regularizer penalizes nothing), for an SAE-based regularizer the name of its SAE in
+    `config.saes` (`""`: the first), and every hyperparameter the regularizer declares (its
+    default unless given here). `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a
+    Hugging Face CLIP directory, with its head in `head.safetensors` or else the zero-shot head
+    of its own text tower): evaluated and analysed like the run's own, never trained."""
     entry = _entry(regularizer, "method(...)")
     where = f"method({regularizer!r}, ...)"
     _reject_unknown(entry, hparams, where)
+    if checkpoint and entry.penalizes:
+        raise ConfigError(f"{where}: a method with a checkpoint is not trained, so it takes no regularizer; use "
+                          f"method(checkpoint={checkpoint!r}).")
     return ml_collections.ConfigDict({"regularizer": regularizer, "reg_lambda": _reg_lambda(entry, reg_lambda, where),
-                                      **entry.hparams, **hparams})
+                                      "sae": sae, "checkpoint": checkpoint, **entry.hparams, **hparams})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,8 @@ class Method:
     regularizer: regularizers.Regularizer
     reg_lambda: float
     hparams: Mapping[str, Any]
+    sae: str | None = None  # the name of its SAE in config.saes, for an SAE-based regularizer
+    checkpoint: str | None = None  # a model fine-tuned elsewhere, imported instead of trained
 
     def penalty(self):
         """The regularizer with this method's hyperparameters bound (`Regularizer.bind`)."""
@@ -54,22 +63,29 @@ class Method:
         return bool(self.hparams.get("reference_raw_inputs", False))
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready settings: regularizer, reg_lambda and hyperparameters."""
-        return {"regularizer": self.regularizer.name, "reg_lambda": self.reg_lambda, **self.hparams}
+        """JSON-ready settings: regularizer, reg_lambda, SAE and hyperparameters."""
+        if self.checkpoint:
+            return {"checkpoint": self.checkpoint}
+        sae = {"sae": self.sae} if self.sae else {}
+        return {"regularizer": self.regularizer.name, "reg_lambda": self.reg_lambda, **sae, **self.hparams}
 
     def label(self) -> str:
         """`name` (regularizer when it is not the name, reg_lambda, hyperparameters off their defaults)."""
+        if self.checkpoint:
+            return f"`{self.name}` (fine-tuned elsewhere: `{self.checkpoint}`)"
         if not self.regularizer.penalizes:
             return f"`{self.name}` (plain fine-tuning)"
         parts = [] if self.name == self.regularizer.name else [f"`{self.regularizer.name}`"]
         parts.append(f"reg_lambda {self.reg_lambda:g}")
+        parts += [f"SAE `{self.sae}`"] if self.sae else []
         parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.hparams.items()
                   if v != self.regularizer.hparams[k]]
         return f"`{self.name}` ({', '.join(parts)})"
 
 
-def from_config(methods: Mapping[str, Any]) -> dict[str, Method]:
-    """The checked methods of `config.finetune.methods`, in order."""
+def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",)) -> dict[str, Method]:
+    """The checked methods of `config.finetune.methods`, in order; `saes` are the SAE names of
+    `config.saes` (an SAE-based method without one uses the first)."""
     if not methods:
         raise ConfigError("config.finetune.methods is empty; name at least one method, e.g. "
                           "{'none': method('none'), 'sae_add_remove': method('sae_add_remove', reg_lambda=70.0)}")
@@ -86,17 +102,34 @@ def from_config(methods: Mapping[str, Any]) -> dict[str, Method]:
                               f"{', '.join(regularizers.REGISTRY)}")
         entry = _entry(settings.pop("regularizer"), f"{where}.regularizer")
         reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
+        sae = _sae(entry, settings.pop("sae", ""), saes, where)
+        checkpoint = settings.pop("checkpoint", "") or None
+        if checkpoint and entry.penalizes:
+            raise ConfigError(f"{where}: a method with a checkpoint is not trained, so it takes no regularizer "
+                              f"({entry.name!r} given); leave {where}.regularizer at 'none'.")
         settings = _without_other_defaults(entry, settings)
         _reject_unknown(entry, settings, where)
-        checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings})
+        checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings}, sae, checkpoint)
     return checked
 
 
-def filled(methods: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`methods` with every declared hyperparameter present (a config that wrote an entry by hand)."""
-    checked = from_config(methods)
+def filled(methods: ml_collections.ConfigDict, saes: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """`methods` with every declared hyperparameter and each SAE name present (a config that
+    wrote an entry by hand, or switched a regularizer)."""
+    checked = from_config(methods, saes)
     return ml_collections.ConfigDict({name: {"regularizer": m.regularizer.name, "reg_lambda": m.reg_lambda,
-                                             **m.hparams} for name, m in checked.items()})
+                                             "sae": m.sae or "", "checkpoint": m.checkpoint or "", **m.hparams}
+                                      for name, m in checked.items()})
+
+
+def _sae(entry: regularizers.Regularizer, sae: str, saes: tuple[str, ...], where: str) -> str | None:
+    if not entry.uses_sae:
+        if sae:
+            raise ConfigError(f"{where}.sae is {sae!r}, but regularizer {entry.name!r} uses no SAE; leave it empty.")
+        return None
+    if sae and sae not in saes:
+        raise ConfigError(f"{where}.sae is {sae!r}, which config.saes does not name; it names {', '.join(saes)}.")
+    return sae or saes[0]
 
 
 def _entry(name: str, where: str) -> regularizers.Regularizer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 
+from saeft_jax import storage
 from saeft_jax.errors import ConfigError, UsageError
 from saeft_jax.stages.context import Run
 from saeft_jax.stages.finetuned import total_steps
@@ -22,8 +23,36 @@ def check(run: Run) -> None:
     except KeyError as error:
         raise UsageError(f"config.train_dataset / config.eval_suite: {error.args[0]}") from error
     sources = [run.source(spec) for spec in specs]  # a missing dataset fails now, naming its preparation
+    _check_validation(run, [spec.name for spec in specs[1:]])
+    for name, method in run.methods.items():
+        if method.checkpoint and not storage.path(method.checkpoint).is_dir():
+            raise ConfigError(f"config.finetune.methods.{name}.checkpoint: there is no directory at "
+                              f"{method.checkpoint}; name a Hugging Face CLIP directory (config.json, weights, "
+                              f"and head.safetensors or a tokenizer).")
     _check_batches(run)
     _check_durations(run, len(sources[0]))
+
+
+def _check_validation(run: Run, tests: list[str]) -> None:
+    cfg = run.config.finetune
+    if cfg.val_dataset:
+        try:
+            spec = run.validation
+        except KeyError as error:
+            raise ConfigError(f"config.finetune.val_dataset: {error.args[0]}") from error
+        if spec.name in tests or spec.name == run.config.train_dataset:
+            role = "test" if spec.name in tests else "training"
+            raise ConfigError(f"config.finetune.val_dataset {spec.name!r} is also the {role} set of this run; "
+                              f"selecting on it would peek. Name a split of its own (e.g. iwildcam_id_val) or use "
+                              f"config.finetune.val_fraction.")
+        if spec.label_space != run.train_spec.label_space:
+            raise ConfigError(f"config.finetune.val_dataset {spec.name!r} has the classes of {spec.label_space!r}, "
+                              f"the training set those of {run.train_spec.label_space!r}; a validation split scores "
+                              f"the fine-tuned head, so it shares the training classes.")
+        run.source(spec)
+    elif cfg.val_fraction and len(run.source(run.validation)) == 0:
+        raise ConfigError(f"config.finetune.val_fraction ({cfg.val_fraction}) holds out no example of "
+                          f"{run.config.train_dataset}; raise it.")
 
 
 def _check_batches(run: Run) -> None:
@@ -42,10 +71,11 @@ def _check_batches(run: Run) -> None:
                           f"config.finetune.accumulate_steps ({micro}) micro-batches that each divide over the "
                           f"{devices} devices; use a multiple of {devices * micro} (e.g. "
                           f"{_multiple(c.finetune.batch_size, devices * micro)}).")
-    if c.sae.batch_size % local:  # the SAE trains on process 0's own devices
-        raise ConfigError(f"config.sae.batch_size is {c.sae.batch_size}, which does not divide over the {local} "
-                          f"devices of process 0, where the SAE trains. Use a multiple of {local} (e.g. "
-                          f"{_multiple(c.sae.batch_size, local)}).")
+    for name, sae in c.saes.items():  # an SAE trains on process 0's own devices
+        if sae.batch_size % local:
+            raise ConfigError(f"config.saes.{name}.batch_size is {sae.batch_size}, which does not divide over the "
+                              f"{local} devices of process 0, where the SAE trains. Use a multiple of {local} (e.g. "
+                              f"{_multiple(sae.batch_size, local)}).")
 
 
 def _check_durations(run: Run, examples: int) -> None:
@@ -53,9 +83,10 @@ def _check_durations(run: Run, examples: int) -> None:
     if c.finetune.batch_size > examples:
         raise ConfigError(f"config.finetune.batch_size ({c.finetune.batch_size}) exceeds the {examples} examples of "
                           f"{c.train_dataset}; lower it.")
-    if "sae" in c.stages and c.sae.batch_size > examples:
-        raise ConfigError(f"config.sae.batch_size ({c.sae.batch_size}) exceeds the {examples} training embeddings the "
-                          f"SAE learns from ({c.train_dataset}); lower it.")
+    for name, sae in c.saes.items():
+        if "sae" in c.stages and sae.batch_size > examples:
+            raise ConfigError(f"config.saes.{name}.batch_size ({sae.batch_size}) exceeds the {examples} training "
+                              f"embeddings the SAE learns from ({c.train_dataset}); lower it.")
     steps = total_steps(run, examples)
     if c.finetune.warmup_steps >= steps:
         length = "config.finetune.steps" if c.finetune.steps else f"{c.finetune.epochs} epochs of {examples} examples"

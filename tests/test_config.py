@@ -61,8 +61,8 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
 
 def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
-    assert dict(entry) == {"regularizer": "sae_kl", "reg_lambda": 3.0, "lambda_l1": 1e-3, "lambda_kl": 0.5,
-                           "mu": 1.0, "reference_raw_inputs": False}
+    assert dict(entry) == {"regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "", "checkpoint": "",
+                           "lambda_l1": 1e-3, "lambda_kl": 0.5, "mu": 1.0, "reference_raw_inputs": False}
     assert method("none").reg_lambda == 0.0
     with pytest.raises(ConfigError, match=r"regularizer 'mse' needs a positive weight reg_lambda.*none is given"):
         method("mse")
@@ -121,7 +121,8 @@ def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case)
     result = main(*arguments, f"--workdir={tmp_path / 'w'}")
     expected = {"missing": ["no such config file", "nope.py"], "syntax": ["is not valid Python", "line 1"],
                 "raises": ["get_config() failed", "no such setting here"], "typo": ["lamda_add", "lambda_add"],
-                "value": ["--config.finetune.lr=fast", "key's type"], "argument": ["takes no argument or 'smoke'"]}
+                "value": ["--config.finetune.lr=fast", "key's type"],
+                "argument": ["takes no argument, or 'smoke', 'sweep'"]}
     assert_one_paragraph(result, *expected[case])
     assert not (tmp_path / "w").exists()
 
@@ -152,13 +153,15 @@ BAD_FILES = {
     "misspelt key": "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
                     "    c.finetune.lrr = 3e-5\n    return c\n",
     "key added behind the lock": "from saeft_jax.config import base_config\n\ndef get_config():\n"
-                                 "    c = base_config()\n    with c.unlocked():\n        c.sae.kk = 4\n    return c\n",
+                                 "    c = base_config()\n    with c.unlocked():\n        c.saes.main.kk = 4\n"
+                                 "    return c\n",
     "key removed": "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
                    "    with c.unlocked():\n        del c.finetune['lr']\n    return c\n",
     "a plain dict": "def get_config():\n    return {'model': 'x'}\n",
     "no get_config": "MODEL = 'x'\n",
 }
-SAYS = {"misspelt key": ["lrr", "did you mean 'lr'"], "key added behind the lock": ["config.sae.kk", "config.sae.k?"],
+SAYS = {"misspelt key": ["lrr", "did you mean 'lr'"],
+        "key added behind the lock": ["config.saes.main.kk is not an SAE setting", "did you mean k?"],
         "key removed": ["lacks config.finetune.lr"], "a plain dict": ["returned a dict"],
         "no get_config": ["defines no get_config()"]}
 

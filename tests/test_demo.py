@@ -39,8 +39,11 @@ def test_styles_differ_and_rendering_is_seeded():
 def test_splits_are_disjoint_and_the_finetuning_style_is_rare_in_pretraining():
     setup = digits.DigitsSetup()
     splits = digits.split_indices(1797, setup)
-    assert not set(splits["pretrain"]) & set(splits["finetune"]) and not set(splits["finetune"]) & set(splits["test"])
-    assert sum(len(v) for v in splits.values()) == 1797
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not set(splits[a]) & set(splits[b]), (a, b)  # no image in two splits
+    assert sum(len(v) for v in splits.values()) == 1797 and len(splits["val"]) > 40
     _, labels, styles = digits.pretraining_set(setup)
     share = np.mean(styles == digits.STYLES.index(setup.finetune_style))
     assert 0.015 < share < 0.03 and set(labels) == set(range(10))
@@ -53,6 +56,7 @@ def test_written_dataset_has_every_split_and_is_written_once(tmp_path):
     assert directory == prepared_dir(tmp_path, setup.dataset)
     tests = len(digits.split_indices(1797, setup)["test"])
     assert info["splits"] == {"train": 2 * len(digits.split_indices(1797, setup)["finetune"]),
+                              "val": len(digits.split_indices(1797, setup)["val"]),
                               **{f"test_{s}": tests for s in digits.STYLES}}
     stamp = os.stat(directory / "info.json").st_mtime_ns
     digits.write_dataset(tmp_path, setup)

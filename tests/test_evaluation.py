@@ -129,3 +129,23 @@ def test_codes_names_and_top_images():
     assert [n for n, _ in names[0]] == ["zero", "one"] and names[1][0][0] == "one"
     codes = (np.array([[0.5, 0.1], [2.0, 0.3], [0.2, 0.9]]), np.array([[7, 1], [7, 2], [3, 1]]))
     np.testing.assert_array_equal(interpret.top_activating(codes, 7, 5), [1, 0])
+
+
+def test_the_fvu_analysis_splits_into_error_and_variance_as_numpy_computes_them():
+    from saeft_jax.evaluation.analyses import Comparison, Embeddings, sae_fvu
+
+    rng = np.random.RandomState(1)
+    frozen = FrozenSAE(sae.init_params(jax.random.PRNGKey(3), 6, 24), 3)
+    zeroshot = rng.randn(40, 6).astype(np.float32)
+    finetuned = (zeroshot + 0.3 * rng.randn(40, 6)).astype(np.float32)
+    figures = sae_fvu(Comparison(Embeddings(zeroshot, frozen), Embeddings(finetuned, frozen), np.zeros(40, int), 1))
+    unit = finetuned / (np.linalg.norm(finetuned, axis=1, keepdims=True) + 1e-8)
+    values, indices = frozen.codes(finetuned)
+    codes = np.zeros((40, 24))
+    np.put_along_axis(codes, indices, values, 1)
+    params = {k: np.asarray(v, np.float64) for k, v in frozen.params.items()}
+    error = ((codes @ params["W_dec"] + params["b_pre"] - unit) ** 2).sum(1).mean()
+    variance = ((unit - unit.mean(0)) ** 2).sum(1).mean()
+    assert figures["sae_error"] == pytest.approx(error, rel=1e-4)
+    assert figures["variance"] == pytest.approx(variance, rel=1e-5)
+    assert figures["sae_fvu"] == pytest.approx(error / variance, rel=1e-4)

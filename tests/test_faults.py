@@ -25,7 +25,7 @@ import pytest
 pytestmark = pytest.mark.slow  # about eight minutes on 2 CPU cores: run with `-m slow`, as CI does
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("zeroshot", "features", "sae", "finetune/none", "finetune/sae_add_remove", "evaluate/none",
+STAGES = ("zeroshot", "features", "sae/main", "finetune/none", "finetune/sae_add_remove", "evaluate/none",
           "evaluate/sae_add_remove", "report")
 LONGEST_DELAY = {"zeroshot": 1.5, "features": 2.0, "sae": 3.0, "finetune": 5.0, "evaluate": 4.0, "report": 3.0}
 
@@ -162,14 +162,14 @@ def truncate_newest_checkpoint(workdir):
 PROBES = [
     ("zeroshot head, bytes flipped", flip("zeroshot/digits.safetensors"), ["report"], None),
     ("zeroshot head, truncated", truncate("zeroshot/digits.safetensors"), [], None),
-    ("features, bytes flipped", flip("features/train.npy"), ["sae"], None),
+    ("features, bytes flipped", flip("features/train.npy"), ["sae/main"], None),
     ("features, truncated", truncate("features/train.npy"), [], None),
-    ("features, transposed (same size)", wrong_shape, ["sae"], None),
+    ("features, transposed (same size)", wrong_shape, ["sae/main"], None),
     ("features chunk, bytes flipped", lambda w: [flip("features/chunks/s0000000-n00008-p000.npz")(w),
                                                  delete("features/train.npy")(w)], [], None),
-    ("SAE parameters, bytes flipped", flip("sae/sae.safetensors"), ["report"], None),
-    ("SAE parameters, truncated", truncate("sae/sae.safetensors"), [], None),
-    ("sae.json, overwritten", garbage("sae/sae.json"), ["report"], None),
+    ("SAE parameters, bytes flipped", flip("sae/main/sae.safetensors"), ["report"], None),
+    ("SAE parameters, truncated", truncate("sae/main/sae.safetensors"), [], None),
+    ("sae.json, overwritten", garbage("sae/main/sae.json"), ["report"], None),
     ("fine-tuned weights, bytes flipped", flip("finetune/sae_add_remove/final/model.safetensors"),
      ["evaluate/sae_add_remove"], None),
     ("fine-tuned weights, truncated", truncate("finetune/sae_add_remove/final/model.safetensors"), [], None),
@@ -181,7 +181,7 @@ PROBES = [
     ("evaluation arrays, deleted", delete("evaluate/none/digits_noisy.npz"), [], None),
     ("evaluation summary, deleted", delete("evaluate/sae_add_remove/digits_clean.json"), [], None),
     ("report, truncated", truncate("report/report.md"), [], None),
-    ("a completion mark, overwritten", garbage("sae/done.json"), [], None),
+    ("a completion mark, overwritten", garbage("sae/main/done.json"), [], None),
     ("run.lock, overwritten", garbage("run.lock"), [], None),
     ("config.json, overwritten", garbage("config.json"), [], "delete config.json"),
 ]
@@ -290,7 +290,7 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
             run_pipeline(config, tmp_path / "empty")
     refused = smoke_config(shared)
     with refused.unlocked():
-        refused.sae.batch_size = 100_000
+        refused.saes.main.batch_size = 100_000
     with pytest.raises(ConfigError, match="exceeds the .* training embeddings"):
         run_pipeline(refused, tmp_path / "refused")
     assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused

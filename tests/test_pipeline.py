@@ -70,8 +70,8 @@ def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finishe
     assert report["sae"]["l0"] == pytest.approx(8.0) and (report["sae"]["k"], report["sae"]["dict_size"]) == (8, 256)
     runs = report["runs"]
     assert set(runs) == {"zeroshot", "none", "sae_add_remove", "code_shift"}
-    assert runs["code_shift"]["method"] == {"regularizer": "code_shift", "reg_lambda": 50.0, "scale": 2.0,
-                                            "reference_raw_inputs": True}
+    assert runs["code_shift"]["method"] == {"regularizer": "code_shift", "reg_lambda": 50.0, "sae": "main",
+                                            "scale": 2.0, "reference_raw_inputs": True}
     metrics = [json.loads(line) for line in (finished / "finetune" / "code_shift" / "metrics.jsonl").read_text()
                .splitlines()]
     assert all(np.isfinite(m["code_shift"]) for m in metrics)  # the test's regularizer ran in the train step
@@ -82,6 +82,9 @@ def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finishe
         if name == "zeroshot":
             continue
         assert set(run["wise"]) == {f"{a / 10:.1f}" for a in range(11)}
+        assert run["selection"]["split"] == report["validation"] == "digits_val"  # selected on validation alone
+        assert run["selected"] == run["wise"][f"{run['selection']['alpha']:.1f}"]
+        assert run["fixed_alpha"] == {"alpha": 0.5, **run["wise"]["0.5"]}
         assert run["wise"]["1.0"]["metrics"] == run["metrics"]
         assert run["wise"]["0.0"]["metrics"] == runs["zeroshot"]["metrics"]
         assert run["train"]["steps"] == 60 and np.isfinite(run["train"]["final_loss"])
@@ -97,14 +100,17 @@ def test_report_markdown_and_pictures(finished):
     text = (finished / "report" / "report.md").read_text()
     order = [text.index(h) for h in ("## What was run", "## Results", "## Pictures", "## What changed")]
     assert order == sorted(order)
-    assert "`code_shift` (reg_lambda 50, scale 2, reference_raw_inputs True)" in text and "### `code_shift`" in text
+    assert "`code_shift` (reg_lambda 50, SAE `main`, scale 2, reference_raw_inputs True)" in text
+    assert "### `code_shift`" in text and "selected a=" in text and "on the validation split `digits_val`" in text
     assert "**Raw SAE inputs:** `code_shift` fed the SAE raw" in text  # the reference reproduction is named
-    for png in ("wise.png", "datasets.png", "features_none.png", "features_sae_add_remove.png"):
+    for png in ("wise.png", "wise_logit.png", "wise_shifts.png", "datasets.png", "features_none.png",
+                "features_sae_add_remove.png"):
         assert f"]({png})" in text
         with Image.open(finished / "report" / png) as image:
             pixels = np.asarray(image.convert("L"))
         assert image.format == "PNG" and pixels.std() > 10  # something is drawn
-    for artifact in ("zeroshot/digits.safetensors", "features/train.npy", "sae/sae.safetensors", "sae/firing.png",
+    for artifact in ("zeroshot/digits.safetensors", "features/train.npy", "sae/main/sae.safetensors",
+                     "sae/main/firing.png",
                      "finetune/sae_add_remove/final/model.safetensors", "finetune/none/metrics.jsonl",
                      "evaluate/none/digits_noisy.npz", "config.json", "versions.json"):
         assert (finished / artifact).exists(), artifact
@@ -147,7 +153,7 @@ def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprin
                                                                                      reg_lambda=100.0)}),
             "data_dir": f"{bucket}/tensorflow_datasets"}
     run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
-    assert not (workdir / "finetune").exists() and (workdir / "sae" / "done.json").exists()
+    assert not (workdir / "finetune").exists() and (workdir / "sae" / "main" / "done.json").exists()
     run_pipeline(smoke_config(tmp_path_factory, **only), str(workdir))
     assert (workdir / "finetune" / "sae_add_remove" / "checkpoints").is_dir()  # Orbax wrote to the bucket too
     demo_data = list(storage.path(f"{bucket}/tensorflow_datasets/saeft").glob("demo_digits-*"))
@@ -215,3 +221,26 @@ def test_command_line_errors_are_one_paragraph_and_non_zero(tmp_path):
     missing = _main("--config=configs/vitb16.py", f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path}")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "tfds build imagenet2012 --file_format=array_record" in missing.stderr
+
+
+def test_a_method_from_a_checkpoint_reproduces_the_method_that_trained_it(finished, tmp_path_factory):
+    """`method(checkpoint=DIR)`: a Hugging Face CLIP with its head, fine-tuned elsewhere (here by the
+    finished run's SAE-FT), is evaluated and analysed like a run's own, never trained."""
+    import shutil
+
+    import ml_collections
+
+    from saeft_jax.config import method
+    from saeft_jax.pipeline import run_pipeline
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    shutil.copytree(finished / "finetune" / "sae_add_remove" / "final", elsewhere, dirs_exist_ok=True)
+    shutil.copy(finished / "finetune" / "sae_add_remove" / "head.safetensors", elsewhere)
+    imported = {"finetune.methods": ml_collections.ConfigDict({"imported": method(checkpoint=str(elsewhere))})}
+    workdir = tmp_path_factory.mktemp("imported")
+    run_pipeline(smoke_config(tmp_path_factory, **imported), workdir)
+    theirs = json.loads((workdir / "report" / "report.json").read_text())["runs"]["imported"]
+    ours = json.loads((finished / "report" / "report.json").read_text())["runs"]["sae_add_remove"]
+    assert theirs["fingerprint"] == ours["fingerprint"] and theirs["method"] == {"checkpoint": str(elsewhere)}
+    assert theirs["wise"] == ours["wise"] and theirs["selection"] == ours["selection"]
+    assert not (workdir / "finetune" / "imported" / "checkpoints").exists()  # nothing was trained

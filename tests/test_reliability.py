@@ -3,6 +3,7 @@ paragraph (a `UsageError`, exit code 2 on the command line) and loses nothing.""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -41,10 +42,10 @@ def smoke(**changes):
 @pytest.mark.parametrize("key, value, says", [
     ("finetune.lr", -1e-3, "positive, finite learning rate"),
     ("finetune.lr", float("nan"), "positive, finite learning rate"),
-    ("sae.lr", 0.0, "positive, finite learning rate"),
-    ("sae.k", 0, "at least 1"),
-    ("sae.k", 257, "exceeds config.sae.dict_size"),
-    ("sae.dict_size", 0, "positive number of latents"),
+    ("saes.main.lr", 0.0, "positive, finite learning rate"),
+    ("saes.main.k", 0, "at least 1"),
+    ("saes.main.k", 257, "exceeds config.saes.main.dict_size"),
+    ("saes.main.dict_size", 0, "positive number of latents"),
     ("finetune.weight_decay", -0.1, "zero or more"),
     ("finetune.label_smoothing", 1.0, "in [0, 1)"),
     ("finetune.clip_norm", 0.0, "positive gradient-norm bound"),
@@ -59,7 +60,7 @@ def smoke(**changes):
     ("evaluate.alphas", (0.0, 0.5, 1.5), "outside [0, 1]"),
     ("evaluate.alphas", (-0.1, 1.0), "outside [0, 1]"),
     ("features.chunk_steps", 0, "at least 1 batch per chunk"),
-    ("sae.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
+    ("saes.main.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
     ("dtype", "float16", "'float32' or 'bfloat16'"),
     ("num_workers", -1, "0 (reader threads only)"),
 ])
@@ -98,7 +99,8 @@ class FakeRun:
 
         self.config = config
         self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
-        self.examples = examples
+        self.validation = dataclasses.replace(self.train_spec, name="toy_val", split="val")
+        self.methods, self.examples = {}, examples
 
     def eval_specs(self):
         return [self.train_spec]
@@ -110,8 +112,8 @@ class FakeRun:
 @pytest.mark.parametrize("changes, devices, says", [
     ({"finetune.batch_size": 64}, 3, "config.finetune.batch_size is 64, which does not divide over this run's 3 "),
     ({"evaluate.batch_size": 100}, 8, "config.evaluate.batch_size is 100"),
-    ({"sae.batch_size": 100}, 8, "config.sae.batch_size is 100, which does not divide over the 8 devices"),
-    ({"sae.batch_size": 1024}, 1, "config.sae.batch_size (1024) exceeds the 900 training embeddings"),
+    ({"saes.main.batch_size": 100}, 8, "config.saes.main.batch_size is 100, which does not divide over the 8 devices"),
+    ({"saes.main.batch_size": 1024}, 1, "config.saes.main.batch_size (1024) exceeds the 900 training embeddings"),
     ({"finetune.steps": 0, "finetune.epochs": 1, "finetune.warmup_steps": 20}, 1,
      "must be below the run's 14 fine-tuning steps (1 epochs of 900 examples at batch 64)"),
 ])

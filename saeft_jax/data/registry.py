@@ -127,9 +127,11 @@ _SPECS: dict[str, Callable[[], DatasetSpec]] = {
     "objectnet": _objectnet,
     "iwildcam_train": lambda: _wilds("iwildcam_train", "train"),
     "iwildcam_id": lambda: _wilds("iwildcam_id", "id_test"),
+    "iwildcam_id_val": lambda: _wilds("iwildcam_id_val", "id_val"),
     "iwildcam_ood": lambda: _wilds("iwildcam_ood", "test"),
     "fmow_train": lambda: _wilds("fmow_train", "train"),
     "fmow_id": lambda: _wilds("fmow_id", "id_test"),
+    "fmow_id_val": lambda: _wilds("fmow_id_val", "id_val"),
     "fmow_ood": lambda: _wilds("fmow_ood", "test"),
     **{name: functools.partial(_transfer, name, location, split) for name, location, split in [
         ("cifar10", "cifar10", "test"), ("cifar100", "cifar100", "test"), ("dtd", "dtd", "test"),

@@ -11,11 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from saeft_jax import storage
 from saeft_jax.data import records
-from saeft_jax.errors import UsageError
 from saeft_jax.data.prepare import prepared_dir
 from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.errors import UsageError
 
 DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
 
@@ -102,3 +104,25 @@ class PreparedSource(_Reopens):
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = records.decode(self._records[index])
         return {"image": example["image"], "label": example["label"], "group": example["group"]}
+
+
+class Subset:
+    """Rows `indices` of another source, in that order (a validation split held out of a training
+    set, and the training rows left); pickles as the source and the indices."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.source[int(self.indices[index])]
+
+
+def held_out(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of a source of `count` examples: a `fraction` drawn at
+    random with `seed`, each part in ascending order, disjoint and together all rows."""
+    order = np.random.default_rng([seed, 7]).permutation(count)
+    held = int(round(count * fraction))
+    return np.sort(order[held:]), np.sort(order[:held])

@@ -36,6 +36,7 @@ class DigitsSetup:
     finetune_style: str = "colored"
     pretrain_fraction: float = 0.5
     finetune_fraction: float = 0.3
+    val_fraction: float = 0.2  # of the fine-tuning images, held out as the validation split
     finetune_copies: int = 2
     seed: int = 0
 
@@ -58,11 +59,13 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(count: int, setup: DigitsSetup) -> dict[str, np.ndarray]:
-    """Disjoint image indices for pretraining, fine-tuning and testing."""
+    """Disjoint image indices for pretraining, fine-tuning, validation (held out of the
+    fine-tuning images) and testing."""
     order = np.random.default_rng(setup.seed).permutation(count)
     a = int(count * setup.pretrain_fraction)
     b = a + int(count * setup.finetune_fraction)
-    return {"pretrain": order[:a], "finetune": order[a:b], "test": order[b:]}
+    v = b - int((b - a) * setup.val_fraction)
+    return {"pretrain": order[:a], "finetune": order[a:v], "val": order[v:b], "test": order[b:]}
 
 
 def render(digit: np.ndarray, style: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,6 +133,9 @@ def write_dataset(data_dir: str | Path, setup: DigitsSetup) -> epath.Path:
     counts["train"] = records.write_split(directory, "train", (
         records.encode(_png(render(images[i], setup.finetune_style, setup.image_size, rng)), labels[i])
         for i in finetune))
+    counts["val"] = records.write_split(directory, "val", (
+        records.encode(_png(render(images[i], setup.finetune_style, setup.image_size, rng)), labels[i])
+        for i in splits["val"]))
     for style in STYLES:
         counts[f"test_{style}"] = records.write_split(directory, f"test_{style}", (
             records.encode(_png(render(images[i], style, setup.image_size, rng)), labels[i])
@@ -140,13 +146,15 @@ def write_dataset(data_dir: str | Path, setup: DigitsSetup) -> epath.Path:
 
 
 def register(setup: DigitsSetup) -> None:
-    """Registers `digits_train`, `digits_<style>` and the suite `digits` (the fine-tuning style in
+    """Registers `digits_train`, `digits_val` (the validation split: held-out fine-tuning images in
+    the fine-tuning style), `digits_<style>` and the suite `digits` (the fine-tuning style in
     distribution, the other styles as shifts)."""
     def spec(name: str, split: str) -> registry.DatasetSpec:
         return registry.DatasetSpec(name, "prepared", setup.dataset, split, "digits", TEMPLATES, fixed_classnames=NAMES,
                                     prepare_kind="demo (written by the demo config itself)")
 
     registry.register(spec("digits_train", "train"))
+    registry.register(spec("digits_val", "val"))
     for style in STYLES:
         registry.register(spec(f"digits_{style}", f"test_{style}"))
     registry.register_suite("digits", f"digits_{setup.finetune_style}",

@@ -18,7 +18,7 @@ import numpy as np
 
 from saeft_jax.evaluation import interpret
 from saeft_jax.sae.frozen import FrozenSAE
-from saeft_jax.sae.quality import evaluate_sae
+from saeft_jax.sae.quality import data_statistics, evaluate_sae
 
 
 @dataclasses.dataclass
@@ -35,8 +35,14 @@ class Embeddings:
         return self.sae.codes(self.values)
 
     @functools.cached_property
-    def sae_fvu(self) -> float:
-        return float(evaluate_sae(self.sae, self.values, mesh=self.mesh)["fvu"])
+    def statistics(self) -> dict:
+        """Mean and total variance per image of the embeddings as the SAE sees them."""
+        return data_statistics(self.values, self.sae.normalize_inputs)
+
+    @functools.cached_property
+    def quality(self) -> dict:
+        """The SAE's FVU, MSE, L0 and dead latents on these embeddings."""
+        return evaluate_sae(self.sae, self.values, mesh=self.mesh, stats=self.statistics)
 
 
 @dataclasses.dataclass
@@ -92,8 +98,25 @@ def feature_changes(c: Comparison) -> dict[str, float]:
 
 @analysis(uses_sae=True)
 def sae_fvu(c: Comparison) -> dict[str, float]:
-    """How well the zero-shot SAE reconstructs the fine-tuned embeddings (and the zero-shot ones)."""
-    return {"sae_fvu": c.finetuned.sae_fvu, "sae_fvu_zeroshot": c.zeroshot.sae_fvu}
+    """How well the zero-shot SAE reconstructs the fine-tuned embeddings (and the zero-shot ones),
+    with FVU's two parts: the squared reconstruction error per image and the embeddings' total
+    variance per image (FVU = error / variance), since a representation that contracts raises FVU
+    even at a smaller error."""
+    figures = {}
+    for suffix, embeddings in (("", c.finetuned), ("_zeroshot", c.zeroshot)):
+        figures[f"sae_fvu{suffix}"] = float(embeddings.quality["fvu"])
+        figures[f"sae_error{suffix}"] = float(embeddings.quality["mse"] * embeddings.statistics["d"])
+        figures[f"variance{suffix}"] = float(embeddings.statistics["variance_per_example"])
+    return figures
+
+
+@analysis(uses_sae=True)
+def code_magnitude(c: Comparison) -> dict[str, float]:
+    """The mean L1 norm of an image's codes, fine-tuned and zero-shot: a penalty on features that
+    appear can be met by weakening every code, which moves the embeddings where the dictionary
+    responds little."""
+    return {"code_l1": float(np.abs(c.finetuned.codes[0]).sum(1).mean()),
+            "code_l1_zeroshot": float(np.abs(c.zeroshot.codes[0]).sum(1).mean())}
 
 
 @analysis(uses_sae=False)

@@ -3,11 +3,11 @@ without any other file."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 
-from saeft_jax.data.registry import dataset_spec
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "macro_f1": "macro-F1 (classes present)",
                 "worst_group": "worst-group accuracy"}
@@ -32,11 +32,6 @@ def report_methods(report: dict[str, Any]) -> list[str]:
     return [m for m in report["runs"] if m != "zeroshot"]
 
 
-def best_mix(run: dict[str, Any], id_dataset: str | None) -> tuple[str, dict[str, Any]]:
-    """(alpha, its scores) of the WiSE-FT mix with the highest ID + average OOD."""
-    return max(run["wise"].items(), key=lambda item: (item[1]["avg_ood"] or 0) + item[1]["metrics"].get(id_dataset, 0))
-
-
 def render_markdown(config, report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
     """The whole report as Markdown; `details` holds each method's `labels` line and the feature
     explanations (`runs`), `figures` the PNG file of each picture."""
@@ -59,12 +54,13 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
              f"weight decay {ft.weight_decay:g}.",
              f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
              f"{jax.devices()[0].platform} device(s)."]
-    if report["sae"]:
-        sae = report["sae"]
+    saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
+    for number, (name, sae) in enumerate(saes.items()):
         relu = ", ReLU after Top-K" if sae.get("relu") else ""
-        lines.append(f"- **SAE:** dictionary {sae.get('dict_size', config.sae.dict_size)}, k "
-                     f"{sae.get('k', config.sae.k)}{relu}; on the training features FVU {sae['fvu']:.3f}, L0 "
-                     f"{sae['l0']:.1f}, dead latents {100 * sae['dead_fraction']:.1f}%.")
+        role = " (the vocabulary of the analyses below)" if number == 0 and len(saes) > 1 else ""
+        lines.append(f"- **SAE `{name}`{role}:** dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the "
+                     f"training features FVU {sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents "
+                     f"{100 * sae['dead_fraction']:.1f}%.")
     raw = [m for m in methods if report["runs"][m]["method"].get("reference_raw_inputs")]
     if raw:
         lines.append("- **Raw SAE inputs:** " + ", ".join(f"`{m}`" for m in raw) + " fed the SAE raw (unnormalised) "
@@ -75,33 +71,45 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
 
 
 def _numbers(report) -> list[str]:
-    methods = report_methods(report)
-    datasets = report_datasets(report)
-    header = ["dataset (metric)", "zero-shot", *methods, *(f"{m}: best WiSE mix" for m in methods)]
-    best = {m: best_mix(report["runs"][m], report["id_dataset"]) for m in methods}
-    lines = ["## Results", "", "Scores in percent; WiSE-FT mixes the zero-shot and fine-tuned weights, "
-             "theta(a) = (1 - a) theta_0 + a theta_ft; the best mix maximises ID + average OOD.", "",
+    """One row per model (zero-shot; each method; its mix selected on validation; its mix at 0.5),
+    one column per dataset."""
+    methods, datasets, validation = report_methods(report), report_datasets(report), report.get("validation")
+    header = ["model", *(f"{d}{' (ID)' if d == report['id_dataset'] else ''}" for d in datasets), "average OOD"]
+    metrics = sorted({METRIC_NAMES.get(m, m) for m in report["dataset_metrics"].values()})
+    how = (f"the *selected* mix is the alpha with the best score on the validation split `{validation}` (no test "
+           f"set is looked at); the *fixed* one is the WiSE-FT papers' alpha 0.5" if validation else
+           "no validation split is configured (`finetune.val_dataset` or `finetune.val_fraction`), so no alpha is "
+           "selected; the fixed mix is the WiSE-FT papers' alpha 0.5")
+    lines = ["## Results", "", f"Scores in percent ({', '.join(metrics)}); WiSE-FT mixes the zero-shot and fine-tuned "
+             f"weights, theta(a) = (1 - a) theta_0 + a theta_ft; {how}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for d in datasets:
-        metric = METRIC_NAMES.get(dataset_spec(d).metric, dataset_spec(d).metric)
-        tag = " (ID)" if d == report["id_dataset"] else ""
-        cells = [f"{d}{tag}, {metric}", _pct(report["runs"]["zeroshot"]["metrics"][d]),
-                 *(_pct(report["runs"][m]["metrics"][d]) for m in methods),
-                 *(f"{_pct(best[m][1]['metrics'][d])} (a={best[m][0]})" for m in methods)]
-        lines.append("| " + " | ".join(cells) + " |")
-    cells = ["**average OOD**", _pct(report["runs"]["zeroshot"]["avg_ood"]),
-             *(_pct(report["runs"][m]["avg_ood"]) for m in methods),
-             *(f"{_pct(best[m][1]['avg_ood'])} (a={best[m][0]})" for m in methods)]
-    return lines + ["| " + " | ".join(cells) + " |", ""]
+
+    def row(label: str, scores: dict[str, Any]) -> str:
+        cells = [label, *(_pct(scores["metrics"][d]) for d in datasets), _pct(scores["avg_ood"])]
+        return "| " + " | ".join(cells) + " |"
+
+    lines.append(row("zero-shot", report["runs"]["zeroshot"]))
+    for m in methods:
+        run = report["runs"][m]
+        lines.append(row(f"`{m}`", run))
+        if "selection" in run:
+            choice = run["selection"]
+            lines.append(row(f"`{m}`, selected a={choice['alpha']:.1f} (validation {_pct(choice['score'])})",
+                             run["selected"]))
+        if "fixed_alpha" in run:
+            lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))
+    return lines + [""]
 
 
 def _pictures(figures) -> list[str]:
     lines = ["## Pictures", ""]
     if "wise" in figures:
-        lines += ["ID against average OOD along each method's WiSE-FT sweep (star: zero-shot; square: fine-tuned):",
-                  "", f"![WiSE-FT sweep]({figures['wise']})", ""]
+        lines += ["ID against average OOD along each method's WiSE-FT sweep (star: zero-shot; square: fine-tuned; "
+                  "ring: the alpha selected on validation), on linear and on logit axes, then per shift:", "",
+                  f"![WiSE-FT sweep]({figures['wise']}) ![WiSE-FT sweep, logit axes]({figures['wise_logit']})", "",
+                  f"![WiSE-FT sweep per shift]({figures['wise_shifts']})", ""]
     if "datasets" in figures:
-        lines += ["Every dataset for zero-shot, each method and its best mix:", "",
+        lines += ["Every dataset for zero-shot, each method and its selected mix:", "",
                   f"![per dataset]({figures['datasets']})", ""]
     return lines
 
@@ -111,23 +119,46 @@ def _changed(report, details, figures) -> list[str]:
     if not report["sae"]:
         return ["## What changed", "", "No SAE was trained in this run, so there is no feature-level account.", ""]
     id_name = report["id_dataset"] or report["ood_datasets"][0]
+    lines = _changes_table(report, methods, id_name) + ["", _reading(report, methods, id_name), ""]
+    for m in methods:
+        lines += _method_details(m, details["runs"].get(m), figures)
+    return lines
+
+
+def _changes_table(report, methods, id_name) -> list[str]:
     lines = ["## What changed", "",
              f"In the SAE's vocabulary, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
              f"embedding's top-k codes hold it and the zero-shot one's do not, *removed* in the converse case. "
              f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
-             f"(zero-shot in brackets); CKA compares the two representations over the images (1: same geometry).",
-             "", "| method | ID | avg OOD | added / image | removed / image | SAE FVU | CKA |",
-             "|---|---|---|---|---|---|---|"]
+             f"(zero-shot in brackets); it is the squared reconstruction error per image over the embeddings' "
+             f"variance per image, both shown, so a representation that contracts shows a high FVU at a low error. "
+             f"CKA compares the two representations over the images (1: same geometry).",
+             "", "| method | ID | avg OOD | added / image | removed / image | SAE FVU | error / variance | CKA |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in methods:
-        c, run = report["runs"][m]["changes_by_dataset"][id_name], report["runs"][m]
+        run = report["runs"][m]
+        c = run.get("changes_by_dataset", {}).get(id_name, {})
         fvu = f"{_num(c.get('sae_fvu'), 3)} ({_num(c.get('sae_fvu_zeroshot'), 3)})"
+        parts = f"{_num(c.get('sae_error'), 3)} / {_num(c.get('variance'), 3)}"
         lines.append(f"| {m} | {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
                      f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
-                     f"{_num(c.get('cka'), 3)} |")
-    lines += ["", _reading(report, methods, id_name), ""]
-    for m in methods:
-        lines += _method_details(m, details["runs"].get(m), figures)
+                     f"{parts} | {_num(c.get('cka'), 3)} |")
     return lines
+
+
+def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], figures: dict[str, str]) -> str:
+    """The comparison of several runs as Markdown: which runs, the numbers, the pictures, and what
+    changed, each method read in the vocabulary of its own run's SAE."""
+    lines = ["# SAE-FT comparison", "", "## What was compared", "",
+             f"- **Model:** `{report['model']}`; in distribution `{report['id_dataset']}`; shifts "
+             + ", ".join(f"`{d}`" for d in report["ood_datasets"])
+             + (f"; validation split `{report['validation']}`." if report.get("validation") else "."),
+             *(f"- `{workdir}`: " + ", ".join(f"`{m}`" for m in methods) for workdir, methods in sources.items()),
+             ""]
+    methods = report_methods(report)
+    id_name = report["id_dataset"] or report["ood_datasets"][0]
+    changes = _changes_table(report, methods, id_name) if any("changes" in report["runs"][m] for m in methods) else []
+    return "\n".join(lines + _numbers(report) + _pictures(figures) + changes) + "\n"
 
 
 def _reading(report, methods, id_name) -> str:
@@ -141,7 +172,28 @@ def _reading(report, methods, id_name) -> str:
             part += (f", adding {c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features "
                      f"per image")
         parts.append(part)
-    return "**Reading.** " + "; ".join(parts) + "."
+    return "**Reading.** " + "; ".join(parts) + "." + _fvu_reading(report, methods, id_name)
+
+
+def _fvu_reading(report, methods, id_name) -> str:
+    """Which part of FVU moved for each method whose FVU rose: the error, or the variance."""
+    sentences = []
+    for m in methods:
+        c = report["runs"][m].get("changes_by_dataset", {}).get(id_name, {})
+        if not {"sae_fvu", "sae_error", "variance", "sae_error_zeroshot", "variance_zeroshot"} <= set(c):
+            continue
+        if c["sae_fvu"] <= 1.5 * c["sae_fvu_zeroshot"]:
+            continue
+        error, variance = c["sae_error"] / c["sae_error_zeroshot"], c["variance"] / c["variance_zeroshot"]
+        grew, contracted = math.log(error), -math.log(variance)
+        cause = (" mostly because the embeddings contracted" if contracted > 2 * grew else
+                 " mostly because the error grew" if grew > 2 * contracted else "")
+        codes = (f"; the codes' L1 went from {c['code_l1_zeroshot']:.2f} to {c['code_l1']:.2f}"
+                 if "code_l1" in c else "")
+        sentences.append(f"`{m}`'s FVU is {c['sae_fvu'] / c['sae_fvu_zeroshot']:.1f}x the zero-shot one{cause}: its "
+                         f"error per image is {error:.1f}x and its variance per image {variance:.2f}x the zero-shot "
+                         f"ones{codes}")
+    return (" " + "; ".join(sentences) + ".") if sentences else ""
 
 
 def _method_details(method, detail, figures) -> list[str]:

@@ -28,27 +28,60 @@ def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title:
     _save(fig, path, dpi=120)
 
 
-def wise_curves(curves: dict[str, tuple[list[float], list[float], list[float]]], path: str | os.PathLike, *,
-                id_name: str = "in-distribution", title: str = "WiSE-FT: zero-shot to fine-tuned") -> None:
-    """ID vs average-OOD score along each method's alpha sweep ({method: (alphas, id, avg_ood)}),
-    the shared zero-shot end (alpha 0) and each fine-tuned end (alpha 1) marked."""
+Curves = dict[str, tuple[list[float], list[float], list[float]]]  # method -> (alphas, ID, OOD)
+
+
+def wise_curves(curves: Curves, path: str | os.PathLike, *, id_name: str = "in-distribution",
+                ood_name: str = "average over the shifts (OOD)", selected: dict[str, float] | None = None,
+                logit: bool = False, title: str = "WiSE-FT: zero-shot to fine-tuned") -> None:
+    """ID vs OOD score along each method's alpha sweep, the shared zero-shot end (alpha 0) and
+    each fine-tuned end (alpha 1) marked, and each method's `selected` alpha (chosen on the
+    validation split) ringed. `logit` scales both axes as logit(score), as the WiSE-FT and
+    effective-robustness papers plot them (the linear trend of many models)."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for i, (method, (alphas, id_scores, ood_scores)) in enumerate(curves.items()):
-        color = f"C{i + 1}"
-        ax.plot(id_scores, ood_scores, "-o", color=color, markersize=3, label=method)
-        ax.plot(id_scores[-1], ood_scores[-1], "s", color=color, markersize=8)
-        best = int(np.argmax(np.asarray(id_scores) + np.asarray(ood_scores)))
-        ax.annotate(f"a={alphas[best]:.1f}", (id_scores[best], ood_scores[best]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4), color=color)
-    first = next(iter(curves.values()))
-    ax.plot(first[1][0], first[2][0], "*", color="C0", markersize=14, label="zero-shot")
-    ax.set_xlabel(f"{id_name} (ID)")
-    ax.set_ylabel("average over the shifts (OOD)")
+    _draw_curves(ax, curves, selected or {}, logit)
+    ax.set_xlabel(f"{id_name} (ID)" + (", logit scale" if logit else ""))
+    ax.set_ylabel(ood_name + (", logit scale" if logit else ""))
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path, dpi=120)
+
+
+def wise_per_shift(panels: dict[str, Curves], path: str | os.PathLike, *, id_name: str,
+                   selected: dict[str, float] | None = None) -> None:
+    """One small WiSE-FT plot per shift: ID against that shift along each method's sweep."""
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
+    for ax, (shift, curves) in zip(axes.flat, panels.items()):
+        _draw_curves(ax, curves, selected or {}, logit=False)
+        ax.set_title(shift, fontsize=9)
+        ax.set_xlabel(f"{id_name} (ID)", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+
+
+def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) -> None:
+    clip = (lambda v: np.clip(np.asarray(v, np.float64), 1e-3, 1 - 1e-3)) if logit else np.asarray
+    for i, (method, (alphas, id_scores, ood_scores)) in enumerate(curves.items()):
+        color, x, y = f"C{i + 1}", clip(id_scores), clip(ood_scores)
+        ax.plot(x, y, "-o", color=color, markersize=3, label=method)
+        ax.plot(x[-1], y[-1], "s", color=color, markersize=7)
+        if method in selected and selected[method] in alphas:
+            at = alphas.index(selected[method])
+            ax.plot(x[at], y[at], "o", markersize=11, markerfacecolor="none", markeredgecolor=color)
+            ax.annotate(f"a={alphas[at]:.1f}", (x[at], y[at]), fontsize=7, textcoords="offset points",
+                        xytext=(5, 5), color=color)
+    first = next(iter(curves.values()))
+    ax.plot(clip(first[1])[0], clip(first[2])[0], "*", color="C0", markersize=13, label="zero-shot")
+    if logit:
+        ax.set_xscale("logit")
+        ax.set_yscale("logit")
+    ax.grid(alpha=0.3, which="both")
 
 
 def dataset_bars(datasets: list[str], series: dict[str, list[float]], path: str | os.PathLike, *,

@@ -14,11 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from etils import epath
 
 from saeft_jax import distributed, hf, parallel, storage
+from saeft_jax.config import sae_names
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
-from saeft_jax.data.sources import open_source
+from saeft_jax.data.sources import Subset, held_out, open_source
 from saeft_jax.methods import Method, from_config
 from saeft_jax.stages import completion
 
@@ -40,7 +42,7 @@ class Run:
     @functools.cached_property
     def methods(self) -> dict[str, Method]:
         """The fine-tuning methods of `config.finetune.methods`, checked, in order."""
-        return from_config(self.config.finetune.methods)
+        return from_config(self.config.finetune.methods, sae_names(self.config))
 
     @functools.cached_property
     def clip(self):
@@ -69,7 +71,34 @@ class Run:
         return [self.spec(n) for n in ([in_distribution] if in_distribution else []) + list(shifts)]
 
     def source(self, spec: DatasetSpec):
+        """The examples of `spec`; the training set without the rows held out for validation."""
+        if spec.name == self.config.train_dataset and self._held_out is not None:
+            return Subset(self._full(spec), self._held_out[0])
+        if self.validation is not None and spec.name == self.validation.name and self._held_out is not None:
+            return Subset(self._full(self.train_spec), self._held_out[1])
+        return self._full(spec)
+
+    def _full(self, spec: DatasetSpec):
         return open_source(spec, self.config.data_dir or None)
+
+    @functools.cached_property
+    def _held_out(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(training rows, validation rows) of the training set with `finetune.val_fraction`."""
+        fraction = self.config.finetune.val_fraction
+        if not fraction:
+            return None
+        return held_out(len(self._full(self.train_spec)), fraction, self.config.seed)
+
+    @functools.cached_property
+    def validation(self) -> DatasetSpec | None:
+        """The validation split every selection is made on: `finetune.val_dataset`, or the rows
+        `finetune.val_fraction` holds out of the training set; None without either."""
+        cfg = self.config.finetune
+        if cfg.val_dataset:
+            return self.spec(cfg.val_dataset)
+        if cfg.val_fraction:
+            return dataclasses.replace(self.train_spec, name=f"{self.config.train_dataset}_held_out")
+        return None
 
     @property
     def is_writer(self) -> bool:

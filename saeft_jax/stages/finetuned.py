@@ -6,11 +6,13 @@ fingerprint."""
 from __future__ import annotations
 
 import jax
+import numpy as np
 from etils import epath
 
 from saeft_jax import hf, parallel, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
+from saeft_jax.errors import UsageError
 from saeft_jax.fingerprint import fingerprint
 from saeft_jax.methods import Method
 from saeft_jax.models.clip import image_encoder, image_params
@@ -19,6 +21,7 @@ from saeft_jax.stages.context import Run
 from saeft_jax.training.loop import train_loop
 from saeft_jax.training.optim import make_optimizer
 from saeft_jax.training.step import init_state, make_loss, make_train_step
+from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "finetune"
 
@@ -34,14 +37,17 @@ def total_steps(run: Run, examples: int) -> int:
 
 
 def run_stage(run: Run, name: str) -> None:
-    """Fine-tunes with method `name`, continuing from its newest checkpoint."""
+    """Fine-tunes with method `name`, continuing from its newest checkpoint (or imports the
+    model a `checkpoint` method names)."""
     cfg, method = run.config.finetune, run.methods[name]
+    if method.checkpoint:
+        return _import(run, method)
     model, params = run.clip
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
     optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                                          clip_norm=cfg.clip_norm)
-    sae = trained_sae.load(run) if method.regularizer.uses_sae else None
+    sae = trained_sae.load(run, method.sae) if method.sae else None
     state = init_state({"encoder": image_params(params), "head": heads.load_head(run, run.train_spec.label_space)},
                        optimizer)
     sharding = parallel.state_shardings(state, run.mesh, fsdp=True) if cfg.fsdp else None
@@ -61,11 +67,42 @@ def run_stage(run: Run, name: str) -> None:
         hf.save_clip(model, {**params, **tuned["encoder"]}, directory / "final", tokenizer=run.tokenizer,
                      image_spec=run.image_spec)
         storage.save_safetensors(directory / "head.safetensors", tuned["head"])
-    made_from = (("zeroshot",), *([("sae",)] if sae is not None else []),
+    made_from = (("zeroshot",), *([("sae", method.sae)] if method.sae else []),
                  *([("features",)] if cfg.teacher_cache and method.regularizer.teacher_cache else []))
     run.mark_done({"method": method.describe(), "train": {k: summary[k] for k in ("steps", "final_loss", "final_ce")},
                    "fingerprint": fingerprint(tuned)}, STAGE, name, files=("final", "head.safetensors"),
                   inputs=made_from)
+
+
+def _import(run: Run, method: Method) -> None:
+    """A model fine-tuned elsewhere, taken in as this method's: its image encoder and its head
+    (`head.safetensors` beside its weights, else the zero-shot head of its own text tower over the
+    training classes), written where a trained method's go."""
+    model, params = run.clip
+    where = storage.path(method.checkpoint)
+    theirs_model, theirs = hf.load_clip(where)
+    if theirs_model.config != model.config:
+        raise UsageError(f"{where} holds a CLIP of another shape than {run.model_path}; WiSE-FT mixes the two "
+                         f"models' weights, so a checkpoint method must be a fine-tuned copy of this run's model.")
+    if (where / "head.safetensors").exists():
+        head = storage.load_safetensors(where / "head.safetensors")
+    else:
+        spec = run.train_spec
+        head = build_zeroshot_head(theirs_model, theirs, hf.load_tokenizer(where), spec.classnames, spec.templates,
+                                   show_progress=run.config.show_progress)
+    classes = len(run.train_spec.classnames)
+    if np.shape(head["W"]) != (classes, model.config.projection_dim):
+        raise UsageError(f"{where / 'head.safetensors'} has shape {np.shape(head['W'])}; the training classes need "
+                         f"({classes}, {model.config.projection_dim}).")
+    tuned = {"encoder": image_params(theirs), "head": {k: np.asarray(v, np.float32) for k, v in head.items()}}
+    directory = run.dir(STAGE, method.name)
+    if run.is_writer:
+        hf.save_clip(model, {**params, **tuned["encoder"]}, directory / "final", tokenizer=run.tokenizer,
+                     image_spec=run.image_spec)
+        storage.save_safetensors(directory / "head.safetensors", tuned["head"])
+    run.mark_done({"method": method.describe(), "train": {"steps": 0, "final_loss": None, "final_ce": None},
+                   "fingerprint": fingerprint(tuned)}, STAGE, method.name, files=("final", "head.safetensors"),
+                  inputs=(("zeroshot",),))
 
 
 def _loss(run: Run, method: Method):

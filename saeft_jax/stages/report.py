@@ -14,11 +14,13 @@ import jax
 import numpy as np
 
 from saeft_jax import parallel, storage
+from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import interpret
 from saeft_jax.evaluation.analyses import Comparison, Embeddings, run_analyses
 from saeft_jax.rendering import plots
-from saeft_jax.rendering.markdown import best_mix, render_markdown, report_datasets, report_methods
+from saeft_jax.rendering.figures import report_figures
+from saeft_jax.rendering.markdown import render_markdown, report_datasets, report_methods
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.stages import finetuned, heads, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
@@ -31,28 +33,50 @@ def _avg(metrics: dict[str, float], names: list[str]) -> float | None:
     return float(np.mean([metrics[n] for n in names])) if names else None
 
 
-def _run_scores(record: dict[str, Any], alpha: str, ood: list[str]) -> dict[str, Any]:
-    metrics = {dataset: summary["scores"][alpha] for dataset, summary in record["datasets"].items()}
+def _run_scores(record: dict[str, Any], alpha: str, tests: list[str], ood: list[str]) -> dict[str, Any]:
+    metrics = {dataset: record["datasets"][dataset]["scores"][alpha] for dataset in tests}
     return {"metrics": metrics, "avg_ood": _avg(metrics, ood)}
 
 
+def _sae_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An SAE's quality on the training features and its shape, from its completion record."""
+    keys = ("fvu", "dead_fraction", "l0", "dict_size", "k", "relu")
+    return {key: record[key] for key in keys if key in record} if record else None
+
+
+def select(record: dict[str, Any], split: str) -> dict[str, Any]:
+    """The WiSE-FT alpha with the best score on the validation split `split` (the smallest of
+    equal ones, the nearer to zero-shot); only that split is read."""
+    scores = record["datasets"][split]["scores"]
+    alpha = max(sorted(scores, key=float), key=lambda a: scores[a])
+    metric = record["datasets"][split]["metric"]
+    return {"split": split, "alpha": float(alpha), "score": scores[alpha], "metric": metric}
+
+
 def collect(run: Run) -> dict[str, Any]:
-    """The report.json content (without the analyses, which `run_stage` adds)."""
+    """The report.json content (without the analyses, which `run_stage` adds). Everything called
+    selected is chosen on the validation split; the test sets are only scored."""
     in_distribution, shifts = suite(run.config.eval_suite)
+    tests, shifts = ([in_distribution] if in_distribution else []) + list(shifts), list(shifts)
     names = list(run.methods)
     evaluations = {name: run.done(scores.STAGE, name) for name in names}
-    alphas = list(next(iter(evaluations.values()))["datasets"].values())[0]["scores"]
-    sae_done = run.done(trained_sae.STAGE)
-    report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": list(shifts),
-              "sae": {k: sae_done[k] for k in ("fvu", "dead_fraction", "l0", "dict_size", "k", "relu")
-                      if k in sae_done} if sae_done else None,
-              "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", list(shifts))}}
+    saes = {name: _sae_summary(run.done(trained_sae.STAGE, name)) for name in sae_names(run.config)}
+    validation = run.validation.name if run.validation else None
+    report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": shifts,
+              "validation": validation, "sae": saes[trained_sae.report_sae(run)], "saes": saes,
+              "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
+              "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)}}
     for name, method in run.methods.items():
-        trained = run.done(finetuned.STAGE, name)
-        report["runs"][name] = {**_run_scores(evaluations[name], "1.0", list(shifts)),
-                                "wise": {a: _run_scores(evaluations[name], a, list(shifts)) for a in alphas},
-                                "method": method.describe(), "train": trained["train"],
-                                "fingerprint": trained["fingerprint"]}
+        record, trained = evaluations[name], run.done(finetuned.STAGE, name)
+        wise = {a: _run_scores(record, a, tests, shifts) for a in record["datasets"][tests[0]]["scores"]}
+        entry = {**wise["1.0"], "wise": wise, "method": method.describe(), "train": trained["train"],
+                 "fingerprint": trained["fingerprint"]}
+        if "0.5" in wise:
+            entry["fixed_alpha"] = {"alpha": 0.5, **wise["0.5"]}  # the WiSE-FT papers' choice
+        if validation:
+            entry["selection"] = select(record, validation)
+            entry["selected"] = wise[f"{entry['selection']['alpha']:.1f}"]
+        report["runs"][name] = entry
     return report
 
 
@@ -61,9 +85,9 @@ def run_stage(run: Run) -> None:
     if run.is_writer:
         report = collect(run)
         directory = run.dir(STAGE)
-        sae = trained_sae.load(run) if report["sae"] else None
+        sae = trained_sae.load(run, trained_sae.report_sae(run)) if report["sae"] else None
         details = {**_changes(run, report, sae), "labels": {n: m.label() for n, m in run.methods.items()}}
-        figures = _figures(report, directory)
+        figures = report_figures(report, directory)
         if sae is not None:
             figures.update(_feature_grids(run, details, directory))
         write_json(directory / "report.json", report)
@@ -71,31 +95,8 @@ def run_stage(run: Run) -> None:
         files = ("report.md", "report.json", *figures.values())
     else:
         files = ()
-    made_from = (*((scores.STAGE, name) for name in run.methods), (trained_sae.STAGE,))
+    made_from = (*((scores.STAGE, name) for name in run.methods), (trained_sae.STAGE, trained_sae.report_sae(run)))
     run.mark_done({}, STAGE, files=files, inputs=made_from)
-
-
-def _figures(report: dict[str, Any], directory) -> dict[str, str]:
-    datasets = report_datasets(report)
-    methods = report_methods(report)
-    figures = {}
-    if report["id_dataset"]:
-        curves = {}
-        for method in methods:
-            wise = report["runs"][method]["wise"]
-            alphas = sorted(wise, key=float)
-            curves[method] = ([float(a) for a in alphas], [wise[a]["metrics"][report["id_dataset"]] for a in alphas],
-                              [wise[a]["avg_ood"] for a in alphas])
-        plots.wise_curves(curves, directory / "wise.png", id_name=report["id_dataset"])
-        figures["wise"] = "wise.png"
-    series = {"zero-shot": [report["runs"]["zeroshot"]["metrics"][d] for d in datasets]}
-    for method in methods:
-        series[method] = [report["runs"][method]["metrics"][d] for d in datasets]
-        best = best_mix(report["runs"][method], report["id_dataset"])
-        series[f"{method} WiSE a={best[0]}"] = [best[1]["metrics"][d] for d in datasets]
-    plots.dataset_bars(datasets, series, directory / "datasets.png")
-    figures["datasets"] = "datasets.png"
-    return figures
 
 
 def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:

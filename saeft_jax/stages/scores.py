@@ -1,7 +1,7 @@
 """Stage evaluate: the scores of each method's fine-tuned model with the zero-shot one on every
-dataset of the suite, every WiSE-FT alpha in one pass (`evaluate/<method>/<dataset>.json` with
-the metric per alpha, `.npz` with per-example predictions and embeddings), resumable dataset by
-dataset."""
+dataset of the suite and on the validation split, every WiSE-FT alpha in one pass
+(`evaluate/<method>/<dataset>.json` with the metric per alpha, `.npz` with per-example
+predictions and embeddings), resumable dataset by dataset."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def run_stage(run: Run, name: str) -> None:
     alphas, encoder = tuple(run.config.evaluate.alphas), image_encoder(model)
     sweeps = {}  # one compilation per label-space projection, shared by the datasets that use it
     results = {}
-    for spec in run.eval_specs():
+    for spec in [*run.eval_specs(), *([run.validation] if run.validation else [])]:
         results[spec.name] = _saved_summary(directory, spec.name)
         if results[spec.name] is not None:
             continue

@@ -1,0 +1,91 @@
+"""Model selection on a validation split: held-out rows disjoint from training, the WiSE-FT
+alpha chosen on validation alone, and runs compared side by side (`saeft_jax.compare`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from saeft_jax import compare
+from saeft_jax.data.sources import Subset, held_out
+from saeft_jax.errors import UsageError
+from saeft_jax.stages.report import select
+
+
+def test_held_out_rows_are_disjoint_from_training_and_cover_the_set():
+    train, val = held_out(1000, 0.1, seed=3)
+    assert len(val) == 100 and not set(train) & set(val) and sorted([*train, *val]) == list(range(1000))
+    again_train, again_val = held_out(1000, 0.1, seed=3)
+    np.testing.assert_array_equal(val, again_val)  # the same split on every process and every rerun
+    assert not np.array_equal(val, held_out(1000, 0.1, seed=4)[1])
+    rows = Subset([{"i": i} for i in range(1000)], val)
+    assert [rows[j]["i"] for j in range(3)] == list(val[:3]) and len(pickle.loads(pickle.dumps(rows))) == 100
+
+
+def evaluation(val: dict[str, float], test: dict[str, float]) -> dict:
+    """An evaluate stage's record: scores per alpha on a validation split and on a test set."""
+    return {"datasets": {"digits_val": {"metric": "top1", "scores": val},
+                         "digits_colored": {"metric": "top1", "scores": test}}}
+
+
+def test_the_alpha_is_selected_on_validation_alone():
+    alphas = [f"{a / 10:.1f}" for a in range(11)]
+    val = dict(zip(alphas, [0.1, 0.2, 0.5, 0.5, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1]))
+    test = dict(zip(alphas, np.linspace(0.9, 0.1, 11)))
+    choice = select(evaluation(val, test), "digits_val")
+    assert choice == {"split": "digits_val", "alpha": 0.2, "score": 0.5, "metric": "top1"}  # ties: nearer zero-shot
+    shuffled = dict(zip(alphas, np.random.default_rng(0).permutation(list(test.values()))))  # other test labels
+    assert select(evaluation(val, shuffled), "digits_val") == choice
+
+
+def report(model="demo", zeroshot=0.5, methods=("none", "sae_add_remove")) -> dict:
+    alphas = [f"{a / 10:.1f}" for a in range(11)]
+    scores = lambda base: {"metrics": {"id": base, "shift": base / 2}, "avg_ood": base / 2}
+    runs = {"zeroshot": scores(zeroshot)}
+    for i, name in enumerate(methods):
+        wise = {a: scores(zeroshot + 0.01 * i + float(a) / 10) for a in alphas}
+        runs[name] = {**wise["1.0"], "wise": wise, "fixed_alpha": {"alpha": 0.5, **wise["0.5"]},
+                      "selection": {"split": "val", "alpha": 0.3, "score": 0.6, "metric": "top1"},
+                      "selected": wise["0.3"], "method": {"regularizer": name}, "train": {"steps": 1},
+                      "fingerprint": str(i)}
+    return {"model": model, "id_dataset": "id", "ood_datasets": ["shift"], "validation": "val",
+            "dataset_metrics": {"id": "top1", "shift": "top1"}, "sae": None, "runs": runs}
+
+
+def write(tmp_path, name: str, content: dict):
+    (tmp_path / name / "report").mkdir(parents=True)
+    (tmp_path / name / "report" / "report.json").write_text(json.dumps(content))
+    return str(tmp_path / name)
+
+
+def test_compare_merges_runs_and_names_clashing_methods(tmp_path):
+    first = write(tmp_path, "a", report())
+    second = write(tmp_path, "b", report(methods=("none", "mse")))
+    out = compare.compare([first, second], str(tmp_path / "out"))
+    merged = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(merged["runs"]) == ["zeroshot", "a/none", "sae_add_remove", "b/none", "mse"]
+    assert merged["runs"]["mse"]["fingerprint"] == "1"
+    text = out.read_text()
+    assert "| `a/none`, selected a=0.3" in text and "`b`: `b/none`, `mse`" in text
+    for picture in ("wise.png", "wise_logit.png", "wise_shifts.png", "datasets.png"):
+        assert (tmp_path / "out" / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda r: r.update(model="other"), "differ in model"),
+    (lambda r: r.update(ood_datasets=["elsewhere"]), "differ in ood_datasets"),
+    (lambda r: r.update(validation="test"), "differ in validation"),
+    (lambda r: r["runs"]["zeroshot"]["metrics"].update(id=0.1), "different zero-shot scores"),
+])
+def test_compare_refuses_runs_that_do_not_compare(tmp_path, change, says):
+    other = copy.deepcopy(report())
+    change(other)
+    paths = [write(tmp_path, "a", report()), write(tmp_path, "b", other)]
+    with pytest.raises(UsageError, match=says):
+        compare.compare(paths, str(tmp_path / "out"))
+    assert compare.main([*paths, "--out", str(tmp_path / "out")]) == 2
+    assert compare.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
