@@ -2,7 +2,7 @@
 methods side by side (`report.md`, `report.json`, the PNGs).
 
 The runs must share the model, the suite (in-distribution set and shifts) and the validation
-split, and give the same zero-shot scores: otherwise their numbers are not comparable, and the
+split (for `finetune.val_fraction`, the same fraction and seed), and give the same zero-shot scores: otherwise their numbers are not comparable, and the
 command stops with one paragraph saying what differs (exit code 2). A method keeps its name, or
 becomes `<run>/<name>` when two runs use the same name.
 """
@@ -21,7 +21,7 @@ from saeft_jax.errors import UsageError
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.markdown import render_comparison, report_methods
 
-SHARED = ("model", "id_dataset", "ood_datasets", "validation", "dataset_metrics")
+SHARED = ("model", "id_dataset", "ood_datasets", "validation", "held_out", "dataset_metrics")
 
 
 def read_report(workdir: str) -> dict[str, Any]:
@@ -61,6 +61,10 @@ def merge(reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
 
 def compare(workdirs: list[str], out: str) -> epath.Path:
     """Writes the comparison of `workdirs` into `out`; returns the Markdown file."""
+    places = [str(_resolved(w)) for w in workdirs]
+    repeated = sorted({w for w, place in zip(workdirs, places) if places.count(place) > 1})
+    if repeated:
+        raise UsageError(f"{', '.join(repeated)} given more than once (as the same directory); name each run once.")
     labels = [storage.path(w).name or str(w) for w in workdirs]
     if len(set(labels)) != len(labels):
         labels = [str(w) for w in workdirs]
@@ -71,6 +75,11 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
     storage.write_atomic(directory / "report.json", json.dumps(merged, indent=1))
     storage.write_atomic(directory / "report.md", render_comparison(sources, merged, figures))
     return directory / "report.md"
+
+
+def _resolved(workdir: str) -> epath.Path:
+    path = storage.path(workdir)
+    return path if storage.is_remote(path) else epath.Path(path.resolve())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,10 @@ Fine-tuning methods are entries of `finetune.methods`, built with `method(...)` 
 from __future__ import annotations
 
 import difflib
-import re
 
 import ml_collections
 
-from saeft_jax import methods
+from saeft_jax import methods, storage
 from saeft_jax.errors import ConfigError
 from saeft_jax.evaluation.analyses import ANALYSES
 from saeft_jax.evaluation.wise import DEFAULT_ALPHAS
@@ -204,9 +203,9 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
     with c.unlocked():
         for name in list(c.saes):
             where = f"config.saes.{name}"
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            if not storage.is_plain_name(name):
                 raise ConfigError(f"{where}: {name!r} cannot name an SAE: it is a folder under sae/, so a plain name "
-                                  f"(letters, digits, '_', '.', '-', not starting with '.').")
+                                  f"({storage.PLAIN_NAME_RULE}).")
             unknown = sorted(set(c.saes[name]) - set(SAE_DEFAULTS))
             if unknown:
                 close = difflib.get_close_matches(unknown[0], SAE_DEFAULTS, n=1)
@@ -242,3 +241,7 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
     if bad:
         raise ConfigError(f"config.evaluate.alphas holds {bad}, outside [0, 1]: a WiSE-FT weight mixes the zero-shot "
                           f"(0) and fine-tuned (1) models, so it lies between them.")
+    fine = [a for a in c.evaluate.alphas if abs(round(a, 2) - a) > 1e-9]
+    if fine:
+        raise ConfigError(f"config.evaluate.alphas holds {fine}, with more than two decimals; the sweep names each "
+                          f"weight by two at most (0.25), so round them (e.g. {[round(a, 2) for a in fine]}).")

@@ -52,7 +52,14 @@ def plan(coordinator_address: str | None = None, num_processes: int | None = Non
         if count is None or index is None:
             raise UsageError(f"a coordinator address ({address}) needs the number of processes and this "
                              f"process's id (--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
-        return Startup("explicit", int(count), int(index), address)
+        count, index = _count("--num_processes / JAX_NUM_PROCESSES", count), _count("--process_id / JAX_PROCESS_ID",
+                                                                                    index)
+        if not 0 <= index < count:
+            raise UsageError(f"process id {index} is not one of the {count} processes (0 to {count - 1}).")
+        return Startup("explicit", count, index, address)
+    if num_processes is not None or process_id is not None:
+        raise UsageError("--num_processes/--process_id need --coordinator_address (host:port of process 0); on "
+                         "SLURM or a TPU slice pass none of the three, JAX finds them by itself.")
     switch = os.environ.get(SWITCH, "auto")
     if switch not in ("auto", "off"):
         raise UsageError(f"{SWITCH}={switch!r}; use 'auto' (JAX detects SLURM, TPU slices, GKE, ...) or 'off' "
@@ -60,9 +67,34 @@ def plan(coordinator_address: str | None = None, num_processes: int | None = Non
     cluster = _detected_cluster() if switch == "auto" else None
     if cluster is None or cluster.get_process_count() <= 1:
         return Startup("single host")
-    address, count, index, devices = cluster.auto_detect_unset_distributed_params(
-        None, None, None, None, cluster.name, 300)
-    return Startup(cluster.name, count, index, address, tuple(devices) if devices is not None else None)
+    address, count, index, devices = cluster.auto_detect_unset_distributed_params(  # None: JAX's own detection
+        None, None, None, None, None, 300)
+    _check_visible_gpus(devices)
+    return Startup(cluster.name or cluster.__name__, count, index, address,
+                   tuple(devices) if devices is not None else None)
+
+
+def _count(name: str, value) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsageError(f"{name} is {value!r}; it must be a whole number.") from None
+    if number < 0:
+        raise UsageError(f"{name} is {number}; it must be 0 or more.")
+    return number
+
+
+def _check_visible_gpus(devices) -> None:
+    """JAX drives GPU SLURM_LOCALID of the node; a task bound to its own GPUs does not see it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is None or not visible:
+        return
+    count = len(visible.split(","))
+    if max(devices) >= count:
+        raise UsageError(f"this task would drive GPU {max(devices)} of its node (its SLURM_LOCALID, JAX's rule), "
+                         f"but it sees {count} (CUDA_VISIBLE_DEVICES={visible}): GPUs are bound to tasks "
+                         f"(--gpus-per-task or --gpu-bind). Let every task see all of its node's GPUs, with "
+                         f"--gpus-per-node and --ntasks-per-node equal, as launch/slurm.sbatch does.")
 
 
 def _detected_cluster():

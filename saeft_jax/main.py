@@ -4,7 +4,8 @@ Overrides go as `--config.finetune.lr=3e-5` (unknown keys are rejected by name).
 hosts, pass `--coordinator_address/--num_processes/--process_id` (or the JAX_* environment
 variables); TPU pods and SLURM need nothing. A user's mistake (a config file that is missing or
 does not load, an unknown key, a value that cannot work, missing data, an unusable workdir or
-checkpoint) ends with one paragraph and exit code 2; a preempted run with exit code 3.
+checkpoint) ends with one paragraph and exit code 2; SIGTERM (a preemption, a time limit) in any
+stage with exit code 3, after fine-tuning has saved a checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import sys
 
 import ml_collections
@@ -109,16 +111,24 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; flags go as --name=value and config keys as --config.<key>=<value>.")
     try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any JAX call
+        startup = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before JAX
     except UsageError as error:
         fail(str(error))
     if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO; show warnings and up
         logging.set_verbosity(logging.WARNING)
+    if startup.joins:
+        print(f"process {startup.process_id} of {startup.processes} ({startup.how}, coordinator "
+              f"{startup.coordinator_address})", flush=True)
     from saeft_jax.config import finish
     from saeft_jax.pipeline import run_pipeline
     from saeft_jax.stages.finetuned import Preempted
 
     command = shlex.join([os.path.basename(sys.executable), "-m", "saeft_jax.main", *sys.argv[1:]])
+
+    def stop_between_checkpoints(signum, frame):  # fine-tuning's loop sets its own handler, which saves first
+        raise Preempted(f"SIGTERM outside fine-tuning; every finished artifact is kept, and {command} continues")
+
+    signal.signal(signal.SIGTERM, stop_between_checkpoints)  # exit 3 (requeue) in any stage, not 143
     try:
         report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value, command=f"rerunning {command}")
     except Preempted as stop:

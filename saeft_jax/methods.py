@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from saeft_jax import regularizers
+from saeft_jax import regularizers, storage
 from saeft_jax.errors import ConfigError
 
 SETTINGS = ("regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
@@ -28,7 +27,7 @@ def method(regularizer: str = "none", reg_lambda: float | None = None, *, sae: s
            **hparams: Any) -> ml_collections.ConfigDict:
     """A `config.finetune.methods` entry: `regularizer`, `reg_lambda` (required unless the
     regularizer penalizes nothing), for an SAE-based regularizer the name of its SAE in
-    `config.saes` (`""`: the first), and every hyperparameter the regularizer declares (its
+    `config.saes` (`""`: the run's default SAE, `main` if there is one, else the first by name), and every hyperparameter the regularizer declares (its
     default unless given here). `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a
     Hugging Face CLIP directory, with its head in `head.safetensors` or else the zero-shot head
     of its own text tower): evaluated and analysed like the run's own, never trained."""
@@ -92,10 +91,10 @@ def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",)) -
     checked = {}
     for name, settings in methods.items():
         where = f"config.finetune.methods.{name}"
-        if name in RESERVED or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        if name in RESERVED or not storage.is_plain_name(name):
             raise ConfigError(f"{where}: {name!r} cannot name a method: a method's name is a folder under "
-                              f"finetune/ and evaluate/ and a key of the report, so it is a plain name (letters, "
-                              f"digits, '_', '.', '-', not starting with '.') other than {', '.join(RESERVED)}.")
+                              f"finetune/ and evaluate/ and a key of the report, so it is a plain name "
+                              f"({storage.PLAIN_NAME_RULE}) other than {', '.join(RESERVED)}.")
         settings = dict(settings)
         if "regularizer" not in settings:
             raise ConfigError(f"{where} names no regularizer; set {where}.regularizer to one of "

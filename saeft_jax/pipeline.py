@@ -133,14 +133,12 @@ def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
 
 def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ...], ...]]]:
     """(artifact, the function that makes it, the artifacts it is made from), in order."""
-    cached = run.config.finetune.teacher_cache
     plan = [(("zeroshot",), heads.run_stage, ()), (("features",), features.run_stage, ())]
     plan += [(("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),))
              for name in run.config.saes]
     for name, method in run.methods.items():
-        needs = (("zeroshot",), *([("sae", method.sae)] if method.sae else []),
-                 *([("features",)] if cached and method.regularizer.teacher_cache else []))
-        plan.append((("finetune", name), functools.partial(finetuned.run_stage, name=name), needs))
+        plan.append((("finetune", name), functools.partial(finetuned.run_stage, name=name),
+                     finetuned.made_from(run, method)))
     for name in run.methods:
         plan.append((("evaluate", name), functools.partial(scores.run_stage, name=name),
                      (("finetune", name), ("zeroshot",))))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 
 from saeft_jax import storage
+from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.errors import ConfigError, UsageError
 from saeft_jax.stages.context import Run
 from saeft_jax.stages.finetuned import total_steps
@@ -23,7 +24,7 @@ def check(run: Run) -> None:
     except KeyError as error:
         raise UsageError(f"config.train_dataset / config.eval_suite: {error.args[0]}") from error
     sources = [run.source(spec) for spec in specs]  # a missing dataset fails now, naming its preparation
-    _check_validation(run, [spec.name for spec in specs[1:]])
+    _check_validation(run, specs[1:])
     for name, method in run.methods.items():
         if method.checkpoint and not storage.path(method.checkpoint).is_dir():
             raise ConfigError(f"config.finetune.methods.{name}.checkpoint: there is no directory at "
@@ -33,15 +34,16 @@ def check(run: Run) -> None:
     _check_durations(run, len(sources[0]))
 
 
-def _check_validation(run: Run, tests: list[str]) -> None:
+def _check_validation(run: Run, tests: list[DatasetSpec]) -> None:
     cfg = run.config.finetune
     if cfg.val_dataset:
         try:
             spec = run.validation
         except KeyError as error:
             raise ConfigError(f"config.finetune.val_dataset: {error.args[0]}") from error
-        if spec.name in tests or spec.name == run.config.train_dataset:
-            role = "test" if spec.name in tests else "training"
+        examples = _examples(spec)  # an alias of the same split peeks as much as the split itself
+        if examples in map(_examples, tests) or examples == _examples(run.train_spec):
+            role = "test" if examples in map(_examples, tests) else "training"
             raise ConfigError(f"config.finetune.val_dataset {spec.name!r} is also the {role} set of this run; "
                               f"selecting on it would peek. Name a split of its own (e.g. iwildcam_id_val) or use "
                               f"config.finetune.val_fraction.")
@@ -53,6 +55,11 @@ def _check_validation(run: Run, tests: list[str]) -> None:
     elif cfg.val_fraction and len(run.source(run.validation)) == 0:
         raise ConfigError(f"config.finetune.val_fraction ({cfg.val_fraction}) holds out no example of "
                           f"{run.config.train_dataset}; raise it.")
+
+
+def _examples(spec: DatasetSpec) -> tuple[str, str, str]:
+    """Where `spec`'s examples come from: two names with the same answer hold the same examples."""
+    return spec.source, spec.location, spec.split
 
 
 def _check_batches(run: Run) -> None:

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,14 @@ CACHE = "~/.cache/saeft_jax/remote"
 # How Orbax and TensorStore word an OSError they report as another type.
 _SPACE_OR_ACCESS = ("RESOURCE_EXHAUSTED", "No space left", "Disk quota", "PERMISSION_DENIED", "Permission denied",
                     "Read-only file system")
+
+
+PLAIN_NAME_RULE = "letters, digits, '_', '.', '-', not starting with '.'"
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether `name` can be one folder's name inside a workdir or data dir ("a/b" and ".." cannot)."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
 
 
 class StorageError(UsageError):

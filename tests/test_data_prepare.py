@@ -181,6 +181,24 @@ def test_a_split_prepared_again_replaces_its_shards(tmp_path):
     assert len(sources.open_source(folder_spec("x", classes=1), tmp_path / "data")) == 2
 
 
+def test_a_replacement_stopped_midway_leaves_the_split_unlisted_not_half_read(tmp_path, monkeypatch):
+    for i in range(5):
+        write_image(tmp_path / "src" / "a" / f"{i}.png", i)
+    prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+    published = []
+
+    def stop_after_the_old_shards_are_gone(partial, target):
+        published.append(target)
+        raise KeyboardInterrupt("stopped between removing the old shards and publishing the new")
+
+    monkeypatch.setattr(prepare.records.storage, "publish", stop_after_the_old_shards_are_gone)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
+    assert published and prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "x"))["splits"] == {}
+    with pytest.raises(sources.DatasetNotPrepared, match="saeft_jax.data.prepare"):
+        sources.open_source(folder_spec("x", classes=1), tmp_path / "data")
+
+
 @pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", ".."])
 def test_names_that_would_write_outside_the_data_dir_are_refused(tmp_path, name):
     write_image(tmp_path / "src" / "a" / "0.png", 0)

@@ -68,17 +68,25 @@ def reference(shared, tmp_path_factory):
     return workdir
 
 
+TERMINATED = ("features", "sae/main", "finetune/sae_add_remove", "evaluate/none")  # SIGTERM, the others SIGKILL
+
+
 def kill_inside(stage: str, workdir, shared, rng: random.Random, probes: list[str]) -> bool:
-    """Starts the pipeline and SIGKILLs it a random moment after `stage` starts; False when the
-    pipeline had nothing left to do there (it ends by itself)."""
+    """Starts the pipeline and SIGKILLs it (SIGTERMs it for the `TERMINATED` stages, which must
+    then exit with code 3, SLURM's cue to requeue) a random moment after `stage` starts; False when
+    the pipeline had nothing left to do there (it ends by itself)."""
     process = main(workdir, shared)
+    sent = signal.SIGTERM if stage in TERMINATED else signal.SIGKILL
     for line in process.stdout:
         if line.startswith(f"stage {stage}: ") and "skipped" not in line:
             delay = rng.uniform(0.05, LONGEST_DELAY[stage.split("/")[0]])
             time.sleep(delay)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            probes.append(f"killed {delay:.2f} s into {stage} (exit {process.returncode})")
+            process.send_signal(sent)
+            process.wait(timeout=300)
+            probes.append(f"{sent.name} {delay:.2f} s into {stage} (exit {process.returncode})")
+            if sent == signal.SIGTERM:
+                errors = process.stderr.read()
+                assert process.returncode == 3 and "Traceback" not in errors, errors[-3000:]
             return True
     process.wait()
     probes.append(f"{stage} was already complete (exit {process.returncode})")

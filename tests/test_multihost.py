@@ -51,6 +51,42 @@ print("RESULT " + json.dumps({"losses": losses, "joined": joined, "processes": j
 """
 
 
+STOPPER = """
+import json, os, signal, sys
+sys.path.insert(0, "tests")
+from saeft_jax import distributed
+process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
+import jax
+from saeft_jax import parallel
+from saeft_jax.training.loop import train_loop
+from saeft_jax.training.step import init_state
+from test_loop import batches
+from test_train_step import make_step, setup_run
+model, params, frozen, images, labels = setup_run()
+mesh = parallel.data_mesh()
+step, optimizer = make_step(model, "sae_add_remove", mesh)
+
+class ThisProcessRows:  # this process's half of each global batch; process 1 is signalled after its 3rd
+    def __init__(self, inner):
+        self.inner, self.count = inner, 0
+    def __next__(self):
+        self.count += 1
+        if process_id == 1 and self.count == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {name: x[process_id * 4:(process_id + 1) * 4] for name, x in next(self.inner).items()}
+    def get_state(self):
+        return self.inner.get_state()
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+_, summary = train_loop(step, init_state(params, optimizer), frozen, ThisProcessRows(batches(images, labels)),
+                        mesh=mesh, workdir=workdir, total_steps=8, log_every=2, checkpoint_every=100,
+                        show_progress=False)
+print("RESULT " + json.dumps(summary), flush=True)
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,7 +120,7 @@ def _free(port: int) -> bool:
 
 
 def result(process: subprocess.Popen) -> dict:
-    output, _ = process.communicate(timeout=400)
+    output, _ = process.communicate(timeout=300)
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert process.returncode == 0 and lines, output[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
@@ -117,3 +153,24 @@ def test_two_tasks_under_a_simulated_srun_join_as_one_job_without_flags():
         assert worker["joined"] and worker["processes"] == 2 and worker["devices"] == 8
         np.testing.assert_allclose(worker["losses"], single["losses"], rtol=1e-5)
         assert worker["predictions"] == single["predictions"] and worker["scores"] == single["scores"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(tmp_path):
+    """SLURM signals its tasks at different steps: the processes agree at the next sync point
+    (log_every) and save together, instead of each waiting for the other in a different collective."""
+    from saeft_jax.checkpoints import Checkpoints
+
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    workers = [subprocess.Popen([sys.executable, "-c", STOPPER, str(i), str(port), str(tmp_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        summaries = [result(worker) for worker in workers]  # the old behaviour: both hang until the timeout
+    finally:
+        for worker in workers:
+            worker.kill()
+    for summary in summaries:  # process 1 signalled during step 3: both stop at the sync point, step 4
+        assert summary["preempted"] and summary["steps"] == 4
+    assert Checkpoints(tmp_path / "checkpoints").latest_step() == 4

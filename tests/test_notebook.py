@@ -24,10 +24,12 @@ def test_the_colab_notebook_runs_as_written_and_shows_the_report(tmp_path_factor
                                              f"--config.demo.cache_dir={base / 'cache'}"}.items():
         monkeypatch.setenv(name, value)  # the kernel inherits them
     notebook = nbformat.read(os.path.join(ROOT, "launch", "colab_tpu.ipynb"), as_version=4)
+    # on a TPU runtime the kernel must never open the TPU itself: the pipeline's process needs it
+    notebook.cells.append(nbformat.v4.new_code_cell('import sys; print("kernel imported jax:", "jax" in sys.modules)'))
     nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3").execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
-    assert "done: " in text and "CpuDevice" in text
+    assert "done: " in text and "CpuDevice" in text and "kernel imported jax: False" in text
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert markdown and markdown[0].startswith("# SAE-FT report")
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the report's pictures, shown

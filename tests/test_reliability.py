@@ -59,6 +59,7 @@ def smoke(**changes):
     ("finetune.crop_scale", (0.9, 0.5), "0 < low <= high <= 1"),
     ("evaluate.alphas", (0.0, 0.5, 1.5), "outside [0, 1]"),
     ("evaluate.alphas", (-0.1, 1.0), "outside [0, 1]"),
+    ("evaluate.alphas", (0.0, 0.125, 1.0), "more than two decimals"),
     ("features.chunk_steps", 0, "at least 1 batch per chunk"),
     ("saes.main.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
     ("dtype", "float16", "'float32' or 'bfloat16'"),

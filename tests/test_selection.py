@@ -4,6 +4,7 @@ alpha chosen on validation alone, and runs compared side by side (`saeft_jax.com
 from __future__ import annotations
 
 import copy
+import pathlib
 import json
 import pickle
 
@@ -79,6 +80,7 @@ def test_compare_merges_runs_and_names_clashing_methods(tmp_path):
     (lambda r: r.update(model="other"), "differ in model"),
     (lambda r: r.update(ood_datasets=["elsewhere"]), "differ in ood_datasets"),
     (lambda r: r.update(validation="test"), "differ in validation"),
+    (lambda r: r.update(held_out={"fraction": 0.2, "seed": 1}), "differ in held_out"),
     (lambda r: r["runs"]["zeroshot"]["metrics"].update(id=0.1), "different zero-shot scores"),
 ])
 def test_compare_refuses_runs_that_do_not_compare(tmp_path, change, says):
@@ -89,3 +91,45 @@ def test_compare_refuses_runs_that_do_not_compare(tmp_path, change, says):
         compare.compare(paths, str(tmp_path / "out"))
     assert compare.main([*paths, "--out", str(tmp_path / "out")]) == 2
     assert compare.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_compare_refuses_a_run_given_twice(tmp_path):
+    first = write(tmp_path, "a", report())
+    with pytest.raises(UsageError, match="given more than once"):
+        compare.compare([first, str(tmp_path / "." / "a")], str(tmp_path / "out"))
+
+
+def test_two_decimal_alphas_keep_their_own_names_and_the_selection_reads_its_own():
+    from saeft_jax.evaluation.wise import alpha_key
+
+    assert [alpha_key(a) for a in (0.0, 0.2, 0.25, 0.5, 1.0)] == ["0.0", "0.2", "0.25", "0.5", "1.0"]
+    val = {"0.0": 0.1, "0.2": 0.3, "0.25": 0.4, "1.0": 0.2}
+    choice = select(evaluation(val, dict(val)), "digits_val")
+    assert choice["alpha"] == 0.25 and alpha_key(choice["alpha"]) in val
+
+
+def test_a_report_without_alpha_half_or_shifts_says_so_and_still_renders(tmp_path):
+    plain = report()
+    for name in ("none", "sae_add_remove"):
+        run = plain["runs"][name]
+        del run["fixed_alpha"], run["wise"]["0.5"]
+    text = pathlib.Path(compare.compare([write(tmp_path, "a", plain)], str(tmp_path / "out"))).read_text()
+    assert "fixed a=0.5" not in text and "0.5 is not among evaluate.alphas" in text
+    without_shifts = copy.deepcopy(report())
+    without_shifts["ood_datasets"] = []
+    compare.compare([write(tmp_path, "b", without_shifts)], str(tmp_path / "out2"))
+    assert (tmp_path / "out2" / "datasets.png").exists() and not (tmp_path / "out2" / "wise_shifts.png").exists()
+
+
+def test_the_summary_names_the_trained_steps_and_the_sae_the_analyses_read():
+    from saeft_jax.config import base_config
+    from saeft_jax.rendering.markdown import _what
+
+    content = report()
+    content["runs"]["none"]["train"]["steps"] = 0  # the first method imported from a checkpoint
+    content["runs"]["sae_add_remove"]["train"]["steps"] = 7
+    sae = {"dict_size": 64, "k": 4, "fvu": 0.1, "l0": 4.0, "dead_fraction": 0.0}
+    content.update(saes={"main": sae, "wide": {**sae, "dict_size": 256}}, report_sae="wide")
+    text = "\n".join(_what(base_config(), content, {"none": "`none`", "sae_add_remove": "`sae_add_remove`"}))
+    assert "; 7 steps of batch" in text
+    assert "SAE `wide` (the vocabulary" in text and "SAE `main` (the vocabulary" not in text

@@ -16,7 +16,7 @@ CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCES
                      "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES",
                      "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "KUBERNETES_SERVICE_HOST",
                      "OMPI_MCA_orte_hnp_uri", "PMIX_RANK", "MEGASCALE_COORDINATOR_ADDRESS",
-                     "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID", distributed.SWITCH)
+                     "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID", "CUDA_VISIBLE_DEVICES", distributed.SWITCH)
 
 
 @pytest.fixture
@@ -40,6 +40,19 @@ def test_explicit_settings_win_and_half_of_them_are_named(clean):
         distributed.plan()
 
 
+@pytest.mark.parametrize("flags, environment, says", [
+    ((None, 4, None), {}, "need --coordinator_address"),
+    ((None, None, 1), {}, "need --coordinator_address"),
+    (("10.0.0.1:1234", None, None), {"JAX_NUM_PROCESSES": "four", "JAX_PROCESS_ID": "0"}, "'four'; it must be a whole"),
+    (("10.0.0.1:1234", 2, 2), {}, "process id 2 is not one of the 2 processes"),
+])
+def test_half_or_wrong_explicit_settings_are_named(clean, flags, environment, says):
+    for name, value in environment.items():
+        clean.setenv(name, value)
+    with pytest.raises(UsageError, match=says):
+        distributed.plan(*flags)
+
+
 def srun(clean, tasks: int, task: int, local: int, nodes: str = "gpu[001-002]") -> None:
     for name, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": str(tasks), "SLURM_PROCID": str(task),
                         "SLURM_LOCALID": str(local), "SLURM_STEP_NODELIST": nodes,
@@ -59,6 +72,15 @@ def test_slurm_runs_one_process_per_gpu_of_every_node(clean):
         assert startup.local_device_ids == (task % 8,)
         seen.add((task // 8, startup.local_device_ids))
     assert len(seen) == 16  # (node, GPU) pairs: every GPU once
+
+
+def test_slurm_tasks_bound_to_their_own_gpus_are_told_to_see_the_whole_node(clean):
+    srun(clean, 16, 13, 5)
+    clean.setenv("CUDA_VISIBLE_DEVICES", "5")  # what --gpus-per-task=1 gives task 13
+    with pytest.raises(UsageError, match="drive GPU 5 of its node.*sees 1 .*--gpus-per-task"):
+        distributed.plan()
+    clean.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    assert distributed.plan().local_device_ids == (5,)
 
 
 def test_a_one_task_slurm_job_and_the_off_switch_stay_single(clean):

@@ -223,3 +223,13 @@ def test_accumulated_micro_batches_equal_the_large_batch_over_a_whole_run(tmp_pa
     assert rates[-1] < 0.2 * rates[1]  # the cosine is near its end at the last update, not at the peak
     for name in ("loss", "ce", "reg"):
         assert [r[name] for r in logged[4]] == pytest.approx([r[name] for r in logged[1]], rel=1e-4), name
+
+
+def test_a_batch_that_does_not_split_into_micro_batches_is_named():
+    model, params, frozen, images, labels = setup_run()
+    optimizer, schedule = make_optimizer(1e-3, total_steps=6, warmup_steps=2)
+    mesh = parallel.data_mesh(jax.devices()[:1])
+    step = make_train_step(make_loss(model, penalty("sae_add_remove"), reg_lambda=10.0), optimizer, schedule, mesh,
+                           accumulate_steps=3)
+    with pytest.raises(ValueError, match="batch of 8 rows does not split into 3 micro-batches"):
+        step(init_state(params, optimizer), frozen, batch(images, labels))

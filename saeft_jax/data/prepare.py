@@ -21,7 +21,6 @@ import argparse
 import csv
 import dataclasses
 import os
-import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +95,8 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
         _check_counts(name, {"classes": expected.get("classes"), "splits": {split: expected.get("images")}}, listing)
     out = prepared_dir(data_dir, name)
     info = _joined_info(out, name, listing)
+    if set(info["splits"]) & set(listing.splits):  # withdrawn first: a stop while its shards change leaves it unlisted
+        records.write_info(out, {**info, "splits": {s: n for s, n in info["splits"].items() if s not in listing.splits}})
     for split_name, examples in listing.splits.items():
         skipped: list[str] = []
         bar = progress(len(examples), f"{name}/{split_name}", enabled=show_progress, unit="img")
@@ -110,10 +111,10 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
 
 
 def _checked_name(name: str, flag: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise PreparationError(f"{flag} {name!r} is not a plain name (letters, digits, '_', '.', '-', not starting "
-                               f"with '.'); the dataset goes to DATA_DIR/saeft/<name>/<split>-*.array_record, and "
-                               f"a name with '/' or '..' would write elsewhere.")
+    if not storage.is_plain_name(name):
+        raise PreparationError(f"{flag} {name!r} is not a plain name ({storage.PLAIN_NAME_RULE}); the dataset goes "
+                               f"to DATA_DIR/saeft/<name>/<split>-*.array_record, and a name with '/' or '..' "
+                               f"would write elsewhere.")
     return name
 
 

@@ -38,7 +38,7 @@ class DatasetEvaluation:
     def summary(self) -> dict[str, Any]:
         """JSON-ready: metric name and value per alpha."""
         return {"metric": self.metric, "n": int(len(self.labels)),
-                "scores": {f"{a:.1f}": s for a, s in self.scores.items()}}
+                "scores": {wise.alpha_key(a): s for a, s in self.scores.items()}}
 
 
 def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:

@@ -21,6 +21,13 @@ from saeft_jax.models.heads import classify
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
+def alpha_key(alpha: float) -> str:
+    """The name of WiSE-FT weight `alpha` in JSON files and labels: one decimal, or two where
+    it has two ("0.5", "0.25"); `config.finish` allows no finer weights, so names never collide."""
+    one = f"{alpha:.1f}"
+    return one if abs(float(one) - alpha) < 1e-9 else f"{alpha:.2f}"
+
+
 def mix(theta0, theta_ft, alpha):
     """(1 - alpha) theta0 + alpha theta_ft, leaf by leaf; alpha 0 and 1 give the endpoints exactly."""
     return jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, theta0, theta_ft)

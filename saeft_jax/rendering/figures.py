@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.rendering import plots
 from saeft_jax.rendering.markdown import report_datasets, report_methods
 
@@ -14,7 +15,7 @@ def report_figures(report: dict[str, Any], directory) -> dict[str, str]:
     datasets, methods = report_datasets(report), report_methods(report)
     selected = {m: report["runs"][m]["selection"]["alpha"] for m in methods if "selection" in report["runs"][m]}
     figures = {}
-    if report["id_dataset"] and methods:
+    if report["id_dataset"] and report["ood_datasets"] and methods:  # the sweeps plot ID against OOD
         def curves(score) -> dict[str, tuple[list[float], list[float], list[float]]]:
             out = {}
             for method in methods:
@@ -38,7 +39,7 @@ def report_figures(report: dict[str, Any], directory) -> dict[str, str]:
         run = report["runs"][method]
         series[method] = [run["metrics"][d] for d in datasets]
         if "selected" in run:
-            series[f"{method} a={run['selection']['alpha']:.1f}"] = [run["selected"]["metrics"][d] for d in datasets]
+            series[f"{method} a={alpha_key(run['selection']['alpha'])}"] = [run["selected"]["metrics"][d] for d in datasets]
     plots.dataset_bars(datasets, series, directory / "datasets.png")
     figures["datasets"] = "datasets.png"
     return figures

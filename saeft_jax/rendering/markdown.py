@@ -8,6 +8,8 @@ from typing import Any
 
 import jax
 
+from saeft_jax.evaluation.wise import alpha_key
+
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "macro_f1": "macro-F1 (classes present)",
                 "worst_group": "worst-group accuracy"}
@@ -42,7 +44,7 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
 def _what(config, report, labels: dict[str, str]) -> list[str]:
     methods = report_methods(report)
     ft = config.finetune
-    steps = report["runs"][methods[0]]["train"]["steps"] if methods else 0
+    steps = max((report["runs"][m]["train"]["steps"] for m in methods), default=0)  # imported ones have none
     lines = ["# SAE-FT report", "", "## What was run", "",
              f"- **Model:** `{report['model']}` ({config.dtype} compute), fine-tuned image encoder + "
              f"zero-shot-initialised head.",
@@ -55,9 +57,9 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
              f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
              f"{jax.devices()[0].platform} device(s)."]
     saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
-    for number, (name, sae) in enumerate(saes.items()):
+    for name, sae in saes.items():
         relu = ", ReLU after Top-K" if sae.get("relu") else ""
-        role = " (the vocabulary of the analyses below)" if number == 0 and len(saes) > 1 else ""
+        role = " (the vocabulary of the analyses below)" if name == report.get("report_sae") and len(saes) > 1 else ""
         lines.append(f"- **SAE `{name}`{role}:** dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the "
                      f"training features FVU {sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents "
                      f"{100 * sae['dead_fraction']:.1f}%.")
@@ -76,10 +78,12 @@ def _numbers(report) -> list[str]:
     methods, datasets, validation = report_methods(report), report_datasets(report), report.get("validation")
     header = ["model", *(f"{d}{' (ID)' if d == report['id_dataset'] else ''}" for d in datasets), "average OOD"]
     metrics = sorted({METRIC_NAMES.get(m, m) for m in report["dataset_metrics"].values()})
+    fixed = any("fixed_alpha" in report["runs"][m] for m in methods)
     how = (f"the *selected* mix is the alpha with the best score on the validation split `{validation}` (no test "
-           f"set is looked at); the *fixed* one is the WiSE-FT papers' alpha 0.5" if validation else
+           f"set is looked at)" if validation else
            "no validation split is configured (`finetune.val_dataset` or `finetune.val_fraction`), so no alpha is "
-           "selected; the fixed mix is the WiSE-FT papers' alpha 0.5")
+           "selected")
+    how += "; the *fixed* mix is the WiSE-FT papers' alpha 0.5" if fixed else " (0.5 is not among evaluate.alphas)"
     lines = ["## Results", "", f"Scores in percent ({', '.join(metrics)}); WiSE-FT mixes the zero-shot and fine-tuned "
              f"weights, theta(a) = (1 - a) theta_0 + a theta_ft; {how}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -94,7 +98,7 @@ def _numbers(report) -> list[str]:
         lines.append(row(f"`{m}`", run))
         if "selection" in run:
             choice = run["selection"]
-            lines.append(row(f"`{m}`, selected a={choice['alpha']:.1f} (validation {_pct(choice['score'])})",
+            lines.append(row(f"`{m}`, selected a={alpha_key(choice['alpha'])} (validation {_pct(choice['score'])})",
                              run["selected"]))
         if "fixed_alpha" in run:
             lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from saeft_jax import storage  # noqa: E402
+from saeft_jax.evaluation.wise import alpha_key  # noqa: E402
 
 
 def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title: str = "SAE latent firing") -> None:
@@ -74,7 +75,7 @@ def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) ->
         if method in selected and selected[method] in alphas:
             at = alphas.index(selected[method])
             ax.plot(x[at], y[at], "o", markersize=11, markerfacecolor="none", markeredgecolor=color)
-            ax.annotate(f"a={alphas[at]:.1f}", (x[at], y[at]), fontsize=7, textcoords="offset points",
+            ax.annotate(f"a={alpha_key(alphas[at])}", (x[at], y[at]), fontsize=7, textcoords="offset points",
                         xytext=(5, 5), color=color)
     first = next(iter(curves.values()))
     ax.plot(clip(first[1])[0], clip(first[2])[0], "*", color="C0", markersize=13, label="zero-shot")
@@ -86,7 +87,7 @@ def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) ->
 
 def dataset_bars(datasets: list[str], series: dict[str, list[float]], path: str | os.PathLike, *,
                  ylabel: str = "score") -> None:
-    """Grouped bars: one group per dataset, one bar per series (zero-shot, each method, best mix)."""
+    """Grouped bars: one group per dataset, one bar per series (zero-shot, each method, its selected mix)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(datasets) * max(1, len(series)) / 3), 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(datasets))

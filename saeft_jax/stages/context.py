@@ -72,10 +72,11 @@ class Run:
 
     def source(self, spec: DatasetSpec):
         """The examples of `spec`; the training set without the rows held out for validation."""
-        if spec.name == self.config.train_dataset and self._held_out is not None:
-            return Subset(self._full(spec), self._held_out[0])
-        if self.validation is not None and spec.name == self.validation.name and self._held_out is not None:
-            return Subset(self._full(self.train_spec), self._held_out[1])
+        if self._held_out is not None:  # only with val_fraction, whose validation name cannot fail
+            if spec.name == self.config.train_dataset:
+                return Subset(self._full(spec), self._held_out[0])
+            if spec.name == self.validation.name:
+                return Subset(self._full(self.train_spec), self._held_out[1])
         return self._full(spec)
 
     def _full(self, spec: DatasetSpec):

@@ -27,7 +27,8 @@ STAGE = "finetune"
 
 
 class Preempted(RuntimeError):
-    """The run stopped at a checkpoint (SIGTERM or a preemption notice); rerun to continue."""
+    """The run stopped on SIGTERM or a preemption notice (at a checkpoint when fine-tuning);
+    rerun to continue."""
 
 
 def total_steps(run: Run, examples: int) -> int:
@@ -42,7 +43,7 @@ def run_stage(run: Run, name: str) -> None:
     cfg, method = run.config.finetune, run.methods[name]
     if method.checkpoint:
         return _import(run, method)
-    model, params = run.clip
+    _, params = run.clip
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
     optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
@@ -62,47 +63,56 @@ def run_stage(run: Run, name: str) -> None:
     if summary["preempted"]:
         raise Preempted(f"fine-tuning method {name!r} stopped at step {summary['steps']} of {steps} and saved a "
                         f"checkpoint in {directory / 'checkpoints'}; run the same command again to continue")
-    tuned = jax.device_get(state["params"])
+    _publish(run, method, jax.device_get(state["params"]),
+             {k: summary[k] for k in ("steps", "final_loss", "final_ce")})
+
+
+def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
+    """The artifacts method `method`'s fine-tuning reads: the head, its SAE, the teacher cache."""
+    if method.checkpoint:
+        return (("zeroshot",),)
+    cached = run.config.finetune.teacher_cache and method.regularizer.teacher_cache
+    return (("zeroshot",), *([("sae", method.sae)] if method.sae else []), *([("features",)] if cached else []))
+
+
+def _publish(run: Run, method: Method, tuned: dict, train: dict) -> None:
+    """Writes `tuned` ({"encoder", "head"}) as method `method`'s final model and marks it done."""
+    model, params = run.clip
+    directory = run.dir(STAGE, method.name)
     if run.is_writer:
         hf.save_clip(model, {**params, **tuned["encoder"]}, directory / "final", tokenizer=run.tokenizer,
                      image_spec=run.image_spec)
         storage.save_safetensors(directory / "head.safetensors", tuned["head"])
-    made_from = (("zeroshot",), *([("sae", method.sae)] if method.sae else []),
-                 *([("features",)] if cfg.teacher_cache and method.regularizer.teacher_cache else []))
-    run.mark_done({"method": method.describe(), "train": {k: summary[k] for k in ("steps", "final_loss", "final_ce")},
-                   "fingerprint": fingerprint(tuned)}, STAGE, name, files=("final", "head.safetensors"),
-                  inputs=made_from)
+    run.mark_done({"method": method.describe(), "train": train, "fingerprint": fingerprint(tuned)}, STAGE,
+                  method.name, files=("final", "head.safetensors"), inputs=made_from(run, method))
 
 
 def _import(run: Run, method: Method) -> None:
     """A model fine-tuned elsewhere, taken in as this method's: its image encoder and its head
     (`head.safetensors` beside its weights, else the zero-shot head of its own text tower over the
     training classes), written where a trained method's go."""
-    model, params = run.clip
+    model, _ = run.clip
     where = storage.path(method.checkpoint)
     theirs_model, theirs = hf.load_clip(where)
-    if theirs_model.config != model.config:
-        raise UsageError(f"{where} holds a CLIP of another shape than {run.model_path}; WiSE-FT mixes the two "
-                         f"models' weights, so a checkpoint method must be a fine-tuned copy of this run's model.")
+    ours, other = model.config, theirs_model.config  # only the image tower and the projection are taken
+    if (other.vision, other.projection_dim) != (ours.vision, ours.projection_dim):
+        raise UsageError(f"{where} holds a CLIP whose image encoder has another shape than {run.model_path}'s; "
+                         f"WiSE-FT mixes the two models' weights, so a checkpoint method must be a fine-tuned copy "
+                         f"of this run's model.")
     if (where / "head.safetensors").exists():
-        head = storage.load_safetensors(where / "head.safetensors")
+        head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
         spec = run.train_spec
         head = build_zeroshot_head(theirs_model, theirs, hf.load_tokenizer(where), spec.classnames, spec.templates,
                                    show_progress=run.config.show_progress)
+        made = f"the zero-shot head of {where}'s text tower"
     classes = len(run.train_spec.classnames)
-    if np.shape(head["W"]) != (classes, model.config.projection_dim):
-        raise UsageError(f"{where / 'head.safetensors'} has shape {np.shape(head['W'])}; the training classes need "
-                         f"({classes}, {model.config.projection_dim}).")
-    tuned = {"encoder": image_params(theirs), "head": {k: np.asarray(v, np.float32) for k, v in head.items()}}
-    directory = run.dir(STAGE, method.name)
-    if run.is_writer:
-        hf.save_clip(model, {**params, **tuned["encoder"]}, directory / "final", tokenizer=run.tokenizer,
-                     image_spec=run.image_spec)
-        storage.save_safetensors(directory / "head.safetensors", tuned["head"])
-    run.mark_done({"method": method.describe(), "train": {"steps": 0, "final_loss": None, "final_ce": None},
-                   "fingerprint": fingerprint(tuned)}, STAGE, method.name, files=("final", "head.safetensors"),
-                  inputs=(("zeroshot",),))
+    if np.shape(head["W"]) != (classes, ours.projection_dim):
+        raise UsageError(f"{made} has shape {np.shape(head['W'])}; the training classes need "
+                         f"({classes}, {ours.projection_dim}).")
+    _publish(run, method, {"encoder": image_params(theirs), "head": {k: np.asarray(v, np.float32)
+                                                                     for k, v in head.items()}},
+             {"steps": 0, "final_loss": None, "final_ce": None})
 
 
 def _loss(run: Run, method: Method):

@@ -18,6 +18,7 @@ from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import interpret
 from saeft_jax.evaluation.analyses import Comparison, Embeddings, run_analyses
+from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.markdown import render_markdown, report_datasets, report_methods
@@ -53,17 +54,24 @@ def select(record: dict[str, Any], split: str) -> dict[str, Any]:
     return {"split": split, "alpha": float(alpha), "score": scores[alpha], "metric": metric}
 
 
+def _held_out(run: Run) -> dict[str, float] | None:
+    """Which training rows a `val_fraction` validation split holds out (they follow fraction and seed)."""
+    fraction = run.config.finetune.val_fraction
+    return {"fraction": fraction, "seed": run.config.seed} if fraction else None
+
+
 def collect(run: Run) -> dict[str, Any]:
     """The report.json content (without the analyses, which `run_stage` adds). Everything called
     selected is chosen on the validation split; the test sets are only scored."""
     in_distribution, shifts = suite(run.config.eval_suite)
-    tests, shifts = ([in_distribution] if in_distribution else []) + list(shifts), list(shifts)
+    tests, shifts = [spec.name for spec in run.eval_specs()], list(shifts)
     names = list(run.methods)
     evaluations = {name: run.done(scores.STAGE, name) for name in names}
     saes = {name: _sae_summary(run.done(trained_sae.STAGE, name)) for name in sae_names(run.config)}
     validation = run.validation.name if run.validation else None
     report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": shifts,
               "validation": validation, "sae": saes[trained_sae.report_sae(run)], "saes": saes,
+              "report_sae": trained_sae.report_sae(run), "held_out": _held_out(run),
               "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
               "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)}}
     for name, method in run.methods.items():
@@ -75,7 +83,7 @@ def collect(run: Run) -> dict[str, Any]:
             entry["fixed_alpha"] = {"alpha": 0.5, **wise["0.5"]}  # the WiSE-FT papers' choice
         if validation:
             entry["selection"] = select(record, validation)
-            entry["selected"] = wise[f"{entry['selection']['alpha']:.1f}"]
+            entry["selected"] = wise[alpha_key(entry["selection"]["alpha"])]
         report["runs"][name] = entry
     return report
 

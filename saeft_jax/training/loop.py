@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from saeft_jax import parallel, storage
 from saeft_jax.errors import UsageError
@@ -41,6 +42,15 @@ class _StopRequest:
         self.requested = True
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+
+    def agreed(self, at_sync_point: bool) -> bool:
+        """Whether to stop now. One process decides alone at every step; several agree at sync
+        points (every `log_every` steps), where each learns whether any was signalled: SLURM
+        signals its tasks at different steps, and a process that saved while another stepped on
+        would wait for it in two different collectives until the job's end."""
+        if jax.process_count() == 1:
+            return self.requested
+        return at_sync_point and bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
 
     def restore(self) -> None:
         for number, handler in self._previous.items():
@@ -81,7 +91,7 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
             if done % log_every == 0 or done == total_steps:
                 last = _log(log, bar, state, metrics, done, total_steps, len(batch["labels"]), clock, clock_step)
                 clock, clock_step = time.perf_counter(), done
-            preempted = stop.requested or checkpoints.reached_preemption(done)
+            preempted = stop.agreed(done % log_every == 0) or checkpoints.reached_preemption(done)
             if done % checkpoint_every == 0 or done == total_steps or preempted:
                 _raise_if_diverged(state, total_steps)
                 checkpoints.save(done, state, {"step": done, "data": batches.get_state()})

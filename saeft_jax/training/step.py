@@ -117,6 +117,10 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
 def _micro_batches(x: jax.Array, count: int, mesh) -> jax.Array:
     """(B, ...) -> (count, B / count, ...), micro-batch j holding rows j, j + count, ...: each
     device's rows then hold an equal part of every micro-batch, so nothing moves between devices."""
+    devices = mesh.shape[parallel.DATA_AXIS]
+    if x.shape[0] % (count * devices):
+        raise ValueError(f"a batch of {x.shape[0]} rows does not split into {count} micro-batches that each divide "
+                         f"over the {devices} devices; use a batch size that is a multiple of {count * devices}.")
     rows = x.shape[0] // count
     micro = jnp.swapaxes(x.reshape(rows, count, *x.shape[1:]), 0, 1)
     return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS)))
