@@ -1,5 +1,6 @@
 """`python -m saeft_jax.compare WORKDIR... --out DIR`: one report from several runs, their
-methods side by side (`report.md`, `report.json`, the PNGs).
+methods side by side (`report.md`, `report.json`, the PNGs, and `report.html` with the feature
+browser: one browser per SAE, the methods of every run that used it on one card per feature).
 
 The runs must share the model, the suite (in-distribution set and shifts) and the validation
 split (for `finetune.val_fraction`, the same fraction and seed), and give the same zero-shot scores: otherwise their numbers are not comparable, and the
@@ -19,7 +20,9 @@ from etils import epath
 from saeft_jax import storage
 from saeft_jax.errors import UsageError
 from saeft_jax.rendering.figures import report_figures
+from saeft_jax.rendering.html import render_html
 from saeft_jax.rendering.markdown import render_comparison, report_methods
+from saeft_jax.stages.report import BROWSER_FILE
 
 SHARED = ("model", "id_dataset", "ood_datasets", "validation", "held_out", "dataset_metrics")
 
@@ -32,6 +35,46 @@ def read_report(workdir: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is damaged ({error}); rerun that run's report stage.") from error
+
+
+def read_browser(workdir: str) -> dict[str, Any] | None:
+    """A run's feature browser data (None for a run without an SAE)."""
+    path = storage.path(workdir) / "report" / BROWSER_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is damaged ({error}); rerun that run's report stage.") from error
+
+
+def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, dict[str, str]]) -> list[dict]:
+    """One browser per SAE (the same weights, read on the same dataset): the cards of the runs
+    that used it merged feature by feature, their methods renamed as in the merged report."""
+    groups: dict[str, dict[str, Any]] = {}
+    for run, data in browsers.items():
+        if data is None:
+            continue
+        key = json.dumps([data["sae_digest"], data["dataset"]])
+        rename = names[run]
+        group = groups.setdefault(key, {**data, "methods": [], "cards": [], "images": {}, "changed": 0, "runs": []})
+        group["runs"].append(run)
+        group["methods"] += [rename[m] for m in data["methods"]]
+        group["images"].update(data["images"])
+        capped = len(data["cards"]) < data["changed"]
+        group["changed"] = None if capped or group["changed"] is None else group["changed"]
+        by_feature = {card["feature"]: card for card in group["cards"]}
+        for card in data["cards"]:
+            merged = by_feature.setdefault(card["feature"], {**card, "models": {"zeroshot": card["models"]["zeroshot"]},
+                                                             "methods": {}})
+            merged["models"].update({rename[m]: v for m, v in card["models"].items() if m != "zeroshot"})
+            merged["methods"].update({rename[m]: v for m, v in card["methods"].items()})
+        group["cards"] = list(by_feature.values())
+    for group in groups.values():
+        if group["changed"] is not None:
+            group["changed"] = len(group["cards"])
+        group["cards"].sort(key=lambda card: -sum(m["added"] + m["removed"] for m in card["methods"].values()))
+    return list(groups.values())
 
 
 def merge(reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -68,12 +111,18 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
     labels = [storage.path(w).name or str(w) for w in workdirs]
     if len(set(labels)) != len(labels):
         labels = [str(w) for w in workdirs]
-    merged, sources = merge({label: read_report(w) for label, w in zip(labels, workdirs)})
+    reports = {label: read_report(w) for label, w in zip(labels, workdirs)}
+    merged, sources = merge(reports)
+    browsers = {label: read_browser(w) for label, w in zip(labels, workdirs)}
+    names = {label: dict(zip(report_methods(reports[label]), sources[label])) for label in labels}
     directory = storage.path(out)
     directory.mkdir(parents=True, exist_ok=True)
     figures = report_figures(merged, directory)
+    text = render_comparison(sources, merged, figures)
     storage.write_atomic(directory / "report.json", json.dumps(merged, indent=1))
-    storage.write_atomic(directory / "report.md", render_comparison(sources, merged, figures))
+    storage.write_atomic(directory / "report.md", text)
+    storage.write_atomic(directory / "report.html",
+                         render_html("SAE-FT comparison", text, directory, merge_browsers(browsers, names)))
     return directory / "report.md"
 
 

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_workers = 0  # grain worker processes per host (0: reader threads only)
     c.stages = STAGES
     c.show_progress = True
+    c.wandb_project = ""  # also send the training curves to this W&B project ("" = TensorBoard files only)
     c.demo = ml_collections.ConfigDict({"enabled": False, "cache_dir": "~/.cache/saeft_jax", "pretrain_steps": 1000,
                                         "pretrain_batch_size": 128, "finetune_style": "colored"})
 
@@ -50,7 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
         "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2})
     c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
     c.report = ml_collections.ConfigDict({"analyses": tuple(ANALYSES), "concepts": (), "top_features": 6,
-                                          "images_per_feature": 8, "classes_shown": 10})
+                                          "images_per_feature": 8, "classes_shown": 10,
+                                          "browser_features": 300, "browser_images": 6})
     c.lock()  # a misspelt key in a config file fails where it is written, naming the key
     c.finetune.methods.unlock()  # methods and SAEs are added by name
     c.saes.unlock()
@@ -171,10 +173,20 @@ _RULES = (
     ("report.top_features", _non_negative_int, "zero or more"),
     ("report.images_per_feature", _positive_int, "at least 1"),
     ("report.classes_shown", _non_negative_int, "zero or more"),
+    ("report.browser_features", _positive_int, "at least 1"),
+    ("report.browser_images", _positive_int, "at least 1"),
     ("demo.pretrain_steps", _positive_int, "at least 1 step"),
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
     ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    ("wandb_project", lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
+     "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)"),
 )
+
+
+def _wandb_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
 
 
 def _expect(c: ml_collections.ConfigDict, key: str, ok, wanted: str) -> None:

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from saeft_jax import preflight, storage
+from saeft_jax import curves, preflight, storage
 from saeft_jax.errors import UsageError
 from saeft_jax.stages import completion, features, finetuned, heads, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
@@ -106,7 +106,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     workdir = prepare_workdir(workdir)
     lock = _take_lock(workdir)
     try:
-        with storage.failures_named(str(workdir), "running the pipeline"):
+        with storage.failures_named(str(workdir), "running the pipeline"), \
+                curves.wandb_logging(config.wandb_project, workdir, config.to_dict()):
             return _run_stages(config, workdir, command)
     finally:
         if lock is not None:

@@ -154,12 +154,18 @@ def cache_path(source: epath.Path) -> Path:
 def local_copy(source: epath.Path) -> Path:
     """A local path holding `source` (a file or a directory): `source` itself on a local disk; for
     a URL, a copy at `cache_path(source)`, fetched once and fetched again when the object's size
-    or modification time changes."""
+    or modification time changes; a directory's copy loses the files the bucket no longer holds."""
     if not is_remote(source):
         return Path(source)
     local = cache_path(source)
-    for file in _files(source) if source.is_dir() else [source]:
-        _fetch(file, local / file.relative_to(source) if source.is_dir() else local)
+    if not source.is_dir():
+        _fetch(source, local)
+        return local
+    files = {os.fspath(local / file.relative_to(source)): file for file in _files(source)}
+    for stale in [f for f in local.rglob("*") if f.is_file() and os.fspath(f) not in files] if local.is_dir() else []:
+        stale.unlink()
+    for target, file in files.items():
+        _fetch(file, Path(target))
     return local
 
 

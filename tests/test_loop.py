@@ -15,6 +15,7 @@ from saeft_jax import parallel
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.training.loop import TrainingDiverged, train_loop
 from saeft_jax.training.step import init_state
+from test_observe import assert_curves_match
 from test_train_step import make_step, setup_run
 
 TOTAL = 6
@@ -84,6 +85,7 @@ def test_interrupted_run_resumes_to_identical_parameters(run, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["params"]), jax.device_get(straight["params"]))
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # the lost step 3 was logged once, after the resume
+    assert_curves_match(tmp_path / "resumed", tmp_path / "resumed" / "metrics.jsonl")  # TensorBoard: the same
     record = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "ce", "reg", "add", "remove", "residual", "added_per_image", "removed_per_image", "grad_norm",
             "lr", "images_per_s"} <= set(record)

@@ -30,7 +30,7 @@ def test_the_colab_notebook_runs_as_written_and_shows_the_report(tmp_path_factor
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "done: " in text and "CpuDevice" in text and "kernel imported jax: False" in text
-    markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert markdown and markdown[0].startswith("# SAE-FT report")
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the report's pictures, shown
+    pages = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert pages and "<h1>SAE-FT report</h1>" in pages[0] and 'class="card"' in pages[0]  # the HTML report, shown
+    assert pages[0].count("data:image/png;base64,") >= 3  # with its pictures inline
     assert (workdir / "report" / "report.json").exists()

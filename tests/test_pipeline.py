@@ -116,6 +116,75 @@ def test_report_markdown_and_pictures(finished):
         assert (finished / artifact).exists(), artifact
 
 
+def changed_features(workdir, methods: list[str], datasets: list[str]) -> dict[str, set[int]]:
+    """{method: the SAE features it added to or removed from some image of some dataset},
+    counted from the evaluation arrays: the supports of the SAE's codes of both embeddings."""
+    from saeft_jax import storage
+    from saeft_jax.sae.artifact import load_sae
+
+    sae = load_sae(workdir / "sae" / "main")
+    changed = {}
+    for method in methods:
+        changed[method] = set()
+        for dataset in datasets:
+            arrays = storage.load_npz(workdir / "evaluate" / method / f"{dataset}.npz")
+            supports = []
+            for name in ("zeroshot_embeddings", "finetuned_embeddings"):
+                values, indices = sae.codes(arrays[name])
+                support = np.zeros((len(values), sae.dict_size), bool)
+                np.put_along_axis(support, indices, values != 0, axis=1)
+                supports.append(support)
+            changed[method] |= set(np.flatnonzero((supports[0] != supports[1]).any(0)).tolist())
+    return changed
+
+
+def test_the_html_report_in_a_real_browser(finished, tmp_path):
+    """Chromium loads the page from a copy of report.html alone (as after a download from a
+    bucket): no console errors, one card per changed feature with its images decoded, and
+    filtering by a method shows that method's features."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import Select
+
+    report = json.loads((finished / "report" / "report.json").read_text())
+    methods = [m for m in report["runs"] if m != "zeroshot"]
+    changed = changed_features(finished, methods, [report["id_dataset"], *report["ood_datasets"]])
+    page = tmp_path / "downloaded" / "report.html"
+    page.parent.mkdir()
+    shutil.copy(finished / "report" / "report.html", page)
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1300,1800"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(page.as_uri())
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+        assert not errors, errors
+
+        def visible() -> set[int]:
+            return set(driver.execute_script(
+                "return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
+                ".map(c => JSON.parse(c.dataset.info).feature)"))
+
+        assert visible() == set().union(*changed.values())  # every changed feature has its card
+        assert driver.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert driver.execute_script("return document.images.length") > len(visible())
+        method = min(methods, key=lambda m: len(changed[m]))
+        assert changed[method] != set().union(*changed.values())  # so the filter has something to hide
+        Select(driver.find_element("css selector", '[data-filter="method"]')).select_by_value(method)
+        assert visible() == changed[method]
+        assert driver.find_element("css selector", ".shown").text == f"{len(changed[method])} of " \
+            f"{len(set().union(*changed.values()))} cards shown"
+        driver.save_screenshot(str(tmp_path / "report.png"))
+        assert (tmp_path / "report.png").stat().st_size > 10_000
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+
+
 def test_the_fine_tuned_model_opens_in_transformers(finished):
     import torch
     import transformers

@@ -11,6 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 from PIL import Image
+from test_observe import assert_curves_match
+
+from saeft_jax.curves import read_scalars
 
 from saeft_jax.sae.artifact import SAEArtifactError, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
@@ -96,7 +99,9 @@ def test_resume_equals_uninterrupted_run(mixtures, tmp_path):
     for name in straight:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
     epochs = [json.loads(line).get("epoch") for line in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [e for e in epochs if e is not None] == [0, 1, 2, 3]
+    assert epochs == [0, 1, 2, 3, None]  # the first attempt's final summary is dropped with the resume
+    assert_curves_match(tmp_path, tmp_path / "m.jsonl", step_key="epoch")
+    assert {"fvu", "l0", "dead_fraction"} <= set(read_scalars(tmp_path))
 
 
 def test_memory_mapped_streaming_equals_device_resident(mixtures, tmp_path):

@@ -133,3 +133,44 @@ def test_the_summary_names_the_trained_steps_and_the_sae_the_analyses_read():
     text = "\n".join(_what(base_config(), content, {"none": "`none`", "sae_add_remove": "`sae_add_remove`"}))
     assert "; 7 steps of batch" in text
     assert "SAE `wide` (the vocabulary" in text and "SAE `main` (the vocabulary" not in text
+
+
+def browser_card(feature: int, methods: dict[str, tuple[int, int]]) -> dict:
+    view = {"examples": [feature], "density": 0.5, "histogram": [1] * 12, "scale": 1.0}
+    return {"feature": feature, "names": [["word", 0.3]], "models": {"zeroshot": view, **{m: view for m in methods}},
+            "methods": {m: {"added": a, "removed": r, "by_dataset": {"id": [a, r], "shift": [0, 0]},
+                            "by_class": [["cat", a, r]]} for m, (a, r) in methods.items()}}
+
+
+def write_browser(workdir: str, digest: str, cards: list[dict], methods: list[str], changed: int) -> None:
+    from saeft_jax.rendering.html import browser_data, thumbnail
+
+    images = {c["feature"]: thumbnail(np.full((4, 4, 3), c["feature"], np.uint8)) for c in cards}
+    data = browser_data("main", {"sha256": digest}, "id", methods, changed, cards, images)
+    (pathlib.Path(workdir) / "report" / "browser.json").write_text(json.dumps(data))
+
+
+def test_compare_merges_the_feature_cards_of_runs_that_share_an_sae(tmp_path):
+    first = write(tmp_path, "a", report())
+    second = write(tmp_path, "b", report(methods=("none", "mse")))
+    third = write(tmp_path, "c", report(methods=("other",)))
+    write_browser(first, "same", [browser_card(3, {"none": (2, 1), "sae_add_remove": (1, 0)}),
+                                  browser_card(5, {"none": (1, 0), "sae_add_remove": (0, 0)})],
+                  ["none", "sae_add_remove"], changed=2)
+    write_browser(second, "same", [browser_card(5, {"none": (4, 4), "mse": (1, 1)})], ["none", "mse"], changed=3)
+    write_browser(third, "another", [browser_card(3, {"other": (1, 1)})], ["other"], changed=1)
+    out = compare.compare([first, second, third], str(tmp_path / "out"))
+    reports = {name: json.loads((tmp_path / name / "report" / "report.json").read_text()) for name in "abc"}
+    merged, sources = compare.merge(reports)
+    names = {n: dict(zip([m for m in reports[n]["runs"] if m != "zeroshot"], sources[n])) for n in "abc"}
+    shared, other = compare.merge_browsers({n: compare.read_browser(str(tmp_path / n)) for n in "abc"}, names)
+    assert shared["runs"] == ["a", "b"] and other["runs"] == ["c"]
+    assert shared["methods"] == ["a/none", "sae_add_remove", "b/none", "mse"]
+    cards = {card["feature"]: card for card in shared["cards"]}
+    assert [card["feature"] for card in shared["cards"]] == [5, 3]  # 5 changed 10 times in all, 3 four times
+    assert set(cards[5]["methods"]) == {"a/none", "sae_add_remove", "b/none", "mse"}
+    assert cards[5]["methods"]["b/none"]["added"] == 4 and cards[3]["methods"]["a/none"]["removed"] == 1
+    assert shared["changed"] is None  # b showed 1 of its 3: the union is not every changed feature
+    page = (out.parent / "report.html").read_text()
+    assert page.count('<article class="card"') == 3 and "(runs a, b)" in page and "(runs c)" in page
+    assert "of each run" in page and '<option value="b/none">' in page

@@ -55,6 +55,9 @@ def test_local_copies_and_published_directories(root, tmp_path, monkeypatch):
         (root / "final" / "config.json").write_text("[]")  # the same size, newer: fetched again
         assert (storage.local_copy(root / "final") / "config.json").read_text() == "[]"
         assert (copy / "sub" / "weights.bin").stat().st_mtime_ns == fetched  # unchanged: not fetched again
+        (root / "final" / "config.json").unlink()  # gone from the bucket: gone from the copy
+        assert not (storage.local_copy(root / "final") / "config.json").exists()
+        assert (copy / "sub" / "weights.bin").stat().st_mtime_ns == fetched
     else:
         assert copy == root / "final"
 

@@ -53,6 +53,7 @@ class Comparison:
     finetuned: Embeddings
     labels: np.ndarray
     num_classes: int
+    indices: np.ndarray | None = None  # each row's example in the dataset's source
 
     @functools.cached_property
     def changes(self) -> interpret.FeatureChanges:

@@ -89,14 +89,14 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     state = initial_state(features, d, dict_size, seed, opts, stats, optimizer, mesh)
     step = make_step(optimizer, k, opts, min(opts.dead_after, n), mesh)
     steps_per_epoch = n // batch_size
-    log = JsonLines(opts.metrics_path)
+    log = JsonLines(opts.metrics_path, curves_step="epoch")
     checkpoints = Checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else None
     start = 0
     latest = checkpoints.restore_latest(state) if checkpoints is not None else None
     if latest is not None:
         _, state, meta = latest
         start = meta["epoch"] + 1
-        log.keep_only(lambda r: r.get("epoch", -1) < start)
+    log.keep_only(lambda r: r.get("epoch", start) < start)  # also lines of an attempt stopped before any checkpoint
     batches = _Batches(features, batch_size, seed, mesh, opts.device_bytes)
     bar = progress(epochs * steps_per_epoch, "sae", enabled=opts.progress, initial=start * steps_per_epoch)
     try:
@@ -115,7 +115,7 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     params = jax.device_get(state["params"])
     final = evaluate_sae(FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh, stats=stats)
     log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
-    log.flush()
+    log.close()
     if opts.histogram_path:
         firing_histogram(final["firing_frequency"], opts.histogram_path)
     return params, {**final, "epochs": epochs}

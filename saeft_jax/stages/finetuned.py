@@ -59,7 +59,7 @@ def run_stage(run: Run, name: str) -> None:
                                 _batches(run, method, source), mesh=run.mesh, workdir=directory, total_steps=steps,
                                 log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                                 keep_checkpoints=cfg.keep_checkpoints, show_progress=run.config.show_progress,
-                                state_sharding=sharding)
+                                description=f"finetune {name}", state_sharding=sharding)
     if summary["preempted"]:
         raise Preempted(f"fine-tuning method {name!r} stopped at step {summary['steps']} of {steps} and saved a "
                         f"checkpoint in {directory / 'checkpoints'}; run the same command again to continue")

@@ -1,4 +1,5 @@
-"""Stage report: `report/report.json` (schema in docs/design.md), `report/report.md` and the PNGs.
+"""Stage report: `report/report.json` (schema in docs/design.md), `report/report.md`, the PNGs,
+and `report/report.html` with its feature browser (data in `report/browser.json`).
 
 It collects what the stages before it recorded (scores per WiSE-FT alpha, training summaries,
 the SAE's quality), runs the analyses `config.report.analyses` names on every method and dataset
@@ -16,11 +17,12 @@ import numpy as np
 from saeft_jax import parallel, storage
 from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
-from saeft_jax.evaluation import interpret
+from saeft_jax.evaluation import browser, interpret
 from saeft_jax.evaluation.analyses import Comparison, Embeddings, run_analyses
 from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
+from saeft_jax.rendering.html import browser_data, render_html, thumbnail
 from saeft_jax.rendering.markdown import render_markdown, report_datasets, report_methods
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.stages import finetuned, heads, scores, trained_sae
@@ -28,6 +30,7 @@ from saeft_jax.stages.context import Run, write_json
 from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "report"
+BROWSER_FILE = "browser.json"  # the feature browser's data, which compare reads too
 
 
 def _avg(metrics: dict[str, float], names: list[str]) -> float | None:
@@ -94,13 +97,20 @@ def run_stage(run: Run) -> None:
         report = collect(run)
         directory = run.dir(STAGE)
         sae = trained_sae.load(run, trained_sae.report_sae(run)) if report["sae"] else None
-        details = {**_changes(run, report, sae), "labels": {n: m.label() for n, m in run.methods.items()}}
+        vocabulary = _vocabulary(run) if sae is not None else None
+        explanations, comparisons = _changes(run, report, sae, vocabulary)
+        details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()}}
         figures = report_figures(report, directory)
+        browsers = []
         if sae is not None:
             figures.update(_feature_grids(run, details, directory))
+            browsers.append(_browser(run, report, comparisons, sae, vocabulary))
+            write_json(directory / BROWSER_FILE, browsers[0])
         write_json(directory / "report.json", report)
-        storage.write_atomic(directory / "report.md", render_markdown(run.config, report, details, figures))
-        files = ("report.md", "report.json", *figures.values())
+        text = render_markdown(run.config, report, details, figures)
+        storage.write_atomic(directory / "report.md", text)
+        storage.write_atomic(directory / "report.html", render_html("SAE-FT report", text, directory, browsers))
+        files = ("report.md", "report.json", "report.html", *figures.values(), *([BROWSER_FILE] if browsers else []))
     else:
         files = ()
     made_from = (*((scores.STAGE, name) for name in run.methods), (trained_sae.STAGE, trained_sae.report_sae(run)))
@@ -120,30 +130,56 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     return names, np.concatenate(vectors)
 
 
-def _changes(run: Run, report: dict[str, Any], sae: FrozenSAE | None) -> dict[str, Any]:
+def _changes(run: Run, report: dict[str, Any], sae: FrozenSAE | None,
+             vocabulary) -> tuple[dict[str, Any], dict[str, dict[str, Comparison]]]:
     """Runs the configured analyses per method and dataset into `report`; returns the feature
-    explanation of each method on the first dataset (in distribution when there is one)."""
+    explanation of each method on the first dataset (in distribution when there is one) and the
+    comparisons ({method: {dataset: Comparison}})."""
     local = parallel.data_mesh(jax.local_devices())  # only process 0 writes the report
     datasets = report_datasets(report)
     specs = {s.name: s for s in run.eval_specs()}
     zeroshot: dict[str, Embeddings] = {}  # every method's alpha 0: the same embeddings, encoded once
     explanations: dict[str, Any] = {}
-    vocabulary = _vocabulary(run) if sae is not None else None
+    comparisons: dict[str, dict[str, Comparison]] = {}
     for name in report_methods(report):
-        by_dataset = {}
+        by_dataset, comparisons[name] = {}, {}
         for dataset in datasets:
             arrays = scores.load_arrays(run, name, dataset)
             if dataset not in zeroshot:
                 zeroshot[dataset] = Embeddings(arrays["zeroshot_embeddings"], sae, local)
             comparison = Comparison(zeroshot[dataset], Embeddings(arrays["finetuned_embeddings"], sae, local),
-                                    arrays["labels"], len(specs[dataset].classnames))
+                                    arrays["labels"], len(specs[dataset].classnames), arrays["indices"])
+            comparisons[name][dataset] = comparison
             by_dataset[dataset] = run_analyses(run.config.report.analyses, comparison)
             if dataset == datasets[0] and sae is not None:
                 explanations[name] = _explain(run, specs[dataset], comparison, vocabulary, arrays["indices"])
         report["runs"][name]["changes"] = {key: value for key, value in by_dataset[datasets[0]].items()
                                            if key != "sae_fvu_zeroshot"}
         report["runs"][name]["changes_by_dataset"] = by_dataset
-    return {"runs": explanations}
+    return explanations, comparisons
+
+
+def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], sae: FrozenSAE,
+             vocabulary) -> dict[str, Any]:
+    """The feature browser's cards, on the first dataset's images (in distribution when there is one)."""
+    cfg, dataset = run.config.report, report_datasets(report)[0]
+    changes = {m: {d: c.changes for d, c in by_dataset.items()} for m, by_dataset in comparisons.items()}
+    features, changed = browser.changed_features(changes, cfg.browser_features)
+    text_names, text = vocabulary
+    names = interpret.name_features(np.asarray(sae.params["W_dec"]), text, text_names, features)
+    here = {m: by_dataset[dataset] for m, by_dataset in comparisons.items()}
+    codes = {"zeroshot": next(iter(here.values())).zeroshot.codes, **{m: c.finetuned.codes for m, c in here.items()}}
+    spec = run.spec(dataset)
+    cards = browser.feature_cards(codes, changes, dataset, spec.classnames, names, features,
+                                  dict_size=sae.dict_size, images=cfg.browser_images)
+    source, indices = run.source(spec), next(iter(here.values())).indices
+    for view in (view for card in cards for view in card["models"].values()):
+        view["examples"] = [int(indices[row]) for row in view.pop("rows")]  # rows differ by run, examples do not
+    examples = sorted({e for card in cards for view in card["models"].values() for e in view["examples"]})
+    images = {e: thumbnail(source[e]["image"]) for e in examples}
+    sae_name = trained_sae.report_sae(run)
+    digest = run.done(trained_sae.STAGE, sae_name)["files"][trained_sae.PARAMS_FILE]
+    return browser_data(sae_name, digest, dataset, report_methods(report), changed, cards, images)
 
 
 def _explain(run: Run, spec, comparison: Comparison, vocabulary, indices: np.ndarray) -> dict[str, Any]:

@@ -59,13 +59,14 @@ class _StopRequest:
 
 def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
                workdir: str | os.PathLike, total_steps: int, log_every: int = 10, checkpoint_every: int = 500,
-               keep_checkpoints: int = 2, show_progress: bool = True,
+               keep_checkpoints: int = 2, show_progress: bool = True, description: str = "finetune",
                state_sharding: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
 
     `batches` yields dicts of arrays (`{"images", "labels"[, "teacher"]}`: this process's share
     of each global batch, as the step takes it) and has `get_state()`/`set_state()` (a grain iterator).
-    `state_sharding` is the one the step was built with (default replicated). Returns the final state and a summary
+    `state_sharding` is the one the step was built with (default replicated); `description` names
+    the progress. Returns the final state and a summary
     {"steps", "final_loss", "final_ce", "preempted"}; process 0 writes the metrics to `workdir/metrics.jsonl`.
     """
     workdir = storage.path(workdir)
@@ -73,14 +74,15 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     state = jax.device_put(state, state_sharding or replicated)  # global arrays, also across hosts
     frozen = jax.device_put(frozen, replicated)
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
-    log = JsonLines(workdir / "metrics.jsonl" if jax.process_index() == 0 else None)  # one writer per file
+    log = JsonLines(workdir / "metrics.jsonl" if jax.process_index() == 0 else None,  # one writer per file
+                    curves_step="step")
     done, latest = 0, checkpoints.restore_latest(state)
     if latest is not None:
         done, state, meta = latest
         batches.set_state(meta["data"])
-        log.keep_only(lambda record: record["step"] <= done)
+    log.keep_only(lambda record: record["step"] <= done)  # also lines of an attempt stopped before any checkpoint
     stop, sharding = _StopRequest(), parallel.batch_sharding(mesh)
-    bar = progress(total_steps, "finetune", enabled=show_progress, initial=done)
+    bar = progress(total_steps, description, enabled=show_progress, initial=done)
     last, clock, clock_step = {}, time.perf_counter(), done
     try:
         while done < total_steps:
@@ -102,7 +104,7 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
         bar.close()
         stop.restore()
         checkpoints.close()
-        log.flush()
+        log.close()
     return state, {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
                    "preempted": done < total_steps}
 

@@ -1,0 +1,219 @@
+"""report.html: the Markdown report as one self-contained page (pictures inline) with a feature
+browser: a card per changed SAE feature, filters and sorting, and a per-class view.
+
+Everything is in the file (no network, no neighbouring files), so it reads the same from a local
+workdir and after a download from a bucket. The results, the cards and the per-class view are
+plain HTML and readable without JavaScript; the script only filters and sorts the cards.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import markdown
+import numpy as np
+from PIL import Image
+
+from saeft_jax import storage
+from saeft_jax.evaluation.browser import BINS
+
+THUMBNAIL = 72  # pixels on the longer side
+
+
+def thumbnail(image: np.ndarray) -> str:
+    """An image array as a small inline PNG (a data URI)."""
+    picture = Image.fromarray(np.asarray(image, np.uint8).squeeze())
+    factor = THUMBNAIL // max(picture.size)
+    if factor > 1:  # small images (the demo's digits): enlarged with their pixels kept sharp
+        picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+    else:
+        picture.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def render_html(title: str, markdown_text: str, directory, browsers: list[dict[str, Any]]) -> str:
+    """The page: `markdown_text` (a report.md whose pictures are files in `directory`) rendered with
+    the pictures inline, then one feature browser per entry of `browsers` (`browser_data`)."""
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    body = re.sub(r'src="([^"/:]+\.png)"', lambda m: f'src="{_inline(directory, m.group(1))}"', body)
+    sections = [_browser(b, index) for index, b in enumerate(browsers)]
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_STYLE}</style></head>"
+            f"<body><main>{body}{''.join(sections)}</main><script>{_SCRIPT}</script></body></html>\n")
+
+
+def _inline(directory, file: str) -> str:
+    return "data:image/png;base64," + base64.b64encode((storage.path(directory) / file).read_bytes()).decode()
+
+
+def browser_data(sae: str, sae_digest: Any, dataset: str, methods: list[str], changed: int,
+                 cards: list[dict[str, Any]], images: Mapping[int, str]) -> dict[str, Any]:
+    """What a feature browser shows, as JSON (report/browser.json, also read by compare);
+    `changed` counts every changed feature, of which `cards` may show the most changed only, and
+    `images` maps the examples the cards show to their thumbnails."""
+    return {"sae": sae, "sae_digest": sae_digest, "dataset": dataset, "methods": methods, "changed": changed,
+            "cards": cards, "images": {str(row): uri for row, uri in images.items()}}
+
+
+def _browser(data: dict[str, Any], index: int) -> str:
+    cards, methods = data["cards"], data["methods"]
+    classes = sorted({row[0] for card in cards for m in card["methods"].values() for row in m["by_class"]})
+    datasets = sorted({d for card in cards for m in card["methods"].values() for d in m["by_dataset"]})
+    more = "raise <code>report.browser_features</code> for more"
+    shown = (f"all {len(cards)}" if len(cards) == data["changed"] else
+             f"the {len(cards)} most changed of each run ({more})" if data["changed"] is None else
+             f"the {len(cards)} most changed of {data['changed']} ({more})")
+    runs = f" (runs {', '.join(map(html.escape, data['runs']))})" if data.get("runs") else ""
+    options = lambda values: "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+    controls = (f'<div class="controls" hidden>'
+                f'<label>method <select data-filter="method"><option value="">any</option>{options(methods)}'
+                f'</select></label> <label>class <select data-filter="class"><option value="">any</option>'
+                f'{options(classes)}</select></label> <label>dataset <select data-filter="dataset">'
+                f'<option value="">any</option>{options(datasets)}</select></label> '
+                f'<label>at least <input data-filter="count" type="number" min="0" value="0" size="4"> changes'
+                f'</label> <label>name <input data-filter="name" type="search" placeholder="text or #id"></label> '
+                f'<label>sort <select data-filter="sort"><option value="count">most changed</option>'
+                f'<option value="feature">feature id</option><option value="density">firing density</option>'
+                f'<option value="name">nearest name</option></select></label> '
+                f'<span class="shown"></span></div>')
+    return (f'<section class="browser" id="browser-{index}"><h2>Feature browser: SAE <code>{html.escape(data["sae"])}'
+            f'</code> on <code>{html.escape(data["dataset"])}</code>{runs}</h2>'
+            f'<p>Every SAE feature that some method added to or removed from an image (on any dataset): here '
+            f'{shown}. A card shows the feature\'s nearest text names (cosine of its decoder atom with their '
+            f'text embeddings), how many images each method gained and lost it on, overall, per dataset and per '
+            f'class, and, under the zero-shot and each fine-tuned model, its top-activating '
+            f'<code>{html.escape(data["dataset"])}</code> images, its firing density (share of those images it '
+            f'fires on) and the histogram of its activations where it fires.</p>{controls}'
+            f'<div class="cards">{"".join(_card(card, data["images"], methods) for card in cards)}</div>'
+            f'{_per_class(cards, methods, index)}</section>')
+
+
+def _card(card: dict[str, Any], images: Mapping[str, str], methods: list[str]) -> str:
+    f, per_method = card["feature"], card["methods"]
+    count = {m: c["added"] + c["removed"] for m, c in per_method.items()}
+    info = {"feature": f, "name": card["names"][0][0] if card["names"] else "",
+            "names": " ".join(name for name, _ in card["names"]).lower(),
+            "count": {"": sum(count.values()), **count},
+            "density": card["models"]["zeroshot"]["density"],
+            "classes": {m: [row[0] for row in c["by_class"]] for m, c in per_method.items()},
+            "datasets": {m: [d for d, (a, r) in c["by_dataset"].items() if a + r] for m, c in per_method.items()}}
+    names = ", ".join(f"{html.escape(name)} <small>({similarity:.2f})</small>" for name, similarity in card["names"])
+    datasets = list(next(iter(per_method.values()))["by_dataset"]) if per_method else []
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in per_method)
+    rows = "".join(f"<tr><td>{html.escape(d)}</td>" + "".join(
+        f"<td>+{c['by_dataset'][d][0]} / -{c['by_dataset'][d][1]}</td>" for c in per_method.values()) + "</tr>"
+        for d in datasets)
+    total = "".join(f"<td><b>+{c['added']} / -{c['removed']}</b></td>" for c in per_method.values())
+    models = "".join(_model(name, view, images) for name, view in card["models"].items())
+    by_class = "".join(f"<tr><td>{html.escape(m)}</td><td>" + ", ".join(
+        f"{html.escape(c)} +{a}/-{r}" for c, a, r in per_method[m]["by_class"]) + "</td></tr>"
+        for m in methods if m in per_method and per_method[m]["by_class"])
+    return (f'<article class="card" id="feature-{f}" data-info="{html.escape(json.dumps(info))}">'
+            f'<h3>#{f} <span class="names">{names}</span></h3>'
+            f'<div class="scroll"><table class="counts"><tr><th>images gained / lost</th>{head}</tr>{rows}'
+            f'<tr><td><b>all datasets</b></td>{total}</tr></table></div>'
+            f'<div class="models">{models}</div>'
+            f'<details><summary>per class</summary><table>{by_class}</table></details></article>')
+
+
+def _model(name: str, view: dict[str, Any], images: Mapping[str, str]) -> str:
+    label = "zero-shot" if name == "zeroshot" else name
+    pictures = "".join(f'<img src="{images[str(e)]}" alt="example {e}" title="example {e}">' for e in view["examples"])
+    return (f'<figure class="model" data-model="{html.escape(name)}"><figcaption>{html.escape(label)}: fires on '
+            f'{100 * view["density"]:.1f}%</figcaption>{_histogram(view["histogram"], view["scale"])}'
+            f'<div class="images">{pictures or "<em>never fires</em>"}</div></figure>')
+
+
+def _histogram(counts: list[int], scale: float) -> str:
+    """An inline SVG bar chart of activation counts over BINS bins of [0, scale]."""
+    top, width, height = max(max(counts), 1), 120, 28
+    bar = width / BINS
+    bars = "".join(f'<rect x="{i * bar:.1f}" y="{height - height * c / top:.1f}" width="{bar - 1:.1f}" '
+                   f'height="{height * c / top:.1f}"><title>{c}</title></rect>' for i, c in enumerate(counts))
+    return (f'<svg class="histogram" width="{width}" height="{height}" role="img" aria-label="activations from 0 to '
+            f'{scale:.3g}">{bars}</svg>')
+
+
+def _per_class(cards: list[dict[str, Any]], methods: list[str], index: int) -> str:
+    gained: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    lost: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for card in cards:
+        for m, c in card["methods"].items():
+            for name, added, removed in c["by_class"]:
+                if added:
+                    gained.setdefault((name, m), []).append((added, card["feature"]))
+                if removed:
+                    lost.setdefault((name, m), []).append((removed, card["feature"]))
+
+    def links(entries: list[tuple[int, int]]) -> str:
+        return ", ".join(f'<a href="#feature-{f}">#{f}</a>&nbsp;({n})' for n, f in sorted(entries, reverse=True)[:12])
+
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(m)}</td><td>{links(gained.get((name, m), []))}"
+                   f"</td><td>{links(lost.get((name, m), []))}</td></tr>"
+                   for name in sorted({key[0] for key in (*gained, *lost)}) for m in methods
+                   if (name, m) in gained or (name, m) in lost)
+    return (f'<h2 id="classes-{index}">Per class</h2><p>For each class and method, the features gained and lost '
+            f'most often on its images (images in brackets; at most 12 each).</p><table class="per-class">'
+            f'<tr><th>class</th><th>method</th><th>gained</th><th>lost</th></tr>{rows}</table>')
+
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2127;background:#fafafa}
+main{max-width:1200px;margin:auto;padding:1em 2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccd;padding:.2em .5em;text-align:left}
+th{background:#eef}img{max-width:100%}code{background:#eef;padding:0 .2em}
+.controls{position:sticky;top:0;background:#fff;padding:.5em;border:1px solid #ccd;z-index:1}
+.controls label{margin-right:.8em}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:.8em}
+.card{background:#fff;border:1px solid #ccd;border-radius:6px;padding:.6em}
+.card h3{margin:.1em 0 .4em}.scroll{overflow-x:auto}.card .names{font-weight:normal}.card table{font-size:13px}
+.models{display:flex;flex-wrap:wrap;gap:.6em}.model{margin:0;border-top:1px solid #eee;padding-top:.3em}
+.model figcaption{font-size:13px}.histogram rect{fill:#4a6fa5}
+.images img{width:48px;height:48px;object-fit:contain;margin:1px;image-rendering:pixelated;background:#000}
+.card:target{outline:3px solid #e7a33e}
+"""
+
+_SCRIPT = """
+(function(){
+  for (const section of document.querySelectorAll('section.browser')) {
+    const controls = section.querySelector('.controls');
+    controls.hidden = false;
+    const holder = section.querySelector('.cards');
+    const cards = Array.from(holder.querySelectorAll('.card'));
+    cards.forEach(card => { card.info = JSON.parse(card.dataset.info); });
+    const get = name => controls.querySelector('[data-filter="' + name + '"]');
+    const update = () => {
+      const method = get('method').value, cls = get('class').value, dataset = get('dataset').value;
+      const least = Number(get('count').value) || 0, text = get('name').value.trim().toLowerCase();
+      let shown = 0;
+      for (const card of cards) {
+        const info = card.info, chosen = method ? [method] : Object.keys(info.classes);
+        const ok = (info.count[method] || 0) >= Math.max(least, method ? 1 : 0)
+          && (!cls || chosen.some(m => (info.classes[m] || []).includes(cls)))
+          && (!dataset || chosen.some(m => (info.datasets[m] || []).includes(dataset)))
+          && (!text || info.names.includes(text) || ('#' + info.feature) === text);
+        card.hidden = !ok;
+        shown += ok;
+      }
+      const sort = get('sort').value, count = c => c.info.count[method] || 0;
+      const key = {count: (a, b) => count(b) - count(a) || a.info.feature - b.info.feature,
+                   feature: (a, b) => a.info.feature - b.info.feature,
+                   density: (a, b) => b.info.density - a.info.density,
+                   name: (a, b) => a.info.name.localeCompare(b.info.name)}[sort];
+      cards.slice().sort(key).forEach(card => holder.appendChild(card));
+      controls.querySelector('.shown').textContent = shown + ' of ' + cards.length + ' cards shown';
+    };
+    controls.addEventListener('input', update);
+    controls.addEventListener('change', update);
+    update();
+  }
+})();
+"""

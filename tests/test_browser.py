@@ -1,0 +1,118 @@
+"""The feature browser: its cards' numbers against a brute-force NumPy count, and the page it
+makes (self-contained, escaped, readable without a script). The page in a real browser is tested
+on the smoke run (tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import numpy as np
+import pytest
+
+from saeft_jax.evaluation import browser, interpret
+from saeft_jax.rendering.html import browser_data, render_html, thumbnail
+
+F, K, N, CLASSES = 12, 3, 40, 4
+
+
+def random_codes(rng) -> interpret.Codes:
+    indices = np.stack([rng.choice(F, K, replace=False) for _ in range(N)])
+    values = rng.uniform(0.0, 2.0, (N, K)).astype(np.float32)
+    values[rng.random((N, K)) < 0.1] = 0.0  # ReLU zeros: held in the top-k, not firing
+    return values, indices
+
+
+@pytest.fixture
+def setting():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, N)
+    codes = {model: random_codes(rng) for model in ("zeroshot", "plain", "saeft")}
+    other = {model: random_codes(rng) for model in ("zeroshot", "plain", "saeft")}  # a second dataset
+    changes = {m: {"id": interpret.feature_changes(codes["zeroshot"], codes[m], labels, F, CLASSES),
+                   "shift": interpret.feature_changes(other["zeroshot"], other[m], labels, F, CLASSES)}
+               for m in ("plain", "saeft")}
+    return codes, other, changes, labels
+
+
+def dense(codes: interpret.Codes) -> np.ndarray:
+    out = np.zeros((N, F))
+    for row in range(N):
+        out[row, codes[1][row]] = codes[0][row]
+    return out
+
+
+def test_cards_count_what_each_method_added_and_removed_per_dataset_and_class(setting):
+    codes, other, changes, labels = setting
+    features, changed = browser.changed_features(changes, limit=5)
+    total = sum(((dense(c[m]) != 0) != (dense(c["zeroshot"]) != 0)).sum(0) for c in (codes, other)
+                for m in ("plain", "saeft"))
+    assert changed == np.count_nonzero(total)
+    assert [total[f] for f in features] == sorted(total, reverse=True)[:5]  # the most changed first
+    names = {f: [("name", 0.5)] for f in features}
+    cards = browser.feature_cards(codes, changes, "id", [f"c{i}" for i in range(CLASSES)], names, features,
+                                  dict_size=F, images=3)
+    for card in cards:
+        f = card["feature"]
+        zeroshot = {"id": dense(codes["zeroshot"])[:, f], "shift": dense(other["zeroshot"])[:, f]}
+        for m in ("plain", "saeft"):
+            tuned = {"id": dense(codes[m])[:, f], "shift": dense(other[m])[:, f]}
+            added = {d: (tuned[d] != 0) & (zeroshot[d] == 0) for d in tuned}
+            removed = {d: (zeroshot[d] != 0) & (tuned[d] == 0) for d in tuned}
+            entry = card["methods"][m]
+            assert entry["by_dataset"] == {d: [int(added[d].sum()), int(removed[d].sum())] for d in tuned}
+            assert (entry["added"], entry["removed"]) == (sum(a.sum() for a in added.values()),
+                                                          sum(r.sum() for r in removed.values()))
+            by_class = {f"c{c}": [int(added["id"][labels == c].sum()), int(removed["id"][labels == c].sum())]
+                        for c in range(CLASSES)}
+            assert {name: [a, r] for name, a, r in entry["by_class"]} == {c: v for c, v in by_class.items() if sum(v)}
+        scale = max(dense(c)[:, f].max() for c in codes.values())
+        for model, view in card["models"].items():
+            activation = dense(codes[model])[:, f]
+            fires = activation > 0
+            assert view["density"] == pytest.approx(fires.mean())
+            assert view["rows"] == list(np.argsort(-activation, kind="stable")[:min(3, fires.sum())])
+            expected = np.histogram(activation[fires], bins=browser.BINS, range=(0, scale))[0]
+            assert view["histogram"] == expected.tolist() and view["scale"] == pytest.approx(scale)
+
+
+def test_the_page_is_self_contained_escaped_and_lists_every_card(setting, tmp_path):
+    from PIL import Image
+
+    codes, _, changes, _ = setting
+    features, changed = browser.changed_features(changes, limit=100)
+    classes = ["<b>cat</b>", "dog", "a & b", "d"]
+    cards = browser.feature_cards(codes, changes, "id", classes, {f: [("<i>x</i>", 0.5)] for f in features},
+                                  features, dict_size=F, images=2)
+    for view in (v for card in cards for v in card["models"].values()):
+        view["examples"] = view.pop("rows")
+    images = {e: thumbnail(np.full((8, 8, 3), e, np.uint8)) for e in range(N)}
+    Image.new("RGB", (10, 10), "red").save(tmp_path / "wise.png")
+    page = render_html("report", "# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![sweep](wise.png)\n", tmp_path,
+                       [browser_data("main", {"sha256": "x"}, "id", ["plain", "saeft"], changed, cards, images)])
+    assert "<table>" in page and "<td>1</td>" in page  # the Markdown tables, as HTML
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing to fetch
+    assert not re.search(r'(href|src)="(https?:|//|\w+\.(png|js|css))', page)
+    assert page.count('<article class="card"') == changed == len(features)
+    assert "<b>cat</b>" not in page and html.escape("<b>cat</b>") in page and "<i>x</i>" not in page
+    for f in features:
+        assert f'id="feature-{f}"' in page
+    linked = set(map(int, re.findall(r'href="#feature-(\d+)"', page)))  # the per-class view points at cards
+    assert linked and linked <= set(features)
+
+
+def test_a_thumbnail_keeps_small_images_sharp_and_shrinks_large_ones():
+    import base64
+    import io
+
+    from PIL import Image
+
+    def decoded(uri: str) -> Image.Image:
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+    small = np.zeros((12, 12, 3), np.uint8)
+    small[:6] = 255
+    picture = decoded(thumbnail(small))
+    assert picture.size == (72, 72) and set(np.unique(np.asarray(picture))) == {0, 255}
+    assert decoded(thumbnail(np.zeros((300, 150), np.uint8))).size == (36, 72)
