@@ -44,3 +44,45 @@ def regularizer(name: str, f: torch.Tensor, f0: torch.Tensor, sae: dict[str, tor
         pt = st.abs() / (st.abs().sum(-1, keepdim=True) + 1e-8)
         return sparse + 0.1 * (p0 * ((p0 + 1e-8).log() - (pt + 1e-8).log())).sum(-1).mean()
     raise ValueError(f"no PyTorch reference for regularizer {name!r}")
+
+
+def sinkhorn_distance(p0: torch.Tensor, p1: torch.Tensor, cost: torch.Tensor, epsilon: float = 0.05,
+                      iterations: int = 50) -> torch.Tensor:
+    """The reference's entropic Wasserstein distance per row, with the plan formed explicitly."""
+    p0 = p0 / (p0.sum(-1, keepdim=True) + 1e-8)
+    p1 = p1 / (p1.sum(-1, keepdim=True) + 1e-8)
+    kernel = torch.exp(-cost / epsilon)
+    kernel = kernel / (kernel.sum(-1, keepdim=True) + 1e-8)
+    u, v = torch.ones_like(p0), torch.ones_like(p1)
+    for _ in range(iterations):
+        u = p0 / (kernel @ v.unsqueeze(-1)).squeeze(-1)
+        v = p1 / (kernel.T @ u.unsqueeze(-1)).squeeze(-1)
+    plan = u.unsqueeze(-1) * kernel * v.unsqueeze(-2)
+    return (plan * cost).sum((-2, -1))
+
+
+def matrix_regularizer(name: str, f: torch.Tensor, f0: torch.Tensor, c: float = 10.0) -> torch.Tensor:
+    """`nuclear` and `quadratic_nuclear`: torch.linalg's nuclear norm of the batch's change."""
+    norm = torch.linalg.matrix_norm(f - f0.detach(), ord="nuc")
+    return norm if name == "nuclear" else torch.relu(norm - c) ** 2
+
+
+def sae_w(f: torch.Tensor, f0: torch.Tensor, sae: dict[str, torch.Tensor], k: int, lambda_l1: float = 1e-3,
+          lambda_wass: float = 0.1, mu: float = 1.0) -> torch.Tensor:
+    """The reference's `sae_w` on unit-norm inputs: sparse change + residual + Sinkhorn term."""
+    f, f0 = unit(f), unit(f0.detach())
+    st, s0 = sae_codes(sae, f, k), sae_codes(sae, f0, k).detach()
+    residual = (((f - f0) - (st - s0) @ sae["W_dec"]) ** 2).mean()
+    atoms = sae["W_dec"] / sae["W_dec"].norm(dim=-1, keepdim=True)
+    cost = (1.0 - atoms @ atoms.T).clamp(min=0)
+    wass = sinkhorn_distance(torch.relu(s0), torch.relu(st), cost).mean()
+    return lambda_l1 * (st - s0).abs().mean() + mu * residual + lambda_wass * wass
+
+
+def pca_penalty(f: torch.Tensor, f0: torch.Tensor, basis: torch.Tensor, lambda_l1: float = 1e-3,
+                mu: float = 1.0) -> torch.Tensor:
+    """The reference's `pca` on unit-norm inputs: codes x @ basis (d, n), no centring, decoded by basis.T."""
+    f, f0 = unit(f), unit(f0.detach())
+    st, s0 = f @ basis, f0 @ basis
+    residual = ((f - f0) - (st @ basis.T - s0 @ basis.T)) ** 2
+    return lambda_l1 * (st - s0).abs().mean(dim=-1).mean() + mu * residual.mean()

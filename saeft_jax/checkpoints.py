@@ -6,15 +6,21 @@ damaged afterwards (a truncated or missing file, found against the file sizes re
 each complete checkpoint in `<directory>.sizes/`, or any file Orbax cannot read) is skipped on
 resume in favour of the newest one that restores, with a warning naming it. A save that would not fit on a local disk is
 refused before it starts, and a save that fails for lack of space or permission ends as a
-`StorageError` naming the directory; the newest complete checkpoint stays either way.
+`StorageError` naming the directory; the newest complete checkpoint stays either way. SIGTERM
+and Ctrl-C that arrive while Orbax saves are handled once it has finished: an exception raised
+inside its waits leaves a save half-finalised and Orbax logging tracebacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -145,8 +151,32 @@ class Checkpoints:
                                f"{needed / 2**20:.1f} MiB. Free space (or point --workdir elsewhere) and rerun: "
                                f"the newest complete checkpoint is kept and the run continues from it.")
 
-    def _storage_errors(self, doing: str):
-        return storage.failures_named(self.directory, doing)
+    @contextlib.contextmanager
+    def _storage_errors(self, doing: str) -> Iterator[None]:
+        with _signals_held(), storage.failures_named(self.directory, doing):
+            yield
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defers SIGTERM and SIGINT to the end of the block, then hands each to the handler that was
+    in place (the train loop's stop flag, the run's exit 3, or the default)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {number: signal.signal(number, lambda received, frame: pending.append(received))
+                for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(pending):
+            if callable(previous[number]):
+                previous[number](number, None)
+            else:  # SIG_DFL or SIG_IGN: let the process get it as it would have
+                signal.raise_signal(number)
 
 
 def _first_line(error: BaseException) -> str:

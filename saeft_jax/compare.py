@@ -37,15 +37,27 @@ def read_report(workdir: str) -> dict[str, Any]:
         raise UsageError(f"{path} is damaged ({error}); rerun that run's report stage.") from error
 
 
-def read_browser(workdir: str) -> dict[str, Any] | None:
-    """A run's feature browser data (None for a run without an SAE)."""
+def read_browser(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's feature browser data (None for a run without an SAE, or whose report predates the
+    browser: compare then says so)."""
     path = storage.path(workdir) / "report" / BROWSER_FILE
+    if not report.get("sae"):
+        return None
     if not path.exists():
+        print(f"note: {workdir} has no feature browser ({path} is missing: its report was made before report.html "
+              f"existed); delete its report/ and rerun its pipeline to add its features.", file=sys.stderr)
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is damaged ({error}); rerun that run's report stage.") from error
+        data = json.loads(path.read_bytes())
+    except ValueError as error:  # also bytes that are not UTF-8
+        data, problem = None, f"{type(error).__name__}: {error}"
+    else:
+        keys = ("sae_digest", "dataset", "methods", "changed", "cards", "images")
+        missing = [key for key in keys if key not in data] if isinstance(data, dict) else list(keys)
+        problem = f"it lacks {', '.join(missing)}" if missing else None
+    if problem:
+        raise UsageError(f"{path} is damaged ({problem}); delete that run's report/ and rerun its pipeline.")
+    return data
 
 
 def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, dict[str, str]]) -> list[dict]:
@@ -113,7 +125,7 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
         labels = [str(w) for w in workdirs]
     reports = {label: read_report(w) for label, w in zip(labels, workdirs)}
     merged, sources = merge(reports)
-    browsers = {label: read_browser(w) for label, w in zip(labels, workdirs)}
+    browsers = {label: read_browser(w, reports[label]) for label, w in zip(labels, workdirs)}
     names = {label: dict(zip(report_methods(reports[label]), sources[label])) for label in labels}
     directory = storage.path(out)
     directory.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-SAE_DEFAULTS = {"dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3, "auxk": False,
+SAE_DEFAULTS = {"kind": "topk", "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3, "auxk": False,
                 "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False, "b_pre_init": "zeros"}
 
 
@@ -68,6 +68,11 @@ def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
     name. An SAE-based method without `sae` uses the default; the report reads every method in
     its vocabulary."""
     return tuple(sorted(c.saes, key=lambda name: (name != "main", name)))
+
+
+def sae_kinds(c: ml_collections.ConfigDict) -> dict[str, str]:
+    """{SAE name: its kind}: "topk" (a trained Top-K SAE) or "pca" (a PCA basis, `saeft_jax.sae.pca`)."""
+    return {name: c.saes[name].get("kind", "topk") for name in sae_names(c)}
 
 
 def sae_settings(**changes) -> ml_collections.ConfigDict:
@@ -96,7 +101,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.report.analyses has unknown analyses {unknown}; known: {', '.join(ANALYSES)}")
     _check_saes(c)
     with c.unlocked():
-        c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c))
+        c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c), sae_kinds(c))
     for name, method_settings in c.finetune.methods.items():
         for key, value in method_settings.items():
             if key not in ("regularizer", "sae", "checkpoint"):
@@ -205,6 +210,8 @@ _SAE_RULES = (
     ("batch_size", _positive_int, "a positive batch size"),
     ("epochs", _positive_int, "at least 1"),
     ("b_pre_init", lambda v: v in ("zeros", "mean", "median"), "'zeros', 'mean' or 'median'"),
+    ("kind", lambda v: v in ("topk", "pca"), "'topk' (a trained Top-K SAE) or 'pca' (the leading principal "
+     "directions of the training features; dict_size of them)"),
 )
 
 
@@ -228,6 +235,8 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
             for key, ok, wanted in _SAE_RULES:
                 _expect(c, f"saes.{name}.{key}", ok, wanted)
             sae = c.saes[name]
+            if sae.kind == "pca":
+                sae.k = sae.dict_size  # every direction is a code; the training settings do not apply
             if sae.k > sae.dict_size:
                 raise ConfigError(f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
                                   f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -58,21 +59,25 @@ class Curves:
                 if file.name.startswith(EVENT_FILES):
                     file.unlink()
         self._writer = Writer(DirectoryOutput(str(self._local)))
-        for record in records:
-            self.add(record)
+        for record in records:  # W&B has them already
+            self._write(record)
         self.flush()
 
     def add(self, record: dict[str, Any]) -> None:
-        """Every finite number of `record` (a metrics line) as a scalar at its step; records without
-        a step (the SAE's final summary) are not curves."""
+        """Every finite number of `record` (a metrics line) as a scalar at its step, in the event
+        file and in W&B when it is on; records without a step (the SAE's final summary) are not curves."""
+        scalars = self._write(record)
+        if _wandb is not None and scalars:
+            _wandb.log(self.directory, self.step_key, *scalars)
+
+    def _write(self, record: dict[str, Any]) -> tuple[int, dict[str, float]] | None:
         step = record.get(self.step_key)
-        if not isinstance(step, int):
-            return
+        if not isinstance(step, int) or isinstance(step, bool):
+            return None
         values = {name: float(value) for name, value in record.items() if name != self.step_key and _is_number(value)}
         for name, value in values.items():
             self._writer.add_scalar(name, value, step)
-        if _wandb is not None:
-            _wandb.log(self.directory, self.step_key, step, values)
+        return step, values
 
     def flush(self) -> None:
         """Writes what is pending (and, for a bucket, uploads the event files)."""
@@ -100,19 +105,34 @@ def read_scalars(directory: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 class _WandbRun:
-    """A W&B run taking each stage's curves under the stage directory's name within the workdir."""
+    """A W&B run taking each stage's curves under the stage directory's name within the workdir.
+    W&B is a mirror: when it fails (its service gone, the network), a warning says so once and
+    training goes on with the event files alone."""
 
     def __init__(self, run, workdir: epath.Path):
-        self.run, self.workdir, self._defined = run, workdir, set()
+        self.run, self.workdir, self._defined, self.failed = run, workdir, set(), False
 
     def log(self, directory: epath.Path, step_key: str, step: int, values: dict[str, float]) -> None:
+        if self.failed:
+            return
         inside = str(directory).startswith(str(self.workdir).rstrip("/") + "/")
         prefix = str(directory)[len(str(self.workdir).rstrip("/")) + 1:] if inside else directory.name
-        if prefix not in self._defined:  # each stage counts its own steps
-            self.run.define_metric(f"{prefix}/{step_key}")
-            self.run.define_metric(f"{prefix}/*", step_metric=f"{prefix}/{step_key}")
-            self._defined.add(prefix)
-        self.run.log({f"{prefix}/{step_key}": step, **{f"{prefix}/{name}": v for name, v in values.items()}})
+        try:
+            if prefix not in self._defined:  # each stage counts its own steps
+                self.run.define_metric(f"{prefix}/{step_key}")
+                self.run.define_metric(f"{prefix}/*", step_metric=f"{prefix}/{step_key}")
+                self._defined.add(prefix)
+            self.run.log({f"{prefix}/{step_key}": step, **{f"{prefix}/{name}": v for name, v in values.items()}})
+        except Exception as error:  # W&B's errors have no common base
+            self.failed = True
+            print(f"warning: W&B stopped taking curves ({type(error).__name__}: {error}); the TensorBoard event "
+                  f"files and metrics.jsonl go on.", file=sys.stderr)
+
+    def finish(self) -> None:
+        try:
+            self.run.finish(exit_code=1 if self.failed else 0)
+        except Exception as error:
+            print(f"warning: W&B could not close its run ({type(error).__name__}: {error}).", file=sys.stderr)
 
 
 _wandb: _WandbRun | None = None  # while `wandb_logging` runs
@@ -130,8 +150,12 @@ def wandb_logging(project: str, workdir: epath.Path, config: dict[str, Any]) -> 
     import wandb
 
     record = workdir / "wandb.json"
-    run_id = json.loads(record.read_text())["id"] if record.exists() else uuid.uuid4().hex[:12]
-    local = Path(workdir) if not storage.is_remote(workdir) else Path(tempfile.mkdtemp(prefix="saeft-wandb-"))
+    try:
+        run_id = json.loads(record.read_text())["id"] if record.exists() else uuid.uuid4().hex[:12]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{record} is damaged ({error}); delete it to start a new W&B run for this workdir.") from error
+    local = Path(workdir) if not storage.is_remote(workdir) else storage.cache_path(workdir)  # W&B writes locally
+    local.mkdir(parents=True, exist_ok=True)
     try:
         run = wandb.init(project=project, id=run_id, resume="allow", name=workdir.name, config=config, dir=str(local))
     except Exception as error:  # W&B's errors have no common base; any of them means no run
@@ -142,5 +166,5 @@ def wandb_logging(project: str, workdir: epath.Path, config: dict[str, Any]) -> 
     try:
         yield
     finally:
+        _wandb.finish()
         _wandb = None
-        run.finish()

@@ -82,9 +82,11 @@ class Method:
         return f"`{self.name}` ({', '.join(parts)})"
 
 
-def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",)) -> dict[str, Method]:
+def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",),
+                kinds: Mapping[str, str] | None = None) -> dict[str, Method]:
     """The checked methods of `config.finetune.methods`, in order; `saes` are the SAE names of
-    `config.saes` (an SAE-based method without one uses the first)."""
+    `config.saes` and `kinds` their kinds (default all "topk"); an SAE-based method without an
+    SAE uses the first of the kind its regularizer reads."""
     if not methods:
         raise ConfigError("config.finetune.methods is empty; name at least one method, e.g. "
                           "{'none': method('none'), 'sae_add_remove': method('sae_add_remove', reg_lambda=70.0)}")
@@ -101,7 +103,7 @@ def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",)) -
                               f"{', '.join(regularizers.REGISTRY)}")
         entry = _entry(settings.pop("regularizer"), f"{where}.regularizer")
         reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
-        sae = _sae(entry, settings.pop("sae", ""), saes, where)
+        sae = _sae(entry, settings.pop("sae", ""), saes, kinds or {}, where)
         checkpoint = settings.pop("checkpoint", "") or None
         if checkpoint and entry.penalizes:
             raise ConfigError(f"{where}: a method with a checkpoint is not trained, so it takes no regularizer "
@@ -112,23 +114,31 @@ def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",)) -
     return checked
 
 
-def filled(methods: ml_collections.ConfigDict, saes: tuple[str, ...]) -> ml_collections.ConfigDict:
+def filled(methods: ml_collections.ConfigDict, saes: tuple[str, ...],
+           kinds: Mapping[str, str] | None = None) -> ml_collections.ConfigDict:
     """`methods` with every declared hyperparameter and each SAE name present (a config that
     wrote an entry by hand, or switched a regularizer)."""
-    checked = from_config(methods, saes)
+    checked = from_config(methods, saes, kinds)
     return ml_collections.ConfigDict({name: {"regularizer": m.regularizer.name, "reg_lambda": m.reg_lambda,
                                              "sae": m.sae or "", "checkpoint": m.checkpoint or "", **m.hparams}
                                       for name, m in checked.items()})
 
 
-def _sae(entry: regularizers.Regularizer, sae: str, saes: tuple[str, ...], where: str) -> str | None:
+def _sae(entry: regularizers.Regularizer, sae: str, saes: tuple[str, ...], kinds: Mapping[str, str],
+         where: str) -> str | None:
     if not entry.uses_sae:
         if sae:
             raise ConfigError(f"{where}.sae is {sae!r}, but regularizer {entry.name!r} uses no SAE; leave it empty.")
         return None
     if sae and sae not in saes:
         raise ConfigError(f"{where}.sae is {sae!r}, which config.saes does not name; it names {', '.join(saes)}.")
-    return sae or saes[0]
+    usable = [name for name in saes if kinds.get(name, "topk") == entry.sae_kind]
+    if sae and sae not in usable or not usable:
+        given = f"config.saes.{sae} is of kind {kinds.get(sae, 'topk')!r}" if sae else "config.saes has none"
+        raise ConfigError(f"{where}: regularizer {entry.name!r} reads an SAE of kind {entry.sae_kind!r}, but {given}; "
+                          f"add one, e.g. config.saes.{entry.sae_kind} = sae_settings(kind={entry.sae_kind!r}"
+                          f"{', dict_size=16' if entry.sae_kind == 'pca' else ''}), and name it in {where}.sae.")
+    return sae or usable[0]
 
 
 def _entry(name: str, where: str) -> regularizers.Regularizer:

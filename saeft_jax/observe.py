@@ -25,7 +25,7 @@ def progress(total: int, desc: str, *, enabled: bool = True, initial: int = 0, u
     SLURM or nohup log. Silent when not `enabled`. Both take `update(n)`, `set_postfix(**values)`
     and `close()`."""
     stream = stream or sys.stderr
-    if enabled and not stream.isatty():
+    if enabled and not getattr(stream, "isatty", lambda: False)():
         return ProgressLines(total, desc, initial=initial, unit=unit, stream=stream)
     return tqdm.tqdm(total=total, desc=desc, initial=initial, unit=unit, disable=not enabled, dynamic_ncols=True,
                      file=stream)
@@ -51,7 +51,7 @@ class ProgressLines:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.clock() - self._printed >= self.every_s:
+        if not self._closed and self.clock() - self._printed >= self.every_s:
             self._print()
 
     def set_postfix(self, **values: Any) -> None:

@@ -106,8 +106,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     workdir = prepare_workdir(workdir)
     lock = _take_lock(workdir)
     try:
-        with storage.failures_named(str(workdir), "running the pipeline"), \
-                curves.wandb_logging(config.wandb_project, workdir, config.to_dict()):
+        with storage.failures_named(str(workdir), "running the pipeline"):
             return _run_stages(config, workdir, command)
     finally:
         if lock is not None:
@@ -159,6 +158,12 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command:
     preflight.check(run)
     if run.is_writer:
         record_config(config, workdir)
+    with curves.wandb_logging(config.wandb_project, workdir, config.to_dict()):  # after every check
+        _run_plan(run, config, workdir)
+    return workdir / report.STAGE if run.done(report.STAGE) is not None else None
+
+
+def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     wanted = set(config.stages)
     for parts, function, needs in _plan(run):
         stage, label = parts[0], "/".join(parts)
@@ -183,4 +188,3 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command:
                 completion.discard(workdir, parts, problem)
             run.barrier(f"discard {label}")
         function(run)
-    return workdir / report.STAGE if run.done(report.STAGE) is not None else None

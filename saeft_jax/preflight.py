@@ -78,8 +78,8 @@ def _check_batches(run: Run) -> None:
                           f"config.finetune.accumulate_steps ({micro}) micro-batches that each divide over the "
                           f"{devices} devices; use a multiple of {devices * micro} (e.g. "
                           f"{_multiple(c.finetune.batch_size, devices * micro)}).")
-    for name, sae in c.saes.items():  # an SAE trains on process 0's own devices
-        if sae.batch_size % local:
+    for name, sae in c.saes.items():  # an SAE trains on process 0's own devices (a PCA basis is not trained)
+        if sae.kind == "topk" and sae.batch_size % local:
             raise ConfigError(f"config.saes.{name}.batch_size is {sae.batch_size}, which does not divide over the "
                               f"{local} devices of process 0, where the SAE trains. Use a multiple of {local} (e.g. "
                               f"{_multiple(sae.batch_size, local)}).")
@@ -91,7 +91,7 @@ def _check_durations(run: Run, examples: int) -> None:
         raise ConfigError(f"config.finetune.batch_size ({c.finetune.batch_size}) exceeds the {examples} examples of "
                           f"{c.train_dataset}; lower it.")
     for name, sae in c.saes.items():
-        if "sae" in c.stages and sae.batch_size > examples:
+        if "sae" in c.stages and sae.kind == "topk" and sae.batch_size > examples:
             raise ConfigError(f"config.saes.{name}.batch_size ({sae.batch_size}) exceeds the {examples} training "
                               f"embeddings the SAE learns from ({c.train_dataset}); lower it.")
     steps = total_steps(run, examples)

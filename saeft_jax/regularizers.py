@@ -45,6 +45,7 @@ class Regularizer:
     hparams: Mapping[str, Any]
     needs: frozenset[str]
     taps: Callable[[int], tuple[int, ...]] | None = None
+    sae_kind: str = "topk"  # the kind of `config.saes` entry an SAE-reading penalty takes
 
     @property
     def uses_sae(self) -> bool:
@@ -87,8 +88,10 @@ REGISTRY: dict[str, Regularizer] = {}
 
 
 def register(name: str | None = None, *, needs: Sequence[str] = ("f0",),
-             taps: Callable[[int], tuple[int, ...]] | None = None) -> Callable[[Penalty], Penalty]:
-    """Registers the decorated penalty as regularizer `name` (default: the function's name)."""
+             taps: Callable[[int], tuple[int, ...]] | None = None,
+             sae_kind: str = "topk") -> Callable[[Penalty], Penalty]:
+    """Registers the decorated penalty as regularizer `name` (default: the function's name);
+    `sae_kind` is the kind of SAE it reads ("topk", or "pca" for a PCA basis)."""
     needs = frozenset(needs)
     if needs - set(NEEDS):
         raise ValueError(f"unknown needs {sorted(needs - set(NEEDS))}; known: {NEEDS}")
@@ -109,7 +112,7 @@ def register(name: str | None = None, *, needs: Sequence[str] = ("f0",),
             raise ValueError(f"regularizer {entry_name!r}: hyperparameters {undeclared} need defaults")
         if "sae" in needs:
             hparams = {**hparams, **SAE_HPARAMS}
-        REGISTRY[entry_name] = Regularizer(entry_name, penalty, hparams, needs, taps)
+        REGISTRY[entry_name] = Regularizer(entry_name, penalty, hparams, needs, taps, sae_kind)
         return penalty
 
     return add
@@ -182,6 +185,14 @@ def sae_sparse(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float 
     return _sparse_terms(f, f0, st, s0, sae, lambda_l1, mu)
 
 
+@register(needs=("f0", "sae"), sae_kind="pca")
+def pca(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3,
+        mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+    """`sae_sparse` with a PCA basis as the dictionary (an SAE of kind "pca": the leading
+    principal directions of the zero-shot training features, `saeft_jax.sae.pca`)."""
+    return sae_sparse(f, f0, sae=sae, lambda_l1=lambda_l1, mu=mu)
+
+
 @register(needs=("f0", "sae"))
 def sae_kl(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_kl: float = 0.1,
            mu: float = 1.0) -> tuple[jax.Array, Metrics]:
@@ -194,6 +205,65 @@ def sae_kl(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e
     pt = jnp.abs(st) / (jnp.sum(jnp.abs(st), -1, keepdims=True) + eps)
     kl = jnp.mean(jnp.sum(p0 * (jnp.log(p0 + eps) - jnp.log(pt + eps)), -1))
     return total + lambda_kl * kl, {**metrics, "kl": kl}
+
+
+SINKHORN_EPSILON, SINKHORN_ITERATIONS = 0.05, 50  # the reference's, for `sae_w`
+
+
+def sinkhorn_distance(p0: jax.Array, p1: jax.Array, cost: jax.Array, *, epsilon: float,
+                      iterations: int) -> jax.Array:
+    """Entropic optimal-transport cost per row between distributions p0 and p1 (B, n) over n
+    points with pairwise `cost` (n, n), by `iterations` Sinkhorn updates of the row-normalised
+    Gibbs kernel exp(-cost / epsilon), as the reference computes it. The plan u K v is never
+    formed: its cost is sum_ij u_i K_ij C_ij v_j."""
+    eps = 1e-8
+    p0 = p0 / (jnp.sum(p0, -1, keepdims=True) + eps)
+    p1 = p1 / (jnp.sum(p1, -1, keepdims=True) + eps)
+    kernel = jnp.exp(-cost / epsilon)
+    kernel = kernel / (jnp.sum(kernel, -1, keepdims=True) + eps)
+
+    def update(_, scalings):
+        _, v = scalings
+        u = p0 / (v @ kernel.T)
+        return u, p1 / (u @ kernel)
+
+    u, v = jax.lax.fori_loop(0, iterations, update, (jnp.ones_like(p0), jnp.ones_like(p1)))
+    return jnp.einsum("bi,ij,bj->b", u, kernel * cost, v)
+
+
+@register(needs=("f0", "sae"))
+def sae_w(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_wass: float = 0.1,
+          mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+    """`sae_sparse` + lambda_wass * the entropic Wasserstein distance between the batch's
+    normalised ReLU codes of f0 and f, moving mass between features at cost
+    max(0, 1 - cosine of their decoder atoms) (`sinkhorn_distance`). Its cost matrix is
+    dict_size^2: memory and time grow with the square of the dictionary."""
+    f, f0, st, s0 = sae_codes(f, f0, sae)
+    total, metrics = _sparse_terms(f, f0, st, s0, sae, lambda_l1, mu)
+    atoms = unit_norm(jax.lax.stop_gradient(sae.atoms))
+    cost = jnp.clip(1.0 - atoms @ atoms.T, 0.0)
+    wass = jnp.mean(sinkhorn_distance(jax.nn.relu(s0), jax.nn.relu(st), cost, epsilon=SINKHORN_EPSILON,
+                                      iterations=SINKHORN_ITERATIONS))
+    return total + lambda_wass * wass, {**metrics, "wasserstein": wass}
+
+
+def nuclear_norm(x: jax.Array) -> jax.Array:
+    """The sum of the singular values of the matrix `x` (computed in float32)."""
+    return jnp.sum(jnp.linalg.svd(x.astype(jnp.float32), compute_uv=False))
+
+
+@register()
+def nuclear(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
+    """The nuclear norm of the batch's change (f - f0), a (B, d) matrix: a low-rank change is cheap."""
+    value = nuclear_norm(f - jax.lax.stop_gradient(f0))
+    return value, {"nuclear": value}
+
+
+@register()
+def quadratic_nuclear(f: jax.Array, f0: jax.Array, *, c: float = 10.0) -> tuple[jax.Array, Metrics]:
+    """relu(||f - f0||_* - c)^2: free up to a nuclear-norm budget c, quadratic beyond it."""
+    norm = nuclear_norm(f - jax.lax.stop_gradient(f0))
+    return jax.nn.relu(norm - c) ** 2, {"nuclear": norm}
 
 
 @register()
@@ -218,9 +288,10 @@ def ldifs_taps(num_layers: int) -> tuple[int, ...]:
 @register(needs=("tokens",), taps=ldifs_taps)
 def ldifs(f: jax.Array, f0: jax.Array, *, tokens: Sequence[jax.Array],
           tokens0: Sequence[jax.Array]) -> tuple[jax.Array, Metrics]:
-    """LDIFS: mean squared distance of L2-normalized token features of the current and frozen
-    encoders, averaged over tokens and over the tapped layers (`ldifs_taps`)."""
-    distances = [jnp.mean(jnp.sum((unit_norm(t) - jax.lax.stop_gradient(unit_norm(t0))) ** 2, -1))
+    """LDIFS as the reference averages it: the squared distance of L2-normalized token features
+    of the current and frozen encoders, averaged over channels, tokens, the tapped layers
+    (`ldifs_taps`) and the batch, so the reference's reg_lambda carries over."""
+    distances = [jnp.mean((unit_norm(t) - jax.lax.stop_gradient(unit_norm(t0))) ** 2)
                  for t, t0 in zip(tokens, tokens0, strict=True)]
     value = jnp.mean(jnp.stack(distances))
     return value, {"ldifs": value}

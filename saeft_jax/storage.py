@@ -162,8 +162,10 @@ def local_copy(source: epath.Path) -> Path:
         _fetch(source, local)
         return local
     files = {os.fspath(local / file.relative_to(source)): file for file in _files(source)}
-    for stale in [f for f in local.rglob("*") if f.is_file() and os.fspath(f) not in files] if local.is_dir() else []:
-        stale.unlink()
+    stale = [f for f in local.rglob("*") if f.is_file() and os.fspath(f) not in files] if local.is_dir() else []
+    for file in stale:
+        if not file.name.endswith(".partial"):  # another process's fetch in flight
+            file.unlink(missing_ok=True)
     for target, file in files.items():
         _fetch(file, Path(target))
     return local

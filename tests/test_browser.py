@@ -20,6 +20,7 @@ def random_codes(rng) -> interpret.Codes:
     indices = np.stack([rng.choice(F, K, replace=False) for _ in range(N)])
     values = rng.uniform(0.0, 2.0, (N, K)).astype(np.float32)
     values[rng.random((N, K)) < 0.1] = 0.0  # ReLU zeros: held in the top-k, not firing
+    values[rng.random((N, K)) < 0.1] *= -1  # codes without ReLU: in the code, not among the top activations
     return values, indices
 
 
@@ -70,7 +71,7 @@ def test_cards_count_what_each_method_added_and_removed_per_dataset_and_class(se
         for model, view in card["models"].items():
             activation = dense(codes[model])[:, f]
             fires = activation > 0
-            assert view["density"] == pytest.approx(fires.mean())
+            assert view["density"] == pytest.approx((activation != 0).mean())
             assert view["rows"] == list(np.argsort(-activation, kind="stable")[:min(3, fires.sum())])
             expected = np.histogram(activation[fires], bins=browser.BINS, range=(0, scale))[0]
             assert view["histogram"] == expected.tolist() and view["scale"] == pytest.approx(scale)
@@ -88,17 +89,23 @@ def test_the_page_is_self_contained_escaped_and_lists_every_card(setting, tmp_pa
         view["examples"] = view.pop("rows")
     images = {e: thumbnail(np.full((8, 8, 3), e, np.uint8)) for e in range(N)}
     Image.new("RGB", (10, 10), "red").save(tmp_path / "wise.png")
-    page = render_html("report", "# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![sweep](wise.png)\n", tmp_path,
+    text = "# Title\n\n| a | b |\n|---|---|\n| <img src=x onerror=alert(1)> | 2 |\n\n![sweep](wise.png)\n"
+    page = render_html("report", text, tmp_path,
                        [browser_data("main", {"sha256": "x"}, "id", ["plain", "saeft"], changed, cards, images)])
-    assert "<table>" in page and "<td>1</td>" in page  # the Markdown tables, as HTML
-    sources = re.findall(r'src="([^"]*)"', page)
+    assert "<table>" in page and "<td>2</td>" in page  # the Markdown tables, as HTML
+    assert "onerror" not in page.replace("&lt;img src=x onerror=alert(1)&gt;", "")  # raw HTML in Markdown: text
+    sources = re.findall(r'src="([^"]*)"', page) + re.findall(r"url\(([^)]*)\)", page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing to fetch
     assert not re.search(r'(href|src)="(https?:|//|\w+\.(png|js|css))', page)
+    shown = [e for card in cards for view in card["models"].values() for e in view["examples"]]
+    assert page.count('class="thumb x0-') == len(shown)  # every image a card shows ...
+    for example in set(shown):  # ... is in the page once
+        assert page.count(f".x0-{example}{{background-image:") == 1
     assert page.count('<article class="card"') == changed == len(features)
     assert "<b>cat</b>" not in page and html.escape("<b>cat</b>") in page and "<i>x</i>" not in page
     for f in features:
-        assert f'id="feature-{f}"' in page
-    linked = set(map(int, re.findall(r'href="#feature-(\d+)"', page)))  # the per-class view points at cards
+        assert f'id="b0-feature-{f}"' in page
+    linked = set(map(int, re.findall(r'href="#b0-feature-(\d+)"', page)))  # the per-class view points at cards
     assert linked and linked <= set(features)
 
 

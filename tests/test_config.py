@@ -14,17 +14,18 @@ from absl import flags
 from ml_collections import config_flags
 
 from saeft_jax import methods, regularizers
-from saeft_jax.config import finish, method
+from saeft_jax.config import finish, method, sae_kinds, sae_names, sae_settings
 from saeft_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY_REGULARIZER = textwrap.dedent("""
     import ml_collections
     from saeft_jax import regularizers
-    from saeft_jax.config import base_config, method
+    from saeft_jax.config import base_config, method, sae_settings
 
     def get_config():
         c = base_config()
+        c.saes.basis = sae_settings(kind="pca", dict_size=16)  # what the pca regularizer reads
         c.finetune.methods = ml_collections.ConfigDict(
             {name: method(name, reg_lambda=1.0) for name in regularizers.REGISTRY})
         return c
@@ -51,7 +52,9 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
     assert len(overrides) >= 14  # the sae_* regularizers take 3 or 4 each
     argv = [f"--config={path}", *(f"--config.finetune.methods.{k}={v}" for k, v in overrides.items()),
             "--config.finetune.methods.mse.reg_lambda=7"]
-    checked = methods.from_config(parse(argv).finetune.methods)
+    config = parse(argv)
+    checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
+    assert checked["pca"].sae == "basis" and checked["sae_add_remove"].sae == "main"  # each the first of its kind
     for key, value in overrides.items():
         name, hparam = key.split(".")
         assert checked[name].hparams[hparam] == pytest.approx(value), key
@@ -173,3 +176,28 @@ def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, cas
     result = main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
     assert_one_paragraph(result, *SAYS[case])
     assert not (tmp_path / "w").exists()
+
+
+def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
+    from configs import demo
+
+    config = demo.get_config("smoke")
+    config.finetune.methods.basis = method("pca", reg_lambda=1.0)
+    with pytest.raises(ConfigError, match=r"regularizer 'pca' reads an SAE of kind 'pca', but config.saes has none; "
+                                          r"add one, e.g. config.saes.pca = sae_settings\(kind='pca', dict_size=16\)"):
+        finish(config)
+    config = demo.get_config("smoke")
+    config.saes.basis = sae_settings(kind="pca", dict_size=8, k=3)
+    config.finetune.methods.wrong = method("sae_add_remove", reg_lambda=1.0, sae="basis")
+    with pytest.raises(ConfigError, match=r"reads an SAE of kind 'topk', but config.saes.basis is of kind 'pca'"):
+        finish(config)
+    config = demo.get_config("smoke")
+    config.saes.basis = sae_settings(kind="pca", dict_size=8, k=3)
+    config.finetune.methods.basis = method("pca", reg_lambda=1.0)
+    finished = finish(config)
+    assert finished.finetune.methods.basis.sae == "basis" and finished.finetune.methods.sae_add_remove.sae == "main"
+    assert finished.saes.basis.k == 8  # every direction of a PCA basis is a code
+    config = demo.get_config("smoke")
+    config.saes.main.kind = "svd"
+    with pytest.raises(ConfigError, match=r"config.saes.main.kind is 'svd'"):
+        finish(config)

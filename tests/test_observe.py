@@ -8,8 +8,11 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from saeft_jax import storage
 from saeft_jax.curves import read_scalars
+from saeft_jax.errors import UsageError
 from saeft_jax.observe import JsonLines, ProgressLines, progress
 
 
@@ -103,16 +106,16 @@ def test_curves_go_to_wandb_offline_too(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb.Run, "log", log)
     workdir = storage.path(tmp_path / "run")
     workdir.mkdir()
-    for attempt in range(2):  # a rerun continues the same W&B run
+    for kept in (0, 1):  # a rerun continues the same W&B run; resumed after step 1, it sends step 2 again
         with wandb_logging("saeft-test", workdir, {"seed": 0}):
             log_file = JsonLines(workdir / "finetune" / "none" / "metrics.jsonl", curves_step="step")
-            log_file.keep_only(lambda r: False)
-            for step in (1, 2):
+            log_file.keep_only(lambda r: r["step"] <= kept)  # replays step 1 into the event file only
+            for step in range(kept + 1, 3):
                 log_file.write({"step": step, "loss": 0.5 / step, "lr": 1e-5})
             log_file.close()
-    assert logged[:2] == [{"finetune/none/step": 1, "finetune/none/loss": 0.5, "finetune/none/lr": 1e-5},
-                          {"finetune/none/step": 2, "finetune/none/loss": 0.25, "finetune/none/lr": 1e-5}]
-    assert logged[2:] == logged[:2]  # the rerun's
+    first, second = ({"finetune/none/step": s, "finetune/none/loss": 0.5 / s, "finetune/none/lr": 1e-5} for s in (1, 2))
+    assert logged == [first, second, second]
+    assert_curves_match(workdir / "finetune" / "none", workdir / "finetune" / "none" / "metrics.jsonl")
     run_id = json.loads((workdir / "wandb.json").read_text())["id"]
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
@@ -122,8 +125,6 @@ def test_curves_go_to_wandb_offline_too(tmp_path, monkeypatch):
 
 def test_a_wandb_project_without_wandb_is_a_config_error(monkeypatch):
     import sys
-
-    import pytest
 
     from saeft_jax import config as config_module
     from saeft_jax.errors import ConfigError
@@ -136,3 +137,29 @@ def test_a_wandb_project_without_wandb_is_a_config_error(monkeypatch):
     c.wandb_project = "mine"
     with pytest.raises(ConfigError, match=r"config.wandb_project is 'mine'.*pip install wandb"):
         config_module.finish(c)
+
+
+def test_a_failing_wandb_warns_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from saeft_jax.curves import wandb_logging
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def broken(self, data, *args, **kwargs):
+        raise ConnectionResetError("the W&B service went away")
+
+    monkeypatch.setattr(wandb.Run, "log", broken)
+    workdir = storage.path(tmp_path)
+    with wandb_logging("saeft-test", workdir, {}):
+        log_file = JsonLines(workdir / "sae" / "main" / "metrics.jsonl", curves_step="epoch")
+        for epoch in range(3):
+            log_file.write({"epoch": epoch, "fvu": 0.1})
+        log_file.close()
+    assert capsys.readouterr().err.count("W&B stopped taking curves (ConnectionResetError") == 1
+    assert [s for s, _ in read_scalars(tmp_path / "sae" / "main")["fvu"]] == [0, 1, 2]  # TensorBoard has them all
+    (workdir / "wandb.json").write_text("{")
+    with pytest.raises(UsageError, match="wandb.json is damaged"):
+        with wandb_logging("saeft-test", workdir, {}):
+            pass

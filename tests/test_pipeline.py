@@ -37,11 +37,13 @@ def registered():
 def smoke_config(tmp_path_factory, **changes):
     sys.path.insert(0, ROOT)
     from configs import demo
-    from saeft_jax.config import finish, method
+    from saeft_jax.config import finish, method, sae_settings
 
     config = demo.get_config("smoke")
     # a third method: the test's own regularizer, fed raw embeddings as the reference code does
     config.finetune.methods.code_shift = method("code_shift", reg_lambda=50.0, scale=2.0, reference_raw_inputs=True)
+    config.saes.basis = sae_settings(kind="pca", dict_size=8)  # a PCA basis for a fourth, the pca penalty
+    config.finetune.methods.pca = method("pca", reg_lambda=50.0)
     config.show_progress = False
     config.data_dir = str(tmp_path_factory.getbasetemp() / "data")
     config.demo.cache_dir = str(tmp_path_factory.getbasetemp() / "cache")
@@ -66,10 +68,13 @@ def finished(tmp_path_factory):
 def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finished):
     report = json.loads((finished / "report" / "report.json").read_text())
     assert report["id_dataset"] == "digits_colored" and len(report["ood_datasets"]) == 5
-    assert set(report["sae"]) == {"fvu", "dead_fraction", "l0", "dict_size", "k", "relu"}
+    assert set(report["sae"]) == {"fvu", "dead_fraction", "l0", "dict_size", "k", "relu", "kind"}
     assert report["sae"]["l0"] == pytest.approx(8.0) and (report["sae"]["k"], report["sae"]["dict_size"]) == (8, 256)
     runs = report["runs"]
-    assert set(runs) == {"zeroshot", "none", "sae_add_remove", "code_shift"}
+    assert set(runs) == {"zeroshot", "none", "sae_add_remove", "code_shift", "pca"}
+    assert runs["pca"]["method"]["sae"] == "basis" and report["report_sae"] == "main"  # the Top-K SAE is read
+    basis = report["saes"]["basis"]
+    assert (basis["kind"], basis["k"], basis["dict_size"], basis["l0"]) == ("pca", 8, 8, 8.0) and basis["fvu"] < 1
     assert runs["code_shift"]["method"] == {"regularizer": "code_shift", "reg_lambda": 50.0, "sae": "main",
                                             "scale": 2.0, "reference_raw_inputs": True}
     metrics = [json.loads(line) for line in (finished / "finetune" / "code_shift" / "metrics.jsonl").read_text()
@@ -138,6 +143,19 @@ def changed_features(workdir, methods: list[str], datasets: list[str]) -> dict[s
     return changed
 
 
+DECODE_THUMBNAILS = """
+const done = arguments[arguments.length - 1];
+const urls = [...new Set(Array.from(document.querySelectorAll('.thumb'),
+                                    e => getComputedStyle(e).backgroundImage.slice(5, -2)))];
+Promise.all(urls.map(url => new Promise(settle => {
+  const image = new Image();
+  image.onload = () => settle(image.naturalWidth > 0);
+  image.onerror = () => settle(false);
+  image.src = url;
+}))).then(results => done([urls.length, results.filter(Boolean).length]));
+"""
+
+
 def test_the_html_report_in_a_real_browser(finished, tmp_path):
     """Chromium loads the page from a copy of report.html alone (as after a download from a
     bucket): no console errors, one card per changed feature with its images decoded, and
@@ -171,7 +189,9 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
 
         assert visible() == set().union(*changed.values())  # every changed feature has its card
         assert driver.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-        assert driver.execute_script("return document.images.length") > len(visible())
+        assert driver.execute_script("return document.images.length") >= 5  # the report's pictures
+        thumbnails, decoded = driver.execute_async_script(DECODE_THUMBNAILS)
+        assert thumbnails > len(visible()) and decoded == thumbnails  # every card's images, each decoded
         method = min(methods, key=lambda m: len(changed[m]))
         assert changed[method] != set().union(*changed.values())  # so the filter has something to hide
         Select(driver.find_element("css selector", '[data-filter="method"]')).select_by_value(method)

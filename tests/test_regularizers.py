@@ -70,15 +70,23 @@ def test_feature_baselines_match_numpy_and_pytorch(setup):
     assert float(regularizers.get("none").bind({})(jnp.asarray(f), jnp.asarray(f0))[0]) == 0.0
 
 
-def test_ldifs_matches_numpy():
+def test_ldifs_matches_the_references_averaging_in_pytorch():
+    """The reference: per tap, mean over channels then tokens; stacked (B, taps); mean over taps, then batch."""
     rng = np.random.default_rng(3)
     tokens = [rng.normal(size=(2, 5, 8)).astype(np.float32) for _ in range(3)]
     tokens0 = [rng.normal(size=(2, 5, 8)).astype(np.float32) for _ in range(3)]
-    unit = lambda x: x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
-    expected = np.mean([((unit(a) - unit(b)) ** 2).sum(-1).mean() for a, b in zip(tokens, tokens0)])
     reg = regularizers.get("ldifs").bind({})
-    value, _ = reg(None, None, tokens=[jnp.asarray(t) for t in tokens], tokens0=[jnp.asarray(t) for t in tokens0])
-    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    value, grads = jax.value_and_grad(lambda ts: reg(None, None, tokens=ts, tokens0=[jnp.asarray(t) for t in tokens0])[0])(
+        [jnp.asarray(t) for t in tokens])
+    current = [torch.tensor(t, dtype=torch.float64, requires_grad=True) for t in tokens]
+    unit = lambda x: x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+    per_tap = [((unit(torch.tensor(b, dtype=torch.float64)) - unit(a)) ** 2).mean(-1).mean(-1)
+               for a, b in zip(current, tokens0)]
+    expected = torch.stack(per_tap, dim=1).mean(-1).mean(0)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-6)
+    for grad, tensor in zip(grads, current):
+        np.testing.assert_allclose(grad, tensor.grad.numpy(), rtol=1e-4, atol=1e-8)
     assert regularizers.ldifs_taps(12) == (0, 3, 6, 9, 12) and regularizers.ldifs_taps(24) == (0, 6, 12, 18, 24)
 
 
@@ -122,3 +130,89 @@ def test_registration_reads_the_signature_and_refuses_inconsistent_entries(monke
         regularizers.register()(no_default)
     with pytest.raises(ValueError, match="says where to tap them"):
         regularizers.register(needs=("tokens",))(regularizers.ldifs)
+
+
+@pytest.mark.parametrize("name, hparams", [("nuclear", {}), ("quadratic_nuclear", {}),
+                                           ("quadratic_nuclear", {"c": 0.5})])
+def test_nuclear_penalties_match_pytorch(setup, name, hparams):
+    _, f, f0 = setup
+    reg = regularizers.get(name).bind(hparams)
+    value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
+    f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
+    expected = torch_reference.matrix_regularizer(name, f_t, torch.tensor(f0, dtype=torch.float64), **hparams)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-6)
+    if name == "quadratic_nuclear" and not hparams:  # the change is within the budget of 10: free
+        assert float(value) == 0.0 and not np.any(grad)
+    else:
+        assert np.abs(np.asarray(grad)).max() > 0
+    _, at_start = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f0))
+    assert np.all(np.isfinite(at_start))  # the first step, where f == f0, has a usable gradient
+
+
+@pytest.mark.parametrize("hparams", [{}, {"lambda_l1": 0.2, "lambda_wass": 2.0, "mu": 3.0}])
+def test_sae_w_matches_the_references_sinkhorn_in_pytorch(setup, hparams):
+    params, f, f0 = setup
+    reg = regularizers.get("sae_w").bind(hparams)
+    frozen = FrozenSAE(params, K)
+    (value, metrics), grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0), sae=frozen), has_aux=True)(
+        jnp.asarray(f))
+    f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
+    sae_t = {n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
+    expected = torch_reference.sae_w(f_t, torch.tensor(f0, dtype=torch.float64), sae_t, K, **hparams)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-4)
+    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-3, atol=1e-6)
+    assert float(metrics["wasserstein"]) > 0 and np.abs(np.asarray(grad)).max() > 0
+
+
+def test_sinkhorn_is_zero_between_equal_distributions_and_grows_with_the_cost():
+    cost = jnp.asarray([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    p = jnp.asarray([[0.5, 0.5, 0.0]])
+    same = regularizers.sinkhorn_distance(p, p, cost, epsilon=0.05, iterations=50)
+    moved = regularizers.sinkhorn_distance(p, jnp.asarray([[0.0, 0.5, 0.5]]), cost, epsilon=0.05, iterations=50)
+    assert float(same[0]) == pytest.approx(0.0, abs=1e-3)
+    assert float(moved[0]) == pytest.approx(0.5, abs=1e-2)  # half the mass moves at cost 1
+
+
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(7)
+    return (rng.normal(size=(500, D)) * np.linspace(3.0, 0.1, D)).astype(np.float32)  # distinct variances
+
+
+def test_the_pca_basis_is_scikit_learns_on_unit_norm_rows(features):
+    from sklearn.decomposition import PCA
+
+    from saeft_jax.sae.pca import pca_basis
+
+    basis = pca_basis(features, 5)
+    unit = features / (np.linalg.norm(features, axis=-1, keepdims=True) + 1e-8)
+    expected = PCA(5).fit(unit.astype(np.float64))
+    directions = basis.params["W_enc"].T
+    signs = np.sign(np.sum(directions * expected.components_, axis=1))
+    np.testing.assert_allclose(directions, expected.components_ * signs[:, None], atol=1e-5)
+    np.testing.assert_allclose(basis.params["b_pre"], expected.mean_, atol=1e-6)
+    codes = np.asarray(basis.encode(jnp.asarray(unit)))
+    np.testing.assert_allclose(codes, expected.transform(unit) * signs, atol=1e-5)  # every direction a code
+    assert basis.k == basis.dict_size == 5
+    with pytest.raises(ValueError, match="1 to 16"):
+        pca_basis(features, 17)
+
+
+@pytest.mark.parametrize("hparams", [{}, {"lambda_l1": 0.5, "mu": 4.0}])
+def test_the_pca_penalty_matches_the_references_in_pytorch(setup, features, hparams):
+    from saeft_jax.sae.pca import pca_basis
+
+    _, f, f0 = setup
+    basis = pca_basis(features, 8)  # fewer directions than dimensions: the residual term counts
+    reg = regularizers.get("pca").bind(hparams)
+    value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0), sae=basis)[0])(jnp.asarray(f))
+    f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
+    expected = torch_reference.pca_penalty(f_t, torch.tensor(f0, dtype=torch.float64),
+                                           torch.tensor(basis.params["W_enc"], dtype=torch.float64), **hparams)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-4)
+    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-3, atol=1e-7)
+    assert regularizers.get("pca").sae_kind == "pca" and regularizers.get("sae_sparse").sae_kind == "topk"

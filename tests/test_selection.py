@@ -151,9 +151,10 @@ def write_browser(workdir: str, digest: str, cards: list[dict], methods: list[st
 
 
 def test_compare_merges_the_feature_cards_of_runs_that_share_an_sae(tmp_path):
-    first = write(tmp_path, "a", report())
-    second = write(tmp_path, "b", report(methods=("none", "mse")))
-    third = write(tmp_path, "c", report(methods=("other",)))
+    with_sae = lambda r: {**r, "sae": {"dict_size": 8, "k": 2}}
+    first = write(tmp_path, "a", with_sae(report()))
+    second = write(tmp_path, "b", with_sae(report(methods=("none", "mse"))))
+    third = write(tmp_path, "c", with_sae(report(methods=("other",))))
     write_browser(first, "same", [browser_card(3, {"none": (2, 1), "sae_add_remove": (1, 0)}),
                                   browser_card(5, {"none": (1, 0), "sae_add_remove": (0, 0)})],
                   ["none", "sae_add_remove"], changed=2)
@@ -163,7 +164,8 @@ def test_compare_merges_the_feature_cards_of_runs_that_share_an_sae(tmp_path):
     reports = {name: json.loads((tmp_path / name / "report" / "report.json").read_text()) for name in "abc"}
     merged, sources = compare.merge(reports)
     names = {n: dict(zip([m for m in reports[n]["runs"] if m != "zeroshot"], sources[n])) for n in "abc"}
-    shared, other = compare.merge_browsers({n: compare.read_browser(str(tmp_path / n)) for n in "abc"}, names)
+    shared, other = compare.merge_browsers({n: compare.read_browser(str(tmp_path / n), reports[n]) for n in "abc"},
+                                           names)
     assert shared["runs"] == ["a", "b"] and other["runs"] == ["c"]
     assert shared["methods"] == ["a/none", "sae_add_remove", "b/none", "mse"]
     cards = {card["feature"]: card for card in shared["cards"]}
@@ -174,3 +176,17 @@ def test_compare_merges_the_feature_cards_of_runs_that_share_an_sae(tmp_path):
     page = (out.parent / "report.html").read_text()
     assert page.count('<article class="card"') == 3 and "(runs a, b)" in page and "(runs c)" in page
     assert "of each run" in page and '<option value="b/none">' in page
+
+
+def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
+    with_sae = {**report(), "sae": {"dict_size": 8, "k": 2}}
+    first, second = write(tmp_path, "a", with_sae), write(tmp_path, "b", with_sae)
+    (tmp_path / "a" / "report" / "browser.json").write_text('{"cards": []}')
+    with pytest.raises(UsageError, match=r"a/report/browser.json is damaged \(it lacks sae_digest, dataset"):
+        compare.compare([first, second], str(tmp_path / "out"))
+    (tmp_path / "a" / "report" / "browser.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(UsageError, match="browser.json is damaged"):
+        compare.compare([first, second], str(tmp_path / "out"))
+    (tmp_path / "a" / "report" / "browser.json").unlink()
+    compare.compare([first, second], str(tmp_path / "out"))  # runs made before the browser still compare
+    assert "has no feature browser" in capsys.readouterr().err

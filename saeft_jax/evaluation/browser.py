@@ -25,12 +25,15 @@ def changed_features(changes: dict[str, dict[str, interpret.FeatureChanges]], li
 
 
 def model_view(codes: interpret.Codes, features: Sequence[int], scale: np.ndarray, images: int) -> dict[int, dict]:
-    """Per feature of `features`: its top-activating rows (at most `images`, highest first), the
-    share of rows it fires on, and the histogram of its activations where it fires over BINS
-    equal bins of [0, scale[feature]] (`scale` has one entry per feature of the dictionary)."""
+    """Per feature of `features`: the share of rows whose code holds it (a nonzero value, as the
+    gained and lost counts read codes), its top-activating rows (at most `images`, highest
+    first) and the histogram of its positive activations over BINS equal bins of
+    [0, scale[feature]] (`scale` has one entry per feature of the dictionary)."""
     values, indices = np.asarray(codes[0]), np.asarray(codes[1])
     slot = np.full(len(scale), -1)
     slot[list(features)] = np.arange(len(features))
+    held = slot[indices][(slot[indices] >= 0) & (values != 0)]
+    density = np.bincount(held, minlength=len(features)) / len(values)
     rows, position = np.nonzero((slot[indices] >= 0) & (values > 0))
     feature_slot, activation = slot[indices[rows, position]], values[rows, position]
     order = np.lexsort((-activation, feature_slot))  # by feature, then by activation, highest first
@@ -41,7 +44,7 @@ def model_view(codes: interpret.Codes, features: Sequence[int], scale: np.ndarra
         mine = slice(starts[i], starts[i + 1])
         top = scale[f] if scale[f] > 0 else 1.0
         bins = np.minimum((activation[mine] / top * BINS).astype(int), BINS - 1)
-        out[f] = {"rows": rows[mine][:images].tolist(), "density": float((starts[i + 1] - starts[i]) / len(values)),
+        out[f] = {"rows": rows[mine][:images].tolist(), "density": float(density[i]),
                   "histogram": np.bincount(bins, minlength=BINS).tolist(), "scale": float(scale[f])}
     return out
 

@@ -3,7 +3,9 @@ browser: a card per changed SAE feature, filters and sorting, and a per-class vi
 
 Everything is in the file (no network, no neighbouring files), so it reads the same from a local
 workdir and after a download from a bucket. The results, the cards and the per-class view are
-plain HTML and readable without JavaScript; the script only filters and sorts the cards.
+plain HTML and readable without JavaScript; the script only filters and sorts the cards. Each
+thumbnail is in the page once (a CSS class), however many cards show it; raw HTML in the
+Markdown (a class name, a concept) is shown as text, never run.
 """
 
 from __future__ import annotations
@@ -27,27 +29,37 @@ THUMBNAIL = 72  # pixels on the longer side
 
 
 def thumbnail(image: np.ndarray) -> str:
-    """An image array as a small inline PNG (a data URI)."""
+    """An image array as a small inline picture (a data URI): small images (the demo's digits)
+    enlarged as PNG with their pixels kept sharp, larger ones shrunk to a JPEG."""
     picture = Image.fromarray(np.asarray(image, np.uint8).squeeze())
     factor = THUMBNAIL // max(picture.size)
-    if factor > 1:  # small images (the demo's digits): enlarged with their pixels kept sharp
+    buffer = io.BytesIO()
+    if factor > 1:
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+        picture.save(buffer, format="PNG", optimize=True)
+        kind = "png"
     else:
         picture.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        picture.convert("RGB").save(buffer, format="JPEG", quality=85)
+        kind = "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def render_html(title: str, markdown_text: str, directory, browsers: list[dict[str, Any]]) -> str:
     """The page: `markdown_text` (a report.md whose pictures are files in `directory`) rendered with
     the pictures inline, then one feature browser per entry of `browsers` (`browser_data`)."""
-    body = markdown.markdown(markdown_text, extensions=["tables"])
+    converter = markdown.Markdown(extensions=["tables"])
+    converter.preprocessors.deregister("html_block")  # raw HTML stays text
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(markdown_text)
     body = re.sub(r'src="([^"/:]+\.png)"', lambda m: f'src="{_inline(directory, m.group(1))}"', body)
     sections = [_browser(b, index) for index, b in enumerate(browsers)]
+    thumbnails = "".join(f".x{index}-{example}{{background-image:url({uri})}}"
+                         for index, b in enumerate(browsers) for example, uri in b["images"].items())
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_STYLE}</style></head>"
-            f"<body><main>{body}{''.join(sections)}</main><script>{_SCRIPT}</script></body></html>\n")
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_STYLE}{thumbnails}"
+            f"</style></head><body><main class=\"saeft-report\">{body}{''.join(sections)}</main>"
+            f"<script>{_SCRIPT}</script></body></html>\n")
 
 
 def _inline(directory, file: str) -> str:
@@ -90,13 +102,13 @@ def _browser(data: dict[str, Any], index: int) -> str:
             f'{shown}. A card shows the feature\'s nearest text names (cosine of its decoder atom with their '
             f'text embeddings), how many images each method gained and lost it on, overall, per dataset and per '
             f'class, and, under the zero-shot and each fine-tuned model, its top-activating '
-            f'<code>{html.escape(data["dataset"])}</code> images, its firing density (share of those images it '
-            f'fires on) and the histogram of its activations where it fires.</p>{controls}'
-            f'<div class="cards">{"".join(_card(card, data["images"], methods) for card in cards)}</div>'
+            f'<code>{html.escape(data["dataset"])}</code> images, its density (the share of those images whose '
+            f'code holds it) and the histogram of its positive activations.</p>{controls}'
+            f'<div class="cards">{"".join(_card(card, index, methods) for card in cards)}</div>'
             f'{_per_class(cards, methods, index)}</section>')
 
 
-def _card(card: dict[str, Any], images: Mapping[str, str], methods: list[str]) -> str:
+def _card(card: dict[str, Any], index: int, methods: list[str]) -> str:
     f, per_method = card["feature"], card["methods"]
     count = {m: c["added"] + c["removed"] for m, c in per_method.items()}
     info = {"feature": f, "name": card["names"][0][0] if card["names"] else "",
@@ -112,11 +124,11 @@ def _card(card: dict[str, Any], images: Mapping[str, str], methods: list[str]) -
         f"<td>+{c['by_dataset'][d][0]} / -{c['by_dataset'][d][1]}</td>" for c in per_method.values()) + "</tr>"
         for d in datasets)
     total = "".join(f"<td><b>+{c['added']} / -{c['removed']}</b></td>" for c in per_method.values())
-    models = "".join(_model(name, view, images) for name, view in card["models"].items())
+    models = "".join(_model(name, view, index) for name, view in card["models"].items())
     by_class = "".join(f"<tr><td>{html.escape(m)}</td><td>" + ", ".join(
         f"{html.escape(c)} +{a}/-{r}" for c, a, r in per_method[m]["by_class"]) + "</td></tr>"
         for m in methods if m in per_method and per_method[m]["by_class"])
-    return (f'<article class="card" id="feature-{f}" data-info="{html.escape(json.dumps(info))}">'
+    return (f'<article class="card" id="b{index}-feature-{f}" data-info="{html.escape(json.dumps(info))}">'
             f'<h3>#{f} <span class="names">{names}</span></h3>'
             f'<div class="scroll"><table class="counts"><tr><th>images gained / lost</th>{head}</tr>{rows}'
             f'<tr><td><b>all datasets</b></td>{total}</tr></table></div>'
@@ -124,9 +136,10 @@ def _card(card: dict[str, Any], images: Mapping[str, str], methods: list[str]) -
             f'<details><summary>per class</summary><table>{by_class}</table></details></article>')
 
 
-def _model(name: str, view: dict[str, Any], images: Mapping[str, str]) -> str:
+def _model(name: str, view: dict[str, Any], index: int) -> str:
     label = "zero-shot" if name == "zeroshot" else name
-    pictures = "".join(f'<img src="{images[str(e)]}" alt="example {e}" title="example {e}">' for e in view["examples"])
+    pictures = "".join(f'<span class="thumb x{index}-{e}" role="img" aria-label="example {e}" title="example {e}">'
+                       f'</span>' for e in view["examples"])
     return (f'<figure class="model" data-model="{html.escape(name)}"><figcaption>{html.escape(label)}: fires on '
             f'{100 * view["density"]:.1f}%</figcaption>{_histogram(view["histogram"], view["scale"])}'
             f'<div class="images">{pictures or "<em>never fires</em>"}</div></figure>')
@@ -154,7 +167,8 @@ def _per_class(cards: list[dict[str, Any]], methods: list[str], index: int) -> s
                     lost.setdefault((name, m), []).append((removed, card["feature"]))
 
     def links(entries: list[tuple[int, int]]) -> str:
-        return ", ".join(f'<a href="#feature-{f}">#{f}</a>&nbsp;({n})' for n, f in sorted(entries, reverse=True)[:12])
+        return ", ".join(f'<a href="#b{index}-feature-{f}">#{f}</a>&nbsp;({n})'
+                         for n, f in sorted(entries, reverse=True)[:12])
 
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(m)}</td><td>{links(gained.get((name, m), []))}"
                    f"</td><td>{links(lost.get((name, m), []))}</td></tr>"
@@ -166,24 +180,27 @@ def _per_class(cards: list[dict[str, Any]], methods: list[str], index: int) -> s
 
 
 _STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2127;background:#fafafa}
-main{max-width:1200px;margin:auto;padding:1em 2em}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccd;padding:.2em .5em;text-align:left}
-th{background:#eef}img{max-width:100%}code{background:#eef;padding:0 .2em}
-.controls{position:sticky;top:0;background:#fff;padding:.5em;border:1px solid #ccd;z-index:1}
-.controls label{margin-right:.8em}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:.8em}
-.card{background:#fff;border:1px solid #ccd;border-radius:6px;padding:.6em}
-.card h3{margin:.1em 0 .4em}.scroll{overflow-x:auto}.card .names{font-weight:normal}.card table{font-size:13px}
-.models{display:flex;flex-wrap:wrap;gap:.6em}.model{margin:0;border-top:1px solid #eee;padding-top:.3em}
-.model figcaption{font-size:13px}.histogram rect{fill:#4a6fa5}
-.images img{width:48px;height:48px;object-fit:contain;margin:1px;image-rendering:pixelated;background:#000}
-.card:target{outline:3px solid #e7a33e}
+.saeft-report{font:15px/1.45 system-ui,sans-serif;color:#1d2127;max-width:1200px;margin:auto;padding:1em 2em}
+.saeft-report table{border-collapse:collapse;margin:.6em 0}
+.saeft-report td,.saeft-report th{border:1px solid #ccd;padding:.2em .5em;text-align:left}
+.saeft-report th{background:#eef}.saeft-report img{max-width:100%}.saeft-report code{background:#eef;padding:0 .2em}
+.saeft-report .controls{position:sticky;top:0;background:#fff;padding:.5em;border:1px solid #ccd;z-index:1}
+.saeft-report .controls label{margin-right:.8em}
+.saeft-report .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:.8em}
+.saeft-report .card{background:#fff;border:1px solid #ccd;border-radius:6px;padding:.6em}
+.saeft-report .card h3{margin:.1em 0 .4em}.saeft-report .scroll{overflow-x:auto}
+.saeft-report .card .names{font-weight:normal}.saeft-report .card table{font-size:13px}
+.saeft-report .models{display:flex;flex-wrap:wrap;gap:.6em}
+.saeft-report .model{margin:0;border-top:1px solid #eee;padding-top:.3em}
+.saeft-report .model figcaption{font-size:13px}.saeft-report .histogram rect{fill:#4a6fa5}
+.saeft-report .thumb{display:inline-block;width:48px;height:48px;margin:1px;background-color:#000;
+background-position:center;background-size:contain;background-repeat:no-repeat;image-rendering:pixelated}
+.saeft-report .card:target{outline:3px solid #e7a33e}
 """
 
 _SCRIPT = """
 (function(){
-  for (const section of document.querySelectorAll('section.browser')) {
+  for (const section of document.querySelectorAll('.saeft-report section.browser')) {
     const controls = section.querySelector('.controls');
     controls.hidden = false;
     const holder = section.querySelector('.cards');

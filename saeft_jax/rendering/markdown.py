@@ -58,6 +58,10 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
              f"{jax.devices()[0].platform} device(s)."]
     saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
     for name, sae in saes.items():
+        if sae.get("kind") == "pca":
+            lines.append(f"- **PCA basis `{name}`:** the {sae['dict_size']} leading principal directions of the "
+                         f"training features; on them FVU {sae['fvu']:.3f}.")
+            continue
         relu = ", ReLU after Top-K" if sae.get("relu") else ""
         role = " (the vocabulary of the analyses below)" if name == report.get("report_sae") and len(saes) > 1 else ""
         lines.append(f"- **SAE `{name}`{role}:** dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the "

@@ -20,7 +20,8 @@ from saeft_jax.sae.frozen import FrozenSAE
 _CHUNK = 65536
 
 
-def _unit_rows(x: np.ndarray, normalize: bool = True) -> np.ndarray:
+def unit_rows(x: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Rows as float64, divided by their norm (+ 1e-8) when `normalize`: what an SAE is given."""
     x = np.asarray(x, np.float64)
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8) if normalize else x
 
@@ -31,7 +32,7 @@ def data_statistics(features: np.ndarray, normalize: bool = True) -> dict[str, A
     n, d = features.shape
     total, total_sq = np.zeros(d), 0.0
     for start in range(0, n, _CHUNK):
-        x = _unit_rows(features[start:start + _CHUNK], normalize)
+        x = unit_rows(features[start:start + _CHUNK], normalize)
         total += x.sum(0)
         total_sq += float((x ** 2).sum())
     mean = total / n
@@ -43,7 +44,7 @@ def geometric_median(features: np.ndarray, seed: int = 0, max_rows: int = _CHUNK
     """Weiszfeld's geometric median of (a random subsample of) the unit-normalized rows."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(features), min(max_rows, len(features)), replace=False))
-    x = _unit_rows(features[rows])
+    x = unit_rows(features[rows])
     median = x.mean(0)
     for _ in range(iters):
         weights = 1.0 / np.maximum(np.linalg.norm(x - median, axis=-1), 1e-12)

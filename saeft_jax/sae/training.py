@@ -108,14 +108,15 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
                 checkpoints.save(epoch, state, {"epoch": epoch})
             log.write(record)
             log.flush()  # an epoch is long; its record should survive a preemption
+        params = jax.device_get(state["params"])
+        final = evaluate_sae(FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh,
+                             stats=stats)
+        log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
     finally:
         bar.close()
         if checkpoints is not None:
             checkpoints.close()  # also after an error: a save in flight finishes before the process ends
-    params = jax.device_get(state["params"])
-    final = evaluate_sae(FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh, stats=stats)
-    log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
-    log.close()
+        log.close()
     if opts.histogram_path:
         firing_histogram(final["firing_frequency"], opts.histogram_path)
     return params, {**final, "epochs": epochs}

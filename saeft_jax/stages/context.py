@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from saeft_jax import distributed, hf, parallel, storage
-from saeft_jax.config import sae_names
+from saeft_jax.config import sae_kinds, sae_names
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
 from saeft_jax.data.sources import Subset, held_out, open_source
 from saeft_jax.methods import Method, from_config
@@ -42,7 +42,7 @@ class Run:
     @functools.cached_property
     def methods(self) -> dict[str, Method]:
         """The fine-tuning methods of `config.finetune.methods`, checked, in order."""
-        return from_config(self.config.finetune.methods, sae_names(self.config))
+        return from_config(self.config.finetune.methods, sae_names(self.config), sae_kinds(self.config))
 
     @functools.cached_property
     def clip(self):

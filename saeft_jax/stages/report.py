@@ -44,7 +44,7 @@ def _run_scores(record: dict[str, Any], alpha: str, tests: list[str], ood: list[
 
 def _sae_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """An SAE's quality on the training features and its shape, from its completion record."""
-    keys = ("fvu", "dead_fraction", "l0", "dict_size", "k", "relu")
+    keys = ("fvu", "dead_fraction", "l0", "dict_size", "k", "relu", "kind")
     return {key: record[key] for key in keys if key in record} if record else None
 
 
@@ -106,6 +106,8 @@ def run_stage(run: Run) -> None:
             figures.update(_feature_grids(run, details, directory))
             browsers.append(_browser(run, report, comparisons, sae, vocabulary))
             write_json(directory / BROWSER_FILE, browsers[0])
+        elif (directory / BROWSER_FILE).exists():  # an earlier report's: not this run's features
+            (directory / BROWSER_FILE).unlink()
         write_json(directory / "report.json", report)
         text = render_markdown(run.config, report, details, figures)
         storage.write_atomic(directory / "report.md", text)

@@ -1,14 +1,20 @@
 """Stage sae: each SAE of `config.saes`, trained on the training features into its own
 directory (`sae/<name>/`: `sae.safetensors` + `sae.json`, per-epoch metrics, the firing
-histogram), resumable epoch by epoch."""
+histogram), resumable epoch by epoch; an entry of kind "pca" is a PCA basis, computed in one pass."""
 
 from __future__ import annotations
 
 import jax
 
-from saeft_jax.config import sae_names
+from saeft_jax import parallel
+from saeft_jax.errors import UsageError
+
+from saeft_jax.config import sae_kinds, sae_names
 from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
+from saeft_jax.rendering.plots import firing_histogram
 from saeft_jax.sae.frozen import FrozenSAE
+from saeft_jax.sae.pca import pca_basis
+from saeft_jax.sae.quality import evaluate_sae
 from saeft_jax.sae.training import train_sae
 from saeft_jax.stages.context import Run
 from saeft_jax.stages.features import load_features
@@ -26,22 +32,39 @@ def run_stage(run: Run, name: str) -> None:
     if run.is_writer:
         cfg = run.config.saes[name]
         directory = run.dir(STAGE, name)
-        options = {option: cfg[option] for option in OPTIONS}
-        params, metrics = train_sae(
-            load_features(run), dict_size=cfg.dict_size, k=cfg.k, batch_size=cfg.batch_size, epochs=cfg.epochs,
-            lr=cfg.lr, seed=run.config.seed,
-            checkpoint_dir=str(directory / "checkpoints") if jax.process_count() == 1 else None,
-            metrics_path=str(directory / "metrics.jsonl"), histogram_path=str(directory / "firing.png"),
-            progress=run.config.show_progress, devices=tuple(jax.local_devices()), **options)
-        save_sae(directory, FrozenSAE(params, cfg.k, relu=cfg.relu), options=options, metrics=metrics)
+        if cfg.kind == "pca":
+            sae, metrics, options = _pca(run, name, cfg.dict_size), None, {"kind": "pca"}
+        else:
+            options = {option: cfg[option] for option in OPTIONS}
+            params, metrics = train_sae(
+                load_features(run), dict_size=cfg.dict_size, k=cfg.k, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                lr=cfg.lr, seed=run.config.seed,
+                checkpoint_dir=str(directory / "checkpoints") if jax.process_count() == 1 else None,
+                metrics_path=str(directory / "metrics.jsonl"), histogram_path=str(directory / "firing.png"),
+                progress=run.config.show_progress, devices=tuple(jax.local_devices()), **options)
+            sae = FrozenSAE(params, cfg.k, relu=cfg.relu)
+        if metrics is None:
+            metrics = evaluate_sae(sae, load_features(run), mesh=parallel.data_mesh(jax.local_devices()))
+            firing_histogram(metrics["firing_frequency"], directory / "firing.png", title=f"PCA basis {name}")
+        save_sae(directory, sae, options=options, metrics=metrics)
         record = {**{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
-                  "dict_size": cfg.dict_size, "k": cfg.k, "relu": cfg.relu}
+                  "dict_size": cfg.dict_size, "k": sae.k, "relu": sae.relu, "kind": cfg.kind}
     run.mark_done(record, STAGE, name, files=(PARAMS_FILE, META_FILE, "firing.png"), inputs=(("features",),))
 
 
+def _pca(run: Run, name: str, components: int) -> FrozenSAE:
+    features = load_features(run)
+    if components > features.shape[1]:
+        raise UsageError(f"config.saes.{name}.dict_size ({components}) asks for more PCA directions than the "
+                         f"embeddings have dimensions ({features.shape[1]}); lower it (the reference uses 16).")
+    return pca_basis(features, components)
+
+
 def report_sae(run: Run) -> str:
-    """The SAE whose vocabulary the report reads every method in: the default (`sae_names`)."""
-    return sae_names(run.config)[0]
+    """The SAE whose vocabulary the report reads every method in: the default (`sae_names`) Top-K
+    SAE (a PCA basis has no sparse features to read), else the default."""
+    kinds = sae_kinds(run.config)
+    return next((name for name, kind in kinds.items() if kind == "topk"), sae_names(run.config)[0])
 
 
 def load(run: Run, name: str) -> FrozenSAE:
