@@ -159,20 +159,29 @@ class Checkpoints:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Defers SIGTERM and SIGINT to the end of the block, then hands each to the handler that was
-    in place (the train loop's stop flag, the run's exit 3, or the default)."""
+    """Defers SIGTERM and a first Ctrl-C to the end of the block, then hands each to the handler
+    that was in place (the train loop's stop flag, the run's exit 3, or the default). A second
+    Ctrl-C interrupts at once (a save that hangs can still be broken off); when the block ends
+    in an error, that error is what the run reports, and the deferred signals are dropped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    previous = {number: signal.signal(number, lambda received, frame: pending.append(received))
-                for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def hold(number: int, frame) -> None:
+        if number == signal.SIGINT and signal.SIGINT in pending:
+            raise KeyboardInterrupt
+        pending.append(number)
+
+    previous = {number: signal.signal(number, hold) for number in (signal.SIGTERM, signal.SIGINT)}
+    failed = True
     try:
         yield
+        failed = False
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        for number in dict.fromkeys(pending):
+        for number in dict.fromkeys(pending) if not failed else ():
             if callable(previous[number]):
                 previous[number](number, None)
             else:  # SIG_DFL or SIG_IGN: let the process get it as it would have

@@ -3,9 +3,10 @@ methods side by side (`report.md`, `report.json`, the PNGs, and `report.html` wi
 browser: one browser per SAE, the methods of every run that used it on one card per feature).
 
 The runs must share the model, the suite (in-distribution set and shifts) and the validation
-split (for `finetune.val_fraction`, the same fraction and seed), and give the same zero-shot scores: otherwise their numbers are not comparable, and the
-command stops with one paragraph saying what differs (exit code 2). A method keeps its name, or
-becomes `<run>/<name>` when two runs use the same name.
+split (for `finetune.val_fraction`, the same fraction and seed), and give the same zero-shot
+scores: otherwise their numbers are not comparable, and the command stops with one paragraph
+saying what differs (exit code 2). A method keeps its name, or becomes `<run>/<name>` when two
+runs use the same name.
 """
 
 from __future__ import annotations

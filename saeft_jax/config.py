@@ -11,7 +11,7 @@ import difflib
 
 import ml_collections
 
-from saeft_jax import methods, storage
+from saeft_jax import methods, regularizers, storage
 from saeft_jax.errors import ConfigError
 from saeft_jax.evaluation.analyses import ANALYSES
 from saeft_jax.evaluation.wise import DEFAULT_ALPHAS
@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-SAE_DEFAULTS = {"kind": "topk", "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3, "auxk": False,
+SAE_DEFAULTS = {"kind": "topk", "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3,
+                "auxk": False,
                 "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False, "b_pre_init": "zeros"}
 
 
@@ -72,7 +73,7 @@ def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def sae_kinds(c: ml_collections.ConfigDict) -> dict[str, str]:
     """{SAE name: its kind}: "topk" (a trained Top-K SAE) or "pca" (a PCA basis, `saeft_jax.sae.pca`)."""
-    return {name: c.saes[name].get("kind", "topk") for name in sae_names(c)}
+    return {name: c.saes[name].kind for name in sae_names(c)}
 
 
 def sae_settings(**changes) -> ml_collections.ConfigDict:
@@ -102,6 +103,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_saes(c)
     with c.unlocked():
         c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c), sae_kinds(c))
+    _check_accumulation(c)
     for name, method_settings in c.finetune.methods.items():
         for key, value in method_settings.items():
             if key not in ("regularizer", "sae", "checkpoint"):
@@ -236,11 +238,28 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
                 _expect(c, f"saes.{name}.{key}", ok, wanted)
             sae = c.saes[name]
             if sae.kind == "pca":
-                sae.k = sae.dict_size  # every direction is a code; the training settings do not apply
+                if sae.k not in (SAE_DEFAULTS["k"], sae.dict_size):
+                    raise ConfigError(f"{where}.k is {sae.k}, but an SAE of kind 'pca' keeps every one of its "
+                                      f"dict_size ({sae.dict_size}) directions as a code; leave k out (or set it to "
+                                      f"dict_size). Its training settings (epochs, lr, batch_size, ...) do not apply.")
+                sae.k = sae.dict_size
             if sae.k > sae.dict_size:
                 raise ConfigError(f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
                                   f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "
                                   f"F = 4d).")
+
+
+def _check_accumulation(c: ml_collections.ConfigDict) -> None:
+    """Gradient accumulation averages a penalty over micro-batches: right for a mean over rows only."""
+    if c.finetune.accumulate_steps == 1:
+        return
+    for name, settings in c.finetune.methods.items():
+        entry = regularizers.get(settings.regularizer)
+        if not entry.batch_mean:
+            raise ConfigError(f"config.finetune.methods.{name} uses {entry.name!r}, a penalty of the whole batch (a "
+                              f"matrix norm), but config.finetune.accumulate_steps is {c.finetune.accumulate_steps}: "
+                              f"averaged over micro-batches it would be another penalty. Set accumulate_steps=1 "
+                              f"(with a batch that fits) for this method's run.")
 
 
 def _check_relations(c: ml_collections.ConfigDict) -> None:

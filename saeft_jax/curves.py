@@ -109,8 +109,9 @@ class _WandbRun:
     W&B is a mirror: when it fails (its service gone, the network), a warning says so once and
     training goes on with the event files alone."""
 
-    def __init__(self, run, workdir: epath.Path):
+    def __init__(self, run, workdir: epath.Path, errors: tuple[type[BaseException], ...]):
         self.run, self.workdir, self._defined, self.failed = run, workdir, set(), False
+        self._errors = errors  # what W&B raises when it fails (never a stop request: that goes through)
 
     def log(self, directory: epath.Path, step_key: str, step: int, values: dict[str, float]) -> None:
         if self.failed:
@@ -123,7 +124,7 @@ class _WandbRun:
                 self.run.define_metric(f"{prefix}/*", step_metric=f"{prefix}/{step_key}")
                 self._defined.add(prefix)
             self.run.log({f"{prefix}/{step_key}": step, **{f"{prefix}/{name}": v for name, v in values.items()}})
-        except Exception as error:  # W&B's errors have no common base
+        except self._errors as error:
             self.failed = True
             print(f"warning: W&B stopped taking curves ({type(error).__name__}: {error}); the TensorBoard event "
                   f"files and metrics.jsonl go on.", file=sys.stderr)
@@ -131,7 +132,7 @@ class _WandbRun:
     def finish(self) -> None:
         try:
             self.run.finish(exit_code=1 if self.failed else 0)
-        except Exception as error:
+        except self._errors as error:
             print(f"warning: W&B could not close its run ({type(error).__name__}: {error}).", file=sys.stderr)
 
 
@@ -153,7 +154,8 @@ def wandb_logging(project: str, workdir: epath.Path, config: dict[str, Any]) -> 
     try:
         run_id = json.loads(record.read_text())["id"] if record.exists() else uuid.uuid4().hex[:12]
     except (ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{record} is damaged ({error}); delete it to start a new W&B run for this workdir.") from error
+        raise UsageError(f"{record} is damaged ({error}); delete it to start a new W&B run for this "
+                         f"workdir.") from error
     local = Path(workdir) if not storage.is_remote(workdir) else storage.cache_path(workdir)  # W&B writes locally
     local.mkdir(parents=True, exist_ok=True)
     try:
@@ -162,7 +164,7 @@ def wandb_logging(project: str, workdir: epath.Path, config: dict[str, Any]) -> 
         raise UsageError(f"W&B could not start a run in project {project!r} ({error}); log in (`wandb login` or "
                          f"WANDB_API_KEY), set WANDB_MODE=offline, or leave config.wandb_project empty.") from error
     storage.write_atomic(record, json.dumps({"id": run_id, "project": project}))
-    _wandb = _WandbRun(run, workdir)
+    _wandb = _WandbRun(run, workdir, (OSError, wandb.Error))
     try:
         yield
     finally:

@@ -27,8 +27,8 @@ def method(regularizer: str = "none", reg_lambda: float | None = None, *, sae: s
            **hparams: Any) -> ml_collections.ConfigDict:
     """A `config.finetune.methods` entry: `regularizer`, `reg_lambda` (required unless the
     regularizer penalizes nothing), for an SAE-based regularizer the name of its SAE in
-    `config.saes` (`""`: the run's default SAE, `main` if there is one, else the first by name), and every hyperparameter the regularizer declares (its
-    default unless given here). `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a
+    `config.saes` (`""`: the first SAE of the kind it reads, `main` if that is one, else by
+    name), and every hyperparameter the regularizer declares (its default unless given here). `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a
     Hugging Face CLIP directory, with its head in `head.safetensors` or else the zero-shot head
     of its own text tower): evaluated and analysed like the run's own, never trained."""
     entry = _entry(regularizer, "method(...)")

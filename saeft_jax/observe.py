@@ -44,7 +44,8 @@ class ProgressLines:
 
     def __init__(self, total: int, desc: str, *, initial: int = 0, unit: str = "step", stream: TextIO,
                  every_s: float = LINE_EVERY_S, clock: Callable[[], float] = time.monotonic):
-        self.total, self.desc, self.unit, self.stream, self.every_s, self.clock = total, desc, unit, stream, every_s, clock
+        self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
+        self.every_s, self.clock = every_s, clock
         self.n, self._initial, self._postfix = initial, initial, ""
         self._started = self._printed = clock()
         self._closed = False

@@ -16,6 +16,7 @@ import numpy as np
 from etils import epath
 
 from saeft_jax import curves, preflight, storage
+from saeft_jax.config import SAE_DEFAULTS, base_config
 from saeft_jax.errors import UsageError
 from saeft_jax.stages import completion, features, finetuned, heads, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
@@ -50,10 +51,23 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
                              f"--workdir.") from error
         before = {k: v for k, v in _flat(recorded).items() if k not in OPERATIONAL}
         now = {k: v for k, v in _flat(resolved).items() if k not in OPERATIONAL}
-        differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        differ = sorted(k for k in before.keys() | now.keys()
+                        if before.get(k, _default(k)) != now.get(k, _default(k)))
         if differ:
             raise UsageError(f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
                              f"--workdir, or the same config to continue that run.")
+
+
+def _default(key: str):
+    """The default of a dotted config key (of an SAE's setting for `saes.<name>.<setting>`): what
+    a config recorded before the key existed ran with."""
+    parts = key.split(".")
+    if parts[0] == "saes" and len(parts) == 3:
+        return SAE_DEFAULTS.get(parts[2], _MISSING)
+    return _flat(json.loads(base_config().to_json_best_effort())).get(key, _MISSING)
+
+
+_MISSING = object()  # a key without a default: present on one side only, it differs
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:

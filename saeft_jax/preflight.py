@@ -32,6 +32,18 @@ def check(run: Run) -> None:
                               f"and head.safetensors or a tokenizer).")
     _check_batches(run)
     _check_durations(run, len(sources[0]))
+    _check_pca_widths(run)
+
+
+def _check_pca_widths(run: Run) -> None:
+    """A PCA basis has at most as many directions as the embeddings have dimensions."""
+    for name, sae in run.config.saes.items():
+        if sae.kind == "pca" and "sae" in run.config.stages:
+            width = run.clip[0].config.projection_dim
+            if sae.dict_size > width:
+                raise ConfigError(f"config.saes.{name}.dict_size is {sae.dict_size}, but a PCA basis has at most as "
+                                  f"many directions as {run.model_path}'s embeddings have dimensions ({width}); "
+                                  f"lower it (the reference uses 16).")
 
 
 def _check_validation(run: Run, tests: list[DatasetSpec]) -> None:

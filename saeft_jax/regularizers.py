@@ -46,6 +46,7 @@ class Regularizer:
     needs: frozenset[str]
     taps: Callable[[int], tuple[int, ...]] | None = None
     sae_kind: str = "topk"  # the kind of `config.saes` entry an SAE-reading penalty takes
+    batch_mean: bool = True  # a mean over the batch's rows, so micro-batches may average it
 
     @property
     def uses_sae(self) -> bool:
@@ -89,9 +90,11 @@ REGISTRY: dict[str, Regularizer] = {}
 
 def register(name: str | None = None, *, needs: Sequence[str] = ("f0",),
              taps: Callable[[int], tuple[int, ...]] | None = None,
-             sae_kind: str = "topk") -> Callable[[Penalty], Penalty]:
+             sae_kind: str = "topk", batch_mean: bool = True) -> Callable[[Penalty], Penalty]:
     """Registers the decorated penalty as regularizer `name` (default: the function's name);
-    `sae_kind` is the kind of SAE it reads ("topk", or "pca" for a PCA basis)."""
+    `sae_kind` is the kind of SAE it reads ("topk", or "pca" for a PCA basis); `batch_mean=False`
+    for a penalty of the batch as a whole (a matrix norm), which gradient accumulation would
+    change, since it averages the penalty over micro-batches."""
     needs = frozenset(needs)
     if needs - set(NEEDS):
         raise ValueError(f"unknown needs {sorted(needs - set(NEEDS))}; known: {NEEDS}")
@@ -112,7 +115,7 @@ def register(name: str | None = None, *, needs: Sequence[str] = ("f0",),
             raise ValueError(f"regularizer {entry_name!r}: hyperparameters {undeclared} need defaults")
         if "sae" in needs:
             hparams = {**hparams, **SAE_HPARAMS}
-        REGISTRY[entry_name] = Regularizer(entry_name, penalty, hparams, needs, taps, sae_kind)
+        REGISTRY[entry_name] = Regularizer(entry_name, penalty, hparams, needs, taps, sae_kind, batch_mean)
         return penalty
 
     return add
@@ -215,8 +218,13 @@ def sinkhorn_distance(p0: jax.Array, p1: jax.Array, cost: jax.Array, *, epsilon:
     """Entropic optimal-transport cost per row between distributions p0 and p1 (B, n) over n
     points with pairwise `cost` (n, n), by `iterations` Sinkhorn updates of the row-normalised
     Gibbs kernel exp(-cost / epsilon), as the reference computes it. The plan u K v is never
-    formed: its cost is sum_ij u_i K_ij C_ij v_j."""
+    formed: its cost is sum_ij u_i K_ij C_ij v_j. A row where either side has no mass (all
+    ReLU codes zero) has nothing to transport and costs 0, where the reference's 0/0 gives NaN."""
     eps = 1e-8
+    has_mass = (jnp.sum(p0, -1) > 0) & (jnp.sum(p1, -1) > 0)
+    uniform = jnp.full_like(p0, 1.0 / p0.shape[-1])  # stands in for an empty row, so no NaN reaches a gradient
+    p0 = jnp.where(has_mass[:, None], p0, uniform)
+    p1 = jnp.where(has_mass[:, None], p1, uniform)
     p0 = p0 / (jnp.sum(p0, -1, keepdims=True) + eps)
     p1 = p1 / (jnp.sum(p1, -1, keepdims=True) + eps)
     kernel = jnp.exp(-cost / epsilon)
@@ -228,7 +236,7 @@ def sinkhorn_distance(p0: jax.Array, p1: jax.Array, cost: jax.Array, *, epsilon:
         return u, p1 / (u @ kernel)
 
     u, v = jax.lax.fori_loop(0, iterations, update, (jnp.ones_like(p0), jnp.ones_like(p1)))
-    return jnp.einsum("bi,ij,bj->b", u, kernel * cost, v)
+    return jnp.where(has_mass, jnp.einsum("bi,ij,bj->b", u, kernel * cost, v), 0.0)
 
 
 @register(needs=("f0", "sae"))
@@ -252,14 +260,16 @@ def nuclear_norm(x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.linalg.svd(x.astype(jnp.float32), compute_uv=False))
 
 
-@register()
+@register(batch_mean=False)
 def nuclear(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
-    """The nuclear norm of the batch's change (f - f0), a (B, d) matrix: a low-rank change is cheap."""
+    """The nuclear norm of the batch's change (f - f0), a (B, d) matrix: a low-rank change is
+    cheap. It grows with the batch size (the reference's batch is 128), so its reg_lambda and
+    quadratic_nuclear's c belong to one batch size."""
     value = nuclear_norm(f - jax.lax.stop_gradient(f0))
     return value, {"nuclear": value}
 
 
-@register()
+@register(batch_mean=False)
 def quadratic_nuclear(f: jax.Array, f0: jax.Array, *, c: float = 10.0) -> tuple[jax.Array, Metrics]:
     """relu(||f - f0||_* - c)^2: free up to a nuclear-norm budget c, quadratic beyond it."""
     norm = nuclear_norm(f - jax.lax.stop_gradient(f0))

@@ -187,12 +187,12 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
                                           r"add one, e.g. config.saes.pca = sae_settings\(kind='pca', dict_size=16\)"):
         finish(config)
     config = demo.get_config("smoke")
-    config.saes.basis = sae_settings(kind="pca", dict_size=8, k=3)
+    config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.wrong = method("sae_add_remove", reg_lambda=1.0, sae="basis")
     with pytest.raises(ConfigError, match=r"reads an SAE of kind 'topk', but config.saes.basis is of kind 'pca'"):
         finish(config)
     config = demo.get_config("smoke")
-    config.saes.basis = sae_settings(kind="pca", dict_size=8, k=3)
+    config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     finished = finish(config)
     assert finished.finetune.methods.basis.sae == "basis" and finished.finetune.methods.sae_add_remove.sae == "main"

@@ -159,6 +159,13 @@ def test_a_failing_wandb_warns_once_and_training_goes_on(tmp_path, monkeypatch, 
         log_file.close()
     assert capsys.readouterr().err.count("W&B stopped taking curves (ConnectionResetError") == 1
     assert [s for s, _ in read_scalars(tmp_path / "sae" / "main")["fvu"]] == [0, 1, 2]  # TensorBoard has them all
+    def stopped(self, data, *args, **kwargs):
+        raise RuntimeError("Preempted: SIGTERM")  # a stop request raised while W&B logs is no W&B failure
+
+    monkeypatch.setattr(wandb.Run, "log", stopped)
+    with pytest.raises(RuntimeError, match="Preempted"):
+        with wandb_logging("saeft-test", workdir, {}):
+            JsonLines(workdir / "sae" / "main" / "metrics.jsonl", curves_step="epoch").write({"epoch": 0, "fvu": 0.1})
     (workdir / "wandb.json").write_text("{")
     with pytest.raises(UsageError, match="wandb.json is damaged"):
         with wandb_logging("saeft-test", workdir, {}):

@@ -222,7 +222,7 @@ def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, ca
     stamps = {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")}
     run_pipeline(smoke_config(tmp_path_factory), finished)
     out = capsys.readouterr().out
-    assert "running" not in out and out.count("complete, skipped") == 10
+    assert "running" not in out and out.count("complete, skipped") == 13  # 2 SAEs, 4 methods trained and scored
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")} == stamps
 
 

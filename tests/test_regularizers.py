@@ -76,7 +76,8 @@ def test_ldifs_matches_the_references_averaging_in_pytorch():
     tokens = [rng.normal(size=(2, 5, 8)).astype(np.float32) for _ in range(3)]
     tokens0 = [rng.normal(size=(2, 5, 8)).astype(np.float32) for _ in range(3)]
     reg = regularizers.get("ldifs").bind({})
-    value, grads = jax.value_and_grad(lambda ts: reg(None, None, tokens=ts, tokens0=[jnp.asarray(t) for t in tokens0])[0])(
+    frozen = [jnp.asarray(t) for t in tokens0]
+    value, grads = jax.value_and_grad(lambda ts: reg(None, None, tokens=ts, tokens0=frozen)[0])(
         [jnp.asarray(t) for t in tokens])
     current = [torch.tensor(t, dtype=torch.float64, requires_grad=True) for t in tokens]
     unit = lambda x: x / (x.norm(dim=-1, keepdim=True) + 1e-8)
@@ -216,3 +217,16 @@ def test_the_pca_penalty_matches_the_references_in_pytorch(setup, features, hpar
     np.testing.assert_allclose(value, expected.item(), rtol=1e-4)
     np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-3, atol=1e-7)
     assert regularizers.get("pca").sae_kind == "pca" and regularizers.get("sae_sparse").sae_kind == "topk"
+
+
+def test_sinkhorn_rows_without_mass_cost_nothing_and_keep_gradients_finite():
+    cost = jnp.asarray([[0.0, 1.0], [1.0, 0.0]])
+    p0 = jnp.asarray([[1.0, 0.0], [0.0, 0.0], [0.3, 0.7]])  # the second image's ReLU codes are all zero
+
+    def total(p1):
+        return jnp.sum(regularizers.sinkhorn_distance(p0, p1, cost, epsilon=0.05, iterations=50))
+
+    p1 = jnp.asarray([[0.0, 1.0], [0.5, 0.5], [0.0, 0.0]])
+    distances = regularizers.sinkhorn_distance(p0, p1, cost, epsilon=0.05, iterations=50)
+    assert float(distances[0]) == pytest.approx(1.0, abs=1e-3) and float(distances[1]) == float(distances[2]) == 0.0
+    assert np.all(np.isfinite(jax.grad(total)(p1)))

@@ -95,10 +95,15 @@ def test_a_bad_value_on_the_command_line_exits_2_before_anything_runs(tmp_path):
 class FakeRun:
     """What `preflight` reads of a run: its config, datasets and sources."""
 
+    model_path = "toy-clip"
+
     def __init__(self, config, examples: int = 900):
+        from types import SimpleNamespace
+
         from saeft_jax.data.registry import DatasetSpec
 
         self.config = config
+        self.clip = (SimpleNamespace(config=SimpleNamespace(projection_dim=64)), None)
         self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
         self.validation = dataclasses.replace(self.train_spec, name="toy_val", split="val")
         self.methods, self.examples = {}, examples
@@ -117,6 +122,9 @@ class FakeRun:
     ({"saes.main.batch_size": 1024}, 1, "config.saes.main.batch_size (1024) exceeds the 900 training embeddings"),
     ({"finetune.steps": 0, "finetune.epochs": 1, "finetune.warmup_steps": 20}, 1,
      "must be below the run's 14 fine-tuning steps (1 epochs of 900 examples at batch 64)"),
+    ({"saes.basis": {"kind": "pca", "dict_size": 65}}, 1,
+     "config.saes.basis.dict_size is 65, but a PCA basis has at most as many directions as toy-clip's embeddings "
+     "have dimensions (64)"),
 ])
 def test_preflight_refuses_what_the_devices_or_the_data_cannot_run(monkeypatch, changes, devices, says):
     from saeft_jax import preflight
@@ -134,6 +142,8 @@ def test_preflight_accepts_the_smoke_config_on_eight_devices(monkeypatch):
     monkeypatch.setattr(preflight.jax, "device_count", lambda: 8)
     monkeypatch.setattr(preflight.jax, "local_device_count", lambda: 8)
     preflight.check(FakeRun(finish(smoke())))
+    preflight.check(FakeRun(finish(smoke(**{"saes.basis": {"kind": "pca", "dict_size": 64}}))))  # not trained:
+    # a PCA basis has no batch to divide or to fit into the 900 embeddings
 
 
 def write_lock(workdir, **fields):
@@ -265,3 +275,66 @@ def test_a_checkpoint_that_would_not_fit_is_refused_before_writing(tmp_path, mon
         manager.save(1, {"w": np.zeros(2 ** 20 * 5 // 4, np.float32)})
     manager.close()
     assert manager.latest_step() is None and not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_batch_penalty_refuses_gradient_accumulation():
+    from saeft_jax.config import method
+
+    config = smoke(**{"finetune.accumulate_steps": 2})
+    config.finetune.methods.low_rank = method("nuclear", reg_lambda=1.0)
+    with pytest.raises(ConfigError, match=r"config.finetune.methods.low_rank uses 'nuclear', a penalty of the whole "
+                                          r"batch .*accumulate_steps is 2"):
+        finish(config)
+    config = smoke(**{"finetune.accumulate_steps": 2})
+    config.finetune.methods.mean = method("mse", reg_lambda=1.0)  # a mean over rows: accumulation is exact
+    finish(config)
+
+
+def test_a_pca_basis_refuses_a_k_of_its_own():
+    config = smoke(**{"saes.basis": {"kind": "pca", "dict_size": 8, "k": 3}})
+    with pytest.raises(ConfigError, match=r"config.saes.basis.k is 3, but an SAE of kind 'pca' keeps every one"):
+        finish(config)
+
+
+def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_its_default(tmp_path):
+    from saeft_jax import storage
+    from saeft_jax.pipeline import check_config
+
+    config = finish(smoke())
+    recorded = json.loads(config.to_json_best_effort())
+    del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"], recorded["wandb_project"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    check_config(config, storage.path(tmp_path))  # the keys it lacks are at their defaults: the same run
+    changed = finish(smoke(**{"report.browser_features": 10}))
+    with pytest.raises(UsageError, match=r"different: report.browser_features"):
+        check_config(changed, storage.path(tmp_path))
+
+
+def test_signals_during_a_checkpoint_save_are_handled_after_it():
+    import signal
+
+    from saeft_jax.checkpoints import _signals_held
+
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda number, frame: received.append(number))
+    try:
+        with _signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert received == []  # held while Orbax would be saving
+        assert received == [signal.SIGTERM]
+        with pytest.raises(OSError, match="disk full"):
+            with _signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                raise OSError("disk full")  # the save's own error is what the run reports
+        assert received == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            with _signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C breaks off a save that hangs
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -96,7 +96,8 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
     out = prepared_dir(data_dir, name)
     info = _joined_info(out, name, listing)
     if set(info["splits"]) & set(listing.splits):  # withdrawn first: a stop while its shards change leaves it unlisted
-        records.write_info(out, {**info, "splits": {s: n for s, n in info["splits"].items() if s not in listing.splits}})
+        kept = {s: n for s, n in info["splits"].items() if s not in listing.splits}
+        records.write_info(out, {**info, "splits": kept})
     for split_name, examples in listing.splits.items():
         skipped: list[str] = []
         bar = progress(len(examples), f"{name}/{split_name}", enabled=show_progress, unit="img")

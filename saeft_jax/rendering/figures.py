@@ -39,7 +39,8 @@ def report_figures(report: dict[str, Any], directory) -> dict[str, str]:
         run = report["runs"][method]
         series[method] = [run["metrics"][d] for d in datasets]
         if "selected" in run:
-            series[f"{method} a={alpha_key(run['selection']['alpha'])}"] = [run["selected"]["metrics"][d] for d in datasets]
+            label = f"{method} a={alpha_key(run['selection']['alpha'])}"
+            series[label] = [run["selected"]["metrics"][d] for d in datasets]
     plots.dataset_bars(datasets, series, directory / "datasets.png")
     figures["datasets"] = "datasets.png"
     return figures

@@ -49,8 +49,9 @@ def render_html(title: str, markdown_text: str, directory, browsers: list[dict[s
     """The page: `markdown_text` (a report.md whose pictures are files in `directory`) rendered with
     the pictures inline, then one feature browser per entry of `browsers` (`browser_data`)."""
     converter = markdown.Markdown(extensions=["tables"])
-    converter.preprocessors.deregister("html_block")  # raw HTML stays text
-    converter.inlinePatterns.deregister("html")
+    converter.preprocessors.deregister("html_block")  # raw HTML stays text, and links in names stay text
+    for pattern in ("html", "link", "reference", "short_reference", "autolink", "automail"):
+        converter.inlinePatterns.deregister(pattern)
     body = converter.convert(markdown_text)
     body = re.sub(r'src="([^"/:]+\.png)"', lambda m: f'src="{_inline(directory, m.group(1))}"', body)
     sections = [_browser(b, index) for index, b in enumerate(browsers)]

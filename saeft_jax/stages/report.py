@@ -73,7 +73,7 @@ def collect(run: Run) -> dict[str, Any]:
     saes = {name: _sae_summary(run.done(trained_sae.STAGE, name)) for name in sae_names(run.config)}
     validation = run.validation.name if run.validation else None
     report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": shifts,
-              "validation": validation, "sae": saes[trained_sae.report_sae(run)], "saes": saes,
+              "validation": validation, "sae": saes.get(trained_sae.report_sae(run)), "saes": saes,
               "report_sae": trained_sae.report_sae(run), "held_out": _held_out(run),
               "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
               "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)}}
@@ -115,7 +115,8 @@ def run_stage(run: Run) -> None:
         files = ("report.md", "report.json", "report.html", *figures.values(), *([BROWSER_FILE] if browsers else []))
     else:
         files = ()
-    made_from = (*((scores.STAGE, name) for name in run.methods), (trained_sae.STAGE, trained_sae.report_sae(run)))
+    sae = trained_sae.report_sae(run)
+    made_from = (*((scores.STAGE, name) for name in run.methods), *([(trained_sae.STAGE, sae)] if sae else []))
     run.mark_done({}, STAGE, files=files, inputs=made_from)
 
 

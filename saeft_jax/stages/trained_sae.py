@@ -7,9 +7,8 @@ from __future__ import annotations
 import jax
 
 from saeft_jax import parallel
-from saeft_jax.errors import UsageError
 
-from saeft_jax.config import sae_kinds, sae_names
+from saeft_jax.config import sae_kinds
 from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
 from saeft_jax.rendering.plots import firing_histogram
 from saeft_jax.sae.frozen import FrozenSAE
@@ -33,7 +32,7 @@ def run_stage(run: Run, name: str) -> None:
         cfg = run.config.saes[name]
         directory = run.dir(STAGE, name)
         if cfg.kind == "pca":
-            sae, metrics, options = _pca(run, name, cfg.dict_size), None, {"kind": "pca"}
+            sae, metrics, options = pca_basis(load_features(run), cfg.dict_size), None, {"kind": "pca"}
         else:
             options = {option: cfg[option] for option in OPTIONS}
             params, metrics = train_sae(
@@ -52,19 +51,10 @@ def run_stage(run: Run, name: str) -> None:
     run.mark_done(record, STAGE, name, files=(PARAMS_FILE, META_FILE, "firing.png"), inputs=(("features",),))
 
 
-def _pca(run: Run, name: str, components: int) -> FrozenSAE:
-    features = load_features(run)
-    if components > features.shape[1]:
-        raise UsageError(f"config.saes.{name}.dict_size ({components}) asks for more PCA directions than the "
-                         f"embeddings have dimensions ({features.shape[1]}); lower it (the reference uses 16).")
-    return pca_basis(features, components)
-
-
-def report_sae(run: Run) -> str:
-    """The SAE whose vocabulary the report reads every method in: the default (`sae_names`) Top-K
-    SAE (a PCA basis has no sparse features to read), else the default."""
-    kinds = sae_kinds(run.config)
-    return next((name for name, kind in kinds.items() if kind == "topk"), sae_names(run.config)[0])
+def report_sae(run: Run) -> str | None:
+    """The SAE whose vocabulary the report reads every method in: the first Top-K SAE (in
+    `sae_names` order); None when the run has PCA bases only, which have no sparse features to read."""
+    return next((name for name, kind in sae_kinds(run.config).items() if kind == "topk"), None)
 
 
 def load(run: Run, name: str) -> FrozenSAE:
