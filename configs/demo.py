@@ -14,10 +14,12 @@ fine-tuning and test), saved in Hugging Face format and cached in ~/.cache/saeft
 run skips pretraining. Then the standard stages, plain fine-tuning (`none`) against SAE-FT
 (`sae_add_remove`), and the report.
 
-Hardware: sized for 2 CPU cores: 4.5 minutes for the first run (2-2.5 of them pretraining), 2
-once the CLIP is cached; the smoke variant about 1.5. Expected results (measured, top-1 %, ID
-colored / average of the five shifts): zero-shot 25.3 / 70.3; plain fine-tuning 46.1 / 54.5;
-SAE-FT 48.9 / 60.2; the SAE-FT WiSE-FT curve above the plain one (README, "What the demo shows").
+Hardware: sized for 2 CPU cores: 3.5 minutes for the first run (under 2 of them pretraining),
+under 2 once the CLIP is cached; the smoke variant about 1.5; the sweep about 7.5. Expected
+results (measured on three fresh installs with constraints.txt, top-1 %, ID colored / average of
+the five shifts): zero-shot 23.1 / 70.2; plain fine-tuning 43.6 / 51.8 (36.9 / 66.9 at WiSE-FT
+alpha 0.5); SAE-FT 46.4 / 59.1 (38.9 / 68.3 at 0.5); the SAE-FT WiSE-FT curve above the plain
+one (README, "What the demo shows").
 """
 
 import ml_collections
