@@ -71,10 +71,10 @@ def collect(run: Run) -> dict[str, Any]:
     names = list(run.methods)
     evaluations = {name: run.done(scores.STAGE, name) for name in names}
     saes = {name: _sae_summary(run.done(trained_sae.STAGE, name)) for name in sae_names(run.config)}
-    validation = run.validation.name if run.validation else None
+    validation, report_sae = run.validation.name if run.validation else None, trained_sae.report_sae(run)
     report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": shifts,
-              "validation": validation, "sae": saes.get(trained_sae.report_sae(run)), "saes": saes,
-              "report_sae": trained_sae.report_sae(run), "held_out": _held_out(run),
+              "validation": validation, "sae": saes.get(report_sae), "saes": saes,
+              "report_sae": report_sae, "held_out": _held_out(run),
               "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
               "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)}}
     for name, method in run.methods.items():
@@ -96,7 +96,7 @@ def run_stage(run: Run) -> None:
     if run.is_writer:
         report = collect(run)
         directory = run.dir(STAGE)
-        sae = trained_sae.load(run, trained_sae.report_sae(run)) if report["sae"] else None
+        sae = trained_sae.load(run, report["report_sae"]) if report["sae"] else None
         vocabulary = _vocabulary(run) if sae is not None else None
         explanations, comparisons = _changes(run, report, sae, vocabulary)
         details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()}}
@@ -180,7 +180,7 @@ def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, 
         view["examples"] = [int(indices[row]) for row in view.pop("rows")]  # rows differ by run, examples do not
     examples = sorted({e for card in cards for view in card["models"].values() for e in view["examples"]})
     images = {e: thumbnail(source[e]["image"]) for e in examples}
-    sae_name = trained_sae.report_sae(run)
+    sae_name = report["report_sae"]
     digest = run.done(trained_sae.STAGE, sae_name)["files"][trained_sae.PARAMS_FILE]
     return browser_data(sae_name, digest, dataset, report_methods(report), changed, cards, images)
 

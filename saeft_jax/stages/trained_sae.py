@@ -7,10 +7,9 @@ from __future__ import annotations
 import jax
 
 from saeft_jax import parallel
-
 from saeft_jax.config import sae_kinds
-from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
 from saeft_jax.rendering.plots import firing_histogram
+from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.pca import pca_basis
 from saeft_jax.sae.quality import evaluate_sae
@@ -32,7 +31,10 @@ def run_stage(run: Run, name: str) -> None:
         cfg = run.config.saes[name]
         directory = run.dir(STAGE, name)
         if cfg.kind == "pca":
-            sae, metrics, options = pca_basis(load_features(run), cfg.dict_size), None, {"kind": "pca"}
+            features, options = load_features(run), {"kind": "pca"}
+            sae = pca_basis(features, cfg.dict_size)
+            metrics = evaluate_sae(sae, features, mesh=parallel.data_mesh(jax.local_devices()))
+            firing_histogram(metrics["firing_frequency"], directory / "firing.png", title=f"PCA basis {name}")
         else:
             options = {option: cfg[option] for option in OPTIONS}
             params, metrics = train_sae(
@@ -42,9 +44,6 @@ def run_stage(run: Run, name: str) -> None:
                 metrics_path=str(directory / "metrics.jsonl"), histogram_path=str(directory / "firing.png"),
                 progress=run.config.show_progress, devices=tuple(jax.local_devices()), **options)
             sae = FrozenSAE(params, cfg.k, relu=cfg.relu)
-        if metrics is None:
-            metrics = evaluate_sae(sae, load_features(run), mesh=parallel.data_mesh(jax.local_devices()))
-            firing_histogram(metrics["firing_frequency"], directory / "firing.png", title=f"PCA basis {name}")
         save_sae(directory, sae, options=options, metrics=metrics)
         record = {**{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
                   "dict_size": cfg.dict_size, "k": sae.k, "relu": sae.relu, "kind": cfg.kind}
