@@ -23,19 +23,47 @@ from saeft_jax.errors import UsageError
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import render_html
 from saeft_jax.rendering.markdown import render_comparison, report_methods
+from saeft_jax.stages import completion
 from saeft_jax.stages.report import BROWSER_FILE
 
 SHARED = ("model", "id_dataset", "ood_datasets", "validation", "held_out", "dataset_metrics")
+
+
+def _read_json(path: epath.Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object in `path`, which must match the size and hash the report stage recorded for
+    it (when its completion mark lists it) and hold `keys`; otherwise a usage error naming the file."""
+    recorded = _recorded_digests(path.parent).get(path.name)
+    data = None
+    if recorded is not None and storage.digest(path) != recorded:
+        problem = "it does not match the size and SHA-256 its report stage recorded"
+    else:
+        try:
+            data = json.loads(path.read_bytes())
+        except ValueError as error:  # also bytes that are not UTF-8
+            problem = f"{type(error).__name__}: {error}"
+        else:
+            missing = [key for key in keys if key not in data] if isinstance(data, dict) else list(keys)
+            problem = f"it lacks {', '.join(missing)}" if missing else None
+    if problem:
+        raise UsageError(f"{path} is damaged ({problem}); delete that run's report/ and rerun its pipeline.")
+    return data
+
+
+def _recorded_digests(directory: epath.Path) -> dict[str, Any]:
+    """{file: its size and hash} from the completion mark in `directory` ({} without a readable one)."""
+    try:
+        record = json.loads((directory / completion.DONE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    files = record.get("files") if isinstance(record, dict) else None
+    return files if isinstance(files, dict) else {}
 
 
 def read_report(workdir: str) -> dict[str, Any]:
     path = storage.path(workdir) / "report" / "report.json"
     if not path.exists():
         raise UsageError(f"{workdir} holds no report ({path} is missing); run its pipeline to the end first.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is damaged ({error}); rerun that run's report stage.") from error
+    return _read_json(path, ("runs",))
 
 
 def read_browser(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
@@ -48,17 +76,7 @@ def read_browser(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
         print(f"note: {workdir} has no feature browser ({path} is missing: its report was made before report.html "
               f"existed); delete its report/ and rerun its pipeline to add its features.", file=sys.stderr)
         return None
-    try:
-        data = json.loads(path.read_bytes())
-    except ValueError as error:  # also bytes that are not UTF-8
-        data, problem = None, f"{type(error).__name__}: {error}"
-    else:
-        keys = ("sae_digest", "dataset", "methods", "changed", "cards", "images")
-        missing = [key for key in keys if key not in data] if isinstance(data, dict) else list(keys)
-        problem = f"it lacks {', '.join(missing)}" if missing else None
-    if problem:
-        raise UsageError(f"{path} is damaged ({problem}); delete that run's report/ and rerun its pipeline.")
-    return data
+    return _read_json(path, ("sae_digest", "dataset", "methods", "changed", "cards", "images"))
 
 
 def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, dict[str, str]]) -> list[dict]:

@@ -24,7 +24,7 @@ from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Keys that change how a run goes, not what it computes: a rerun may change them.
 OPERATIONAL = {"stages", "show_progress", "num_workers", "data_dir", "demo.cache_dir", "finetune.log_every",
-               "finetune.checkpoint_every", "finetune.keep_checkpoints", "features.chunk_steps"}
+               "finetune.checkpoint_every", "finetune.keep_checkpoints", "features.chunk_steps", "wandb_project"}
 PACKAGES = ("saeft-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "numpy")
 
 
@@ -51,20 +51,22 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
                              f"--workdir.") from error
         before = {k: v for k, v in _flat(recorded).items() if k not in OPERATIONAL}
         now = {k: v for k, v in _flat(resolved).items() if k not in OPERATIONAL}
+        defaults = _flat(json.loads(base_config().to_json_best_effort()))
         differ = sorted(k for k in before.keys() | now.keys()
-                        if before.get(k, _default(k)) != now.get(k, _default(k)))
+                        if before.get(k, _default(k, defaults)) != now.get(k, _default(k, defaults)))
         if differ:
             raise UsageError(f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
                              f"--workdir, or the same config to continue that run.")
 
 
-def _default(key: str):
-    """The default of a dotted config key (of an SAE's setting for `saes.<name>.<setting>`): what
-    a config recorded before the key existed ran with."""
+def _default(key: str, defaults: dict):
+    """The default of a dotted config key, from `defaults` (base_config, flat) or, for
+    `saes.<name>.<setting>`, the SAE settings' defaults: what a config recorded before the key
+    existed ran with."""
     parts = key.split(".")
     if parts[0] == "saes" and len(parts) == 3:
         return SAE_DEFAULTS.get(parts[2], _MISSING)
-    return _flat(json.loads(base_config().to_json_best_effort())).get(key, _MISSING)
+    return defaults.get(key, _MISSING)
 
 
 _MISSING = object()  # a key without a default: present on one side only, it differs

@@ -305,6 +305,9 @@ def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_it
     del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"], recorded["wandb_project"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     check_config(config, storage.path(tmp_path))  # the keys it lacks are at their defaults: the same run
+    logged = smoke()
+    logged.wandb_project = "elsewhere"  # where the curves go is no part of the run: a refused W&B start can be fixed
+    check_config(finish(logged), storage.path(tmp_path))
     changed = finish(smoke(**{"report.browser_features": 10}))
     with pytest.raises(UsageError, match=r"different: report.browser_features"):
         check_config(changed, storage.path(tmp_path))

@@ -187,6 +187,17 @@ def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
     (tmp_path / "a" / "report" / "browser.json").write_bytes(b"\xff\xfe")
     with pytest.raises(UsageError, match="browser.json is damaged"):
         compare.compare([first, second], str(tmp_path / "out"))
-    (tmp_path / "a" / "report" / "browser.json").unlink()
+    from saeft_jax import storage
+
+    write_browser(first, "same", [browser_card(3, {"none": (2, 1)})], ["none", "sae_add_remove"], changed=1)
+    browser = tmp_path / "a" / "report" / "browser.json"
+    (tmp_path / "a" / "report" / "done.json").write_text(json.dumps({"files": {
+        "browser.json": storage.digest(storage.path(browser))}}))
+    compare.compare([first, second], str(tmp_path / "out"))  # as its report stage recorded it
+    browser.write_text(browser.read_text().replace('"word"', '"wort"'))  # still JSON, no longer what was written
+    with pytest.raises(UsageError, match=r"browser.json is damaged \(it does not match the size and SHA-256 its "
+                                         r"report stage recorded\)"):
+        compare.compare([first, second], str(tmp_path / "out"))
+    browser.unlink()
     compare.compare([first, second], str(tmp_path / "out"))  # runs made before the browser still compare
     assert "has no feature browser" in capsys.readouterr().err
