@@ -15,7 +15,7 @@ run skips pretraining. Then the standard stages, plain fine-tuning (`none`) agai
 (`sae_add_remove`), and the report.
 
 Hardware: sized for 2 CPU cores: 3.5 minutes for the first run (under 2 of them pretraining),
-under 2 once the CLIP is cached; the smoke variant about 1.5; the sweep about 7.5. Expected
+under 2 once the CLIP is cached; the smoke variant about 1.5; the sweep about 11.5. Expected
 results (measured on three fresh installs with constraints.txt, top-1 %, ID colored / average of
 the five shifts): zero-shot 23.1 / 70.2; plain fine-tuning 43.6 / 51.8 (36.9 / 66.9 at WiSE-FT
 alpha 0.5); SAE-FT 46.4 / 59.1 (38.9 / 68.3 at 0.5); the SAE-FT WiSE-FT curve above the plain
@@ -63,7 +63,8 @@ def get_config(arg: str | None = None):
 
 def _sweep(c) -> None:
     """The ablations of one run: SAE-FT's weight, its SAE, the residual weight mu and the SAE's
-    inputs, against plain fine-tuning and the L2 feature-distance baseline at its own weight."""
+    inputs, against plain fine-tuning, the L2 feature-distance baseline at its own weight, and the
+    baselines of other recipes: the linear probe (its l2 chosen on validation), LP-FT and FLYP."""
     c.saes.wide = sae_settings(**{**c.saes.main, "dict_size": 512, "k": 16})
     c.finetune.methods = ml_collections.ConfigDict({
         "none": method("none"),
@@ -74,4 +75,7 @@ def _sweep(c) -> None:
         "sae_add_remove_mu0": method("sae_add_remove", reg_lambda=100.0, mu=0.0),  # no residual term
         "sae_add_remove_raw": method("sae_add_remove", reg_lambda=100.0, reference_raw_inputs=True),
         "mse": method("mse", reg_lambda=10.0),
+        "linear_probe": method(recipe="linear_probe"),
+        "lp_ft": method(recipe="lp_ft"),
+        "flyp": method(recipe="flyp"),
     })

@@ -14,7 +14,12 @@ validation split the WiSE-FT alpha is selected on). The features stage writes 1.
 
 Expected (docs/method.md, "Evaluation protocol"; peers' published ViT-B/16 numbers, the bar to meet): zero-shot
 ImageNet 68.3, avg OOD 58.1; standard fine-tuning 81.3 / 53.8; WiSE-FT alpha 0.5 81.7 / 63.0.
-SAE-FT claims to match or beat these. Not yet run by this project (no accelerator time so far).
+SAE-FT claims to match or beat these. The baselines of other recipes (add them as methods:
+`method(recipe="linear_probe")`, `"lp_ft"`, `"flyp"`; README, "Baselines of other recipes") have
+their bar in the FLYP paper's ImageNet table (Goyal et al. 2023, Table 1; ID / avg of the five
+shifts): LP-FT 81.7 / 60.5, FLYP 82.6 / 60.2, FLYP with weight ensembling 82.9 / 63.2 (quoted
+here without the per-shift columns; check the paper before citing). Not yet run by this project
+(no accelerator time so far).
 """
 
 import ml_collections

@@ -12,12 +12,13 @@ import difflib
 import ml_collections
 
 from saeft_jax import methods, regularizers, storage
+from saeft_jax.data.labels import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 from saeft_jax.errors import ConfigError
 from saeft_jax.evaluation.analyses import ANALYSES
 from saeft_jax.evaluation.wise import DEFAULT_ALPHAS
 from saeft_jax.methods import method
 
-STAGES = ("zeroshot", "features", "sae", "finetune", "evaluate", "report")
+STAGES = ("zeroshot", "features", "sae", "probe", "finetune", "evaluate", "report")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.features = ml_collections.ConfigDict({"batch_size": 256, "chunk_steps": 64})
     c.saes = ml_collections.ConfigDict({"main": sae_settings()})  # name -> settings; see sae_names
+    # the linear probe (recipes linear_probe and lp_ft): logistic regression with weight l2 / 2 * ||W||^2,
+    # L-BFGS until the gradient norm is under `tolerance` (saeft_jax.training.probe); of several l2s the
+    # one best on the validation split (finetune.val_dataset / val_fraction) is kept
+    c.probe = ml_collections.ConfigDict({"l2s": (1e-4, 1e-5, 1e-6), "max_iterations": 1000, "tolerance": 1e-5})
     c.finetune = ml_collections.ConfigDict({
         "methods": ml_collections.ConfigDict({"none": method("none"),
                                               "sae_add_remove": method("sae_add_remove", reg_lambda=70.0)}),
@@ -50,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
         "accumulate_steps": 1, "random_crop": True, "crop_scale": (0.9, 1.0), "teacher_cache": False,
         "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2})
     c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
+    # what CIFAR-10-C / CIFAR-100-C read: these corruptions (default: the benchmark's 15) at this severity (1-5)
+    c.corruptions = ml_collections.ConfigDict({"names": CORRUPTIONS, "severity": 5})
     c.report = ml_collections.ConfigDict({"analyses": tuple(ANALYSES), "concepts": (), "top_features": 6,
                                           "images_per_feature": 8, "classes_shown": 10,
                                           "browser_features": 300, "browser_images": 6})
@@ -94,6 +101,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key, ok, wanted in _RULES:
         _expect(c, key, ok, wanted)
     _check_relations(c)
+    _check_corruptions(c)
     unknown = [s for s in c.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"config.stages has unknown stages {unknown}; known: {STAGES}")
@@ -104,9 +112,10 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     with c.unlocked():
         c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c), sae_kinds(c))
     _check_accumulation(c)
+    _check_probe(c)
     for name, method_settings in c.finetune.methods.items():
         for key, value in method_settings.items():
-            if key not in ("regularizer", "sae", "checkpoint"):
+            if key not in ("recipe", "regularizer", "sae", "checkpoint"):
                 _expect(c, f"finetune.methods.{name}.{key}", _non_negative,
                         "zero or more and finite (a weight of the loss)")
     c.lock()
@@ -176,6 +185,10 @@ _RULES = (
     ("finetune.checkpoint_every", _positive_int, "at least 1 step"),
     ("finetune.keep_checkpoints", _positive_int, "at least 1"),
     ("evaluate.batch_size", _positive_int, "a positive batch size"),
+    ("probe.l2s", lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive(x) for x in v),
+     "one or more positive weights, e.g. (1e-5,) (the probe's logistic regression is then strictly convex)"),
+    ("probe.max_iterations", _positive_int, "at least 1 L-BFGS iteration"),
+    ("probe.tolerance", _positive, "a positive bound on the gradient norm"),
     ("num_workers", _non_negative_int, "0 (reader threads only) or a number of worker processes"),
     ("report.top_features", _non_negative_int, "zero or more"),
     ("report.images_per_feature", _positive_int, "at least 1"),
@@ -249,17 +262,51 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
                                   f"F = 4d).")
 
 
+def _check_probe(c: ml_collections.ConfigDict) -> None:
+    """Several probe weights are chosen between on the validation split, so a run needs one."""
+    users = [name for name, settings in c.finetune.methods.items() if settings.recipe in methods.PROBE_RECIPES]
+    if users and len(c.probe.l2s) > 1 and not (c.finetune.val_dataset or c.finetune.val_fraction):
+        raise ConfigError(f"config.probe.l2s lists {len(c.probe.l2s)} weights for the linear probe of "
+                          f"{', '.join(users)}, which are chosen between on the validation split, but this run has "
+                          f"none; set config.finetune.val_dataset or val_fraction, or name one weight, e.g. "
+                          f"--config.probe.l2s='(1e-5,)'.")
+
+
 def _check_accumulation(c: ml_collections.ConfigDict) -> None:
-    """Gradient accumulation averages a penalty over micro-batches: right for a mean over rows only."""
+    """Gradient accumulation averages a loss over micro-batches: right for a mean over rows only."""
     if c.finetune.accumulate_steps == 1:
         return
     for name, settings in c.finetune.methods.items():
         entry = regularizers.get(settings.regularizer)
+        if settings.recipe == "flyp":
+            raise ConfigError(f"config.finetune.methods.{name} is FLYP, whose contrastive loss scores every image of "
+                              f"the batch against every caption, but config.finetune.accumulate_steps is "
+                              f"{c.finetune.accumulate_steps}: micro-batches would score fewer pairs, another loss. "
+                              f"Set accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) "
+                              f"for FLYP.")
         if not entry.batch_mean:
             raise ConfigError(f"config.finetune.methods.{name} uses {entry.name!r}, a penalty of the whole batch (a "
                               f"matrix norm), but config.finetune.accumulate_steps is {c.finetune.accumulate_steps}: "
                               f"averaged over micro-batches it would be another penalty. Set accumulate_steps=1 "
                               f"(with a batch that fits) for this method's run.")
+
+
+def _check_corruptions(c: ml_collections.ConfigDict) -> None:
+    """CIFAR-10-C / -100-C read `corruptions.names` (known ones, each once) at `corruptions.severity`."""
+    names, severity, known = c.corruptions.names, c.corruptions.severity, CORRUPTIONS + EXTRA_CORRUPTIONS
+    how = "--config.corruptions.names='(\"fog\", \"snow\")'"
+    if isinstance(names, str) or not names:
+        raise ConfigError(f"config.corruptions.names is {names!r}; it must be a tuple of one or more corruption names "
+                          f"from {', '.join(known)} (e.g. {how}).")
+    unknown = [n for n in names if n not in known]
+    if unknown or len(set(names)) < len(names):
+        what = f"has unknown corruptions {unknown}" if unknown else f"names a corruption twice ({list(names)})"
+        raise ConfigError(f"config.corruptions.names {what}; CIFAR-10-C and CIFAR-100-C have {', '.join(known)} (the "
+                          f"first 15 are the benchmark's and the default). Set it with {how}.")
+    if isinstance(severity, bool) or severity not in SEVERITIES:
+        raise ConfigError(f"config.corruptions.severity is {severity!r}; it must be an integer from 1 to 5 (the "
+                          f"strength of the CIFAR-10-C / -100-C corruptions; 5 in the reference). Set it with "
+                          f"--config.corruptions.severity=3.")
 
 
 def _check_relations(c: ml_collections.ConfigDict) -> None:

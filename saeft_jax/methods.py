@@ -1,8 +1,9 @@
 """Fine-tuning methods: what `config.finetune.methods` holds and how it is checked.
 
 The mapping's keys name the methods (their directories under `finetune/` and `evaluate/`, their
-keys in the report); each value holds the `regularizer` it trains with, its weight `reg_lambda`
-and every hyperparameter that regularizer declares. `method(...)` builds such an entry with the
+keys in the report); each value holds its `recipe` (what is trained: `RECIPES`), the
+`regularizer` it trains with, its weight `reg_lambda` and every hyperparameter that regularizer
+declares. `method(...)` builds such an entry with the
 declared defaults filled in, so `--config.finetune.methods.<name>.<hyperparameter>=v` works for
 each of them and a misspelt one is rejected by name before anything runs.
 """
@@ -19,26 +20,39 @@ import ml_collections
 from saeft_jax import regularizers, storage
 from saeft_jax.errors import ConfigError
 
-SETTINGS = ("regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
+SETTINGS = ("recipe", "regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
 RESERVED = ("zeroshot",)  # the report's zero-shot run
 
+RECIPES = {  # what a method trains, and from where
+    "finetune": "the image encoder and the head, from the zero-shot head, cross-entropy (+ the penalty)",
+    "linear_probe": "the head alone, by logistic regression on the frozen embeddings (stage probe)",
+    "lp_ft": "LP-FT: the image encoder and the head, from the linear probe's head (+ the penalty)",
+    "flyp": "FLYP: both towers and logit_scale, CLIP's contrastive loss on captions of the labels (+ the penalty)",
+}
+RECIPE_LABELS = {"linear_probe": "linear probe", "lp_ft": "LP-FT", "flyp": "FLYP"}  # in the report's method lines
+PROBE_RECIPES = ("linear_probe", "lp_ft")  # the recipes that read the probe stage's head
 
-def method(regularizer: str = "none", reg_lambda: float | None = None, *, sae: str = "", checkpoint: str = "",
-           **hparams: Any) -> ml_collections.ConfigDict:
-    """A `config.finetune.methods` entry: `regularizer`, `reg_lambda` (required unless the
+
+def method(regularizer: str = "none", reg_lambda: float | None = None, *, recipe: str = "finetune", sae: str = "",
+           checkpoint: str = "", **hparams: Any) -> ml_collections.ConfigDict:
+    """A `config.finetune.methods` entry: its `recipe` (`RECIPES`: plain fine-tuning, the
+    linear probe, LP-FT or FLYP), `regularizer`, `reg_lambda` (required unless the
     regularizer penalizes nothing), for an SAE-based regularizer the name of its SAE in
     `config.saes` (`""`: the first SAE of the kind it reads, `main` if that is one, else by
-    name), and every hyperparameter the regularizer declares (its default unless given here). `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a
-    Hugging Face CLIP directory, with its head in `head.safetensors` or else the zero-shot head
-    of its own text tower): evaluated and analysed like the run's own, never trained."""
+    name), and every hyperparameter the regularizer declares (its default unless given here).
+    `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a Hugging Face CLIP directory, with
+    its head in `head.safetensors` or else the zero-shot head of its own text tower): evaluated
+    and analysed like the run's own, never trained."""
     entry = _entry(regularizer, "method(...)")
     where = f"method({regularizer!r}, ...)"
     _reject_unknown(entry, hparams, where)
+    _check_recipe(recipe, entry, checkpoint, where, f"{where}: recipe")
     if checkpoint and entry.penalizes:
         raise ConfigError(f"{where}: a method with a checkpoint is not trained, so it takes no regularizer; use "
                           f"method(checkpoint={checkpoint!r}).")
-    return ml_collections.ConfigDict({"regularizer": regularizer, "reg_lambda": _reg_lambda(entry, reg_lambda, where),
-                                      "sae": sae, "checkpoint": checkpoint, **entry.hparams, **hparams})
+    return ml_collections.ConfigDict({"recipe": recipe, "regularizer": regularizer,
+                                      "reg_lambda": _reg_lambda(entry, reg_lambda, where), "sae": sae,
+                                      "checkpoint": checkpoint, **entry.hparams, **hparams})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +65,12 @@ class Method:
     hparams: Mapping[str, Any]
     sae: str | None = None  # the name of its SAE in config.saes, for an SAE-based regularizer
     checkpoint: str | None = None  # a model fine-tuned elsewhere, imported instead of trained
+    recipe: str = "finetune"  # what it trains (RECIPES)
+
+    @property
+    def uses_probe(self) -> bool:
+        """Whether it reads the probe stage's head (the linear probe, LP-FT)."""
+        return self.recipe in PROBE_RECIPES
 
     def penalty(self):
         """The regularizer with this method's hyperparameters bound (`Regularizer.bind`)."""
@@ -66,15 +86,17 @@ class Method:
         if self.checkpoint:
             return {"checkpoint": self.checkpoint}
         sae = {"sae": self.sae} if self.sae else {}
-        return {"regularizer": self.regularizer.name, "reg_lambda": self.reg_lambda, **sae, **self.hparams}
+        return {"recipe": self.recipe, "regularizer": self.regularizer.name, "reg_lambda": self.reg_lambda, **sae,
+                **self.hparams}
 
     def label(self) -> str:
         """`name` (regularizer when it is not the name, reg_lambda, hyperparameters off their defaults)."""
         if self.checkpoint:
             return f"`{self.name}` (fine-tuned elsewhere: `{self.checkpoint}`)"
+        recipe = [] if self.recipe == "finetune" else [RECIPE_LABELS[self.recipe]]
         if not self.regularizer.penalizes:
-            return f"`{self.name}` (plain fine-tuning)"
-        parts = [] if self.name == self.regularizer.name else [f"`{self.regularizer.name}`"]
+            return f"`{self.name}` ({', '.join(recipe) or 'plain fine-tuning'})"
+        parts = recipe + ([] if self.name == self.regularizer.name else [f"`{self.regularizer.name}`"])
         parts.append(f"reg_lambda {self.reg_lambda:g}")
         parts += [f"SAE `{self.sae}`"] if self.sae else []
         parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.hparams.items()
@@ -105,12 +127,14 @@ def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",),
         reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
         sae = _sae(entry, settings.pop("sae", ""), saes, kinds or {}, where)
         checkpoint = settings.pop("checkpoint", "") or None
+        recipe = settings.pop("recipe", "finetune")
+        _check_recipe(recipe, entry, checkpoint, where, f"{where}.recipe")
         if checkpoint and entry.penalizes:
             raise ConfigError(f"{where}: a method with a checkpoint is not trained, so it takes no regularizer "
                               f"({entry.name!r} given); leave {where}.regularizer at 'none'.")
         settings = _without_other_defaults(entry, settings)
         _reject_unknown(entry, settings, where)
-        checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings}, sae, checkpoint)
+        checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings}, sae, checkpoint, recipe)
     return checked
 
 
@@ -119,9 +143,28 @@ def filled(methods: ml_collections.ConfigDict, saes: tuple[str, ...],
     """`methods` with every declared hyperparameter and each SAE name present (a config that
     wrote an entry by hand, or switched a regularizer)."""
     checked = from_config(methods, saes, kinds)
-    return ml_collections.ConfigDict({name: {"regularizer": m.regularizer.name, "reg_lambda": m.reg_lambda,
+    return ml_collections.ConfigDict({name: {"recipe": m.recipe, "regularizer": m.regularizer.name,
+                                             "reg_lambda": m.reg_lambda,
                                              "sae": m.sae or "", "checkpoint": m.checkpoint or "", **m.hparams}
                                       for name, m in checked.items()})
+
+
+def _check_recipe(recipe: str, entry: regularizers.Regularizer, checkpoint: str | None, where: str,
+                  key: str) -> None:
+    """A known recipe, which a linear probe (nothing but the head trained) and a checkpoint method
+    (nothing trained) combine with no regularizer and the other recipes."""
+    if recipe not in RECIPES:
+        close = difflib.get_close_matches(str(recipe), RECIPES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = "; ".join(f"{name!r}: {what}" for name, what in RECIPES.items())
+        raise ConfigError(f"{key}: unknown recipe {recipe!r}{hint}. Known recipes: {known}.")
+    if checkpoint and recipe != "finetune":
+        raise ConfigError(f"{where}: a method with a checkpoint is imported, not trained, so it takes no recipe "
+                          f"({recipe!r} given); leave the recipe at 'finetune'.")
+    if recipe == "linear_probe" and entry.penalizes:
+        raise ConfigError(f"{where}: the linear probe trains the head on frozen embeddings, which a penalty on the "
+                          f"encoder's features cannot change; leave its regularizer at 'none' (LP-FT, "
+                          f"recipe='lp_ft', fine-tunes from the probe and takes a regularizer).")
 
 
 def _sae(entry: regularizers.Regularizer, sae: str, saes: tuple[str, ...], kinds: Mapping[str, str],

@@ -1,4 +1,4 @@
-"""Runs the stages in order (zeroshot -> features -> sae -> finetune -> evaluate -> report),
+"""Runs the stages in order (zeroshot -> features -> sae -> probe -> finetune -> evaluate -> report),
 skipping each whose artifact is complete, so the same command continues a stopped run and does
 nothing after a finished one."""
 
@@ -18,7 +18,7 @@ from etils import epath
 from saeft_jax import curves, preflight, storage
 from saeft_jax.config import SAE_DEFAULTS, base_config
 from saeft_jax.errors import UsageError
-from saeft_jax.stages import completion, features, finetuned, heads, report, scores, trained_sae
+from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
 from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
@@ -49,14 +49,31 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
             raise UsageError(f"{path} is damaged ({error}), so this run cannot tell whether the workdir holds a run of "
                              f"the same config. If it does, delete {path} and rerun; otherwise use a new "
                              f"--workdir.") from error
-        before = {k: v for k, v in _flat(recorded).items() if k not in OPERATIONAL}
-        now = {k: v for k, v in _flat(resolved).items() if k not in OPERATIONAL}
+        ignored = OPERATIONAL | _unread(config, _flat(recorded) | _flat(resolved))
+        before = {k: v for k, v in _flat(recorded).items() if k not in ignored}
+        now = {k: v for k, v in _flat(resolved).items() if k not in ignored}
         defaults = _flat(json.loads(base_config().to_json_best_effort()))
         differ = sorted(k for k in before.keys() | now.keys()
                         if before.get(k, _default(k, defaults)) != now.get(k, _default(k, defaults)))
         if differ:
             raise UsageError(f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
                              f"--workdir, or the same config to continue that run.")
+
+
+def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
+    """The keys of `keys` that nothing in this run reads, so that they change nothing: the linear
+    probe's without a method that reads the probe, the corruptions' without CIFAR-10-C / -100-C."""
+    from saeft_jax.data.registry import CORRUPTED, suite
+    from saeft_jax.methods import PROBE_RECIPES
+
+    probed = any(m.get("recipe") in PROBE_RECIPES for m in config.finetune.methods.values())
+    try:
+        in_distribution, shifts = suite(config.eval_suite)
+    except KeyError:  # named in the refusal of the run itself (preflight)
+        in_distribution, shifts = None, ()
+    corrupted = bool(set(CORRUPTED) & {config.train_dataset, in_distribution, *shifts})
+    unread = ([] if probed else ["probe."]) + ([] if corrupted else ["corruptions."])
+    return {key for key in keys if any(key.startswith(prefix) for prefix in unread)}
 
 
 def _default(key: str, defaults: dict):
@@ -66,6 +83,8 @@ def _default(key: str, defaults: dict):
     parts = key.split(".")
     if parts[0] == "saes" and len(parts) == 3:
         return SAE_DEFAULTS.get(parts[2], _MISSING)
+    if parts[:2] == ["finetune", "methods"] and parts[3:] == ["recipe"]:
+        return "finetune"
     return defaults.get(key, _MISSING)
 
 
@@ -152,6 +171,7 @@ def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ..
     plan = [(("zeroshot",), heads.run_stage, ()), (("features",), features.run_stage, ())]
     plan += [(("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),))
              for name in run.config.saes]
+    plan += [(("probe",), probe.run_stage, (("features",),))] if probe.wanted(run) else []
     for name, method in run.methods.items():
         plan.append((("finetune", name), functools.partial(finetuned.run_stage, name=name),
                      finetuned.made_from(run, method)))
@@ -160,6 +180,11 @@ def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ..
                      (("finetune", name), ("zeroshot",))))
     plan.append((("report",), report.run_stage, tuple(("evaluate", name) for name in run.methods)))
     return plan
+
+
+def _features_read(run: Run, wanted: set[str]) -> bool:
+    """Whether a wanted stage reads the features: the SAEs, the probe, the teacher cache."""
+    return "sae" in wanted or ("probe" in wanted and probe.wanted(run)) or run.config.finetune.teacher_cache
 
 
 def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command: str) -> epath.Path | None:
@@ -183,7 +208,7 @@ def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) 
     wanted = set(config.stages)
     for parts, function, needs in _plan(run):
         stage, label = parts[0], "/".join(parts)
-        if stage not in wanted or (stage == "features" and "sae" not in wanted and not config.finetune.teacher_cache):
+        if stage not in wanted or (stage == "features" and not _features_read(run, wanted)):
             continue
         if run.done(*parts) is not None:
             _say(run, f"stage {label}: complete, skipped")

@@ -105,6 +105,13 @@ def save_npz(target: epath.Path, **arrays: np.ndarray) -> None:
     write_atomic(target, buffer.getvalue())
 
 
+def save_npy(target: epath.Path, array: np.ndarray) -> None:
+    """`np.save` of `array`, written atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(target, buffer.getvalue())
+
+
 def load_npz(source: epath.Path) -> dict[str, np.ndarray]:
     """Every array of an `.npz` file, read whole."""
     with np.load(io.BytesIO(source.read_bytes())) as arrays:

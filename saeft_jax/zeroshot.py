@@ -1,4 +1,5 @@
-"""Builds the zero-shot head from class names and prompt templates through the text tower."""
+"""Builds the zero-shot head from class names and prompt templates through the text tower (and
+tokenizes those prompts, also FLYP's captions)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,25 @@ def build_zeroshot_head(model: CLIP, params: dict, tokenizer: Any, classnames: S
     bad = [t for t in templates if "{}" not in t]
     if bad:
         raise ValueError(f"templates must contain '{{}}' where the class name goes; these do not: {bad}")
-    prompts = [t.format(c) for c in classnames for t in templates]
-    context = model.config.text.max_position_embeddings
+    prompts = caption_ids(tokenizer, classnames, templates, model.config.text.max_position_embeddings)
+    prompts = prompts.reshape(-1, prompts.shape[-1])
     encode = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=model.encode_text))
     chunks = []
     bar = progress(len(prompts), "zero-shot head", enabled=show_progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        ids = tokenizer(batch, padding="max_length", truncation=True, max_length=context,
-                        return_tensors="np")["input_ids"].astype(np.int32)
-        padded = np.pad(ids, ((0, batch_size - len(batch)), (0, 0)), constant_values=tokenizer.pad_token_id)
-        chunks.append(np.asarray(encode(params, jnp.asarray(padded)))[: len(batch)])
-        bar.update(len(batch))
+        ids = prompts[start:start + batch_size]
+        padded = np.pad(ids, ((0, batch_size - len(ids)), (0, 0)), constant_values=tokenizer.pad_token_id)
+        chunks.append(np.asarray(encode(params, jnp.asarray(padded)))[: len(ids)])
+        bar.update(len(ids))
     bar.close()
     embeddings = np.concatenate(chunks).reshape(len(classnames), len(templates), -1)
     return zeroshot_weights(jnp.asarray(embeddings), params["logit_scale"])
+
+
+def caption_ids(tokenizer: Any, classnames: Sequence[str], templates: Sequence[str], context: int) -> np.ndarray:
+    """(C, T, context) int32 token ids of `template.format(classname)` for every class and template,
+    padded to the model's context length as CLIP was trained."""
+    prompts = [t.format(c) for c in classnames for t in templates]
+    ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=context,
+                    return_tensors="np")["input_ids"].astype(np.int32)
+    return ids.reshape(len(classnames), len(templates), context)

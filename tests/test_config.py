@@ -64,8 +64,9 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
 
 def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
-    assert dict(entry) == {"regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "", "checkpoint": "",
-                           "lambda_l1": 1e-3, "lambda_kl": 0.5, "mu": 1.0, "reference_raw_inputs": False}
+    assert dict(entry) == {"recipe": "finetune", "regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "",
+                           "checkpoint": "", "lambda_l1": 1e-3, "lambda_kl": 0.5, "mu": 1.0,
+                           "reference_raw_inputs": False}
     assert method("none").reg_lambda == 0.0
     with pytest.raises(ConfigError, match=r"regularizer 'mse' needs a positive weight reg_lambda.*none is given"):
         method("mse")
@@ -201,3 +202,49 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
     config.saes.main.kind = "svd"
     with pytest.raises(ConfigError, match=r"config.saes.main.kind is 'svd'"):
         finish(config)
+
+
+def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tmp_path):
+    config = parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.recipe=lp_ft",
+                    "--config.probe.l2s=(1e-5,)"])
+    checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
+    assert checked["sae_add_remove"].recipe == "lp_ft" and checked["sae_add_remove"].uses_probe
+    assert checked["none"].recipe == "finetune" and tuple(config.probe.l2s) == (1e-5,)
+    with pytest.raises(ConfigError, match=r"unknown recipe 'lpft' \(did you mean 'lp_ft'\?\)"):
+        parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=lpft"])
+    with pytest.raises(ConfigError, match="leave its regularizer at 'none'"):
+        method("mse", reg_lambda=1.0, recipe="linear_probe")
+    with pytest.raises(ConfigError, match="takes no recipe"):
+        method(checkpoint="/somewhere", recipe="flyp")
+    with pytest.raises(ConfigError, match="contrastive loss scores every image"):
+        parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=flyp",
+               "--config.finetune.accumulate_steps=2"])
+    with pytest.raises(ConfigError, match="probe.l2s"):
+        parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=()"])
+
+
+def test_a_probe_with_several_weights_and_no_validation_split_exits_2_before_any_work(tmp_path):
+    workdir = tmp_path / "never"
+    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", "--config.finetune.val_dataset=",
+                  "--config.finetune.methods.none.recipe=linear_probe")
+    assert_one_paragraph(result, "config.probe.l2s lists 3 weights", "val_fraction", "--config.probe.l2s='(1e-5,)'")
+    assert not workdir.exists()  # refused with the config, before the demo's data or model were made
+
+
+def test_a_workdir_accepts_changes_to_keys_nothing_in_its_run_reads(tmp_path):
+    from etils import epath
+
+    from saeft_jax.errors import UsageError
+    from saeft_jax.pipeline import check_config, record_config
+
+    recorded = parse(["--config=configs/demo.py:smoke"])
+    record_config(recorded, epath.Path(tmp_path))
+    # no method reads the probe and no dataset is CIFAR-C: their keys change nothing
+    check_config(parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)",
+                        "--config.corruptions.severity=3"]), epath.Path(tmp_path))
+    with pytest.raises(UsageError, match="different: finetune.lr"):
+        check_config(parse(["--config=configs/demo.py:smoke", "--config.finetune.lr=0.5"]), epath.Path(tmp_path))
+    probed = ["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=linear_probe"]
+    record_config(parse(probed), epath.Path(tmp_path))
+    with pytest.raises(UsageError, match="different: probe.l2s"):  # now the probe is read
+        check_config(parse([*probed, "--config.probe.l2s=(1e-5,)"]), epath.Path(tmp_path))

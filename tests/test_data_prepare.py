@@ -292,3 +292,38 @@ def test_hidden_folders_are_no_classes_and_dangling_links_are_listed(tmp_path):
     assert info["classnames"] == ["cat", "dog"] and info["splits"] == {"test": 2}  # labels unshifted
     assert any(p.endswith(".ipynb_checkpoints") for p in info["ignored"]["test"])
     assert any(p.endswith("gone.png") for p in info["ignored"]["test"])
+
+
+def test_splits_joined_with_plus_are_read_one_after_another(tmp_path):
+    for split, seed in (("a", 0), ("b", 20)):
+        for i in range(2):
+            write_image(tmp_path / split / "cls" / f"{i}.png", seed + i)
+        prepare.prepare("folder", tmp_path / split, tmp_path / "data", name="x", split=split, show_progress=False)
+    joined = sources.open_source(folder_spec("x", "b+a", classes=1), tmp_path / "data")
+    firsts = [sources.open_source(folder_spec("x", s, classes=1), tmp_path / "data")[0]["image"] for s in "ba"]
+    assert len(joined) == 4
+    np.testing.assert_array_equal(joined[0]["image"], firsts[0])
+    np.testing.assert_array_equal(joined[2]["image"], firsts[1])
+    with pytest.raises(sources.DatasetNotPrepared, match=r"has no split 'c' \(it has \['a', 'b'\]\)"):
+        sources.open_source(folder_spec("x", "a+c", classes=1), tmp_path / "data")
+
+
+def test_grayscale_tfds_images_come_out_rgb_as_prepared_ones_do(tmp_path):
+    import tensorflow_datasets as tfds
+
+    gray = np.random.RandomState(3).randint(0, 256, (6, 5), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")  # a prepared grayscale PNG is converted on decoding
+    prepared = prepare.records.decode_image((tmp_path / "g.png").read_bytes())
+    with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw: [
+            {"image": gray[..., None], "label": 0}, {"image": gray, "label": 1}]):
+        source = sources.open_source(dataset_spec("caltech101"), "/tmp/unused")
+        for i in range(2):
+            assert source[i]["image"].shape == (6, 5, 3)
+            np.testing.assert_array_equal(source[i]["image"], prepared)
+
+
+def test_a_count_check_names_the_first_problems_and_counts_the_rest():
+    listing = prepare.Listing({f"s{i}": [] for i in range(3)}, ("a",))
+    with pytest.raises(prepare.PreparationError, match=r"split s0: 0 images, expected 1; .*split s5: 0 images, "
+                                                       r"expected 1; and 4 more\. A partial download"):
+        prepare._check_counts("x", {"splits": {f"s{i}": 1 for i in range(10)}}, listing)

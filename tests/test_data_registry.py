@@ -94,3 +94,20 @@ def test_wilds_label_spaces():
     assert len(dataset_spec("iwildcam_id").classnames) == 182 and dataset_spec("iwildcam_ood").metric == "macro_f1"
     assert len(dataset_spec("fmow_id").classnames) == 62 and dataset_spec("fmow_ood").metric == "worst_group"
     assert labels.FMOW_REGIONS[dataset_spec("fmow_ood").ignored_groups[0]] == "Other"
+
+
+def test_every_spec_of_a_label_space_names_the_same_classes():
+    """The zero-shot head of a label space is built from whichever of its specs a run meets first
+    (saeft_jax.stages.heads), so every spec with fixed names must give that space's names."""
+    from saeft_jax.data import registry
+
+    by_space: dict[str, set] = {}
+    for name in registry._SPECS:
+        spec = dataset_spec(name)
+        if spec.fixed_classnames is not None and spec.logit_sets is None:
+            by_space.setdefault(spec.label_space, set()).add(spec.classnames)
+    assert all(len(names) == 1 for names in by_space.values()), {s: len(n) for s, n in by_space.items()}
+    assert {"cifar10", "cifar100", "fgvc_aircraft", "dsprites_shape", "dsprites_y"} <= set(by_space)
+    for name in registry.TRANSFER_SETS:  # training, validation and test splits share one head
+        names = [n for n in (f"{name}_train", registry.validation_of(name), name) if n]
+        assert {dataset_spec(n).label_space for n in names} == {name}

@@ -1,9 +1,11 @@
 """Label spaces shipped as package data: ImageNet class names, prompt templates, the ImageNet-R
-and -A class subsets, the ObjectNet-to-ImageNet mapping, and the iWildCam and FMoW class names."""
+and -A class subsets, the ObjectNet-to-ImageNet mapping, the iWildCam, FMoW, CIFAR, FGVC-Aircraft
+and dSprites class names, and the corruptions of CIFAR-10-C / CIFAR-100-C."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 from importlib import resources
@@ -11,6 +13,15 @@ from importlib import resources
 _ASSETS = resources.files("saeft_jax.data") / "assets"
 # WILDS FMoW's regions; its worst-region accuracy leaves out "Other" (few images, no single region).
 FMOW_REGIONS = ("Asia", "Europe", "Africa", "Americas", "Oceania", "Other")
+# Hendrycks' CIFAR-10-C / CIFAR-100-C: the 15 corruptions of the benchmark (the order of its paper),
+# then the 4 extra ones released with them. Each `<name>.npy` holds the 10,000 test images at
+# severity 1, then at 2, ..., 5.
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+SEVERITIES = (1, 2, 3, 4, 5)
+DSPRITES_TASKS = ("shape", "scale", "orientation", "x", "y")
 
 
 def _read(name: str) -> str:
@@ -75,3 +86,42 @@ def iwildcam_classnames() -> tuple[str, ...]:
 def fmow_classnames() -> tuple[str, ...]:
     """The 62 FMoW (WILDS) categories, by label, with underscores read as spaces."""
     return tuple(name.replace("_", " ") for name in json.loads(_read("fmow_classnames.json")))
+
+
+@functools.cache
+def cifar_classnames(space: str) -> tuple[str, ...]:
+    """The classes of `cifar10` or `cifar100` (fine labels), in label order, underscores read as
+    spaces (CIFAR-10.1, -10.2 and -C share CIFAR-10's labels; CIFAR-100-C CIFAR-100's)."""
+    return tuple(name.replace("_", " ") for name in json.loads(_read("cifar_classnames.json"))[space])
+
+
+@functools.cache
+def fgvc_aircraft_variants() -> tuple[str, ...]:
+    """FGVC-Aircraft's 100 variants, in the order of its `variants.txt` (their labels)."""
+    return tuple(line.strip() for line in _read("fgvc_aircraft_variants.txt").splitlines() if line.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class DspritesTask:
+    """One dSprites latent factor as a classification task: the TFDS feature holding its label,
+    its class names (a text tower can read them) and its prompt templates."""
+
+    label_key: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+@functools.cache
+def dsprites(task: str) -> DspritesTask:
+    """The dSprites task `task` (one of `DSPRITES_TASKS`): shapes by name; scales by value (0.5 to
+    1); orientations in degrees (40 steps over [0, 360], both ends included, as dSprites has them);
+    x and y positions in percent of the canvas (32 steps)."""
+    if task not in DSPRITES_TASKS:
+        raise KeyError(f"unknown dSprites task {task!r}; known: {DSPRITES_TASKS}")
+    entry = json.loads(_read("dsprites.json"))[task]
+    return DspritesTask(entry["label_key"], tuple(entry["classnames"]), tuple(entry["templates"]))
+
+
+def corruption_split(name: str, severity: int) -> str:
+    """The prepared split holding corruption `name` at `severity` (e.g. `fog_5`)."""
+    return f"{name}_{severity}"

@@ -109,11 +109,12 @@ def _local_iterator(ordered: grain.MapDataset, share: Share, length: int, num_wo
     return iter(dataset)
 
 
-TRAIN_FIELDS = {"image": "images", "label": "labels", "teacher": "teacher"}  # element key -> batch key
+TRAIN_FIELDS = {"image": "images", "label": "labels", "teacher": "teacher",  # element key -> batch key
+                "template": "templates"}
 
 
 class _TrainBatches:
-    """Batches as the train step takes them, `{"images", "labels"[, "teacher"]}`, with the
+    """Batches as the train step takes them, `{"images", "labels"[, "teacher"][, "templates"]}`, with the
     iterator's `get_state`/`set_state`."""
 
     def __init__(self, batches: grain.DatasetIterator):
@@ -134,23 +135,29 @@ class _TrainBatches:
 
 
 def train_batches(source, *, share: Share, seed: int, transform: Callable, teacher: np.ndarray | NpyRows | None = None,
-                  num_workers: int = 0, num_threads: int = 4) -> _TrainBatches:
-    """Endless `{"images", "labels"[, "teacher"]}` batches of this process's share, in an order shuffled
-    anew each epoch. `transform(image, rng)` makes the model input (e.g. `preprocess.train_transform`);
-    `teacher` (N, d) (an array or `NpyRows`), indexed like `source`, adds each example's cached
-    zero-shot embedding.
+                  templates: int = 0, num_workers: int = 0, num_threads: int = 4) -> _TrainBatches:
+    """Endless `{"images", "labels"[, "teacher"][, "templates"]}` batches of this process's share, in an
+    order shuffled anew each epoch. `transform(image, rng)` makes the model input (e.g.
+    `preprocess.train_transform`); `teacher` (N, d) (an array or `NpyRows`), indexed like `source`,
+    adds each example's cached zero-shot embedding; `templates` T > 0 adds a caption template index
+    in [0, T) for each example, drawn anew each epoch (FLYP's captions).
     The iterator has `get_state`/`set_state` and resumes exactly."""
     ordered = (grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
-               .map(_Read(source, teacher)).random_map(_Transform(transform)))
+               .map(_Read(source, teacher)).random_map(_Transform(transform, templates)))
     return _TrainBatches(_local_iterator(ordered, share, len(ordered) // share.process_count, num_workers, num_threads))
 
 
 class _Transform:
-    def __init__(self, transform: Callable):
-        self.transform = transform
+    """Picklable random map: the image transformed, and with `templates` a template index drawn."""
+
+    def __init__(self, transform: Callable, templates: int = 0):
+        self.transform, self.templates = transform, templates
 
     def __call__(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        return {**element, "image": self.transform(element["image"], rng)}
+        out = {**element, "image": self.transform(element["image"], rng)}
+        if self.templates:
+            out["template"] = np.int32(rng.integers(self.templates))
+        return out
 
 
 class _Padded:

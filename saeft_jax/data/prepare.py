@@ -1,9 +1,18 @@
-"""Prepares image folders and WILDS folders as ArrayRecord datasets, once, checking counts.
+"""Prepares image folders, WILDS folders and image arrays as ArrayRecord datasets, once, checking counts.
 
-    python -m saeft_jax.data.prepare objectnet --source=/data/objectnet-1.0 --data_dir=~/tensorflow_datasets
-    python -m saeft_jax.data.prepare iwildcam  --source=/data/iwildcam_v2.0  --data_dir=...
-    python -m saeft_jax.data.prepare fmow      --source=/data/fmow_v1.1      --data_dir=...
-    python -m saeft_jax.data.prepare folder    --source=/data/mine --name=mine --split=test --data_dir=...
+    python -m saeft_jax.data.prepare objectnet     --source=/data/objectnet-1.0 --data_dir=~/tensorflow_datasets
+    python -m saeft_jax.data.prepare iwildcam      --source=/data/iwildcam_v2.0  --data_dir=...
+    python -m saeft_jax.data.prepare fmow          --source=/data/fmow_v1.1      --data_dir=...
+    python -m saeft_jax.data.prepare fgvc_aircraft --source=/data/fgvc-aircraft-2013b --data_dir=...
+    python -m saeft_jax.data.prepare cifar10_2     --source=/data/cifar-10.2     --data_dir=...   # cifar102_test.npz
+    python -m saeft_jax.data.prepare cifar10_c     --source=/data/CIFAR-10-C     --data_dir=...   # <corruption>.npy
+    python -m saeft_jax.data.prepare cifar100_c    --source=/data/CIFAR-100-C    --data_dir=...
+    python -m saeft_jax.data.prepare folder        --source=/data/mine --name=mine --split=test --data_dir=...
+
+Images held in arrays (CIFAR-10.2's .npz, CIFAR-C's .npy, memory-mapped) are stored as PNG, so
+they read back exactly. CIFAR-10-C / -100-C become one split per corruption and severity,
+`<corruption>_<severity>` (`fog_5`), 10,000 images each; every corruption file in the folder is
+prepared, the 15 of the benchmark are required (see `labels.CORRUPTIONS`).
 
 The result lives in `DATA_DIR/saeft/<name>/` (see `saeft_jax.data.records`); splits prepared one
 at a time under the same name accumulate in its `info.json`. Every image is decoded once here,
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -27,7 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from etils import epath
+from PIL import Image
 
 from saeft_jax import storage
 from saeft_jax.data import labels, records
@@ -42,6 +54,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
                                             "id_test": 8154}},
     "fmow": {"classes": 62, "splits": {"train": 76863, "id_val": 11483, "id_test": 11327, "val": 19915,
                                        "test": 22108}},
+    # FGVC-Aircraft 2013b's variant splits; CIFAR-10.2's test set; CIFAR-C: 10,000 per corruption and severity.
+    "fgvc_aircraft": {"classes": 100, "splits": {"train": 3334, "val": 3333, "test": 3333}},
+    "cifar10_2": {"classes": 10, "splits": {"test": 2000}},
+    **{name: {"classes": classes, "splits": {labels.corruption_split(c, s): 10_000 for c in labels.CORRUPTIONS
+                                             for s in labels.SEVERITIES}}
+       for name, classes in (("cifar10_c", 10), ("cifar100_c", 100))},
 }
 
 
@@ -49,13 +67,16 @@ class PreparationError(UsageError):
     """The source folder is not what the preparation expects; the message says what differs."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: CIFAR-10-C lists 950,000 of them
 class Example:
-    """One image file with its label and group (a location or region; -1 when none)."""
+    """One image with its label and group (a location or region; -1 when none): the image file
+    `path`, or row `row` of `pixels`, the uint8 (N, H, W, C) array read from the file `path`."""
 
     path: Path
     label: int
     group: int = -1
+    row: int = -1
+    pixels: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass
@@ -77,7 +98,7 @@ def prepared_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
 def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *, name: str | None = None,
             split: str = "test", check_counts: bool = True, skip_corrupt: bool = False,
             expected: dict[str, int] | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Prepares `source` (layout `kind`: objectnet, iwildcam, fmow or folder) and returns its info.
+    """Prepares `source` (layout `kind`: one of `LAYOUTS` or folder) and returns its info.
 
     `expected` ({"images": N, "classes": C}, either may be left out) states a folder dataset's
     size. The splits prepared join those already in the dataset's `info.json`."""
@@ -86,8 +107,7 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
     source = Path(source).expanduser()
     if not source.is_dir():
         raise PreparationError(f"{source} is not a directory; pass the unpacked dataset folder as --source")
-    listing = {"objectnet": _objectnet, "iwildcam": _iwildcam, "fmow": _fmow,
-               "folder": lambda s: _folder(s, split)}[kind](source)
+    listing = _folder(source, split) if kind == "folder" else LAYOUTS[kind](source)
     _refuse_links_out(source, listing)
     if check_counts and kind in EXPECTED:
         _check_counts(kind, EXPECTED[kind], listing)
@@ -138,8 +158,8 @@ def _joined_info(out: epath.Path, name: str, listing: Listing) -> dict[str, Any]
 
 def _refuse_links_out(source: Path, listing: Listing) -> None:
     root = source.resolve()
-    outside = [str(e.path) for examples in listing.splits.values() for e in examples
-               if not e.path.resolve().is_relative_to(root)]
+    paths = {e.path for examples in listing.splits.values() for e in examples}  # an array file holds many images
+    outside = sorted(str(p) for p in paths if not p.resolve().is_relative_to(root))
     if outside:
         raise PreparationError(f"{len(outside)} image path(s) under {source} lead outside it through links, e.g. "
                                f"{outside[:3]}; copy those images into the source folder (or remove the links) "
@@ -147,8 +167,11 @@ def _refuse_links_out(source: Path, listing: Listing) -> None:
 
 
 def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], bar) -> Iterator[bytes]:
-    """Records of `examples` in order; each image is decoded (in threads) to prove it is intact."""
+    """Records of `examples` in order; each image file is decoded (in threads) to prove it is
+    intact, each array row encoded as PNG."""
     def load(example: Example) -> tuple[Example, bytes, Exception | None]:
+        if example.pixels is not None:
+            return example, _png(example.pixels[example.row]), None
         data = example.path.read_bytes()
         try:
             records.decode_image(data, str(example.path))
@@ -165,7 +188,15 @@ def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], ba
                                            f"such files.")
                 skipped.append(str(example.path))
                 continue
-            yield records.encode(data, example.label, example.group, example.path.name)
+            name = example.path.name if example.pixels is None else f"{example.path.name}[{example.row}]"
+            yield records.encode(data, example.label, example.group, name)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """An image array as PNG bytes (lossless: it reads back exactly)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels).squeeze()).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _check_counts(name: str, expected: dict[str, Any], listing: Listing) -> None:
@@ -178,7 +209,8 @@ def _check_counts(name: str, expected: dict[str, Any], listing: Listing) -> None
     problems += [f"split {split}: {found.get(split, 0)} images, expected {count}"
                  for split, count in expected["splits"].items() if count is not None and found.get(split, 0) != count]
     if problems:
-        raise PreparationError(f"{name} does not have the expected size: {'; '.join(problems)}. A partial "
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise PreparationError(f"{name} does not have the expected size: {shown}. A partial "
                                f"download or the wrong folder? Pass --no_count_check (or other --expected_* "
                                f"values) to prepare it anyway.")
 
@@ -262,10 +294,100 @@ def _fmow_split(split: str, year: int) -> str | None:
     return "test" if split == "test" else None
 
 
+def _fgvc_aircraft(source: Path) -> Listing:
+    """fgvc-aircraft-2013b: data/images/<id>.jpg and data/images_variant_<split>.txt ("<id> <variant>")."""
+    data = source / "data" if (source / "data").is_dir() else source
+    variants_file = data / "variants.txt"
+    if not variants_file.exists():
+        raise PreparationError(f"{variants_file} is missing; expected the fgvc-aircraft-2013b folder "
+                               f"(data/variants.txt, data/images_variant_{{train,val,test}}.txt, data/images/*.jpg)")
+    variants = tuple(line.strip() for line in variants_file.read_text().splitlines() if line.strip())
+    if variants != labels.fgvc_aircraft_variants():
+        raise PreparationError(f"{variants_file} lists {len(variants)} variants that differ from FGVC-Aircraft 2013b's "
+                               f"100 (saeft_jax/data/assets/fgvc_aircraft_variants.txt), e.g. "
+                               f"{sorted(set(variants) ^ set(labels.fgvc_aircraft_variants()))[:3]}; use the 2013b "
+                               f"release, whose variant names and order are the labels here.")
+    label_of = {variant: i for i, variant in enumerate(variants)}
+    splits = {}
+    for split in ("train", "val", "test"):
+        listed = data / f"images_variant_{split}.txt"
+        if not listed.exists():
+            raise PreparationError(f"{listed} is missing; expected the fgvc-aircraft-2013b folder layout")
+        rows = [line.strip().split(" ", 1) for line in listed.read_text().splitlines() if line.strip()]
+        unknown = sorted({row[-1] for row in rows if len(row) < 2 or row[1] not in label_of})
+        if unknown:
+            raise PreparationError(f"{listed} names variants that variants.txt lacks: {unknown[:5]}")
+        splits[split] = [Example(data / "images" / f"{image}.jpg", label_of[variant]) for image, variant in rows]
+    missing = [str(e.path) for examples in splits.values() for e in examples if not e.path.is_file()]
+    if missing:
+        raise PreparationError(f"{len(missing)} images the split files list are missing, e.g. {missing[:3]}; "
+                               f"unpack the whole fgvc-aircraft-2013b archive.")
+    return Listing(splits, variants)
+
+
+def _cifar10_2(source: Path) -> Listing:
+    """The CIFAR-10.2 test set: cifar102_test.npz ("images" (2000, 32, 32, 3) uint8, "labels")."""
+    path = source / "cifar102_test.npz"
+    if not path.exists():
+        older = " (cifar102_test.npy is the older, pickled layout, which is not read)" if (
+            source / "cifar102_test.npy").exists() else ""
+        raise PreparationError(f"{path} is missing{older}; download cifar102_test.npz from "
+                               f"github.com/modestyachts/cifar-10.2 into that folder.")
+    with np.load(path) as arrays:  # no pickles: images and labels are plain arrays
+        images, truth = _images_array(path, arrays["images"]), arrays["labels"]
+    return Listing({"test": _rows(path, images, truth)}, labels.cifar_classnames("cifar10"))
+
+
+def _corrupted(source: Path, space: str) -> Listing:
+    """Hendrycks' CIFAR-10-C / CIFAR-100-C folder: labels.npy and `<corruption>.npy`, each of them
+    the test set at severities 1 to 5, one after another; one split per corruption and severity."""
+    labels_file = source / "labels.npy"
+    files = {c: source / f"{c}.npy" for c in labels.CORRUPTIONS + labels.EXTRA_CORRUPTIONS
+             if (source / f"{c}.npy").exists()}
+    if not labels_file.exists() or not files:
+        raise PreparationError(f"{source} lacks labels.npy or every <corruption>.npy (e.g. fog.npy); expected the "
+                               f"unpacked CIFAR-10-C / CIFAR-100-C folder of zenodo.org/record/2535967 / 3555552.")
+    truth = np.load(labels_file)
+    per_severity, rest = divmod(len(truth), len(labels.SEVERITIES))
+    if rest:
+        raise PreparationError(f"{labels_file} holds {len(truth)} labels, not {len(labels.SEVERITIES)} equal blocks "
+                               f"(one per severity); a partial download?")
+    splits = {}
+    for corruption, path in files.items():
+        images = _images_array(path, np.load(path, mmap_mode="r"))  # memory-mapped: read as it is encoded
+        if len(images) != len(truth):
+            raise PreparationError(f"{path} holds {len(images)} images but labels.npy {len(truth)} labels; each "
+                                   f"corruption file holds the test set at every severity. A partial download?")
+        for severity in labels.SEVERITIES:
+            rows = range((severity - 1) * per_severity, severity * per_severity)
+            splits[labels.corruption_split(corruption, severity)] = _rows(path, images, truth, rows)
+    return Listing(splits, labels.cifar_classnames(space))
+
+
+def _images_array(path: Path, images: np.ndarray) -> np.ndarray:
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise PreparationError(f"{path} holds a {images.dtype} array of shape {images.shape}; expected uint8 images "
+                               f"(N, height, width, channels).")
+    return images
+
+
+def _rows(path: Path, images: np.ndarray, truth: np.ndarray, rows: range | None = None) -> list[Example]:
+    """Examples of rows `rows` (default: all) of `images`, labelled by the same rows of `truth`."""
+    if len(images) != len(truth):
+        raise PreparationError(f"{path} holds {len(images)} images and {len(truth)} labels; they pair up row by row.")
+    rows = range(len(images)) if rows is None else rows
+    return [Example(path, int(truth[r]), row=r, pixels=images) for r in rows]
+
+
+LAYOUTS = {"objectnet": _objectnet, "iwildcam": _iwildcam, "fmow": _fmow, "fgvc_aircraft": _fgvc_aircraft,
+           "cifar10_2": _cifar10_2, "cifar10_c": lambda s: _corrupted(s, "cifar10"),
+           "cifar100_c": lambda s: _corrupted(s, "cifar100")}  # and "folder", which takes its --split
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m saeft_jax.data.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["objectnet", "iwildcam", "fmow", "folder"])
+    parser.add_argument("kind", choices=[*LAYOUTS, "folder"])
     parser.add_argument("--source", required=True, help="the unpacked dataset folder")
     parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
     parser.add_argument("--name", help="dataset name (default: the kind); required for folder")

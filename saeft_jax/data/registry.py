@@ -6,13 +6,22 @@ out-of-distribution dataset names. ImageNet-R and -A are scored on their 200-cla
 (logits restricted, in ascending ImageNet order, the order of their labels); ObjectNet on its 113
 ImageNet-overlapping classes, each the maximum over its ImageNet classes, after a 2-pixel border
 crop (its images carry a 1-pixel frame).
+
+Each transfer set of `TRANSFER_SETS` can be the fine-tuning set: `<name>_train` trains, `<name>`
+tests, `<name>_val` validates where the dataset has a validation split of its own (else
+`finetune.val_fraction` holds one out of the training split), and suite `transfer_<name>` scores
+its test split and its shifts (CIFAR-10: CIFAR-10.1, -10.2, -10-C; CIFAR-100: CIFAR-100-C).
+CIFAR-10-C / -100-C read the corruptions and severity `with_corruptions` selects (the run's
+`config.corruptions`). dSprites, one TFDS split of 737,280 images, gives five tasks (one per
+latent factor), split 80/10/10 into train, validation and test by TFDS split slicing: TFDS stores
+the examples in an order shuffled at preparation, so each slice is a random sample of the factors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +42,10 @@ class DatasetSpec:
     `label_of` maps stored labels to this dataset's classes where they differ (TFDS stores
     ImageNet-R/-A labels as ImageNet indices). `metric` is "top1", "macro_f1" (over classes
     present) or "worst_group" (accuracy of the worst `group`, e.g. FMoW's regions, leaving out
-    `ignored_groups`).
+    `ignored_groups`). `split` may join several prepared splits with "+" (CIFAR-10-C's
+    corruptions, read one after another) or slice a TFDS split ("train[:80%]"). `label_key` names
+    the TFDS feature holding the label (dSprites has one per factor); `binary` marks images stored
+    as 0/1 pixels (dSprites), read as 0/255.
     """
 
     name: str
@@ -50,13 +62,15 @@ class DatasetSpec:
     fixed_classnames: tuple[str, ...] | None = None
     prepare_kind: str = ""
     data_dir: str | None = None  # where TFDS class names are read from (None: TFDS's default)
+    label_key: str = "label"
+    binary: bool = False
 
     @property
     def classnames(self) -> tuple[str, ...]:
         """Names of this dataset's classes, in label order."""
         if self.fixed_classnames is not None:
             return self.fixed_classnames
-        return _tfds_classnames(self.location, self.data_dir)
+        return _tfds_classnames(self.location, self.data_dir, self.label_key)
 
     def project(self, logits):
         """(B, head classes) logits -> (B, dataset classes); works on NumPy and JAX arrays."""
@@ -76,11 +90,12 @@ class DatasetSpec:
 
 
 @functools.cache
-def _tfds_classnames(location: str, data_dir: str | None) -> tuple[str, ...]:
+def _tfds_classnames(location: str, data_dir: str | None, label_key: str) -> tuple[str, ...]:
     """The label names TFDS recorded when it prepared the dataset, underscores read as spaces."""
     import tensorflow_datasets as tfds
 
-    return tuple(n.replace("_", " ") for n in tfds.builder(location, data_dir=data_dir).info.features["label"].names)
+    names = tfds.builder(location, data_dir=data_dir).info.features[label_key].names
+    return tuple(n.replace("_", " ") for n in names)
 
 
 def _imagenet(name: str, location: str, split: str, **kw) -> DatasetSpec:
@@ -113,9 +128,61 @@ def _wilds(name: str, split: str) -> DatasetSpec:
                        prepare_kind="fmow")
 
 
-def _transfer(name: str, location: str, split: str = "test") -> DatasetSpec:
-    return DatasetSpec(name, "tfds", location, split, name, labels.templates("simple"))
+def _transfer(name: str, split: str, *, dataset: str, location: str) -> DatasetSpec:
+    return DatasetSpec(name, "tfds", location, split, dataset, labels.templates("simple"))
 
+
+def _cifar(name: str, split: str, *, space: str, location: str, source: str = "tfds") -> DatasetSpec:
+    """A dataset of CIFAR-10's or CIFAR-100's classes; prepared ones are prepared as `location`."""
+    return DatasetSpec(name, source, location, split, space, labels.templates("simple"),
+                       fixed_classnames=labels.cifar_classnames(space),
+                       prepare_kind=location if source == "prepared" else "")
+
+
+def _aircraft(name: str, split: str) -> DatasetSpec:
+    return DatasetSpec(name, "prepared", "fgvc_aircraft", split, "fgvc_aircraft", labels.templates("simple"),
+                       fixed_classnames=labels.fgvc_aircraft_variants(), prepare_kind="fgvc_aircraft")
+
+
+def _dsprites(name: str, split: str, *, task: str) -> DatasetSpec:
+    factor = labels.dsprites(task)
+    return DatasetSpec(name, "tfds", "dsprites", split, f"dsprites_{task}", factor.templates,
+                       fixed_classnames=factor.classnames, label_key=factor.label_key, binary=True)
+
+
+def corruption_splits(names: Sequence[str], severity: int) -> str:
+    """The prepared splits of corruptions `names` at `severity`, joined by "+" (read in that order)."""
+    return "+".join(labels.corruption_split(name, severity) for name in names)
+
+
+CORRUPTED = ("cifar10_c", "cifar100_c")  # the datasets whose corruptions `with_corruptions` selects
+
+
+def with_corruptions(spec: DatasetSpec, names: Sequence[str], severity: int) -> DatasetSpec:
+    """`spec` reading corruptions `names` at `severity` when it is CIFAR-10-C or CIFAR-100-C (its
+    examples: those corruptions' test images, one corruption after another, so with equal counts
+    its top-1 is the mean over the corruptions); any other spec unchanged."""
+    if spec.location not in CORRUPTED:
+        return spec
+    return dataclasses.replace(spec, split=corruption_splits(names, severity))
+
+
+def _family(name: str, make: Callable[..., DatasetSpec], train: str, val: str, test: str,
+            **kw) -> dict[str, Callable[[], DatasetSpec]]:
+    """`<name>_train`, `<name>_val` (only when `val` names the dataset's own validation split) and
+    `<name>` (the test split), each made by `make(spec name, split, **kw)`."""
+    splits = {f"{name}_train": train, **({f"{name}_val": val} if val else {}), name: test}
+    return {spec: functools.partial(make, spec, split, **kw) for spec, split in splits.items()}
+
+
+DSPRITES_SPLITS = ("train[:80%]", "train[80%:90%]", "train[90%:]")  # train, validation, test
+# TFDS transfer sets: name -> (TFDS location, training split, own validation split or "", test split)
+_TFDS_TRANSFER = {
+    "dtd": ("dtd", "train", "validation", "test"), "stl10": ("stl10", "train", "", "test"),
+    "oxford_iiit_pet": ("oxford_iiit_pet", "train", "", "test"),
+    "oxford_flowers102": ("oxford_flowers102", "train", "validation", "test"),
+    "cars196": ("cars196", "train", "", "test"), "caltech101": ("caltech101", "train", "", "test"),
+}
 
 _SPECS: dict[str, Callable[[], DatasetSpec]] = {
     "imagenet_train": lambda: _imagenet("imagenet_train", "imagenet2012", "train"),
@@ -133,20 +200,43 @@ _SPECS: dict[str, Callable[[], DatasetSpec]] = {
     "fmow_id": lambda: _wilds("fmow_id", "id_test"),
     "fmow_id_val": lambda: _wilds("fmow_id_val", "id_val"),
     "fmow_ood": lambda: _wilds("fmow_ood", "test"),
-    **{name: functools.partial(_transfer, name, location, split) for name, location, split in [
-        ("cifar10", "cifar10", "test"), ("cifar100", "cifar100", "test"), ("dtd", "dtd", "test"),
-        ("stl10", "stl10", "test"), ("oxford_iiit_pet", "oxford_iiit_pet", "test"),
-        ("oxford_flowers102", "oxford_flowers102", "test"), ("cars196", "cars196", "test"),
-        ("caltech101", "caltech101", "test"), ("eurosat", "eurosat/rgb", "train")]},
+    **_family("cifar10", _cifar, "train", "", "test", space="cifar10", location="cifar10"),
+    "cifar10_1": functools.partial(_cifar, "cifar10_1", "test", space="cifar10", location="cifar10_1/v6"),
+    "cifar10_2": functools.partial(_cifar, "cifar10_2", "test", space="cifar10", location="cifar10_2",
+                                   source="prepared"),
+    "cifar10_c": functools.partial(_cifar, "cifar10_c", corruption_splits(labels.CORRUPTIONS, 5), space="cifar10",
+                                   location="cifar10_c", source="prepared"),
+    **_family("cifar100", _cifar, "train", "", "test", space="cifar100", location="cifar100"),
+    "cifar100_c": functools.partial(_cifar, "cifar100_c", corruption_splits(labels.CORRUPTIONS, 5),
+                                    space="cifar100", location="cifar100_c", source="prepared"),
+    **{spec: make for name, (location, *splits) in _TFDS_TRANSFER.items()
+       for spec, make in _family(name, _transfer, *splits, dataset=name, location=location).items()},
+    "eurosat": functools.partial(_transfer, "eurosat", "train", dataset="eurosat", location="eurosat/rgb"),
+    **_family("fgvc_aircraft", _aircraft, "train", "val", "test"),
+    **{spec: make for task in labels.DSPRITES_TASKS
+       for spec, make in _family(f"dsprites_{task}", _dsprites, *DSPRITES_SPLITS, task=task).items()},
 }
+
+# The sets `configs/transfer_vitb16.py` fine-tunes on (EuroSAT has one TFDS split only, its test set).
+TRANSFER_SETS = ("cifar10", "cifar100", "dtd", "stl10", "fgvc_aircraft", "oxford_iiit_pet", "oxford_flowers102",
+                 "cars196", "caltech101", *(f"dsprites_{task}" for task in labels.DSPRITES_TASKS))
+_TRANSFER_SHIFTS = {"cifar10": ("cifar10_1", "cifar10_2", "cifar10_c"), "cifar100": ("cifar100_c",)}
 
 SUITES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "imagenet": ("imagenet", ("imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a", "objectnet")),
     "wilds_iwildcam": ("iwildcam_id", ("iwildcam_ood",)),
     "wilds_fmow": ("fmow_id", ("fmow_ood",)),
     "transfer": (None, ("cifar10", "cifar100", "dtd", "stl10", "oxford_iiit_pet", "oxford_flowers102",
-                        "cars196", "caltech101", "eurosat")),
+                        "cars196", "caltech101", "eurosat", "fgvc_aircraft")),
+    **{f"transfer_{name}": (name, _TRANSFER_SHIFTS.get(name, ())) for name in TRANSFER_SETS},
 }
+
+
+def validation_of(name: str) -> str | None:
+    """The spec of transfer set `name`'s own validation split (`<name>_val`), or None when it has
+    none (then `finetune.val_fraction` holds one out of `<name>_train`)."""
+    return f"{name}_val" if f"{name}_val" in _SPECS else None
+
 
 _EXTRA: dict[str, DatasetSpec] = {}
 

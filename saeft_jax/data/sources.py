@@ -1,5 +1,9 @@
-"""Random-access sources of decoded examples, `{"image": uint8 HWC, "label": int, "group": int}`,
+"""Random-access sources of decoded examples, `{"image": uint8 HWC RGB, "label": int, "group": int}`,
 for TFDS datasets (ArrayRecord data sources, no TensorFlow needed) and prepared folders.
+
+Grayscale images come out as RGB from both kinds (a prepared image is converted when decoded, a
+TFDS one here), so every consumer, the model's transforms and the report's thumbnails, sees three
+channels.
 
 Both kinds pickle (they reopen their files in each grain worker) and raise
 `DatasetNotPrepared` with the preparation command when the files are not there.
@@ -74,10 +78,21 @@ class TfdsSource(_Reopens):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self._source[index]
-        label = int(example["label"])
+        label = int(example[self.spec.label_key])
         if self.spec.label_of is not None:
             label = self.spec.label_of[label]
-        return {"image": example["image"], "label": label, "group": -1}
+        return {"image": rgb(example["image"], self.spec.binary), "label": label, "group": -1}
+
+
+def rgb(image: np.ndarray, binary: bool = False) -> np.ndarray:
+    """uint8 (H, W, 3) from a TFDS image: (H, W, 1) or (H, W) repeated over three channels; a
+    `binary` one (0/1 pixels, as dSprites stores them) read as 0/255."""
+    image = np.asarray(image)
+    if binary:
+        image = np.where(image > 0, 255, 0).astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
 
 class PreparedSource(_Reopens):
@@ -89,14 +104,15 @@ class PreparedSource(_Reopens):
         self.spec, self.data_dir = spec, data_dir
         directory = prepared_dir(data_dir, spec.location)
         self.info = records.read_info(directory)
-        files = records.split_files(directory, spec.split)
-        if self.info is None or not files:
+        parts = {split: records.split_files(directory, split) for split in spec.split.split("+")}  # read in order
+        missing = [split for split, files in parts.items() if not files]
+        if self.info is None or missing:
             raise _not_prepared(spec, data_dir, directory, "is not prepared" if self.info is None else
-                                f"has no split {spec.split!r} (it has {sorted(self.info['splits'])})")
+                                f"has no split {' '.join(map(repr, missing))} (it has {sorted(self.info['splits'])})")
         if len(self.info["classnames"]) != len(spec.classnames):
             raise ValueError(f"{directory} holds {len(self.info['classnames'])} classes but {spec.name} has "
                              f"{len(spec.classnames)}; prepare it again with: {spec.preparation(data_dir)}")
-        self._records = grain.sources.ArrayRecordDataSource([str(f) for f in files])
+        self._records = grain.sources.ArrayRecordDataSource([str(f) for files in parts.values() for f in files])
 
     def __len__(self) -> int:
         return len(self._records)

@@ -324,7 +324,25 @@ class ImageEncoder(nn.Module):
         return _encode_image(self.vision_model, self.visual_projection, images, taps)
 
 
+class TextEncoder(nn.Module):
+    """The text side of `CLIP` alone: `text_model` + `text_projection`, the same names, so
+    `text_params(clip_params)` is its parameter tree. What FLYP trains besides the image side."""
+
+    config: CLIPConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self) -> None:
+        self.text_model = TextTransformer(self.config.text, self.dtype, self.remat)
+        self.text_projection = nn.Dense(self.config.projection_dim, use_bias=False, dtype=self.dtype)
+
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        """As `CLIP.encode_text`."""
+        return self.text_projection(self.text_model(input_ids)).astype(jnp.float32)
+
+
 IMAGE_PARAMS = ("vision_model", "visual_projection")
+TEXT_PARAMS = ("text_model", "text_projection")
 
 
 def image_encoder(model: CLIP) -> ImageEncoder:
@@ -335,6 +353,16 @@ def image_encoder(model: CLIP) -> ImageEncoder:
 def image_params(clip_params: dict) -> dict:
     """The part of a CLIP parameter tree that `ImageEncoder` (and `encode_image`) uses."""
     return {name: clip_params[name] for name in IMAGE_PARAMS}
+
+
+def text_encoder(model: CLIP) -> TextEncoder:
+    """The `TextEncoder` of `model` (same config, dtype and remat)."""
+    return TextEncoder(model.config, model.dtype, model.remat)
+
+
+def text_params(clip_params: dict) -> dict:
+    """The part of a CLIP parameter tree that `TextEncoder` (and `encode_text`) uses."""
+    return {name: clip_params[name] for name in TEXT_PARAMS}
 
 
 def _encode_image(vision_model: nn.Module, projection: nn.Module, images: jax.Array, taps: Sequence[int]) -> Any:

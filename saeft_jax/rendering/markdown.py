@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from saeft_jax.evaluation.wise import alpha_key
+from saeft_jax.methods import RECIPES
 
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "macro_f1": "macro-F1 (classes present)",
@@ -41,16 +42,23 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
                      _changed(report, details, figures)) + "\n"
 
 
+def _trained(report, methods: list[str]) -> str:
+    """What the methods trained, by recipe (`saeft_jax.methods.RECIPES`)."""
+    recipes = {report["runs"][m]["method"].get("recipe", "finetune") for m in methods
+               if "checkpoint" not in report["runs"][m]["method"]}
+    if not recipes:
+        return "every method imported from a checkpoint (nothing trained here)"
+    return "trained by recipe: " + "; ".join(f"`{r}`, {RECIPES[r]}" for r in sorted(recipes))
+
+
 def _what(config, report, labels: dict[str, str]) -> list[str]:
     methods = report_methods(report)
     ft = config.finetune
     steps = max((report["runs"][m]["train"]["steps"] for m in methods), default=0)  # imported ones have none
     lines = ["# SAE-FT report", "", "## What was run", "",
-             f"- **Model:** `{report['model']}` ({config.dtype} compute), fine-tuned image encoder + "
-             f"zero-shot-initialised head.",
+             f"- **Model:** `{report['model']}` ({config.dtype} compute), {_trained(report, methods)}.",
              f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
-             f"(in distribution: `{report['id_dataset']}`; shifts: "
-             + ", ".join(f"`{d}`" for d in report["ood_datasets"]) + ").",
+             f"(in distribution: `{report['id_dataset']}`; {_shifts(report)}).",
              "- **Methods:** " + ", ".join(labels[m] for m in methods)
              + f"; {steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, warmup {ft.warmup_steps}, "
              f"weight decay {ft.weight_decay:g}.",
@@ -80,7 +88,8 @@ def _numbers(report) -> list[str]:
     """One row per model (zero-shot; each method; its mix selected on validation; its mix at 0.5),
     one column per dataset."""
     methods, datasets, validation = report_methods(report), report_datasets(report), report.get("validation")
-    header = ["model", *(f"{d}{' (ID)' if d == report['id_dataset'] else ''}" for d in datasets), "average OOD"]
+    average = ["average OOD"] if report["ood_datasets"] else []  # a suite without shifts has none
+    header = ["model", *(f"{d}{' (ID)' if d == report['id_dataset'] else ''}" for d in datasets), *average]
     metrics = sorted({METRIC_NAMES.get(m, m) for m in report["dataset_metrics"].values()})
     fixed = any("fixed_alpha" in report["runs"][m] for m in methods)
     how = (f"the *selected* mix is the alpha with the best score on the validation split `{validation}` (no test "
@@ -93,7 +102,8 @@ def _numbers(report) -> list[str]:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(label: str, scores: dict[str, Any]) -> str:
-        cells = [label, *(_pct(scores["metrics"][d]) for d in datasets), _pct(scores["avg_ood"])]
+        cells = [label, *(_pct(scores["metrics"][d]) for d in datasets)]
+        cells += [_pct(scores["avg_ood"])] if average else []
         return "| " + " | ".join(cells) + " |"
 
     lines.append(row("zero-shot", report["runs"]["zeroshot"]))
@@ -154,12 +164,18 @@ def _changes_table(report, methods, id_name) -> list[str]:
     return lines
 
 
+def _shifts(report) -> str:
+    """The suite's shifts, or that it has none (a transfer set's own suite)."""
+    if not report["ood_datasets"]:
+        return "no distribution shifts"
+    return "shifts: " + ", ".join(f"`{d}`" for d in report["ood_datasets"])
+
+
 def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], figures: dict[str, str]) -> str:
     """The comparison of several runs as Markdown: which runs, the numbers, the pictures, and what
     changed, each method read in the vocabulary of its own run's SAE."""
     lines = ["# SAE-FT comparison", "", "## What was compared", "",
-             f"- **Model:** `{report['model']}`; in distribution `{report['id_dataset']}`; shifts "
-             + ", ".join(f"`{d}`" for d in report["ood_datasets"])
+             f"- **Model:** `{report['model']}`; in distribution `{report['id_dataset']}`; {_shifts(report)}"
              + (f"; validation split `{report['validation']}`." if report.get("validation") else "."),
              *(f"- `{workdir}`: " + ", ".join(f"`{m}`" for m in methods) for workdir, methods in sources.items()),
              ""]
@@ -174,8 +190,9 @@ def _reading(report, methods, id_name) -> str:
     parts = []
     for m in methods:
         run, c = report["runs"][m], report["runs"][m]["changes"]
-        part = (f"`{m}` moves ID by {100 * (run['metrics'][id_name] - zs['metrics'][id_name]):+.1f} points and "
-                f"average OOD by {100 * ((run['avg_ood'] or 0) - (zs['avg_ood'] or 0)):+.1f}")
+        part = f"`{m}` moves ID by {100 * (run['metrics'][id_name] - zs['metrics'][id_name]):+.1f} points"
+        if run["avg_ood"] is not None and zs["avg_ood"] is not None:  # a suite without shifts has no average
+            part += f" and average OOD by {100 * (run['avg_ood'] - zs['avg_ood']):+.1f}"
         if "added_per_image" in c:
             part += (f", adding {c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features "
                      f"per image")

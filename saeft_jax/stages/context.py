@@ -19,7 +19,7 @@ from etils import epath
 
 from saeft_jax import distributed, hf, parallel, storage
 from saeft_jax.config import sae_kinds, sae_names
-from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
+from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite, with_corruptions
 from saeft_jax.data.sources import Subset, held_out, open_source
 from saeft_jax.methods import Method, from_config
 from saeft_jax.stages import completion
@@ -58,8 +58,11 @@ class Run:
         return hf.load_image_spec(self.model_path)
 
     def spec(self, name: str) -> DatasetSpec:
-        """Dataset `name`'s spec, reading TFDS metadata from this run's data dir."""
-        return dataclasses.replace(dataset_spec(name), data_dir=self.config.data_dir or None)
+        """Dataset `name`'s spec, reading TFDS metadata from this run's data dir (CIFAR-10-C / -100-C:
+        the corruptions and severity of `config.corruptions`)."""
+        corruptions = self.config.corruptions
+        spec = with_corruptions(dataset_spec(name), tuple(corruptions.names), corruptions.severity)
+        return dataclasses.replace(spec, data_dir=self.config.data_dir or None)
 
     @property
     def train_spec(self) -> DatasetSpec:

@@ -48,26 +48,41 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
     needs the frozen encoder's token features.
     """
 
-    def encode(params, images):
-        out = encoder.apply({"params": params}, images, taps)
-        return out if taps else (out, None)
+    penalized = make_penalized(encoder, regularizer, taps)
 
     def loss(params, frozen, batch):
-        images, labels, teacher = batch["images"], batch["labels"], batch.get("teacher")
-        f, tokens = encode(params["encoder"], images)
-        if teacher is not None and taps:
-            raise ValueError("the teacher cache holds embeddings only; ldifs needs the frozen encoder's tokens")
-        zeroshot = (teacher, None) if teacher is not None else encode(frozen["encoder"], images)
-        f0, tokens0 = jax.lax.stop_gradient(zeroshot)
+        f, reg, reg_metrics = penalized(params["encoder"], frozen, batch)
+        labels = batch["labels"]
         logits = classify(params["head"], f)
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         ce = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-        reg, reg_metrics = regularizer(f, f0, sae=frozen["sae"], tokens=tokens, tokens0=tokens0)
         total = ce + reg_lambda * reg
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return total, {"loss": total, "ce": ce, "reg": reg, "accuracy": accuracy, **reg_metrics}
 
     return loss
+
+
+def make_penalized(encoder: ImageEncoder, regularizer: Callable, taps: tuple[int, ...] = ()) -> Callable:
+    """`penalized(encoder_params, frozen, batch) -> (f, R, metrics)`: the trainable encoder's
+    embeddings of `batch["images"]` and the penalty comparing them with the frozen encoder's (or
+    the teacher cache's), as `make_loss` describes; shared by every recipe's loss."""
+
+    def encode(params, images):
+        out = encoder.apply({"params": params}, images, taps)
+        return out if taps else (out, None)
+
+    def penalized(params, frozen, batch):
+        images, teacher = batch["images"], batch.get("teacher")
+        f, tokens = encode(params, images)
+        if teacher is not None and taps:
+            raise ValueError("the teacher cache holds embeddings only; ldifs needs the frozen encoder's tokens")
+        zeroshot = (teacher, None) if teacher is not None else encode(frozen["encoder"], images)
+        f0, tokens0 = jax.lax.stop_gradient(zeroshot)
+        reg, metrics = regularizer(f, f0, sae=frozen["sae"], tokens=tokens, tokens0=tokens0)
+        return f, reg, metrics
+
+    return penalized
 
 
 def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh,
