@@ -319,6 +319,7 @@ def test_signals_during_a_checkpoint_save_are_handled_after_it():
     from saeft_jax.checkpoints import _signals_held
 
     received = []
+    interrupt = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     before = signal.signal(signal.SIGTERM, lambda number, frame: received.append(number))
     try:
         with _signals_held():
@@ -338,6 +339,6 @@ def test_signals_during_a_checkpoint_save_are_handled_after_it():
                 time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C breaks off a save that hangs
                 time.sleep(0.05)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is interrupt  # the handler of before the save again
     finally:
         signal.signal(signal.SIGTERM, before)
