@@ -75,8 +75,8 @@ def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finishe
     assert runs["pca"]["method"]["sae"] == "basis" and report["report_sae"] == "main"  # the Top-K SAE is read
     basis = report["saes"]["basis"]
     assert (basis["kind"], basis["k"], basis["dict_size"], basis["l0"]) == ("pca", 8, 8, 8.0) and basis["fvu"] < 1
-    assert runs["code_shift"]["method"] == {"regularizer": "code_shift", "reg_lambda": 50.0, "sae": "main",
-                                            "scale": 2.0, "reference_raw_inputs": True}
+    assert runs["code_shift"]["method"] == {"recipe": "finetune", "regularizer": "code_shift", "reg_lambda": 50.0,
+                                            "sae": "main", "scale": 2.0, "reference_raw_inputs": True}
     metrics = [json.loads(line) for line in (finished / "finetune" / "code_shift" / "metrics.jsonl").read_text()
                .splitlines()]
     assert all(np.isfinite(m["code_shift"]) for m in metrics)  # the test's regularizer ran in the train step
