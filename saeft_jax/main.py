@@ -131,11 +131,14 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, stop_between_checkpoints)  # exit 3 (requeue) in any stage, not 143
     try:
         report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value, command=f"rerunning {command}")
-    except Preempted as stop:
-        logging.warning("%s", stop)
-        print(f"\nstopped: {stop}", file=sys.stderr)
-        sys.exit(3)
-    except UsageError as error:
+    except Exception as error:  # SIGTERM inside a library may come back wrapped (a lazy import's error, say)
+        stop = _wrapped(error, Preempted)
+        if stop is not None:
+            logging.warning("%s", stop)
+            print(f"\nstopped: {stop}", file=sys.stderr)
+            sys.exit(3)
+        if not isinstance(error, UsageError):
+            raise
         fail(str(error))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished work is kept, and {command} continues the run", file=sys.stderr)
@@ -144,6 +147,17 @@ def main(argv: list[str]) -> None:
         print(f"\ndone: the stages {', '.join(_CONFIG.value.stages)} in {_WORKDIR.value} (no report this time)")
     else:
         print(f"\ndone: {report / 'report.md'}")
+
+
+def _wrapped(error: BaseException, kind: type) -> BaseException | None:
+    """`error` or the first exception of type `kind` it was raised from or during, else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def run() -> None:

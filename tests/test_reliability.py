@@ -342,3 +342,17 @@ def test_signals_during_a_checkpoint_save_are_handled_after_it():
         assert signal.getsignal(signal.SIGINT) is interrupt  # the handler of before the save again
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
+    from saeft_jax.main import _wrapped
+    from saeft_jax.stages.finetuned import Preempted
+
+    try:
+        try:
+            raise Preempted("SIGTERM")  # what the handler raises, here inside transformers' lazy import
+        except Exception as inner:
+            raise ModuleNotFoundError("Could not import module 'AutoConfig'") from inner
+    except ModuleNotFoundError as outer:
+        assert isinstance(_wrapped(outer, Preempted), Preempted)
+    assert _wrapped(ValueError("a bug"), Preempted) is None
