@@ -51,11 +51,7 @@ def _read_json(path: epath.Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def _recorded_digests(directory: epath.Path) -> dict[str, Any]:
     """{file: its size and hash} from the completion mark in `directory` ({} without a readable one)."""
-    try:
-        record = json.loads((directory / completion.DONE).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    files = record.get("files") if isinstance(record, dict) else None
+    files = (completion.read_record(directory.parent, (directory.name,)) or {}).get("files")
     return files if isinstance(files, dict) else {}
 
 

@@ -17,7 +17,9 @@ from etils import epath
 
 from saeft_jax import curves, preflight, storage
 from saeft_jax.config import SAE_DEFAULTS, base_config
+from saeft_jax.data.registry import CORRUPTED, suite
 from saeft_jax.errors import UsageError
+from saeft_jax.methods import PROBE_RECIPES
 from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
 from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
@@ -63,9 +65,6 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
 def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
     """The keys of `keys` that nothing in this run reads, so that they change nothing: the linear
     probe's without a method that reads the probe, the corruptions' without CIFAR-10-C / -100-C."""
-    from saeft_jax.data.registry import CORRUPTED, suite
-    from saeft_jax.methods import PROBE_RECIPES
-
     probed = any(m.get("recipe") in PROBE_RECIPES for m in config.finetune.methods.values())
     try:
         in_distribution, shifts = suite(config.eval_suite)

@@ -356,3 +356,14 @@ def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
     except ModuleNotFoundError as outer:
         assert isinstance(_wrapped(outer, Preempted), Preempted)
     assert _wrapped(ValueError("a bug"), Preempted) is None
+
+
+@pytest.mark.parametrize("mark", [b"[1, 2]", b"\xff\xfe not utf-8", b'{"files": '])
+def test_a_mark_that_is_no_json_object_counts_as_never_made(tmp_path, mark):
+    from etils import epath
+
+    from saeft_jax.stages import completion
+
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / completion.DONE).write_bytes(mark)
+    assert completion.status(epath.Path(tmp_path), ("features",)) == (None, None)  # the stage runs again

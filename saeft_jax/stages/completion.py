@@ -44,13 +44,16 @@ def digests(directory: epath.Path, names: tuple[str, ...]) -> dict[str, dict[str
 
 
 def read_record(workdir: epath.Path, parts: tuple[str, ...]) -> dict[str, Any] | None:
+    """The completion record of artifact `parts`, or None when it has none or a damaged one (not
+    JSON, not UTF-8, not an object): then the stage runs again."""
     path = workdir.joinpath(*parts, DONE)
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a damaged mark: the stage runs again
+        record = json.loads(path.read_text())
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) else None
 
 
 @dataclasses.dataclass(frozen=True)
