@@ -1,5 +1,5 @@
-"""CLIP image preprocessing: the OpenAI/torchvision evaluation transform, the training
-transform (RandomResizedCrop) and their constants.
+"""Image preprocessing as a checkpoint's `ImageSpec` says: the OpenAI/torchvision evaluation
+transform (or SigLIP's squash), the training transform (RandomResizedCrop) and their constants.
 
 `clip_eval` reproduces `Resize(size, BICUBIC) -> CenterCrop(size) -> ToTensor -> Normalize` on
 PIL images, including torchvision's rounding of the resized long side (truncated) and of the
@@ -23,29 +23,53 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+RESIZES = ("crop", "squash")  # crop: short side to `size`, then the centre square (CLIP); squash: to size x size (SigLIP)
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+_PIL_CODES = {3: "bicubic", 2: "bilinear"}  # transformers' `resample` values
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-    """The input a checkpoint expects: square side in pixels and per-channel mean and std."""
+    """The input a checkpoint expects: square side in pixels, per-channel mean and std, how an
+    image becomes a square (`resize`: "crop" or "squash") and the resampling filter."""
 
     size: int = 224
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
+    resize: str = "crop"
+    interpolation: str = "bicubic"
+
+    def __post_init__(self):
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}; got {self.resize!r}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}; got {self.interpolation!r}")
 
     @classmethod
     def from_hf_processor(cls, processor: dict[str, Any]) -> "ImageSpec":
-        """From the contents of a `preprocessor_config.json` (crop size, image mean and std)."""
-        crop = processor.get("crop_size", processor.get("size", 224))
+        """From the contents of a `preprocessor_config.json`: a centre crop when it crops (CLIP's),
+        else a resize to height x width (SigLIP's); mean, std and the resampling filter."""
+        crops = processor.get("do_center_crop", "crop_size" in processor)
+        crop = processor.get("crop_size", processor.get("size", 224)) if crops else processor.get("size", 224)
         size = crop if isinstance(crop, int) else crop.get("height", crop.get("shortest_edge"))
+        resample = _PIL_CODES.get(processor.get("resample", 3))
+        if resample is None:
+            raise ValueError(f"resample {processor.get('resample')!r} is not supported; known: {_PIL_CODES}")
         return cls(int(size), tuple(processor.get("image_mean", OPENAI_MEAN)),
-                   tuple(processor.get("image_std", OPENAI_STD)))
+                   tuple(processor.get("image_std", OPENAI_STD)), "crop" if crops else "squash", resample)
 
     def hf_processor_config(self) -> dict[str, Any]:
-        """The `preprocessor_config.json` of a `transformers.CLIPImageProcessor` doing this transform."""
-        return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "resample": 3,
-                "size": {"shortest_edge": self.size}, "do_center_crop": True,
-                "crop_size": {"height": self.size, "width": self.size}, "do_rescale": True,
-                "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(self.mean),
-                "image_std": list(self.std), "do_convert_rgb": True}
+        """The `preprocessor_config.json` of a transformers image processor doing this transform
+        (`CLIPImageProcessor` for a crop, `SiglipImageProcessor` for a squash)."""
+        resample = {v: k for k, v in _PIL_CODES.items()}[self.interpolation]
+        common = {"do_resize": True, "resample": resample, "do_rescale": True, "rescale_factor": 1 / 255,
+                  "do_normalize": True, "image_mean": list(self.mean), "image_std": list(self.std),
+                  "do_convert_rgb": True}
+        if self.resize == "squash":
+            return {"image_processor_type": "SiglipImageProcessor", **common,
+                    "size": {"height": self.size, "width": self.size}}
+        return {"image_processor_type": "CLIPImageProcessor", **common, "size": {"shortest_edge": self.size},
+                "do_center_crop": True, "crop_size": {"height": self.size, "width": self.size}}
 
 
 def _pil(image: np.ndarray) -> Image.Image:
@@ -58,13 +82,16 @@ def _normalize(pil: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]
 
 
 def clip_eval(image: np.ndarray, size: int, mean: tuple[float, ...] = OPENAI_MEAN,
-              std: tuple[float, ...] = OPENAI_STD) -> np.ndarray:
-    """uint8 HWC (or HW) image of any size -> float32 (size, size, 3), CLIP-normalized."""
+              std: tuple[float, ...] = OPENAI_STD, resize: str = "crop", interpolation: str = "bicubic") -> np.ndarray:
+    """uint8 HWC (or HW) image of any size -> float32 (size, size, 3), normalized: CLIP's resize
+    and centre crop, or (`resize="squash"`) a resize to size x size as SigLIP's processor does."""
     pil = _pil(image)
+    if resize == "squash":
+        return _normalize(pil.resize((size, size), _RESAMPLE[interpolation]), mean, std)
     width, height = pil.size
     short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)
-    pil = pil.resize((size, new_long) if width <= height else (new_long, size), Image.BICUBIC)
+    pil = pil.resize((size, new_long) if width <= height else (new_long, size), _RESAMPLE[interpolation])
     top = int(round((pil.height - size) / 2.0))
     left = int(round((pil.width - size) / 2.0))
     return _normalize(pil.crop((left, top, left + size, top + size)), mean, std)
@@ -93,12 +120,14 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
 
 
 def clip_train(image: np.ndarray, rng: np.random.Generator, size: int, mean: tuple[float, ...] = OPENAI_MEAN,
-               std: tuple[float, ...] = OPENAI_STD, scale: tuple[float, float] = (0.9, 1.0)) -> np.ndarray:
+               std: tuple[float, ...] = OPENAI_STD, scale: tuple[float, float] = (0.9, 1.0),
+               interpolation: str = "bicubic") -> np.ndarray:
     """uint8 HWC image -> float32 (size, size, 3): a random crop (area fraction in `scale`) resized
-    bicubic to `size`, CLIP-normalized. The same generator state gives the same crop."""
+    to `size` (bicubic unless told), normalized. The same generator state gives the same crop."""
     pil = _pil(image)
     top, left, h, w = random_resized_crop_box(pil.height, pil.width, rng, scale)
-    return _normalize(pil.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC), mean, std)
+    crop = pil.crop((left, top, left + w, top + h))
+    return _normalize(crop.resize((size, size), _RESAMPLE[interpolation]), mean, std)
 
 
 def border_cropped(image: np.ndarray, border: int) -> np.ndarray:
@@ -107,11 +136,11 @@ def border_cropped(image: np.ndarray, border: int) -> np.ndarray:
 
 
 def _eval(image: np.ndarray, spec: ImageSpec, border: int) -> np.ndarray:
-    return clip_eval(border_cropped(image, border), spec.size, spec.mean, spec.std)
+    return clip_eval(border_cropped(image, border), spec.size, spec.mean, spec.std, spec.resize, spec.interpolation)
 
 
 def _train(image: np.ndarray, rng: np.random.Generator, spec: ImageSpec, scale: tuple[float, float]) -> np.ndarray:
-    return clip_train(image, rng, spec.size, spec.mean, spec.std, scale)
+    return clip_train(image, rng, spec.size, spec.mean, spec.std, scale, spec.interpolation)
 
 
 def eval_transform(spec: ImageSpec, border_crop: int = 0) -> Callable[[np.ndarray], np.ndarray]:
@@ -128,5 +157,5 @@ def train_transform(spec: ImageSpec, scale: tuple[float, float] | None = (0.9, 1
 
 
 def _eval_ignoring_rng(image: np.ndarray, rng: np.random.Generator, spec: ImageSpec) -> np.ndarray:
-    return clip_eval(image, spec.size, spec.mean, spec.std)
+    return _eval(image, spec, 0)
 

@@ -50,6 +50,7 @@ class TextConfig(TowerConfig):
     bos_token_id: int = 49406
     eos_token_id: int = 49407
     pad_token_id: int = 1
+    pooling: str = "eos"  # "eos": the first end-of-text token; "argmax": the largest id (OpenAI, open_clip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +242,7 @@ class TextTransformer(nn.Module):
         x = TextEmbeddings(cfg, self.dtype, name="embeddings")(input_ids)
         x, _ = Encoder(cfg, True, self.dtype, self.remat, name="encoder")(x)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
-        return x[jnp.arange(x.shape[0]), pooling_index(input_ids, cfg.eos_token_id)]
+        return x[jnp.arange(x.shape[0]), pooling_index(input_ids, cfg.eos_token_id, cfg.pooling)]
 
 
 class TextEmbeddings(nn.Module):
@@ -259,14 +260,14 @@ class TextEmbeddings(nn.Module):
         return tokens(input_ids) + positions(jnp.arange(input_ids.shape[-1]))
 
 
-def pooling_index(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
-    """Where transformers pools each sequence: the first end-of-text token.
+def pooling_index(input_ids: jax.Array, eos_token_id: int, pooling: str = "eos") -> jax.Array:
+    """Where each sequence is pooled: the first end-of-text token, or the largest id.
 
-    Configs written before transformers PR #24773 say `eos_token_id == 2`; for them transformers
-    (and OpenAI's original code) take the largest id, which is the end-of-text token of the
-    OpenAI vocabulary. Both rules are kept so that every published checkpoint pools as upstream.
+    OpenAI's code and open_clip take the largest id, the end-of-text token of the OpenAI vocabulary;
+    transformers does so for configs written before its PR #24773, which say `eos_token_id == 2`.
+    Both rules are kept so that every published checkpoint pools as upstream.
     """
-    if eos_token_id == 2:
+    if pooling == "argmax" or eos_token_id == 2:
         return jnp.argmax(input_ids, axis=-1)
     return jnp.argmax(input_ids == eos_token_id, axis=-1)
 

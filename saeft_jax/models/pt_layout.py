@@ -1,4 +1,4 @@
-"""Naming and layout rules between PyTorch CLIP state dicts and the Flax parameter tree.
+"""Naming and layout rules between PyTorch state dicts (transformers' names) and the Flax parameter trees.
 
 One rule per leaf kind, used in both directions, so a checkpoint converts by renaming and
 transposing only: Dense kernels are transposed, the patch convolution goes OIHW <-> HWIO,
