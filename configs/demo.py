@@ -3,6 +3,7 @@
     python -m saeft_jax.main --config=configs/demo.py --workdir=/tmp/saeft_demo
     python -m saeft_jax.main --config=configs/demo.py:smoke --workdir=/tmp/saeft_smoke   # shortened, for tests
     python -m saeft_jax.main --config=configs/demo.py:sweep --workdir=/tmp/saeft_sweep   # the ablations
+    python -m saeft_jax.main --config=configs/demo.py:siglip --workdir=/tmp/saeft_siglip  # the same on a SigLIP
 
 Data: scikit-learn's bundled digits rendered at 24x24 in six styles (clean, inverted, rotated,
 noisy, thick, colored); written once to `data_dir` (default ~/tensorflow_datasets/saeft/).
@@ -28,12 +29,15 @@ from saeft_jax.config import base_config, method, sae_settings
 
 
 def get_config(arg: str | None = None):
-    """`arg`: none (the demo), "smoke" (shortened), "sweep" (the ablation run), "sweep,smoke"."""
+    """`arg`: none (the demo), or a comma-separated mix of "smoke" (shortened), "sweep" (the
+    ablation run) and "siglip" (a SigLIP pretrained with the sigmoid loss instead of the CLIP)."""
     variants = set(arg.split(",")) if arg else set()
-    if variants - {"smoke", "sweep"}:
-        raise ValueError(f"configs/demo.py takes no argument, or 'smoke', 'sweep' or 'sweep,smoke'; got {arg!r}")
+    if variants - {"smoke", "sweep", "siglip"}:
+        raise ValueError(f"configs/demo.py takes no argument, or a comma-separated mix of 'smoke', 'sweep' and "
+                         f"'siglip'; got {arg!r}")
     c = base_config()
     c.demo.enabled = True
+    c.demo.family = "siglip" if "siglip" in variants else "clip"
     c.model = "demo"  # stands for the demo's own checkpoint, built or taken from demo.cache_dir
     c.train_dataset = "digits_train"
     c.eval_suite = "digits"

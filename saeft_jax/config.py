@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.show_progress = True
     c.wandb_project = ""  # also send the training curves to this W&B project ("" = TensorBoard files only)
     c.demo = ml_collections.ConfigDict({"enabled": False, "cache_dir": "~/.cache/saeft_jax", "pretrain_steps": 1000,
-                                        "pretrain_batch_size": 128, "finetune_style": "colored"})
+                                        "pretrain_batch_size": 128, "finetune_style": "colored",
+                                        "family": "clip"})  # the demo model's family: "clip" or "siglip"
 
     c.features = ml_collections.ConfigDict({"batch_size": 256, "chunk_steps": 64})
     c.saes = ml_collections.ConfigDict({"main": sae_settings()})  # name -> settings; see sae_names
@@ -197,6 +198,7 @@ _RULES = (
     ("report.browser_images", _positive_int, "at least 1"),
     ("demo.pretrain_steps", _positive_int, "at least 1 step"),
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
+    ("demo.family", lambda v: v in ("clip", "siglip"), "'clip' or 'siglip' (the family of the demo's own model)"),
     ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
     ("wandb_project", lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
      "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 
-from saeft_jax import storage
+from saeft_jax import models, storage
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.errors import ConfigError, UsageError
 from saeft_jax.stages.context import Run
@@ -26,10 +26,8 @@ def check(run: Run) -> None:
     sources = [run.source(spec) for spec in specs]  # a missing dataset fails now, naming its preparation
     _check_validation(run, specs[1:])
     for name, method in run.methods.items():
-        if method.checkpoint and not storage.path(method.checkpoint).is_dir():
-            raise ConfigError(f"config.finetune.methods.{name}.checkpoint: there is no directory at "
-                              f"{method.checkpoint}; name a Hugging Face CLIP directory (config.json, weights, "
-                              f"and head.safetensors or a tokenizer).")
+        if method.checkpoint:
+            _check_checkpoint_method(run, name, method.checkpoint)
     _check_batches(run)
     _check_durations(run, len(sources[0]))
     _check_pca_widths(run)
@@ -39,7 +37,7 @@ def _check_pca_widths(run: Run) -> None:
     """A PCA basis has at most as many directions as the embeddings have dimensions."""
     for name, sae in run.config.saes.items():
         if sae.kind == "pca" and "sae" in run.config.stages:
-            width = run.clip[0].config.projection_dim
+            width = run.model.embed_dim
             if sae.dict_size > width:
                 raise ConfigError(f"config.saes.{name}.dict_size is {sae.dict_size}, but a PCA basis has at most as "
                                   f"many directions as {run.model_path}'s embeddings have dimensions ({width}); "
@@ -72,6 +70,20 @@ def _check_validation(run: Run, tests: list[DatasetSpec]) -> None:
 def _examples(spec: DatasetSpec) -> tuple[str, str, str]:
     """Where `spec`'s examples come from: two names with the same answer hold the same examples."""
     return spec.source, spec.location, spec.split
+
+
+def _check_checkpoint_method(run: Run, name: str, checkpoint: str) -> None:
+    """An imported method is a directory holding a model of this run's family (WiSE-FT mixes weights)."""
+    if not storage.path(checkpoint).is_dir():
+        raise ConfigError(f"config.finetune.methods.{name}.checkpoint: there is no directory at {checkpoint}; name "
+                          f"a checkpoint directory of this run's model family (its config and weights, and "
+                          f"head.safetensors or a tokenizer).")
+    family = models.family_of(models.weights.resolve(checkpoint))
+    if family.name != run.model.family.name:
+        raise ConfigError(f"config.finetune.methods.{name}.checkpoint: {checkpoint} holds a {family.name} model, "
+                          f"while this run's model {run.model_path} is a {run.model.family.name} model. WiSE-FT "
+                          f"mixes the two models' weights, so a checkpoint method must be a fine-tuned copy of this "
+                          f"run's model (same family and architecture).")
 
 
 def _check_batches(run: Run) -> None:

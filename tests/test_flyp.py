@@ -15,8 +15,12 @@ import pytest
 
 from conftest import TINY
 from saeft_jax import regularizers
+from saeft_jax.data.preprocess import ImageSpec
+from saeft_jax.models import ClipFamily, Model
 from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params, text_encoder, text_params
-from saeft_jax.training.flyp import contrastive_loss, make_flyp_loss
+from saeft_jax.models.clip_family import contrastive_loss
+from saeft_jax.models.family import constant
+from saeft_jax.training.flyp import make_flyp_loss
 
 CLASSES, TEMPLATES = 3, 2
 
@@ -52,12 +56,12 @@ def test_contrastive_loss_and_gradients_match_pytorch(logit_scale):
 
 def setup_flyp(seed: int = 0):
     """A tiny CLIP (its trainable copy perturbed), captions of 3 classes x 2 templates, and a batch."""
-    model = CLIP(TINY)
-    zeroshot = init_params(model, jax.random.key(seed))
+    zeroshot = init_params(CLIP(TINY), jax.random.key(seed))
+    model = Model(ClipFamily(), TINY, zeroshot, constant(None), ImageSpec(size=32))
     rng = np.random.default_rng(seed)
     perturb = lambda tree: jax.tree.map(lambda p: p + 0.05 * rng.normal(size=p.shape).astype(np.float32), tree)
     params = {"encoder": perturb(image_params(zeroshot)), "text": perturb(text_params(zeroshot)),
-              "logit_scale": jnp.float32(np.log(20.0))}
+              "scales": {"logit_scale": jnp.float32(np.log(20.0))}}
     context = TINY.text.max_position_embeddings
     captions = rng.integers(0, 512, (CLASSES, TEMPLATES, context)).astype(np.int32)
     captions[..., rng.integers(3, context)] = TINY.text.eos_token_id  # where each caption is pooled
@@ -73,14 +77,14 @@ def test_each_image_is_paired_with_the_caption_of_its_label_under_its_template()
 
     model, params, frozen, batch = setup_flyp()
     penalty = regularizers.get("mse").bind({})
-    loss = make_flyp_loss(image_encoder(model), text_encoder(model), penalty, reg_lambda=3.0)
+    loss = make_flyp_loss(model, penalty, reg_lambda=3.0)
     total, metrics = loss(params, frozen, batch)
 
-    image = np.asarray(image_encoder(model).apply({"params": params["encoder"]}, batch["images"]))
-    image0 = np.asarray(image_encoder(model).apply({"params": frozen["encoder"]}, batch["images"]))
+    image = np.asarray(image_encoder(model.module).apply({"params": params["encoder"]}, batch["images"]))
+    image0 = np.asarray(image_encoder(model.module).apply({"params": frozen["encoder"]}, batch["images"]))
     ids = np.stack([frozen["captions"][label, template] for label, template in zip(batch["labels"],
                                                                                    batch["templates"])])
-    text = np.asarray(text_encoder(model).apply({"params": params["text"]}, ids))
+    text = np.asarray(text_encoder(model.module).apply({"params": params["text"]}, ids))
     clip = torch_clip_loss(*(torch.tensor(x, dtype=torch.float64) for x in (image, text, np.log(20.0)))).item()
     reg = float(penalty(jnp.asarray(image), jnp.asarray(image0))[0])
     assert float(metrics["ce"]) == pytest.approx(clip, rel=1e-5)
@@ -98,7 +102,6 @@ if processes > 1:
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 from saeft_jax import parallel, regularizers
-from saeft_jax.models.clip import image_encoder, text_encoder
 from saeft_jax.training.flyp import make_flyp_loss
 from saeft_jax.training.optim import make_optimizer
 from saeft_jax.training.step import init_state, make_train_step
@@ -106,7 +109,7 @@ from test_flyp import setup_flyp
 model, params, frozen, batch = setup_flyp()
 mesh = parallel.data_mesh()
 optimizer, schedule = make_optimizer(1e-3, 10, warmup_steps=1)
-loss = make_flyp_loss(image_encoder(model), text_encoder(model), regularizers.get("none").bind({}), 0.0)
+loss = make_flyp_loss(model, regularizers.get("none").bind({}), 0.0)
 step = make_train_step(loss, optimizer, schedule, mesh)
 state, frozen = jax.device_put((init_state(params, optimizer), frozen), parallel.replicated(mesh))
 rows = slice(process_id * 8 // processes, (process_id + 1) * 8 // processes)

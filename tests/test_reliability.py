@@ -103,7 +103,7 @@ class FakeRun:
         from saeft_jax.data.registry import DatasetSpec
 
         self.config = config
-        self.clip = (SimpleNamespace(config=SimpleNamespace(projection_dim=64)), None)
+        self.model = SimpleNamespace(embed_dim=64)
         self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
         self.validation = dataclasses.replace(self.train_spec, name="toy_val", split="val")
         self.methods, self.examples = {}, examples

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeft_jax import hf
+from saeft_jax import models
 from saeft_jax.models.heads import classify
 from saeft_jax.zeroshot import build_zeroshot_head
 
@@ -17,9 +17,9 @@ TEMPLATES = ["a photo of a {}.", "a drawing of the {}", "{}!"]
 
 def test_head_matches_transformers_text_features(tiny_clip_dir):
     path, torch_model = tiny_clip_dir
-    model, params = hf.load_clip(path)
-    tokenizer = hf.load_tokenizer(path)
-    head = build_zeroshot_head(model, params, tokenizer, CLASSES, TEMPLATES, batch_size=4, show_progress=False)
+    model = models.load(path)
+    tokenizer = model.tokenizer
+    head = build_zeroshot_head(model, CLASSES, TEMPLATES, batch_size=4, show_progress=False)
 
     ids = tokenizer([t.format(c) for c in CLASSES for t in TEMPLATES], padding="max_length", max_length=16,
                     truncation=True, return_tensors="pt")["input_ids"]
@@ -40,9 +40,8 @@ def test_head_matches_transformers_text_features(tiny_clip_dir):
 
 def test_bad_templates_and_empty_inputs(tiny_clip_dir):
     path, _ = tiny_clip_dir
-    model, params = hf.load_clip(path)
-    tokenizer = hf.load_tokenizer(path)
+    model = models.load(path)
     with pytest.raises(ValueError, match="must contain '{}'.*'a photo'"):
-        build_zeroshot_head(model, params, tokenizer, CLASSES, ["a photo"], show_progress=False)
+        build_zeroshot_head(model, CLASSES, ["a photo"], show_progress=False)
     with pytest.raises(ValueError, match="at least one class name"):
-        build_zeroshot_head(model, params, tokenizer, [], TEMPLATES, show_progress=False)
+        build_zeroshot_head(model, [], TEMPLATES, show_progress=False)

@@ -1,7 +1,7 @@
-"""The demo's CLIP: a small ViT and text transformer pretrained contrastively on captioned
-digits of every style, saved as a Hugging Face checkpoint (with its tokenizer and image
-settings) that `hf.load_clip` opens like any other, and cached by its settings so a second run
-skips pretraining."""
+"""The demo's model: a small CLIP (or SigLIP) pretrained with its family's own loss on captioned
+digits of every style, saved as a Hugging Face checkpoint (with its tokenizer and image settings)
+that `models.load` opens like any other, and cached by its settings so a second run skips
+pretraining."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saeft_jax import hf
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.demo import digits
 from saeft_jax.demo.tokenizer import build_tokenizer
+from saeft_jax.models import ClipFamily, Model, SiglipFamily, siglip
 from saeft_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig, init_params
+from saeft_jax.models.family import constant
 from saeft_jax.observe import progress
 from saeft_jax.training.optim import make_optimizer
 
@@ -33,8 +33,9 @@ _VERSION = 1  # bump when the pretraining recipe changes, so caches are not reus
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSetup:
-    """Model shape and the contrastive training recipe."""
+    """Model family and shape, and the contrastive training recipe."""
 
+    family: str = "clip"  # or "siglip"
     steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
@@ -50,16 +51,19 @@ class PretrainSetup:
 
 
 def _settings(data: digits.DigitsSetup, setup: PretrainSetup) -> dict:
-    return {"data": dataclasses.asdict(data), "pretrain": dataclasses.asdict(setup), "version": _VERSION}
+    pretrain = dataclasses.asdict(setup)
+    if setup.family == "clip":  # the key of the caches made before SigLIP joined
+        del pretrain["family"]
+    return {"data": dataclasses.asdict(data), "pretrain": pretrain, "version": _VERSION}
 
 
 def checkpoint_dir(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSetup) -> Path:
     """Where the checkpoint for these settings is cached (present or not)."""
     key = hashlib.sha256(json.dumps(_settings(data, setup), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir).expanduser() / f"demo-clip-{key}"
+    return Path(cache_dir).expanduser() / f"demo-{setup.family}-{key}"
 
 
-def demo_clip(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSetup, *,
+def demo_model(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSetup, *,
               show_progress: bool = True) -> Path:
     """The checkpoint directory for these settings, pretraining it first when it is not cached."""
     directory = checkpoint_dir(cache_dir, data, setup)
@@ -67,8 +71,8 @@ def demo_clip(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSe
         return directory
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(_corpus(), Path(tmp) / "tokenizer")
-        model, params = _pretrain(tokenizer, data, setup, show_progress)
-        hf.save_clip(model, params, directory, tokenizer=tokenizer, image_spec=ImageSpec(size=data.image_size))
+        model = _pretrain(_initial(tokenizer, data, setup), data, setup, show_progress)
+        model.save(directory, "hf")
     (directory / "demo_settings.json").write_text(json.dumps(_settings(data, setup), indent=1))
     return directory
 
@@ -78,15 +82,27 @@ def _corpus() -> list[str]:
            [t.format(d) for t in digits.TEMPLATES for d in digits.NAMES]
 
 
-def _config(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup) -> CLIPConfig:
-    return CLIPConfig(
-        vision=VisionConfig(hidden_size=setup.width, num_hidden_layers=setup.layers, num_attention_heads=4,
-                            intermediate_size=4 * setup.width, image_size=data.image_size, patch_size=setup.patch_size),
-        text=TextConfig(hidden_size=setup.text_width, num_hidden_layers=setup.text_layers, num_attention_heads=4,
-                        intermediate_size=4 * setup.text_width, vocab_size=len(tokenizer),
-                        max_position_embeddings=setup.context, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        projection_dim=setup.projection_dim)
+def _initial(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup) -> Model:
+    """The randomly initialised model of `setup.family` (SigLIP: its GELU, LayerNorm eps and a
+    squash to the image size with mean and std 0.5; its embedding is the image tower's width)."""
+    siglip_family = setup.family == "siglip"
+    act, eps = ("gelu_pytorch_tanh", 1e-6) if siglip_family else ("quick_gelu", 1e-5)
+    vision = VisionConfig(hidden_size=setup.width, num_hidden_layers=setup.layers, num_attention_heads=4,
+                          intermediate_size=4 * setup.width, image_size=data.image_size, patch_size=setup.patch_size,
+                          hidden_act=act, layer_norm_eps=eps)
+    text = TextConfig(hidden_size=setup.text_width, num_hidden_layers=setup.text_layers, num_attention_heads=4,
+                      intermediate_size=4 * setup.text_width, vocab_size=len(tokenizer),
+                      max_position_embeddings=setup.context, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=act,
+                      layer_norm_eps=eps)
+    rng = jax.random.PRNGKey(setup.seed)
+    if siglip_family:
+        config = siglip.SiglipConfig(vision, text, projection_size=setup.width)
+        spec = ImageSpec(data.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash", "bicubic")
+        return Model(SiglipFamily(), config, siglip.init_params(config, rng), constant(tokenizer), spec)
+    config = CLIPConfig(vision, text, projection_dim=setup.projection_dim)
+    return Model(ClipFamily(), config, init_params(CLIP(config), rng), constant(tokenizer),
+                 ImageSpec(size=data.image_size))
 
 
 def _caption_ids(tokenizer, context: int) -> np.ndarray:
@@ -96,36 +112,30 @@ def _caption_ids(tokenizer, context: int) -> np.ndarray:
     return ids.reshape(len(digits.STYLES), len(digits.NAMES), len(CAPTIONS), context).astype(np.int32)
 
 
-def _pretrain(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup, show_progress: bool):
+def _pretrain(model: Model, data: digits.DigitsSetup, setup: PretrainSetup, show_progress: bool) -> Model:
     images, labels, styles = digits.pretraining_set(data)
-    spec = ImageSpec(size=data.image_size)
+    spec = model.image_spec  # the digits are already at the model's size: a resize would change nothing
     pixels = (images.astype(np.float32) / 255 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    captions = _caption_ids(tokenizer, setup.context)
-    model = CLIP(_config(tokenizer, data, setup))
-    params = init_params(model, jax.random.PRNGKey(setup.seed))
+    captions = _caption_ids(model.tokenizer, setup.context)
+    params = model.params
     optimizer, _ = make_optimizer(setup.lr, setup.steps, warmup_steps=setup.warmup_steps)
     opt_state = optimizer.init(params)
+    image_encoder, text_encoder = model.image_encoder(), model.text_encoder()
 
     @jax.jit
     def step(params, opt_state, images, ids, labels):
         def loss_fn(params):
-            image = model.apply({"params": params}, images, method=model.encode_image)
-            text = model.apply({"params": params}, ids, method=model.encode_text)
-            image = image / jnp.linalg.norm(image, axis=-1, keepdims=True)
-            text = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
-            logits = jnp.exp(params["logit_scale"]) * image @ text.T
-            # captions of the same digit are all positives (a batch holds many of each)
-            same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
-            targets = same / same.sum(-1, keepdims=True)
-            return (optax.softmax_cross_entropy(logits, targets).mean()
-                    + optax.softmax_cross_entropy(logits.T, targets).mean()) / 2
+            image = image_encoder.apply({"params": model.image_params(params)}, images)
+            text = text_encoder.apply({"params": model.text_params(params)}, ids)
+            same = labels[:, None] == labels[None, :]  # captions of the same digit are all positives
+            return model.pretrain_loss(image, text, model.scale_params(params), same)[0]
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     rng = np.random.default_rng(setup.seed)
-    bar = progress(setup.steps, "pretrain demo CLIP", enabled=show_progress)
+    bar = progress(setup.steps, f"pretrain demo {setup.family}", enabled=show_progress)
     for _ in range(setup.steps):
         rows = rng.choice(len(pixels), setup.batch_size, replace=False)
         ids = captions[styles[rows], labels[rows], rng.integers(0, len(CAPTIONS), len(rows))]
@@ -134,4 +144,4 @@ def _pretrain(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup, show_pr
         if bar.n % 100 == 0:
             bar.set_postfix(loss=f"{float(loss):.3f}")
     bar.close()
-    return model, jax.device_get(params)
+    return model.with_params(jax.device_get(params))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -15,7 +16,6 @@ from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import ImageSpec, eval_transform
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.evaluation import metrics, wise
-from saeft_jax.models.clip import ImageEncoder
 from saeft_jax.observe import progress
 
 
@@ -46,7 +46,7 @@ def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups
     return metrics.score(spec.metric, predictions, labels, groups, spec.ignored_groups)
 
 
-def evaluate_dataset(encoder: ImageEncoder, theta0: dict, theta_ft: dict, spec: DatasetSpec, source, *,
+def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: DatasetSpec, source, *,
                      image_spec: ImageSpec, mesh, global_batch: int, alphas=wise.DEFAULT_ALPHAS,
                      num_workers: int = 0, show_progress: bool = True, sweep=None) -> DatasetEvaluation:
     """Scores every alpha of `wise.sweep_alphas(alphas)` on all of `source` in one pass. Pass

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from saeft_jax import parallel
-from saeft_jax.models.clip import ImageEncoder
 from saeft_jax.models.heads import classify
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -38,7 +38,7 @@ def sweep_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
     return tuple(sorted({float(a) for a in alphas} | {0.0, 1.0}))
 
 
-def make_sweep(encoder: ImageEncoder, project: Callable, alphas: Sequence[float], mesh) -> Callable:
+def make_sweep(encoder: nn.Module, project: Callable, alphas: Sequence[float], mesh) -> Callable:
     """The jit `sweep(theta0, theta_ft, images) -> (predictions (A, B), embeddings (2, B, d))`:
     the dataset-space prediction under each of `alphas` (from `sweep_alphas`), and the image
     embeddings at alpha 0 and 1. `theta` = {"encoder": image params, "head": head};

@@ -100,6 +100,9 @@ class ClipFamily(Family):
                                                                          indent=2))
         save_tokenizer(model, out_dir)
 
+    def published_scales(self, scales: dict) -> dict:
+        return {"logit_scale": np.clip(np.asarray(scales["logit_scale"]), 0.0, MAX_LOGIT_SCALE)}
+
     def zeroshot_head(self, text_embeddings: jax.Array, params: dict) -> Head:
         return zeroshot_weights(text_embeddings, params["logit_scale"])
 

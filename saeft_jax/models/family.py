@@ -80,6 +80,10 @@ class Family(abc.ABC):
         """Whether two configs' image sides have the same architecture (WiSE-FT can mix them)."""
         return config == other
 
+    def published_scales(self, scales: dict) -> dict:
+        """Trained `loss_params` as they are published (where the loss clamps them, clamped)."""
+        return scales
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
@@ -166,6 +170,9 @@ class Model:
                       positives: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         positives = jnp.eye(image.shape[0], dtype=bool) if positives is None else positives
         return self.family.pretrain_loss(image, text, scales, positives)
+
+    def published_scales(self, scales: dict) -> dict:
+        return self.family.published_scales(scales)
 
     def same_image_tower(self, other: "Model") -> bool:
         """Whether WiSE-FT can mix this model's image side with `other`'s."""

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from saeft_jax import distributed, hf, parallel, storage
+from saeft_jax import distributed, models, parallel, storage
 from saeft_jax.config import sae_kinds, sae_names
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite, with_corruptions
 from saeft_jax.data.sources import Subset, held_out, open_source
@@ -45,17 +45,9 @@ class Run:
         return from_config(self.config.finetune.methods, sae_names(self.config), sae_kinds(self.config))
 
     @functools.cached_property
-    def clip(self):
-        """(model, zero-shot parameters) of the configured checkpoint."""
-        return hf.load_clip(self.model_path, dtype=jnp.dtype(self.config.dtype), remat=self.config.remat)
-
-    @functools.cached_property
-    def tokenizer(self):
-        return hf.load_tokenizer(self.model_path)
-
-    @functools.cached_property
-    def image_spec(self):
-        return hf.load_image_spec(self.model_path)
+    def model(self) -> models.Model:
+        """The configured checkpoint (any family) with its zero-shot parameters, tokenizer and image spec."""
+        return models.load(self.model_path, dtype=jnp.dtype(self.config.dtype), remat=self.config.remat)
 
     def spec(self, name: str) -> DatasetSpec:
         """Dataset `name`'s spec, reading TFDS metadata from this run's data dir (CIFAR-10-C / -100-C:

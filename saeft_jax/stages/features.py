@@ -24,7 +24,6 @@ from saeft_jax.data import pipeline
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.data.preprocess import eval_transform
 from saeft_jax.evaluation.wise import as_numpy
-from saeft_jax.models.clip import image_encoder, image_params
 from saeft_jax.observe import progress
 from saeft_jax.stages import completion
 from saeft_jax.stages.context import Run
@@ -34,7 +33,6 @@ STAGE = "features"
 
 def run_stage(run: Run) -> None:
     """Computes the chunks not yet written, assembles train.npy and labels.npy, marks the stage."""
-    model, _ = run.clip
     source = run.source(run.train_spec)
     cfg = run.config.features
     share = pipeline.Share.of_this_process(cfg.batch_size)
@@ -47,7 +45,7 @@ def run_stage(run: Run) -> None:
         path = chunks / f"s{first:07d}-n{count:05d}-p{jax.process_index():03d}.npz"
         if not path.exists():
             rows = [_local_rows(encode(jax.make_array_from_process_local_data(batch_sharding, b["image"])), b)
-                    for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.image_spec),
+                    for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.model.image_spec),
                                                    num_workers=run.config.num_workers, first_step=first,
                                                    num_steps=cfg.chunk_steps)]
             storage.save_npz(path, index=np.concatenate([r[0] for r in rows]),
@@ -58,7 +56,7 @@ def run_stage(run: Run) -> None:
     run.barrier("features chunks")
     if run.is_writer:
         _assemble(run, len(source))
-    run.mark_done({"n": len(source), "d": model.config.projection_dim}, STAGE, files=FILES)
+    run.mark_done({"n": len(source), "d": run.model.embed_dim}, STAGE, files=FILES)
 
 
 FILES = ("train.npy", "labels.npy")
@@ -66,9 +64,8 @@ FILES = ("train.npy", "labels.npy")
 
 def _zeroshot_encoder(run: Run) -> tuple[Callable[[jax.Array], jax.Array], jax.sharding.Sharding]:
     """(encode(global images) -> embeddings, the batch sharding) of the frozen zero-shot encoder."""
-    model, params = run.clip
-    encoder, batch_sharding = image_encoder(model), parallel.batch_sharding(run.mesh)
-    frozen = jax.device_put(image_params(params), parallel.replicated(run.mesh))
+    encoder, batch_sharding = run.model.image_encoder(), parallel.batch_sharding(run.mesh)
+    frozen = jax.device_put(run.model.image_params(), parallel.replicated(run.mesh))
     apply = jax.jit(lambda p, x: encoder.apply({"params": p}, x), in_shardings=(parallel.replicated(run.mesh),
                                                                                  batch_sharding))
     return (lambda images: apply(frozen, images)), batch_sharding
@@ -82,7 +79,7 @@ def embed(run: Run, spec: DatasetSpec) -> dict[str, np.ndarray]:
     encode, sharding = _zeroshot_encoder(run)
     share = pipeline.Share.of_this_process(run.config.features.batch_size)
     keep: dict[str, list[np.ndarray]] = {key: [] for key in ("embedding", "label", "group", "mask")}
-    for batch in pipeline.eval_batches(source, share=share, transform=eval_transform(run.image_spec, spec.border_crop),
+    for batch in pipeline.eval_batches(source, share=share, transform=eval_transform(run.model.image_spec, spec.border_crop),
                                        num_workers=run.config.num_workers):
         keep["embedding"].append(as_numpy(encode(jax.make_array_from_process_local_data(sharding, batch["image"]))))
         for key in ("label", "group", "mask"):
@@ -152,8 +149,7 @@ def features_path(run: Run) -> str:
     """The (N, d) training embeddings' `.npy` file on a local disk (for a URL workdir, a copy),
     checked against its recorded hash and against the model's width and the training set's size."""
     path = run.read((STAGE,), "train.npy")
-    model, _ = run.clip
-    expected = (len(run.source(run.train_spec)), model.config.projection_dim)
+    expected = (len(run.source(run.train_spec)), run.model.embed_dim)
     try:
         shape = np.load(path, mmap_mode="r").shape
     except ValueError:  # not an .npy file at all

@@ -13,16 +13,15 @@ import jax
 import numpy as np
 from etils import epath
 
-from saeft_jax import hf, parallel, storage
+from saeft_jax import models, parallel, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.errors import UsageError
 from saeft_jax.fingerprint import fingerprint
 from saeft_jax.methods import Method
-from saeft_jax.models.clip import image_encoder, image_params, text_encoder, text_params
 from saeft_jax.stages import features, heads, probe, trained_sae
 from saeft_jax.stages.context import Run
-from saeft_jax.training.flyp import MAX_LOGIT_SCALE, make_flyp_loss
+from saeft_jax.training.flyp import make_flyp_loss
 from saeft_jax.training.loop import train_loop
 from saeft_jax.training.optim import make_optimizer
 from saeft_jax.training.step import init_state, make_loss, make_train_step
@@ -48,13 +47,13 @@ def run_stage(run: Run, name: str) -> None:
     cfg, method = run.config.finetune, run.methods[name]
     if method.checkpoint:
         return _import(run, method)
-    _, params = run.clip
+    model = run.model
     if method.recipe == "linear_probe":  # the zero-shot encoder with the probe's head
-        return _publish(run, method, {"encoder": image_params(params), "head": probe.load_head(run)},
+        return _publish(run, method, {"encoder": model.image_params(), "head": probe.load_head(run)},
                         {"steps": 0, "final_loss": None, "final_ce": None})
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
-    frozen = {"encoder": image_params(params), "sae": trained_sae.load(run, method.sae) if method.sae else None}
+    frozen = {"encoder": model.image_params(), "sae": trained_sae.load(run, method.sae) if method.sae else None}
     recipe = _flyp(run, method, frozen) if method.recipe == "flyp" else _classifier(run, method)
     optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                                          clip_norm=cfg.clip_norm, decay_mask=recipe.decay_mask)
@@ -90,30 +89,28 @@ class _Recipe:
 
 def _classifier(run: Run, method: Method) -> _Recipe:
     """Fine-tuning (and LP-FT): the image encoder and the head, from the zero-shot head (the probe's)."""
-    _, params = run.clip
     head = probe.load_head(run) if method.recipe == "lp_ft" else heads.load_head(run, run.train_spec.label_space)
-    return _Recipe({"encoder": image_params(params), "head": head}, _loss(run, method))
+    return _Recipe({"encoder": run.model.image_params(), "head": head}, _loss(run, method))
 
 
 def _flyp(run: Run, method: Method, frozen: dict) -> _Recipe:
-    """FLYP: both towers and logit_scale, on captions of the training classes; its head is then the
-    zero-shot head of its own text tower (the training templates, its own logit_scale)."""
-    model, params = run.clip
-    spec = run.train_spec
-    frozen["captions"] = caption_ids(run.tokenizer, spec.classnames, spec.templates,
-                                     model.config.text.max_position_embeddings)
-    trainable = {"encoder": image_params(params), "text": text_params(params), "logit_scale": params["logit_scale"]}
-    loss = make_flyp_loss(image_encoder(model), text_encoder(model), method.penalty(), method.reg_lambda,
-                          taps=_taps(run, method))
+    """FLYP: both towers and the family's loss temperature (and bias), with the family's own
+    pre-training loss on captions of the training classes; its head is then the zero-shot head of its
+    own text tower (the training templates, its own temperature)."""
+    model, spec = run.model, run.train_spec
+    frozen["captions"] = caption_ids(model, spec.classnames, spec.templates)
+    trainable = {"encoder": model.image_params(), "text": model.text_params(), "scales": model.scale_params()}
+    loss = make_flyp_loss(model, method.penalty(), method.reg_lambda, taps=_taps(run, method))
 
     def tuned(trained: dict) -> dict:
-        text = {**trained["text"], "logit_scale": np.clip(trained["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
-        head = build_zeroshot_head(model, {**params, **text}, run.tokenizer, spec.classnames, spec.templates,
+        text = {**trained["text"], **model.published_scales(trained["scales"])}
+        head = build_zeroshot_head(model, spec.classnames, spec.templates, params={**model.params, **text},
                                    show_progress=run.config.show_progress)
         return {"encoder": trained["encoder"], "text": text, "head": {k: np.asarray(v) for k, v in head.items()}}
 
-    no_decay_on_scale = lambda params: {**jax.tree.map(lambda _: True, params), "logit_scale": False}  # as FLYP
-    return _Recipe(trainable, loss, len(spec.templates), tuned, no_decay_on_scale)
+    no_decay_on_scales = lambda params: {**jax.tree.map(lambda _: True, params),
+                                         "scales": jax.tree.map(lambda _: False, params["scales"])}  # as FLYP
+    return _Recipe(trainable, loss, len(spec.templates), tuned, no_decay_on_scales)
 
 
 def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
@@ -128,12 +125,10 @@ def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
 def _publish(run: Run, method: Method, tuned: dict, train: dict) -> None:
     """Writes `tuned` ({"encoder", "head"[, "text"]}: the text tower when it was trained too) as
     method `method`'s final model and marks it done."""
-    model, params = run.clip
+    model = run.model
     directory = run.dir(STAGE, method.name)
     if run.is_writer:
-        hf.save_clip(model, {**params, **tuned["encoder"], **tuned.get("text", {})}, directory / "final",
-                     tokenizer=run.tokenizer,
-                     image_spec=run.image_spec)
+        model.save(directory / "final", params={**model.params, **tuned["encoder"], **tuned.get("text", {})})
         storage.save_safetensors(directory / "head.safetensors", tuned["head"])
     run.mark_done({"method": method.describe(), "train": train, "fingerprint": fingerprint(tuned)}, STAGE,
                   method.name, files=("final", "head.safetensors"), inputs=made_from(run, method))
@@ -143,41 +138,40 @@ def _import(run: Run, method: Method) -> None:
     """A model fine-tuned elsewhere, taken in as this method's: its image encoder and its head
     (`head.safetensors` beside its weights, else the zero-shot head of its own text tower over the
     training classes), written where a trained method's go."""
-    model, _ = run.clip
+    model = run.model
     where = storage.path(method.checkpoint)
-    theirs_model, theirs = hf.load_clip(where)
-    ours, other = model.config, theirs_model.config  # only the image tower and the projection are taken
-    if (other.vision, other.projection_dim) != (ours.vision, ours.projection_dim):
-        raise UsageError(f"{where} holds a CLIP whose image encoder has another shape than {run.model_path}'s; "
-                         f"WiSE-FT mixes the two models' weights, so a checkpoint method must be a fine-tuned copy "
-                         f"of this run's model.")
+    theirs = models.load(where)  # only the image tower (and the head) are taken
+    if not model.same_image_tower(theirs):
+        kind = (f"a {theirs.family.name} model, while this run's {run.model_path} is a {model.family.name} model"
+                if theirs.family.name != model.family.name else
+                f"a {theirs.family.name} model whose image encoder has another shape than {run.model_path}'s")
+        raise UsageError(f"config.finetune.methods.{method.name}.checkpoint: {where} holds {kind}. WiSE-FT mixes the "
+                         f"two models' weights, so a checkpoint method must be a fine-tuned copy of this run's model "
+                         f"(same family and architecture).")
     if (where / "head.safetensors").exists():
         head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
         spec = run.train_spec
-        head = build_zeroshot_head(theirs_model, theirs, hf.load_tokenizer(where), spec.classnames, spec.templates,
-                                   show_progress=run.config.show_progress)
+        head = build_zeroshot_head(theirs, spec.classnames, spec.templates, show_progress=run.config.show_progress)
         made = f"the zero-shot head of {where}'s text tower"
     classes = len(run.train_spec.classnames)
-    if np.shape(head["W"]) != (classes, ours.projection_dim):
+    if np.shape(head["W"]) != (classes, model.embed_dim):
         raise UsageError(f"{made} has shape {np.shape(head['W'])}; the training classes need "
-                         f"({classes}, {ours.projection_dim}).")
-    _publish(run, method, {"encoder": image_params(theirs), "head": {k: np.asarray(v, np.float32)
+                         f"({classes}, {model.embed_dim}).")
+    _publish(run, method, {"encoder": model.image_params(theirs.params), "head": {k: np.asarray(v, np.float32)
                                                                      for k, v in head.items()}},
              {"steps": 0, "final_loss": None, "final_ce": None})
 
 
 def _loss(run: Run, method: Method):
     """Cross-entropy plus the method's weighted penalty, tapping token features where it asks."""
-    model, _ = run.clip
-    return make_loss(image_encoder(model), method.penalty(), method.reg_lambda,
+    return make_loss(run.model.image_encoder(), method.penalty(), method.reg_lambda,
                      label_smoothing=run.config.finetune.label_smoothing, taps=_taps(run, method))
 
 
 def _taps(run: Run, method: Method) -> tuple[int, ...]:
     """The blocks whose token features the method's penalty compares (none for most)."""
-    model, _ = run.clip
-    return method.regularizer.taps(model.config.vision.num_hidden_layers) if method.regularizer.taps else ()
+    return method.regularizer.taps(run.model.vision_layers) if method.regularizer.taps else ()
 
 
 def _batches(run: Run, method: Method, source, templates: int = 0):
@@ -186,7 +180,7 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
     cfg = run.config.finetune
     use_cache = cfg.teacher_cache and method.regularizer.teacher_cache
     teacher = pipeline.NpyRows(features.features_path(run)) if use_cache else None
-    transform = train_transform(run.image_spec, tuple(cfg.crop_scale) if cfg.random_crop else None)
+    transform = train_transform(run.model.image_spec, tuple(cfg.crop_scale) if cfg.random_crop else None)
     return pipeline.train_batches(source, share=pipeline.Share.of_this_process(cfg.batch_size), seed=run.config.seed,
                                   transform=transform, teacher=teacher, templates=templates,
                                   num_workers=run.config.num_workers)
@@ -194,6 +188,6 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
 
 def load_finetuned(run: Run, name: str) -> dict:
     """{"encoder", "head"} of method `name`'s fine-tuned model, as saved."""
-    _, params = hf.load_clip(run.read((STAGE, name), "final"))
+    params = models.load(run.read((STAGE, name), "final")).params
     head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
-    return {"encoder": image_params(params), "head": head}
+    return {"encoder": run.model.image_params(params), "head": head}

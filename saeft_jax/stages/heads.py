@@ -29,12 +29,11 @@ def label_spaces(run: Run) -> dict[str, DatasetSpec]:
 
 def run_stage(run: Run) -> None:
     """Builds and saves every head not yet saved, then marks the stage complete."""
-    model, params = run.clip
     summary = {}
     for space, spec in label_spaces(run).items():
         path = run.dir(STAGE) / f"{space}.safetensors"
         if not path.exists():
-            head = build_zeroshot_head(model, params, run.tokenizer, spec.classnames, spec.templates,
+            head = build_zeroshot_head(run.model, spec.classnames, spec.templates,
                                        show_progress=run.config.show_progress)
             if run.is_writer:
                 storage.save_safetensors(path, head)

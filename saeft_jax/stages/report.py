@@ -126,8 +126,7 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     names, vectors = list(spec.classnames), [heads.load_head(run, spec.label_space)["W"]]
     concepts = list(run.config.report.concepts)
     if concepts:
-        model, params = run.clip
-        head = build_zeroshot_head(model, params, run.tokenizer, concepts, ("{}",), show_progress=False)
+        head = build_zeroshot_head(run.model, concepts, ("{}",), show_progress=False)
         names += concepts
         vectors.append(np.asarray(head["W"]))
     return names, np.concatenate(vectors)

@@ -13,7 +13,6 @@ from etils import epath
 from saeft_jax import storage
 from saeft_jax.evaluation import wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
-from saeft_jax.models.clip import image_encoder, image_params
 from saeft_jax.stages import finetuned, heads
 from saeft_jax.stages.context import Run, write_json
 
@@ -22,12 +21,11 @@ STAGE = "evaluate"
 
 def run_stage(run: Run, name: str) -> None:
     """Evaluates method `name` on every dataset not yet evaluated, then marks the stage complete."""
-    model, params = run.clip
     theta_ft = finetuned.load_finetuned(run, name)
     train_space = run.train_spec.label_space
-    theta0 = {"encoder": image_params(params), "head": heads.load_head(run, train_space)}
+    theta0 = {"encoder": run.model.image_params(), "head": heads.load_head(run, train_space)}
     directory = run.dir(STAGE, name)
-    alphas, encoder = tuple(run.config.evaluate.alphas), image_encoder(model)
+    alphas, encoder = tuple(run.config.evaluate.alphas), run.model.image_encoder()
     sweeps = {}  # one compilation per label-space projection, shared by the datasets that use it
     results = {}
     for spec in [*run.eval_specs(), *([run.validation] if run.validation else [])]:
@@ -39,7 +37,7 @@ def run_stage(run: Run, name: str) -> None:
         key = (spec.label_space, spec.logit_sets)
         if key not in sweeps:
             sweeps[key] = wise.make_sweep(encoder, spec.project, alphas, run.mesh)
-        result = evaluate_dataset(encoder, *pair, spec, run.source(spec), image_spec=run.image_spec, mesh=run.mesh,
+        result = evaluate_dataset(encoder, *pair, spec, run.source(spec), image_spec=run.model.image_spec, mesh=run.mesh,
                                   global_batch=run.config.evaluate.batch_size, alphas=alphas,
                                   num_workers=run.config.num_workers, show_progress=run.config.show_progress,
                                   sweep=sweeps[key])

@@ -60,5 +60,4 @@ def load(run: Run, name: str) -> FrozenSAE:
     """SAE `name`, checked against its recorded hashes and the model's embedding width."""
     for file in (PARAMS_FILE, META_FILE):
         run.read((STAGE, name), file)
-    model, _ = run.clip
-    return load_sae(run.workdir / STAGE / name, d=model.config.projection_dim)
+    return load_sae(run.workdir / STAGE / name, d=run.model.embed_dim)

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from saeft_jax import parallel
-from saeft_jax.models.clip import ImageEncoder
 from saeft_jax.models.heads import classify
 
 
@@ -34,7 +34,7 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> dict[st
             "bad_step": jnp.full((), -1, jnp.int32)}
 
 
-def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
+def make_loss(encoder: nn.Module, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
               taps: tuple[int, ...] = ()) -> Callable:
     """`loss(params, frozen, batch) -> (loss, metrics)`; `frozen` = {"encoder": zero-shot image
     params, "sae": the `FrozenSAE` or None}; `batch` = {"images", "labels"[, "teacher"]}.
@@ -63,7 +63,7 @@ def make_loss(encoder: ImageEncoder, regularizer: Callable, reg_lambda: float, *
     return loss
 
 
-def make_penalized(encoder: ImageEncoder, regularizer: Callable, taps: tuple[int, ...] = ()) -> Callable:
+def make_penalized(encoder: nn.Module, regularizer: Callable, taps: tuple[int, ...] = ()) -> Callable:
     """`penalized(encoder_params, frozen, batch) -> (f, R, metrics)`: the trainable encoder's
     embeddings of `batch["images"]` and the penalty comparing them with the frozen encoder's (or
     the teacher cache's), as `make_loss` describes; shared by every recipe's loss."""
