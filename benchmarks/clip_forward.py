@@ -1,10 +1,11 @@
-"""CLIP image-embedding throughput: our jit-compiled forward vs transformers' PyTorch forward.
+"""Image-embedding throughput: our jit-compiled forward vs transformers' PyTorch forward.
 
     python -m benchmarks.clip_forward --model vitb16 --batch 8 --steps 5 --json OUT
     python -m benchmarks.clip_forward --model vitb32 --batch 8 --steps 5 --backward   # forward + backward
+    python -m benchmarks.clip_forward --model siglip_b16 --batch 8 --steps 5          # SigLIP B/16
 
-Both run on the same random weights (a transformers `CLIPModel` at the published shape, saved
-and reopened with `saeft_jax.hf.load_clip`) on the same chip (the GPU when there is one); at
+Both run on the same random weights (a transformers `CLIPModel` or `SiglipModel` at the published
+shape, saved and reopened with `saeft_jax.models.load`) on the same chip (the GPU when there is one); at
 `--dtype bfloat16` ours computes in bf16 with fp32 weights and PyTorch runs under autocast.
 `--backward` times the gradient of the summed embeddings with respect to every image-encoder
 parameter instead (what fine-tuning adds to the forward).
@@ -13,22 +14,21 @@ parameter instead (what fine-tuning adds to the forward).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks.common import (jax_peak_device_mib, median_seconds, peak_rss_mib, random_clip_pair, report,
-                               torch_autocast, torch_device, torch_peak_device_mib, torch_timed, utilisation,
-                               vit_forward_flops)
-from saeft_jax.models.clip import image_params
-from saeft_jax.models.clip_shapes import SHAPES
+from benchmarks.common import (MODEL_SHAPES, jax_peak_device_mib, median_seconds, peak_rss_mib, random_model_pair,
+                               report, torch_autocast, torch_device, torch_image_embeddings, torch_peak_device_mib,
+                               torch_timed, utilisation, vit_forward_flops)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vitb16", choices=sorted(SHAPES))
+    parser.add_argument("--model", default="vitb16", choices=MODEL_SHAPES)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--backward", action="store_true", help="time forward + backward instead")
@@ -37,35 +37,34 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    torch_model, model, params = random_clip_pair(args.model)
+    torch_model, model = random_model_pair(args.model)
     size = model.config.vision.image_size
     images = np.random.RandomState(0).randn(args.batch, size, size, 3).astype(np.float32)
 
-    compute = model.clone(dtype=jnp.dtype(args.dtype))
-    encode = lambda p, x: compute.apply({"params": p}, x, method=compute.encode_image)
+    compute = dataclasses.replace(model, dtype=jnp.dtype(args.dtype)).image_encoder()
+    encode = lambda p, x: compute.apply({"params": p}, x)
+    params = model.image_params()
     images_jax = jax.device_put(images)
     device = torch_device()
     torch_model.to(device)
     pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
     autocast = torch_autocast(args.dtype)
     if args.backward:
-        encoder = image_params(params)
-        grad = jax.jit(jax.grad(lambda p, x: encode({**params, **p}, x).sum()))
-        jax_s = median_seconds(lambda: jax.block_until_ready(grad(encoder, images_jax)), args.steps)
+        grad = jax.jit(jax.grad(lambda p, x: encode(p, x).sum()))
+        jax_s = median_seconds(lambda: jax.block_until_ready(grad(params, images_jax)), args.steps)
 
         def torch_step():
             torch_model.zero_grad()
             with autocast:
-                out = torch_model.get_image_features(pixel_values=pixels)
-            getattr(out, "pooler_output", out).float().sum().backward()  # transformers 5 returns an output object
+                out = torch_image_embeddings(torch_model, pixels)
+            out.float().sum().backward()
 
         torch_s = median_seconds(torch_timed(torch_step), args.steps)
     else:
         forward = jax.jit(encode)
         jax_s = median_seconds(lambda: forward(params, images_jax).block_until_ready(), args.steps)
         with torch.inference_mode(), autocast:
-            torch_s = median_seconds(torch_timed(lambda: torch_model.get_image_features(pixel_values=pixels)),
-                                     args.steps)
+            torch_s = median_seconds(torch_timed(lambda: torch_image_embeddings(torch_model, pixels)), args.steps)
     flops = (3 if args.backward else 1) * vit_forward_flops(model.config.vision, args.batch)
 
     report({

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saeft_jax.models import clip_shapes
+
 
 def median_seconds(step: Callable[[], Any], steps: int, warmup: int = 2) -> float:
     """Median wall time of `step()` over `steps` calls after `warmup` untimed ones.
@@ -102,21 +104,58 @@ def machine() -> dict[str, Any]:
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def random_clip_pair(shape: str):
-    """`(torch_model, model, params)`: a random transformers `CLIPModel` at a published shape
-    and the same weights loaded through `saeft_jax.hf.load_clip`."""
+def import_torchvision_beside_cpu_torch() -> None:
+    """Imports torchvision (open_clip's dependency) once, with its fake-kernel registration skipped.
+
+    PyPI's torchvision wheel for torch 2.13 is a CUDA build; beside the CPU torch of this machine
+    its `_meta_registrations` fails at import ("operator torchvision::nms does not exist"), and
+    transformers then cannot import its PyTorch models either (it imports torchvision when it is
+    installed). Those registrations only describe torchvision's detection operators for
+    torch.compile, which no test or benchmark uses, so they are skipped while torchvision imports.
+    """
+    try:
+        import torch.library
+    except ImportError:
+        return
+    register_fake = torch.library.register_fake
+    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        torch.library.register_fake = register_fake
+
+
+SIGLIP_SHAPES = ("siglip_b16",)  # transformers' SiglipConfig defaults: google/siglip-base-patch16-224's shape
+MODEL_SHAPES = (*sorted(clip_shapes.SHAPES), *SIGLIP_SHAPES)
+
+
+def random_model_pair(shape: str):
+    """`(torch_model, model)`: a random transformers `CLIPModel` (or `SiglipModel`) at a published
+    shape and the same weights loaded through `saeft_jax.models.load`."""
     import tempfile
 
+    import_torchvision_beside_cpu_torch()
     import transformers
 
-    from saeft_jax import hf
-    from saeft_jax.models.clip_shapes import clip_shape
+    from saeft_jax import models
+    from saeft_jax.models.clip_family import config_to_hf
 
-    torch_model = transformers.CLIPModel(hf.config_to_hf(clip_shape(shape))).eval()
+    if shape in SIGLIP_SHAPES:
+        torch_model = transformers.SiglipModel(transformers.SiglipConfig()).eval()
+    else:
+        torch_model = transformers.CLIPModel(config_to_hf(clip_shapes.clip_shape(shape))).eval()
     with tempfile.TemporaryDirectory() as tmp:
         torch_model.save_pretrained(tmp)
-        model, params = hf.load_clip(tmp)
-    return torch_model, model, params
+        model = models.load(tmp)
+    return torch_model, model
+
+
+def torch_image_embeddings(torch_model, pixels):
+    """transformers' pooled image embeddings of NCHW `pixels` (CLIP: projected; SigLIP: the pooling head)."""
+    out = torch_model.get_image_features(pixel_values=pixels)
+    return getattr(out, "pooler_output", out)  # transformers 5 returns an output object
 
 
 def report(result: dict[str, Any], json_path: str | None) -> None:

@@ -55,6 +55,8 @@ run vitb16_cache 120 $ts --model vitb16 --batch 256 --regularizer sae_add_remove
 XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}" \
   run vitb16_sae_deterministic 150 $ts --model vitb16 --batch 256 --regularizer sae_add_remove --skip-torch
 run forward_vitb16 90 benchmarks.clip_forward --model vitb16 --batch 512 --steps 10 --dtype bfloat16 --peak-tflops $peak
+run siglip_b16_sae 150 $ts --model siglip_b16 --batch 256 --regularizer sae_add_remove
+run forward_siglip_b16 90 benchmarks.clip_forward --model siglip_b16 --batch 512 --steps 10 --dtype bfloat16 --peak-tflops $peak
 run sae_large    90 benchmarks.sae_train --d 768 --dict-size 24576 --k 32 --batch 4096 --steps 50
 run vitl14_sae  150 $ts --model vitl14 --batch 128 --regularizer sae_add_remove
 

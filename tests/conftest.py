@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import pytest
 
+from benchmarks.common import import_torchvision_beside_cpu_torch
 from saeft_jax.hf import config_to_hf
 from saeft_jax.models.clip import CLIPConfig, TextConfig, VisionConfig
 from saeft_jax.models.clip_shapes import clip_shape
@@ -30,30 +31,7 @@ VITB16 = clip_shape("vitb16")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-def _import_torchvision_beside_cpu_torch() -> None:
-    """Imports torchvision (open_clip's dependency) once, with its fake-kernel registration skipped.
-
-    PyPI's torchvision wheel for torch 2.13 is a CUDA build; beside the CPU torch of this machine
-    its `_meta_registrations` fails at import ("operator torchvision::nms does not exist"), and
-    transformers then cannot import its PyTorch models either (it imports torchvision when it is
-    installed). Those registrations only describe torchvision's detection operators for
-    torch.compile, which no test uses, so they are skipped while torchvision imports.
-    """
-    try:
-        import torch.library
-    except ImportError:
-        return
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        torch.library.register_fake = register_fake
-
-
-_import_torchvision_beside_cpu_torch()
+import_torchvision_beside_cpu_torch()  # before any test imports transformers' PyTorch models
 
 
 def random_hf_clip(shape: CLIPConfig, hidden_act: str = "quick_gelu", seed: int = 0, **text_overrides):
