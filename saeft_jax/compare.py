@@ -19,7 +19,7 @@ from typing import Any
 from etils import epath
 
 from saeft_jax import storage
-from saeft_jax.errors import UsageError
+from saeft_jax.errors import UsageError, command_exit_code
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import render_html
 from saeft_jax.rendering.markdown import render_comparison, report_methods
@@ -163,13 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdirs", nargs="+", help="finished runs' workdirs (local or gs://)")
     parser.add_argument("--out", required=True, help="where the comparison goes")
     args = parser.parse_args(argv)
-    try:
-        path = compare(args.workdirs, args.out)
-    except UsageError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    print(f"done: {path}")
-    return 0
+    return command_exit_code(lambda: compare(args.workdirs, args.out))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ it and exits with code 2 instead of showing a traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class UsageError(ValueError):
     """The run cannot go on as asked; the message says what to change."""
@@ -14,3 +18,15 @@ class UsageError(ValueError):
 
 class ConfigError(UsageError):
     """A config value that cannot work; the message names the key."""
+
+
+def command_exit_code(work: Callable[[], Any]) -> int:
+    """Runs a command-line tool's work: prints `done: <result>` and gives 0, or prints a user's
+    mistake as one paragraph on stderr and gives 2."""
+    try:
+        result = work()
+    except UsageError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(f"done: {result}")
+    return 0

@@ -16,7 +16,7 @@ import sys
 from etils import epath
 
 from saeft_jax import models, storage
-from saeft_jax.errors import UsageError
+from saeft_jax.errors import UsageError, command_exit_code
 from saeft_jax.stages import completion
 
 STAGE = "finetune"
@@ -56,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="open_clip", help="open_clip (default) or hf")
     parser.add_argument("--out", required=True, help="the new checkpoint directory")
     args = parser.parse_args(argv)
-    try:
-        path = export(args.workdir, args.method, args.out, args.format)
-    except UsageError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    print(f"done: {path}")
-    return 0
+    return command_exit_code(lambda: export(args.workdir, args.method, args.out, args.format))
 
 
 if __name__ == "__main__":

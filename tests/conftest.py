@@ -34,6 +34,32 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import_torchvision_beside_cpu_torch()  # before any test imports transformers' PyTorch models
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(base, variant: str = "smoke", methods: dict | None = None, **changes):
+    """`configs/demo.py:<variant>`, quiet, its data and cached model under `base` (so the tests of
+    a session share them), `methods` added, `changes` set by dotted key, checked by `finish`."""
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from configs import demo
+    from saeft_jax.config import finish
+
+    config = demo.get_config(variant)
+    config.show_progress = False
+    config.data_dir, config.demo.cache_dir = str(base / "data"), str(base / "cache")
+    for name, entry in (methods or {}).items():
+        config.finetune.methods[name] = entry
+    for key, value in changes.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return finish(config)
+
+
 def random_hf_clip(shape: CLIPConfig, hidden_act: str = "quick_gelu", seed: int = 0, **text_overrides):
     """A `transformers.CLIPModel` whose every parameter is perturbed away from its neat init
     (LayerNorm scales not 1, biases not 0), so a mis-mapped leaf cannot go unnoticed."""

@@ -18,9 +18,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import demo_config
 
 pytestmark = pytest.mark.slow  # about eight minutes on 2 CPU cores: run with `-m slow`, as CI does
 
@@ -196,14 +198,7 @@ PROBES = [
 
 
 def smoke_config(shared):
-    sys.path.insert(0, ROOT)
-    from configs import demo
-    from saeft_jax.config import finish as finish_config
-
-    config = demo.get_config("smoke")
-    config.show_progress = False
-    config.data_dir, config.demo.cache_dir = shared["data_dir"], shared["demo.cache_dir"]
-    return finish_config(config)
+    return demo_config(Path(shared["data_dir"]).parent)
 
 
 def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, capsys):

@@ -18,8 +18,8 @@ import open_clip  # a test dependency (pip install '.[test]'); after conftest's 
 import pytest
 import safetensors.torch
 import torch
-
 from conftest import TINY, random_hf_clip, write_char_tokenizer
+
 from saeft_jax import models
 
 SMALL_GELU = {"embed_dim": 32, "quick_gelu": False,

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import demo_config
 from PIL import Image
 
 pytestmark = pytest.mark.slow  # about three minutes: run with `-m slow`, as CI does
@@ -35,25 +36,14 @@ def registered():
 
 
 def smoke_config(tmp_path_factory, **changes):
-    sys.path.insert(0, ROOT)
-    from configs import demo
-    from saeft_jax.config import finish, method, sae_settings
+    from saeft_jax.config import method, sae_settings
 
-    config = demo.get_config("smoke")
-    # a third method: the test's own regularizer, fed raw embeddings as the reference code does
-    config.finetune.methods.code_shift = method("code_shift", reg_lambda=50.0, scale=2.0, reference_raw_inputs=True)
-    config.saes.basis = sae_settings(kind="pca", dict_size=8)  # a PCA basis for a fourth, the pca penalty
-    config.finetune.methods.pca = method("pca", reg_lambda=50.0)
-    config.show_progress = False
-    config.data_dir = str(tmp_path_factory.getbasetemp() / "data")
-    config.demo.cache_dir = str(tmp_path_factory.getbasetemp() / "cache")
-    for key, value in changes.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return finish(config)
+    # a third method: the test's own regularizer, fed raw embeddings as the reference code does;
+    # a PCA basis for a fourth, the pca penalty
+    methods = {"code_shift": method("code_shift", reg_lambda=50.0, scale=2.0, reference_raw_inputs=True),
+               "pca": method("pca", reg_lambda=50.0)}
+    return demo_config(tmp_path_factory.getbasetemp(), "smoke", methods,
+                       **{"saes.basis": sae_settings(kind="pca", dict_size=8), **changes})
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import demo_config
 
 pytestmark = pytest.mark.slow  # several minutes: run with `-m slow`, as CI does
 
@@ -19,18 +20,10 @@ RECIPES = ("none", "sae_add_remove", "linear_probe", "lp_ft", "flyp")
 
 
 def siglip_smoke(tmp_path_factory):
-    sys.path.insert(0, ROOT)
-    from configs import demo
-    from saeft_jax.config import finish, method
+    from saeft_jax.config import method
 
-    config = demo.get_config("siglip,smoke")
-    config.finetune.methods.linear_probe = method(recipe="linear_probe")
-    config.finetune.methods.lp_ft = method(recipe="lp_ft")
-    config.finetune.methods.flyp = method(recipe="flyp")
-    config.show_progress = False
-    config.data_dir = str(tmp_path_factory.getbasetemp() / "data")
-    config.demo.cache_dir = str(tmp_path_factory.getbasetemp() / "cache")
-    return finish(config)
+    recipes = {name: method(recipe=name) for name in ("linear_probe", "lp_ft", "flyp")}
+    return demo_config(tmp_path_factory.getbasetemp(), "siglip,smoke", recipes)
 
 
 @pytest.fixture(scope="module")

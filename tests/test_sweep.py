@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
+from conftest import demo_config
 
 pytestmark = pytest.mark.slow  # about three minutes on 2 CPU cores
 
@@ -16,16 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_sweep_runs_shared_stages_once_and_reports_every_method(tmp_path_factory, capsys):
-    sys.path.insert(0, ROOT)
-    from configs import demo
-    from saeft_jax.config import finish
     from saeft_jax.pipeline import run_pipeline
 
-    config = demo.get_config("sweep,smoke")
-    base = tmp_path_factory.getbasetemp()
-    config.show_progress, config.data_dir, config.demo.cache_dir = False, str(base / "data"), str(base / "cache")
     workdir = tmp_path_factory.mktemp("sweep")
-    run_pipeline(finish(config), workdir)
+    run_pipeline(demo_config(tmp_path_factory.getbasetemp(), "sweep,smoke"), workdir)
     out = capsys.readouterr().out
     for shared in ("zeroshot", "features", "sae/main", "sae/wide", "probe"):
         assert out.count(f"stage {shared}: running") == 1, shared

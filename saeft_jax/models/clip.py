@@ -50,7 +50,7 @@ class TextConfig(TowerConfig):
     bos_token_id: int = 49406
     eos_token_id: int = 49407
     pad_token_id: int = 1
-    pooling: str = "eos"  # "eos": the first end-of-text token; "argmax": the largest id (OpenAI, open_clip)
+    pooling: str = "eos"  # "eos": the first end-of-text token; "argmax": the largest id (OpenAI, open_clip); "last"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,11 +227,14 @@ class VisionTransformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """The causal text tower up to `final_layer_norm` of the pooled end-of-text token."""
+    """The text tower up to `final_layer_norm` of the pooled token (CLIP: causal, the end-of-text
+    token; SigLIP: bidirectional, the last position, then a linear `head` of `head_size` outputs)."""
 
     config: TextConfig
     dtype: Dtype
     remat: bool = False
+    causal: bool = True
+    head_size: int = 0  # 0: no head (CLIP projects outside the tower)
 
     @nn.compact
     def __call__(self, input_ids: jax.Array) -> jax.Array:
@@ -240,9 +243,10 @@ class TextTransformer(nn.Module):
             raise ValueError(f"token sequences are at most {cfg.max_position_embeddings} long; "
                              f"got {input_ids.shape[-1]}")
         x = TextEmbeddings(cfg, self.dtype, name="embeddings")(input_ids)
-        x, _ = Encoder(cfg, True, self.dtype, self.remat, name="encoder")(x)
+        x, _ = Encoder(cfg, self.causal, self.dtype, self.remat, name="encoder")(x)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
-        return x[jnp.arange(x.shape[0]), pooling_index(input_ids, cfg.eos_token_id, cfg.pooling)]
+        pooled = x[jnp.arange(x.shape[0]), pooling_index(input_ids, cfg.eos_token_id, cfg.pooling)]
+        return nn.Dense(self.head_size, dtype=self.dtype, name="head")(pooled) if self.head_size else pooled
 
 
 class TextEmbeddings(nn.Module):
@@ -261,12 +265,14 @@ class TextEmbeddings(nn.Module):
 
 
 def pooling_index(input_ids: jax.Array, eos_token_id: int, pooling: str = "eos") -> jax.Array:
-    """Where each sequence is pooled: the first end-of-text token, or the largest id.
+    """Where each sequence is pooled: the first end-of-text token, the largest id, or (SigLIP) the last position.
 
     OpenAI's code and open_clip take the largest id, the end-of-text token of the OpenAI vocabulary;
     transformers does so for configs written before its PR #24773, which say `eos_token_id == 2`.
     Both rules are kept so that every published checkpoint pools as upstream.
     """
+    if pooling == "last":
+        return jnp.full(input_ids.shape[:1], input_ids.shape[-1] - 1)
     if pooling == "argmax" or eos_token_id == 2:
         return jnp.argmax(input_ids, axis=-1)
     return jnp.argmax(input_ids == eos_token_id, axis=-1)

@@ -28,7 +28,7 @@ from flax import traverse_util
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import pt_layout, weights
 from saeft_jax.models.clip_family import save_tokenizer
-from saeft_jax.models.clip import MLP, Encoder, TextConfig, TextEmbeddings, TowerConfig, VisionConfig, attend
+from saeft_jax.models.clip import MLP, Encoder, TextConfig, TextTransformer, TowerConfig, VisionConfig, attend
 from saeft_jax.models.family import Family, Model
 from saeft_jax.models.heads import Head
 from saeft_jax.models.weights import CheckpointError
@@ -124,24 +124,10 @@ class VisionTransformer(nn.Module):
         return AttentionPoolingHead(cfg, self.dtype, name="head")(x), tapped
 
 
-class TextTransformer(nn.Module):
-    """The bidirectional text tower: the last position's state through `final_layer_norm` and `head`."""
-
-    config: TextConfig
-    projection_size: int
-    dtype: Dtype
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, input_ids: jax.Array) -> jax.Array:
-        cfg = self.config
-        if input_ids.shape[-1] > cfg.max_position_embeddings:
-            raise ValueError(f"token sequences are at most {cfg.max_position_embeddings} long; "
-                             f"got {input_ids.shape[-1]}")
-        x = TextEmbeddings(cfg, self.dtype, name="embeddings")(input_ids)
-        x, _ = Encoder(cfg, False, self.dtype, self.remat, name="encoder")(x)
-        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
-        return nn.Dense(self.projection_size, dtype=self.dtype, name="head")(x[:, -1])
+def text_transformer(config: SiglipConfig, dtype: Dtype, remat: bool, **kwargs) -> TextTransformer:
+    """SigLIP's text tower: CLIP's layers, bidirectional, the last position through a linear `head`."""
+    text = dataclasses.replace(config.text, pooling="last")
+    return TextTransformer(text, dtype, remat, causal=False, head_size=config.projection_size, **kwargs)
 
 
 class ImageEncoder(nn.Module):
@@ -167,8 +153,7 @@ class TextEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array) -> jax.Array:
-        text = TextTransformer(self.config.text, self.config.projection_size, self.dtype, self.remat, name="text_model")
-        return text(input_ids).astype(jnp.float32)
+        return text_transformer(self.config, self.dtype, self.remat, name="text_model")(input_ids).astype(jnp.float32)
 
 
 class Siglip(nn.Module):
@@ -181,7 +166,7 @@ class Siglip(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.vision_model = VisionTransformer(cfg.vision, self.dtype, self.remat)
-        self.text_model = TextTransformer(cfg.text, cfg.projection_size, self.dtype, self.remat)
+        self.text_model = text_transformer(cfg, self.dtype, self.remat)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(10.0)), (1,))
         self.logit_bias = self.param("logit_bias", nn.initializers.constant(-10.0), (1,))
 
