@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from saeft_jax import curves, preflight, storage
+from saeft_jax import curves, preflight, stopping, storage
 from saeft_jax.config import SAE_DEFAULTS, base_config
 from saeft_jax.data.registry import CORRUPTED, suite
 from saeft_jax.errors import UsageError
@@ -207,6 +207,7 @@ def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) 
     wanted = set(config.stages)
     for parts, function, needs in _plan(run):
         stage, label = parts[0], "/".join(parts)
+        stopping.check(f"before stage {label}")
         if stage not in wanted or (stage == "features" and not _features_read(run, wanted)):
             continue
         if run.done(*parts) is not None:

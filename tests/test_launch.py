@@ -93,8 +93,9 @@ def test_sbatch_hands_the_run_each_value_as_one_argument_and_forwards_extra_argu
               "--config.finetune.lr=3e-5", f"--config.name={HOSTILE}"]
     result = subprocess.run(submit, env=env, cwd=cluster, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert calls(cluster, "srun") == [["python", "-m", "saeft_jax.main", "--config=configs/transfer_vitb16.py:dataset=cifar10",
-                                        f"--workdir={workdir}", "--config.num_workers=4", "--config.finetune.lr=3e-5",
+    assert calls(cluster, "srun") == [["python", "-m", "saeft_jax.main",
+                                        "--config=configs/transfer_vitb16.py:dataset=cifar10", f"--workdir={workdir}",
+                                        "--config.num_workers=4", "--config.finetune.lr=3e-5",
                                         f"--config.name={HOSTILE}"]]
     assert not list(cluster.rglob("PWNED"))
 
