@@ -49,7 +49,6 @@ class _Policy:
     def __init__(self, continue_hint: str | None):
         self.continue_hint = continue_hint  # set in the command-line process, which has a watcher
         self.first: int | None = None
-        self.first_at = 0.0
         self.observed = False
         self.longer_grace = 0
         self.previous = {number: signal.getsignal(number) for number in SIGNALS}
@@ -59,7 +58,7 @@ class _Policy:
 
     def _handle(self, signum: int, frame) -> None:
         if self.first is None:
-            self.first, self.first_at = signum, time.monotonic()
+            self.first = signum
         elif (self.continue_hint is None and signum == signal.SIGINT == self.first
               and callable(self.previous[signal.SIGINT])):
             self.previous[signal.SIGINT](signum, frame)  # a library caller's second Ctrl-C: its own handler
@@ -102,7 +101,7 @@ def _watch(policy: _Policy, read: int) -> None:
                 if first is None and signum in SIGNALS:
                     first, first_at = signum, time.monotonic()
                     if policy.first is None:  # the main thread's handler has not run yet
-                        policy.first, policy.first_at = signum, first_at
+                        policy.first = signum
                 elif signum == signal.SIGINT == first:
                     _end_now(signal.SIGINT, "a second Ctrl-C", policy)
         grace = SAVE_GRACE_S if policy.longer_grace else GRACE_S
