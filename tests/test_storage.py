@@ -121,26 +121,31 @@ def silent_bucket(monkeypatch):
         connection.close()
 
 
-def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucket, monkeypatch, tmp_path):
+def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucket, monkeypatch, tmp_path, capsys):
     import fsspec
 
     from configs import demo
+    from saeft_jax import compare
     from saeft_jax.config import finish
     from saeft_jax.pipeline import prepare_workdir, run_pipeline
 
     fsspec.filesystem("gs")  # gcsfs's search for credentials (seconds), outside the timed waits
-    monkeypatch.setattr(storage, "PROBE_TIMEOUT_S", 4.0)
+    monkeypatch.setattr(storage, "PROBE_TIMEOUT_S", 3.0)
     started = time.monotonic()
-    with pytest.raises(storage.StorageError, match=r"^--workdir gs://bucket/run: its bucket did not answer within 4 s"):
+    with pytest.raises(storage.StorageError, match=r"^--workdir gs://bucket/run: its bucket did not answer within 3 s"):
         prepare_workdir("gs://bucket/run")
-    assert silent_bucket and time.monotonic() - started < 8  # it did wait on the endpoint, then gave up
+    assert silent_bucket and time.monotonic() - started < 6  # it did wait on the endpoint, then gave up
     config = demo.get_config("smoke")
     config.data_dir = "gs://bucket/data"
     config = finish(config)
     started = time.monotonic()
     with pytest.raises(storage.StorageError, match=r"^config.data_dir gs://bucket/data: its bucket did not answer"):
         run_pipeline(config, tmp_path / "run")
-    assert time.monotonic() - started < 8 and not (tmp_path / "run").exists()  # refused before anything was written
+    assert time.monotonic() - started < 6 and not (tmp_path / "run").exists()  # refused before anything was written
+    started = time.monotonic()
+    assert compare.main(["gs://bucket/a", str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: run gs://bucket/a: its bucket did not answer within 3 s")
+    assert time.monotonic() - started < 6 and not (tmp_path / "out").exists()
 
 
 def test_gcsfs_waits_a_bounded_time_per_request_and_logs_no_traceback(caplog):
