@@ -126,8 +126,8 @@ def main(argv: list[str]) -> None:
     try:
         stopping.check("while starting")
         report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value, command=f"rerunning {command}")
-    except Exception as error:  # a stop raised inside a library's call may come back wrapped in its error
-        stop = _wrapped(error, stopping.Stopped)
+    except Exception as error:
+        stop = _stop_of(error)
         if stop is not None:
             print(f"\nstopped: {stop}; {command} continues the run", file=sys.stderr)
             sys.exit(stop.exit_code)
@@ -138,6 +138,19 @@ def main(argv: list[str]) -> None:
         print(f"\ndone: the stages {', '.join(_CONFIG.value.stages)} in {_WORKDIR.value} (no report this time)")
     else:
         print(f"\ndone: {report / 'report.md'}")
+
+
+def _stop_of(error: Exception) -> stopping.Stopped | None:
+    """The stop that `error` is, wraps (a stop raised inside a library's call may come back wrapped
+    in its error) or followed (after a signal, what failed is taken as its consequence: grain's
+    worker processes get SLURM's SIGTERM too), else None."""
+    stop = _wrapped(error, stopping.Stopped)
+    signum = stopping.requested()
+    if stop is None and signum is not None:
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        stop = stopping.Stopped(f"{stopping.signal_name(signum)}, and while stopping: {type(error).__name__} "
+                                f"{first_line}; every finished artifact is kept", signum)
+    return stop
 
 
 def _wrapped(error: BaseException, kind: type) -> BaseException | None:

@@ -351,6 +351,20 @@ def test_signals_during_a_checkpoint_save_are_handled_after_it():
         signal.signal(signal.SIGTERM, before)
 
 
+def test_a_failure_after_a_stop_request_ends_as_that_stop():
+    import signal
+
+    from saeft_jax import stopping
+    from saeft_jax.main import _stop_of
+
+    assert _stop_of(RuntimeError("grain worker 0 died")) is None  # without a signal, an error is an error
+    with stopping.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        stop = _stop_of(RuntimeError("grain worker 0 died"))  # its workers got the same SIGTERM
+    assert stop.exit_code == 3 and str(stop).startswith("SIGTERM, and while stopping: RuntimeError grain worker 0 died")
+
+
 def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
     from saeft_jax.main import _wrapped
     from saeft_jax.stopping import Stopped
