@@ -7,8 +7,9 @@ each complete checkpoint in `<directory>.sizes/`, or any file Orbax cannot read)
 resume in favour of the newest one that restores, with a warning naming it. A save that would not fit on a local disk is
 refused before it starts, and a save that fails for lack of space or permission ends as a
 `StorageError` naming the directory; the newest complete checkpoint stays either way. SIGTERM
-and Ctrl-C that arrive while Orbax saves are handled once it has finished: an exception raised
-inside its waits leaves a save half-finalised and Orbax logging tracebacks.
+and Ctrl-C that arrive while Orbax saves only request a stop (`saeft_jax.stopping`), handled once
+it has finished: an exception raised inside its waits leaves a save half-finalised and Orbax
+logging tracebacks.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from saeft_jax import storage
+from saeft_jax import stopping, storage
 from saeft_jax.storage import StorageError
 from saeft_jax.errors import UsageError
 
@@ -153,39 +152,8 @@ class Checkpoints:
 
     @contextlib.contextmanager
     def _storage_errors(self, doing: str) -> Iterator[None]:
-        with _signals_held(), storage.failures_named(self.directory, doing):
+        with stopping.installed(), storage.failures_named(self.directory, doing):  # a signal waits for the save
             yield
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Defers SIGTERM and a first Ctrl-C to the end of the block, then hands each to the handler
-    that was in place (the train loop's stop flag, the run's exit 3, or the default). A second
-    Ctrl-C interrupts at once (a save that hangs can still be broken off); when the block ends
-    in an error, that error is what the run reports, and the deferred signals are dropped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def hold(number: int, frame) -> None:
-        if number == signal.SIGINT and signal.SIGINT in pending:
-            raise KeyboardInterrupt
-        pending.append(number)
-
-    previous = {number: signal.signal(number, hold) for number in (signal.SIGTERM, signal.SIGINT)}
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(pending) if not failed else ():
-            if callable(previous[number]):
-                previous[number](number, None)
-            else:  # SIG_DFL or SIG_IGN: let the process get it as it would have
-                signal.raise_signal(number)
 
 
 def _first_line(error: BaseException) -> str:

@@ -131,6 +131,8 @@ def merge(reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
 
 def compare(workdirs: list[str], out: str) -> epath.Path:
     """Writes the comparison of `workdirs` into `out`; returns the Markdown file."""
+    for what, place in [*(("run", w) for w in workdirs), ("--out", out)]:  # an unreachable bucket: one paragraph
+        storage.check_reachable(place, what)
     places = [str(_resolved(w)) for w in workdirs]
     repeated = sorted({w for w, place in zip(workdirs, places) if places.count(place) > 1})
     if repeated:

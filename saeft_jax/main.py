@@ -5,7 +5,8 @@ hosts, pass `--coordinator_address/--num_processes/--process_id` (or the JAX_* e
 variables); TPU pods and SLURM need nothing. A user's mistake (a config file that is missing or
 does not load, an unknown key, a value that cannot work, missing data, an unusable workdir or
 checkpoint) ends with one paragraph and exit code 2; SIGTERM (a preemption, a time limit) in any
-stage with exit code 3, after fine-tuning has saved a checkpoint.
+stage with exit code 3, after fine-tuning has saved a checkpoint, and Ctrl-C with 130
+(`saeft_jax.stopping` is the policy).
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import sys
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from saeft_jax import distributed
+from saeft_jax import distributed, stopping
 from saeft_jax.errors import UsageError
 from saeft_jax.methods import unknown_hparam_hints
 
@@ -121,32 +121,36 @@ def main(argv: list[str]) -> None:
               f"{startup.coordinator_address})", flush=True)
     from saeft_jax.config import finish
     from saeft_jax.pipeline import run_pipeline
-    from saeft_jax.stages.finetuned import Preempted
 
-    command = shlex.join([os.path.basename(sys.executable), "-m", "saeft_jax.main", *sys.argv[1:]])
-
-    def stop_between_checkpoints(signum, frame):  # fine-tuning's loop sets its own handler, which saves first
-        raise Preempted(f"SIGTERM outside fine-tuning; every finished artifact is kept, and {command} continues")
-
-    signal.signal(signal.SIGTERM, stop_between_checkpoints)  # exit 3 (requeue) in any stage, not 143
+    command = _command()
     try:
+        stopping.check("while starting")
         report = run_pipeline(finish(_CONFIG.value), _WORKDIR.value, command=f"rerunning {command}")
-    except Exception as error:  # SIGTERM inside a library may come back wrapped (a lazy import's error, say)
-        stop = _wrapped(error, Preempted)
+    except Exception as error:
+        stop = _stop_of(error)
         if stop is not None:
-            logging.warning("%s", stop)
-            print(f"\nstopped: {stop}", file=sys.stderr)
-            sys.exit(3)
+            print(f"\nstopped: {stop}; {command} continues the run", file=sys.stderr)
+            sys.exit(stop.exit_code)
         if not isinstance(error, UsageError):
             raise
         fail(str(error))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished work is kept, and {command} continues the run", file=sys.stderr)
-        sys.exit(130)
     if report is None:
         print(f"\ndone: the stages {', '.join(_CONFIG.value.stages)} in {_WORKDIR.value} (no report this time)")
     else:
         print(f"\ndone: {report / 'report.md'}")
+
+
+def _stop_of(error: Exception) -> stopping.Stopped | None:
+    """The stop that `error` is, wraps (a stop raised inside a library's call may come back wrapped
+    in its error) or followed (after a signal, what failed is taken as its consequence: grain's
+    worker processes get SLURM's SIGTERM too), else None."""
+    stop = _wrapped(error, stopping.Stopped)
+    signum = stopping.requested()
+    if stop is None and signum is not None:
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        stop = stopping.Stopped(f"{stopping.signal_name(signum)}, and while stopping: {type(error).__name__} "
+                                f"{first_line}; every finished artifact is kept", signum)
+    return stop
 
 
 def _wrapped(error: BaseException, kind: type) -> BaseException | None:
@@ -160,7 +164,13 @@ def _wrapped(error: BaseException, kind: type) -> BaseException | None:
     return None
 
 
+def _command() -> str:
+    """This process's command line, as a user would type it again."""
+    return shlex.join([os.path.basename(sys.executable), "-m", "saeft_jax.main", *sys.argv[1:]])
+
+
 def run() -> None:
+    stopping.install(f"{_command()} continues the run")  # before the config file loads: a signal there is handled
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -15,9 +15,10 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from saeft_jax import curves, preflight, storage
+from saeft_jax import curves, preflight, stopping, storage
 from saeft_jax.config import SAE_DEFAULTS, base_config
 from saeft_jax.data.registry import CORRUPTED, suite
+from saeft_jax.data.sources import DEFAULT_DATA_DIR
 from saeft_jax.errors import UsageError
 from saeft_jax.methods import PROBE_RECIPES
 from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
@@ -107,6 +108,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> epath.Path:
     """The workdir, a local directory or an object-store URL (gs://bucket/run), checked writable."""
     if not os.fspath(workdir).strip():
         raise UsageError("--workdir is empty; name the directory (or gs:// URL) the run's artifacts go to.")
+    storage.check_reachable(workdir, "--workdir")
     path = storage.path(workdir)
     try:
         is_file = path.exists() and not path.is_dir()
@@ -137,6 +139,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     """Runs the configured stages in `workdir`, holding its lock; returns the report directory
     when the report is complete, else None. `command` tells a user how to rerun, in messages
     about damaged artifacts."""
+    for what, place in _inputs(config):  # before anything is written
+        storage.check_reachable(place, what)
     workdir = prepare_workdir(workdir)
     lock = _take_lock(workdir)
     try:
@@ -145,6 +149,15 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     finally:
         if lock is not None:
             lock.release()
+
+
+def _inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """(config key, place) of everything the run reads that may be in a bucket: the data, the model,
+    the methods' imported checkpoints."""
+    places = [("config.data_dir", config.data_dir or DEFAULT_DATA_DIR), ("config.model", config.model)]
+    places += [(f"config.finetune.methods.{name}.checkpoint", method.checkpoint)
+               for name, method in config.finetune.methods.items() if method.get("checkpoint")]
+    return places
 
 
 def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
@@ -207,6 +220,7 @@ def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) 
     wanted = set(config.stages)
     for parts, function, needs in _plan(run):
         stage, label = parts[0], "/".join(parts)
+        stopping.check(f"before stage {label}")
         if stage not in wanted or (stage == "features" and not _features_read(run, wanted)):
             continue
         if run.done(*parts) is not None:

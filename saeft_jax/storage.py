@@ -5,6 +5,13 @@ Paths are `etils.epath.Path`: pathlib on local disks, fsspec (gcsfs, s3fs) for U
 disk a file is written under a temporary name and renamed into place; an object store replaces
 an object whole, so there the object is written directly. Either way a reader never sees half a
 file.
+
+Every wait on a bucket is bounded: gcsfs waits at most `REQUEST_TIMEOUT_S` for a connection or
+for the next bytes of an answer (instead of aiohttp's five minutes, six times over), and a run
+first checks that each bucket it names answers within `PROBE_TIMEOUT_S` (`check_reachable`), so an
+unreachable bucket ends in one paragraph naming its URL before any work starts. gcsfs logs a
+traceback for each request it gives up on; those are dropped here, since the error it then
+raises becomes that paragraph.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ import contextlib
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +33,12 @@ import numpy as np
 import safetensors.numpy
 from etils import epath
 
+from saeft_jax import stopping
 from saeft_jax.errors import UsageError
 
 CACHE = "~/.cache/saeft_jax/remote"
+REQUEST_TIMEOUT_S = 20.0
+PROBE_TIMEOUT_S = 30.0
 # How Orbax and TensorStore word an OSError they report as another type.
 _SPACE_OR_ACCESS = ("RESOURCE_EXHAUSTED", "No space left", "Disk quota", "PERMISSION_DENIED", "Permission denied",
                     "Read-only file system")
@@ -71,6 +84,59 @@ def _remedy(error: Exception) -> str:
     if code == errno.ENOENT:
         return "A file the run had made was removed while it ran; leave the workdir alone"
     return "Check the disk, or the bucket's name, your credentials and the connection"
+
+
+def _bound_bucket_waits() -> None:
+    """Sets gcsfs's wait per connection and per read (fsspec's defaults for every gs:// filesystem it
+    makes) and keeps its retry tracebacks out of the output."""
+    try:
+        import aiohttp
+        import fsspec.config
+    except ImportError:  # no gcsfs installed: no bucket to wait on
+        return
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=REQUEST_TIMEOUT_S)
+    fsspec.config.conf.setdefault("gs", {}).setdefault("requests_timeout", timeout)
+    logging.getLogger("gcsfs").addFilter(lambda record: record.exc_info is None)
+
+
+_bound_bucket_waits()
+
+
+def check_reachable(url: str | os.PathLike, what: str) -> None:
+    """Raises `StorageError` naming `what` (e.g. "--workdir") and `url` when `url` is in a bucket
+    that does not answer within `PROBE_TIMEOUT_S` or answers with an error; a local path, or a
+    bucket that answers (also "no such object"), passes. A stop request (`saeft_jax.stopping`)
+    ends the wait."""
+    if not is_remote(url):
+        return
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            path(url).stat()
+            outcome.append(None)
+        except FileNotFoundError:
+            outcome.append(None)
+        except BaseException as error:  # reported by the caller's thread
+            outcome.append(error)
+
+    waiting = threading.Thread(target=probe, name="saeft-bucket-probe", daemon=True)  # abandoned if it hangs
+    waiting.start()
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    while waiting.is_alive() and time.monotonic() < deadline:
+        waiting.join(0.25)
+        stopping.check(f"while waiting for {url} to answer")
+    if not outcome:
+        answer = f"did not answer within {PROBE_TIMEOUT_S:.0f} s"
+    elif outcome[0] is not None:
+        text = str(outcome[0]).strip()
+        reason = getattr(outcome[0], "strerror", None) or (text.splitlines()[0][:300] if text else
+                                                           type(outcome[0]).__name__)
+        answer = f"could not be reached ({reason})"
+    else:
+        return
+    raise StorageError(f"{what} {url}: its bucket {answer}. Check the URL, your credentials and the connection "
+                       f"(and STORAGE_EMULATOR_HOST, if set), then rerun; nothing was started.")
 
 
 def path(p: str | os.PathLike) -> epath.Path:

@@ -316,46 +316,67 @@ def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_it
 def test_signals_during_a_checkpoint_save_are_handled_after_it():
     import signal
 
-    from saeft_jax.checkpoints import _signals_held
+    from saeft_jax import stopping
 
     received = []
     interrupt = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     before = signal.signal(signal.SIGTERM, lambda number, frame: received.append(number))
     try:
-        with _signals_held():
+        with stopping.installed():  # what a save outside the train loop and the command line runs in
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
             assert received == []  # held while Orbax would be saving
         assert received == [signal.SIGTERM]
         with pytest.raises(OSError, match="disk full"):
-            with _signals_held():
+            with stopping.installed():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)
                 raise OSError("disk full")  # the save's own error is what the run reports
         assert received == [signal.SIGTERM]
-        with pytest.raises(KeyboardInterrupt):
-            with _signals_held():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)
-                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C breaks off a save that hangs
-                time.sleep(0.05)
+        with stopping.installed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert stopping.requested() == signal.SIGTERM  # a loop that looks acts on it itself
+        assert received == [signal.SIGTERM]
+        if interrupt is signal.default_int_handler:
+            with pytest.raises(KeyboardInterrupt):
+                with stopping.installed():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)
+                    os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C breaks off a save that hangs
+                    time.sleep(0.05)
         assert signal.getsignal(signal.SIGINT) is interrupt  # the handler of before the save again
+        assert stopping.requested() is None
     finally:
         signal.signal(signal.SIGTERM, before)
 
 
+def test_a_failure_after_a_stop_request_ends_as_that_stop():
+    import signal
+
+    from saeft_jax import stopping
+    from saeft_jax.main import _stop_of
+
+    assert _stop_of(RuntimeError("grain worker 0 died")) is None  # without a signal, an error is an error
+    with stopping.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        stop = _stop_of(RuntimeError("grain worker 0 died"))  # its workers got the same SIGTERM
+    assert stop.exit_code == 3 and str(stop).startswith("SIGTERM, and while stopping: RuntimeError grain worker 0 died")
+
+
 def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
     from saeft_jax.main import _wrapped
-    from saeft_jax.stages.finetuned import Preempted
+    from saeft_jax.stopping import Stopped
 
     try:
         try:
-            raise Preempted("SIGTERM")  # what the handler raises, here inside transformers' lazy import
+            raise Stopped("SIGTERM before stage zeroshot")  # a stop at a known point inside a library's call
         except Exception as inner:
             raise ModuleNotFoundError("Could not import module 'AutoConfig'") from inner
     except ModuleNotFoundError as outer:
-        assert isinstance(_wrapped(outer, Preempted), Preempted)
-    assert _wrapped(ValueError("a bug"), Preempted) is None
+        assert isinstance(_wrapped(outer, Stopped), Stopped)
+    assert _wrapped(ValueError("a bug"), Stopped) is None
 
 
 @pytest.mark.parametrize("mark", [b"[1, 2]", b"\xff\xfe not utf-8", b'{"files": '])

@@ -1,9 +1,16 @@
 """Workdir files on a local disk and in a bucket (an in-memory GCS emulator): the same calls,
-atomic writes, local copies, and metrics that an object store cannot append to."""
+atomic writes, local copies, and metrics that an object store cannot append to; and a bucket
+that accepts connections but never answers, for the workdir and for the data, timed."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -84,3 +91,118 @@ def test_a_workdir_that_cannot_be_used_is_a_usage_error(tmp_path, bucket):
     with pytest.raises(UsageError, match="cannot be written .* check its name and your credentials"):
         prepare_workdir("gs://no-such-bucket/run")
     assert str(prepare_workdir(f"{bucket}/fresh/run")) == f"{bucket}/fresh/run"
+
+
+@pytest.fixture
+def silent_bucket(monkeypatch):
+    """A GCS endpoint on 127.0.0.1 that accepts every connection and never answers, reached the way
+    the emulator is (conftest's `bucket`); yields the times of the connections it accepted."""
+    server = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    accepted, held = [], []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed at the end of the test
+                return
+            held.append(connection)
+            accepted.append(time.monotonic())
+
+    threading.Thread(target=accept, daemon=True).start()
+    for name, value in {"STORAGE_EMULATOR_HOST": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
+                        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+                        "NO_GCE_CHECK": "True"}.items():
+        monkeypatch.setenv(name, value)
+    yield accepted
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucket, monkeypatch, tmp_path, capsys):
+    import fsspec
+
+    from configs import demo
+    from saeft_jax import compare
+    from saeft_jax.config import finish
+    from saeft_jax.pipeline import prepare_workdir, run_pipeline
+
+    fsspec.filesystem("gs")  # gcsfs's search for credentials (seconds), outside the timed waits
+    monkeypatch.setattr(storage, "PROBE_TIMEOUT_S", 3.0)
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=r"^--workdir gs://bucket/run: its bucket did not answer within 3 s"):
+        prepare_workdir("gs://bucket/run")
+    assert silent_bucket and time.monotonic() - started < 6  # it did wait on the endpoint, then gave up
+    config = demo.get_config("smoke")
+    config.data_dir = "gs://bucket/data"
+    config = finish(config)
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=r"^config.data_dir gs://bucket/data: its bucket did not answer"):
+        run_pipeline(config, tmp_path / "run")
+    assert time.monotonic() - started < 6 and not (tmp_path / "run").exists()  # refused before anything was written
+    started = time.monotonic()
+    assert compare.main(["gs://bucket/a", str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: run gs://bucket/a: its bucket did not answer within 3 s")
+    assert time.monotonic() - started < 6 and not (tmp_path / "out").exists()
+
+
+def test_gcsfs_waits_a_bounded_time_per_request_and_logs_no_traceback(caplog):
+    import fsspec
+    import logging
+
+    timeout = fsspec.filesystem("gs").requests_timeout  # what every gs:// path of the run goes through
+    assert timeout.sock_connect == timeout.sock_read == storage.REQUEST_TIMEOUT_S and timeout.total is None
+    with caplog.at_level(logging.WARNING, logger="gcsfs"):
+        try:
+            raise ConnectionError("no answer")
+        except ConnectionError:
+            logging.getLogger("gcsfs").exception("_call out of retries on exception: no answer")
+        logging.getLogger("gcsfs").warning("a warning without a traceback")
+    assert [record.getMessage() for record in caplog.records] == ["a warning without a traceback"]
+
+
+def _command_line(workdir: str, *extra: str) -> subprocess.Popen:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.Popen([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
+                             f"--workdir={workdir}", "--config.show_progress=False", *extra], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _first_connection(accepted: list[float], process: subprocess.Popen) -> float:
+    while not accepted:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    return accepted[0]
+
+
+@pytest.mark.slow  # about a minute: the command line waits out the probe's limit
+@pytest.mark.parametrize("where", ["workdir", "data"])
+def test_the_command_line_names_a_silent_bucket_within_about_a_minute(silent_bucket, tmp_path, where):
+    if where == "workdir":
+        process, url, key = _command_line("gs://bucket/run"), "gs://bucket/run", "--workdir"
+    else:
+        process, url, key = _command_line(str(tmp_path / "run"), "--config.data_dir=gs://bucket/data"), \
+            "gs://bucket/data", "config.data_dir"
+    waiting_since = _first_connection(silent_bucket, process)
+    _, err = process.communicate(timeout=300)
+    waited = time.monotonic() - waiting_since
+    assert process.returncode == 2 and waited < storage.PROBE_TIMEOUT_S + 15, (process.returncode, waited, err)
+    assert f"error: {key} {url}: its bucket did not answer within" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # about twenty seconds: the command line's start-up
+def test_a_sigterm_while_waiting_on_a_silent_bucket_ends_the_run_with_3(silent_bucket, tmp_path):
+    process = _command_line(str(tmp_path / "run"), "--config.data_dir=gs://bucket/data")
+    _first_connection(silent_bucket, process)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 3 and time.monotonic() - sent < 30, (process.returncode, err)
+    assert "stopped: SIGTERM while waiting for gs://bucket/data to answer" in err and "Traceback" not in err, err

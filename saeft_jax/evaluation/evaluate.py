@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from saeft_jax import parallel
+from saeft_jax import parallel, stopping
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import ImageSpec, eval_transform
 from saeft_jax.data.registry import DatasetSpec
@@ -60,6 +60,7 @@ def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: Dat
     bar = progress(len(source), f"evaluate {spec.name}", enabled=show_progress, unit="img")
     keep: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "group", "index", "mask", "pred", "emb")}
     for batch in batches:
+        stopping.check(f"while evaluating {spec.name}")
         images = jax.make_array_from_process_local_data(sharding, batch["image"])
         predictions, embeddings = sweep(theta0, theta_ft, images)
         for key in ("label", "group", "index", "mask"):

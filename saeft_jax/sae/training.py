@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saeft_jax import parallel
+from saeft_jax import parallel, stopping
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.observe import JsonLines, progress
 from saeft_jax.rendering.plots import firing_histogram
@@ -108,6 +108,7 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
                 checkpoints.save(epoch, state, {"epoch": epoch})
             log.write(record)
             log.flush()  # an epoch is long; its record should survive a preemption
+            stopping.check(f"after SAE epoch {epoch + 1} of {epochs}")
         params = jax.device_get(state["params"])
         final = evaluate_sae(FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh,
                              stats=stats)

@@ -19,7 +19,7 @@ import numpy as np
 
 import jax
 
-from saeft_jax import parallel, storage
+from saeft_jax import parallel, stopping, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.data.preprocess import eval_transform
@@ -44,10 +44,12 @@ def run_stage(run: Run) -> None:
         count = min(cfg.chunk_steps, steps - first)
         path = chunks / f"s{first:07d}-n{count:05d}-p{jax.process_index():03d}.npz"
         if not path.exists():
-            rows = [_local_rows(encode(jax.make_array_from_process_local_data(batch_sharding, b["image"])), b)
-                    for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.model.image_spec),
-                                                   num_workers=run.config.num_workers, first_step=first,
-                                                   num_steps=cfg.chunk_steps)]
+            rows = []
+            for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.model.image_spec),
+                                           num_workers=run.config.num_workers, first_step=first,
+                                           num_steps=cfg.chunk_steps):
+                stopping.check(f"in stage features at step {first + len(rows)} of {steps}")
+                rows.append(_local_rows(encode(jax.make_array_from_process_local_data(batch_sharding, b["image"])), b))
             storage.save_npz(path, index=np.concatenate([r[0] for r in rows]),
                              embedding=np.concatenate([r[1] for r in rows]),
                              label=np.concatenate([r[2] for r in rows]))

@@ -7,13 +7,14 @@ parameters' fingerprint."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from etils import epath
 
-from saeft_jax import models, parallel, storage
+from saeft_jax import models, parallel, stopping, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.errors import UsageError
@@ -28,11 +29,6 @@ from saeft_jax.training.step import init_state, make_loss, make_train_step
 from saeft_jax.zeroshot import build_zeroshot_head, caption_ids
 
 STAGE = "finetune"
-
-
-class Preempted(RuntimeError):
-    """The run stopped on SIGTERM or a preemption notice (at a checkpoint when fine-tuning);
-    rerun to continue."""
 
 
 def total_steps(run: Run, examples: int) -> int:
@@ -68,8 +64,10 @@ def run_stage(run: Run, name: str) -> None:
                                 show_progress=run.config.show_progress, description=f"finetune {name}",
                                 state_sharding=sharding)
     if summary["preempted"]:
-        raise Preempted(f"fine-tuning method {name!r} stopped at step {summary['steps']} of {steps} and saved a "
-                        f"checkpoint in {directory / 'checkpoints'}; run the same command again to continue")
+        signum = stopping.requested() or signal.SIGTERM  # else JAX's preemption notice
+        raise stopping.Stopped(f"{stopping.signal_name(signum)}: fine-tuning method {name!r} stopped at step "
+                               f"{summary['steps']} of {steps} and saved a checkpoint in {directory / 'checkpoints'}",
+                               signum)
     _publish(run, method, recipe.tuned(jax.device_get(state["params"])),
              {k: summary[k] for k in ("steps", "final_loss", "final_ce")})
 

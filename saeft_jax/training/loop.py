@@ -9,7 +9,6 @@ would have seen, and ends with the same parameters. Metrics are read from the de
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from saeft_jax import parallel, storage
+from saeft_jax import parallel, stopping, storage
 from saeft_jax.errors import UsageError
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.observe import JsonLines, progress
@@ -28,33 +27,14 @@ class TrainingDiverged(UsageError):
     """A non-finite loss or gradient; the newest checkpoint is the last good state."""
 
 
-class _StopRequest:
-    """Turns SIGTERM (a preemption notice, SLURM's time limit) and a first Ctrl-C into a flag the
-    loop checks after each step (then saves and returns); a second Ctrl-C interrupts at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
-
-    def agreed(self, at_sync_point: bool) -> bool:
-        """Whether to stop now. One process decides alone at every step; several agree at sync
-        points (every `log_every` steps), where each learns whether any was signalled: SLURM
-        signals its tasks at different steps, and a process that saved while another stepped on
-        would wait for it in two different collectives until the job's end."""
-        if jax.process_count() == 1:
-            return self.requested
-        return at_sync_point and bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
-
-    def restore(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+def _stop_agreed(at_sync_point: bool) -> bool:
+    """Whether to stop now on a stop request (`saeft_jax.stopping`). One process decides alone at
+    every step; several agree at sync points (every `log_every` steps), where each learns whether
+    any was signalled: SLURM signals its tasks at different steps, and a process that saved while
+    another stepped on would wait for it in two different collectives until the job's end."""
+    if jax.process_count() == 1:
+        return stopping.requested() is not None
+    return at_sync_point and bool(multihost_utils.process_allgather(np.int32(stopping.requested() is not None)).any())
 
 
 def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
@@ -81,30 +61,30 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
         done, state, meta = latest
         batches.set_state(meta["data"])
     log.keep_only(lambda record: record["step"] <= done)  # also lines of an attempt stopped before any checkpoint
-    stop, sharding = _StopRequest(), parallel.batch_sharding(mesh)
+    sharding = parallel.batch_sharding(mesh)
     bar = progress(total_steps, description, enabled=show_progress, initial=done)
     last, clock, clock_step = {}, time.perf_counter(), done
-    try:
-        while done < total_steps:
-            batch = next(batches)
-            state, metrics = step(state, frozen, {name: _global(x, sharding) for name, x in batch.items()})
-            done += 1
-            bar.update(1)
-            if done % log_every == 0 or done == total_steps:
-                last = _log(log, bar, state, metrics, done, total_steps, len(batch["labels"]), clock, clock_step)
-                clock, clock_step = time.perf_counter(), done
-            preempted = stop.agreed(done % log_every == 0) or checkpoints.reached_preemption(done)
-            if done % checkpoint_every == 0 or done == total_steps or preempted:
-                _raise_if_diverged(state, total_steps)
-                checkpoints.save(done, state, {"step": done, "data": batches.get_state()})
-                log.flush()
-                if preempted:
-                    break
-    finally:
-        bar.close()
-        stop.restore()
-        checkpoints.close()
-        log.close()
+    with stopping.installed(), stopping.longer_grace():  # signals only ask; the loop saves, then stops
+        try:
+            while done < total_steps:
+                batch = next(batches)
+                state, metrics = step(state, frozen, {name: _global(x, sharding) for name, x in batch.items()})
+                done += 1
+                bar.update(1)
+                if done % log_every == 0 or done == total_steps:
+                    last = _log(log, bar, state, metrics, done, total_steps, len(batch["labels"]), clock, clock_step)
+                    clock, clock_step = time.perf_counter(), done
+                preempted = _stop_agreed(done % log_every == 0) or checkpoints.reached_preemption(done)
+                if done % checkpoint_every == 0 or done == total_steps or preempted:
+                    _raise_if_diverged(state, total_steps)
+                    checkpoints.save(done, state, {"step": done, "data": batches.get_state()})
+                    log.flush()
+                    if preempted:
+                        break
+        finally:
+            bar.close()
+            checkpoints.close()
+            log.close()
     return state, {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
                    "preempted": done < total_steps}
 

@@ -1,0 +1,123 @@
+"""The signal policy (saeft_jax.stopping) in processes of its own: a stop acted on at a known
+point, repeated signals absorbed, a second Ctrl-C at once, a blocked run ended by the watcher,
+and a late signal during the interpreter's exit; then the command line on the smoke config,
+signalled twice at several points, ending with 3 or 130 and never a traceback or a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BROKEN = ("Traceback", "Exception ignored", "Fatal Python error", "Segmentation fault")
+
+
+def start(body: str) -> subprocess.Popen:
+    """A Python process that installs the policy, runs `body` and prints "ready" first."""
+    script = textwrap.dedent("""
+        import atexit, ctypes, sys, time
+        from saeft_jax import stopping
+        stopping.install("the same command continues the run")
+        print("ready", flush=True)
+    """) + textwrap.dedent(body)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # also under nohup
+    assert process.stdout.readline() == "ready\n", process.stderr.read()
+    return process
+
+
+def signal_twice(process: subprocess.Popen, first: int, second: int) -> tuple[int, str, float]:
+    """Sends `first`, then `second` 0.2 s later; the exit code, stderr and seconds from the first."""
+    sent = time.monotonic()
+    process.send_signal(first)
+    time.sleep(0.2)
+    if process.poll() is None:
+        process.send_signal(second)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err, time.monotonic() - sent
+
+
+AT_A_KNOWN_POINT = """
+    try:
+        while True:
+            stopping.check("in the loop")
+            time.sleep(0.3)
+    except stopping.Stopped as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+"""
+
+
+@pytest.mark.parametrize("first, second, code", [(signal.SIGTERM, signal.SIGTERM, 3),
+                                                 (signal.SIGTERM, signal.SIGINT, 3),
+                                                 (signal.SIGINT, signal.SIGTERM, 130)])
+def test_a_stop_is_acted_on_at_the_next_check_and_a_second_signal_is_absorbed(first, second, code):
+    returncode, err, _ = signal_twice(start(AT_A_KNOWN_POINT), first, second)
+    name = "Ctrl-C" if first == signal.SIGINT else "SIGTERM"
+    assert returncode == code and f"stopped: {name} in the loop; every finished artifact is kept" in err, err
+    assert not any(word in err for word in BROKEN), err
+
+
+def test_a_second_ctrl_c_ends_the_run_at_once_with_130():
+    returncode, err, seconds = signal_twice(start("while True: time.sleep(0.05)"), signal.SIGINT, signal.SIGINT)
+    assert returncode == 130 and seconds < 5, (returncode, seconds, err)
+    assert "stopped: a second Ctrl-C; finished work is kept" in err and "the same command continues" in err, err
+    assert not any(word in err for word in BROKEN), err
+
+
+@pytest.mark.parametrize("blocked", [
+    "while True: time.sleep(0.05)",  # Python code that never reaches a check
+    'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
+])
+def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3(blocked):
+    process = start(f"stopping.GRACE_S = 1.0\n{blocked}")
+    returncode, err, seconds = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
+    assert returncode == 3 and 1.0 < seconds < 10, (returncode, seconds, err)
+    assert "stopped: SIGTERM, and the run had not reached a point to stop at 1 s later" in err, err
+    assert not any(word in err for word in BROKEN), err
+
+
+def test_signals_during_the_interpreters_exit_keep_its_exit_code():
+    process = start('atexit.register(time.sleep, 1.0)\nprint("exiting", flush=True)')
+    assert process.stdout.readline() == "exiting\n"
+    time.sleep(0.3)  # inside the atexit function, then past it while Python tears down
+    returncode, err, _ = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
+    assert returncode == 0 and not any(word in err for word in BROKEN), (returncode, err)
+
+
+# The command line on the smoke config, signalled twice 0.2 s apart at each point in turn, in
+# one workdir (each run continues the last): (stage line to wait for, seconds after it, signals, exit code).
+POINTS = [("finetune/none", 0.0, signal.SIGINT, 130),  # the first step, while it compiles
+          ("finetune/sae_add_remove", 1.5, signal.SIGTERM, 3),  # inside fine-tuning: a checkpoint, then 3
+          ("evaluate/none", 0.0, signal.SIGTERM, 3),  # the end of fine-tuning, as evaluation starts
+          ("evaluate/sae_add_remove", 1.0, signal.SIGTERM, 3)]  # inside evaluation
+
+
+@pytest.mark.slow  # a smoke run and four restarts: several minutes on 2 CPU cores
+def test_the_command_line_signalled_twice_at_each_point_ends_with_its_code_and_no_traceback(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()  # the demo's data and CLIP where the other smoke tests keep them
+    command = [sys.executable, "-u", "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
+               f"--workdir={tmp_path_factory.mktemp('signalled')}", "--config.show_progress=False",
+               f"--config.data_dir={base / 'data'}", f"--config.demo.cache_dir={base / 'cache'}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    for stage, delay, sent, code in POINTS:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        for line in process.stdout:
+            if line.startswith(f"stage {stage}: ") and "skipped" not in line:
+                time.sleep(delay)
+                break
+        else:
+            pytest.fail(f"the run ended before stage {stage}: {process.stderr.read()[-3000:]}")
+        returncode, err, seconds = signal_twice(process, sent, sent)
+        assert returncode == code and "stopped: " in err, (stage, returncode, err[-3000:])
+        assert not any(word in err for word in BROKEN), (stage, err[-3000:])
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert finished.returncode == 0 and "done: " in finished.stdout, finished.stderr[-3000:]
