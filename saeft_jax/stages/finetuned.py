@@ -17,6 +17,7 @@ from saeft_jax import hf, parallel, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.errors import UsageError
+from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.fingerprint import fingerprint
 from saeft_jax.methods import Method
 from saeft_jax.models.clip import image_encoder, image_params, text_encoder, text_params
@@ -151,6 +152,8 @@ def _import(run: Run, method: Method) -> None:
         raise UsageError(f"{where} holds a CLIP whose image encoder has another shape than {run.model_path}'s; "
                          f"WiSE-FT mixes the two models' weights, so a checkpoint method must be a fine-tuned copy "
                          f"of this run's model.")
+    check_finite(image_params(theirs), f"{where} (its weights)", f"config.finetune.methods.{method.name}.checkpoint "
+                 f"must name a usable model: replace it with an intact copy.")
     if (where / "head.safetensors").exists():
         head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
@@ -159,9 +162,15 @@ def _import(run: Run, method: Method) -> None:
                                    show_progress=run.config.show_progress)
         made = f"the zero-shot head of {where}'s text tower"
     classes = len(run.train_spec.classnames)
-    if np.shape(head["W"]) != (classes, ours.projection_dim):
-        raise UsageError(f"{made} has shape {np.shape(head['W'])}; the training classes need "
-                         f"({classes}, {ours.projection_dim}).")
+    shapes = {name: np.shape(head[name]) for name in sorted(head)}
+    wanted = {"W": (classes, ours.projection_dim), "b": (classes,)}
+    if shapes != wanted:
+        raise UsageError(f"{made} holds the tensors {shapes}; a head for this run's {classes} training classes is "
+                         f"W {wanted['W']} (one row per class over the {ours.projection_dim}-wide embedding) and b "
+                         f"{wanted['b']}. Write it in that form, or remove it to use the zero-shot head of the "
+                         f"checkpoint's own text tower.")
+    check_finite(head, str(made), "replace it with an intact head, or remove it to use the zero-shot head of the "
+                 "checkpoint's own text tower.")
     _publish(run, method, {"encoder": image_params(theirs), "head": {k: np.asarray(v, np.float32)
                                                                      for k, v in head.items()}},
              {"steps": 0, "final_loss": None, "final_ce": None})
@@ -193,7 +202,11 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
 
 
 def load_finetuned(run: Run, name: str) -> dict:
-    """{"encoder", "head"} of method `name`'s fine-tuned model, as saved."""
+    """{"encoder", "head"} of method `name`'s fine-tuned model, as saved, checked finite."""
     _, params = hf.load_clip(run.read((STAGE, name), "final"))
     head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
+    cause = (f"it is method {name}'s model" + (f", imported from {run.methods[name].checkpoint}"
+                                                if run.methods[name].checkpoint else ""))
+    check_artifact(image_params(params), run.workdir, (STAGE, name), "final", cause, run.command)
+    check_artifact(head, run.workdir, (STAGE, name), "head.safetensors", cause, run.command)
     return {"encoder": image_params(params), "head": head}
