@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def smoke(**changes):
     ("saes.main.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
     ("dtype", "float16", "'float32' or 'bfloat16'"),
     ("num_workers", -1, "0 (reader threads only)"),
+    ("seed", 2 ** 64, "at most 2**31 - 1 = 2147483647"),
+    ("seed", -1, "an integer from 0 on"),
+    ("finetune.batch_size", 2 ** 31, "a positive batch size, at most 2**31 - 1"),
+    ("saes.main.dict_size", 2 ** 40, "at most 2**31 - 1"),
+    ("model", "openai/clip-vit-base-patch16", "the demo's own small CLIP"),
 ])
 def test_values_that_cannot_work_are_refused_by_name(key, value, says):
     with pytest.raises(ConfigError, match=r"config\." + key.replace(".", r"\.")) as error:
@@ -90,6 +96,44 @@ def test_a_bad_value_on_the_command_line_exits_2_before_anything_runs(tmp_path):
                             capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "config.finetune.lr is -0.001" in result.stderr and not (tmp_path / "w").exists()
+
+
+def integer_keys(config, prefix: str = "") -> list[str]:
+    """Every key of `config` that holds an integer (not a switch), dotted, the SAE settings included."""
+    keys = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            keys += integer_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def test_every_integer_key_has_a_range_and_out_of_it_is_refused_by_name():
+    keys = integer_keys(smoke())
+    assert {"seed", "finetune.steps", "saes.main.k", "corruptions.severity", "demo.pretrain_steps"} <= set(keys)
+    for key in keys:
+        for value in (2 ** 64, 2 ** 31, -1):
+            with pytest.raises(ConfigError, match=rf"config\.{re.escape(key)} is {value}\b"):
+                finish(smoke(**{key: value}))
+        finish(smoke(**{key: smoke_value(key) if key != "seed" else 2 ** 31 - 1}))  # the top of the range works
+
+
+def smoke_value(key: str) -> int:
+    """The smoke config's own value of `key`."""
+    value = smoke()
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def test_an_overflowing_seed_on_the_command_line_exits_2_before_the_workdir_is_made(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
+                             f"--workdir={tmp_path / 'w'}", "--config.seed=18446744073709551616"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "config.seed is 18446744073709551616" in result.stderr and not (tmp_path / "w").exists()
+    assert len(result.stderr.strip().splitlines()) == 1  # one paragraph
 
 
 class FakeRun:
