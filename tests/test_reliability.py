@@ -411,3 +411,36 @@ def test_a_mark_that_is_no_json_object_counts_as_never_made(tmp_path, mark):
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / completion.DONE).write_bytes(mark)
     assert completion.status(epath.Path(tmp_path), ("features",)) == (None, None)  # the stage runs again
+
+
+def test_versions_json_keeps_every_attempt_and_a_resume_under_other_versions_says_so(tmp_path, monkeypatch, capsys):
+    from importlib import metadata
+
+    from saeft_jax import pipeline
+
+    workdir = epath.Path(tmp_path)
+    (tmp_path / "versions.json").write_text(json.dumps({"jax": "0.4.1"}))  # the single-attempt form of before
+    installed = {"jax": "0.4.1"}
+
+    def version(package):
+        if package not in installed:
+            raise metadata.PackageNotFoundError(package)
+        return installed[package]
+
+    monkeypatch.setattr(metadata, "version", version)
+    monkeypatch.setattr(pipeline, "PACKAGES", ("jax", "flax"))
+    pipeline.record_versions(workdir)
+    assert capsys.readouterr().out.count("note:") == 1  # {"jax"} then {"jax", "flax": None}: they differ
+    pipeline.record_versions(workdir)
+    assert capsys.readouterr().out == ""  # the same versions: nothing to say
+    installed.update(jax="0.4.2", flax="0.8.0")
+    pipeline.record_versions(workdir)
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "other versions than its previous attempt (flax None -> 0.8.0, jax 0.4.1 -> " \
+                                     "0.4.2)" in line
+    attempts = json.loads((tmp_path / "versions.json").read_text())["attempts"]
+    assert [a["versions"] for a in attempts] == [{"jax": "0.4.1"}, {"jax": "0.4.1", "flax": None},
+                                                 {"jax": "0.4.1", "flax": None}, {"jax": "0.4.2", "flax": "0.8.0"}]
+    assert attempts[0]["started"] is None and all(a["started"].endswith("+00:00") for a in attempts[1:])
+    (tmp_path / "versions.json").write_text("{not json")
+    assert len(pipeline.record_versions(workdir)) == 1 and "was damaged" in capsys.readouterr().out
