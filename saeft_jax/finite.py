@@ -29,10 +29,10 @@ def check_finite(tensors: Any, where: str, remedy: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tensors)[0]:
         bad = nonfinite_count(leaf)
         if bad:
-            name = "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path) or "the array"
-            raise NonFiniteError(f"{where}: tensor {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN "
-                                 f"or infinity) of {np.size(leaf)}, which would silently spoil every score made from "
-                                 f"it; {remedy}")
+            name = "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+            raise NonFiniteError(f"{where}{f': tensor {name}' if name else ''} holds {bad} non-finite "
+                                 f"value{'s' if bad > 1 else ''} (NaN or infinity) of {np.size(leaf)}, which would "
+                                 f"silently spoil every score made from it; {remedy}")
 
 
 def nonfinite_count(array: Any) -> int:

@@ -40,6 +40,9 @@ def test_a_memory_mapped_file_is_counted_chunk_by_chunk_as_numpy_counts_it(tmp_p
     np.save(tmp_path / "train.npy", array)
     mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
     assert finite.nonfinite_count(mapped) == np.sum(~np.isfinite(array)) > 1
+    with pytest.raises(NonFiniteError, match=rf"^train\.npy holds {np.sum(~np.isfinite(array))} non-finite values "
+                                             rf"\(NaN or infinity\) of 65,"):
+        check_finite(mapped, "train.npy", "fix it")
     import jax.numpy as jnp
 
     assert finite.nonfinite_count(jnp.asarray(array)) == np.sum(~np.isfinite(array))
@@ -84,18 +87,30 @@ def test_a_head_with_a_nan_is_refused_and_deleting_its_stage_is_the_advice(tmp_p
         load(fake_run(tmp_path))
 
 
-@pytest.fixture
-def importing(tmp_path):
-    """A run of a tiny CLIP with 3 training classes, and that CLIP saved to import as a method."""
+@pytest.fixture(scope="module")
+def tiny_saved(tmp_path_factory):
+    """A tiny CLIP saved as a Hugging Face checkpoint, and what loading it gives."""
     import jax
 
     from saeft_jax.models.clip import CLIP, init_params
     from tests.conftest import TINY
 
     model = CLIP(TINY)
-    where = tmp_path / "theirs"
+    where = tmp_path_factory.mktemp("tiny") / "clip"
     hf.save_clip(model, init_params(model, jax.random.PRNGKey(0)), where)
-    run = types.SimpleNamespace(clip=hf.load_clip(where), model_path="the/model",
+    return where, hf.load_clip(where)
+
+
+@pytest.fixture
+def importing(tiny_saved, tmp_path):
+    """A run of a tiny CLIP with 3 training classes, and a copy of that CLIP to import as a method."""
+    import shutil
+
+    from tests.conftest import TINY
+
+    where = tmp_path / "theirs"
+    shutil.copytree(tiny_saved[0], where)
+    run = types.SimpleNamespace(clip=tiny_saved[1], model_path="the/model",
                                 train_spec=types.SimpleNamespace(classnames=("a", "b", "c"), templates=("{}",)),
                                 config=types.SimpleNamespace(show_progress=False))
     method = types.SimpleNamespace(checkpoint=str(where), name="imported")

@@ -58,8 +58,8 @@ def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: i
         raise SAEArtifactError(f"{directory / PARAMS_FILE} is not readable ({e}); it is damaged. Copy an intact "
                                f"artifact there, or delete the directory to train the SAE again.") from e
     _check(directory, params, meta, {"d": d, "dict_size": dict_size, "k": k})
-    check_finite(params, str(directory / PARAMS_FILE), "copy an intact artifact there, or delete the directory to "
-                 "train the SAE again (a run's sae stage does so when it is deleted from its workdir).")
+    check_finite(params, str(directory / PARAMS_FILE), f"Delete {directory} and its stage makes it again (the sae "
+                 f"stage of the run that trained it), or copy an intact artifact there.")
     return FrozenSAE(params, int(meta["k"]), relu=bool(meta.get("relu", meta["options"].get("relu", False))),
                      normalize_inputs=bool(meta["normalize_inputs"]))
 
