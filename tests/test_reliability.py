@@ -190,6 +190,20 @@ def test_preflight_accepts_the_smoke_config_on_eight_devices(monkeypatch):
     # a PCA basis has no batch to divide or to fit into the 900 embeddings
 
 
+def test_preflight_refuses_a_model_with_a_nan_naming_the_tensor():
+    from saeft_jax import preflight
+    from saeft_jax.finite import NonFiniteError
+
+    run = FakeRun(finish(smoke()))
+    weights = {"vision_model": {"embeddings": {"patch": np.ones((4, 3), np.float32)}}, "logit_scale": np.float32(2)}
+    run.clip = (run.clip[0], weights)
+    preflight.check(run)
+    weights["vision_model"]["embeddings"]["patch"][1, 2] = np.nan
+    with pytest.raises(NonFiniteError, match=r"toy-clip \(config\.model\): tensor vision_model/embeddings/patch "
+                                             r"holds 1 non-finite value"):
+        preflight.check(run)
+
+
 def write_lock(workdir, **fields):
     record = {"host": socket.gethostname(), "pid": os.getpid(), "token": "theirs", "started": time.time(),
               "heartbeat": time.time(), **fields}
