@@ -7,8 +7,8 @@ import numpy as np
 from etils import epath
 
 from saeft_jax import storage
-from saeft_jax.finite import check_artifact
 from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.finite import check_artifact
 from saeft_jax.stages.context import Run
 from saeft_jax.zeroshot import build_zeroshot_head
 

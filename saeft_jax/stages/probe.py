@@ -10,8 +10,8 @@ import numpy as np
 from etils import epath
 
 from saeft_jax import storage
-from saeft_jax.finite import check_artifact
 from saeft_jax.evaluation.evaluate import score
+from saeft_jax.finite import check_artifact
 from saeft_jax.models.heads import classify
 from saeft_jax.stages import completion, features
 from saeft_jax.stages.context import Run
