@@ -1,9 +1,11 @@
 """Non-finite tensors in every kind of file a run reads are refused by name (file and tensor)
-before use: the checker itself, SAE artifacts, zero-shot and probe heads, imported checkpoints
-and their heads (also checked for their tensors' names and shapes)."""
+before use: the checker itself, SAE artifacts, zero-shot and probe heads, the features, fine-tuned
+models and heads, imported checkpoints and their heads (also checked for their tensors' names and
+shapes); the configured model's check is in test_reliability (preflight)."""
 
 from __future__ import annotations
 
+import shutil
 import types
 
 import numpy as np
@@ -104,8 +106,6 @@ def tiny_saved(tmp_path_factory):
 @pytest.fixture
 def importing(tiny_saved, tmp_path):
     """A run of a tiny CLIP with 3 training classes, and a copy of that CLIP to import as a method."""
-    import shutil
-
     from tests.conftest import TINY
 
     where = tmp_path / "theirs"
@@ -146,3 +146,39 @@ def test_an_imported_head_or_checkpoint_with_a_nan_is_refused_by_name(importing)
     with pytest.raises(NonFiniteError, match=r"theirs \(its weights\): tensor vision_model/encoder/layers/1/mlp/fc2/"
                                              r"\w+ holds 3 non-finite values .*methods\.imported\.checkpoint"):
         finetuned._import(run, method)
+
+
+def test_features_with_an_infinity_are_refused_where_they_are_read(tmp_path):
+    from saeft_jax.stages import features
+
+    (tmp_path / "features").mkdir()
+    embeddings = np.random.default_rng(2).normal(size=(13, 5)).astype(np.float32)
+    np.save(tmp_path / "features" / "train.npy", embeddings)
+    model = types.SimpleNamespace(config=types.SimpleNamespace(projection_dim=5))
+    run = fake_run(tmp_path, clip=(model, None), source=lambda spec: [None] * 13, train_spec=None,
+                   config=types.SimpleNamespace(train_dataset="toy"))
+    np.testing.assert_array_equal(features.load_features(run), embeddings)
+    embeddings[7, 1] = -np.inf
+    np.save(tmp_path / "features" / "train.npy", embeddings)
+    with pytest.raises(NonFiniteError, match=rf"features/train\.npy holds 1 non-finite value .* of 65.*Delete "
+                                             rf"{tmp_path}/features and its stage"):
+        features.load_features(run)
+
+
+@pytest.mark.parametrize("file", ["final", "head.safetensors"])
+def test_a_finetuned_model_or_head_with_a_nan_is_refused_where_evaluation_reads_it(tiny_saved, tmp_path, file):
+    where = tmp_path / "finetune" / "mine"
+    shutil.copytree(tiny_saved[0], where / "final")
+    width = tiny_saved[1][0].config.projection_dim
+    head = {"W": np.ones((3, width), np.float32), "b": np.zeros(3, np.float32)}
+    if file == "head.safetensors":
+        head["W"][2, 2] = np.nan
+    else:
+        weights = safetensors.numpy.load_file(where / "final" / "model.safetensors")
+        weights["visual_projection.weight"][0, 0] = np.nan
+        safetensors.numpy.save_file(weights, where / "final" / "model.safetensors")
+    storage.save_safetensors(epath.Path(where / "head.safetensors"), head)
+    run = fake_run(tmp_path, methods={"mine": types.SimpleNamespace(checkpoint="")})
+    with pytest.raises(NonFiniteError, match=rf"finetune/mine/{file}: tensor \S+ holds 1 non-finite value .*method "
+                                             rf"mine's model\. Delete {tmp_path}/finetune/mine and its stage"):
+        finetuned.load_finetuned(run, "mine")
