@@ -2,18 +2,26 @@
 methods side by side (`report.md`, `report.json`, the PNGs, and `report.html` with the feature
 browser: one browser per SAE, the methods of every run that used it on one card per feature).
 
-The runs must share the model, the suite (in-distribution set and shifts) and the validation
-split (for `finetune.val_fraction`, the same fraction and seed), and give the same zero-shot
-scores: otherwise their numbers are not comparable, and the command stops with one paragraph
-saying what differs (exit code 2). A method keeps its name, or becomes `<run>/<name>` when two
-runs use the same name.
+The runs must be finished (their report stage's completion mark), each named once (also through
+a link), share the model, the suite (in-distribution set and shifts) and the validation split
+(for `finetune.val_fraction`, the same fraction and seed), and give the same zero-shot scores:
+otherwise their numbers are not comparable, and the command stops with one paragraph saying what
+differs (exit code 2). Runs whose SAEs differ (other weights: another k, dictionary or seed) do
+compare, but each method's row then names its own SAE (`runs.<method>.sae` in report.json, an SAE
+column in report.md), and the merged report records no single `sae`. A method keeps its name,
+or becomes `<run>/<name>` when two runs use the same name. `--out` must lie outside every
+compared workdir, so that no finished report is overwritten; a bucket that does not answer
+within `BUCKET_WAIT_S` seconds is named, as is every other place that cannot be read or written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from etils import epath
@@ -23,10 +31,12 @@ from saeft_jax.errors import UsageError, command_exit_code
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import render_html
 from saeft_jax.rendering.markdown import render_comparison, report_methods
+from saeft_jax.sae.artifact import PARAMS_FILE
 from saeft_jax.stages import completion
 from saeft_jax.stages.report import BROWSER_FILE
 
 SHARED = ("model", "id_dataset", "ood_datasets", "validation", "held_out", "dataset_metrics")
+BUCKET_WAIT_S = 60.0  # how long one run in a bucket (or --out there) may take to answer before it is named
 
 
 def _read_json(path: epath.Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -56,10 +66,29 @@ def _recorded_digests(directory: epath.Path) -> dict[str, Any]:
 
 
 def read_report(workdir: str) -> dict[str, Any]:
-    path = storage.path(workdir) / "report" / "report.json"
-    if not path.exists():
-        raise UsageError(f"{workdir} holds no report ({path} is missing); run its pipeline to the end first.")
-    return _read_json(path, ("runs",))
+    """A finished run's report.json: its report stage's completion mark must be there (a report
+    without one may be half-written), and the file must match the hash that mark recorded."""
+    directory = storage.path(workdir) / "report"
+    if not (directory / "report.json").exists():
+        raise UsageError(f"{workdir} holds no report ({directory / 'report.json'} is missing); run its pipeline to "
+                         f"the end first.")
+    if completion.read_record(directory.parent, (directory.name,)) is None:
+        raise UsageError(f"the report stage of {workdir} has not finished ({directory / completion.DONE}, its "
+                         f"completion mark, is missing or damaged), so its report may be partial; rerun that run's "
+                         f"command to finish it, then compare.")
+    return _read_json(directory / "report.json", ("runs",))
+
+
+def read_sae(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The SAE a run's report reads its methods in: its name, shape and quality (report.json) and
+    the size and SHA-256 of its weights (its sae stage's mark; None where the run has none); None
+    for a run without an SAE."""
+    if not report.get("sae"):
+        return None
+    name = report.get("report_sae")
+    record = completion.read_record(storage.path(workdir), ("sae", name)) if name else None
+    weights = ((record or {}).get("files") or {}).get(PARAMS_FILE)
+    return {"name": name, **report["sae"], "weights": weights}
 
 
 def read_browser(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
@@ -104,8 +133,10 @@ def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, 
     return list(groups.values())
 
 
-def merge(reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """(the merged report, {run: its methods as named in the merge})."""
+def merge(reports: dict[str, dict[str, Any]],
+          saes: dict[str, dict[str, Any] | None] | None = None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """(the merged report, {run: its methods as named in the merge}). With `saes` ({run: its SAE,
+    `read_sae`}) that differ, each method's entry names its run's SAE and the merge has no `sae`."""
     (first_name, first), *others = reports.items()
     for name, report in others:
         differ = [key for key in SHARED if report.get(key) != first.get(key)]
@@ -121,43 +152,107 @@ def merge(reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
         for method in report_methods(report):
             counts[method] = counts.get(method, 0) + 1
     merged = {key: first.get(key) for key in SHARED}
-    merged["sae"], merged["runs"], sources = first.get("sae"), {"zeroshot": first["runs"]["zeroshot"]}, {}
+    own = saes is not None and len({json.dumps(_identity(sae), sort_keys=True) for sae in saes.values()}) > 1
+    merged["sae"] = None if own else first.get("sae")
+    merged["runs"], sources = {"zeroshot": first["runs"]["zeroshot"]}, {}
     for name, report in reports.items():
         named = {m: (m if counts[m] == 1 else f"{name}/{m}") for m in report_methods(report)}
-        merged["runs"].update({named[m]: report["runs"][m] for m in named})
+        sae = {"sae": {"run": name, **saes[name]} if saes[name] else None} if own else {}
+        merged["runs"].update({named[m]: {**report["runs"][m], **sae} for m in named})
         sources[name] = list(named.values())
     return merged, sources
 
 
+def _identity(sae: dict[str, Any] | None) -> Any:
+    """What makes two runs' SAEs one: their weights' hash, else (a run without its sae stage's
+    mark) their recorded shape and quality."""
+    if sae is None:
+        return None
+    return sae["weights"] or {key: value for key, value in sae.items() if key not in ("weights", "name")}
+
+
 def compare(workdirs: list[str], out: str) -> epath.Path:
-    """Writes the comparison of `workdirs` into `out`; returns the Markdown file."""
+    """Writes the comparison of `workdirs` into `out`; returns the Markdown file. Every refusal
+    comes before anything is written."""
     for what, place in [*(("run", w) for w in workdirs), ("--out", out)]:  # an unreachable bucket: one paragraph
         storage.check_reachable(place, what)
-    places = [str(_resolved(w)) for w in workdirs]
+    places = [_resolved(w) for w in workdirs]
     repeated = sorted({w for w, place in zip(workdirs, places) if places.count(place) > 1})
     if repeated:
-        raise UsageError(f"{', '.join(repeated)} given more than once (as the same directory); name each run once.")
+        raise UsageError(f"{', '.join(repeated)} given more than once (as the same directory, also through a link); "
+                         f"name each run once.")
+    target = _resolved(out)
+    for workdir, place in zip(workdirs, places):
+        if target == place or target.startswith(place.rstrip("/") + "/"):
+            where = "is" if target == place else "lies inside"
+            raise UsageError(f"--out {out} {where} the compared run {workdir}, whose finished report it would "
+                             f"overwrite (and that run's next report would delete the comparison); choose a "
+                             f"directory outside every compared workdir.")
     labels = [storage.path(w).name or str(w) for w in workdirs]
     if len(set(labels)) != len(labels):
         labels = [str(w) for w in workdirs]
-    reports = {label: read_report(w) for label, w in zip(labels, workdirs)}
-    merged, sources = merge(reports)
-    browsers = {label: read_browser(w, reports[label]) for label, w in zip(labels, workdirs)}
+    reports, saes, browsers = {}, {}, {}
+    for label, w in zip(labels, workdirs):
+        reports[label] = _answered(w, lambda: read_report(w))
+        saes[label] = _answered(w, lambda: read_sae(w, reports[label]))
+    merged, sources = merge(reports, saes)
+    for label, w in zip(labels, workdirs):
+        browsers[label] = _answered(w, lambda: read_browser(w, reports[label]))
     names = {label: dict(zip(report_methods(reports[label]), sources[label])) for label in labels}
-    directory = storage.path(out)
-    directory.mkdir(parents=True, exist_ok=True)
-    figures = report_figures(merged, directory)
-    text = render_comparison(sources, merged, figures)
-    storage.write_atomic(directory / "report.json", json.dumps(merged, indent=1))
-    storage.write_atomic(directory / "report.md", text)
-    storage.write_atomic(directory / "report.html",
-                         render_html("SAE-FT comparison", text, directory, merge_browsers(browsers, names)))
+    return _answered(out, lambda: _write(storage.path(out), merged, sources, merge_browsers(browsers, names)),
+                     what="--out")
+
+
+def _write(directory: epath.Path, merged: dict[str, Any], sources: dict[str, list[str]],
+           browsers: list[dict[str, Any]]) -> epath.Path:
+    """The comparison's files in `directory`; a place that cannot hold them is one paragraph."""
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise UsageError(f"--out {directory} is a file; name a directory for the comparison (it is created "
+                             f"when missing).")
+        directory.mkdir(parents=True, exist_ok=True)
+        figures = report_figures(merged, directory)
+        text = render_comparison(sources, merged, figures)
+        storage.write_atomic(directory / "report.json", json.dumps(merged, indent=1))
+        storage.write_atomic(directory / "report.md", text)
+        storage.write_atomic(directory / "report.html", render_html("SAE-FT comparison", text, directory, browsers))
+    except OSError as error:
+        raise UsageError(f"--out {directory} cannot be written ({getattr(error, 'strerror', None) or error}); choose "
+                         f"a writable directory (for a bucket, check its name and your credentials).") from error
     return directory / "report.md"
 
 
-def _resolved(workdir: str) -> epath.Path:
-    path = storage.path(workdir)
-    return path if storage.is_remote(path) else epath.Path(path.resolve())
+def _answered(place: str, read: Callable[[], Any], what: str = "the run") -> Any:
+    """`read()`, which reads or writes `place`; for a bucket, within `BUCKET_WAIT_S` seconds and
+    any failure of the connection named as one paragraph (a local disk answers or fails by itself)."""
+    if not storage.is_remote(place):
+        return read()
+    outcome: dict[str, Any] = {}
+
+    def attempt():
+        try:
+            outcome["value"] = read()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=attempt, daemon=True)  # a hung request must not hold the exit
+    worker.start()
+    worker.join(BUCKET_WAIT_S)
+    unreachable = (f"{what} {place} did not answer within {BUCKET_WAIT_S:.0f} s" if worker.is_alive() else None)
+    error = outcome.get("error")
+    if error is not None and not isinstance(error, UsageError):
+        unreachable = f"{what} {place} cannot be reached ({type(error).__name__}: {str(error).strip()[:200]})"
+    if unreachable:
+        raise UsageError(f"{unreachable}; check the bucket's name, your credentials and the connection, then run "
+                         f"the comparison again.")
+    if error is not None:
+        raise error
+    return outcome["value"]
+
+
+def _resolved(place: str) -> str:
+    """`place` as one spelling per directory: a local path absolute with every link resolved."""
+    return os.fspath(place).rstrip("/") if storage.is_remote(place) else os.path.realpath(os.path.expanduser(place))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _expect(c, key, ok, wanted)
     _check_relations(c)
     _check_corruptions(c)
+    _check_demo_model(c)
     unknown = [s for s in c.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"config.stages has unknown stages {unknown}; known: {STAGES}")
@@ -161,15 +162,21 @@ def _non_negative(value) -> bool:
     return isinstance(value, (int, float)) and 0 <= value < _FLOAT32_MAX
 
 
+# Counts, sizes and seeds end up in int32 device arrays and in NumPy's and grain's seeds: a larger
+# integer overflows there (OverflowError) long after the run started, so every integer key stays below.
+_INT_MAX = 2 ** 31 - 1
+
+
 def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _INT_MAX
 
 
 def _non_negative_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_MAX
 
 
 _RULES = (
+    ("seed", _non_negative_int, "an integer from 0 on (it seeds the data order, the SAE and the held-out rows)"),
     ("finetune.lr", _positive, "a positive, finite learning rate (the protocol's is 1e-5)"),
     ("finetune.clip_norm", _positive, "a positive gradient-norm bound (the protocol's is 1.0)"),
     ("finetune.weight_decay", _non_negative, "zero or more and finite"),
@@ -216,6 +223,8 @@ def _expect(c: ml_collections.ConfigDict, key: str, ok, wanted: str) -> None:
     for part in key.split("."):
         value = value[part]
     if not ok(value):
+        if isinstance(value, int) and not isinstance(value, bool) and value > _INT_MAX:
+            wanted += f", at most 2**31 - 1 = {_INT_MAX}"
         raise ConfigError(f"config.{key} is {value!r}, which cannot work: it must be {wanted}. Set it in the config "
                           f"file or with --config.{key}=...")
 
@@ -309,6 +318,15 @@ def _check_corruptions(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.corruptions.severity is {severity!r}; it must be an integer from 1 to 5 (the "
                           f"strength of the CIFAR-10-C / -100-C corruptions; 5 in the reference). Set it with "
                           f"--config.corruptions.severity=3.")
+
+
+def _check_demo_model(c: ml_collections.ConfigDict) -> None:
+    """The demo runs its own CLIP (config.model "demo"), which nothing else builds."""
+    if c.demo.enabled and c.model != "demo":
+        raise ConfigError(f"config.model is {c.model!r}, but config.demo.enabled runs the demo's own small CLIP, "
+                          f"pretrained on its digits (config.model 'demo'), and takes no other model. Leave "
+                          f"config.model out with configs/demo.py, or run {c.model!r} with a config of its own "
+                          f"(e.g. configs/vitb16.py, or --config.demo.enabled=False with your data).")
 
 
 def _check_relations(c: ml_collections.ConfigDict) -> None:

@@ -4,6 +4,7 @@ nothing after a finished one."""
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -92,16 +93,51 @@ _MISSING = object()  # a key without a default: present on one side only, it dif
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-    """Writes config.json and versions.json (once the run has passed its checks, so that a refused
-    command leaves nothing that would refuse the corrected one)."""
+    """Writes config.json and adds this attempt to versions.json (once the run has passed its
+    checks, so that a refused command leaves nothing that would refuse the corrected one)."""
     write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    record_versions(workdir)
+
+
+def record_versions(workdir: epath.Path) -> list[dict]:
+    """Appends this attempt ({"started": UTC time, "versions": {package: version}}) to the
+    `attempts` of versions.json, so the versions that made the earlier stages stay on record;
+    says in one line when they differ from the previous attempt's. Returns the attempts."""
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    write_json(workdir / "versions.json", versions)
+    path = workdir / "versions.json"
+    attempts = _attempts(path)
+    if attempts and attempts[-1].get("versions") != versions:
+        before = attempts[-1].get("versions") or {}
+        changed = [f"{p} {before.get(p)} -> {versions.get(p)}" for p in sorted(before.keys() | versions.keys())
+                   if before.get(p) != versions.get(p)]
+        print(f"note: this run continues under other versions than its previous attempt ({', '.join(changed)}); "
+              f"{path} keeps the versions of every attempt.", flush=True)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    attempts.append({"started": started, "versions": versions})
+    write_json(path, {"attempts": attempts})
+    return attempts
+
+
+def _attempts(path: epath.Path) -> list[dict]:
+    """The attempts versions.json records: [] without one; a record of the single-attempt form
+    (the versions themselves) as one attempt of unknown time; a damaged one is said and replaced."""
+    if not path.exists():
+        return []
+    try:
+        recorded = json.loads(path.read_bytes())
+    except ValueError:
+        recorded = None
+    if isinstance(recorded, dict) and isinstance(recorded.get("attempts"), list):
+        return [a for a in recorded["attempts"] if isinstance(a, dict)]
+    if isinstance(recorded, dict) and "attempts" not in recorded:
+        return [{"started": None, "versions": recorded}]
+    print(f"note: {path} was damaged; it is replaced with this attempt's versions alone.", flush=True)
+    return []
 
 
 def prepare_workdir(workdir: str | os.PathLike) -> epath.Path:

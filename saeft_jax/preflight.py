@@ -1,5 +1,6 @@
 """The checks a run passes before any stage starts: its data are there, every batch divides
-over the devices and processes that share it, and every duration is at least one step.
+over the devices and processes that share it, every duration is at least one step, and the
+model's weights are finite.
 
 What `config.finish` cannot know, because it depends on the machine or the data, is checked
 here, so that a run that cannot work stops at once with one paragraph instead of a traceback
@@ -13,6 +14,7 @@ import jax
 from saeft_jax import models, storage
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.errors import ConfigError, UsageError
+from saeft_jax.finite import check_finite
 from saeft_jax.stages.context import Run
 from saeft_jax.stages.finetuned import total_steps
 
@@ -31,6 +33,14 @@ def check(run: Run) -> None:
     _check_batches(run)
     _check_durations(run, len(sources[0]))
     _check_pca_widths(run)
+    _check_model_finite(run)
+
+
+def _check_model_finite(run: Run) -> None:
+    """The configured model's weights are finite: every stage reads them (loaded once per run)."""
+    check_finite(run.model.params, f"{run.model_path} (config.model)", "config.model must name an intact checkpoint: "
+                 "for a Hugging Face id, delete its copy in the Hugging Face cache to download it again; for the "
+                 "demo, delete its checkpoint in config.demo.cache_dir to pretrain it again.")
 
 
 def _check_pca_widths(run: Run) -> None:

@@ -327,3 +327,54 @@ def test_a_count_check_names_the_first_problems_and_counts_the_rest():
     with pytest.raises(prepare.PreparationError, match=r"split s0: 0 images, expected 1; .*split s5: 0 images, "
                                                        r"expected 1; and 4 more\. A partial download"):
         prepare._check_counts("x", {"splits": {f"s{i}": 1 for i in range(10)}}, listing)
+
+
+def test_a_16_bit_png_keeps_its_brightness_and_32_bit_pixels_are_refused_by_name(tmp_path):
+    ramp = (np.arange(12 * 9).reshape(12, 9) * 601).astype(np.uint16)  # 0 .. 64297, every 16-bit range
+    half = np.zeros((12, 10), np.uint16)
+    half[:, :5] = 65535  # half white, half black: mean 127.5 at any depth
+    for name, pixels in (("ramp", ramp), ("half", half)):
+        path = tmp_path / "src" / "gray" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+        assert Image.open(path).mode == "I;16"
+    prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="deep", show_progress=False)
+    source = sources.open_source(folder_spec("deep", classes=1), tmp_path / "data")
+    for index, pixels in enumerate((half, ramp)):  # in file-name order
+        expected = np.round(pixels.astype(np.float64) * 255 / 65535).astype(np.uint8)  # the 8-bit value of each
+        np.testing.assert_array_equal(source[index]["image"], np.repeat(expected[..., None], 3, axis=-1))
+    assert source[0]["image"].mean() == 127.5  # not ~255: nothing clipped
+    float_image = tmp_path / "src32" / "gray" / "float.tiff"
+    float_image.parent.mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(float_image)
+    with pytest.raises(prepare.PreparationError, match=r"float\.tiff has 32-bit float pixels \(PIL mode F\)"):
+        prepare.prepare("folder", tmp_path / "src32", tmp_path / "data", name="float", show_progress=False)
+
+
+@pytest.mark.parametrize("orientation, turn", [(3, 2), (6, -1), (8, 1)])  # np.rot90's k: 6 is 90 degrees clockwise
+def test_an_exif_rotated_jpeg_is_stored_as_a_viewer_shows_it(tmp_path, orientation, turn):
+    pixels = np.zeros((16, 32, 3), np.uint8)  # landscape: a white block in the top-left corner only
+    pixels[:8, :8] = 255
+    path = tmp_path / "src" / "photos" / "taken.jpg"
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=100, exif=exif)
+    prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="rotated", show_progress=False)
+    image = sources.open_source(folder_spec("rotated", classes=1), tmp_path / "data")[0]["image"]
+    shown = np.rot90(pixels, k=turn)
+    assert image.shape == shown.shape
+    np.testing.assert_allclose(image.astype(float), shown.astype(float), atol=40)  # JPEG's blocks blur edges
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_by_name(tmp_path):
+    import os
+
+    write_image(tmp_path / "src" / "cat" / "0.png", 0)
+    folder = os.path.join(os.fsencode(tmp_path / "src"), b"d\xf6g")  # Latin-1 "dög"
+    os.mkdir(folder)
+    write_image(tmp_path / "src" / os.fsdecode(b"d\xf6g") / "0.png", 1)
+    with pytest.raises(prepare.PreparationError, match=r"1 class folder name\(s\) .* not valid UTF-8 text, e\.g\. "
+                                                       r"\[b'd\\xf6g'\]"):
+        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="pets", show_progress=False)
+    assert not (tmp_path / "data" / "saeft" / "pets").exists()

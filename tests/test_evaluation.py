@@ -76,6 +76,19 @@ def test_single_pass_sweep_equals_separate_evaluations(pair):
     assert result.summary()["scores"]["0.3"] == result.scores[0.3]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_the_zeroshot_row_is_the_zeroshot_model_whatever_the_finetuned_one_holds(pair, bad):
+    """alpha 0 is theta0 itself: 0 * NaN (or 0 * inf) of the other model never reaches it."""
+    encoder, theta0, theta_ft = pair
+    broken = {**theta_ft, "head": {"W": theta_ft["head"]["W"].at[0, 0].set(bad), "b": theta_ft["head"]["b"]}}
+    images = np.stack([clip_eval(ImageSource(6, 2)[i]["image"], 32) for i in range(6)])
+    sweep = wise.make_sweep(encoder, lambda logits: logits, (0.5,), parallel.data_mesh(devices=jax.devices()[:1]))
+    predictions, embeddings = sweep(theta0, broken, images)
+    direct = encoder.apply({"params": theta0["encoder"]}, images)  # no mix at all
+    np.testing.assert_array_equal(predictions[0], np.argmax(np.asarray(classify(theta0["head"], direct)), -1))
+    np.testing.assert_allclose(embeddings[0], direct, rtol=1e-6, atol=1e-6)
+
+
 def hsic_cka(x, y):
     """CKA through Gram matrices and the centering matrix (Kornblith et al. 2019, eq. for HSIC)."""
     n = len(x)

@@ -168,7 +168,33 @@ def truncate_newest_checkpoint(workdir):
     delete("finetune/sae_add_remove/final")(workdir)
 
 
-# (what, damage, marks removed so that a consumer reads the damaged file, advice to follow when named)
+def nonfinite(relative: str, tensor: str | None = None, value: float = float("nan")):
+    """Writes `value` into one entry of `tensor` of a safetensors file (the whole array of an .npy)
+    and records the new bytes' hash in its stage's mark, as if the stage had made it so: only the
+    finiteness check stands between the file and its reader."""
+    def damage(workdir):
+        import safetensors.numpy
+
+        from saeft_jax import storage
+
+        path = workdir / relative
+        if tensor is None:
+            array = np.load(path)
+            array.flat[array.size // 2] = value
+            np.save(path, array)
+        else:
+            tensors = safetensors.numpy.load_file(path)
+            tensors[tensor].flat[0] = value
+            safetensors.numpy.save_file(tensors, path, metadata={"format": "pt"})
+        stage = next(parent for parent in path.parents if (parent / "done.json").exists())
+        mark = json.loads((stage / "done.json").read_text())
+        mark["files"][str(path.relative_to(stage))] = storage.digest(storage.path(path))
+        (stage / "done.json").write_text(json.dumps(mark))
+    return damage
+
+
+# (what, damage, marks removed so that a consumer reads the damaged file, advice to follow when named:
+# None, "delete config.json", or "delete as named": remove the directory the message says to delete)
 PROBES = [
     ("zeroshot head, bytes flipped", flip("zeroshot/digits.safetensors"), ["report"], None),
     ("zeroshot head, truncated", truncate("zeroshot/digits.safetensors"), [], None),
@@ -194,6 +220,16 @@ PROBES = [
     ("a completion mark, overwritten", garbage("sae/main/done.json"), [], None),
     ("run.lock, overwritten", garbage("run.lock"), [], None),
     ("config.json, overwritten", garbage("config.json"), [], "delete config.json"),
+    ("zeroshot head, a NaN (hash re-recorded)", nonfinite("zeroshot/digits.safetensors", "W"), ["evaluate/none"],
+     "delete as named"),
+    ("features, a NaN (hash re-recorded)", nonfinite("features/train.npy"), ["sae/main"], "delete as named"),
+    ("SAE decoder, an infinity (hash re-recorded)", nonfinite("sae/main/sae.safetensors", "W_dec", float("inf")),
+     ["report"], "delete as named"),
+    ("fine-tuned head, a NaN (hash re-recorded)", nonfinite("finetune/none/head.safetensors", "b"), ["evaluate/none"],
+     "delete as named"),
+    ("fine-tuned weights, an infinity (hash re-recorded)",
+     nonfinite("finetune/sae_add_remove/final/model.safetensors", "vision_model.post_layernorm.weight", -float("inf")),
+     ["evaluate/sae_add_remove"], "delete as named"),
 ]
 
 
@@ -219,6 +255,9 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
             outcome = f"named: {str(error)[:140]}..."
             if advice == "delete config.json":
                 (workdir / "config.json").unlink()
+            if advice == "delete as named":
+                assert "non-finite" in str(error), str(error)
+                shutil.rmtree(re.search(r"Delete (\S+) and its stage makes it again", str(error)).group(1))
             run_pipeline(smoke_config(shared), workdir)  # the advice works
         outcomes.append(f"{what}: {outcome}")
         assert fingerprints(workdir) == fingerprints(reference), what

@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def smoke(**changes):
     ("saes.main.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
     ("dtype", "float16", "'float32' or 'bfloat16'"),
     ("num_workers", -1, "0 (reader threads only)"),
+    ("seed", 2 ** 64, "at most 2**31 - 1 = 2147483647"),
+    ("seed", -1, "an integer from 0 on"),
+    ("finetune.batch_size", 2 ** 31, "a positive batch size, at most 2**31 - 1"),
+    ("saes.main.dict_size", 2 ** 40, "at most 2**31 - 1"),
+    ("model", "openai/clip-vit-base-patch16", "the demo's own small CLIP"),
 ])
 def test_values_that_cannot_work_are_refused_by_name(key, value, says):
     with pytest.raises(ConfigError, match=r"config\." + key.replace(".", r"\.")) as error:
@@ -92,6 +98,44 @@ def test_a_bad_value_on_the_command_line_exits_2_before_anything_runs(tmp_path):
     assert "config.finetune.lr is -0.001" in result.stderr and not (tmp_path / "w").exists()
 
 
+def integer_keys(config, prefix: str = "") -> list[str]:
+    """Every key of `config` that holds an integer (not a switch), dotted, the SAE settings included."""
+    keys = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            keys += integer_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def test_every_integer_key_has_a_range_and_out_of_it_is_refused_by_name():
+    keys = integer_keys(smoke())
+    assert {"seed", "finetune.steps", "saes.main.k", "corruptions.severity", "demo.pretrain_steps"} <= set(keys)
+    for key in keys:
+        for value in (2 ** 64, 2 ** 31, -1):
+            with pytest.raises(ConfigError, match=rf"config\.{re.escape(key)} is {value}\b"):
+                finish(smoke(**{key: value}))
+        finish(smoke(**{key: smoke_value(key) if key != "seed" else 2 ** 31 - 1}))  # the top of the range works
+
+
+def smoke_value(key: str) -> int:
+    """The smoke config's own value of `key`."""
+    value = smoke()
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def test_an_overflowing_seed_on_the_command_line_exits_2_before_the_workdir_is_made(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
+                             f"--workdir={tmp_path / 'w'}", "--config.seed=18446744073709551616"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "config.seed is 18446744073709551616" in result.stderr and not (tmp_path / "w").exists()
+    assert len(result.stderr.strip().splitlines()) == 1  # one paragraph
+
+
 class FakeRun:
     """What `preflight` reads of a run: its config, datasets and sources."""
 
@@ -103,7 +147,7 @@ class FakeRun:
         from saeft_jax.data.registry import DatasetSpec
 
         self.config = config
-        self.model = SimpleNamespace(embed_dim=64)
+        self.model = SimpleNamespace(embed_dim=64, params={"logit_scale": np.float32(2)})
         self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
         self.validation = dataclasses.replace(self.train_spec, name="toy_val", split="val")
         self.methods, self.examples = {}, examples
@@ -144,6 +188,20 @@ def test_preflight_accepts_the_smoke_config_on_eight_devices(monkeypatch):
     preflight.check(FakeRun(finish(smoke())))
     preflight.check(FakeRun(finish(smoke(**{"saes.basis": {"kind": "pca", "dict_size": 64}}))))  # not trained:
     # a PCA basis has no batch to divide or to fit into the 900 embeddings
+
+
+def test_preflight_refuses_a_model_with_a_nan_naming_the_tensor():
+    from saeft_jax import preflight
+    from saeft_jax.finite import NonFiniteError
+
+    run = FakeRun(finish(smoke()))
+    weights = {"vision_model": {"embeddings": {"patch": np.ones((4, 3), np.float32)}}, "logit_scale": np.float32(2)}
+    run.model.params = weights
+    preflight.check(run)
+    weights["vision_model"]["embeddings"]["patch"][1, 2] = np.nan
+    with pytest.raises(NonFiniteError, match=r"toy-clip \(config\.model\): tensor vision_model/embeddings/patch "
+                                             r"holds 1 non-finite value"):
+        preflight.check(run)
 
 
 def write_lock(workdir, **fields):
@@ -388,3 +446,36 @@ def test_a_mark_that_is_no_json_object_counts_as_never_made(tmp_path, mark):
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / completion.DONE).write_bytes(mark)
     assert completion.status(epath.Path(tmp_path), ("features",)) == (None, None)  # the stage runs again
+
+
+def test_versions_json_keeps_every_attempt_and_a_resume_under_other_versions_says_so(tmp_path, monkeypatch, capsys):
+    from importlib import metadata
+
+    from saeft_jax import pipeline
+
+    workdir = epath.Path(tmp_path)
+    (tmp_path / "versions.json").write_text(json.dumps({"jax": "0.4.1"}))  # the single-attempt form of before
+    installed = {"jax": "0.4.1"}
+
+    def version(package):
+        if package not in installed:
+            raise metadata.PackageNotFoundError(package)
+        return installed[package]
+
+    monkeypatch.setattr(metadata, "version", version)
+    monkeypatch.setattr(pipeline, "PACKAGES", ("jax", "flax"))
+    pipeline.record_versions(workdir)
+    assert capsys.readouterr().out.count("note:") == 1  # {"jax"} then {"jax", "flax": None}: they differ
+    pipeline.record_versions(workdir)
+    assert capsys.readouterr().out == ""  # the same versions: nothing to say
+    installed.update(jax="0.4.2", flax="0.8.0")
+    pipeline.record_versions(workdir)
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "other versions than its previous attempt (flax None -> 0.8.0, jax 0.4.1 -> " \
+                                     "0.4.2)" in line
+    attempts = json.loads((tmp_path / "versions.json").read_text())["attempts"]
+    assert [a["versions"] for a in attempts] == [{"jax": "0.4.1"}, {"jax": "0.4.1", "flax": None},
+                                                 {"jax": "0.4.1", "flax": None}, {"jax": "0.4.2", "flax": "0.8.0"}]
+    assert attempts[0]["started"] is None and all(a["started"].endswith("+00:00") for a in attempts[1:])
+    (tmp_path / "versions.json").write_text("{not json")
+    assert len(pipeline.record_versions(workdir)) == 1 and "was damaged" in capsys.readouterr().out

@@ -58,8 +58,13 @@ def report(model="demo", zeroshot=0.5, methods=("none", "sae_add_remove")) -> di
 
 
 def write(tmp_path, name: str, content: dict):
+    """A finished run's report: report.json and its stage's completion mark, as the report stage writes them."""
+    from saeft_jax import storage
+
     (tmp_path / name / "report").mkdir(parents=True)
     (tmp_path / name / "report" / "report.json").write_text(json.dumps(content))
+    digest = storage.digest(storage.path(tmp_path / name / "report" / "report.json"))
+    (tmp_path / name / "report" / "done.json").write_text(json.dumps({"files": {"report.json": digest}}))
     return str(tmp_path / name)
 
 
@@ -201,3 +206,112 @@ def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
     browser.unlink()
     compare.compare([first, second], str(tmp_path / "out"))  # runs made before the browser still compare
     assert "has no feature browser" in capsys.readouterr().err
+
+
+def test_compare_refuses_an_out_inside_or_equal_to_a_compared_run_and_leaves_its_report(tmp_path):
+    first, second = write(tmp_path, "a", report()), write(tmp_path, "b", report())
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    before = (tmp_path / "b" / "report" / "report.json").read_bytes()
+    for out, says in ((f"{second}/report", "lies inside the compared run"), (second, "is the compared run"),
+                      (str(tmp_path / "link" / "report"), "lies inside the compared run"),
+                      (f"{second}/", "is the compared run")):
+        with pytest.raises(UsageError, match=f"--out {out} {says} {second}"):
+            compare.compare([first, second], out)
+    assert (tmp_path / "b" / "report" / "report.json").read_bytes() == before
+    compare.compare([first, second], str(tmp_path / "ab"))  # beside the runs: fine
+    assert json.loads((tmp_path / "ab" / "report.json").read_text())["model"] == "demo"
+
+
+def test_compare_refuses_the_same_run_reached_through_a_link(tmp_path):
+    first = write(tmp_path, "a", report())
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "a")
+    with pytest.raises(UsageError, match="given more than once .*also through a link"):
+        compare.compare([first, str(tmp_path / "elsewhere")], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["no mark", "half-written report"])
+def test_compare_refuses_a_run_whose_report_stage_has_not_finished(tmp_path, damage):
+    first, second = write(tmp_path, "a", report()), write(tmp_path, "b", report())
+    (tmp_path / "b" / "report" / "done.json").unlink()
+    if damage == "half-written report":
+        (tmp_path / "b" / "report" / "report.json").write_text(json.dumps(report())[:200])
+    with pytest.raises(UsageError, match=rf"the report stage of {second} has not finished .*done.json"):
+        compare.compare([first, second], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def with_sae(tmp_path, name: str, k: int, weights: bytes) -> str:
+    """A finished run with a Top-K SAE of `k` whose weights are `weights` (their hash in the sae stage's mark)."""
+    import hashlib
+
+    content = report()
+    content.update(sae={"dict_size": 8, "k": k, "fvu": 0.1}, report_sae="main")
+    for method in ("none", "sae_add_remove"):
+        content["runs"][method]["changes_by_dataset"] = {"id": {"added_per_image": 1.0 + k}}
+        content["runs"][method]["changes"] = {"added_per_image": 1.0 + k}
+    workdir = write(tmp_path, name, content)
+    (tmp_path / name / "sae" / "main").mkdir(parents=True)
+    (tmp_path / name / "sae" / "main" / "done.json").write_text(json.dumps({"files": {"sae.safetensors": {
+        "size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}}}))
+    return workdir
+
+
+def test_runs_with_other_sae_weights_compare_with_each_row_naming_its_own_sae(tmp_path):
+    same = [with_sae(tmp_path, "a", 2, b"one"), with_sae(tmp_path, "b", 2, b"one")]
+    compare.compare(same, str(tmp_path / "same"))
+    merged = json.loads((tmp_path / "same" / "report.json").read_text())
+    assert merged["sae"] == {"dict_size": 8, "k": 2, "fvu": 0.1}
+    assert "sae" not in merged["runs"]["a/none"] and "| SAE |" not in (tmp_path / "same" / "report.md").read_text()
+    for other, why in ((with_sae(tmp_path, "c", 4, b"two"), "another k"), (with_sae(tmp_path, "d", 2, b"two"),
+                                                                          "the same k, other weights")):
+        out = tmp_path / f"with_{pathlib.Path(other).name}"
+        compare.compare([same[0], other], str(out))
+        merged = json.loads((out / "report.json").read_text())
+        assert merged["sae"] is None, why
+        name = pathlib.Path(other).name
+        assert merged["runs"]["a/none"]["sae"]["run"] == "a" and merged["runs"][f"{name}/none"]["sae"]["run"] == name
+        assert merged["runs"][f"{name}/none"]["sae"]["weights"]["sha256"] != merged["runs"]["a/none"]["sae"][
+            "weights"]["sha256"]
+        text = (out / "report.md").read_text()
+        assert "In the vocabulary of each row's own SAE" in text and "| method | SAE | ID |" in text
+        assert f"| {name}/none | {name}: `main` (8, k {4 if why == 'another k' else 2}) |" in text
+
+
+def test_every_path_problem_of_out_is_one_paragraph(tmp_path, capsys):
+    first = write(tmp_path, "a", report())
+    (tmp_path / "file").write_text("mine")
+    for out, says in ((tmp_path / "file", "is a file"), ("/proc/saeft_compare/out", "cannot be written")):
+        assert compare.main([first, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: --out {out} {says}") and error.count("\n") == 1, error
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_run_in_a_bucket_compares_and_an_unreachable_bucket_is_named_within_the_wait(bucket, tmp_path, monkeypatch,
+                                                                                       capsys):
+    import socket
+    import time
+
+    import gcsfs
+    from etils import epath
+
+    local = write(tmp_path, "a", report())
+    for name in ("report.json", "done.json"):
+        epath.Path(f"{bucket}/compared/report/{name}").write_bytes((tmp_path / "a" / "report" / name).read_bytes())
+    compare.compare([local, f"{bucket}/compared"], str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["runs"]["compared/none"]["fingerprint"] == "0"
+    with socket.socket() as silent:  # accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(compare, "BUCKET_WAIT_S", 2.0)
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        start = time.monotonic()
+        assert compare.main([local, "gs://bucket/compared", "--out", str(tmp_path / "out2")]) == 2
+        took = time.monotonic() - start
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    error = capsys.readouterr().err
+    ours = error[error.index("error: the run"):]  # before it, the emulator's own thread may report a closed pipe
+    assert ours.startswith("error: the run gs://bucket/compared did not answer within 2 s;") and took < 10, error
+    assert ours.count("\n") == 1 and not (tmp_path / "out2").exists()

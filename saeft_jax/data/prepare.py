@@ -17,7 +17,9 @@ prepared, the 15 of the benchmark are required (see `labels.CORRUPTIONS`).
 The result lives in `DATA_DIR/saeft/<name>/` (see `saeft_jax.data.records`); splits prepared one
 at a time under the same name accumulate in its `info.json`. Every image is decoded once here,
 so a broken file is named now rather than midway through training (`--skip_corrupt` counts and
-skips such files instead). Image and class counts are checked against the published ones
+skips such files instead). Images read as a viewer shows them: turned by their EXIF orientation,
+16-bit gray scaled to 8 bits; 32-bit pixels are refused by name (`records.decode_image`). Class
+folder names must be UTF-8 text. Image and class counts are checked against the published ones
 (`--no_count_check` for a subset of your own); a folder dataset is checked against
 `--expected_images` / `--expected_classes` when given. Files that are not images, class folders
 without images and links that lead out of the source folder are listed in a summary (links are
@@ -230,12 +232,26 @@ def _folder(source: Path, split: str) -> Listing:
     classes = [p for p in entries if p.is_dir() and not p.name.startswith(".")]  # .ipynb_checkpoints is no class
     if not classes:
         raise PreparationError(f"{source} has no class folders; expected one sub-folder of images per class")
+    not_text = [os.fsencode(p.name) for p in classes if not _is_text(p.name)]
+    if not_text:
+        raise PreparationError(f"{len(not_text)} class folder name(s) under {source} are not valid UTF-8 text, e.g. "
+                               f"{not_text[:3]}; a class name becomes the text of the zero-shot prompts, so rename "
+                               f"those folders to the class names in UTF-8.")
     ignored = [str(p) for p in entries if p not in classes]
     per_class = {folder: _images(folder, ignored) for folder in classes}
     examples = [Example(path, label) for label, folder in enumerate(classes) for path in per_class[folder]]
     empty = [folder.name for folder, images in per_class.items() if not images]
     return Listing({split: examples}, tuple(p.name.replace("_", " ") for p in classes), ignored=sorted(ignored),
                    empty_classes=empty)
+
+
+def _is_text(name: str) -> bool:
+    """Whether a file name read from the disk is UTF-8 text (Python keeps other bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _objectnet(source: Path) -> Listing:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-from PIL import Image
+from PIL import Image, ImageOps
 
 from saeft_jax import storage
 
@@ -42,12 +42,23 @@ def decode(record: bytes) -> dict[str, Any]:
 
 
 def decode_image(data: bytes, name: str = "") -> np.ndarray:
-    """Encoded image bytes -> uint8 (H, W, 3); a file that does not decode is named in the error."""
+    """Encoded image bytes -> uint8 (H, W, 3) as an image viewer shows them: turned by the file's
+    EXIF orientation, 16-bit gray scaled to 8 bits (value / 257); 32-bit pixels, whose range no
+    file states, and a file that does not decode are named in the error."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
+            ImageOps.exif_transpose(image, in_place=True)
+            if image.mode.startswith("I;16"):  # PIL's convert("RGB") would clip every value above 255
+                gray = np.round(np.asarray(image, np.float32) / 257).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
+            deep = image.mode if image.mode in ("I", "F") else None
+            if deep is None:
+                return np.asarray(image.convert("RGB"))
     except Exception as error:  # PIL raises several types for broken files
         raise ValueError(f"image {name or '(unnamed)'} does not decode: {error}") from error
+    raise ValueError(f"image {name or '(unnamed)'} has 32-bit {'integer' if deep == 'I' else 'float'} pixels (PIL mode "
+                     f"{deep}), whose range the file does not state, so no 8-bit picture follows from it; convert it "
+                     f"to 8 or 16 bits per channel")
 
 
 def split_files(directory: epath.Path, split: str) -> list[epath.Path]:

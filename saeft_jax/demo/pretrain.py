@@ -99,7 +99,11 @@ def _initial(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup) -> Model
     if siglip_family:
         config = siglip.SiglipConfig(vision, text, projection_size=setup.width)
         spec = ImageSpec(data.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash", "bicubic")
-        return Model(SiglipFamily(), config, siglip.init_params(config, rng), constant(tokenizer), spec)
+        params = siglip.init_params(config, rng)
+        # SigLIP starts its bias at -10 for batches of 32k pairs, nearly all negatives; here one pair in
+        # ten matches (the same digit), so the bias starts at those prior log-odds instead
+        params["logit_bias"] = np.full((1,), np.log(1 / 9), np.float32)
+        return Model(SiglipFamily(), config, params, constant(tokenizer), spec)
     config = CLIPConfig(vision, text, projection_dim=setup.projection_dim)
     return Model(ClipFamily(), config, init_params(CLIP(config), rng), constant(tokenizer),
                  ImageSpec(size=data.image_size))

@@ -144,21 +144,28 @@ def _changed(report, details, figures) -> list[str]:
 
 
 def _changes_table(report, methods, id_name) -> list[str]:
+    own = any(report["runs"][m].get("sae") for m in methods)  # a comparison of runs whose SAEs differ
+    vocabulary = ("In the vocabulary of each row's own SAE (its run and name in the SAE column: the runs' SAEs "
+                  "differ, so feature counts compare only between rows of one SAE)" if own else
+                  "In the SAE's vocabulary")
     lines = ["## What changed", "",
-             f"In the SAE's vocabulary, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
+             f"{vocabulary}, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
              f"embedding's top-k codes hold it and the zero-shot one's do not, *removed* in the converse case. "
              f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
              f"(zero-shot in brackets); it is the squared reconstruction error per image over the embeddings' "
              f"variance per image, both shown, so a representation that contracts shows a high FVU at a low error. "
              f"CKA compares the two representations over the images (1: same geometry).",
-             "", "| method | ID | avg OOD | added / image | removed / image | SAE FVU | error / variance | CKA |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", f"| method |{' SAE |' if own else ''} ID | avg OOD | added / image | removed / image | SAE FVU | "
+                 f"error / variance | CKA |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if own else "")]
     for m in methods:
         run = report["runs"][m]
         c = run.get("changes_by_dataset", {}).get(id_name, {})
         fvu = f"{_num(c.get('sae_fvu'), 3)} ({_num(c.get('sae_fvu_zeroshot'), 3)})"
         parts = f"{_num(c.get('sae_error'), 3)} / {_num(c.get('variance'), 3)}"
-        lines.append(f"| {m} | {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
+        sae = run.get("sae")
+        named = (f" {sae['run']}: `{sae['name']}` ({sae.get('dict_size')}, k {sae.get('k')}) |" if sae else " none |")
+        lines.append(f"| {m} |{named if own else ''} {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
                      f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
                      f"{parts} | {_num(c.get('cka'), 3)} |")
     return lines

@@ -18,6 +18,7 @@ from etils import epath
 from saeft_jax import storage
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.errors import UsageError
+from saeft_jax.finite import check_finite
 
 PARAMS_FILE, META_FILE = "sae.safetensors", "sae.json"
 _NAMES = {"W_enc", "W_dec", "b_pre", "b_enc"}
@@ -43,7 +44,8 @@ def save_sae(directory: str | os.PathLike, sae: FrozenSAE, *, options: dict[str,
 
 def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: int | None = None,
              k: int | None = None) -> FrozenSAE:
-    """The SAE of the artifact in `directory`; given `d`, `dict_size` or `k`, an artifact that differs is an error."""
+    """The SAE of the artifact in `directory`; given `d`, `dict_size` or `k`, an artifact that differs
+    is an error, and so is a parameter that is not finite."""
     directory = storage.path(directory)
     missing = [f for f in (PARAMS_FILE, META_FILE) if not (directory / f).exists()]
     if missing:
@@ -56,6 +58,8 @@ def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: i
         raise SAEArtifactError(f"{directory / PARAMS_FILE} is not readable ({e}); it is damaged. Copy an intact "
                                f"artifact there, or delete the directory to train the SAE again.") from e
     _check(directory, params, meta, {"d": d, "dict_size": dict_size, "k": k})
+    check_finite(params, str(directory / PARAMS_FILE), f"Delete {directory} and its stage makes it again (the sae "
+                 f"stage of the run that trained it), or copy an intact artifact there.")
     return FrozenSAE(params, int(meta["k"]), relu=bool(meta.get("relu", meta["options"].get("relu", False))),
                      normalize_inputs=bool(meta["normalize_inputs"]))
 

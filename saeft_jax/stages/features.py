@@ -24,6 +24,7 @@ from saeft_jax.data import pipeline
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.data.preprocess import eval_transform
 from saeft_jax.evaluation.wise import as_numpy
+from saeft_jax.finite import check_artifact
 from saeft_jax.observe import progress
 from saeft_jax.stages import completion
 from saeft_jax.stages.context import Run
@@ -149,7 +150,7 @@ def _load_chunk(run: Run, path) -> dict[str, np.ndarray]:
 
 def features_path(run: Run) -> str:
     """The (N, d) training embeddings' `.npy` file on a local disk (for a URL workdir, a copy),
-    checked against its recorded hash and against the model's width and the training set's size."""
+    checked against its recorded hash, against the model's width and the training set's size, and finite."""
     path = run.read((STAGE,), "train.npy")
     expected = (len(run.source(run.train_spec)), run.model.embed_dim)
     try:
@@ -162,6 +163,9 @@ def features_path(run: Run) -> str:
             f"{run.workdir / STAGE / 'train.npy'} holds embeddings of shape {shape}, but this run needs {expected} "
             f"({run.config.train_dataset} examples x the model's embedding width). It is removed and its mark "
             f"withdrawn, so {run.command} computes it again.")
+    check_artifact(np.load(path, mmap_mode="r"), run.workdir, (STAGE,), "train.npy",
+                   f"they are {run.model_path}'s image embeddings, so check that checkpoint's weights if it comes back",
+                   run.command)
     return str(path)
 
 

@@ -18,6 +18,7 @@ from saeft_jax import models, parallel, stopping, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.errors import UsageError
+from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.fingerprint import fingerprint
 from saeft_jax.methods import Method
 from saeft_jax.stages import features, heads, probe, trained_sae
@@ -146,6 +147,9 @@ def _import(run: Run, method: Method) -> None:
         raise UsageError(f"config.finetune.methods.{method.name}.checkpoint: {where} holds {kind}. WiSE-FT mixes the "
                          f"two models' weights, so a checkpoint method must be a fine-tuned copy of this run's model "
                          f"(same family and architecture).")
+    check_finite(model.image_params(theirs.params), f"{where} (its weights)",
+                 f"config.finetune.methods.{method.name}.checkpoint must name a usable model: replace it with an "
+                 f"intact copy.")
     if (where / "head.safetensors").exists():
         head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
@@ -153,9 +157,15 @@ def _import(run: Run, method: Method) -> None:
         head = build_zeroshot_head(theirs, spec.classnames, spec.templates, show_progress=run.config.show_progress)
         made = f"the zero-shot head of {where}'s text tower"
     classes = len(run.train_spec.classnames)
-    if np.shape(head["W"]) != (classes, model.embed_dim):
-        raise UsageError(f"{made} has shape {np.shape(head['W'])}; the training classes need "
-                         f"({classes}, {model.embed_dim}).")
+    shapes = {name: np.shape(head[name]) for name in sorted(head)}
+    wanted = {"W": (classes, model.embed_dim), "b": (classes,)}
+    if shapes != wanted:
+        raise UsageError(f"{made} holds the tensors {shapes}; a head for this run's {classes} training classes is "
+                         f"W {wanted['W']} (one row per class over the {model.embed_dim}-wide embedding) and b "
+                         f"{wanted['b']}. Write it in that form, or remove it to use the zero-shot head of the "
+                         f"checkpoint's own text tower.")
+    check_finite(head, str(made), "replace it with an intact head, or remove it to use the zero-shot head of the "
+                 "checkpoint's own text tower.")
     _publish(run, method, {"encoder": model.image_params(theirs.params), "head": {k: np.asarray(v, np.float32)
                                                                      for k, v in head.items()}},
              {"steps": 0, "final_loss": None, "final_ce": None})
@@ -185,7 +195,11 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
 
 
 def load_finetuned(run: Run, name: str) -> dict:
-    """{"encoder", "head"} of method `name`'s fine-tuned model, as saved."""
-    params = models.load(run.read((STAGE, name), "final")).params
+    """{"encoder", "head"} of method `name`'s fine-tuned model, as saved, checked finite."""
+    params = run.model.image_params(models.load(run.read((STAGE, name), "final")).params)
     head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
-    return {"encoder": run.model.image_params(params), "head": head}
+    cause = (f"it is method {name}'s model" + (f", imported from {run.methods[name].checkpoint}"
+                                                if run.methods[name].checkpoint else ""))
+    check_artifact(params, run.workdir, (STAGE, name), "final", cause, run.command)
+    check_artifact(head, run.workdir, (STAGE, name), "head.safetensors", cause, run.command)
+    return {"encoder": params, "head": head}

@@ -8,6 +8,7 @@ from etils import epath
 
 from saeft_jax import storage
 from saeft_jax.data.registry import DatasetSpec
+from saeft_jax.finite import check_artifact
 from saeft_jax.stages.context import Run
 from saeft_jax.zeroshot import build_zeroshot_head
 
@@ -42,5 +43,9 @@ def run_stage(run: Run) -> None:
 
 
 def load_head(run: Run, space: str) -> dict[str, np.ndarray]:
-    """The zero-shot head of label space `space`."""
-    return storage.load_safetensors(epath.Path(run.read((STAGE,), f"{space}.safetensors")))
+    """The zero-shot head of label space `space`, checked finite."""
+    name = f"{space}.safetensors"
+    head = storage.load_safetensors(epath.Path(run.read((STAGE,), name)))
+    check_artifact(head, run.workdir, (STAGE,), name, f"it was built from the text tower of {run.model_path}, so check "
+                   f"that checkpoint's weights if it comes back", run.command)
+    return head

@@ -11,6 +11,7 @@ from etils import epath
 
 from saeft_jax import storage
 from saeft_jax.evaluation.evaluate import score
+from saeft_jax.finite import check_artifact
 from saeft_jax.models.heads import classify
 from saeft_jax.stages import completion, features
 from saeft_jax.stages.context import Run
@@ -84,5 +85,8 @@ def _labels(run: Run) -> np.ndarray:
 
 
 def load_head(run: Run) -> dict[str, np.ndarray]:
-    """The probe's head, checked against the hash its stage recorded."""
-    return storage.load_safetensors(epath.Path(run.read((STAGE,), "head.safetensors")))
+    """The probe's head, checked against the hash its stage recorded and finite."""
+    head = storage.load_safetensors(epath.Path(run.read((STAGE,), "head.safetensors")))
+    check_artifact(head, run.workdir, (STAGE,), "head.safetensors", "it was fitted on the features stage's "
+                   "embeddings", run.command)
+    return head
