@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.remat = False
     c.data_dir = ""  # TFDS data dir and prepared datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.train_dataset = "imagenet_train"
-    c.eval_suite = "imagenet"
+    c.eval_suite = "imagenet"  # a suite's name, or dataset names "a,b" (the first in distribution, the rest shifts)
+    c.templates_file = ""  # prompts of NAME/SPLIT folder datasets, one a line with {} ("": those of the preparation)
     c.seed = 0
     c.num_workers = 0  # grain worker processes per host (0: reader threads only)
     c.stages = STAGES
