@@ -57,7 +57,7 @@ def prepared(tmp_path_factory):
 
 
 def test_a_prepared_folder_is_named_by_name_and_split_with_its_classes_and_prompts(prepared):
-    root, data_dir, written = prepared
+    _, data_dir, written = prepared
     spec = registry.dataset_spec("digits_mine/val", str(data_dir))
     assert spec.classnames == DIGIT_CLASSES
     assert spec.templates == ("a sketch of the digit {}.", "the number {}, handwritten.")  # kept for every split
@@ -81,7 +81,7 @@ def index_file(source, index: int) -> str:
 
 
 def test_folders_with_the_same_classes_share_a_label_space_and_others_do_not(prepared, tmp_path):
-    root, data_dir, _ = prepared
+    _, data_dir, _ = prepared
     for name, classes in (("sketches", DIGIT_CLASSES), ("others", ("one", "zero"))):
         for label, folder in enumerate(classes):
             path = tmp_path / name / folder / "a.png"
@@ -143,9 +143,9 @@ def smoke_config(data_dir, **changes):
     return config
 
 
-def main(*args):
+def main(*args, timeout: int = 300):
     return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
 
 
 @pytest.mark.parametrize("key, value, says", [
@@ -195,7 +195,7 @@ def test_the_smoke_pipeline_runs_on_a_prepared_folder_named_on_the_command_line(
     result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
                   f"--config.demo.cache_dir={tmp_path_factory.getbasetemp() / 'cache'}", "--config.show_progress=false",
                   "--config.train_dataset=digits_mine/train", "--config.finetune.val_dataset=digits_mine/val",
-                  "--config.eval_suite=digits_mine/test,digits_mine/val_shift")
+                  "--config.eval_suite=digits_mine/test,digits_mine/val_shift", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["id_dataset"] == "digits_mine/test" and report["ood_datasets"] == ["digits_mine/val_shift"]
