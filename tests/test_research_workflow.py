@@ -1,18 +1,22 @@
 """The research workflow end to end on a prepared folder of real images (scikit-learn's digits),
-named on the command line only: checkpoint selection on validation in the smoke pipeline."""
+named on the command line only: checkpoint selection on validation in the smoke pipeline, and
+evaluation-only reproducing the run's rows."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from saeft_jax.data import prepare
-from test_own_data import main, write_digit_folders
+from test_own_data import ROOT, main, write_digit_folders
 
-pytestmark = pytest.mark.slow  # one smoke run (a few minutes on 2 cores)
+pytestmark = pytest.mark.slow  # one smoke run (a few minutes on 2 cores), then evaluation-only commands
 
 EVAL_EVERY, STEPS = 15, 60
 SUITE = "digits_mine/test,digits_mine/inverted"
@@ -65,3 +69,33 @@ def test_each_method_is_its_checkpoint_best_on_validation(finished):
         assert [step for step, _ in scalars] == [step for step, _ in curve]
         np.testing.assert_allclose([value for _, value in scalars], [score for _, score in curve], rtol=1e-6)
         assert f"**Checkpoint of `{method}`:** step {checkpoint['step']}," in text
+
+
+def evaluate_only(tmp_path, *args):
+    out = tmp_path / "evaluation"
+    result = subprocess.run([sys.executable, "-m", "saeft_jax.evaluate", f"--suite={SUITE}", f"--out={out}",
+                             "--batch_size=64", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "evaluation.md").exists()
+    return json.loads((out / "evaluation.json").read_text())
+
+
+def test_evaluation_only_of_the_zero_shot_model_reproduces_the_zero_shot_row(finished, tmp_path):
+    _, data_dir, report = finished
+    result = evaluate_only(tmp_path, f"--model={report['model']}", f"--data_dir={data_dir}")
+    assert result["metrics"] == report["runs"]["zeroshot"]["metrics"]
+    assert result["avg_ood"] == report["runs"]["zeroshot"]["avg_ood"]
+    assert result["dataset_metrics"] == {name: report["dataset_metrics"][name] for name in result["metrics"]}
+
+
+def test_evaluation_only_of_a_fine_tuned_method_with_its_head_reproduces_its_row_and_wise_ft(finished, tmp_path):
+    workdir, data_dir, report = finished
+    method = workdir / "finetune" / "sae_add_remove"
+    result = evaluate_only(tmp_path, f"--model={method / 'final'}", f"--head={method / 'head.safetensors'}",
+                           f"--data_dir={data_dir}", f"--wise_with={report['model']}")
+    ours = report["runs"]["sae_add_remove"]
+    tests = list(result["metrics"])
+    assert result["metrics"] == {name: ours["metrics"][name] for name in tests}
+    assert {alpha: scores["metrics"] for alpha, scores in result["wise"].items()} == {
+        alpha: {name: scores["metrics"][name] for name in tests} for alpha, scores in ours["wise"].items()}
