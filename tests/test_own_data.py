@@ -176,6 +176,14 @@ def test_a_config_method_that_only_names_a_checkpoint_is_the_method_of_that_chec
     assert by_hand == built and by_hand["elsewhere"].describe() == {"checkpoint": "/models/mine"}
     with pytest.raises(UsageError, match="names no regularizer"):
         methods.from_config(ml_collections.ConfigDict({"plain": {"reg_lambda": 1.0}}))
+    from saeft_jax.config import finish
+
+    finished = []
+    for entry in ({"checkpoint": "/models/mine"}, methods.method(checkpoint="/models/mine")):
+        config = smoke_config("")
+        config.finetune.methods = ml_collections.ConfigDict({"elsewhere": entry})
+        finished.append(finish(config).finetune.methods.to_dict())
+    assert finished[0] == finished[1]  # as a config file writes it, and as method(...) builds it
 
 
 @pytest.mark.slow
