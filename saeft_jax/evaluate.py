@@ -20,19 +20,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
 import numpy as np
 
-from saeft_jax import parallel, storage
+from saeft_jax import hf, parallel, storage
 from saeft_jax.data import folders
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
-from saeft_jax.data.sources import open_source
+from saeft_jax.data.sources import DEFAULT_DATA_DIR, open_source
+from saeft_jax.demo import digits
 from saeft_jax.errors import UsageError
 from saeft_jax.evaluation import wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
+from saeft_jax.models.clip import image_encoder, image_params
+from saeft_jax.zeroshot import build_zeroshot_head
 
 JSON_FILE, MARKDOWN_FILE = "evaluation.json", "evaluation.md"
 
@@ -49,8 +51,6 @@ class Loaded:
 
 def load_model(name_or_path: str) -> Loaded:
     """The one place this command loads a model (a Hugging Face id or a local / gs:// directory)."""
-    from saeft_jax import hf
-
     model, params = hf.load_clip(name_or_path)
     return Loaded(model, params, hf.load_tokenizer(name_or_path), hf.load_image_spec(name_or_path))
 
@@ -59,8 +59,6 @@ def suite_specs(name: str, data_dir: str | None,
                 templates_file: str = "") -> tuple[list[DatasetSpec], str | None, list[str]]:
     """The specs of suite `name` (in distribution first), its in-distribution dataset (or None) and
     its shifts. An unknown suite or dataset is a `UsageError` naming it."""
-    from saeft_jax.demo import digits
-
     digits.register(digits.DigitsSetup())  # the demo's suite `digits`, as a demo run names it
     try:
         in_distribution, shifts = suite(name)
@@ -76,8 +74,6 @@ def suite_specs(name: str, data_dir: str | None,
 def zeroshot_heads(loaded: Loaded, specs: list[DatasetSpec]) -> dict[str, dict[str, np.ndarray]]:
     """{label space: the zero-shot head of `loaded`'s text tower}, from the first dataset of each
     space that gives its full class list (as a run's zeroshot stage builds them)."""
-    from saeft_jax.zeroshot import build_zeroshot_head
-
     spaces: dict[str, DatasetSpec] = {}
     for spec in specs:
         if spec.logit_sets is None:
@@ -89,12 +85,6 @@ def zeroshot_heads(loaded: Loaded, specs: list[DatasetSpec]) -> dict[str, dict[s
     return {space: {k: np.asarray(v) for k, v in build_zeroshot_head(
         loaded.model, loaded.params, loaded.tokenizer, spec.classnames, spec.templates, show_progress=False).items()}
             for space, spec in spaces.items()}
-
-
-def _image_params(loaded: Loaded) -> dict:
-    from saeft_jax.models.clip import image_params
-
-    return image_params(loaded.params)
 
 
 def _checked_head(path: str, spec: DatasetSpec, width: int) -> dict[str, np.ndarray]:
@@ -131,14 +121,12 @@ def evaluate(model: str, suite_name: str, *, head: str = "", data_dir: str | Non
     if head:
         own_heads[specs[0].label_space] = _checked_head(head, specs[0], width)
     mesh = parallel.data_mesh()
-    from saeft_jax.models.clip import image_encoder
-
     encoder = image_encoder(theirs.model)
     alphas = tuple(alphas) if wise_with else (1.0,)
-    datasets = {}
+    datasets, own, others = {}, image_params(theirs.params), image_params(other.params)
     for spec, source in zip(specs, sources):
-        theta = {"encoder": _image_params(theirs), "head": own_heads[spec.label_space]}
-        theta0 = {"encoder": _image_params(other), "head": other_heads[spec.label_space]} if wise_with else theta
+        theta = {"encoder": own, "head": own_heads[spec.label_space]}
+        theta0 = {"encoder": others, "head": other_heads[spec.label_space]} if wise_with else theta
         result = evaluate_dataset(encoder, theta0, theta, spec, source, image_spec=theirs.image_spec, mesh=mesh,
                                   global_batch=batch_size, alphas=alphas, num_workers=num_workers,
                                   show_progress=show_progress)
@@ -184,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a Hugging Face id or a CLIP directory (a run's final/)")
     parser.add_argument("--suite", required=True, help="a suite, a prepared NAME/SPLIT, or dataset names a,b,c")
     parser.add_argument("--head", default="", help="head.safetensors for the in-distribution label space")
-    parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="where datasets are prepared / built")
     parser.add_argument("--out", default="evaluation", help="where evaluation.json and evaluation.md go")
     parser.add_argument("--wise_with", default="", help="a second model: sweep WiSE-FT between the two")
     parser.add_argument("--alphas", default=",".join(map(str, wise.DEFAULT_ALPHAS)), help="WiSE-FT weights")
