@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.remat = False
     c.data_dir = ""  # TFDS data dir and prepared datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.train_dataset = "imagenet_train"
-    c.eval_suite = "imagenet"
+    c.eval_suite = "imagenet"  # a suite's name, or dataset names "a,b" (the first in distribution, the rest shifts)
+    c.templates_file = ""  # prompts of NAME/SPLIT folder datasets, one a line with {} ("": those of the preparation)
     c.seed = 0
     c.num_workers = 0  # grain worker processes per host (0: reader threads only)
     c.stages = STAGES
@@ -52,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
         # the validation split every selection (the WiSE-FT alpha) is made on: a dataset of its own
         # (e.g. WILDS id_val) or a fraction held out of the training set; neither: nothing selected
         "val_dataset": "", "val_fraction": 0.0,
+        # score the model on the validation split every eval_every updates (0: never); "best_val" makes the
+        # best of those checkpoints (ties: the earlier step) the method's model, "last" the last step's
+        "eval_every": 0, "select_checkpoint": "last",
         "lr": 1e-5, "warmup_steps": 500, "weight_decay": 0.1, "clip_norm": 1.0, "label_smoothing": 0.0,
         "accumulate_steps": 1, "random_crop": True, "crop_scale": (0.9, 1.0), "teacher_cache": False,
         "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2})
@@ -187,6 +191,9 @@ _RULES = (
     ("finetune.steps", _non_negative_int, "0 (the length comes from finetune.epochs) or a positive step count"),
     ("finetune.epochs", _non_negative_int, "zero or more"),
     ("finetune.warmup_steps", _non_negative_int, "zero or more steps"),
+    ("finetune.eval_every", _non_negative_int, "0 (no validation during fine-tuning) or a number of updates"),
+    ("finetune.select_checkpoint", lambda v: v in ("last", "best_val"),
+     "'last' (the last step's model) or 'best_val' (the checkpoint best on the validation split)"),
     ("finetune.val_fraction", lambda v: _non_negative(v) and v <= 0.5, "in [0, 0.5] (0: no held-out split)"),
     ("finetune.accumulate_steps", _positive_int, "at least 1 micro-batch per update"),
     ("finetune.log_every", _positive_int, "at least 1 step"),
@@ -337,6 +344,14 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
     if ft.steps and ft.warmup_steps >= ft.steps:
         raise ConfigError(f"config.finetune.warmup_steps ({ft.warmup_steps}) must be below "
                           f"config.finetune.steps ({ft.steps})")
+    if ft.select_checkpoint == "best_val" and not ft.eval_every:
+        raise ConfigError("config.finetune.select_checkpoint is 'best_val', but config.finetune.eval_every is 0, so no "
+                          "checkpoint is scored on validation; set --config.finetune.eval_every=N (updates between "
+                          "scores) or select_checkpoint='last'.")
+    if ft.eval_every and not (ft.val_dataset or ft.val_fraction):
+        raise ConfigError(f"config.finetune.eval_every is {ft.eval_every}, but this run has no validation split to "
+                          f"score on; set config.finetune.val_dataset (a split of its own) or "
+                          f"config.finetune.val_fraction (held out of the training set), or eval_every=0.")
     if ft.val_dataset and ft.val_fraction:
         raise ConfigError(f"config.finetune.val_dataset ({ft.val_dataset!r}) and config.finetune.val_fraction "
                           f"({ft.val_fraction}) both name a validation split; keep one.")

@@ -120,10 +120,10 @@ def from_config(methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",),
                               f"finetune/ and evaluate/ and a key of the report, so it is a plain name "
                               f"({storage.PLAIN_NAME_RULE}) other than {', '.join(RESERVED)}.")
         settings = dict(settings)
-        if "regularizer" not in settings:
+        if "regularizer" not in settings and not settings.get("checkpoint"):  # a checkpoint is not trained
             raise ConfigError(f"{where} names no regularizer; set {where}.regularizer to one of "
                               f"{', '.join(regularizers.REGISTRY)}")
-        entry = _entry(settings.pop("regularizer"), f"{where}.regularizer")
+        entry = _entry(settings.pop("regularizer", "none"), f"{where}.regularizer")
         reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
         sae = _sae(entry, settings.pop("sae", ""), saes, kinds or {}, where)
         checkpoint = settings.pop("checkpoint", "") or None

@@ -129,8 +129,12 @@ def _check_durations(run: Run, examples: int) -> None:
             raise ConfigError(f"config.saes.{name}.batch_size ({sae.batch_size}) exceeds the {examples} training "
                               f"embeddings the SAE learns from ({c.train_dataset}); lower it.")
     steps = total_steps(run, examples)
+    length = "config.finetune.steps" if c.finetune.steps else f"{c.finetune.epochs} epochs of {examples} examples"
+    if c.finetune.eval_every > steps:
+        raise ConfigError(f"config.finetune.eval_every ({c.finetune.eval_every}) exceeds the run's {steps} fine-tuning "
+                          f"steps ({length} at batch {c.finetune.batch_size}), so the model would never be scored on "
+                          f"validation; lower it (e.g. --config.finetune.eval_every={max(1, steps // 5)}).")
     if c.finetune.warmup_steps >= steps:
-        length = "config.finetune.steps" if c.finetune.steps else f"{c.finetune.epochs} epochs of {examples} examples"
         raise ConfigError(f"config.finetune.warmup_steps ({c.finetune.warmup_steps}) must be below the run's {steps} "
                           f"fine-tuning steps ({length} at batch {c.finetune.batch_size}); lower it or lengthen the "
                           f"run.")

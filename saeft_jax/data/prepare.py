@@ -8,6 +8,7 @@
     python -m saeft_jax.data.prepare cifar10_c     --source=/data/CIFAR-10-C     --data_dir=...   # <corruption>.npy
     python -m saeft_jax.data.prepare cifar100_c    --source=/data/CIFAR-100-C    --data_dir=...
     python -m saeft_jax.data.prepare folder        --source=/data/mine --name=mine --split=test --data_dir=...
+                                                   [--templates=prompts.txt]
 
 Images held in arrays (CIFAR-10.2's .npz, CIFAR-C's .npy, memory-mapped) are stored as PNG, so
 they read back exactly. CIFAR-10-C / -100-C become one split per corruption and severity,
@@ -23,7 +24,9 @@ folder names must be UTF-8 text. Image and class counts are checked against the 
 (`--no_count_check` for a subset of your own); a folder dataset is checked against
 `--expected_images` / `--expected_classes` when given. Files that are not images, class folders
 without images and links that lead out of the source folder are listed in a summary (links are
-refused), and a `--name` must be a plain folder name.
+refused), and a `--name` must be a plain folder name. A folder dataset is then named
+`NAME/SPLIT` in a run's config (`saeft_jax.data.folders`); `--templates` gives its prompt
+templates (a text file, one a line with `{}` for the class name), kept for every split.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from etils import epath
 from PIL import Image
 
 from saeft_jax import storage
-from saeft_jax.data import labels, records
+from saeft_jax.data import folders, labels, records
 from saeft_jax.errors import UsageError
 from saeft_jax.observe import progress
 
@@ -99,11 +102,13 @@ def prepared_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
 
 def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *, name: str | None = None,
             split: str = "test", check_counts: bool = True, skip_corrupt: bool = False,
-            expected: dict[str, int] | None = None, show_progress: bool = True) -> dict[str, Any]:
+            expected: dict[str, int] | None = None, show_progress: bool = True,
+            templates: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Prepares `source` (layout `kind`: one of `LAYOUTS` or folder) and returns its info.
 
     `expected` ({"images": N, "classes": C}, either may be left out) states a folder dataset's
-    size. The splits prepared join those already in the dataset's `info.json`."""
+    size. The splits prepared join those already in the dataset's `info.json`; `templates` (the
+    prompts of a folder dataset) replace those recorded before, which are kept when none are given."""
     name = _checked_name(name or kind, "--name")
     _checked_name(split, "--split")
     source = Path(source).expanduser()
@@ -117,6 +122,8 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
         _check_counts(name, {"classes": expected.get("classes"), "splits": {split: expected.get("images")}}, listing)
     out = prepared_dir(data_dir, name)
     info = _joined_info(out, name, listing)
+    if templates:
+        info["templates"] = list(templates)
     if set(info["splits"]) & set(listing.splits):  # withdrawn first: a stop while its shards change leaves it unlisted
         kept = {s: n for s, n in info["splits"].items() if s not in listing.splits}
         records.write_info(out, {**info, "splits": kept})
@@ -155,6 +162,8 @@ def _joined_info(out: epath.Path, name: str, listing: Listing) -> dict[str, Any]
                                f"shares its classes. Use another --name, or the same class folders.")
     for key in ("splits", "skipped", "ignored", "empty_classes"):
         info[key] = dict(before.get(key, {}))
+    if before.get("templates"):
+        info["templates"] = before["templates"]
     return info
 
 
@@ -412,18 +421,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_count_check", action="store_true", help="do not compare with the published sizes")
     parser.add_argument("--expected_images", type=int, help="a folder dataset's image count, checked")
     parser.add_argument("--expected_classes", type=int, help="a folder dataset's class count, checked")
+    parser.add_argument("--templates", help="a folder dataset's prompt templates: a text file, one a line with {} "
+                                            "for the class name (default: 'a photo of a {}.')")
     args = parser.parse_args(argv)
     if args.kind == "folder" and not args.name:
         parser.error("a folder dataset needs --name")
+    if args.templates and args.kind != "folder":
+        parser.error(f"--templates is for a folder dataset; {args.kind} has its own prompts")
     expected = {key: value for key, value in (("images", args.expected_images), ("classes", args.expected_classes))
                 if value is not None}
     try:
+        templates = folders.read_templates(args.templates, "--templates") if args.templates else None
         info = prepare(args.kind, args.source, args.data_dir, name=args.name, split=args.split,
-                       check_counts=not args.no_count_check, skip_corrupt=args.skip_corrupt, expected=expected)
-    except (PreparationError, OSError) as error:
+                       check_counts=not args.no_count_check, skip_corrupt=args.skip_corrupt, expected=expected,
+                       templates=templates)
+    except (UsageError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(summary(info, prepared_dir(args.data_dir, info["name"])))
+    if args.kind == "folder":
+        print(f"use it as {info['name']}/{args.split}, e.g. --config.train_dataset={info['name']}/{args.split} "
+              f"--config.data_dir={args.data_dir}")
     return 0
 
 

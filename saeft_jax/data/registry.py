@@ -251,17 +251,31 @@ def register_suite(name: str, in_distribution: str | None, shifts: tuple[str, ..
     SUITES[name] = (in_distribution, tuple(shifts))
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    """The spec of dataset `name` (a suite member, a training set or a registered one)."""
+def dataset_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
+    """The spec of dataset `name` (a suite member, a training set, a registered one, or a
+    folder prepared in `data_dir` as `NAME/SPLIT`: `saeft_jax.data.folders`)."""
     if name in _EXTRA:
         return _EXTRA[name]
+    from saeft_jax.data import folders  # it builds DatasetSpecs, so it imports this module
+
+    if folders.is_folder_name(name):
+        return folders.folder_spec(name, data_dir)
     if name not in _SPECS:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(set(_SPECS) | set(_EXTRA))}")
     return _SPECS[name]()
 
 
 def suite(name: str) -> tuple[str | None, tuple[str, ...]]:
-    """(in-distribution dataset or None, the shift datasets) of evaluation suite `name`."""
-    if name not in SUITES:
-        raise KeyError(f"unknown suite {name!r}; known: {sorted(SUITES)}")
-    return SUITES[name]
+    """(in-distribution dataset or None, the shift datasets) of evaluation suite `name`, or of a
+    list of dataset names, `a,b,c` or a single `NAME/SPLIT`: the first in distribution, the rest
+    shifts (the names are checked where their specs are made)."""
+    if name in SUITES:
+        return SUITES[name]
+    if "," in name or "/" in name:
+        first, *shifts = [part.strip() for part in name.split(",")]
+        if not first or not all(shifts):
+            raise KeyError(f"the suite {name!r} lists an empty dataset name; write dataset names separated by commas, "
+                           f"e.g. mine/test,sketches/test (the first in distribution, the rest shifts)")
+        return first, tuple(shifts)
+    raise KeyError(f"unknown suite {name!r}; known: {sorted(SUITES)}, a prepared folder's NAME/SPLIT, or dataset "
+                   f"names separated by commas (the first in distribution, the rest shifts)")

@@ -1,14 +1,16 @@
 """Evaluation of a zero-shot / fine-tuned pair on datasets: sharded jit inference over each
 example once, every WiSE-FT alpha scored in the same pass, in each dataset's own label space
-and metric."""
+and metric; and the score of one model on one dataset (validation during fine-tuning)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from saeft_jax import parallel, stopping
@@ -16,6 +18,7 @@ from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import ImageSpec, eval_transform
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.evaluation import metrics, wise
+from saeft_jax.models.heads import classify
 from saeft_jax.observe import progress
 
 
@@ -76,3 +79,30 @@ def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: Dat
     scores = {a: score(spec, predictions[i], labels, groups) for i, a in enumerate(alphas)}
     return DatasetEvaluation(spec.name, spec.metric, alphas, scores, labels, groups,
                              np.concatenate(keep["index"])[mask], predictions, embeddings[0], embeddings[1])
+
+
+def make_scorer(encoder: nn.Module, spec: DatasetSpec, source, *, image_spec: ImageSpec, mesh, global_batch: int,
+                num_workers: int = 0) -> Callable[[dict], float]:
+    """`score(theta) -> float`: `spec`'s metric of the model theta = {"encoder", "head"} on all of
+    `source`, one pass, compiled once; the parameters stay where they are (replicated or sharded)
+    and only predictions come to the host. Every process calls it; each gets the same score."""
+    transform = eval_transform(image_spec, spec.border_crop)
+    share, sharding = pipeline.Share.of_this_process(global_batch), parallel.batch_sharding(mesh)
+
+    @jax.jit
+    def predict(theta, images):
+        embeddings = encoder.apply({"params": theta["encoder"]}, images)
+        return jnp.argmax(spec.project(classify(theta["head"], embeddings)), -1).astype(jnp.int32)
+
+    def score_of(theta: dict) -> float:
+        keep: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "group", "mask", "pred")}
+        for batch in pipeline.eval_batches(source, share=share, transform=transform, num_workers=num_workers):
+            images = jax.make_array_from_process_local_data(sharding, batch["image"])
+            keep["pred"].append(wise.as_numpy(predict(theta, images)))
+            for key in ("label", "group", "mask"):
+                keep[key].append(wise.as_numpy(jax.make_array_from_process_local_data(sharding, batch[key])))
+        mask = np.concatenate(keep["mask"])
+        labels, groups = np.concatenate(keep["label"])[mask], np.concatenate(keep["group"])[mask]
+        return score(spec, np.concatenate(keep["pred"])[mask], labels, groups)
+
+    return score_of

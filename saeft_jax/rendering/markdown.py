@@ -64,6 +64,7 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
              f"weight decay {ft.weight_decay:g}.",
              f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
              f"{jax.devices()[0].platform} device(s)."]
+    lines += [_checkpoint(m, report["runs"][m]["checkpoint"]) for m in methods if "checkpoint" in report["runs"][m]]
     saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
     for name, sae in saes.items():
         if sae.get("kind") == "pca":
@@ -82,6 +83,15 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
                      "trained on unit-norm ones; the analyses below give the SAE unit-norm embeddings, as trained, "
                      "so they read other codes than those penalties did.")
     return lines + [""]
+
+
+def _checkpoint(method: str, checkpoint: dict[str, Any]) -> str:
+    """Which fine-tuning step is method `method`'s model, and its validation curve."""
+    score = "not scored there" if checkpoint["score"] is None else f"{_pct(checkpoint['score'])}% there"
+    why = ("the best on" if checkpoint["rule"] == "best_val" else "the last step; scored on")
+    curve = ", ".join(f"{step}: {_pct(value)}" for step, value in checkpoint["curve"])
+    return (f"- **Checkpoint of `{method}`:** step {checkpoint['step']}, {why} the validation split "
+            f"`{checkpoint['split']}` ({score}; ties go to the earlier step). Validation curve, step: %: {curve}.")
 
 
 def _numbers(report) -> list[str]:

@@ -19,6 +19,7 @@ from etils import epath
 
 from saeft_jax import distributed, models, parallel, storage
 from saeft_jax.config import sae_kinds, sae_names
+from saeft_jax.data import folders
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite, with_corruptions
 from saeft_jax.data.sources import Subset, held_out, open_source
 from saeft_jax.methods import Method, from_config
@@ -34,6 +35,7 @@ class Run:
         self.model_path = model_path or config.model
         self.command = command  # how a user reruns this run, for messages
         self._verified: dict[tuple, Path] = {}
+        self._specs: dict[str, DatasetSpec] = {}  # a folder's spec reads its info.json once
 
     @functools.cached_property
     def mesh(self):
@@ -50,11 +52,18 @@ class Run:
         return models.load(self.model_path, dtype=jnp.dtype(self.config.dtype), remat=self.config.remat)
 
     def spec(self, name: str) -> DatasetSpec:
-        """Dataset `name`'s spec, reading TFDS metadata from this run's data dir (CIFAR-10-C / -100-C:
-        the corruptions and severity of `config.corruptions`)."""
-        corruptions = self.config.corruptions
-        spec = with_corruptions(dataset_spec(name), tuple(corruptions.names), corruptions.severity)
-        return dataclasses.replace(spec, data_dir=self.config.data_dir or None)
+        """Dataset `name`'s spec, reading TFDS metadata and prepared folders (`NAME/SPLIT`) from this
+        run's data dir (CIFAR-10-C / -100-C: the corruptions and severity of `config.corruptions`;
+        a folder: the prompts of `config.templates_file` when it names one)."""
+        if name not in self._specs:
+            corruptions = self.config.corruptions
+            spec = with_corruptions(dataset_spec(name, self.config.data_dir or None), tuple(corruptions.names),
+                                    corruptions.severity)
+            if spec.prepare_kind == folders.KIND and self.config.templates_file:
+                spec = dataclasses.replace(spec, templates=folders.read_templates(self.config.templates_file,
+                                                                                  "config.templates_file"))
+            self._specs[name] = dataclasses.replace(spec, data_dir=self.config.data_dir or None)
+        return self._specs[name]
 
     @property
     def train_spec(self) -> DatasetSpec:

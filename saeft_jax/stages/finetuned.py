@@ -2,7 +2,9 @@
 (`finetune/<method>/`), trained by the method's recipe (fine-tuning, LP-FT, FLYP; the linear
 probe only publishes its head): the train loop with its Orbax checkpoints and metrics, then the
 final model as a Hugging Face checkpoint (`final/`), the head (`head.safetensors`) and the
-parameters' fingerprint."""
+parameters' fingerprint. With `finetune.eval_every` the model is scored on the validation split
+every that many updates, and `finetune.select_checkpoint="best_val"` publishes the best of those
+checkpoints instead of the last (the record's `checkpoint`: split, step, score, curve)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from saeft_jax import models, parallel, stopping, storage
 from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.errors import UsageError
+from saeft_jax.evaluation.evaluate import make_scorer
 from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.fingerprint import fingerprint
 from saeft_jax.methods import Method
@@ -59,18 +62,47 @@ def run_stage(run: Run, name: str) -> None:
     step = make_train_step(recipe.loss, optimizer, schedule, run.mesh, sharding,
                            accumulate_steps=cfg.accumulate_steps)
     directory = run.dir(STAGE, name)
+    keep_best = cfg.select_checkpoint == "best_val"
     state, summary = train_loop(step, state, frozen, _batches(run, method, source, recipe.templates), mesh=run.mesh,
                                 workdir=directory, total_steps=steps, log_every=cfg.log_every,
                                 checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                                 show_progress=run.config.show_progress, description=f"finetune {name}",
-                                state_sharding=sharding)
+                                state_sharding=sharding, validate=_validator(run, recipe),
+                                eval_every=cfg.eval_every, keep_best=keep_best)
     if summary["preempted"]:
         signum = stopping.requested() or signal.SIGTERM  # else JAX's preemption notice
         raise stopping.Stopped(f"{stopping.signal_name(signum)}: fine-tuning method {name!r} stopped at step "
                                f"{summary['steps']} of {steps} and saved a checkpoint in {directory / 'checkpoints'}",
                                signum)
-    _publish(run, method, recipe.tuned(jax.device_get(state["params"])),
-             {k: summary[k] for k in ("steps", "final_loss", "final_ce")})
+    chosen = summary["best"]["params"] if keep_best else state["params"]
+    _publish(run, method, recipe.tuned(jax.device_get(chosen)),
+             {k: summary[k] for k in ("steps", "final_loss", "final_ce")}, _checkpoint_record(run, summary))
+
+
+def _validator(run: Run, recipe: _Recipe) -> Callable[[dict], float] | None:
+    """`validate(trained params) -> score` on the validation split (the recipe's model, its metric),
+    when `finetune.eval_every` asks for one; else None."""
+    if not run.config.finetune.eval_every:
+        return None
+    spec = run.validation
+    score = make_scorer(run.model.image_encoder(), spec, run.source(spec), image_spec=run.model.image_spec,
+                        mesh=run.mesh, global_batch=run.config.evaluate.batch_size, num_workers=run.config.num_workers)
+    return lambda params: score(recipe.tuned(params))
+
+
+def _checkpoint_record(run: Run, summary: dict) -> dict | None:
+    """Which checkpoint became the method's model: {"split", "rule", "step", "score", "curve"}
+    (None without evaluations during fine-tuning)."""
+    cfg = run.config.finetune
+    if not cfg.eval_every:
+        return None
+    if cfg.select_checkpoint == "best_val":
+        step, score = summary["best"]["step"], summary["best"]["score"]
+    else:  # the last step, scored when it is an evaluation point
+        step = summary["steps"]
+        score = dict(map(tuple, summary["curve"])).get(step)
+    return {"split": run.validation.name, "rule": cfg.select_checkpoint, "step": step, "score": score,
+            "curve": summary["curve"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,15 +153,17 @@ def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
             *([("features",)] if cached else []))
 
 
-def _publish(run: Run, method: Method, tuned: dict, train: dict) -> None:
+def _publish(run: Run, method: Method, tuned: dict, train: dict, checkpoint: dict | None = None) -> None:
     """Writes `tuned` ({"encoder", "head"[, "text"]}: the text tower when it was trained too) as
-    method `method`'s final model and marks it done."""
+    method `method`'s final model and marks it done (with `checkpoint`, the record of the step
+    chosen on validation, when there is one)."""
     model = run.model
     directory = run.dir(STAGE, method.name)
     if run.is_writer:
         model.save(directory / "final", params={**model.params, **tuned["encoder"], **tuned.get("text", {})})
         storage.save_safetensors(directory / "head.safetensors", tuned["head"])
-    run.mark_done({"method": method.describe(), "train": train, "fingerprint": fingerprint(tuned)}, STAGE,
+    run.mark_done({"method": method.describe(), "train": train, "fingerprint": fingerprint(tuned),
+                   **({"checkpoint": checkpoint} if checkpoint else {})}, STAGE,
                   method.name, files=("final", "head.safetensors"), inputs=made_from(run, method))
 
 

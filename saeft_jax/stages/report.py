@@ -82,6 +82,8 @@ def collect(run: Run) -> dict[str, Any]:
         wise = {a: _run_scores(record, a, tests, shifts) for a in record["datasets"][tests[0]]["scores"]}
         entry = {**wise["1.0"], "wise": wise, "method": method.describe(), "train": trained["train"],
                  "fingerprint": trained["fingerprint"]}
+        if "checkpoint" in trained:  # the step chosen on validation during fine-tuning
+            entry["checkpoint"] = {k: trained["checkpoint"][k] for k in ("split", "step", "score", "curve", "rule")}
         if "0.5" in wise:
             entry["fixed_alpha"] = {"alpha": 0.5, **wise["0.5"]}  # the WiSE-FT papers' choice
         if validation:

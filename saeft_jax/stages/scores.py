@@ -42,6 +42,7 @@ def run_stage(run: Run, name: str) -> None:
                                   num_workers=run.config.num_workers, show_progress=run.config.show_progress,
                                   sweep=sweeps[key])
         if run.is_writer:
+            (directory / spec.name).parent.mkdir(parents=True, exist_ok=True)  # a folder's NAME/SPLIT: NAME/
             write_json(directory / f"{spec.name}.json", result.summary())
             # Last: the .npz marks the dataset as evaluated.
             storage.save_npz(directory / f"{spec.name}.npz", labels=result.labels, groups=result.groups,

@@ -4,6 +4,11 @@ Each checkpoint holds the train state and the data iterator's position, so rerun
 stop (SIGTERM, preemption notice, SIGKILL) continues with the very batches an uninterrupted run
 would have seen, and ends with the same parameters. Metrics are read from the device only at
 `log_every` and at checkpoints, never inside the step.
+
+Given a `validate` function, the parameters are scored every `eval_every` steps (the curve goes
+to the metrics as `val_score` and into each checkpoint's metadata); with `keep_best` the best
+scored parameters (ties: the earlier step) are kept on the device and saved with each
+checkpoint, so a run stopped between two evaluations ends with the same choice.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -40,14 +46,18 @@ def _stop_agreed(at_sync_point: bool) -> bool:
 def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
                workdir: str | os.PathLike, total_steps: int, log_every: int = 10, checkpoint_every: int = 500,
                keep_checkpoints: int = 2, show_progress: bool = True, description: str = "finetune",
-               state_sharding: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+               state_sharding: Any = None, validate: Callable[[Any], float] | None = None, eval_every: int = 0,
+               keep_best: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
 
     `batches` yields dicts of arrays (`{"images", "labels"[, "teacher"]}`: this process's share
     of each global batch, as the step takes it) and has `get_state()`/`set_state()` (a grain iterator).
     `state_sharding` is the one the step was built with (default replicated); `description` names
-    the progress. Returns the final state and a summary
-    {"steps", "final_loss", "final_ce", "preempted"}; process 0 writes the metrics to `workdir/metrics.jsonl`.
+    the progress. `validate(params) -> score` (higher is better; called on every process) scores
+    the parameters every `eval_every` steps (0: never). Returns the final state and a summary
+    {"steps", "final_loss", "final_ce", "preempted", "curve": [[step, score], ...]} (with `keep_best`
+    also "best": {"step", "score", "params"}, the best scored parameters; step 0 and score None
+    before any evaluation); process 0 writes the metrics to `workdir/metrics.jsonl`.
     """
     workdir = storage.path(workdir)
     replicated = parallel.replicated(mesh)
@@ -56,10 +66,15 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
     log = JsonLines(workdir / "metrics.jsonl" if jax.process_index() == 0 else None,  # one writer per file
                     curves_step="step")
-    done, latest = 0, checkpoints.restore_latest(state)
+    validating = validate is not None and eval_every > 0
+    best = {"params": _copy(state["params"])} if keep_best else None  # saved with the state: an exact resume
+    done, curve = 0, []
+    latest = checkpoints.restore_latest(_saved(state, best))
     if latest is not None:
-        done, state, meta = latest
+        done, saved, meta = latest
+        state, best = (saved["state"], {"params": saved["best"]}) if keep_best else (saved, None)
         batches.set_state(meta["data"])
+        curve = [tuple(point) for point in meta.get("curve", [])]
     log.keep_only(lambda record: record["step"] <= done)  # also lines of an attempt stopped before any checkpoint
     sharding = parallel.batch_sharding(mesh)
     bar = progress(total_steps, description, enabled=show_progress, initial=done)
@@ -74,10 +89,18 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
                 if done % log_every == 0 or done == total_steps:
                     last = _log(log, bar, state, metrics, done, total_steps, len(batch["labels"]), clock, clock_step)
                     clock, clock_step = time.perf_counter(), done
+                if validating and done % eval_every == 0:
+                    _raise_if_diverged(state, total_steps)
+                    score = float(validate(state["params"]))
+                    if keep_best and score > max((s for _, s in curve), default=-np.inf):  # ties: the earlier step
+                        best = {"params": _copy(state["params"])}
+                    curve.append((done, score))
+                    log.write({"step": done, "val_score": score})
                 preempted = _stop_agreed(done % log_every == 0) or checkpoints.reached_preemption(done)
                 if done % checkpoint_every == 0 or done == total_steps or preempted:
                     _raise_if_diverged(state, total_steps)
-                    checkpoints.save(done, state, {"step": done, "data": batches.get_state()})
+                    checkpoints.save(done, _saved(state, best),
+                                     {"step": done, "data": batches.get_state(), "curve": [list(p) for p in curve]})
                     log.flush()
                     if preempted:
                         break
@@ -85,8 +108,28 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
             bar.close()
             checkpoints.close()
             log.close()
-    return state, {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
-                   "preempted": done < total_steps}
+    summary = {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
+               "preempted": done < total_steps, "curve": [list(point) for point in curve]}
+    if keep_best:
+        best_step, best_score = best_point(curve) or (0, None)
+        summary["best"] = {"step": best_step, "score": best_score, "params": best["params"]}
+    return state, summary
+
+
+def best_point(curve: list) -> tuple[int, float] | None:
+    """The (step, score) of `curve` with the highest score, the earliest of equal ones; None when empty."""
+    best = max(curve, key=lambda point: (point[1], -point[0]), default=None)
+    return None if best is None else (int(best[0]), float(best[1]))
+
+
+def _copy(params: Any) -> Any:
+    """Device copies of `params` (the train step donates its state, so kept parameters need their own buffers)."""
+    return jax.tree.map(jnp.copy, params)
+
+
+def _saved(state: dict[str, Any], best: dict[str, Any] | None) -> Any:
+    """What a checkpoint holds: the train state, and the best parameters when they are kept."""
+    return state if best is None else {"state": state, "best": best["params"]}
 
 
 def _global(local: np.ndarray, sharding) -> jax.Array:
