@@ -72,7 +72,8 @@ def test_effects_match_a_brute_force_count(normalize_inputs):
     datasets = {"id": (*random_dataset(rng, sae, 80, CLASSES, 3.0), effects.Scorer(head, identity), None),
                 "shift": (*random_dataset(rng, sae, 70, 3, 2.0), effects.Scorer(head, project_subset), SUBSET),
                 "other_space": (*random_dataset(rng, sae, 60, 3, 1.0), effects.Scorer(other_head, identity), None)}
-    comparisons = {name: analyses.Comparison(zs, ft, labels, CLASSES) for name, (zs, ft, labels, *_) in datasets.items()}
+    comparisons = {name: analyses.Comparison(zeroshot, tuned, labels, CLASSES)
+                   for name, (zeroshot, tuned, labels, *_) in datasets.items()}
     method = analyses.MethodComparison(comparisons, {name: d[3] for name, d in datasets.items()}, "id",
                                        types.SimpleNamespace(effects_top=7))
     figures = analyses.run_method_analyses(["feature_changes", "feature_effects"], method)
@@ -80,14 +81,17 @@ def test_effects_match_a_brute_force_count(normalize_inputs):
     atoms = np.asarray(params["W_dec"], np.float64)
     s0_id, st_id = dense(datasets["id"][0].codes), dense(datasets["id"][1].codes)
     counts = {(f, kind): int(((st_id[:, f] != 0) & (s0_id[:, f] == 0) if kind == "added" else
-                              (s0_id[:, f] != 0) & (st_id[:, f] == 0)).sum()) for f in range(F) for kind in effects.CHANGES}
+                              (s0_id[:, f] != 0) & (st_id[:, f] == 0)).sum())
+              for f in range(F) for kind in effects.CHANGES}
     ranked = sorted((c for c in counts if counts[c]), key=lambda c: (-counts[c], c[0], c[1] != "added"))[:7]
     assert [(e["feature"], e["change"]) for e in figures["feature_effects"]] == ranked
     assert {kind for _, kind in ranked} == {"added", "removed"}
 
     undone_all = {kind: {} for kind in ("added", "removed", "both")}
     for name, (zeroshot, tuned, labels, scorer, subset) in datasets.items():
-        inputs = tuned.values / np.linalg.norm(tuned.values, axis=1, keepdims=True) if normalize_inputs else tuned.values
+        inputs = tuned.values
+        if normalize_inputs:
+            inputs = inputs / np.linalg.norm(inputs, axis=1, keepdims=True)
         s0, st = dense(zeroshot.codes), dense(tuned.codes)
         base = brute_accuracy(inputs, labels, scorer.head, subset)
         for entry in figures["feature_effects"]:
@@ -152,3 +156,31 @@ def test_undoing_a_change_that_moved_no_image_has_no_effect():
     assert result.images.tolist() == [0] * len(changes)
     assert result.effects.tolist() == [0.0] * len(changes)
     assert result.undo_all == {"added": 0.0, "removed": 0.0, "both": 0.0}
+
+
+def test_the_report_tables_rank_the_costliest_and_most_useful_changes():
+    """report.md's tables: the changes whose undoing raises average OOD accuracy, most first, and
+    those whose undoing lowers ID accuracy, most first; the line of undoing all at once."""
+    from saeft_jax.rendering.markdown import _effects
+
+    def entry(feature, change, id_effect, a, b):
+        return {"feature": feature, "change": change, "images": {"id": 9, "a": 1, "b": 1, "val": 1},
+                "effects": {"id": id_effect, "a": a, "b": b, "val": 0.0}}
+
+    measured = [entry(1, "added", -0.02, 0.01, 0.01), entry(2, "removed", 0.0, 0.04, 0.0),
+                entry(3, "added", -0.05, -0.01, -0.01), entry(4, "removed", 0.01, 0.03, 0.05)]
+    together = {kind: {"id": value, "a": 0.1, "b": 0.2, "val": 0.0}
+                for kind, value in (("added", -0.1), ("removed", 0.0), ("both", -0.2))}
+    report = {"ood_datasets": ["a", "b"], "validation": "val",
+              "runs": {"zeroshot": {"avg_ood": 0.5},
+                       "m": {"avg_ood": 0.4, "feature_effects": measured, "undo_all": together}}}
+    lines = _effects(report, ["m"], "id", {"m": {"gained": [{"feature": 3, "names": [["three", 0.9]]}], "lost": []}})
+    rows = [line for line in lines if line.startswith("| #")]
+    costly, useful = rows[:3], rows[3:]
+    assert [r.split(" | ")[0] for r in costly] == ["| #4 removed", "| #2 removed", "| #1 added"]
+    assert costly[0].endswith("| +4.0 |")  # (3 + 5) / 2 points
+    assert [r.split(" | ")[0] for r in useful] == ["| #3 added", "| #1 added"]
+    assert useful[0].startswith("| #3 added | three | 9 | -5.0 | -1.0 | -1.0 | +0.0 | -1.0 |")
+    undo = next(line for line in lines if line.startswith("Undoing every change"))
+    assert "all added: ID -10.0, average OOD +15.0" in undo and "both: ID -20.0" in undo
+    assert "fine-tuning moved average OOD by -10.0" in undo

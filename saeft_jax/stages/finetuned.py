@@ -195,5 +195,9 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
 def load_finetuned(run: Run, name: str) -> dict:
     """{"encoder", "head"} of method `name`'s fine-tuned model, as saved."""
     _, params = hf.load_clip(run.read((STAGE, name), "final"))
-    head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
-    return {"encoder": image_params(params), "head": head}
+    return {"encoder": image_params(params), "head": load_head(run, name)}
+
+
+def load_head(run: Run, name: str) -> dict:
+    """The head of method `name`'s fine-tuned model, as saved (without loading its encoder)."""
+    return storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
