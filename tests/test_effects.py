@@ -174,13 +174,13 @@ def test_the_report_tables_rank_the_costliest_and_most_useful_changes():
     report = {"ood_datasets": ["a", "b"], "validation": "val",
               "runs": {"zeroshot": {"avg_ood": 0.5},
                        "m": {"avg_ood": 0.4, "feature_effects": measured, "undo_all": together}}}
-    lines = _effects(report, ["m"], "id", {"m": {"gained": [{"feature": 3, "names": [["three", 0.9]]}], "lost": []}})
+    lines = _effects(report, ["m"], "id", {3: [("three", 0.9), ("3", 0.8), ("trois", 0.7)]})
     rows = [line for line in lines if line.startswith("| #")]
     costly, useful = rows[:3], rows[3:]
     assert [r.split(" | ")[0] for r in costly] == ["| #4 removed", "| #2 removed", "| #1 added"]
     assert costly[0].endswith("| +4.0 |")  # (3 + 5) / 2 points
     assert [r.split(" | ")[0] for r in useful] == ["| #3 added", "| #1 added"]
-    assert useful[0].startswith("| #3 added | three | 9 | -5.0 | -1.0 | -1.0 | +0.0 | -1.0 |")
+    assert useful[0].startswith("| #3 added | three, 3 | 9 | -5.0 | -1.0 | -1.0 | +0.0 | -1.0 |")
     undo = next(line for line in lines if line.startswith("Undoing every change"))
     assert "all added: ID -10.0, average OOD +15.0" in undo and "both: ID -20.0" in undo
     assert "fine-tuning moved average OOD by -10.0" in undo

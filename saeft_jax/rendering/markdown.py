@@ -37,7 +37,8 @@ def report_methods(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(config, report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
     """The whole report as Markdown; `details` holds each method's `labels` line and the feature
-    explanations (`runs`), `figures` the PNG file of each picture."""
+    explanations (`runs`) and the names of the features whose changes were measured (`names`),
+    `figures` the PNG file of each picture."""
     return "\n".join(_what(config, report, details["labels"]) + _numbers(report) + _pictures(figures) +
                      _changed(report, details, figures)) + "\n"
 
@@ -140,7 +141,7 @@ def _changed(report, details, figures) -> list[str]:
     lines = _changes_table(report, methods, id_name) + ["", _reading(report, methods, id_name), ""]
     for m in methods:
         lines += _method_details(m, details["runs"].get(m), figures)
-    return lines + _effects(report, methods, id_name, details["runs"])
+    return lines + _effects(report, methods, id_name, details.get("names", {}))
 
 
 EFFECTS_SHOWN = 5  # rows per table of the changes that matter most
@@ -151,10 +152,10 @@ def ood_effect(effects: dict[str, float], ood: list[str]) -> float | None:
     return sum(effects[d] for d in ood) / len(ood) if ood else None
 
 
-def _effects(report, methods, id_name, explained: dict[str, Any]) -> list[str]:
+def _effects(report, methods, id_name, names: dict[int, list]) -> list[str]:
     """Per method: the measured changes whose undoing raises average OOD accuracy most (the costliest
     for robustness), those whose undoing lowers ID accuracy most (the most useful), and undoing all
-    added, all removed and both."""
+    added, all removed and both; `names` holds each measured feature's nearest text entries."""
     measured = [m for m in methods if report["runs"][m].get("feature_effects")]
     if not measured:
         return []
@@ -171,11 +172,10 @@ def _effects(report, methods, id_name, explained: dict[str, Any]) -> list[str]:
               *(["average OOD"] if ood else [])]
     for m in measured:
         run = report["runs"][m]
-        names = {(e["feature"], kind): e["names"][0][0] for kind, key in (("added", "gained"), ("removed", "lost"))
-                 for e in (explained.get(m) or {}).get(key, [])}
 
         def row(entry) -> str:
-            cells = [f"#{entry['feature']} {entry['change']}", names.get((entry["feature"], entry["change"]), ""),
+            nearest = ", ".join(name for name, _ in names.get(entry["feature"], [])[:2])
+            cells = [f"#{entry['feature']} {entry['change']}", nearest,
                      str(entry["images"][id_name]), *(f"{100 * entry['effects'][d]:+.1f}" for d in columns)]
             cells += [f"{100 * ood_effect(entry['effects'], ood):+.1f}"] if ood else []
             return "| " + " | ".join(cells) + " |"

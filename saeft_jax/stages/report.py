@@ -103,7 +103,8 @@ def run_stage(run: Run) -> None:
         explanations, comparisons = _changes(run, report, sae, vocabulary)
         if sae is not None:
             _across_datasets(run, report, sae, comparisons)
-        details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()}}
+        details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()},
+                   "names": _effect_names(report, sae, vocabulary) if sae is not None else {}}
         figures = report_figures(report, directory)
         browsers = []
         if sae is not None:
@@ -195,6 +196,13 @@ def _across_datasets(run: Run, report: dict[str, Any], sae: FrozenSAE,
                              specs[d].project) for d in mine}
         method = MethodComparison(mine, scorers, report_datasets(report)[0], run.config.report)
         report["runs"][name].update(run_method_analyses(names, method))
+
+
+def _effect_names(report: dict[str, Any], sae: FrozenSAE, vocabulary) -> dict[int, list[tuple[str, float]]]:
+    """The nearest vocabulary entries of every feature whose change some method's `feature_effects` measured."""
+    features = sorted({e["feature"] for run in report["runs"].values() for e in run.get("feature_effects", [])})
+    text_names, text = vocabulary
+    return interpret.name_features(np.asarray(sae.params["W_dec"]), text, text_names, features)
 
 
 def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], sae: FrozenSAE,
