@@ -64,7 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.corruptions = ml_collections.ConfigDict({"names": CORRUPTIONS, "severity": 5})
     c.report = ml_collections.ConfigDict({"analyses": tuple(ANALYSES), "concepts": (), "top_features": 6,
                                           "images_per_feature": 8, "classes_shown": 10,
-                                          "browser_features": 300, "browser_images": 6})
+                                          "browser_features": 300, "browser_images": 6,
+                                          # feature_effects: how many of the most frequent ID changes are undone
+                                          "effects_top": 20})
     c.lock()  # a misspelt key in a config file fails where it is written, naming the key
     c.finetune.methods.unlock()  # methods and SAEs are added by name
     c.saes.unlock()
@@ -210,6 +212,7 @@ _RULES = (
     ("report.classes_shown", _non_negative_int, "zero or more"),
     ("report.browser_features", _positive_int, "at least 1"),
     ("report.browser_images", _positive_int, "at least 1"),
+    ("report.effects_top", _non_negative_int, "zero or more"),
     ("demo.pretrain_steps", _positive_int, "at least 1 step"),
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
     ("demo.family", lambda v: v in ("clip", "siglip"), "'clip' or 'siglip' (the family of the demo's own model)"),

@@ -109,6 +109,44 @@ def test_the_page_is_self_contained_escaped_and_lists_every_card(setting, tmp_pa
     assert linked and linked <= set(features)
 
 
+def test_cards_show_the_measured_effects_and_their_cost_for_robustness(setting, tmp_path):
+    """Each measured change appears on its feature's card with its effect per dataset and its mean
+    over the shifts; a card's robustness cost (what the browser's "most costly" sort reads) is the
+    largest such mean of the method (or of any method), and unmeasured cards have none."""
+    import json
+
+    codes, _, changes, _ = setting
+    features, changed = browser.changed_features(changes, limit=100)
+    effects = {"plain": [{"feature": features[0], "change": "added", "images": {"id": 3, "a": 1, "b": 0},
+                          "effects": {"id": -0.25, "a": 0.5, "b": 0.25}},
+                         {"feature": features[0], "change": "removed", "images": {"id": 2, "a": 1, "b": 1},
+                          "effects": {"id": 0.0, "a": 0.125, "b": -0.25}}],
+               "saeft": [{"feature": features[1], "change": "removed", "images": {"id": 1, "a": 0, "b": 1},
+                          "effects": {"id": 0.125, "a": -0.5, "b": 0.0}}]}
+    cards = browser.feature_cards(codes, changes, "id", [f"c{i}" for i in range(CLASSES)],
+                                  {f: [("x", 0.5)] for f in features}, features, dict_size=F, images=2,
+                                  effects=effects, ood=["a", "b"])
+    by_feature = {card["feature"]: card for card in cards}
+    assert by_feature[features[0]]["methods"]["plain"]["effects"] == {
+        "added": {"by_dataset": {"id": -0.25, "a": 0.5, "b": 0.25}, "avg_ood": 0.375},
+        "removed": {"by_dataset": {"id": 0.0, "a": 0.125, "b": -0.25}, "avg_ood": -0.0625}}
+    assert "effects" not in by_feature[features[0]]["methods"]["saeft"]
+    assert by_feature[features[1]]["methods"]["saeft"]["effects"] == {
+        "removed": {"by_dataset": {"id": 0.125, "a": -0.5, "b": 0.0}, "avg_ood": -0.25}}
+    for view in (v for card in cards for v in card["models"].values()):
+        view["examples"] = view.pop("rows")
+    page = render_html("report", "# r\n", tmp_path, [browser_data("main", {}, "id", ["plain", "saeft"], changed, cards,
+                                                                 {e: thumbnail(np.zeros((4, 4), np.uint8))
+                                                                  for e in range(N)})])
+    infos = {info["feature"]: info for info in (json.loads(html.unescape(m))
+                                                for m in re.findall(r'data-info="([^"]*)"', page))}
+    assert infos[features[0]]["cost"] == {"": 0.375, "plain": 0.375}
+    assert infos[features[1]]["cost"] == {"": -0.25, "saeft": -0.25}
+    assert all(infos[f]["cost"] == {} for f in features[2:])
+    assert '<option value="cost">most costly for robustness</option>' in page
+    assert "<td><b>+37.5</b></td>" in page and "<td>-50.0</td>" in page  # the card's table, in points
+
+
 def test_a_thumbnail_keeps_small_images_sharp_and_shrinks_large_ones():
     import base64
     import io

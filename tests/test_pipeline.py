@@ -87,6 +87,15 @@ def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finishe
         assert 0 < run["changes"]["cka"] <= 1
         assert len(run["fingerprint"]) == 64
         assert run["metrics"][report["id_dataset"]] > runs["zeroshot"]["metrics"][report["id_dataset"]]
+        # which changes matter: the most frequent ID changes first, measured on every dataset and validation;
+        # undoing a change moves only the images it happened on, so no effect exceeds their share
+        in_id = [e["images"][report["id_dataset"]] for e in run["feature_effects"]]
+        assert 0 < len(in_id) <= 20 and in_id == sorted(in_id, reverse=True) and in_id[-1] > 0
+        assert set(run["undo_all"]) == {"added", "removed", "both"}
+        for dataset in [*datasets, "digits_val"]:
+            rows = len(np.load(finished / "evaluate" / name / f"{dataset}.npz")["labels"])
+            assert all(abs(e["effects"][dataset]) <= e["images"][dataset] / rows + 1e-9 for e in run["feature_effects"])
+            assert all(abs(run["undo_all"][kind][dataset]) <= 1 for kind in run["undo_all"])
     # SAE-FT is the regularised one: its representation stays closer to the zero-shot one
     assert runs["sae_add_remove"]["changes"]["cka"] > runs["none"]["changes"]["cka"]
 
@@ -188,6 +197,18 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
         assert visible() == changed[method]
         assert driver.find_element("css selector", ".shown").text == f"{len(changed[method])} of " \
             f"{len(set().union(*changed.values()))} cards shown"
+        # "most costly for robustness": the method's measured features by what undoing their change gains in
+        # average OOD accuracy (report.json), most first, then the unmeasured ones
+        cost = {}
+        for e in report["runs"][method]["feature_effects"]:
+            gain = np.mean([e["effects"][d] for d in report["ood_datasets"]])
+            cost[e["feature"]] = max(cost.get(e["feature"], -np.inf), gain)
+        Select(driver.find_element("css selector", '[data-filter="sort"]')).select_by_value("cost")
+        order = driver.execute_script("return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
+                                      ".map(c => JSON.parse(c.dataset.info).feature)")
+        assert order[:len(cost)] == sorted(cost, key=lambda f: (-cost[f], f))
+        assert driver.execute_script("return document.querySelectorAll('table.effects').length") == len(
+            {e["feature"] for m in methods for e in report["runs"][m]["feature_effects"]})
         driver.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 10_000
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

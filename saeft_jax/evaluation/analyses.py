@@ -3,9 +3,11 @@ every method on every dataset; `config.report.analyses` names those a run comput
 
 An analysis takes a `Comparison` (one dataset's images under the zero-shot and a fine-tuned
 model, their labels and the run's SAE) and returns named figures, which go to report.json under
-`changes_by_dataset` (and, for the in-distribution set, `changes`). Codes and FVUs are computed
-once per set of embeddings however many analyses use them. Adding an analysis is one decorated
-function here.
+`changes_by_dataset` (and, for the in-distribution set, `changes`). An analysis across datasets
+(`across_datasets=True`) takes a `MethodComparison` instead (one method on every dataset, with the
+head that scores each) and its figures go to the method's entry of report.json. Codes and FVUs are
+computed once per set of embeddings however many analyses use them. Adding an analysis is one
+decorated function here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from saeft_jax.evaluation import interpret
+from saeft_jax.evaluation import effects, interpret
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import data_statistics, evaluate_sae
 
@@ -61,21 +63,32 @@ class Comparison:
                                          self.zeroshot.sae.dict_size, self.num_classes)
 
 
+@dataclasses.dataclass
+class MethodComparison:
+    """One method on every dataset it was evaluated on (the suite's and the validation split)."""
+
+    comparisons: dict[str, Comparison]
+    scorers: dict[str, effects.Scorer]  # how the method classifies each dataset (head, label-space projection)
+    in_distribution: str  # the dataset whose changes rank them
+    settings: object  # config.report
+
+
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     name: str
-    compute: Callable[[Comparison], dict[str, float]]
+    compute: Callable[[Comparison], dict[str, float]] | Callable[[MethodComparison], dict]
     uses_sae: bool
+    across_datasets: bool = False
 
 
 ANALYSES: dict[str, Analysis] = {}
 
 
-def analysis(*, uses_sae: bool) -> Callable:
+def analysis(*, uses_sae: bool, across_datasets: bool = False) -> Callable:
     """Registers the decorated function as an analysis of that name."""
 
-    def add(compute: Callable[[Comparison], dict[str, float]]) -> Callable:
-        ANALYSES[compute.__name__] = Analysis(compute.__name__, compute, uses_sae)
+    def add(compute: Callable) -> Callable:
+        ANALYSES[compute.__name__] = Analysis(compute.__name__, compute, uses_sae, across_datasets)
         return compute
 
     return add
@@ -86,8 +99,20 @@ def run_analyses(names, comparison: Comparison) -> dict[str, float]:
     figures: dict[str, float] = {}
     for name in names:
         entry = ANALYSES[name]
-        if comparison.zeroshot.sae is not None or not entry.uses_sae:
+        if not entry.across_datasets and (comparison.zeroshot.sae is not None or not entry.uses_sae):
             figures.update(entry.compute(comparison))
+    return figures
+
+
+def run_method_analyses(names, method: MethodComparison) -> dict:
+    """The figures of the analyses across datasets among `names` on `method` (those needing an SAE
+    skipped without one)."""
+    figures: dict = {}
+    has_sae = next(iter(method.comparisons.values())).zeroshot.sae is not None
+    for name in names:
+        entry = ANALYSES[name]
+        if entry.across_datasets and (has_sae or not entry.uses_sae):
+            figures.update(entry.compute(method))
     return figures
 
 
@@ -95,6 +120,16 @@ def run_analyses(names, comparison: Comparison) -> dict[str, float]:
 def feature_changes(c: Comparison) -> dict[str, float]:
     """Features added (in the fine-tuned codes' support, not the zero-shot one's) and removed, per image."""
     return {"added_per_image": c.changes.added_per_image, "removed_per_image": c.changes.removed_per_image}
+
+
+@analysis(uses_sae=True, across_datasets=True)
+def feature_effects(m: MethodComparison) -> dict:
+    """The accuracy each of the `report.effects_top` most frequent in-distribution feature changes
+    costs or buys on every dataset, undone one at a time in the SAE's input space, and undoing all
+    added, all removed and both at once (`saeft_jax.evaluation.effects`)."""
+    changes = effects.top_changes(m.comparisons[m.in_distribution].changes, m.settings.effects_top)
+    return effects.method_effects({name: (c.zeroshot, c.finetuned, c.labels, m.scorers[name])
+                                   for name, c in m.comparisons.items()}, changes)
 
 
 @analysis(uses_sae=True)

@@ -1,7 +1,8 @@
 """The feature browser's data: every SAE feature some method added or removed, as a card of
 numbers (its nearest text names, how often each method gained and lost it overall, per dataset
-and per class, its top-activating images, activation histogram and firing density under the
-zero-shot and each fine-tuned model). `saeft_jax.rendering.html` draws the cards."""
+and per class, the measured effect on accuracy of undoing each method's change of it, its
+top-activating images, activation histogram and firing density under the zero-shot and each
+fine-tuned model). `saeft_jax.rendering.html` draws the cards."""
 
 from __future__ import annotations
 
@@ -51,10 +52,19 @@ def model_view(codes: interpret.Codes, features: Sequence[int], scale: np.ndarra
 
 def feature_cards(codes: dict[str, interpret.Codes], changes: dict[str, dict[str, interpret.FeatureChanges]],
                   dataset: str, classnames: Sequence[str], names: dict[int, list[tuple[str, float]]],
-                  features: Sequence[int], *, dict_size: int, images: int) -> list[dict[str, Any]]:
+                  features: Sequence[int], *, dict_size: int, images: int,
+                  effects: dict[str, list[dict[str, Any]]] | None = None, ood: Sequence[str] = ()
+                  ) -> list[dict[str, Any]]:
     """One card per feature of `features`. `codes` holds the codes of `dataset`'s images (the rows
     the cards' images index) under "zeroshot" and each method; `changes` every method's changes per
-    dataset; `names` each feature's nearest vocabulary entries."""
+    dataset; `names` each feature's nearest vocabulary entries; `effects` each method's measured
+    `feature_effects` (report.json), shown on the cards of their features with their mean over the
+    shifts `ood`."""
+    measured = {(m, e["feature"]): {} for m, entries in (effects or {}).items() for e in entries}
+    for m, entries in (effects or {}).items():
+        for e in entries:
+            average = float(np.mean([e["effects"][d] for d in ood])) if ood else None
+            measured[m, e["feature"]][e["change"]] = {"by_dataset": e["effects"], "avg_ood": average}
     scale = np.zeros(dict_size)
     for values, indices in codes.values():
         np.maximum.at(scale, np.asarray(indices).ravel(), np.asarray(values, np.float64).ravel())
@@ -71,6 +81,8 @@ def feature_cards(codes: dict[str, interpret.Codes], changes: dict[str, dict[str
                 "by_dataset": {d: [int(c.added_count[f]), int(c.removed_count[f])] for d, c in by_dataset.items()},
                 "by_class": sorted(([classnames[c], int(here.class_added[c, f]), int(here.class_removed[c, f])]
                                     for c in classes), key=lambda row: -(row[1] + row[2]))}
+            if (method, f) in measured:
+                methods[method]["effects"] = measured[method, f]
         cards.append({"feature": f, "names": [[name, similarity] for name, similarity in names[f]],
                       "models": {model: view[f] for model, view in views.items()},
                       "methods": methods})

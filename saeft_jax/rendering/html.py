@@ -1,5 +1,6 @@
 """report.html: the Markdown report as one self-contained page (pictures inline) with a feature
-browser: a card per changed SAE feature, filters and sorting, and a per-class view.
+browser: a card per changed SAE feature, filters and sorting (by the measured cost of a change
+for robustness too), and a per-class view.
 
 Everything is in the file (no network, no neighbouring files), so it reads the same from a local
 workdir and after a download from a bucket. The results, the cards and the per-class view are
@@ -95,16 +96,19 @@ def _browser(data: dict[str, Any], index: int) -> str:
                 f'</label> <label>name <input data-filter="name" type="search" placeholder="text or #id"></label> '
                 f'<label>sort <select data-filter="sort"><option value="count">most changed</option>'
                 f'<option value="feature">feature id</option><option value="density">firing density</option>'
-                f'<option value="name">nearest name</option></select></label> '
+                f'<option value="name">nearest name</option>'
+                f'<option value="cost">most costly for robustness</option></select></label> '
                 f'<span class="shown"></span></div>')
     return (f'<section class="browser" id="browser-{index}"><h2>Feature browser: SAE <code>{html.escape(data["sae"])}'
             f'</code> on <code>{html.escape(data["dataset"])}</code>{runs}</h2>'
             f'<p>Every SAE feature that some method added to or removed from an image (on any dataset): here '
             f'{shown}. A card shows the feature\'s nearest text names (cosine of its decoder atom with their '
             f'text embeddings), how many images each method gained and lost it on, overall, per dataset and per '
-            f'class, and, under the zero-shot and each fine-tuned model, its top-activating '
-            f'<code>{html.escape(data["dataset"])}</code> images, its density (the share of those images whose '
-            f'code holds it) and the histogram of its positive activations.</p>{controls}'
+            f'class, the change in accuracy on each dataset when a method\'s change of it is undone (for the '
+            f'changes measured, "Which changes matter" above), and, under the zero-shot and each fine-tuned '
+            f'model, its top-activating <code>{html.escape(data["dataset"])}</code> images, its density (the '
+            f'share of those images whose code holds it) and the histogram of its positive activations.</p>'
+            f'{controls}'
             f'<div class="cards">{"".join(_card(card, index, methods) for card in cards)}</div>'
             f'{_per_class(cards, methods, index)}</section>')
 
@@ -117,7 +121,8 @@ def _card(card: dict[str, Any], index: int, methods: list[str]) -> str:
             "count": {"": sum(count.values()), **count},
             "density": card["models"]["zeroshot"]["density"],
             "classes": {m: [row[0] for row in c["by_class"]] for m, c in per_method.items()},
-            "datasets": {m: [d for d, (a, r) in c["by_dataset"].items() if a + r] for m, c in per_method.items()}}
+            "datasets": {m: [d for d, (a, r) in c["by_dataset"].items() if a + r] for m, c in per_method.items()},
+            "cost": robustness_cost(per_method)}
     names = ", ".join(f"{html.escape(name)} <small>({similarity:.2f})</small>" for name, similarity in card["names"])
     datasets = list(next(iter(per_method.values()))["by_dataset"]) if per_method else []
     head = "".join(f"<th>{html.escape(m)}</th>" for m in per_method)
@@ -126,15 +131,40 @@ def _card(card: dict[str, Any], index: int, methods: list[str]) -> str:
         for d in datasets)
     total = "".join(f"<td><b>+{c['added']} / -{c['removed']}</b></td>" for c in per_method.values())
     models = "".join(_model(name, view, index) for name, view in card["models"].items())
+    effects = _effects(per_method)
     by_class = "".join(f"<tr><td>{html.escape(m)}</td><td>" + ", ".join(
         f"{html.escape(c)} +{a}/-{r}" for c, a, r in per_method[m]["by_class"]) + "</td></tr>"
         for m in methods if m in per_method and per_method[m]["by_class"])
     return (f'<article class="card" id="b{index}-feature-{f}" data-info="{html.escape(json.dumps(info))}">'
             f'<h3>#{f} <span class="names">{names}</span></h3>'
             f'<div class="scroll"><table class="counts"><tr><th>images gained / lost</th>{head}</tr>{rows}'
-            f'<tr><td><b>all datasets</b></td>{total}</tr></table></div>'
+            f'<tr><td><b>all datasets</b></td>{total}</tr></table></div>{effects}'
             f'<div class="models">{models}</div>'
             f'<details><summary>per class</summary><table>{by_class}</table></details></article>')
+
+
+def robustness_cost(per_method: dict[str, Any]) -> dict[str, float]:
+    """Per method whose change of the feature was measured (and "" for any): the most average OOD
+    accuracy that undoing one of its changes of the feature gains (negative: undoing costs)."""
+    cost = {m: max(e["avg_ood"] for e in c["effects"].values()) for m, c in per_method.items()
+            if any(e["avg_ood"] is not None for e in c.get("effects", {}).values())}
+    return {"": max(cost.values()), **cost} if cost else {}
+
+
+def _effects(per_method: dict[str, Any]) -> str:
+    """The card's table of measured effects: accuracy change, in points, when a method's change of the
+    feature is undone, per dataset and averaged over the shifts."""
+    rows = [(m, kind, e) for m, c in per_method.items() for kind, e in c.get("effects", {}).items()]
+    if not rows:
+        return ""
+    datasets = list(rows[0][2]["by_dataset"])
+    head = "".join(f"<th>{html.escape(d)}</th>" for d in datasets)
+    body = "".join(f"<tr><td>{html.escape(m)}: {kind}</td>" + "".join(
+        f"<td>{100 * e['by_dataset'][d]:+.1f}</td>" for d in datasets)
+        + (f"<td><b>{100 * e['avg_ood']:+.1f}</b></td>" if e["avg_ood"] is not None else "<td>n/a</td>") + "</tr>"
+        for m, kind, e in rows)
+    return (f'<div class="scroll"><table class="effects"><tr><th>undone: accuracy change (points)</th>{head}'
+            f'<th>average OOD</th></tr>{body}</table></div>')
 
 
 def _model(name: str, view: dict[str, Any], index: int) -> str:
@@ -222,10 +252,12 @@ _SCRIPT = """
         shown += ok;
       }
       const sort = get('sort').value, count = c => c.info.count[method] || 0;
+      const cost = c => (method in c.info.cost ? c.info.cost[method] : -Infinity);  // unmeasured: last
       const key = {count: (a, b) => count(b) - count(a) || a.info.feature - b.info.feature,
                    feature: (a, b) => a.info.feature - b.info.feature,
                    density: (a, b) => b.info.density - a.info.density,
-                   name: (a, b) => a.info.name.localeCompare(b.info.name)}[sort];
+                   name: (a, b) => a.info.name.localeCompare(b.info.name),
+                   cost: (a, b) => cost(b) - cost(a) || a.info.feature - b.info.feature}[sort];
       cards.slice().sort(key).forEach(card => holder.appendChild(card));
       controls.querySelector('.shown').textContent = shown + ' of ' + cards.length + ' cards shown';
     };

@@ -37,7 +37,8 @@ def report_methods(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(config, report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
     """The whole report as Markdown; `details` holds each method's `labels` line and the feature
-    explanations (`runs`), `figures` the PNG file of each picture."""
+    explanations (`runs`) and the names of the features whose changes were measured (`names`),
+    `figures` the PNG file of each picture."""
     return "\n".join(_what(config, report, details["labels"]) + _numbers(report) + _pictures(figures) +
                      _changed(report, details, figures)) + "\n"
 
@@ -150,6 +151,64 @@ def _changed(report, details, figures) -> list[str]:
     lines = _changes_table(report, methods, id_name) + ["", _reading(report, methods, id_name), ""]
     for m in methods:
         lines += _method_details(m, details["runs"].get(m), figures)
+    return lines + _effects(report, methods, id_name, details.get("names", {}))
+
+
+EFFECTS_SHOWN = 5  # rows per table of the changes that matter most
+
+
+def ood_effect(effects: dict[str, float], ood: list[str]) -> float | None:
+    """The mean of `effects` over the shifts `ood` (None without shifts)."""
+    return sum(effects[d] for d in ood) / len(ood) if ood else None
+
+
+def _effects(report, methods, id_name, names: dict[int, list]) -> list[str]:
+    """Per method: the measured changes whose undoing raises average OOD accuracy most (the costliest
+    for robustness), those whose undoing lowers ID accuracy most (the most useful), and undoing all
+    added, all removed and both; `names` holds each measured feature's nearest text entries."""
+    measured = [m for m in methods if report["runs"][m].get("feature_effects")]
+    if not measured:
+        return []
+    ood, validation = report["ood_datasets"], report.get("validation")
+    zeroshot_ood = report["runs"]["zeroshot"]["avg_ood"]
+    columns = [id_name, *ood, *([validation] if validation else [])]
+    lines = ["## Which changes matter", "",
+             f"Each of a method's most frequent feature changes on `{id_name}`, undone alone on the images it "
+             "happened on: in the SAE's input space the embedding moves by (s0_j - st_j) W_dec[j] and the method's "
+             "head classifies it again (a first-order counterfactual, not a retraining). The figures are the change "
+             "in top-1 accuracy, in points, when the change is undone: positive, the change cost that much; "
+             "negative, it bought that much. Images: those of `" + id_name + "` it happened on.", ""]
+    header = ["change", "names", "images", *(f"{d}{' (ID)' if d == id_name else ''}" for d in columns),
+              *(["average OOD"] if ood else [])]
+    for m in measured:
+        run = report["runs"][m]
+
+        def row(entry) -> str:
+            nearest = ", ".join(name for name, _ in names.get(entry["feature"], [])[:2])
+            cells = [f"#{entry['feature']} {entry['change']}", nearest,
+                     str(entry["images"][id_name]), *(f"{100 * entry['effects'][d]:+.1f}" for d in columns)]
+            cells += [f"{100 * ood_effect(entry['effects'], ood):+.1f}"] if ood else []
+            return "| " + " | ".join(cells) + " |"
+
+        table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [f"### `{m}`", ""]
+        if ood:
+            costly = sorted((e for e in run["feature_effects"] if ood_effect(e["effects"], ood) > 0),
+                            key=lambda e: -ood_effect(e["effects"], ood))[:EFFECTS_SHOWN]
+            lines += ["Costliest for robustness (undoing them raises average OOD accuracy most):", ""]
+            lines += [*table, *map(row, costly), ""] if costly else ["- none of the measured changes", ""]
+        useful = sorted((e for e in run["feature_effects"] if e["effects"][id_name] < 0),
+                        key=lambda e: e["effects"][id_name])[:EFFECTS_SHOWN]
+        lines += ["Most useful in distribution (undoing them lowers ID accuracy most):", ""]
+        lines += [*table, *map(row, useful), ""] if useful else ["- none of the measured changes", ""]
+        together = run["undo_all"]
+        parts = [f"{label}: ID {100 * together[kind][id_name]:+.1f}"
+                 + (f", average OOD {100 * ood_effect(together[kind], ood):+.1f}" if ood else "")
+                 for kind, label in (("added", "all added"), ("removed", "all removed"), ("both", "both"))]
+        moved = (f" (fine-tuning moved average OOD by {100 * (run['avg_ood'] - zeroshot_ood):+.1f})"
+                 if ood and run["avg_ood"] is not None else "")
+        lines += [f"Undoing every change of a kind at once (all images, all features), {'; '.join(parts)}{moved}; "
+                  "what undoing both leaves of fine-tuning's change is the part the dictionary cannot name.", ""]
     return lines
 
 

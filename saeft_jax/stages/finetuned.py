@@ -231,9 +231,17 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
 def load_finetuned(run: Run, name: str) -> dict:
     """{"encoder", "head"} of method `name`'s fine-tuned model, as saved, checked finite."""
     params = run.model.image_params(models.load(run.read((STAGE, name), "final")).params)
+    check_artifact(params, run.workdir, (STAGE, name), "final", _cause(run, name), run.command)
+    return {"encoder": params, "head": load_head(run, name)}
+
+
+def load_head(run: Run, name: str) -> dict:
+    """The head of method `name`'s fine-tuned model, as saved and checked finite (without its encoder)."""
     head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
-    cause = (f"it is method {name}'s model" + (f", imported from {run.methods[name].checkpoint}"
-                                                if run.methods[name].checkpoint else ""))
-    check_artifact(params, run.workdir, (STAGE, name), "final", cause, run.command)
-    check_artifact(head, run.workdir, (STAGE, name), "head.safetensors", cause, run.command)
-    return {"encoder": params, "head": head}
+    check_artifact(head, run.workdir, (STAGE, name), "head.safetensors", _cause(run, name), run.command)
+    return head
+
+
+def _cause(run: Run, name: str) -> str:
+    checkpoint = run.methods[name].checkpoint
+    return f"it is method {name}'s model" + (f", imported from {checkpoint}" if checkpoint else "")

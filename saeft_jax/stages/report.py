@@ -18,7 +18,9 @@ from saeft_jax import parallel, storage
 from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import browser, interpret
-from saeft_jax.evaluation.analyses import Comparison, Embeddings, run_analyses
+from saeft_jax.evaluation.analyses import (ANALYSES, Comparison, Embeddings, MethodComparison, run_analyses,
+                                           run_method_analyses)
+from saeft_jax.evaluation.effects import Scorer
 from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
@@ -101,7 +103,10 @@ def run_stage(run: Run) -> None:
         sae = trained_sae.load(run, report["report_sae"]) if report["sae"] else None
         vocabulary = _vocabulary(run) if sae is not None else None
         explanations, comparisons = _changes(run, report, sae, vocabulary)
-        details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()}}
+        if sae is not None:
+            _across_datasets(run, report, sae, comparisons)
+        details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()},
+                   "names": _effect_names(report, sae, vocabulary) if sae is not None else {}}
         figures = report_figures(report, directory)
         browsers = []
         if sae is not None:
@@ -163,6 +168,44 @@ def _changes(run: Run, report: dict[str, Any], sae: FrozenSAE | None,
     return explanations, comparisons
 
 
+def _across_datasets(run: Run, report: dict[str, Any], sae: FrozenSAE,
+                     comparisons: dict[str, dict[str, Comparison]]) -> None:
+    """Runs the configured analyses across datasets (`feature_effects`) per method into its entry of
+    `report`: the method on the suite's datasets (`comparisons`) and the validation split, each
+    scored as the evaluate stage scored it at alpha 1 (the method's head on its own label space,
+    the zero-shot head of another; the dataset's projection)."""
+    names = [name for name in run.config.report.analyses if ANALYSES[name].across_datasets]
+    if not names:
+        return
+    local = parallel.data_mesh(jax.local_devices())
+    validation, train_space = run.validation, run.train_spec.label_space
+    specs = {spec.name: spec for spec in [*run.eval_specs(), *([validation] if validation else [])]}
+    own_heads = {spec.label_space: heads.load_head(run, spec.label_space) for spec in specs.values()
+                 if spec.label_space != train_space}
+    zeroshot_validation = None  # the same embeddings for every method, encoded once
+    for name in report_methods(report):
+        mine = dict(comparisons[name])
+        if validation:
+            arrays = scores.load_arrays(run, name, validation.name)
+            if zeroshot_validation is None:
+                zeroshot_validation = Embeddings(arrays["zeroshot_embeddings"], sae, local)
+            tuned = Embeddings(arrays["finetuned_embeddings"], sae, local)
+            mine[validation.name] = Comparison(zeroshot_validation, tuned, arrays["labels"],
+                                               len(validation.classnames), arrays["indices"])
+        head = finetuned.load_head(run, name)
+        scorers = {d: Scorer(head if specs[d].label_space == train_space else own_heads[specs[d].label_space],
+                             specs[d].project) for d in mine}
+        method = MethodComparison(mine, scorers, report_datasets(report)[0], run.config.report)
+        report["runs"][name].update(run_method_analyses(names, method))
+
+
+def _effect_names(report: dict[str, Any], sae: FrozenSAE, vocabulary) -> dict[int, list[tuple[str, float]]]:
+    """The nearest vocabulary entries of every feature whose change some method's `feature_effects` measured."""
+    features = sorted({e["feature"] for run in report["runs"].values() for e in run.get("feature_effects", [])})
+    text_names, text = vocabulary
+    return interpret.name_features(np.asarray(sae.params["W_dec"]), text, text_names, features)
+
+
 def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], sae: FrozenSAE,
              vocabulary) -> dict[str, Any]:
     """The feature browser's cards, on the first dataset's images (in distribution when there is one)."""
@@ -174,8 +217,10 @@ def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, 
     here = {m: by_dataset[dataset] for m, by_dataset in comparisons.items()}
     codes = {"zeroshot": next(iter(here.values())).zeroshot.codes, **{m: c.finetuned.codes for m, c in here.items()}}
     spec = run.spec(dataset)
+    effects = {m: report["runs"][m]["feature_effects"] for m in comparisons if "feature_effects" in report["runs"][m]}
     cards = browser.feature_cards(codes, changes, dataset, spec.classnames, names, features,
-                                  dict_size=sae.dict_size, images=cfg.browser_images)
+                                  dict_size=sae.dict_size, images=cfg.browser_images, effects=effects,
+                                  ood=report["ood_datasets"])
     source, indices = run.source(spec), next(iter(here.values())).indices
     for view in (view for card in cards for view in card["models"].values()):
         view["examples"] = [int(indices[row]) for row in view.pop("rows")]  # rows differ by run, examples do not
