@@ -27,6 +27,8 @@ def export(workdir: str, method: str, out: str, format: str = "open_clip") -> ep
     if format not in models.family.FORMATS:
         raise UsageError(f"--format {format!r} is not one of {', '.join(models.family.FORMATS)}.")
     root = storage.path(workdir)
+    if not root.is_dir():
+        raise UsageError(f"{workdir} is not a directory; name the workdir of a run (its --workdir).")
     if completion.status(root, (STAGE, method))[0] is None:
         made = sorted(p.name for p in (root / STAGE).iterdir()) if (root / STAGE).is_dir() else []
         raise UsageError(f"{workdir} has no finished fine-tuned method {method!r} (finished or started: "

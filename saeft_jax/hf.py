@@ -33,7 +33,7 @@ def save_clip(model: CLIP, params: dict, out_dir: str | os.PathLike, *, tokenize
     """`Model.save(out_dir, format="hf")` of a CLIP module and its parameters."""
     spec = image_spec or ImageSpec(size=model.config.vision.image_size)
     family = clip_family.ClipFamily()
-    return models.Model(family, model.config, params, constant(tokenizer), spec).save(out_dir, "hf")
+    return models.Model(family, model.config, params, constant(tokenizer), spec).save(out_dir, "hf", overwrite=True)
 
 
 def read_config(name_or_path: str | os.PathLike) -> CLIPConfig:

@@ -27,7 +27,8 @@ RECIPES = {  # what a method trains, and from where
     "finetune": "the image encoder and the head, from the zero-shot head, cross-entropy (+ the penalty)",
     "linear_probe": "the head alone, by logistic regression on the frozen embeddings (stage probe)",
     "lp_ft": "LP-FT: the image encoder and the head, from the linear probe's head (+ the penalty)",
-    "flyp": "FLYP: both towers and logit_scale, CLIP's contrastive loss on captions of the labels (+ the penalty)",
+    "flyp": ("FLYP: both towers and the loss's temperature (and SigLIP's bias), the model's own contrastive loss on "
+             "captions of the labels (+ the penalty)"),
 }
 RECIPE_LABELS = {"linear_probe": "linear probe", "lp_ft": "LP-FT", "flyp": "FLYP"}  # in the report's method lines
 PROBE_RECIPES = ("linear_probe", "lp_ft")  # the recipes that read the probe stage's head

@@ -11,6 +11,7 @@ its fake-kernel registration skipped: conftest.py does that once for the session
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -148,3 +149,61 @@ def test_unsupported_open_clip_architectures_are_refused_by_name(tmp_path):
 def test_vit_b16_quickgelu_layout_in_and_out(tmp_path):
     model_cfg = json.loads(json.dumps(open_clip.get_model_config("ViT-B-16-quickgelu")))
     check_round_trip(model_cfg, tmp_path)
+
+
+def test_eos_pooling_with_open_clips_default_end_token(tmp_path):
+    cfg = {**SMALL_GELU, "text_cfg": {**SMALL_GELU["text_cfg"], "pool_type": "eos"}}  # eos_id: open_clip's 2
+    theirs = random_open_clip(cfg)
+    save_as_hub(theirs, cfg, tmp_path / "hub")
+    ours = models.load(tmp_path / "hub")
+    pixels, ids = inputs(cfg)
+    ids[:, 5] = 2  # the end token before the largest id: eos and argmax pooling differ
+    _, text = open_clip_embeddings(theirs, pixels, ids)
+    assert relative(ours.encode_text(ids), text) < 1e-5
+
+
+def test_odd_mlp_widths_export_to_a_model_open_clip_opens_strictly(tmp_path):
+    hf_model = random_hf_clip(dataclasses.replace(TINY, vision=dataclasses.replace(
+        TINY.vision, hidden_size=188, num_attention_heads=4, intermediate_size=384)), hidden_act="gelu")
+    hf_model.save_pretrained(tmp_path / "hf")
+    models.load(tmp_path / "hf").save(tmp_path / "oc", format="open_clip")
+    saved = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
+    reopened = open_clip.CLIP(**saved["model_cfg"]).eval()
+    reopened.load_state_dict(safetensors.torch.load_file(tmp_path / "oc" / "open_clip_model.safetensors"),
+                             strict=True)
+    assert models.load(tmp_path / "oc").config.vision.intermediate_size == 384
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda c: {"model_cfg": [1]}, "not a usable open_clip config"),
+    (lambda c: {"model_cfg": {**c, "vision_cfg": "ViT-B-16"}}, "not a usable open_clip config"),
+    (lambda c: {"model_cfg": {**c, "custom_text": True}}, "custom_text=True"),
+    (lambda c: {"model_cfg": {**c, "init_logit_bias": -10}}, "init_logit_bias=-10"),
+    (lambda c: {"model_cfg": {**c, "quick_gelu": "false"}}, "quick_gelu is 'false'"),
+])
+def test_damaged_or_unsupported_open_clip_configs_are_one_paragraph(tmp_path, change, says):
+    save_as_hub(random_open_clip(SMALL_GELU), SMALL_GELU, tmp_path)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(change(SMALL_GELU)))
+    with pytest.raises(models.CheckpointError, match=says):
+        models.load(tmp_path)
+
+
+def test_a_scalar_mean_and_std_as_open_clip_accepts(tmp_path):
+    save_as_hub(random_open_clip(SMALL_GELU), SMALL_GELU, tmp_path)
+    config = json.loads((tmp_path / "open_clip_config.json").read_text())
+    config["preprocess_cfg"].update(mean=0.5, std=0.25)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    spec = models.load(tmp_path).image_spec
+    assert (spec.mean, spec.std) == ((0.5,) * 3, (0.25,) * 3)
+
+
+def test_save_refuses_an_existing_directory_and_leaves_nothing_behind(tmp_path):
+    save_as_hub(random_open_clip(SMALL_GELU), SMALL_GELU, tmp_path / "hub")
+    model = models.load(tmp_path / "hub")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    with pytest.raises(models.CheckpointError, match="already exists"):
+        model.save(tmp_path / "taken")
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    model.save(tmp_path / "taken", overwrite=True)
+    assert not (tmp_path / "taken" / "mine.txt").exists() and (tmp_path / "taken" / "model.safetensors").exists()

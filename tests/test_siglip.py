@@ -183,3 +183,39 @@ def test_siglip_imagenet_config_is_complete(arg):
     config = finish(siglip_vitb16.get_config(arg))
     assert config.model.startswith("google/siglip") and config.saes.main.dict_size == 4 * 768
     assert config.finetune.methods.flyp.recipe == "flyp"
+
+
+def test_a_failed_save_leaves_no_staging_directory(siglip_dir, tmp_path):
+    model = models.load(siglip_dir[0])
+    with pytest.raises(models.CheckpointError, match="transformers' layout only"):
+        model.save(tmp_path / "out", format="open_clip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_open_clip_config_beside_a_siglip_does_not_make_it_a_clip(siglip_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(siglip_dir[0], tmp_path / "both")
+    (tmp_path / "both" / "open_clip_config.json").write_text("{}")
+    assert models.load(tmp_path / "both").family.name == "siglip"
+
+
+@pytest.mark.parametrize("processor, expected", [
+    ({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32}}, ("crop", 0.48145466)),
+    ({"image_processor_type": "SiglipImageProcessor", "size": {"height": 32, "width": 32}}, ("squash", 0.5)),
+])
+def test_processor_defaults_follow_the_processor_type(processor, expected):
+    from saeft_jax.data.preprocess import ImageSpec
+
+    spec = ImageSpec.from_hf_processor(processor)
+    assert (spec.resize, spec.mean[0]) == expected and spec.size == 32
+
+
+def test_a_processor_for_another_size_is_refused(siglip_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(siglip_dir[0], tmp_path / "m")
+    (tmp_path / "m" / "preprocessor_config.json").write_text(
+        '{"image_processor_type": "SiglipImageProcessor", "size": {"height": 224, "width": 224}}')
+    with pytest.raises(models.CheckpointError, match="prepares 224-pixel images, but the model takes 32"):
+        models.load(tmp_path / "m")

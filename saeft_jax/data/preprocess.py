@@ -47,16 +47,21 @@ class ImageSpec:
 
     @classmethod
     def from_hf_processor(cls, processor: dict[str, Any]) -> "ImageSpec":
-        """From the contents of a `preprocessor_config.json`: a centre crop when it crops (CLIP's),
-        else a resize to height x width (SigLIP's); mean, std and the resampling filter."""
-        crops = processor.get("do_center_crop", "crop_size" in processor)
+        """From the contents of a `preprocessor_config.json`, with its processor's defaults where it
+        says nothing: CLIP's (`CLIPImageProcessor`: a centre crop, OpenAI's mean and std) or SigLIP's
+        (`SiglipImageProcessor`: a resize to height x width, mean and std 0.5); the filter."""
+        siglip = str(processor.get("image_processor_type", "")).startswith("Siglip")
+        crops = processor.get("do_center_crop", not siglip)
         crop = processor.get("crop_size", processor.get("size", 224)) if crops else processor.get("size", 224)
         size = crop if isinstance(crop, int) else crop.get("height", crop.get("shortest_edge"))
+        if not crops and isinstance(crop, dict) and crop.get("width", size) != size:
+            raise ValueError(f"size {crop} is not square; the models here take square images")
         resample = _PIL_CODES.get(processor.get("resample", 3))
         if resample is None:
             raise ValueError(f"resample {processor.get('resample')!r} is not supported; known: {_PIL_CODES}")
-        return cls(int(size), tuple(processor.get("image_mean", OPENAI_MEAN)),
-                   tuple(processor.get("image_std", OPENAI_STD)), "crop" if crops else "squash", resample)
+        mean, std = ((0.5,) * 3, (0.5,) * 3) if siglip else (OPENAI_MEAN, OPENAI_STD)
+        return cls(int(size), tuple(processor.get("image_mean", mean)), tuple(processor.get("image_std", std)),
+                   "crop" if crops else "squash", resample)
 
     def hf_processor_config(self) -> dict[str, Any]:
         """The `preprocessor_config.json` of a transformers image processor doing this transform

@@ -268,12 +268,13 @@ def pooling_index(input_ids: jax.Array, eos_token_id: int, pooling: str = "eos")
     """Where each sequence is pooled: the first end-of-text token, the largest id, or (SigLIP) the last position.
 
     OpenAI's code and open_clip take the largest id, the end-of-text token of the OpenAI vocabulary;
-    transformers does so for configs written before its PR #24773, which say `eos_token_id == 2`.
-    Both rules are kept so that every published checkpoint pools as upstream.
+    transformers does so for configs written before its PR #24773, which say `eos_token_id == 2`
+    (`clip_family.config_from_hf` reads those as "argmax"). Both rules are kept so that every
+    published checkpoint pools as upstream.
     """
     if pooling == "last":
         return jnp.full(input_ids.shape[:1], input_ids.shape[-1] - 1)
-    if pooling == "argmax" or eos_token_id == 2:
+    if pooling == "argmax":
         return jnp.argmax(input_ids, axis=-1)
     return jnp.argmax(input_ids == eos_token_id, axis=-1)
 

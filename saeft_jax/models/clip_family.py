@@ -49,6 +49,7 @@ _OPEN_CLIP_TEXT_DEFAULTS = {"ls_init_value": None, "embed_cls": False, "no_causa
                             "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
                             "scale_attn": False, "scale_fc": False, "mlp_ratio": 4.0}
 _OPEN_CLIP_ARCHITECTURE = set(_OPEN_CLIP_VISION_DEFAULTS) - {"head_width", "mlp_ratio"}
+_OPEN_CLIP_MODEL_DEFAULTS = {"custom_text": False, "init_logit_bias": None, "multimodal_cfg": None}
 
 
 class ClipFamily(Family):
@@ -60,10 +61,11 @@ class ClipFamily(Family):
     text_keys = TEXT_PARAMS
 
     def detect(self, directory: Path) -> bool:
-        return (directory / OPEN_CLIP_CONFIG).exists() or _model_type(directory) == "clip"
+        open_clip_only = (directory / OPEN_CLIP_CONFIG).exists() and not (directory / "config.json").exists()
+        return open_clip_only or _model_type(directory) == "clip"
 
     def read(self, directory: Path, dtype: Any, remat: bool) -> Model:
-        if (directory / OPEN_CLIP_CONFIG).exists() and not (directory / "config.json").exists():
+        if not (directory / "config.json").exists():
             return _read_open_clip(self, directory, dtype, remat)
         config = read_hf_config(directory)
         params = _read_hf_params(directory, CLIP(config))
@@ -175,6 +177,9 @@ def config_to_hf(config: CLIPConfig) -> transformers.CLIPConfig:
     text = {k: v for k, v in vars(config.text).items() if k != "pooling"}
     if config.text.pooling == "argmax":
         text["eos_token_id"] = 2
+    elif config.text.eos_token_id == 2:
+        raise CheckpointError("this CLIP pools at its end-of-text token, id 2, which transformers' CLIPConfig "
+                              "reads as the legacy rule 'pool at the largest id'; save it with format='open_clip'.")
     return transformers.CLIPConfig(text_config={**text, "projection_dim": config.projection_dim},
                                    vision_config={**vars(config.vision), "projection_dim": config.projection_dim},
                                    projection_dim=config.projection_dim,
@@ -214,28 +219,37 @@ def load_hf_tokenizer(directory: Path) -> transformers.PreTrainedTokenizerBase:
 
 def hf_image_spec(directory: Path, config: CLIPConfig) -> ImageSpec:
     """`preprocessor_config.json` when present, else OpenAI's settings at the model's size."""
-    file = directory / "preprocessor_config.json"
-    if file.exists():
-        return ImageSpec.from_hf_processor(weights.read_json(file))
-    return ImageSpec(size=config.vision.image_size)
+    return weights.image_spec(directory, config.vision.image_size, ImageSpec(size=config.vision.image_size))
 
 
 # --- open_clip's layout -----------------------------------------------------------------------
 
 def _read_open_clip(family: ClipFamily, directory: Path, dtype: Any, remat: bool) -> Model:
-    settings = weights.read_json(directory / OPEN_CLIP_CONFIG)
-    config = config_from_open_clip(settings.get("model_cfg", settings), directory / OPEN_CLIP_CONFIG)
-    state, file = weights.read_state(directory, OPEN_CLIP_WEIGHTS)
-    flat = weights.flax_params(hf_state(state, config, file), _expected(CLIP(config)), file)
+    file = directory / OPEN_CLIP_CONFIG
+    settings = weights.read_json(file)
+    try:
+        config = config_from_open_clip(settings.get("model_cfg", settings), file)
+        spec = image_spec_from_open_clip(settings.get("preprocess_cfg", {}), config, file)
+    except (AttributeError, TypeError, ValueError, KeyError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{file} is not a usable open_clip config ({type(error).__name__}: {error}); copy "
+                              f"it from the model's source again.") from error
+    state, weights_file = weights.read_state(directory, OPEN_CLIP_WEIGHTS)
+    flat = weights.flax_params(hf_state(state, config, weights_file), _expected(CLIP(config)), weights_file)
     params = traverse_util.unflatten_dict({p: jnp.asarray(v, jnp.float32) for p, v in flat.items()})
-    spec = image_spec_from_open_clip(settings.get("preprocess_cfg", {}), config, directory / OPEN_CLIP_CONFIG)
     return Model(family, config, params, lambda: _open_clip_tokenizer(directory), spec, dtype, remat)
 
 
 def config_from_open_clip(model_cfg: dict, file: Path) -> CLIPConfig:
     """Our `CLIPConfig` from open_clip's `model_cfg` (OpenAI-architecture towers only)."""
     vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
-    unsupported = [f"vision_cfg.{k}={vision[k]!r}" for k in _OPEN_CLIP_ARCHITECTURE if k in vision
+    unsupported = [f"{key}={model_cfg[key]!r}" for key, default in _OPEN_CLIP_MODEL_DEFAULTS.items()
+                   if key in model_cfg and model_cfg[key] != default]
+    unsupported += [f"{tower}.block_type={cfg['block_type']!r}" for tower, cfg in (("vision_cfg", vision),
+                                                                                  ("text_cfg", text))
+                    if cfg.get("block_type") not in (None, "default")]
+    unsupported += [f"vision_cfg.{k}={vision[k]!r}" for k in _OPEN_CLIP_ARCHITECTURE if k in vision
                    and vision[k] != _OPEN_CLIP_VISION_DEFAULTS[k]]
     unsupported += [f"text_cfg.{k}={text[k]!r}" for k in _OPEN_CLIP_TEXT_DEFAULTS if k in text
                     and k != "mlp_ratio" and text[k] != _OPEN_CLIP_TEXT_DEFAULTS[k]]
@@ -251,6 +265,8 @@ def config_from_open_clip(model_cfg: dict, file: Path) -> CLIPConfig:
         raise CheckpointError(f"{file} describes an open_clip model this project cannot build: {', '.join(unsupported)}. "
                               f"Only OpenAI-architecture ViT CLIPs (ViT-B-16, ViT-L-14, their -quickgelu variants "
                               f"and alike) are read from open_clip's layout.")
+    if not isinstance(model_cfg.get("quick_gelu", False), bool):
+        raise CheckpointError(f"{file}: quick_gelu is {model_cfg['quick_gelu']!r}; it must be true or false.")
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
     width, text_width = vision.get("width", 768), text.get("width", 512)
     tower = lambda w, layers, heads, ratio: {"hidden_size": w, "num_hidden_layers": layers,
@@ -263,9 +279,18 @@ def config_from_open_clip(model_cfg: dict, file: Path) -> CLIPConfig:
                             image_size=int(image_size), patch_size=vision.get("patch_size", 16)),
         text=TextConfig(**tower(text_width, text.get("layers", 12), text.get("heads", 8), text.get("mlp_ratio", 4.0)),
                         vocab_size=text.get("vocab_size", 49408), max_position_embeddings=text.get("context_length", 77),
-                        eos_token_id=text.get("eos_id", 49407) if pooling == "eos" else 49407,
+                        eos_token_id=text.get("eos_id", 2) if pooling == "eos" else 49407,  # open_clip's defaults
                         pad_token_id=text.get("pad_id", 0), pooling=pooling),
         projection_dim=model_cfg.get("embed_dim", 512))
+
+
+def _mlp_ratio(tower: TowerConfig) -> float:
+    """open_clip's `mlp_ratio`, whose `int(width * ratio)` is the tower's MLP width (also where the
+    plain quotient would land a hair below it in floating point)."""
+    ratio = tower.intermediate_size / tower.hidden_size
+    if int(tower.hidden_size * ratio) != tower.intermediate_size:
+        ratio = (tower.intermediate_size + 0.5) / tower.hidden_size
+    return ratio
 
 
 def open_clip_config(config: CLIPConfig, spec: ImageSpec) -> dict:
@@ -278,13 +303,13 @@ def open_clip_config(config: CLIPConfig, spec: ImageSpec) -> dict:
                               f"{v.layer_norm_eps}/{t.layer_norm_eps}. Export it with format='hf'.")
     text_cfg = {"context_length": t.max_position_embeddings, "vocab_size": t.vocab_size, "width": t.hidden_size,
                 "heads": t.num_attention_heads, "layers": t.num_hidden_layers,
-                "mlp_ratio": t.intermediate_size / t.hidden_size, "pad_id": t.pad_token_id}
+                "mlp_ratio": _mlp_ratio(t), "pad_id": t.pad_token_id}
     if t.pooling == "eos" and t.eos_token_id != 2:
         text_cfg.update(pool_type="eos", eos_id=t.eos_token_id)
     return {"model_cfg": {"embed_dim": config.projection_dim, "quick_gelu": v.hidden_act == "quick_gelu",
                           "vision_cfg": {"image_size": v.image_size, "layers": v.num_hidden_layers,
                                          "width": v.hidden_size, "head_width": v.hidden_size // v.num_attention_heads,
-                                         "mlp_ratio": v.intermediate_size / v.hidden_size,
+                                         "mlp_ratio": _mlp_ratio(v),
                                          "patch_size": v.patch_size},
                           "text_cfg": text_cfg},
             "preprocess_cfg": {"mean": list(spec.mean), "std": list(spec.std), "interpolation": spec.interpolation,
@@ -300,8 +325,9 @@ def image_spec_from_open_clip(preprocess: dict, config: CLIPConfig, file: Path) 
         raise CheckpointError(f"{file}: preprocess_cfg resize_mode {mode!r} / interpolation {interpolation!r} is not "
                               f"supported; known: resize_mode {sorted(modes)}, interpolation bicubic or bilinear.")
     default = ImageSpec()
-    return ImageSpec(config.vision.image_size, tuple(preprocess.get("mean", default.mean)),
-                     tuple(preprocess.get("std", default.std)), modes[mode], interpolation)
+    triple = lambda v: (float(v),) * 3 if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+    return ImageSpec(config.vision.image_size, triple(preprocess.get("mean", default.mean)),
+                     triple(preprocess.get("std", default.std)), modes[mode], interpolation)
 
 
 def _open_clip_tokenizer(directory: Path) -> transformers.PreTrainedTokenizerBase:

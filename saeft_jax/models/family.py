@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saeft_jax import storage
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import weights
 from saeft_jax.models.heads import Head
@@ -178,12 +179,17 @@ class Model:
         """Whether WiSE-FT can mix this model's image side with `other`'s."""
         return self.family.name == other.family.name and self.family.same_image_tower(self.config, other.config)
 
-    def save(self, out_dir: str | os.PathLike, format: str = "hf", params: dict | None = None) -> Any:
+    def save(self, out_dir: str | os.PathLike, format: str = "hf", params: dict | None = None, *,
+             overwrite: bool = False) -> Any:
         """Writes the model (with `params` in place of its own, when given), its tokenizer and image
         settings as a checkpoint of `format` ("hf": transformers' layout; "open_clip": the
-        directory open_clip's `create_model("local-dir:...")` opens), atomically."""
+        directory open_clip's `create_model("local-dir:...")` opens), atomically. An existing
+        `out_dir` is refused unless `overwrite` (then it is replaced whole)."""
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
+        if not overwrite and storage.path(out_dir).exists():
+            raise weights.CheckpointError(f"{out_dir} already exists; save into a new directory (or pass "
+                                          f"overwrite=True to replace it whole).")
         params = jax.device_get(self.params if params is None else params)
         return weights.publish_dir(out_dir, lambda staging: self.family.save(self, params, staging, format))
 

@@ -303,8 +303,6 @@ def _tokenizer(directory: Path) -> transformers.PreTrainedTokenizerBase:
 
 def _image_spec(directory: Path, config: SiglipConfig) -> ImageSpec:
     """`preprocessor_config.json` when present, else SigLIP's: a bicubic squash, mean and std 0.5."""
-    file = directory / "preprocessor_config.json"
-    if file.exists():
-        return ImageSpec.from_hf_processor(weights.read_json(file))
-    return ImageSpec(config.vision.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash", "bicubic")
+    default = ImageSpec(config.vision.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash", "bicubic")
+    return weights.image_spec(directory, config.vision.image_size, default)
 

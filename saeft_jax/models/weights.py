@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ import safetensors.numpy
 from etils import epath
 
 from saeft_jax import storage
+from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.errors import UsageError
 from saeft_jax.models import pt_layout
 
@@ -117,6 +119,22 @@ def check_complete(source: Path, flat: Mapping, expected: Mapping, unexpected: l
         raise CheckpointError(f"{source} does not match its config; nothing was loaded. " + "; ".join(parts))
 
 
+def image_spec(directory: Path, size: int, default: ImageSpec) -> ImageSpec:
+    """The image settings of `preprocessor_config.json` (transformers' image processor), else
+    `default`; a processor for another input size than the model's `size` is refused."""
+    file = directory / "preprocessor_config.json"
+    if not file.exists():
+        return default
+    try:
+        spec = ImageSpec.from_hf_processor(read_json(file))
+    except (AttributeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{file} is not a usable image processor config ({error}).") from error
+    if spec.size != size:
+        raise CheckpointError(f"{file} prepares {spec.size}-pixel images, but the model takes {size}; fix its size "
+                              f"(and crop_size) or remove the file to use the model's own settings.")
+    return spec
+
+
 def publish_dir(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> epath.Path:
     """Calls `write(staging)` on an empty local directory, then publishes it as `out_dir`: a local
     `out_dir` appears complete or not at all; a URL's files are uploaded once all are written."""
@@ -124,7 +142,11 @@ def publish_dir(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> ep
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     local_parent = None if storage.is_remote(out_dir) else out_dir.parent  # None: the system's temp dir
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=local_parent))
-    write(staging)
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     storage.publish(staging, out_dir)
     return out_dir
 

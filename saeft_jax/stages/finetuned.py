@@ -160,7 +160,8 @@ def _publish(run: Run, method: Method, tuned: dict, train: dict, checkpoint: dic
     model = run.model
     directory = run.dir(STAGE, method.name)
     if run.is_writer:
-        model.save(directory / "final", params={**model.params, **tuned["encoder"], **tuned.get("text", {})})
+        model.save(directory / "final", params={**model.params, **tuned["encoder"], **tuned.get("text", {})},
+                   overwrite=True)  # what an interrupted attempt left
         storage.save_safetensors(directory / "head.safetensors", tuned["head"])
     run.mark_done({"method": method.describe(), "train": train, "fingerprint": fingerprint(tuned),
                    **({"checkpoint": checkpoint} if checkpoint else {})}, STAGE,
