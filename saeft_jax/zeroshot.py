@@ -1,5 +1,5 @@
-"""Builds the zero-shot head from class names and prompt templates through the text tower (and
-tokenizes those prompts, also FLYP's captions)."""
+"""Builds the zero-shot head from each class's prompts through the text tower (and tokenizes those
+prompts, also FLYP's captions)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,14 @@ from saeft_jax.models.heads import Head, zeroshot_weights
 from saeft_jax.observe import progress
 
 
-def build_zeroshot_head(model: CLIP, params: dict, tokenizer: Any, classnames: Sequence[str],
-                        templates: Sequence[str], *, batch_size: int = 256, show_progress: bool = True) -> Head:
-    """Embeds `template.format(classname)` for every class and template (in batches of
-    `batch_size` prompts, padded to the model's context length as CLIP was trained) and turns
-    the embeddings into a head (`zeroshot_weights`)."""
-    if not classnames or not templates:
-        raise ValueError("a zero-shot head needs at least one class name and one template")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ValueError(f"templates must contain '{{}}' where the class name goes; these do not: {bad}")
-    prompts = caption_ids(tokenizer, classnames, templates, model.config.text.max_position_embeddings)
-    prompts = prompts.reshape(-1, prompts.shape[-1])
+def build_zeroshot_head(model: CLIP, params: dict, tokenizer: Any, prompts: Sequence[Sequence[str]], *,
+                        batch_size: int = 256, show_progress: bool = True) -> Head:
+    """Embeds every prompt of every class (`prompts[c]`: class c's prompts, as
+    `DatasetSpec.prompts()` gives them; in batches of `batch_size` prompts, padded to the model's
+    context length as CLIP was trained) and turns the embeddings into a head (`zeroshot_weights`)."""
+    classes = len(prompts)
+    ids = caption_ids(tokenizer, prompts, model.config.text.max_position_embeddings)
+    prompts = ids.reshape(-1, ids.shape[-1])
     encode = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=model.encode_text))
     chunks = []
     bar = progress(len(prompts), "zero-shot head", enabled=show_progress, unit="prompt")
@@ -36,14 +32,19 @@ def build_zeroshot_head(model: CLIP, params: dict, tokenizer: Any, classnames: S
         chunks.append(np.asarray(encode(params, jnp.asarray(padded)))[: len(ids)])
         bar.update(len(ids))
     bar.close()
-    embeddings = np.concatenate(chunks).reshape(len(classnames), len(templates), -1)
+    embeddings = np.concatenate(chunks).reshape(classes, ids.shape[1], -1)
     return zeroshot_weights(jnp.asarray(embeddings), params["logit_scale"])
 
 
-def caption_ids(tokenizer: Any, classnames: Sequence[str], templates: Sequence[str], context: int) -> np.ndarray:
-    """(C, T, context) int32 token ids of `template.format(classname)` for every class and template,
-    padded to the model's context length as CLIP was trained."""
-    prompts = [t.format(c) for c in classnames for t in templates]
-    ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=context,
+def caption_ids(tokenizer: Any, prompts: Sequence[Sequence[str]], context: int) -> np.ndarray:
+    """(C, T, context) int32 token ids of class c's prompt t (`prompts[c][t]`; every class has the
+    same T), padded to the model's context length as CLIP was trained."""
+    if not prompts or not prompts[0]:
+        raise ValueError("a zero-shot head needs at least one class and one prompt per class")
+    counts = {len(p) for p in prompts}
+    if len(counts) > 1:
+        raise ValueError(f"every class needs the same number of prompts; these classes have {sorted(counts)}")
+    flat = [text for per_class in prompts for text in per_class]
+    ids = tokenizer(flat, padding="max_length", truncation=True, max_length=context,
                     return_tensors="np")["input_ids"].astype(np.int32)
-    return ids.reshape(len(classnames), len(templates), context)
+    return ids.reshape(len(prompts), len(prompts[0]), context)

@@ -100,15 +100,14 @@ def _flyp(run: Run, method: Method, frozen: dict) -> _Recipe:
     zero-shot head of its own text tower (the training templates, its own logit_scale)."""
     model, params = run.clip
     spec = run.train_spec
-    frozen["captions"] = caption_ids(run.tokenizer, spec.classnames, spec.templates,
-                                     model.config.text.max_position_embeddings)
+    frozen["captions"] = caption_ids(run.tokenizer, spec.prompts(), model.config.text.max_position_embeddings)
     trainable = {"encoder": image_params(params), "text": text_params(params), "logit_scale": params["logit_scale"]}
     loss = make_flyp_loss(image_encoder(model), text_encoder(model), method.penalty(), method.reg_lambda,
                           taps=_taps(run, method))
 
     def tuned(trained: dict) -> dict:
         text = {**trained["text"], "logit_scale": np.clip(trained["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
-        head = build_zeroshot_head(model, {**params, **text}, run.tokenizer, spec.classnames, spec.templates,
+        head = build_zeroshot_head(model, {**params, **text}, run.tokenizer, spec.prompts(),
                                    show_progress=run.config.show_progress)
         return {"encoder": trained["encoder"], "text": text, "head": {k: np.asarray(v) for k, v in head.items()}}
 
@@ -155,7 +154,7 @@ def _import(run: Run, method: Method) -> None:
         head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
         spec = run.train_spec
-        head = build_zeroshot_head(theirs_model, theirs, hf.load_tokenizer(where), spec.classnames, spec.templates,
+        head = build_zeroshot_head(theirs_model, theirs, hf.load_tokenizer(where), spec.prompts(),
                                    show_progress=run.config.show_progress)
         made = f"the zero-shot head of {where}'s text tower"
     classes = len(run.train_spec.classnames)

@@ -127,7 +127,7 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     concepts = list(run.config.report.concepts)
     if concepts:
         model, params = run.clip
-        head = build_zeroshot_head(model, params, run.tokenizer, concepts, ("{}",), show_progress=False)
+        head = build_zeroshot_head(model, params, run.tokenizer, [[c] for c in concepts], show_progress=False)
         names += concepts
         vectors.append(np.asarray(head["W"]))
     return names, np.concatenate(vectors)
