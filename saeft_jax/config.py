@@ -53,7 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
         "val_dataset": "", "val_fraction": 0.0,
         "lr": 1e-5, "warmup_steps": 500, "weight_decay": 0.1, "clip_norm": 1.0, "label_smoothing": 0.0,
         "accumulate_steps": 1, "random_crop": True, "crop_scale": (0.9, 1.0), "teacher_cache": False,
-        "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2})
+        "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2,
+        # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay) or "flyp" (as FLYP's code: free, decayed)
+        "flyp_logit_scale": "clip"})
     c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
     # what CIFAR-10-C / CIFAR-100-C read: these corruptions (default: the benchmark's 15) at this severity (1-5)
     c.corruptions = ml_collections.ConfigDict({"names": CORRUPTIONS, "severity": 5})
@@ -199,6 +201,8 @@ _RULES = (
     ("demo.pretrain_steps", _positive_int, "at least 1 step"),
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
     ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    ("finetune.flyp_logit_scale", lambda v: v in ("clip", "flyp"),
+     "'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (free and decayed, as FLYP's code)"),
     ("wandb_project", lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
      "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)"),
 )

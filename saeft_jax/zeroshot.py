@@ -20,19 +20,18 @@ def build_zeroshot_head(model: CLIP, params: dict, tokenizer: Any, prompts: Sequ
     """Embeds every prompt of every class (`prompts[c]`: class c's prompts, as
     `DatasetSpec.prompts()` gives them; in batches of `batch_size` prompts, padded to the model's
     context length as CLIP was trained) and turns the embeddings into a head (`zeroshot_weights`)."""
-    classes = len(prompts)
-    ids = caption_ids(tokenizer, prompts, model.config.text.max_position_embeddings)
-    prompts = ids.reshape(-1, ids.shape[-1])
+    per_class = caption_ids(tokenizer, prompts, model.config.text.max_position_embeddings)
+    flat = per_class.reshape(-1, per_class.shape[-1])
     encode = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=model.encode_text))
     chunks = []
-    bar = progress(len(prompts), "zero-shot head", enabled=show_progress, unit="prompt")
-    for start in range(0, len(prompts), batch_size):
-        ids = prompts[start:start + batch_size]
+    bar = progress(len(flat), "zero-shot head", enabled=show_progress, unit="prompt")
+    for start in range(0, len(flat), batch_size):
+        ids = flat[start:start + batch_size]
         padded = np.pad(ids, ((0, batch_size - len(ids)), (0, 0)), constant_values=tokenizer.pad_token_id)
         chunks.append(np.asarray(encode(params, jnp.asarray(padded)))[: len(ids)])
         bar.update(len(ids))
     bar.close()
-    embeddings = np.concatenate(chunks).reshape(classes, ids.shape[1], -1)
+    embeddings = np.concatenate(chunks).reshape(*per_class.shape[:2], -1)
     return zeroshot_weights(jnp.asarray(embeddings), params["logit_scale"])
 
 

@@ -97,22 +97,26 @@ def _classifier(run: Run, method: Method) -> _Recipe:
 
 def _flyp(run: Run, method: Method, frozen: dict) -> _Recipe:
     """FLYP: both towers and logit_scale, on captions of the training classes; its head is then the
-    zero-shot head of its own text tower (the training templates, its own logit_scale)."""
+    zero-shot head of its own text tower (the training templates, its own logit_scale).
+    `finetune.flyp_logit_scale`: "clip" clamps logit_scale to [0, ln 100] and spares it weight
+    decay; "flyp" leaves it free and decayed, as FLYP's code."""
     model, params = run.clip
+    as_flyp = run.config.finetune.flyp_logit_scale == "flyp"
     spec = run.train_spec
     frozen["captions"] = caption_ids(run.tokenizer, spec.prompts(), model.config.text.max_position_embeddings)
     trainable = {"encoder": image_params(params), "text": text_params(params), "logit_scale": params["logit_scale"]}
     loss = make_flyp_loss(image_encoder(model), text_encoder(model), method.penalty(), method.reg_lambda,
-                          taps=_taps(run, method))
+                          taps=_taps(run, method), max_logit_scale=None if as_flyp else MAX_LOGIT_SCALE)
 
     def tuned(trained: dict) -> dict:
-        text = {**trained["text"], "logit_scale": np.clip(trained["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
+        scale = trained["logit_scale"] if as_flyp else np.clip(trained["logit_scale"], 0.0, MAX_LOGIT_SCALE)
+        text = {**trained["text"], "logit_scale": scale}
         head = build_zeroshot_head(model, {**params, **text}, run.tokenizer, spec.prompts(),
                                    show_progress=run.config.show_progress)
         return {"encoder": trained["encoder"], "text": text, "head": {k: np.asarray(v) for k, v in head.items()}}
 
-    no_decay_on_scale = lambda params: {**jax.tree.map(lambda _: True, params), "logit_scale": False}  # as FLYP
-    return _Recipe(trainable, loss, len(spec.templates), tuned, no_decay_on_scale)
+    no_decay_on_scale = lambda params: {**jax.tree.map(lambda _: True, params), "logit_scale": False}
+    return _Recipe(trainable, loss, len(spec.templates), tuned, None if as_flyp else no_decay_on_scale)
 
 
 def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
