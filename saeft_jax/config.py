@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SAE_DEFAULTS = {"kind": "topk", "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3,
-                "auxk": False,
+                "auxk": False, "auxk_normalized": False,
                 "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False, "b_pre_init": "zeros"}
 
 
