@@ -171,8 +171,8 @@ def _non_negative_int(value) -> bool:
 
 
 _RULES = (
-    ("finetune.lr", _positive, "a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference "
-                               "README's 1e-5 at batch 32)"),
+    ("finetune.lr", _positive, ("a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference "
+                                "README's 1e-5 at batch 32)")),
     ("finetune.clip_norm", _positive, "a positive gradient-norm bound (the protocol's is 1.0)"),
     ("finetune.weight_decay", _non_negative, "zero or more and finite"),
     ("finetune.label_smoothing", lambda v: _non_negative(v) and v < 1, "in [0, 1)"),

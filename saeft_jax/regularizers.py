@@ -309,7 +309,7 @@ def ldifs_taps(num_layers: int) -> tuple[int, ...]:
     deeper tower (24 blocks: the second half is not tapped; the reference warns and does the
     same). A tower of fewer than 12 blocks, which the reference cannot slice: the stem and the
     output after each quarter of its blocks."""
-    blocks = REFERENCE_LDIFS_BLOCKS if num_layers >= REFERENCE_LDIFS_BLOCKS else num_layers
+    blocks = min(num_layers, REFERENCE_LDIFS_BLOCKS)
     return tuple(sorted({0, *(round(blocks * q / 4) for q in (1, 2, 3, 4))}))
 
 

@@ -129,8 +129,8 @@ def _reference_numbers(report) -> list[str]:
         return []
     datasets = [d for d in report_datasets(report) if d in defined]
     names = "; ".join(f"`{d}`: {METRIC_NAMES.get(defined[d], defined[d])}" for d in datasets)
-    lines = ["The same models scored by the reference's definitions (Fabian-Mor/sae-ft `src/testing_models.py`; "
-             f"to compare with numbers it reports; the table above is WILDS's): {names}.", "",
+    lines = [("The same models scored by the reference's definitions (Fabian-Mor/sae-ft `src/testing_models.py`; "
+              f"to compare with numbers it reports; the table above is WILDS's): {names}."), "",
              "| model | " + " | ".join(f"{d} (reference's)" for d in datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
 
     def row(label: str, scores: dict[str, Any]) -> str:
@@ -180,8 +180,8 @@ def _changes_table(report, methods, id_name) -> list[str]:
              f"variance per image, both shown, so a representation that contracts shows a high FVU at a low error. "
              f"CKA compares the two representations over the images (1: same geometry; in brackets the "
              f"reference's variant over the feature dimensions, which a rotation lowers).",
-             "", "| method | ID | avg OOD | added / image | removed / image | SAE FVU | error / variance | "
-             "CKA (reference's) |",
+             "", ("| method | ID | avg OOD | added / image | removed / image | SAE FVU | error / variance | "
+                  "CKA (reference's) |"),
              "|---|---|---|---|---|---|---|---|"]
     for m in methods:
         run = report["runs"][m]
