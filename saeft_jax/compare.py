@@ -121,6 +121,7 @@ def merge(reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
         for method in report_methods(report):
             counts[method] = counts.get(method, 0) + 1
     merged = {key: first.get(key) for key in SHARED}
+    merged["reference_dataset_metrics"] = first.get("reference_dataset_metrics")  # those of the shared metrics
     merged["sae"], merged["runs"], sources = first.get("sae"), {"zeroshot": first["runs"]["zeroshot"]}, {}
     for name, report in reports.items():
         named = {m: (m if counts[m] == 1 else f"{name}/{m}") for m in report_methods(report)}

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from saeft_jax.data import labels
@@ -77,3 +79,9 @@ def test_template_fields():
     assert labels.prompt("{} in the wild.", "ocelot") == "ocelot in the wild."
     assert labels.prompt("a photo of a {}.", "Ice_cream") == "a photo of a Ice_cream."
     assert labels.with_article("Elephant") == "a Elephant"  # the reference looks at lower-case vowels only
+
+
+def test_a_template_without_the_class_name_is_refused():
+    spec = dataclasses.replace(dataset_spec("cifar10"), templates=("a photo of a {}.", "a photo"))
+    with pytest.raises(ValueError, match=r"'cifar10'.*must contain '\{\}'.*'a photo'"):
+        spec.prompts()

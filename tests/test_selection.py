@@ -201,3 +201,20 @@ def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
     browser.unlink()
     compare.compare([first, second], str(tmp_path / "out"))  # runs made before the browser still compare
     assert "has no feature browser" in capsys.readouterr().err
+
+
+def test_compare_keeps_the_references_definitions_beside_the_primary_scores(tmp_path):
+    def with_reference(content):
+        content["reference_dataset_metrics"] = {"id": "worst_group_all"}
+        for run in content["runs"].values():
+            for scores in [run, *run.get("wise", {}).values(), *(run[k] for k in ("fixed_alpha", "selected") if k in run)]:
+                scores["reference_metrics"] = {"id": scores["metrics"]["id"] / 4}
+        return content
+
+    first = write(tmp_path, "a", with_reference(report()))
+    second = write(tmp_path, "b", with_reference(report(methods=("mse",))))
+    out = compare.compare([first, second], str(tmp_path / "out"))
+    merged = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert merged["reference_dataset_metrics"] == {"id": "worst_group_all"}
+    text = out.read_text()
+    assert "the reference's worst-group accuracy" in text and "| zero-shot | 12.5 |" in text

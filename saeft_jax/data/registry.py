@@ -78,6 +78,10 @@ class DatasetSpec:
     def prompts(self) -> tuple[tuple[str, ...], ...]:
         """Per class, in label order, the exact strings the zero-shot head encodes: every template
         filled with the class's prompt name (`labels.prompt`)."""
+        nameless = [t for t in self.templates if "{}" not in t and "{a}" not in t]
+        if nameless:
+            raise ValueError(f"dataset {self.name!r}: templates must contain '{{}}' (or '{{a}}') where the class "
+                             f"name goes; these do not: {nameless}")
         names = self.prompt_names if self.prompt_names is not None else self.classnames
         return tuple(tuple(labels.prompt(template, name) for template in self.templates) for name in names)
 

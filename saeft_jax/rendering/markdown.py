@@ -212,7 +212,7 @@ def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], fig
     methods = report_methods(report)
     id_name = report["id_dataset"] or report["ood_datasets"][0]
     changes = _changes_table(report, methods, id_name) if any("changes" in report["runs"][m] for m in methods) else []
-    return "\n".join(lines + _numbers(report) + _pictures(figures) + changes) + "\n"
+    return "\n".join(lines + _numbers(report) + _reference_numbers(report) + _pictures(figures) + changes) + "\n"
 
 
 def _reading(report, methods, id_name) -> str:
