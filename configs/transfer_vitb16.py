@@ -26,7 +26,8 @@ memory is estimated, not measured): batch 128, bf16 compute, lr 1e-5, 10 epochs 
 Flowers-102, 3,515 for CIFAR; dSprites: 1 epoch of its 589,824 training images, 4,608 steps, whose
 features stage writes 589,824 x 512 floats, 1.2 GB), warmup 500 steps or a tenth of the run when
 that is shorter; an SAE batch of 256 below 10,000 training images. The step counts follow from the
-sizes in TRAIN_EXAMPLES. These are this project's choices: the paper does not state its transfer setting.
+sizes in TRAIN_EXAMPLES. These are this project's choices: the paper does not state its transfer setting
+(bfloat16 compute included; `--config.dtype=float32` gives the reference's float32).
 
 Expected: the SAE-FT paper lists accuracies DTD 79.2, STL-10 98.7 and CIFAR-100 71.2, in a setting it
 does not state (so not necessarily this one's). Not yet run by this project.

@@ -153,6 +153,7 @@ def merge(reports: dict[str, dict[str, Any]],
             counts[method] = counts.get(method, 0) + 1
     merged = {key: first.get(key) for key in SHARED}
     own = saes is not None and len({json.dumps(_identity(sae), sort_keys=True) for sae in saes.values()}) > 1
+    merged["reference_dataset_metrics"] = first.get("reference_dataset_metrics")  # those of the shared metrics
     merged["sae"] = None if own else first.get("sae")
     merged["runs"], sources = {"zeroshot": first["runs"]["zeroshot"]}, {}
     for name, report in reports.items():

@@ -58,7 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
         "eval_every": 0, "select_checkpoint": "last",
         "lr": 1e-5, "warmup_steps": 500, "weight_decay": 0.1, "clip_norm": 1.0, "label_smoothing": 0.0,
         "accumulate_steps": 1, "random_crop": True, "crop_scale": (0.9, 1.0), "teacher_cache": False,
-        "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2})
+        "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2,
+        # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay) or "flyp" (as FLYP's code: free, decayed)
+        "flyp_logit_scale": "clip"})
     c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
     # what CIFAR-10-C / CIFAR-100-C read: these corruptions (default: the benchmark's 15) at this severity (1-5)
     c.corruptions = ml_collections.ConfigDict({"names": CORRUPTIONS, "severity": 5})
@@ -74,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SAE_DEFAULTS = {"kind": "topk", "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3,
-                "auxk": False,
+                "auxk": False, "auxk_normalized": False,
                 "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False, "b_pre_init": "zeros"}
 
 
@@ -183,7 +185,8 @@ def _non_negative_int(value) -> bool:
 
 _RULES = (
     ("seed", _non_negative_int, "an integer from 0 on (it seeds the data order, the SAE and the held-out rows)"),
-    ("finetune.lr", _positive, "a positive, finite learning rate (the protocol's is 1e-5)"),
+    ("finetune.lr", _positive, ("a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference "
+                                "README's 1e-5 at batch 32)")),
     ("finetune.clip_norm", _positive, "a positive gradient-norm bound (the protocol's is 1.0)"),
     ("finetune.weight_decay", _non_negative, "zero or more and finite"),
     ("finetune.label_smoothing", lambda v: _non_negative(v) and v < 1, "in [0, 1)"),
@@ -217,6 +220,8 @@ _RULES = (
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
     ("demo.family", lambda v: v in ("clip", "siglip"), "'clip' or 'siglip' (the family of the demo's own model)"),
     ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    ("finetune.flyp_logit_scale", lambda v: v in ("clip", "flyp"),
+     "'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (free and decayed, as FLYP's code)"),
     ("wandb_project", lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
      "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)"),
 )

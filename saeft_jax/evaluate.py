@@ -71,7 +71,7 @@ def zeroshot_heads(loaded: models.Model, specs: list[DatasetSpec]) -> dict[str, 
         raise UsageError(f"--suite: no dataset of it gives the full class list of label space(s) {missing}; add a "
                          f"dataset of that space without a projection (e.g. imagenet) to the list.")
     return {space: {k: np.asarray(v) for k, v in build_zeroshot_head(
-        loaded, spec.classnames, spec.templates, show_progress=False).items()} for space, spec in spaces.items()}
+        loaded, spec.prompts(), show_progress=False).items()} for space, spec in spaces.items()}
 
 
 def _checked_head(path: str, spec: DatasetSpec, width: int) -> dict[str, np.ndarray]:

@@ -260,39 +260,57 @@ def nuclear_norm(x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.linalg.svd(x.astype(jnp.float32), compute_uv=False))
 
 
+def _change(f: jax.Array, f0: jax.Array, normalize: bool) -> jax.Array:
+    """f - f0 (f0 without gradient); with `normalize`, of x / (||x|| + 1e-8) per row, as the
+    reference's `--normalize` rescales both before every feature penalty."""
+    f0 = jax.lax.stop_gradient(f0)
+    return unit_norm(f) - unit_norm(f0) if normalize else f - f0
+
+
 @register(batch_mean=False)
-def nuclear(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
+def nuclear(f: jax.Array, f0: jax.Array, *, normalize: bool = False) -> tuple[jax.Array, Metrics]:
     """The nuclear norm of the batch's change (f - f0), a (B, d) matrix: a low-rank change is
     cheap. It grows with the batch size (the reference's batch is 128), so its reg_lambda and
-    quadratic_nuclear's c belong to one batch size."""
-    value = nuclear_norm(f - jax.lax.stop_gradient(f0))
+    quadratic_nuclear's c belong to one batch size. `normalize`: of unit-norm embeddings (the
+    reference's `--normalize`)."""
+    value = nuclear_norm(_change(f, f0, normalize))
     return value, {"nuclear": value}
 
 
 @register(batch_mean=False)
-def quadratic_nuclear(f: jax.Array, f0: jax.Array, *, c: float = 10.0) -> tuple[jax.Array, Metrics]:
-    """relu(||f - f0||_* - c)^2: free up to a nuclear-norm budget c, quadratic beyond it."""
-    norm = nuclear_norm(f - jax.lax.stop_gradient(f0))
+def quadratic_nuclear(f: jax.Array, f0: jax.Array, *, c: float = 10.0,
+                      normalize: bool = False) -> tuple[jax.Array, Metrics]:
+    """relu(||f - f0||_* - c)^2: free up to a nuclear-norm budget c, quadratic beyond it
+    (`normalize`: of unit-norm embeddings, the reference's `--normalize`)."""
+    norm = nuclear_norm(_change(f, f0, normalize))
     return jax.nn.relu(norm - c) ** 2, {"nuclear": norm}
 
 
 @register()
-def mse(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
-    """mean (f - f0)^2: the L2 feature-distance baseline."""
-    value = jnp.mean((f - jax.lax.stop_gradient(f0)) ** 2)
+def mse(f: jax.Array, f0: jax.Array, *, normalize: bool = False) -> tuple[jax.Array, Metrics]:
+    """mean (f - f0)^2: the L2 feature-distance baseline (`normalize`: of unit-norm embeddings,
+    the reference's `--normalize`)."""
+    value = jnp.mean(_change(f, f0, normalize) ** 2)
     return value, {"mse": value}
 
 
 @register()
-def l1(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
-    """mean |f - f0|."""
-    value = jnp.mean(jnp.abs(f - jax.lax.stop_gradient(f0)))
+def l1(f: jax.Array, f0: jax.Array, *, normalize: bool = False) -> tuple[jax.Array, Metrics]:
+    """mean |f - f0| (`normalize`: of unit-norm embeddings, the reference's `--normalize`)."""
+    value = jnp.mean(jnp.abs(_change(f, f0, normalize)))
     return value, {"l1": value}
 
 
+REFERENCE_LDIFS_BLOCKS = 12  # the reference slices blocks 0:3, 3:6, 6:9, 9:12 whatever the depth
+
+
 def ldifs_taps(num_layers: int) -> tuple[int, ...]:
-    """The stem (0) and the output after each quarter of the blocks."""
-    return tuple(sorted({0, *(round(num_layers * q / 4) for q in (1, 2, 3, 4))}))
+    """The reference's taps: the stem (0) and the output after blocks 3, 6, 9 and 12, also on a
+    deeper tower (24 blocks: the second half is not tapped; the reference warns and does the
+    same). A tower of fewer than 12 blocks, which the reference cannot slice: the stem and the
+    output after each quarter of its blocks."""
+    blocks = min(num_layers, REFERENCE_LDIFS_BLOCKS)
+    return tuple(sorted({0, *(round(blocks * q / 4) for q in (1, 2, 3, 4))}))
 
 
 @register(needs=("tokens",), taps=ldifs_taps)

@@ -1,5 +1,5 @@
-"""Builds the zero-shot head from class names and prompt templates through a model's text tower
-(and tokenizes those prompts, also FLYP's captions), for any model family."""
+"""Builds the zero-shot head from each class's prompts through a model's text tower (and tokenizes
+those prompts, also FLYP's captions), for any model family."""
 
 from __future__ import annotations
 
@@ -14,34 +14,36 @@ from saeft_jax.models.heads import Head
 from saeft_jax.observe import progress
 
 
-def build_zeroshot_head(model: Model, classnames: Sequence[str], templates: Sequence[str], *,
-                        params: dict | None = None, batch_size: int = 256, show_progress: bool = True) -> Head:
-    """Embeds `template.format(classname)` for every class and template (in batches of
-    `batch_size` prompts, padded to the model's context length as it was trained) with `params`
-    (default: the model's own) and turns the embeddings into the family's head."""
-    if not classnames or not templates:
-        raise ValueError("a zero-shot head needs at least one class name and one template")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ValueError(f"templates must contain '{{}}' where the class name goes; these do not: {bad}")
+def build_zeroshot_head(model: Model, prompts: Sequence[Sequence[str]], *, params: dict | None = None,
+                        batch_size: int = 256, show_progress: bool = True) -> Head:
+    """Embeds every prompt of every class (`prompts[c]`: class c's prompts, as
+    `DatasetSpec.prompts()` gives them; in batches of `batch_size` prompts, padded to the model's
+    context length as it was trained) with `params` (default: the model's own) and turns the
+    embeddings into the family's head."""
     params = model.params if params is None else params
-    prompts = caption_ids(model, classnames, templates)
-    prompts = prompts.reshape(-1, prompts.shape[-1])
+    per_class = caption_ids(model, prompts)
+    flat = per_class.reshape(-1, per_class.shape[-1])
     text = model.text_encoder()
     encode = jax.jit(lambda p, ids: text.apply({"params": p}, ids))
     chunks = []
-    bar = progress(len(prompts), "zero-shot head", enabled=show_progress, unit="prompt")
-    for start in range(0, len(prompts), batch_size):
-        ids = prompts[start:start + batch_size]
+    bar = progress(len(flat), "zero-shot head", enabled=show_progress, unit="prompt")
+    for start in range(0, len(flat), batch_size):
+        ids = flat[start:start + batch_size]
         padded = np.pad(ids, ((0, batch_size - len(ids)), (0, 0)), constant_values=model.pad_token_id)
         chunks.append(np.asarray(encode(model.text_params(params), jnp.asarray(padded)))[: len(ids)])
         bar.update(len(ids))
     bar.close()
-    embeddings = np.concatenate(chunks).reshape(len(classnames), len(templates), -1)
+    embeddings = np.concatenate(chunks).reshape(*per_class.shape[:2], -1)
     return model.zeroshot_head(jnp.asarray(embeddings), params)
 
 
-def caption_ids(model: Model, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """(C, T, context) int32 token ids of `template.format(classname)` for every class and template."""
-    ids = model.tokenize([t.format(c) for c in classnames for t in templates])
-    return ids.reshape(len(classnames), len(templates), ids.shape[-1])
+def caption_ids(model: Model, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+    """(C, T, context) int32 token ids of class c's prompt t (`prompts[c][t]`; every class has the
+    same T), padded to the model's context length as it was trained."""
+    if not prompts or not prompts[0]:
+        raise ValueError("a zero-shot head needs at least one class and one prompt per class")
+    counts = {len(p) for p in prompts}
+    if len(counts) > 1:
+        raise ValueError(f"every class needs the same number of prompts; these classes have {sorted(counts)}")
+    ids = model.tokenize([text for per_class in prompts for text in per_class])
+    return ids.reshape(len(prompts), len(prompts[0]), ids.shape[-1])

@@ -15,7 +15,8 @@ def test_every_suite_dataset_has_a_spec_with_names_and_templates():
     for name, (in_distribution, shifts) in SUITES.items():
         for dataset in ([in_distribution] if in_distribution else []) + list(shifts):
             spec = dataset_spec(dataset)
-            assert spec.templates and all("{}" in t for t in spec.templates), dataset
+            assert spec.templates and all("{}" in t or "{a}" in t for t in spec.templates), dataset
+            assert len(spec.prompts()) == len(spec.classnames), dataset
             if spec.fixed_classnames is not None:  # (ImageNet's and iWildCam's lists repeat a few names)
                 assert all(isinstance(c, str) and c for c in spec.classnames), dataset
     shifts = ("imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a", "objectnet")

@@ -162,3 +162,18 @@ def test_the_fvu_analysis_splits_into_error_and_variance_as_numpy_computes_them(
     assert figures["sae_error"] == pytest.approx(error, rel=1e-4)
     assert figures["variance"] == pytest.approx(variance, rel=1e-5)
     assert figures["sae_fvu"] == pytest.approx(error / variance, rel=1e-4)
+
+
+def test_a_wilds_metric_is_scored_beside_the_references_definition(pair):
+    encoder, theta0, theta_ft = pair
+    spec = DatasetSpec("toy", "prepared", "toy", "test", "toy", ("{}",), metric="worst_group", ignored_groups=(1,),
+                       fixed_classnames=("a", "b", "c"))
+    source = ImageSource(12, 3)
+    result = evaluate_dataset(encoder, theta0, theta_ft, spec, source, image_spec=ImageSpec(size=32),
+                              mesh=parallel.data_mesh(), global_batch=4, alphas=(0.5,), show_progress=False)
+    right = result.predictions == result.labels[None]
+    for row, alpha in enumerate(result.alphas):
+        per_group = [right[row][result.groups == g].mean() for g in (0, 1)]
+        assert result.scores[alpha] == pytest.approx(per_group[0])  # WILDS: group 1 ("Other") left out
+        assert result.reference_scores[alpha] == pytest.approx(min(per_group))  # the reference keeps it
+    assert result.summary()["reference"]["metric"] == "worst_group_all"

@@ -88,7 +88,9 @@ def test_ldifs_matches_the_references_averaging_in_pytorch():
     np.testing.assert_allclose(value, expected.item(), rtol=1e-6)
     for grad, tensor in zip(grads, current):
         np.testing.assert_allclose(grad, tensor.grad.numpy(), rtol=1e-4, atol=1e-8)
-    assert regularizers.ldifs_taps(12) == (0, 3, 6, 9, 12) and regularizers.ldifs_taps(24) == (0, 6, 12, 18, 24)
+    # the reference's ImageEncoderAugmented slices blocks [0:3], [3:6], [6:9], [9:12] at any depth
+    assert regularizers.ldifs_taps(12) == (0, 3, 6, 9, 12) and regularizers.ldifs_taps(24) == (0, 3, 6, 9, 12)
+    assert regularizers.ldifs_taps(3) == (0, 1, 2, 3)  # too shallow for the reference: quarters
 
 
 def test_the_registry_declares_hyperparameters_and_needs():
@@ -150,6 +152,26 @@ def test_nuclear_penalties_match_pytorch(setup, name, hparams):
         assert np.abs(np.asarray(grad)).max() > 0
     _, at_start = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f0))
     assert np.all(np.isfinite(at_start))  # the first step, where f == f0, has a usable gradient
+
+
+@pytest.mark.parametrize("name", ["mse", "l1", "nuclear", "quadratic_nuclear"])
+def test_normalize_is_the_references_flag(setup, name):
+    """The reference's `--normalize`: both embeddings divided by (their norm + 1e-8), then the penalty."""
+    _, f, f0 = setup
+    hparams = {"c": 0.5} if name == "quadratic_nuclear" else {}
+    reg = regularizers.get(name).bind({"normalize": True, **hparams})
+    value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
+    f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
+    unit = lambda x: x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+    a, b = unit(f_t), unit(torch.tensor(f0, dtype=torch.float64))
+    expected = {"mse": lambda: ((a - b) ** 2).mean(), "l1": lambda: (a - b).abs().mean(),
+                "nuclear": lambda: torch.linalg.norm(a - b, ord="nuc"),
+                "quadratic_nuclear": lambda: torch.relu(torch.linalg.norm(a - b, ord="nuc") - 0.5) ** 2}[name]()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-7)
+    raw = float(regularizers.get(name).bind(hparams)(jnp.asarray(f), jnp.asarray(f0))[0])
+    assert abs(raw - float(value)) > 1e-3 * abs(raw)  # the flag changes the penalty (the embeddings are not unit norm)
 
 
 @pytest.mark.parametrize("hparams", [{}, {"lambda_l1": 0.2, "lambda_wass": 2.0, "mu": 3.0}])

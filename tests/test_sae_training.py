@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 from test_observe import assert_curves_match
 
 from saeft_jax.curves import read_scalars
-
+from saeft_jax.sae import model as sae_model
 from saeft_jax.sae.artifact import SAEArtifactError, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import evaluate_sae, geometric_median
@@ -217,3 +218,28 @@ def test_a_relu_sae_gives_the_penalty_the_codes_the_report_reads(mixtures, tmp_p
     _, penalty_metrics = regularizers.sae_add_remove(jnp.asarray(f), jnp.asarray(f0), sae=sae)
     report = feature_changes(Comparison(Embeddings(f0, sae), Embeddings(f, sae), np.zeros(len(f), int), 1))
     assert float(penalty_metrics["added_per_image"]) == pytest.approx(report["added_per_image"])
+
+
+def test_auxk_normalized_as_gao_et_al_on_a_known_case():
+    """Gao et al.'s AuxK term (openai/sparse_autoencoder `normalized_mse`): the error of rebuilding
+    the residual from the k_aux largest pre-activations of dead latents, over the residual's
+    variance about its batch mean; worked out here in NumPy."""
+    rng = np.random.default_rng(5)
+    d, f, b, k_aux = 4, 6, 5, 2
+    params = {"W_enc": rng.normal(size=(d, f)).astype(np.float32), "W_dec": rng.normal(size=(f, d)).astype(np.float32),
+              "b_pre": rng.normal(size=d).astype(np.float32)}
+    x = rng.normal(size=(b, d)).astype(np.float32)
+    residual = rng.normal(size=(b, d)).astype(np.float32)
+    dead = np.array([True, False, True, True, False, True])
+    pre = (x - params["b_pre"]) @ params["W_enc"]
+    rebuilt = np.zeros((b, d))
+    for row in range(b):
+        top = sorted(np.flatnonzero(dead), key=lambda j: -pre[row, j])[:k_aux]
+        rebuilt[row] = sum(pre[row, j] * params["W_dec"][j] for j in top)
+    error = np.mean((rebuilt - residual) ** 2)
+    variance = np.mean((residual - residual.mean(0)) ** 2)
+    args = ({n: jnp.asarray(v) for n, v in params.items()}, jnp.asarray(x), jnp.asarray(residual), jnp.asarray(dead),
+            k_aux)
+    assert float(sae_model.auxk_loss(*args)) == pytest.approx(error, rel=1e-5)
+    assert float(sae_model.auxk_loss(*args, normalized=True)) == pytest.approx(error / variance, rel=1e-5)
+    assert float(sae_model.auxk_loss(*args[:3], jnp.zeros(f, bool), k_aux, normalized=True)) == 0.0  # none dead

@@ -306,12 +306,30 @@ def test_a_run_in_a_bucket_compares_and_an_unreachable_bucket_is_named_within_th
         silent.listen(16)
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{silent.getsockname()[1]}")
         monkeypatch.setattr(compare, "BUCKET_WAIT_S", 2.0)
+        monkeypatch.setattr(compare.storage, "PROBE_TIMEOUT_S", 2.0)  # the probe before anything is read
         gcsfs.GCSFileSystem.clear_instance_cache()
         start = time.monotonic()
         assert compare.main([local, "gs://bucket/compared", "--out", str(tmp_path / "out2")]) == 2
         took = time.monotonic() - start
     gcsfs.GCSFileSystem.clear_instance_cache()
     error = capsys.readouterr().err
-    ours = error[error.index("error: the run"):]  # before it, the emulator's own thread may report a closed pipe
-    assert ours.startswith("error: the run gs://bucket/compared did not answer within 2 s;") and took < 10, error
+    ours = error[error.index("error: run"):]  # before it, the emulator's own thread may report a closed pipe
+    assert ours.startswith("error: run gs://bucket/compared: its bucket did not answer within 2 s") and took < 10, error
     assert ours.count("\n") == 1 and not (tmp_path / "out2").exists()
+
+
+def test_compare_keeps_the_references_definitions_beside_the_primary_scores(tmp_path):
+    def with_reference(content):
+        content["reference_dataset_metrics"] = {"id": "worst_group_all"}
+        for run in content["runs"].values():
+            for scores in [run, *run.get("wise", {}).values(), *(run[k] for k in ("fixed_alpha", "selected") if k in run)]:
+                scores["reference_metrics"] = {"id": scores["metrics"]["id"] / 4}
+        return content
+
+    first = write(tmp_path, "a", with_reference(report()))
+    second = write(tmp_path, "b", with_reference(report(methods=("mse",))))
+    out = compare.compare([first, second], str(tmp_path / "out"))
+    merged = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert merged["reference_dataset_metrics"] == {"id": "worst_group_all"}
+    text = out.read_text()
+    assert "the reference's worst-group accuracy" in text and "| zero-shot | 12.5 |" in text

@@ -119,7 +119,7 @@ def test_squash_preprocessing_from_the_processor_config(siglip_dir):
 def test_zeroshot_head_carries_the_bias(siglip_dir):
     directory, torch_model = siglip_dir
     model = models.load(directory)
-    head = build_zeroshot_head(model, ["dog", "cat"], ["a photo of a {}."], show_progress=False)
+    head = build_zeroshot_head(model, [["a photo of a dog."], ["a photo of a cat."]], show_progress=False)
     text = np.asarray(model.encode_text(model.tokenize(["a photo of a dog.", "a photo of a cat."])))
     unit = text / np.linalg.norm(text, axis=-1, keepdims=True)
     np.testing.assert_allclose(head["W"], unit * np.exp(torch_model.logit_scale.item()), rtol=1e-5, atol=1e-6)

@@ -36,11 +36,26 @@ def imagenet_classnames() -> tuple[str, ...]:
 
 @functools.cache
 def templates(name: str) -> tuple[str, ...]:
-    """A prompt template set: `openai_imagenet` (80), `simple`, `iwildcam`, `fmow`."""
+    """A prompt template set: `openai_imagenet` (80), `simple`, `iwildcam`, `fmow` (the
+    reference's, Fabian-Mor/sae-ft `src/templates/`). `{}` takes the class name as it is, `{a}`
+    the name after "a" or "an" (see `prompt`)."""
     sets = json.loads(_read("templates.json"))
     if name not in sets:
         raise KeyError(f"unknown template set {name!r}; known: {sorted(sets)}")
     return tuple(sets[name])
+
+
+def with_article(name: str) -> str:
+    """`name` with underscores read as spaces after "an" when it starts with a lower-case vowel,
+    else after "a" (the reference's `append_proper_article`: "an airport hangar", "a barn")."""
+    name = name.replace("_", " ")
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def prompt(template: str, classname: str) -> str:
+    """Template `template` filled with `classname`: `{}` takes the name unchanged (underscores
+    kept, as the reference's f-strings keep them), `{a}` takes `with_article(classname)`."""
+    return template.format(classname, a=with_article(classname))
 
 
 @functools.cache
@@ -83,16 +98,20 @@ def iwildcam_classnames() -> tuple[str, ...]:
 
 
 @functools.cache
-def fmow_classnames() -> tuple[str, ...]:
-    """The 62 FMoW (WILDS) categories, by label, with underscores read as spaces."""
-    return tuple(name.replace("_", " ") for name in json.loads(_read("fmow_classnames.json")))
+def fmow_classnames(*, underscores: bool = False) -> tuple[str, ...]:
+    """The 62 FMoW (WILDS) categories, by label, with underscores read as spaces (`underscores`:
+    kept, as WILDS spells them and the reference prompts them)."""
+    names = json.loads(_read("fmow_classnames.json"))
+    return tuple(names if underscores else (name.replace("_", " ") for name in names))
 
 
 @functools.cache
-def cifar_classnames(space: str) -> tuple[str, ...]:
+def cifar_classnames(space: str, *, underscores: bool = False) -> tuple[str, ...]:
     """The classes of `cifar10` or `cifar100` (fine labels), in label order, underscores read as
-    spaces (CIFAR-10.1, -10.2 and -C share CIFAR-10's labels; CIFAR-100-C CIFAR-100's)."""
-    return tuple(name.replace("_", " ") for name in json.loads(_read("cifar_classnames.json"))[space])
+    spaces (`underscores`: kept, as torchvision spells them and the reference prompts them;
+    CIFAR-10.1, -10.2 and -C share CIFAR-10's labels; CIFAR-100-C CIFAR-100's)."""
+    names = json.loads(_read("cifar_classnames.json"))[space]
+    return tuple(names if underscores else (name.replace("_", " ") for name in names))
 
 
 @functools.cache

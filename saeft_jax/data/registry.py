@@ -45,7 +45,9 @@ class DatasetSpec:
     `ignored_groups`). `split` may join several prepared splits with "+" (CIFAR-10-C's
     corruptions, read one after another) or slice a TFDS split ("train[:80%]"). `label_key` names
     the TFDS feature holding the label (dSprites has one per factor); `binary` marks images stored
-    as 0/1 pixels (dSprites), read as 0/255.
+    as 0/1 pixels (dSprites), read as 0/255. `prompt_names` are the class names as the reference
+    (Fabian-Mor/sae-ft) writes them into its prompts, where they differ from `classnames`
+    (FMoW's and CIFAR-100's underscores, iWildCam's lower case, FGVC-Aircraft's "/" as a space).
     """
 
     name: str
@@ -64,6 +66,7 @@ class DatasetSpec:
     data_dir: str | None = None  # where TFDS class names are read from (None: TFDS's default)
     label_key: str = "label"
     binary: bool = False
+    prompt_names: tuple[str, ...] | None = None
 
     @property
     def classnames(self) -> tuple[str, ...]:
@@ -71,6 +74,16 @@ class DatasetSpec:
         if self.fixed_classnames is not None:
             return self.fixed_classnames
         return _tfds_classnames(self.location, self.data_dir, self.label_key)
+
+    def prompts(self) -> tuple[tuple[str, ...], ...]:
+        """Per class, in label order, the exact strings the zero-shot head encodes: every template
+        filled with the class's prompt name (`labels.prompt`)."""
+        nameless = [t for t in self.templates if "{}" not in t and "{a}" not in t]
+        if nameless:
+            raise ValueError(f"dataset {self.name!r}: templates must contain '{{}}' (or '{{a}}') where the class "
+                             f"name goes; these do not: {nameless}")
+        names = self.prompt_names if self.prompt_names is not None else self.classnames
+        return tuple(tuple(labels.prompt(template, name) for template in self.templates) for name in names)
 
     def project(self, logits):
         """(B, head classes) logits -> (B, dataset classes); works on NumPy and JAX arrays."""
@@ -121,11 +134,13 @@ def _objectnet() -> DatasetSpec:
 def _wilds(name: str, split: str) -> DatasetSpec:
     dataset = name.split("_")[0]
     if dataset == "iwildcam":
+        names = labels.iwildcam_classnames()
         return DatasetSpec(name, "prepared", "iwildcam", split, "iwildcam", labels.templates("iwildcam"),
-                           metric="macro_f1", fixed_classnames=labels.iwildcam_classnames(), prepare_kind="iwildcam")
+                           metric="macro_f1", fixed_classnames=names, prepare_kind="iwildcam",
+                           prompt_names=tuple(n.lower() for n in names))
     return DatasetSpec(name, "prepared", "fmow", split, "fmow", labels.templates("fmow"), metric="worst_group",
                        ignored_groups=(labels.FMOW_REGIONS.index("Other"),), fixed_classnames=labels.fmow_classnames(),
-                       prepare_kind="fmow")
+                       prepare_kind="fmow", prompt_names=labels.fmow_classnames(underscores=True))
 
 
 def _transfer(name: str, split: str, *, dataset: str, location: str) -> DatasetSpec:
@@ -136,12 +151,15 @@ def _cifar(name: str, split: str, *, space: str, location: str, source: str = "t
     """A dataset of CIFAR-10's or CIFAR-100's classes; prepared ones are prepared as `location`."""
     return DatasetSpec(name, source, location, split, space, labels.templates("simple"),
                        fixed_classnames=labels.cifar_classnames(space),
-                       prepare_kind=location if source == "prepared" else "")
+                       prepare_kind=location if source == "prepared" else "",
+                       prompt_names=labels.cifar_classnames(space, underscores=True))
 
 
 def _aircraft(name: str, split: str) -> DatasetSpec:
+    variants = labels.fgvc_aircraft_variants()
     return DatasetSpec(name, "prepared", "fgvc_aircraft", split, "fgvc_aircraft", labels.templates("simple"),
-                       fixed_classnames=labels.fgvc_aircraft_variants(), prepare_kind="fgvc_aircraft")
+                       fixed_classnames=variants, prepare_kind="fgvc_aircraft",
+                       prompt_names=tuple(v.replace("/", " ") for v in variants))
 
 
 def _dsprites(name: str, split: str, *, task: str) -> DatasetSpec:

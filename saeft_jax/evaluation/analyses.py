@@ -157,5 +157,8 @@ def code_magnitude(c: Comparison) -> dict[str, float]:
 
 @analysis(uses_sae=False)
 def cka(c: Comparison) -> dict[str, float]:
-    """Linear CKA between the zero-shot and fine-tuned representations over the images."""
-    return {"cka": interpret.linear_cka(c.zeroshot.values, c.finetuned.values)}
+    """Linear CKA between the zero-shot and fine-tuned representations over the images (`cka`,
+    WiSE-FT's Eq. 10), and beside it the reference's variant over the feature dimensions
+    (`cka_reference`, `interpret.reference_cka`), to compare with its numbers."""
+    return {"cka": interpret.linear_cka(c.zeroshot.values, c.finetuned.values),
+            "cka_reference": interpret.reference_cka(c.zeroshot.values, c.finetuned.values)}

@@ -24,7 +24,8 @@ from saeft_jax.observe import progress
 
 @dataclasses.dataclass
 class DatasetEvaluation:
-    """What one pass over a dataset gives: the metric under each alpha, and per example the
+    """What one pass over a dataset gives: the metric under each alpha (and the reference's
+    definition of it where it differs, `metrics.REFERENCE_DEFINITIONS`), and per example the
     labels, groups, source indices, predictions and the zero-shot / fine-tuned embeddings."""
 
     name: str
@@ -37,16 +38,23 @@ class DatasetEvaluation:
     predictions: np.ndarray  # (A, N)
     zeroshot_embeddings: np.ndarray  # (N, d)
     finetuned_embeddings: np.ndarray  # (N, d)
+    reference_scores: dict[float, float] | None = None  # the reference's definition, per alpha
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: metric name and value per alpha."""
-        return {"metric": self.metric, "n": int(len(self.labels)),
-                "scores": {wise.alpha_key(a): s for a, s in self.scores.items()}}
+        """JSON-ready: metric name and value per alpha; under "reference", the reference's
+        definition of the metric (its name and value per alpha) where it has its own."""
+        summary = {"metric": self.metric, "n": int(len(self.labels)),
+                   "scores": {wise.alpha_key(a): s for a, s in self.scores.items()}}
+        if self.reference_scores is not None:
+            summary["reference"] = {"metric": metrics.REFERENCE_DEFINITIONS[self.metric],
+                                    "scores": {wise.alpha_key(a): s for a, s in self.reference_scores.items()}}
+        return summary
 
 
-def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """`spec`'s metric of predictions in its label space."""
-    return metrics.score(spec.metric, predictions, labels, groups, spec.ignored_groups)
+def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+          metric: str | None = None) -> float:
+    """`spec`'s metric (or `metric`) of predictions in its label space."""
+    return metrics.score(metric or spec.metric, predictions, labels, groups, spec.ignored_groups)
 
 
 def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: DatasetSpec, source, *,
@@ -77,8 +85,12 @@ def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: Dat
     predictions = np.concatenate(keep["pred"], axis=1)[:, mask]
     embeddings = np.concatenate(keep["emb"], axis=1)[:, mask]
     scores = {a: score(spec, predictions[i], labels, groups) for i, a in enumerate(alphas)}
+    reference = metrics.REFERENCE_DEFINITIONS.get(spec.metric)
+    reference_scores = None if reference is None else {
+        a: score(spec, predictions[i], labels, groups, reference) for i, a in enumerate(alphas)}
     return DatasetEvaluation(spec.name, spec.metric, alphas, scores, labels, groups,
-                             np.concatenate(keep["index"])[mask], predictions, embeddings[0], embeddings[1])
+                             np.concatenate(keep["index"])[mask], predictions, embeddings[0], embeddings[1],
+                             reference_scores)
 
 
 def make_scorer(encoder: nn.Module, spec: DatasetSpec, source, *, image_spec: ImageSpec, mesh, global_batch: int,

@@ -22,6 +22,19 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
+def reference_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """The reference's `cka()` (Fabian-Mor/sae-ft `src/representation.py`): linear CKA of the
+    transposed matrices, so over the d feature dimensions: the (d, d) Grams X^T X and Y^T Y of the
+    uncentred embeddings, each double-centred (H G H over d), compared by ||.||_F-normalised inner
+    product. Not invariant to rotating one representation, as `linear_cka` is."""
+    def centred_gram(z: np.ndarray) -> np.ndarray:
+        gram = z.T @ z
+        return gram - gram.mean(0, keepdims=True) - gram.mean(1, keepdims=True) + gram.mean()
+
+    gx, gy = centred_gram(np.asarray(x, np.float64)), centred_gram(np.asarray(y, np.float64))
+    return float(np.sum(gx * gy) / (np.linalg.norm(gx) * np.linalg.norm(gy)))
+
+
 def _dense(values: np.ndarray, indices: np.ndarray, dict_size: int) -> np.ndarray:
     out = np.zeros((len(values), dict_size), np.float32)
     np.put_along_axis(out, indices, values, axis=1)

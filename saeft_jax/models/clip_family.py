@@ -102,24 +102,28 @@ class ClipFamily(Family):
                                                                          indent=2))
         save_tokenizer(model, out_dir)
 
-    def published_scales(self, scales: dict) -> dict:
-        return {"logit_scale": np.clip(np.asarray(scales["logit_scale"]), 0.0, MAX_LOGIT_SCALE)}
+    def published_scales(self, scales: dict, clamp: bool = True) -> dict:
+        scale = np.asarray(scales["logit_scale"])
+        return {"logit_scale": np.clip(scale, 0.0, MAX_LOGIT_SCALE) if clamp else scale}
 
     def zeroshot_head(self, text_embeddings: jax.Array, params: dict) -> Head:
         return zeroshot_weights(text_embeddings, params["logit_scale"])
 
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict,
-                      positives: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return contrastive_loss(image, text, scales["logit_scale"], positives)
+    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array,
+                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:
+        return contrastive_loss(image, text, scales["logit_scale"], positives,
+                                max_logit_scale=MAX_LOGIT_SCALE if clamp else None)
 
 
-def contrastive_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
-                     positives: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def contrastive_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array, positives: jax.Array | None = None,
+                     *, max_logit_scale: float | None = MAX_LOGIT_SCALE) -> tuple[jax.Array, jax.Array]:
     """(loss, logits): CLIP's symmetric cross-entropy of (B, d) image and text embeddings; logits
-    (B, B) are exp(logit_scale clamped to [0, ln 100]) * cosine. `positives` (B, B) marks matching
-    pairs (default: row i of each), each row's target spread evenly over its positives."""
+    (B, B) are exp(logit_scale clamped to [0, max_logit_scale]) * cosine (None: unclamped, as FLYP's
+    code). `positives` (B, B) marks matching pairs (default: row i of each), each row's target
+    spread evenly over its positives."""
     unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-    logits = jnp.exp(jnp.clip(logit_scale, 0.0, MAX_LOGIT_SCALE)) * unit(image) @ unit(text).T
+    scale = logit_scale if max_logit_scale is None else jnp.clip(logit_scale, 0.0, max_logit_scale)
+    logits = jnp.exp(scale) * unit(image) @ unit(text).T
     same = jnp.eye(logits.shape[0]) if positives is None else positives.astype(jnp.float32)
     per_image = optax.softmax_cross_entropy(logits, same / same.sum(-1, keepdims=True))
     per_text = optax.softmax_cross_entropy(logits.T, same.T / same.T.sum(-1, keepdims=True))

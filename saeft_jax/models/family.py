@@ -72,16 +72,17 @@ class Family(abc.ABC):
         """The head from (C, T, d) text embeddings of every class under every template."""
 
     @abc.abstractmethod
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict,
-                      positives: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array,
+                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:
         """(loss, logits (B, B)) of the family's pre-training objective on (B, d) image and text
-        embeddings; `scales` holds `loss_params`, `positives` (B, B) marks matching pairs."""
+        embeddings; `scales` holds `loss_params`, `positives` (B, B) marks matching pairs; `clamp`:
+        the scales within the range the family's own training keeps them in (where it has one)."""
 
     def same_image_tower(self, config: Any, other: Any) -> bool:
         """Whether two configs' image sides have the same architecture (WiSE-FT can mix them)."""
         return config == other
 
-    def published_scales(self, scales: dict) -> dict:
+    def published_scales(self, scales: dict, clamp: bool = True) -> dict:
         """Trained `loss_params` as they are published (where the loss clamps them, clamped)."""
         return scales
 
@@ -167,13 +168,13 @@ class Model:
     def zeroshot_head(self, text_embeddings: jax.Array, params: dict | None = None) -> Head:
         return self.family.zeroshot_head(text_embeddings, self.params if params is None else params)
 
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict,
-                      positives: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array | None = None, *,
+                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:
         positives = jnp.eye(image.shape[0], dtype=bool) if positives is None else positives
-        return self.family.pretrain_loss(image, text, scales, positives)
+        return self.family.pretrain_loss(image, text, scales, positives, clamp)
 
-    def published_scales(self, scales: dict) -> dict:
-        return self.family.published_scales(scales)
+    def published_scales(self, scales: dict, clamp: bool = True) -> dict:
+        return self.family.published_scales(scales, clamp)
 
     def same_image_tower(self, other: "Model") -> bool:
         """Whether WiSE-FT can mix this model's image side with `other`'s."""

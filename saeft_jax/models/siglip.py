@@ -254,8 +254,8 @@ class SiglipFamily(Family):
         w = unit(jnp.mean(unit(text_embeddings), axis=1)) * jnp.exp(jnp.reshape(params["logit_scale"], ()))
         return {"W": w, "b": jnp.full(w.shape[0], jnp.reshape(params["logit_bias"], ()), w.dtype)}
 
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict,
-                      positives: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array,
+                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:  # SigLIP clamps nothing
         return sigmoid_loss(image, text, scales["logit_scale"], scales["logit_bias"], positives)
 
 

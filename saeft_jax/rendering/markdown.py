@@ -13,7 +13,9 @@ from saeft_jax.methods import RECIPES
 
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "macro_f1": "macro-F1 (classes present)",
-                "worst_group": "worst-group accuracy"}
+                "worst_group": "worst-group accuracy",
+                "macro_f1_union": "the reference's macro-F1 (over true and predicted classes)",
+                "worst_group_all": "the reference's worst-group accuracy (every group, FMoW's \"Other\" included)"}
 
 
 def _pct(value: float | None) -> str:
@@ -39,8 +41,8 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
     """The whole report as Markdown; `details` holds each method's `labels` line and the feature
     explanations (`runs`) and the names of the features whose changes were measured (`names`),
     `figures` the PNG file of each picture."""
-    return "\n".join(_what(config, report, details["labels"]) + _numbers(report) + _pictures(figures) +
-                     _changed(report, details, figures)) + "\n"
+    return "\n".join(_what(config, report, details["labels"]) + _numbers(report) + _reference_numbers(report) +
+                     _pictures(figures) + _changed(report, details, figures)) + "\n"
 
 
 def _trained(report, methods: list[str]) -> str:
@@ -125,6 +127,32 @@ def _numbers(report) -> list[str]:
             choice = run["selection"]
             lines.append(row(f"`{m}`, selected a={alpha_key(choice['alpha'])} (validation {_pct(choice['score'])})",
                              run["selected"]))
+        if "fixed_alpha" in run:
+            lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))
+    return lines + [""]
+
+
+def _reference_numbers(report) -> list[str]:
+    """The datasets whose metric the reference's evaluation defines otherwise, by its definition
+    (WILDS's stay the primary figures above): one row per model and mix, as in the results."""
+    defined = report.get("reference_dataset_metrics") or {}
+    if not defined:
+        return []
+    datasets = [d for d in report_datasets(report) if d in defined]
+    names = "; ".join(f"`{d}`: {METRIC_NAMES.get(defined[d], defined[d])}" for d in datasets)
+    lines = [("The same models scored by the reference's definitions (Fabian-Mor/sae-ft `src/testing_models.py`; "
+              f"to compare with numbers it reports; the table above is WILDS's): {names}."), "",
+             "| model | " + " | ".join(f"{d} (reference's)" for d in datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
+
+    def row(label: str, scores: dict[str, Any]) -> str:
+        return "| " + " | ".join([label, *(_pct(scores.get("reference_metrics", {}).get(d)) for d in datasets)]) + " |"
+
+    lines.append(row("zero-shot", report["runs"]["zeroshot"]))
+    for m in report_methods(report):
+        run = report["runs"][m]
+        lines.append(row(f"`{m}`", run))
+        if "selection" in run:
+            lines.append(row(f"`{m}`, selected a={alpha_key(run['selection']['alpha'])}", run["selected"]))
         if "fixed_alpha" in run:
             lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))
     return lines + [""]
@@ -223,9 +251,10 @@ def _changes_table(report, methods, id_name) -> list[str]:
              f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
              f"(zero-shot in brackets); it is the squared reconstruction error per image over the embeddings' "
              f"variance per image, both shown, so a representation that contracts shows a high FVU at a low error. "
-             f"CKA compares the two representations over the images (1: same geometry).",
+             f"CKA compares the two representations over the images (1: same geometry; in brackets the "
+             f"reference's variant over the feature dimensions, which a rotation lowers).",
              "", f"| method |{' SAE |' if own else ''} ID | avg OOD | added / image | removed / image | SAE FVU | "
-                 f"error / variance | CKA |",
+                 f"error / variance | CKA (reference's) |",
              "|---|---|---|---|---|---|---|---|" + ("---|" if own else "")]
     for m in methods:
         run = report["runs"][m]
@@ -236,7 +265,7 @@ def _changes_table(report, methods, id_name) -> list[str]:
         named = (f" {sae['run']}: `{sae['name']}` ({sae.get('dict_size')}, k {sae.get('k')}) |" if sae else " none |")
         lines.append(f"| {m} |{named if own else ''} {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
                      f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
-                     f"{parts} | {_num(c.get('cka'), 3)} |")
+                     f"{parts} | {_num(c.get('cka'), 3)} ({_num(c.get('cka_reference'), 3)}) |")
     return lines
 
 
@@ -258,7 +287,7 @@ def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], fig
     methods = report_methods(report)
     id_name = report["id_dataset"] or report["ood_datasets"][0]
     changes = _changes_table(report, methods, id_name) if any("changes" in report["runs"][m] for m in methods) else []
-    return "\n".join(lines + _numbers(report) + _pictures(figures) + changes) + "\n"
+    return "\n".join(lines + _numbers(report) + _reference_numbers(report) + _pictures(figures) + changes) + "\n"
 
 
 def _reading(report, methods, id_name) -> str:

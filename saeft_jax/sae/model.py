@@ -96,11 +96,15 @@ def reconstruct(params: Params, x: jax.Array, k: int, *, relu: bool = False,
 
 
 def auxk_loss(params: Params, x: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int,
-              *, relu: bool = False) -> jax.Array:
+              *, relu: bool = False, normalized: bool = False) -> jax.Array:
     """AuxK (Gao et al. 2024): reconstruct the main reconstruction's `residual` from the
     `k_aux` largest pre-activations among `dead` latents, through the decoder without bias.
-    Zero when no latent is dead; `residual` should carry no gradient."""
+    Zero when no latent is dead; `residual` should carry no gradient. `normalized`: the MSE
+    divided by the residual's variance over the batch, as Gao et al.'s code (`normalized_mse`)."""
     values, indices = select(pre_activations(params, x), min(k_aux, dead.shape[0]), relu=relu, mask=dead)
     values = values * dead[indices]  # fewer dead latents than k_aux: the rest contribute nothing
     residual_hat = jnp.einsum("bk,bkd->bd", values, params["W_dec"][indices])
-    return jnp.where(dead.any(), jnp.mean((residual_hat - residual) ** 2), 0.0)
+    error = jnp.mean((residual_hat - residual) ** 2)
+    if normalized:
+        error = error / jnp.mean((residual - residual.mean(0)) ** 2)
+    return jnp.where(dead.any(), error, 0.0)

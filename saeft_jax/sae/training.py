@@ -35,6 +35,9 @@ class SAEOptions:
     b_pre_init: "zeros" (reference), "mean" or "median" (geometric) of the normalized data.
     auxk: the AuxK loss of Gao et al. (2024) with coefficient auxk_coef over the k_aux (default
     d/2) largest pre-activations of latents silent for dead_after samples (capped at one epoch).
+    auxk_normalized: both terms normalised as Gao et al.'s code (openai/sparse_autoencoder): the
+    main MSE divided by the data's per-element variance, the AuxK MSE by the residual's variance
+    over the batch (off: both unnormalised, which weighs AuxK about 0.2x as much).
     renorm_decoder: decoder rows back to unit norm after each step, with the gradient component
     along each row removed first. sparse: gather-based kernels (False: dense reference path).
     """
@@ -45,6 +48,7 @@ class SAEOptions:
     b_pre_init: str = "zeros"
     auxk: bool = False
     auxk_coef: float = 1 / 32
+    auxk_normalized: bool = False
     k_aux: int | None = None
     dead_after: int = 1_000_000
     renorm_decoder: bool = False
@@ -87,7 +91,8 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     stats = data_statistics(features)
     optimizer = optax.adamw(lr, b1=opts.b1, b2=opts.b2, eps=1e-8, weight_decay=opts.weight_decay)
     state = initial_state(features, d, dict_size, seed, opts, stats, optimizer, mesh)
-    step = make_step(optimizer, k, opts, min(opts.dead_after, n), mesh)
+    mse_scale = d / stats["variance_per_example"] if opts.auxk_normalized else 1.0  # Gao et al.'s 1 / variance
+    step = make_step(optimizer, k, opts, min(opts.dead_after, n), mesh, mse_scale)
     steps_per_epoch = n // batch_size
     log = JsonLines(opts.metrics_path, curves_step="epoch")
     checkpoints = Checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else None
@@ -135,18 +140,20 @@ def initial_state(features: np.ndarray, d: int, dict_size: int, seed: int, opts:
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def make_step(optimizer: optax.GradientTransformation, k: int, opts: SAEOptions, dead_after: int, mesh):
+def make_step(optimizer: optax.GradientTransformation, k: int, opts: SAEOptions, dead_after: int, mesh,
+              mse_scale: float = 1.0):
     """The jit-compiled step `(state, acc, raw_batch) -> (state, acc)`; state and the epoch
-    accumulators are donated, the batch is split over the mesh's data axis."""
+    accumulators are donated, the batch is split over the mesh's data axis. The loss is
+    `mse_scale * MSE` (+ the AuxK term)."""
 
     def loss_fn(params, x, dead):
         x_hat, values, indices = model.reconstruct(params, x, k, relu=opts.relu, sparse=opts.sparse)
-        mse = jnp.mean((x_hat - x) ** 2)
-        loss = mse
+        loss = mse_scale * jnp.mean((x_hat - x) ** 2)
         if opts.auxk:
             k_aux = opts.k_aux or x.shape[-1] // 2
             residual = jax.lax.stop_gradient(x - x_hat)
-            loss = loss + opts.auxk_coef * model.auxk_loss(params, x, residual, dead, k_aux, relu=opts.relu)
+            loss = loss + opts.auxk_coef * model.auxk_loss(params, x, residual, dead, k_aux, relu=opts.relu,
+                                                           normalized=opts.auxk_normalized)
         return loss, (x_hat, values, indices)
 
     def step(state, acc, raw):

@@ -127,21 +127,24 @@ def _classifier(run: Run, method: Method) -> _Recipe:
 def _flyp(run: Run, method: Method, frozen: dict) -> _Recipe:
     """FLYP: both towers and the family's loss temperature (and bias), with the family's own
     pre-training loss on captions of the training classes; its head is then the zero-shot head of its
-    own text tower (the training templates, its own temperature)."""
+    own text tower (the training prompts, its own temperature). `finetune.flyp_logit_scale`: "clip"
+    clamps CLIP's logit_scale to [0, ln 100] and spares the scales weight decay; "flyp" leaves them
+    free and decayed, as FLYP's code."""
     model, spec = run.model, run.train_spec
-    frozen["captions"] = caption_ids(model, spec.classnames, spec.templates)
+    as_flyp = run.config.finetune.flyp_logit_scale == "flyp"
+    frozen["captions"] = caption_ids(model, spec.prompts())
     trainable = {"encoder": model.image_params(), "text": model.text_params(), "scales": model.scale_params()}
-    loss = make_flyp_loss(model, method.penalty(), method.reg_lambda, taps=_taps(run, method))
+    loss = make_flyp_loss(model, method.penalty(), method.reg_lambda, taps=_taps(run, method), clamp_scales=not as_flyp)
 
     def tuned(trained: dict) -> dict:
-        text = {**trained["text"], **model.published_scales(trained["scales"])}
-        head = build_zeroshot_head(model, spec.classnames, spec.templates, params={**model.params, **text},
+        text = {**trained["text"], **model.published_scales(trained["scales"], clamp=not as_flyp)}
+        head = build_zeroshot_head(model, spec.prompts(), params={**model.params, **text},
                                    show_progress=run.config.show_progress)
         return {"encoder": trained["encoder"], "text": text, "head": {k: np.asarray(v) for k, v in head.items()}}
 
     no_decay_on_scales = lambda params: {**jax.tree.map(lambda _: True, params),
-                                         "scales": jax.tree.map(lambda _: False, params["scales"])}  # as FLYP
-    return _Recipe(trainable, loss, len(spec.templates), tuned, no_decay_on_scales)
+                                         "scales": jax.tree.map(lambda _: False, params["scales"])}
+    return _Recipe(trainable, loss, len(spec.templates), tuned, None if as_flyp else no_decay_on_scales)
 
 
 def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
@@ -189,7 +192,7 @@ def _import(run: Run, method: Method) -> None:
         head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
         spec = run.train_spec
-        head = build_zeroshot_head(theirs, spec.classnames, spec.templates, show_progress=run.config.show_progress)
+        head = build_zeroshot_head(theirs, spec.prompts(), show_progress=run.config.show_progress)
         made = f"the zero-shot head of {where}'s text tower"
     classes = len(run.train_spec.classnames)
     shapes = {name: np.shape(head[name]) for name in sorted(head)}

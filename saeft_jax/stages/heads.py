@@ -1,5 +1,5 @@
-"""Stage zeroshot: the zero-shot heads (class names x templates through the text tower), one
-per label space in use: the training classes and every other label space of the evaluation suite."""
+"""Stage zeroshot: the zero-shot heads (each class's prompts, `DatasetSpec.prompts()`, through the
+text tower), one per label space in use: the training classes and every other label space of the evaluation suite."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def run_stage(run: Run) -> None:
     for space, spec in label_spaces(run).items():
         path = run.dir(STAGE) / f"{space}.safetensors"
         if not path.exists():
-            head = build_zeroshot_head(run.model, spec.classnames, spec.templates,
+            head = build_zeroshot_head(run.model, spec.prompts(),
                                        show_progress=run.config.show_progress)
             if run.is_writer:
                 storage.save_safetensors(path, head)

@@ -40,8 +40,15 @@ def _avg(metrics: dict[str, float], names: list[str]) -> float | None:
 
 
 def _run_scores(record: dict[str, Any], alpha: str, tests: list[str], ood: list[str]) -> dict[str, Any]:
+    """The scores at `alpha`; under "reference_metrics", those of the datasets whose metric the
+    reference defines otherwise, by its definition (`metrics.REFERENCE_DEFINITIONS`)."""
     metrics = {dataset: record["datasets"][dataset]["scores"][alpha] for dataset in tests}
-    return {"metrics": metrics, "avg_ood": _avg(metrics, ood)}
+    scores = {"metrics": metrics, "avg_ood": _avg(metrics, ood)}
+    reference = {dataset: record["datasets"][dataset]["reference"]["scores"][alpha] for dataset in tests
+                 if "reference" in record["datasets"][dataset]}
+    if reference:
+        scores["reference_metrics"] = reference
+    return scores
 
 
 def _sae_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -78,6 +85,8 @@ def collect(run: Run) -> dict[str, Any]:
               "validation": validation, "sae": saes.get(report_sae), "saes": saes,
               "report_sae": report_sae, "held_out": _held_out(run),
               "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
+              "reference_dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["reference"]["metric"]
+                                            for d in tests if "reference" in evaluations[names[0]]["datasets"][d]},
               "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)}}
     for name, method in run.methods.items():
         record, trained = evaluations[name], run.done(finetuned.STAGE, name)
@@ -133,7 +142,7 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     names, vectors = list(spec.classnames), [heads.load_head(run, spec.label_space)["W"]]
     concepts = list(run.config.report.concepts)
     if concepts:
-        head = build_zeroshot_head(run.model, concepts, ("{}",), show_progress=False)
+        head = build_zeroshot_head(run.model, [[c] for c in concepts], show_progress=False)
         names += concepts
         vectors.append(np.asarray(head["W"]))
     return names, np.concatenate(vectors)

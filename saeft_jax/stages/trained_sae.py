@@ -18,7 +18,7 @@ from saeft_jax.stages.context import Run
 from saeft_jax.stages.features import load_features
 
 STAGE = "sae"
-OPTIONS = ("auxk", "renorm_decoder", "relu", "b_enc", "tied_init", "b_pre_init")
+OPTIONS = ("auxk", "auxk_normalized", "renorm_decoder", "relu", "b_enc", "tied_init", "b_pre_init")
 
 
 def run_stage(run: Run, name: str) -> None:

@@ -8,7 +8,11 @@ times the cosine, and the loss is the mean of the image->text and text->image cr
 the matching pair as the target; for SigLIP it is SigLIP's pairwise sigmoid loss with its learned
 bias (this carries FLYP's idea to SigLIP; docs/method.md). The batch is the global one: the arrays
 are split over the data axis (and over processes), and XLA gathers what the (B, B) similarities
-need, so the loss is the same on 1 device, 8 devices or 2 processes.
+need, so the loss is the same on 1 device, 8 devices or 2 processes. With `clamp_scales` (the
+default, `finetune.flyp_logit_scale="clip"`) CLIP's `logit_scale` is clamped to [0, ln 100] where it
+is used (CLIP's training clamps the stored value after each update: the same while it is inside the
+range; a value pushed past ln 100 acts as ln 100 and is published clamped); FLYP's code does not
+clamp (`"flyp"`). SigLIP clamps nothing either way.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from saeft_jax.training.step import make_penalized
 
 
 def make_flyp_loss(model: Model, regularizer: Callable, reg_lambda: float, *,
-                   taps: tuple[int, ...] = ()) -> Callable:
+                   taps: tuple[int, ...] = (), clamp_scales: bool = True) -> Callable:
     """`loss(params, frozen, batch) -> (loss, metrics)` of FLYP: `params` = {"encoder": image
     params, "text": `model.text_params(...)`, "scales": `model.scale_params(...)`}; `frozen` as
     `make_loss`'s plus "captions", the (C, T, L) token ids of every class under every template
@@ -38,7 +42,7 @@ def make_flyp_loss(model: Model, regularizer: Callable, reg_lambda: float, *,
         labels = batch["labels"]
         captions = frozen["captions"][labels, batch["templates"]]
         t = text.apply({"params": params["text"]}, captions)
-        ce, logits = model.pretrain_loss(f, t, params["scales"])
+        ce, logits = model.pretrain_loss(f, t, params["scales"], clamp=clamp_scales)
         total = ce + reg_lambda * reg
         accuracy = jnp.mean(labels[jnp.argmax(logits, -1)] == labels)
         scales = {k: jnp.reshape(v, ()) for k, v in params["scales"].items()}
