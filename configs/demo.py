@@ -15,12 +15,14 @@ fine-tuning and test), saved in Hugging Face format and cached in ~/.cache/saeft
 run skips pretraining. Then the standard stages, plain fine-tuning (`none`) against SAE-FT
 (`sae_add_remove`), and the report.
 
-Hardware: sized for 2 CPU cores: 3.5 minutes for the first run (under 2 of them pretraining),
-under 2 once the CLIP is cached; the smoke variant about 1.5; the sweep about 11.5. Expected
-results (measured on three fresh installs with constraints.txt, top-1 %, ID colored / average of
-the five shifts): zero-shot 23.1 / 70.2; plain fine-tuning 43.6 / 51.8 (36.9 / 66.9 at WiSE-FT
-alpha 0.5); SAE-FT 46.4 / 59.1 (38.9 / 68.3 at 0.5); the SAE-FT WiSE-FT curve above the plain
-one (README, "What the demo shows").
+Hardware: sized for 2 CPU cores: 3.5 minutes for the first run on idle cores (under 2 of them
+pretraining), under 2 once the model is cached; the smoke variant about 1.5; the sweep about 11.5;
+`:siglip` about as long as the CLIP demo. Expected results (a fresh install with constraints.txt on
+2026-12-03, top-1 %, ID colored / average of the five shifts; the last float bits, and so these
+figures to a point or two, move with the CPU kind: README, "What the demo shows"): zero-shot
+22.5 / 70.7; plain fine-tuning 45.0 / 52.4 (38.9 / 66.2 at WiSE-FT alpha 0.5); SAE-FT 46.4 / 57.8
+(37.5 / 68.6 at 0.5); the SAE-FT WiSE-FT curve above the plain one. `:siglip`: zero-shot 22.5 /
+76.8; plain fine-tuning 46.1 / 53.9 (40.8 / 71.4 at 0.5); SAE-FT 45.0 / 57.6 (38.9 / 73.2 at 0.5).
 """
 
 import ml_collections
