@@ -216,7 +216,7 @@ _RULES = (
     ("report.browser_features", _positive_int, "at least 1"),
     ("report.browser_images", _positive_int, "at least 1"),
     ("report.effects_top", _non_negative_int, "zero or more"),
-    ("demo.pretrain_steps", _positive_int, "at least 1 step"),
+    ("demo.pretrain_steps", lambda v: _positive_int(v) and v > 100, "more than 100 steps (its warm-up)"),
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
     ("demo.family", lambda v: v in ("clip", "siglip"), "'clip' or 'siglip' (the family of the demo's own model)"),
     ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
