@@ -184,6 +184,18 @@ class Encoder(nn.Module):
         return LayerStack(self.config, self.causal, self.dtype, self.remat, name="layers")(x, taps)
 
 
+def patch_embedding(cfg: VisionConfig, dtype: Dtype, images: jax.Array, *, use_bias: bool) -> jax.Array:
+    """(B, patches, width): the patch convolution (`patch_embedding`, a submodule of the calling
+    module) of NHWC images of the configured shape, flattened row by row."""
+    if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.num_channels):
+        raise ValueError(f"encode_image expects NHWC images of shape (B, {cfg.image_size}, {cfg.image_size}, "
+                         f"{cfg.num_channels}); got {images.shape}. Resize with saeft_jax.data.preprocess.")
+    p = cfg.patch_size
+    patches = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=use_bias, dtype=dtype,
+                      name="patch_embedding")(images)
+    return patches.reshape(patches.shape[0], -1, cfg.hidden_size)
+
+
 class VisionEmbeddings(nn.Module):
     """Patch convolution, class token and learned positions."""
 
@@ -193,15 +205,7 @@ class VisionEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         cfg = self.config
-        if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.num_channels):
-            raise ValueError(
-                f"encode_image expects NHWC images of shape (B, {cfg.image_size}, {cfg.image_size}, "
-                f"{cfg.num_channels}); got {images.shape}. Resize with saeft_jax.data.preprocess."
-            )
-        p = cfg.patch_size
-        patches = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-                          dtype=self.dtype, name="patch_embedding")(images)
-        patches = patches.reshape(patches.shape[0], -1, cfg.hidden_size)
+        patches = patch_embedding(cfg, self.dtype, images, use_bias=False)
         cls = self.param("class_embedding", nn.initializers.normal(0.02), (cfg.hidden_size,))
         cls = jnp.broadcast_to(cls.astype(patches.dtype), (patches.shape[0], 1, cfg.hidden_size))
         tokens = jnp.concatenate([cls, patches], axis=1)

@@ -28,7 +28,8 @@ from flax import traverse_util
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import pt_layout, weights
 from saeft_jax.models.clip_family import save_tokenizer
-from saeft_jax.models.clip import MLP, Encoder, TextConfig, TextTransformer, TowerConfig, VisionConfig, attend
+from saeft_jax.models.clip import (MLP, Encoder, TextConfig, TextTransformer, TowerConfig, VisionConfig, attend,
+                                   patch_embedding)
 from saeft_jax.models.family import Family, Model
 from saeft_jax.models.heads import Head
 from saeft_jax.models.weights import CheckpointError
@@ -62,13 +63,7 @@ class VisionEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         cfg = self.config
-        if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.num_channels):
-            raise ValueError(f"encode_image expects NHWC images of shape (B, {cfg.image_size}, {cfg.image_size}, "
-                             f"{cfg.num_channels}); got {images.shape}. Resize with saeft_jax.data.preprocess.")
-        p = cfg.patch_size
-        patches = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                          name="patch_embedding")(images)
-        patches = patches.reshape(patches.shape[0], -1, cfg.hidden_size)
+        patches = patch_embedding(cfg, self.dtype, images, use_bias=True)
         positions = nn.Embed(patches.shape[1], cfg.hidden_size, dtype=self.dtype, name="position_embedding")
         return patches + positions(jnp.arange(patches.shape[1]))
 
