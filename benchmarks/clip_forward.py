@@ -21,9 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks.common import (MODEL_SHAPES, jax_peak_device_mib, median_seconds, peak_rss_mib, random_model_pair,
-                               report, torch_autocast, torch_device, torch_image_embeddings, torch_peak_device_mib,
-                               torch_timed, utilisation, vit_forward_flops)
+from benchmarks.common import (
+    MODEL_SHAPES,
+    jax_peak_device_mib,
+    median_seconds,
+    peak_rss_mib,
+    random_model_pair,
+    report,
+    torch_autocast,
+    torch_device,
+    torch_image_embeddings,
+    torch_peak_device_mib,
+    torch_timed,
+    utilisation,
+    vit_forward_flops,
+)
 
 
 def main() -> None:
@@ -67,16 +79,28 @@ def main() -> None:
             torch_s = median_seconds(torch_timed(lambda: torch_image_embeddings(torch_model, pixels)), args.steps)
     flops = (3 if args.backward else 1) * vit_forward_flops(model.config.vision, args.batch)
 
-    report({
-        "benchmark": "clip_backward" if args.backward else "clip_forward", "model": args.model,
-        "batch": args.batch, "steps": args.steps, "dtype": args.dtype, "torch_device": device,
-        "jax_ms_per_batch": 1e3 * jax_s, "torch_ms_per_batch": 1e3 * torch_s,
-        "jax_images_per_s": args.batch / jax_s, "torch_images_per_s": args.batch / torch_s,
-        "speedup_vs_torch": torch_s / jax_s, **utilisation(flops, jax_s, args.peak_tflops),
-        **utilisation(flops, torch_s, args.peak_tflops, prefix="torch_"),
-        "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
-        "peak_device_mib": jax_peak_device_mib(), "torch_peak_device_mib": torch_peak_device_mib(),
-    }, args.json)
+    report(
+        {
+            "benchmark": "clip_backward" if args.backward else "clip_forward",
+            "model": args.model,
+            "batch": args.batch,
+            "steps": args.steps,
+            "dtype": args.dtype,
+            "torch_device": device,
+            "jax_ms_per_batch": 1e3 * jax_s,
+            "torch_ms_per_batch": 1e3 * torch_s,
+            "jax_images_per_s": args.batch / jax_s,
+            "torch_images_per_s": args.batch / torch_s,
+            "speedup_vs_torch": torch_s / jax_s,
+            **utilisation(flops, jax_s, args.peak_tflops),
+            **utilisation(flops, torch_s, args.peak_tflops, prefix="torch_"),
+            "torch_threads": torch.get_num_threads(),
+            "peak_rss_mib": peak_rss_mib(),
+            "peak_device_mib": jax_peak_device_mib(),
+            "torch_peak_device_mib": torch_peak_device_mib(),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

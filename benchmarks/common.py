@@ -84,7 +84,7 @@ def vit_forward_flops(vision: Any, batch: int) -> float:
     patches = (vision.image_size // vision.patch_size) ** 2
     t, d = patches + 1, vision.hidden_size
     layer = 8 * t * d * d + 4 * t * d * vision.intermediate_size + 4 * t * t * d
-    embed = 2 * patches * vision.patch_size ** 2 * vision.num_channels * d
+    embed = 2 * patches * vision.patch_size**2 * vision.num_channels * d
     return float(batch * (vision.num_hidden_layers * layer + embed))
 
 
@@ -99,9 +99,14 @@ def machine() -> dict[str, Any]:
     import jax
     import os
 
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-            "jax_devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "jax_devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 def import_torchvision_beside_cpu_torch() -> None:
@@ -118,7 +123,7 @@ def import_torchvision_beside_cpu_torch() -> None:
     except ImportError:
         return
     register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+    torch.library.register_fake = lambda *args, **kwargs: lambda fn: fn
     try:
         import torchvision  # noqa: F401
     except ImportError:

@@ -55,11 +55,13 @@ def ours(source, batch: int, train: bool, workers: int) -> float:
     steps = len(source) // batch
     start = time.perf_counter()  # includes starting the workers: the figure is end to end
     if train:
-        batches = pipeline.train_batches(source, share=share, seed=0, transform=preprocess.train_transform(spec),
-                                         num_workers=workers)
+        batches = pipeline.train_batches(
+            source, share=share, seed=0, transform=preprocess.train_transform(spec), num_workers=workers
+        )
     else:
-        batches = pipeline.eval_batches(source, share=share, transform=preprocess.eval_transform(spec),
-                                        num_workers=workers)
+        batches = pipeline.eval_batches(
+            source, share=share, transform=preprocess.eval_transform(spec), num_workers=workers
+        )
     for _ in range(steps):
         next(batches)
     return steps * batch / (time.perf_counter() - start)
@@ -74,11 +76,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp) / "jpegs", args.images)
         prepare.prepare("folder", Path(tmp) / "jpegs", Path(tmp) / "data", name="bench", show_progress=False)
-        spec = DatasetSpec("bench", "prepared", "bench", "test", "bench", ("{}",),
-                           fixed_classnames=("0", "1", "2", "3"))
+        spec = DatasetSpec(
+            "bench", "prepared", "bench", "test", "bench", ("{}",), fixed_classnames=("0", "1", "2", "3")
+        )
         source = open_source(spec, Path(tmp) / "data")
-        result = {"images": args.images, "batch": args.batch, "image_size": 224,
-                  "pil_loop_images_per_s": torchvision_style_loop(paths)}
+        result = {
+            "images": args.images,
+            "batch": args.batch,
+            "image_size": 224,
+            "pil_loop_images_per_s": torchvision_style_loop(paths),
+        }
         for workers in (0, 1, 2):
             result[f"eval_workers{workers}_images_per_s"] = ours(source, args.batch, False, workers)
             result[f"train_workers{workers}_images_per_s"] = ours(source, args.batch, True, workers)

@@ -30,8 +30,10 @@ def ours(features: np.ndarray, dict_size: int, k: int, steps: int, sparse: bool)
     state = initial_state(features, features.shape[1], dict_size, 0, opts, data_statistics(features), optimizer, mesh)
     step = make_step(optimizer, k, opts, len(features), mesh)
     batch = jax.device_put(features, parallel.batch_sharding(mesh))
-    carry = {"state": state, "acc": {"sse": np.float32(0), "fires": np.zeros(dict_size, np.int32),
-                                     "active": np.int32(0)}}
+    carry = {
+        "state": state,
+        "acc": {"sse": np.float32(0), "fires": np.zeros(dict_size, np.int32), "active": np.int32(0)},
+    }
 
     def one_step():
         carry["state"], carry["acc"] = step(carry["state"], carry["acc"], batch)
@@ -43,8 +45,11 @@ def ours(features: np.ndarray, dict_size: int, k: int, steps: int, sparse: bool)
 def pytorch(features: np.ndarray, dict_size: int, k: int, steps: int) -> float:
     d, device = features.shape[1], torch_device()
     w_dec = torch.nn.functional.normalize(torch.randn(dict_size, d, device=device), dim=-1)
-    params = [torch.nn.Parameter(torch.empty(d, dict_size, device=device).uniform_(-d ** -0.5, d ** -0.5)),
-              torch.nn.Parameter(w_dec), torch.nn.Parameter(torch.zeros(d, device=device))]
+    params = [
+        torch.nn.Parameter(torch.empty(d, dict_size, device=device).uniform_(-(d**-0.5), d**-0.5)),
+        torch.nn.Parameter(w_dec),
+        torch.nn.Parameter(torch.zeros(d, device=device)),
+    ]
     optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
     x_raw = torch.from_numpy(features).to(device)
 
@@ -77,12 +82,24 @@ def main() -> None:
     dense_s = ours(features, args.dict_size, args.k, args.steps, sparse=False)
     torch_s = pytorch(features, args.dict_size, args.k, args.steps)
     per_s = lambda seconds: args.batch / seconds
-    report({
-        "benchmark": "sae_train", "d": args.d, "dict_size": args.dict_size, "k": args.k, "batch": args.batch,
-        "steps": args.steps, "samples_per_s": per_s(sparse_s), "samples_per_s_dense_kernels": per_s(dense_s),
-        "torch_samples_per_s": per_s(torch_s), "speedup_vs_torch": torch_s / sparse_s,
-        "torch_device": torch_device(), "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
-    }, args.json)
+    report(
+        {
+            "benchmark": "sae_train",
+            "d": args.d,
+            "dict_size": args.dict_size,
+            "k": args.k,
+            "batch": args.batch,
+            "steps": args.steps,
+            "samples_per_s": per_s(sparse_s),
+            "samples_per_s_dense_kernels": per_s(dense_s),
+            "torch_samples_per_s": per_s(torch_s),
+            "speedup_vs_torch": torch_s / sparse_s,
+            "torch_device": torch_device(),
+            "torch_threads": torch.get_num_threads(),
+            "peak_rss_mib": peak_rss_mib(),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

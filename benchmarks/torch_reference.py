@@ -18,8 +18,16 @@ def sae_codes(sae: dict[str, torch.Tensor], x: torch.Tensor, k: int) -> torch.Te
     return torch.zeros_like(pre).scatter(-1, indices, values)
 
 
-def regularizer(name: str, f: torch.Tensor, f0: torch.Tensor, sae: dict[str, torch.Tensor], k: int,
-                normalize: bool = True, lambda_add: float = 10.0, lambda_remove: float = 0.02) -> torch.Tensor:
+def regularizer(
+    name: str,
+    f: torch.Tensor,
+    f0: torch.Tensor,
+    sae: dict[str, torch.Tensor],
+    k: int,
+    normalize: bool = True,
+    lambda_add: float = 10.0,
+    lambda_remove: float = 0.02,
+) -> torch.Tensor:
     """R for `none`, `mse`, `l1`, `sae_add_remove`, `sae_mask`, `sae_sparse` or `sae_kl`."""
     f0 = f0.detach()
     if name == "none":
@@ -46,8 +54,9 @@ def regularizer(name: str, f: torch.Tensor, f0: torch.Tensor, sae: dict[str, tor
     raise ValueError(f"no PyTorch reference for regularizer {name!r}")
 
 
-def sinkhorn_distance(p0: torch.Tensor, p1: torch.Tensor, cost: torch.Tensor, epsilon: float = 0.05,
-                      iterations: int = 50) -> torch.Tensor:
+def sinkhorn_distance(
+    p0: torch.Tensor, p1: torch.Tensor, cost: torch.Tensor, epsilon: float = 0.05, iterations: int = 50
+) -> torch.Tensor:
     """The reference's entropic Wasserstein distance per row, with the plan formed explicitly."""
     p0 = p0 / (p0.sum(-1, keepdim=True) + 1e-8)
     p1 = p1 / (p1.sum(-1, keepdim=True) + 1e-8)
@@ -67,8 +76,15 @@ def matrix_regularizer(name: str, f: torch.Tensor, f0: torch.Tensor, c: float = 
     return norm if name == "nuclear" else torch.relu(norm - c) ** 2
 
 
-def sae_w(f: torch.Tensor, f0: torch.Tensor, sae: dict[str, torch.Tensor], k: int, lambda_l1: float = 1e-3,
-          lambda_wass: float = 0.1, mu: float = 1.0) -> torch.Tensor:
+def sae_w(
+    f: torch.Tensor,
+    f0: torch.Tensor,
+    sae: dict[str, torch.Tensor],
+    k: int,
+    lambda_l1: float = 1e-3,
+    lambda_wass: float = 0.1,
+    mu: float = 1.0,
+) -> torch.Tensor:
     """The reference's `sae_w` on unit-norm inputs: sparse change + residual + Sinkhorn term."""
     f, f0 = unit(f), unit(f0.detach())
     st, s0 = sae_codes(sae, f, k), sae_codes(sae, f0, k).detach()
@@ -79,8 +95,9 @@ def sae_w(f: torch.Tensor, f0: torch.Tensor, sae: dict[str, torch.Tensor], k: in
     return lambda_l1 * (st - s0).abs().mean() + mu * residual + lambda_wass * wass
 
 
-def pca_penalty(f: torch.Tensor, f0: torch.Tensor, basis: torch.Tensor, lambda_l1: float = 1e-3,
-                mu: float = 1.0) -> torch.Tensor:
+def pca_penalty(
+    f: torch.Tensor, f0: torch.Tensor, basis: torch.Tensor, lambda_l1: float = 1e-3, mu: float = 1.0
+) -> torch.Tensor:
     """The reference's `pca` on unit-norm inputs: codes x @ basis (d, n), no centring, decoded by basis.T."""
     f, f0 = unit(f), unit(f0.detach())
     st, s0 = f @ basis, f0 @ basis

@@ -25,9 +25,20 @@ import torch
 import transformers
 
 from benchmarks import torch_reference
-from benchmarks.common import (MODEL_SHAPES, jax_peak_device_mib, median_seconds, peak_rss_mib, random_model_pair,
-                               report, torch_autocast, torch_device, torch_peak_device_mib, torch_timed, utilisation,
-                               vit_forward_flops)
+from benchmarks.common import (
+    MODEL_SHAPES,
+    jax_peak_device_mib,
+    median_seconds,
+    peak_rss_mib,
+    random_model_pair,
+    report,
+    torch_autocast,
+    torch_device,
+    torch_peak_device_mib,
+    torch_timed,
+    utilisation,
+    vit_forward_flops,
+)
 from saeft_jax import parallel, regularizers
 from saeft_jax.sae import model as sae
 from saeft_jax.sae.frozen import FrozenSAE
@@ -68,8 +79,11 @@ def pytorch(torch_model, images, labels, head, sae_params, name: str, steps: int
         torch_model.save_pretrained(tmp)
         encoder = vision_class.from_pretrained(tmp, trust_remote_code=False)
         encoder = encoder.train().to(device)
-    embed = (lambda model, x: model(pixel_values=x).pooler_output) if siglip else \
-        (lambda model, x: model(pixel_values=x).image_embeds)
+    embed = (
+        (lambda model, x: model(pixel_values=x).pooler_output)
+        if siglip
+        else (lambda model, x: model(pixel_values=x).image_embeds)
+    )
     frozen = copy.deepcopy(encoder).eval().requires_grad_(False)
     to_torch = lambda a: torch.from_numpy(np.array(a)).to(device)
     head_w, head_b = torch.nn.Parameter(to_torch(head["W"])), torch.nn.Parameter(torch.zeros(CLASSES, device=device))
@@ -111,11 +125,18 @@ def main() -> None:
     parser.add_argument("--regularizer", default="sae_add_remove", choices=list(regularizers.REGISTRY))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--teacher-cache", action="store_true",
-                        help="read f0 from a precomputed cache instead of running the frozen encoder")
+    parser.add_argument(
+        "--teacher-cache",
+        action="store_true",
+        help="read f0 from a precomputed cache instead of running the frozen encoder",
+    )
     parser.add_argument("--skip-torch", action="store_true", help="time only our step")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the chip's peak at --dtype, to report model FLOPs utilisation (H100/H200 bf16: 989)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the chip's peak at --dtype, to report model FLOPs utilisation (H100/H200 bf16: 989)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -128,22 +149,38 @@ def main() -> None:
     head = {"W": jnp.asarray(100 * w / np.linalg.norm(w, axis=-1, keepdims=True)), "b": jnp.zeros(CLASSES)}
     sae_params = jax.device_get(sae.init_params(jax.random.key(0), d, 4 * d))
 
-    ours_s = ours(model, images, labels, head, sae_params, args.regularizer, args.steps, jnp.dtype(args.dtype),
-                  args.teacher_cache)
+    ours_s = ours(
+        model, images, labels, head, sae_params, args.regularizer, args.steps, jnp.dtype(args.dtype), args.teacher_cache
+    )
     flops = step_flops(model.config.vision, args.batch, args.regularizer, args.teacher_cache)
-    result = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "regularizer": args.regularizer,
-              "dtype": args.dtype, "teacher_cache": args.teacher_cache, "steps": args.steps,
-              "ms_per_step": 1e3 * ours_s, "images_per_s": args.batch / ours_s, "model_flops_per_step": flops,
-              **utilisation(flops, ours_s, args.peak_tflops),
-              "peak_rss_mib": peak_rss_mib(), "peak_device_mib": jax_peak_device_mib()}
+    result = {
+        "benchmark": "train_step",
+        "model": args.model,
+        "batch": args.batch,
+        "regularizer": args.regularizer,
+        "dtype": args.dtype,
+        "teacher_cache": args.teacher_cache,
+        "steps": args.steps,
+        "ms_per_step": 1e3 * ours_s,
+        "images_per_s": args.batch / ours_s,
+        "model_flops_per_step": flops,
+        **utilisation(flops, ours_s, args.peak_tflops),
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_device_mib": jax_peak_device_mib(),
+    }
     if not args.skip_torch:
         torch_s = pytorch(torch_model, images, labels, head, sae_params, args.regularizer, args.steps, args.dtype)
         torch_flops = step_flops(model.config.vision, args.batch, args.regularizer, teacher_cache=False)
-        result.update(torch_device=torch_device(), torch_ms_per_step=1e3 * torch_s, speedup_vs_torch=torch_s / ours_s,
-                      torch_images_per_s=args.batch / torch_s,
-                      **utilisation(torch_flops, torch_s, args.peak_tflops, prefix="torch_"),
-                      torch_threads=torch.get_num_threads(), peak_rss_mib_with_torch=peak_rss_mib(),
-                      torch_peak_device_mib=torch_peak_device_mib())
+        result.update(
+            torch_device=torch_device(),
+            torch_ms_per_step=1e3 * torch_s,
+            speedup_vs_torch=torch_s / ours_s,
+            torch_images_per_s=args.batch / torch_s,
+            **utilisation(torch_flops, torch_s, args.peak_tflops, prefix="torch_"),
+            torch_threads=torch.get_num_threads(),
+            peak_rss_mib_with_torch=peak_rss_mib(),
+            torch_peak_device_mib=torch_peak_device_mib(),
+        )
     report(result, args.json)
 
 

@@ -35,8 +35,9 @@ def get_config(arg: str | None = None):
     ablation run) and "siglip" (a SigLIP pretrained with the sigmoid loss instead of the CLIP)."""
     variants = set(arg.split(",")) if arg else set()
     if variants - {"smoke", "sweep", "siglip"}:
-        raise ValueError(f"configs/demo.py takes no argument, or a comma-separated mix of 'smoke', 'sweep' and "
-                         f"'siglip'; got {arg!r}")
+        raise ValueError(
+            f"configs/demo.py takes no argument, or a comma-separated mix of 'smoke', 'sweep' and 'siglip'; got {arg!r}"
+        )
     c = base_config()
     c.demo.enabled = True
     c.demo.family = "siglip" if "siglip" in variants else "clip"
@@ -46,12 +47,15 @@ def get_config(arg: str | None = None):
     c.features.batch_size = 64
     c.features.chunk_steps = 8
     c.saes.main.update(dict_size=256, k=8, batch_size=128, epochs=60, auxk=True, renorm_decoder=True)
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # plain fine-tuning
-        "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),  # SAE-FT
-    })
-    c.finetune.update(batch_size=64, steps=400, lr=1e-3, warmup_steps=30, checkpoint_every=100, log_every=20,
-                      val_dataset="digits_val")
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # plain fine-tuning
+            "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),  # SAE-FT
+        }
+    )
+    c.finetune.update(
+        batch_size=64, steps=400, lr=1e-3, warmup_steps=30, checkpoint_every=100, log_every=20, val_dataset="digits_val"
+    )
     c.evaluate.batch_size = 64
     c.report.concepts = ("colorful", "plain", "inverted", "rotated", "noisy", "bold", "background", "stroke")
     if "sweep" in variants:
@@ -72,16 +76,18 @@ def _sweep(c) -> None:
     inputs, against plain fine-tuning, the L2 feature-distance baseline at its own weight, and the
     baselines of other recipes: the linear probe (its l2 chosen on validation), LP-FT and FLYP."""
     c.saes.wide = sae_settings(**{**c.saes.main, "dict_size": 512, "k": 16})
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),
-        "sae_add_remove_30": method("sae_add_remove", reg_lambda=30.0),
-        "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),
-        "sae_add_remove_300": method("sae_add_remove", reg_lambda=300.0),
-        "sae_add_remove_wide": method("sae_add_remove", reg_lambda=100.0, sae="wide"),  # F 512, k 16
-        "sae_add_remove_mu0": method("sae_add_remove", reg_lambda=100.0, mu=0.0),  # no residual term
-        "sae_add_remove_raw": method("sae_add_remove", reg_lambda=100.0, reference_raw_inputs=True),
-        "mse": method("mse", reg_lambda=10.0),
-        "linear_probe": method(recipe="linear_probe"),
-        "lp_ft": method(recipe="lp_ft"),
-        "flyp": method(recipe="flyp"),
-    })
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),
+            "sae_add_remove_30": method("sae_add_remove", reg_lambda=30.0),
+            "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),
+            "sae_add_remove_300": method("sae_add_remove", reg_lambda=300.0),
+            "sae_add_remove_wide": method("sae_add_remove", reg_lambda=100.0, sae="wide"),  # F 512, k 16
+            "sae_add_remove_mu0": method("sae_add_remove", reg_lambda=100.0, mu=0.0),  # no residual term
+            "sae_add_remove_raw": method("sae_add_remove", reg_lambda=100.0, reference_raw_inputs=True),
+            "mse": method("mse", reg_lambda=10.0),
+            "linear_probe": method(recipe="linear_probe"),
+            "lp_ft": method(recipe="lp_ft"),
+            "flyp": method(recipe="flyp"),
+        }
+    )

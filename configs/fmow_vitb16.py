@@ -26,12 +26,19 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "fmow_train"
     c.eval_suite = "wilds_fmow"
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # plain fine-tuning
-        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-    })
-    c.finetune.update(batch_size=256, epochs=20, lr=1e-5, weight_decay=0.2,  # FLYP's WILDS protocol
-                      val_dataset="fmow_id_val")
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # plain fine-tuning
+            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+        }
+    )
+    c.finetune.update(
+        batch_size=256,
+        epochs=20,
+        lr=1e-5,
+        weight_decay=0.2,  # FLYP's WILDS protocol
+        val_dataset="fmow_id_val",
+    )
     if arg:
         raise ValueError(f"configs/fmow_vitb16.py takes no argument; got {arg!r}")
     return c

@@ -27,12 +27,19 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "iwildcam_train"
     c.eval_suite = "wilds_iwildcam"
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # plain fine-tuning
-        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-    })
-    c.finetune.update(batch_size=256, epochs=20, lr=1e-5, weight_decay=0.2,  # FLYP's WILDS protocol
-                      val_dataset="iwildcam_id_val")
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # plain fine-tuning
+            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+        }
+    )
+    c.finetune.update(
+        batch_size=256,
+        epochs=20,
+        lr=1e-5,
+        weight_decay=0.2,  # FLYP's WILDS protocol
+        val_dataset="iwildcam_id_val",
+    )
     if arg:
         raise ValueError(f"configs/iwildcam_vitb16.py takes no argument; got {arg!r}")
     return c

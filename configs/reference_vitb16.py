@@ -54,14 +54,26 @@ def get_config(arg: str | None = None):
     c.dtype = "float32"
     c.train_dataset = "imagenet_train"  # --train-dataset=ImageNet (templates: openai_imagenet_template)
     c.eval_suite = "imagenet"
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # the README's standard fine-tuning
-        # --reg_type=sae_mask --reg_lambda=70, --lambda_mask 10 and --mu 1 by default, no --normalize
-        "sae_mask": method("sae_mask", reg_lambda=70.0, lambda_add=10.0, mu=1.0, reference_raw_inputs=True),
-    })
-    c.finetune.update(batch_size=32, epochs=10, lr=1e-5, warmup_steps=500, weight_decay=0.1,
-                      label_smoothing=0.0, clip_norm=1.0, val_fraction=0.0, val_dataset="",
-                      random_crop=True, crop_scale=(0.9, 1.0))
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # the README's standard fine-tuning
+            # --reg_type=sae_mask --reg_lambda=70, --lambda_mask 10 and --mu 1 by default, no --normalize
+            "sae_mask": method("sae_mask", reg_lambda=70.0, lambda_add=10.0, mu=1.0, reference_raw_inputs=True),
+        }
+    )
+    c.finetune.update(
+        batch_size=32,
+        epochs=10,
+        lr=1e-5,
+        warmup_steps=500,
+        weight_decay=0.1,
+        label_smoothing=0.0,
+        clip_norm=1.0,
+        val_fraction=0.0,
+        val_dataset="",
+        random_crop=True,
+        crop_scale=(0.9, 1.0),
+    )
     c.saes.main.update(dict_size=4 * 512, k=32)  # --sae_mult=4 --k=32
     if arg:
         raise ValueError(f"configs/reference_vitb16.py takes no argument; got {arg!r}")

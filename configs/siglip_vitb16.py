@@ -36,11 +36,13 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "imagenet_train"
     c.eval_suite = "imagenet"
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # plain fine-tuning
-        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        "flyp": method(recipe="flyp"),  # FLYP with SigLIP's sigmoid loss (docs/method.md)
-    })
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # plain fine-tuning
+            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+            "flyp": method(recipe="flyp"),  # FLYP with SigLIP's sigmoid loss (docs/method.md)
+        }
+    )
     c.finetune.update(batch_size=512, epochs=10, lr=1e-5, val_fraction=0.01)
     c.saes.main.update(dict_size=3072, k=16)
     return c

@@ -42,9 +42,18 @@ from saeft_jax.errors import ConfigError
 
 VAL_FRACTION = 0.1  # held out of the training split where a dataset has no validation split of its own
 # Published training-split sizes (dSprites: its 80% slice), from which the run's length follows.
-TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "dtd": 1_880, "stl10": 5_000, "fgvc_aircraft": 3_334,
-                  "oxford_iiit_pet": 3_680, "oxford_flowers102": 1_020, "cars196": 8_144, "caltech101": 3_060,
-                  **{f"dsprites_{task}": 589_824 for task in DSPRITES_TASKS}}
+TRAIN_EXAMPLES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "dtd": 1_880,
+    "stl10": 5_000,
+    "fgvc_aircraft": 3_334,
+    "oxford_iiit_pet": 3_680,
+    "oxford_flowers102": 1_020,
+    "cars196": 8_144,
+    "caltech101": 3_060,
+    **{f"dsprites_{task}": 589_824 for task in DSPRITES_TASKS},
+}
 BATCH = 128
 
 
@@ -56,10 +65,12 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = f"{name}_train"
     c.eval_suite = f"transfer_{name}"
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # plain fine-tuning
-        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-    })
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # plain fine-tuning
+            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+        }
+    )
     validation = validation_of(name)
     examples = TRAIN_EXAMPLES[name]
     if validation:
@@ -79,7 +90,9 @@ def _dataset(arg: str | None) -> str:
     """NAME of "dataset=NAME", refused with the names when it is missing or unknown."""
     key, _, name = (arg or "").partition("=")
     if key != "dataset" or name not in TRANSFER_SETS:
-        raise ConfigError(f"configs/transfer_vitb16.py takes dataset=NAME (e.g. "
-                          f"--config=configs/transfer_vitb16.py:dataset=dtd), got {arg!r}; NAME is one of "
-                          f"{', '.join(TRANSFER_SETS)}.")
+        raise ConfigError(
+            f"configs/transfer_vitb16.py takes dataset=NAME (e.g. "
+            f"--config=configs/transfer_vitb16.py:dataset=dtd), got {arg!r}; NAME is one of "
+            f"{', '.join(TRANSFER_SETS)}."
+        )
     return name

@@ -20,10 +20,12 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.model = "openai/clip-vit-base-patch32"
     c.dtype = "bfloat16"
-    c.finetune.methods = ml_collections.ConfigDict({
-        "none": method("none"),  # plain fine-tuning
-        "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-    })
+    c.finetune.methods = ml_collections.ConfigDict(
+        {
+            "none": method("none"),  # plain fine-tuning
+            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
+        }
+    )
     c.finetune.update(batch_size=512, epochs=10, lr=3e-5, val_fraction=0.01)  # WiSE-FT's protocol
     if arg:
         raise ValueError(f"configs/vitb32.py takes no argument; got {arg!r}")

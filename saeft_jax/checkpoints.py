@@ -30,6 +30,7 @@ from saeft_jax import stopping, storage
 from saeft_jax.storage import StorageError
 from saeft_jax.errors import UsageError
 
+
 class CheckpointsUnusable(UsageError):
     """Checkpoints exist but none restores; the message names the directory."""
 
@@ -42,8 +43,9 @@ class Checkpoints:
         if "://" not in path:
             path = os.path.abspath(path)
         self.directory = path
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+        )
         self._manager = ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
@@ -56,14 +58,16 @@ class Checkpoints:
             self._manager.wait_until_finished()  # Orbax waits for the previous save anyway; then list its files
             self._record_sizes()
             self._check_space(state)
-            self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                             meta=ocp.args.JsonSave(meta or {})))
+            self._manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
+            )
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
         """`(state, meta)` of `step`; `like` gives the tree structure, shapes, dtypes and shardings."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                       meta=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
         return restored.state, dict(restored.meta)
 
     def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -84,16 +88,22 @@ class Checkpoints:
                 failures.append((step, _first_line(error)))
                 continue
             for bad, why in failures:
-                print(f"warning: checkpoint {bad} in {self.directory} does not restore ({why}); continuing from "
-                      f"checkpoint {step} and deleting it", file=sys.stderr, flush=True)
+                print(
+                    f"warning: checkpoint {bad} in {self.directory} does not restore ({why}); continuing from "
+                    f"checkpoint {step} and deleting it",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self._manager.delete(bad)
                 self._sizes_file(bad).unlink(missing_ok=True)
             return step, state, meta
         if failures:
             listed = "; ".join(f"step {s}: {why}" for s, why in failures)
-            raise CheckpointsUnusable(f"no checkpoint in {self.directory} restores ({listed}). If the files are "
-                                      f"damaged, delete that directory to start this stage over; if they cannot be "
-                                      f"reached, check the disk or bucket and rerun.")
+            raise CheckpointsUnusable(
+                f"no checkpoint in {self.directory} restores ({listed}). If the files are "
+                f"damaged, delete that directory to start this stage over; if they cannot be "
+                f"reached, check the disk or bucket and rerun."
+            )
         return None
 
     def reached_preemption(self, step: int) -> bool:
@@ -143,12 +153,14 @@ class Checkpoints:
     def _check_space(self, state: Any) -> None:
         if "://" in self.directory or not os.path.isdir(self.directory):
             return
-        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state)) * 1.1 + 2 ** 20
+        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state)) * 1.1 + 2**20
         free = shutil.disk_usage(self.directory).free
         if free < needed:
-            raise StorageError(f"{self.directory} has {free / 2**20:.1f} MiB free, and a checkpoint needs about "
-                               f"{needed / 2**20:.1f} MiB. Free space (or point --workdir elsewhere) and rerun: "
-                               f"the newest complete checkpoint is kept and the run continues from it.")
+            raise StorageError(
+                f"{self.directory} has {free / 2**20:.1f} MiB free, and a checkpoint needs about "
+                f"{needed / 2**20:.1f} MiB. Free space (or point --workdir elsewhere) and rerun: "
+                f"the newest complete checkpoint is kept and the run continues from it."
+            )
 
     @contextlib.contextmanager
     def _storage_errors(self, doing: str) -> Iterator[None]:

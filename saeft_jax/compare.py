@@ -70,12 +70,15 @@ def read_report(workdir: str) -> dict[str, Any]:
     without one may be half-written), and the file must match the hash that mark recorded."""
     directory = storage.path(workdir) / "report"
     if not (directory / "report.json").exists():
-        raise UsageError(f"{workdir} holds no report ({directory / 'report.json'} is missing); run its pipeline to "
-                         f"the end first.")
+        raise UsageError(
+            f"{workdir} holds no report ({directory / 'report.json'} is missing); run its pipeline to the end first."
+        )
     if completion.read_record(directory.parent, (directory.name,)) is None:
-        raise UsageError(f"the report stage of {workdir} has not finished ({directory / completion.DONE}, its "
-                         f"completion mark, is missing or damaged), so its report may be partial; rerun that run's "
-                         f"command to finish it, then compare.")
+        raise UsageError(
+            f"the report stage of {workdir} has not finished ({directory / completion.DONE}, its "
+            f"completion mark, is missing or damaged), so its report may be partial; rerun that run's "
+            f"command to finish it, then compare."
+        )
     return _read_json(directory / "report.json", ("runs",))
 
 
@@ -98,8 +101,11 @@ def read_browser(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
     if not report.get("sae"):
         return None
     if not path.exists():
-        print(f"note: {workdir} has no feature browser ({path} is missing: its report was made before report.html "
-              f"existed); delete its report/ and rerun its pipeline to add its features.", file=sys.stderr)
+        print(
+            f"note: {workdir} has no feature browser ({path} is missing: its report was made before report.html "
+            f"existed); delete its report/ and rerun its pipeline to add its features.",
+            file=sys.stderr,
+        )
         return None
     return _read_json(path, ("sae_digest", "dataset", "methods", "changed", "cards", "images"))
 
@@ -121,8 +127,9 @@ def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, 
         group["changed"] = None if capped or group["changed"] is None else group["changed"]
         by_feature = {card["feature"]: card for card in group["cards"]}
         for card in data["cards"]:
-            merged = by_feature.setdefault(card["feature"], {**card, "models": {"zeroshot": card["models"]["zeroshot"]},
-                                                             "methods": {}})
+            merged = by_feature.setdefault(
+                card["feature"], {**card, "models": {"zeroshot": card["models"]["zeroshot"]}, "methods": {}}
+            )
             merged["models"].update({rename[m]: v for m, v in card["models"].items() if m != "zeroshot"})
             merged["methods"].update({rename[m]: v for m, v in card["methods"].items()})
         group["cards"] = list(by_feature.values())
@@ -133,20 +140,25 @@ def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, 
     return list(groups.values())
 
 
-def merge(reports: dict[str, dict[str, Any]],
-          saes: dict[str, dict[str, Any] | None] | None = None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def merge(
+    reports: dict[str, dict[str, Any]], saes: dict[str, dict[str, Any] | None] | None = None
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """(the merged report, {run: its methods as named in the merge}). With `saes` ({run: its SAE,
     `read_sae`}) that differ, each method's entry names its run's SAE and the merge has no `sae`."""
     (first_name, first), *others = reports.items()
     for name, report in others:
         differ = [key for key in SHARED if report.get(key) != first.get(key)]
         if differ:
-            raise UsageError(f"{name} and {first_name} differ in {', '.join(differ)} ("
-                             + "; ".join(f"{key}: {report.get(key)!r} vs {first.get(key)!r}" for key in differ)
-                             + "); only runs of the same model, suite and validation split compare.")
+            raise UsageError(
+                f"{name} and {first_name} differ in {', '.join(differ)} ("
+                + "; ".join(f"{key}: {report.get(key)!r} vs {first.get(key)!r}" for key in differ)
+                + "); only runs of the same model, suite and validation split compare."
+            )
         if report["runs"]["zeroshot"]["metrics"] != first["runs"]["zeroshot"]["metrics"]:
-            raise UsageError(f"{name} and {first_name} give different zero-shot scores, so they did not see the same "
-                             f"data the same way (data, preprocessing or versions differ); they do not compare.")
+            raise UsageError(
+                f"{name} and {first_name} give different zero-shot scores, so they did not see the same "
+                f"data the same way (data, preprocessing or versions differ); they do not compare."
+            )
     counts: dict[str, int] = {}
     for report in reports.values():
         for method in report_methods(report):
@@ -180,15 +192,19 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
     places = [_resolved(w) for w in workdirs]
     repeated = sorted({w for w, place in zip(workdirs, places) if places.count(place) > 1})
     if repeated:
-        raise UsageError(f"{', '.join(repeated)} given more than once (as the same directory, also through a link); "
-                         f"name each run once.")
+        raise UsageError(
+            f"{', '.join(repeated)} given more than once (as the same directory, also through a link); "
+            f"name each run once."
+        )
     target = _resolved(out)
     for workdir, place in zip(workdirs, places):
         if target == place or target.startswith(place.rstrip("/") + "/"):
             where = "is" if target == place else "lies inside"
-            raise UsageError(f"--out {out} {where} the compared run {workdir}, whose finished report it would "
-                             f"overwrite (and that run's next report would delete the comparison); choose a "
-                             f"directory outside every compared workdir.")
+            raise UsageError(
+                f"--out {out} {where} the compared run {workdir}, whose finished report it would "
+                f"overwrite (and that run's next report would delete the comparison); choose a "
+                f"directory outside every compared workdir."
+            )
     labels = [storage.path(w).name or str(w) for w in workdirs]
     if len(set(labels)) != len(labels):
         labels = [str(w) for w in workdirs]
@@ -200,17 +216,20 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
     for label, w in zip(labels, workdirs):
         browsers[label] = _answered(w, lambda: read_browser(w, reports[label]))
     names = {label: dict(zip(report_methods(reports[label]), sources[label])) for label in labels}
-    return _answered(out, lambda: _write(storage.path(out), merged, sources, merge_browsers(browsers, names)),
-                     what="--out")
+    return _answered(
+        out, lambda: _write(storage.path(out), merged, sources, merge_browsers(browsers, names)), what="--out"
+    )
 
 
-def _write(directory: epath.Path, merged: dict[str, Any], sources: dict[str, list[str]],
-           browsers: list[dict[str, Any]]) -> epath.Path:
+def _write(
+    directory: epath.Path, merged: dict[str, Any], sources: dict[str, list[str]], browsers: list[dict[str, Any]]
+) -> epath.Path:
     """The comparison's files in `directory`; a place that cannot hold them is one paragraph."""
     try:
         if directory.exists() and not directory.is_dir():
-            raise UsageError(f"--out {directory} is a file; name a directory for the comparison (it is created "
-                             f"when missing).")
+            raise UsageError(
+                f"--out {directory} is a file; name a directory for the comparison (it is created when missing)."
+            )
         directory.mkdir(parents=True, exist_ok=True)
         figures = report_figures(merged, directory)
         text = render_comparison(sources, merged, figures)
@@ -218,8 +237,10 @@ def _write(directory: epath.Path, merged: dict[str, Any], sources: dict[str, lis
         storage.write_atomic(directory / "report.md", text)
         storage.write_atomic(directory / "report.html", render_html("SAE-FT comparison", text, directory, browsers))
     except OSError as error:
-        raise UsageError(f"--out {directory} cannot be written ({getattr(error, 'strerror', None) or error}); choose "
-                         f"a writable directory (for a bucket, check its name and your credentials).") from error
+        raise UsageError(
+            f"--out {directory} cannot be written ({getattr(error, 'strerror', None) or error}); choose "
+            f"a writable directory (for a bucket, check its name and your credentials)."
+        ) from error
     return directory / "report.md"
 
 
@@ -239,13 +260,15 @@ def _answered(place: str, read: Callable[[], Any], what: str = "the run") -> Any
     worker = threading.Thread(target=attempt, daemon=True)  # a hung request must not hold the exit
     worker.start()
     worker.join(BUCKET_WAIT_S)
-    unreachable = (f"{what} {place} did not answer within {BUCKET_WAIT_S:.0f} s" if worker.is_alive() else None)
+    unreachable = f"{what} {place} did not answer within {BUCKET_WAIT_S:.0f} s" if worker.is_alive() else None
     error = outcome.get("error")
     if error is not None and not isinstance(error, UsageError):
         unreachable = f"{what} {place} cannot be reached ({type(error).__name__}: {str(error).strip()[:200]})"
     if unreachable:
-        raise UsageError(f"{unreachable}; check the bucket's name, your credentials and the connection, then run "
-                         f"the comparison again.")
+        raise UsageError(
+            f"{unreachable}; check the bucket's name, your credentials and the connection, then run "
+            f"the comparison again."
+        )
     if error is not None:
         raise error
     return outcome["value"]

@@ -36,9 +36,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.stages = STAGES
     c.show_progress = True
     c.wandb_project = ""  # also send the training curves to this W&B project ("" = TensorBoard files only)
-    c.demo = ml_collections.ConfigDict({"enabled": False, "cache_dir": "~/.cache/saeft_jax", "pretrain_steps": 1000,
-                                        "pretrain_batch_size": 128, "finetune_style": "colored",
-                                        "family": "clip"})  # the demo model's family: "clip" or "siglip"
+    c.demo = ml_collections.ConfigDict(
+        {
+            "enabled": False,
+            "cache_dir": "~/.cache/saeft_jax",
+            "pretrain_steps": 1000,
+            "pretrain_batch_size": 128,
+            "finetune_style": "colored",
+            "family": "clip",
+        }
+    )  # the demo model's family: "clip" or "siglip"
 
     c.features = ml_collections.ConfigDict({"batch_size": 256, "chunk_steps": 64})
     c.saes = ml_collections.ConfigDict({"main": sae_settings()})  # name -> settings; see sae_names
@@ -46,38 +53,76 @@ def base_config() -> ml_collections.ConfigDict:
     # L-BFGS until the gradient norm is under `tolerance` (saeft_jax.training.probe); of several l2s the
     # one best on the validation split (finetune.val_dataset / val_fraction) is kept
     c.probe = ml_collections.ConfigDict({"l2s": (1e-4, 1e-5, 1e-6), "max_iterations": 1000, "tolerance": 1e-5})
-    c.finetune = ml_collections.ConfigDict({
-        "methods": ml_collections.ConfigDict({"none": method("none"),
-                                              "sae_add_remove": method("sae_add_remove", reg_lambda=70.0)}),
-        "batch_size": 512, "epochs": 10, "steps": 0,  # steps > 0 overrides epochs
-        # the validation split every selection (the WiSE-FT alpha) is made on: a dataset of its own
-        # (e.g. WILDS id_val) or a fraction held out of the training set; neither: nothing selected
-        "val_dataset": "", "val_fraction": 0.0,
-        # score the model on the validation split every eval_every updates (0: never); "best_val" makes the
-        # best of those checkpoints (ties: the earlier step) the method's model, "last" the last step's
-        "eval_every": 0, "select_checkpoint": "last",
-        "lr": 1e-5, "warmup_steps": 500, "weight_decay": 0.1, "clip_norm": 1.0, "label_smoothing": 0.0,
-        "accumulate_steps": 1, "random_crop": True, "crop_scale": (0.9, 1.0), "teacher_cache": False,
-        "fsdp": False, "log_every": 10, "checkpoint_every": 500, "keep_checkpoints": 2,
-        # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay) or "flyp" (as FLYP's code: free, decayed)
-        "flyp_logit_scale": "clip"})
+    c.finetune = ml_collections.ConfigDict(
+        {
+            "methods": ml_collections.ConfigDict(
+                {"none": method("none"), "sae_add_remove": method("sae_add_remove", reg_lambda=70.0)}
+            ),
+            "batch_size": 512,
+            "epochs": 10,
+            "steps": 0,  # steps > 0 overrides epochs
+            # the validation split every selection (the WiSE-FT alpha) is made on: a dataset of its own
+            # (e.g. WILDS id_val) or a fraction held out of the training set; neither: nothing selected
+            "val_dataset": "",
+            "val_fraction": 0.0,
+            # score the model on the validation split every eval_every updates (0: never); "best_val" makes the
+            # best of those checkpoints (ties: the earlier step) the method's model, "last" the last step's
+            "eval_every": 0,
+            "select_checkpoint": "last",
+            "lr": 1e-5,
+            "warmup_steps": 500,
+            "weight_decay": 0.1,
+            "clip_norm": 1.0,
+            "label_smoothing": 0.0,
+            "accumulate_steps": 1,
+            "random_crop": True,
+            "crop_scale": (0.9, 1.0),
+            "teacher_cache": False,
+            "fsdp": False,
+            "log_every": 10,
+            "checkpoint_every": 500,
+            "keep_checkpoints": 2,
+            # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay) or "flyp" (as FLYP's code: free, decayed)
+            "flyp_logit_scale": "clip",
+        }
+    )
     c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
     # what CIFAR-10-C / CIFAR-100-C read: these corruptions (default: the benchmark's 15) at this severity (1-5)
     c.corruptions = ml_collections.ConfigDict({"names": CORRUPTIONS, "severity": 5})
-    c.report = ml_collections.ConfigDict({"analyses": tuple(ANALYSES), "concepts": (), "top_features": 6,
-                                          "images_per_feature": 8, "classes_shown": 10,
-                                          "browser_features": 300, "browser_images": 6,
-                                          # feature_effects: how many of the most frequent ID changes are undone
-                                          "effects_top": 20})
+    c.report = ml_collections.ConfigDict(
+        {
+            "analyses": tuple(ANALYSES),
+            "concepts": (),
+            "top_features": 6,
+            "images_per_feature": 8,
+            "classes_shown": 10,
+            "browser_features": 300,
+            "browser_images": 6,
+            # feature_effects: how many of the most frequent ID changes are undone
+            "effects_top": 20,
+        }
+    )
     c.lock()  # a misspelt key in a config file fails where it is written, naming the key
     c.finetune.methods.unlock()  # methods and SAEs are added by name
     c.saes.unlock()
     return c
 
 
-SAE_DEFAULTS = {"kind": "topk", "dict_size": 2048, "k": 16, "batch_size": 1024, "epochs": 100, "lr": 1e-3,
-                "auxk": False, "auxk_normalized": False,
-                "renorm_decoder": False, "relu": False, "b_enc": False, "tied_init": False, "b_pre_init": "zeros"}
+SAE_DEFAULTS = {
+    "kind": "topk",
+    "dict_size": 2048,
+    "k": 16,
+    "batch_size": 1024,
+    "epochs": 100,
+    "lr": 1e-3,
+    "auxk": False,
+    "auxk_normalized": False,
+    "renorm_decoder": False,
+    "relu": False,
+    "b_enc": False,
+    "tied_init": False,
+    "b_pre_init": "zeros",
+}
 
 
 def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -97,8 +142,9 @@ def sae_settings(**changes) -> ml_collections.ConfigDict:
     no AuxK, renormalisation, ReLU, encoder bias or tied initialisation) with `changes`."""
     unknown = sorted(set(changes) - set(SAE_DEFAULTS))
     if unknown:
-        raise ConfigError(f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: "
-                          f"{', '.join(SAE_DEFAULTS)}")
+        raise ConfigError(
+            f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: {', '.join(SAE_DEFAULTS)}"
+        )
     return ml_collections.ConfigDict({**SAE_DEFAULTS, **changes})
 
 
@@ -126,8 +172,9 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for name, method_settings in c.finetune.methods.items():
         for key, value in method_settings.items():
             if key not in ("recipe", "regularizer", "sae", "checkpoint"):
-                _expect(c, f"finetune.methods.{name}.{key}", _non_negative,
-                        "zero or more and finite (a weight of the loss)")
+                _expect(
+                    c, f"finetune.methods.{name}.{key}", _non_negative, "zero or more and finite (a weight of the loss)"
+                )
     c.lock()
     return c
 
@@ -148,13 +195,17 @@ def _check_keys(c: ml_collections.ConfigDict) -> None:
     known, given = _keys(base_config()), _keys(c)
     for unknown in sorted(given - known):
         close = difflib.get_close_matches(unknown, known, n=1)
-        raise ConfigError(f"config.{unknown} is not a key of the run configuration"
-                          f"{f' (did you mean config.{close[0]}?)' if close else ''}; the keys and their defaults "
-                          f"are in saeft_jax/config.py (base_config).")
+        raise ConfigError(
+            f"config.{unknown} is not a key of the run configuration"
+            f"{f' (did you mean config.{close[0]}?)' if close else ''}; the keys and their defaults "
+            f"are in saeft_jax/config.py (base_config)."
+        )
     missing = sorted(known - given)
     if missing:
-        raise ConfigError(f"the config lacks {', '.join(f'config.{k}' for k in missing)}; a config file starts from "
-                          f"saeft_jax.config.base_config() and changes what it needs.")
+        raise ConfigError(
+            f"the config lacks {', '.join(f'config.{k}' for k in missing)}; a config file starts from "
+            f"saeft_jax.config.base_config() and changes what it needs."
+        )
 
 
 _FLOAT32_MAX = 3.4e38  # values are used in float32 on the device
@@ -172,7 +223,7 @@ def _non_negative(value) -> bool:
 
 # Counts, sizes and seeds end up in int32 device arrays and in NumPy's and grain's seeds: a larger
 # integer overflows there (OverflowError) long after the run started, so every integer key stays below.
-_INT_MAX = 2 ** 31 - 1
+_INT_MAX = 2**31 - 1
 
 
 def _positive_int(value) -> bool:
@@ -185,8 +236,11 @@ def _non_negative_int(value) -> bool:
 
 _RULES = (
     ("seed", _non_negative_int, "an integer from 0 on (it seeds the data order, the SAE and the held-out rows)"),
-    ("finetune.lr", _positive, ("a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference "
-                                "README's 1e-5 at batch 32)")),
+    (
+        "finetune.lr",
+        _positive,
+        ("a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference README's 1e-5 at batch 32)"),
+    ),
     ("finetune.clip_norm", _positive, "a positive gradient-norm bound (the protocol's is 1.0)"),
     ("finetune.weight_decay", _non_negative, "zero or more and finite"),
     ("finetune.label_smoothing", lambda v: _non_negative(v) and v < 1, "in [0, 1)"),
@@ -197,16 +251,22 @@ _RULES = (
     ("finetune.epochs", _non_negative_int, "zero or more"),
     ("finetune.warmup_steps", _non_negative_int, "zero or more steps"),
     ("finetune.eval_every", _non_negative_int, "0 (no validation during fine-tuning) or a number of updates"),
-    ("finetune.select_checkpoint", lambda v: v in ("last", "best_val"),
-     "'last' (the last step's model) or 'best_val' (the checkpoint best on the validation split)"),
+    (
+        "finetune.select_checkpoint",
+        lambda v: v in ("last", "best_val"),
+        "'last' (the last step's model) or 'best_val' (the checkpoint best on the validation split)",
+    ),
     ("finetune.val_fraction", lambda v: _non_negative(v) and v <= 0.5, "in [0, 0.5] (0: no held-out split)"),
     ("finetune.accumulate_steps", _positive_int, "at least 1 micro-batch per update"),
     ("finetune.log_every", _positive_int, "at least 1 step"),
     ("finetune.checkpoint_every", _positive_int, "at least 1 step"),
     ("finetune.keep_checkpoints", _positive_int, "at least 1"),
     ("evaluate.batch_size", _positive_int, "a positive batch size"),
-    ("probe.l2s", lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive(x) for x in v),
-     "one or more positive weights, e.g. (1e-5,) (the probe's logistic regression is then strictly convex)"),
+    (
+        "probe.l2s",
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive(x) for x in v),
+        "one or more positive weights, e.g. (1e-5,) (the probe's logistic regression is then strictly convex)",
+    ),
     ("probe.max_iterations", _positive_int, "at least 1 L-BFGS iteration"),
     ("probe.tolerance", _positive, "a positive bound on the gradient norm"),
     ("num_workers", _non_negative_int, "0 (reader threads only) or a number of worker processes"),
@@ -220,10 +280,16 @@ _RULES = (
     ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
     ("demo.family", lambda v: v in ("clip", "siglip"), "'clip' or 'siglip' (the family of the demo's own model)"),
     ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-    ("finetune.flyp_logit_scale", lambda v: v in ("clip", "flyp"),
-     "'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (free and decayed, as FLYP's code)"),
-    ("wandb_project", lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
-     "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)"),
+    (
+        "finetune.flyp_logit_scale",
+        lambda v: v in ("clip", "flyp"),
+        "'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (free and decayed, as FLYP's code)",
+    ),
+    (
+        "wandb_project",
+        lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
+        "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)",
+    ),
 )
 
 
@@ -240,8 +306,10 @@ def _expect(c: ml_collections.ConfigDict, key: str, ok, wanted: str) -> None:
     if not ok(value):
         if isinstance(value, int) and not isinstance(value, bool) and value > _INT_MAX:
             wanted += f", at most 2**31 - 1 = {_INT_MAX}"
-        raise ConfigError(f"config.{key} is {value!r}, which cannot work: it must be {wanted}. Set it in the config "
-                          f"file or with --config.{key}=...")
+        raise ConfigError(
+            f"config.{key} is {value!r}, which cannot work: it must be {wanted}. Set it in the config "
+            f"file or with --config.{key}=..."
+        )
 
 
 _SAE_RULES = (
@@ -251,8 +319,12 @@ _SAE_RULES = (
     ("batch_size", _positive_int, "a positive batch size"),
     ("epochs", _positive_int, "at least 1"),
     ("b_pre_init", lambda v: v in ("zeros", "mean", "median"), "'zeros', 'mean' or 'median'"),
-    ("kind", lambda v: v in ("topk", "pca"), "'topk' (a trained Top-K SAE) or 'pca' (the leading principal "
-     "directions of the training features; dict_size of them)"),
+    (
+        "kind",
+        lambda v: v in ("topk", "pca"),
+        "'topk' (a trained Top-K SAE) or 'pca' (the leading principal "
+        "directions of the training features; dict_size of them)",
+    ),
 )
 
 
@@ -264,38 +336,48 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
         for name in list(c.saes):
             where = f"config.saes.{name}"
             if not storage.is_plain_name(name):
-                raise ConfigError(f"{where}: {name!r} cannot name an SAE: it is a folder under sae/, so a plain name "
-                                  f"({storage.PLAIN_NAME_RULE}).")
+                raise ConfigError(
+                    f"{where}: {name!r} cannot name an SAE: it is a folder under sae/, so a plain name "
+                    f"({storage.PLAIN_NAME_RULE})."
+                )
             unknown = sorted(set(c.saes[name]) - set(SAE_DEFAULTS))
             if unknown:
                 close = difflib.get_close_matches(unknown[0], SAE_DEFAULTS, n=1)
-                raise ConfigError(f"{where}.{unknown[0]} is not an SAE setting"
-                                  f"{f' (did you mean {close[0]}?)' if close else ''}; the settings: "
-                                  f"{', '.join(SAE_DEFAULTS)}.")
+                raise ConfigError(
+                    f"{where}.{unknown[0]} is not an SAE setting"
+                    f"{f' (did you mean {close[0]}?)' if close else ''}; the settings: "
+                    f"{', '.join(SAE_DEFAULTS)}."
+                )
             c.saes[name] = ml_collections.ConfigDict({**SAE_DEFAULTS, **c.saes[name]})
             for key, ok, wanted in _SAE_RULES:
                 _expect(c, f"saes.{name}.{key}", ok, wanted)
             sae = c.saes[name]
             if sae.kind == "pca":
                 if sae.k not in (SAE_DEFAULTS["k"], sae.dict_size):
-                    raise ConfigError(f"{where}.k is {sae.k}, but an SAE of kind 'pca' keeps every one of its "
-                                      f"dict_size ({sae.dict_size}) directions as a code; leave k out (or set it to "
-                                      f"dict_size). Its training settings (epochs, lr, batch_size, ...) do not apply.")
+                    raise ConfigError(
+                        f"{where}.k is {sae.k}, but an SAE of kind 'pca' keeps every one of its "
+                        f"dict_size ({sae.dict_size}) directions as a code; leave k out (or set it to "
+                        f"dict_size). Its training settings (epochs, lr, batch_size, ...) do not apply."
+                    )
                 sae.k = sae.dict_size
             if sae.k > sae.dict_size:
-                raise ConfigError(f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
-                                  f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "
-                                  f"F = 4d).")
+                raise ConfigError(
+                    f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
+                    f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "
+                    f"F = 4d)."
+                )
 
 
 def _check_probe(c: ml_collections.ConfigDict) -> None:
     """Several probe weights are chosen between on the validation split, so a run needs one."""
     users = [name for name, settings in c.finetune.methods.items() if settings.recipe in methods.PROBE_RECIPES]
     if users and len(c.probe.l2s) > 1 and not (c.finetune.val_dataset or c.finetune.val_fraction):
-        raise ConfigError(f"config.probe.l2s lists {len(c.probe.l2s)} weights for the linear probe of "
-                          f"{', '.join(users)}, which are chosen between on the validation split, but this run has "
-                          f"none; set config.finetune.val_dataset or val_fraction, or name one weight, e.g. "
-                          f"--config.probe.l2s='(1e-5,)'.")
+        raise ConfigError(
+            f"config.probe.l2s lists {len(c.probe.l2s)} weights for the linear probe of "
+            f"{', '.join(users)}, which are chosen between on the validation split, but this run has "
+            f"none; set config.finetune.val_dataset or val_fraction, or name one weight, e.g. "
+            f"--config.probe.l2s='(1e-5,)'."
+        )
 
 
 def _check_accumulation(c: ml_collections.ConfigDict) -> None:
@@ -305,73 +387,100 @@ def _check_accumulation(c: ml_collections.ConfigDict) -> None:
     for name, settings in c.finetune.methods.items():
         entry = regularizers.get(settings.regularizer)
         if settings.recipe == "flyp":
-            raise ConfigError(f"config.finetune.methods.{name} is FLYP, whose contrastive loss scores every image of "
-                              f"the batch against every caption, but config.finetune.accumulate_steps is "
-                              f"{c.finetune.accumulate_steps}: micro-batches would score fewer pairs, another loss. "
-                              f"Set accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) "
-                              f"for FLYP.")
+            raise ConfigError(
+                f"config.finetune.methods.{name} is FLYP, whose contrastive loss scores every image of "
+                f"the batch against every caption, but config.finetune.accumulate_steps is "
+                f"{c.finetune.accumulate_steps}: micro-batches would score fewer pairs, another loss. "
+                f"Set accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) "
+                f"for FLYP."
+            )
         if not entry.batch_mean:
-            raise ConfigError(f"config.finetune.methods.{name} uses {entry.name!r}, a penalty of the whole batch (a "
-                              f"matrix norm), but config.finetune.accumulate_steps is {c.finetune.accumulate_steps}: "
-                              f"averaged over micro-batches it would be another penalty. Set accumulate_steps=1 "
-                              f"(with a batch that fits) for this method's run.")
+            raise ConfigError(
+                f"config.finetune.methods.{name} uses {entry.name!r}, a penalty of the whole batch (a "
+                f"matrix norm), but config.finetune.accumulate_steps is {c.finetune.accumulate_steps}: "
+                f"averaged over micro-batches it would be another penalty. Set accumulate_steps=1 "
+                f"(with a batch that fits) for this method's run."
+            )
 
 
 def _check_corruptions(c: ml_collections.ConfigDict) -> None:
     """CIFAR-10-C / -100-C read `corruptions.names` (known ones, each once) at `corruptions.severity`."""
     names, severity, known = c.corruptions.names, c.corruptions.severity, CORRUPTIONS + EXTRA_CORRUPTIONS
-    how = "--config.corruptions.names='(\"fog\", \"snow\")'"
+    how = '--config.corruptions.names=\'("fog", "snow")\''
     if isinstance(names, str) or not names:
-        raise ConfigError(f"config.corruptions.names is {names!r}; it must be a tuple of one or more corruption names "
-                          f"from {', '.join(known)} (e.g. {how}).")
+        raise ConfigError(
+            f"config.corruptions.names is {names!r}; it must be a tuple of one or more corruption names "
+            f"from {', '.join(known)} (e.g. {how})."
+        )
     unknown = [n for n in names if n not in known]
     if unknown or len(set(names)) < len(names):
         what = f"has unknown corruptions {unknown}" if unknown else f"names a corruption twice ({list(names)})"
-        raise ConfigError(f"config.corruptions.names {what}; CIFAR-10-C and CIFAR-100-C have {', '.join(known)} (the "
-                          f"first 15 are the benchmark's and the default). Set it with {how}.")
+        raise ConfigError(
+            f"config.corruptions.names {what}; CIFAR-10-C and CIFAR-100-C have {', '.join(known)} (the "
+            f"first 15 are the benchmark's and the default). Set it with {how}."
+        )
     if isinstance(severity, bool) or severity not in SEVERITIES:
-        raise ConfigError(f"config.corruptions.severity is {severity!r}; it must be an integer from 1 to 5 (the "
-                          f"strength of the CIFAR-10-C / -100-C corruptions; 5 in the reference). Set it with "
-                          f"--config.corruptions.severity=3.")
+        raise ConfigError(
+            f"config.corruptions.severity is {severity!r}; it must be an integer from 1 to 5 (the "
+            f"strength of the CIFAR-10-C / -100-C corruptions; 5 in the reference). Set it with "
+            f"--config.corruptions.severity=3."
+        )
 
 
 def _check_demo_model(c: ml_collections.ConfigDict) -> None:
     """The demo runs its own CLIP (config.model "demo"), which nothing else builds."""
     if c.demo.enabled and c.model != "demo":
-        raise ConfigError(f"config.model is {c.model!r}, but config.demo.enabled runs the demo's own small CLIP, "
-                          f"pretrained on its digits (config.model 'demo'), and takes no other model. Leave "
-                          f"config.model out with configs/demo.py, or run {c.model!r} with a config of its own "
-                          f"(e.g. configs/vitb16.py, or --config.demo.enabled=False with your data).")
+        raise ConfigError(
+            f"config.model is {c.model!r}, but config.demo.enabled runs the demo's own small CLIP, "
+            f"pretrained on its digits (config.model 'demo'), and takes no other model. Leave "
+            f"config.model out with configs/demo.py, or run {c.model!r} with a config of its own "
+            f"(e.g. configs/vitb16.py, or --config.demo.enabled=False with your data)."
+        )
 
 
 def _check_relations(c: ml_collections.ConfigDict) -> None:
     ft = c.finetune
     if not ft.steps and not ft.epochs:
-        raise ConfigError("config.finetune.steps and config.finetune.epochs are both 0, so fine-tuning has no length; "
-                          "set one of them (epochs=10 in the protocol).")
+        raise ConfigError(
+            "config.finetune.steps and config.finetune.epochs are both 0, so fine-tuning has no length; "
+            "set one of them (epochs=10 in the protocol)."
+        )
     if ft.steps and ft.warmup_steps >= ft.steps:
-        raise ConfigError(f"config.finetune.warmup_steps ({ft.warmup_steps}) must be below "
-                          f"config.finetune.steps ({ft.steps})")
+        raise ConfigError(
+            f"config.finetune.warmup_steps ({ft.warmup_steps}) must be below config.finetune.steps ({ft.steps})"
+        )
     if ft.select_checkpoint == "best_val" and not ft.eval_every:
-        raise ConfigError("config.finetune.select_checkpoint is 'best_val', but config.finetune.eval_every is 0, so no "
-                          "checkpoint is scored on validation; set --config.finetune.eval_every=N (updates between "
-                          "scores) or select_checkpoint='last'.")
+        raise ConfigError(
+            "config.finetune.select_checkpoint is 'best_val', but config.finetune.eval_every is 0, so no "
+            "checkpoint is scored on validation; set --config.finetune.eval_every=N (updates between "
+            "scores) or select_checkpoint='last'."
+        )
     if ft.eval_every and not (ft.val_dataset or ft.val_fraction):
-        raise ConfigError(f"config.finetune.eval_every is {ft.eval_every}, but this run has no validation split to "
-                          f"score on; set config.finetune.val_dataset (a split of its own) or "
-                          f"config.finetune.val_fraction (held out of the training set), or eval_every=0.")
+        raise ConfigError(
+            f"config.finetune.eval_every is {ft.eval_every}, but this run has no validation split to "
+            f"score on; set config.finetune.val_dataset (a split of its own) or "
+            f"config.finetune.val_fraction (held out of the training set), or eval_every=0."
+        )
     if ft.val_dataset and ft.val_fraction:
-        raise ConfigError(f"config.finetune.val_dataset ({ft.val_dataset!r}) and config.finetune.val_fraction "
-                          f"({ft.val_fraction}) both name a validation split; keep one.")
+        raise ConfigError(
+            f"config.finetune.val_dataset ({ft.val_dataset!r}) and config.finetune.val_fraction "
+            f"({ft.val_fraction}) both name a validation split; keep one."
+        )
     scale = tuple(ft.crop_scale)
     if len(scale) != 2 or not all(_positive(v) for v in scale) or not scale[0] <= scale[1] <= 1:
-        raise ConfigError(f"config.finetune.crop_scale is {scale!r}; it must be (low, high) with 0 < low <= high <= 1, "
-                          f"the fraction of the image a random crop keeps ((0.9, 1.0) in the protocol).")
+        raise ConfigError(
+            f"config.finetune.crop_scale is {scale!r}; it must be (low, high) with 0 < low <= high <= 1, "
+            f"the fraction of the image a random crop keeps ((0.9, 1.0) in the protocol)."
+        )
     bad = [a for a in c.evaluate.alphas if not (_non_negative(a) and a <= 1)]
     if bad:
-        raise ConfigError(f"config.evaluate.alphas holds {bad}, outside [0, 1]: a WiSE-FT weight mixes the zero-shot "
-                          f"(0) and fine-tuned (1) models, so it lies between them.")
+        raise ConfigError(
+            f"config.evaluate.alphas holds {bad}, outside [0, 1]: a WiSE-FT weight mixes the zero-shot "
+            f"(0) and fine-tuned (1) models, so it lies between them."
+        )
     fine = [a for a in c.evaluate.alphas if abs(round(a, 2) - a) > 1e-9]
     if fine:
-        raise ConfigError(f"config.evaluate.alphas holds {fine}, with more than two decimals; the sweep names each "
-                          f"weight by two at most (0.25), so round them (e.g. {[round(a, 2) for a in fine]}).")
+        raise ConfigError(
+            f"config.evaluate.alphas holds {fine}, with more than two decimals; the sweep names each "
+            f"weight by two at most (0.25), so round them (e.g. {[round(a, 2) for a in fine]})."
+        )

@@ -100,8 +100,10 @@ def read_scalars(directory: str | Path) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(step, value), ...]} as TensorBoard shows the run in `directory` (after its purges)."""
     events = event_accumulator.EventAccumulator(str(directory), size_guidance={event_accumulator.TENSORS: 0})
     events.Reload()
-    return {tag: [(event.step, float(tensor_util.make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
-            for tag in events.Tags()[event_accumulator.TENSORS]}
+    return {
+        tag: [(event.step, float(tensor_util.make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
+        for tag in events.Tags()[event_accumulator.TENSORS]
+    }
 
 
 class _WandbRun:
@@ -117,7 +119,7 @@ class _WandbRun:
         if self.failed:
             return
         inside = str(directory).startswith(str(self.workdir).rstrip("/") + "/")
-        prefix = str(directory)[len(str(self.workdir).rstrip("/")) + 1:] if inside else directory.name
+        prefix = str(directory)[len(str(self.workdir).rstrip("/")) + 1 :] if inside else directory.name
         try:
             if prefix not in self._defined:  # each stage counts its own steps
                 self.run.define_metric(f"{prefix}/{step_key}")
@@ -126,8 +128,11 @@ class _WandbRun:
             self.run.log({f"{prefix}/{step_key}": step, **{f"{prefix}/{name}": v for name, v in values.items()}})
         except self._errors as error:
             self.failed = True
-            print(f"warning: W&B stopped taking curves ({type(error).__name__}: {error}); the TensorBoard event "
-                  f"files and metrics.jsonl go on.", file=sys.stderr)
+            print(
+                f"warning: W&B stopped taking curves ({type(error).__name__}: {error}); the TensorBoard event "
+                f"files and metrics.jsonl go on.",
+                file=sys.stderr,
+            )
 
     def finish(self) -> None:
         try:
@@ -154,15 +159,18 @@ def wandb_logging(project: str, workdir: epath.Path, config: dict[str, Any]) -> 
     try:
         run_id = json.loads(record.read_text())["id"] if record.exists() else uuid.uuid4().hex[:12]
     except (ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{record} is damaged ({error}); delete it to start a new W&B run for this "
-                         f"workdir.") from error
+        raise UsageError(
+            f"{record} is damaged ({error}); delete it to start a new W&B run for this workdir."
+        ) from error
     local = Path(workdir) if not storage.is_remote(workdir) else storage.cache_path(workdir)  # W&B writes locally
     local.mkdir(parents=True, exist_ok=True)
     try:
         run = wandb.init(project=project, id=run_id, resume="allow", name=workdir.name, config=config, dir=str(local))
     except Exception as error:  # W&B's errors have no common base; any of them means no run
-        raise UsageError(f"W&B could not start a run in project {project!r} ({error}); log in (`wandb login` or "
-                         f"WANDB_API_KEY), set WANDB_MODE=offline, or leave config.wandb_project empty.") from error
+        raise UsageError(
+            f"W&B could not start a run in project {project!r} ({error}); log in (`wandb login` or "
+            f"WANDB_API_KEY), set WANDB_MODE=offline, or leave config.wandb_project empty."
+        ) from error
     storage.write_atomic(record, json.dumps({"id": run_id, "project": project}))
     _wandb = _WandbRun(run, workdir, (OSError, wandb.Error))
     try:

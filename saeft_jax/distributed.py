@@ -42,36 +42,47 @@ class Startup:
         return self.processes > 1
 
 
-def plan(coordinator_address: str | None = None, num_processes: int | None = None,
-         process_id: int | None = None) -> Startup:
+def plan(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> Startup:
     """What `initialize` will do, decided without starting anything."""
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
         count = num_processes if num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
         index = process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID")
         if count is None or index is None:
-            raise UsageError(f"a coordinator address ({address}) needs the number of processes and this "
-                             f"process's id (--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
-        count, index = _count("--num_processes / JAX_NUM_PROCESSES", count), _count("--process_id / JAX_PROCESS_ID",
-                                                                                    index)
+            raise UsageError(
+                f"a coordinator address ({address}) needs the number of processes and this "
+                f"process's id (--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID)."
+            )
+        count, index = (
+            _count("--num_processes / JAX_NUM_PROCESSES", count),
+            _count("--process_id / JAX_PROCESS_ID", index),
+        )
         if not 0 <= index < count:
             raise UsageError(f"process id {index} is not one of the {count} processes (0 to {count - 1}).")
         return Startup("explicit", count, index, address)
     if num_processes is not None or process_id is not None:
-        raise UsageError("--num_processes/--process_id need --coordinator_address (host:port of process 0); on "
-                         "SLURM or a TPU slice pass none of the three, JAX finds them by itself.")
+        raise UsageError(
+            "--num_processes/--process_id need --coordinator_address (host:port of process 0); on "
+            "SLURM or a TPU slice pass none of the three, JAX finds them by itself."
+        )
     switch = os.environ.get(SWITCH, "auto")
     if switch not in ("auto", "off"):
-        raise UsageError(f"{SWITCH}={switch!r}; use 'auto' (JAX detects SLURM, TPU slices, GKE, ...) or 'off' "
-                         f"(this run is one process).")
+        raise UsageError(
+            f"{SWITCH}={switch!r}; use 'auto' (JAX detects SLURM, TPU slices, GKE, ...) or 'off' "
+            f"(this run is one process)."
+        )
     cluster = _detected_cluster() if switch == "auto" else None
     if cluster is None or cluster.get_process_count() <= 1:
         return Startup("single host")
     address, count, index, devices = cluster.auto_detect_unset_distributed_params(  # None: JAX's own detection
-        None, None, None, None, None, 300)
+        None, None, None, None, None, 300
+    )
     _check_visible_gpus(devices)
-    return Startup(cluster.name or cluster.__name__, count, index, address,
-                   tuple(devices) if devices is not None else None)
+    return Startup(
+        cluster.name or cluster.__name__, count, index, address, tuple(devices) if devices is not None else None
+    )
 
 
 def _count(name: str, value) -> int:
@@ -91,10 +102,12 @@ def _check_visible_gpus(devices) -> None:
         return
     count = len(visible.split(","))
     if max(devices) >= count:
-        raise UsageError(f"this task would drive GPU {max(devices)} of its node (its SLURM_LOCALID, JAX's rule), "
-                         f"but it sees {count} (CUDA_VISIBLE_DEVICES={visible}): GPUs are bound to tasks "
-                         f"(--gpus-per-task or --gpu-bind). Let every task see all of its node's GPUs, with "
-                         f"--gpus-per-node and --ntasks-per-node equal, as launch/slurm.sbatch does.")
+        raise UsageError(
+            f"this task would drive GPU {max(devices)} of its node (its SLURM_LOCALID, JAX's rule), "
+            f"but it sees {count} (CUDA_VISIBLE_DEVICES={visible}): GPUs are bound to tasks "
+            f"(--gpus-per-task or --gpu-bind). Let every task see all of its node's GPUs, with "
+            f"--gpus-per-node and --ntasks-per-node equal, as launch/slurm.sbatch does."
+        )
 
 
 def _detected_cluster():
@@ -102,19 +115,24 @@ def _detected_cluster():
     arguments), or None on a single machine."""
     from jax._src import clusters  # JAX's detection, the same that initialize() uses
 
-    return next((env for env in clusters.ClusterEnv._cluster_types
-                 if not env.opt_in_only_method and env.is_env_present()), None)
+    return next(
+        (env for env in clusters.ClusterEnv._cluster_types if not env.opt_in_only_method and env.is_env_present()), None
+    )
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> Startup:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> Startup:
     """Joins the process group when the run spans several processes; returns how it started."""
     startup = plan(coordinator_address, num_processes, process_id)
     if startup.joins:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over gloo
-        jax.distributed.initialize(startup.coordinator_address, startup.processes, startup.process_id,
-                                   local_device_ids=list(startup.local_device_ids)
-                                   if startup.local_device_ids is not None else None)
+        jax.distributed.initialize(
+            startup.coordinator_address,
+            startup.processes,
+            startup.process_id,
+            local_device_ids=list(startup.local_device_ids) if startup.local_device_ids is not None else None,
+        )
     return startup
 
 

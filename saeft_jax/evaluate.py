@@ -43,8 +43,9 @@ def load_model(name_or_path: str) -> models.Model:
     return models.load(name_or_path)
 
 
-def suite_specs(name: str, data_dir: str | None,
-                templates_file: str = "") -> tuple[list[DatasetSpec], str | None, list[str]]:
+def suite_specs(
+    name: str, data_dir: str | None, templates_file: str = ""
+) -> tuple[list[DatasetSpec], str | None, list[str]]:
     """The specs of suite `name` (in distribution first), its in-distribution dataset (or None) and
     its shifts. An unknown suite or dataset is a `UsageError` naming it."""
     digits.register(digits.DigitsSetup())  # the demo's suite `digits`, as a demo run names it
@@ -68,42 +69,64 @@ def zeroshot_heads(loaded: models.Model, specs: list[DatasetSpec]) -> dict[str, 
             spaces.setdefault(spec.label_space, spec)
     missing = sorted({s.label_space for s in specs} - set(spaces))
     if missing:
-        raise UsageError(f"--suite: no dataset of it gives the full class list of label space(s) {missing}; add a "
-                         f"dataset of that space without a projection (e.g. imagenet) to the list.")
-    return {space: {k: np.asarray(v) for k, v in build_zeroshot_head(
-        loaded, spec.prompts(), show_progress=False).items()} for space, spec in spaces.items()}
+        raise UsageError(
+            f"--suite: no dataset of it gives the full class list of label space(s) {missing}; add a "
+            f"dataset of that space without a projection (e.g. imagenet) to the list."
+        )
+    return {
+        space: {k: np.asarray(v) for k, v in build_zeroshot_head(loaded, spec.prompts(), show_progress=False).items()}
+        for space, spec in spaces.items()
+    }
 
 
 def _checked_head(path: str, spec: DatasetSpec, width: int) -> dict[str, np.ndarray]:
     try:
         head = storage.load_safetensors(storage.path(path))
     except Exception as error:  # a missing or damaged file: several error types
-        raise UsageError(f"--head {path} cannot be read ({error}); pass a head.safetensors written by a run "
-                         f"(finetune/<method>/head.safetensors).") from error
+        raise UsageError(
+            f"--head {path} cannot be read ({error}); pass a head.safetensors written by a run "
+            f"(finetune/<method>/head.safetensors)."
+        ) from error
     if "W" not in head or np.shape(head["W"]) != (len(spec.classnames), width):
-        raise UsageError(f"--head {path} holds a head of shape {np.shape(head.get('W'))}, but {spec.name}'s classes "
-                         f"need ({len(spec.classnames)}, {width}); pass the head trained for this suite's "
-                         f"in-distribution dataset.")
+        raise UsageError(
+            f"--head {path} holds a head of shape {np.shape(head.get('W'))}, but {spec.name}'s classes "
+            f"need ({len(spec.classnames)}, {width}); pass the head trained for this suite's "
+            f"in-distribution dataset."
+        )
     return {k: np.asarray(v, np.float32) for k, v in head.items()}
 
 
-def evaluate(model: str, suite_name: str, *, head: str = "", data_dir: str | None = None, wise_with: str = "",
-             alphas: tuple[float, ...] = wise.DEFAULT_ALPHAS, batch_size: int = 256, templates_file: str = "",
-             num_workers: int = 0, show_progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: str,
+    suite_name: str,
+    *,
+    head: str = "",
+    data_dir: str | None = None,
+    wise_with: str = "",
+    alphas: tuple[float, ...] = wise.DEFAULT_ALPHAS,
+    batch_size: int = 256,
+    templates_file: str = "",
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """The scores of `model` (with `head` for the in-distribution label space) on suite
     `suite_name`; with `wise_with`, of every WiSE-FT mix between it and that model."""
     specs, in_distribution, shifts = suite_specs(suite_name, data_dir, templates_file)
     sources = [open_source(spec, data_dir) for spec in specs]  # a dataset not prepared fails now, before the model
     if head and in_distribution is None:
-        raise UsageError(f"--head needs a suite with a dataset in distribution (its label space is the head's); "
-                         f"{suite_name!r} has none. Name the dataset first, e.g. --suite=NAME/test,{suite_name}.")
+        raise UsageError(
+            f"--head needs a suite with a dataset in distribution (its label space is the head's); "
+            f"{suite_name!r} has none. Name the dataset first, e.g. --suite=NAME/test,{suite_name}."
+        )
     theirs = load_model(model)
     other = load_model(wise_with) if wise_with else theirs
     width = theirs.embed_dim
     if wise_with and not theirs.same_image_tower(other):
-        raise UsageError(f"--wise_with {wise_with} (a {other.family.name} model) has another image encoder than "
-                         f"--model {model} (a {theirs.family.name} model); WiSE-FT mixes the weights of two models of "
-                         f"one family and architecture.")
+        raise UsageError(
+            f"--wise_with {wise_with} (a {other.family.name} model) has another image encoder than "
+            f"--model {model} (a {theirs.family.name} model); WiSE-FT mixes the weights of two models of "
+            f"one family and architecture."
+        )
     own_heads, other_heads = zeroshot_heads(theirs, specs), zeroshot_heads(other, specs) if wise_with else None
     if head:
         own_heads[specs[0].label_space] = _checked_head(head, specs[0], width)
@@ -114,18 +137,37 @@ def evaluate(model: str, suite_name: str, *, head: str = "", data_dir: str | Non
     for spec, source in zip(specs, sources):
         theta = {"encoder": own, "head": own_heads[spec.label_space]}
         theta0 = {"encoder": others, "head": other_heads[spec.label_space]} if wise_with else theta
-        result = evaluate_dataset(encoder, theta0, theta, spec, source, image_spec=theirs.image_spec, mesh=mesh,
-                                  global_batch=batch_size, alphas=alphas, num_workers=num_workers,
-                                  show_progress=show_progress)
-        datasets[spec.name] = {"metric": spec.metric, "scores": {wise.alpha_key(a): s for a, s in result.scores.items()}}
+        result = evaluate_dataset(
+            encoder,
+            theta0,
+            theta,
+            spec,
+            source,
+            image_spec=theirs.image_spec,
+            mesh=mesh,
+            global_batch=batch_size,
+            alphas=alphas,
+            num_workers=num_workers,
+            show_progress=show_progress,
+        )
+        datasets[spec.name] = {
+            "metric": spec.metric,
+            "scores": {wise.alpha_key(a): s for a, s in result.scores.items()},
+        }
 
     def scores_at(alpha: str) -> dict[str, Any]:
         metrics = {name: record["scores"][alpha] for name, record in datasets.items()}
         return {"metrics": metrics, "avg_ood": float(np.mean([metrics[n] for n in shifts])) if shifts else None}
 
-    out = {"model": model, "head": head or None, "suite": suite_name, "id_dataset": in_distribution,
-           "ood_datasets": shifts, "dataset_metrics": {n: r["metric"] for n, r in datasets.items()},
-           **scores_at("1.0")}
+    out = {
+        "model": model,
+        "head": head or None,
+        "suite": suite_name,
+        "id_dataset": in_distribution,
+        "ood_datasets": shifts,
+        "dataset_metrics": {n: r["metric"] for n, r in datasets.items()},
+        **scores_at("1.0"),
+    }
     if wise_with:
         out["wise_with"] = wise_with
         out["wise"] = {a: scores_at(a) for a in datasets[specs[0].name]["scores"]}
@@ -136,8 +178,11 @@ def markdown(result: dict[str, Any]) -> str:
     """The evaluation as a Markdown table: the model's row, and with WiSE-FT one row per alpha."""
     names = list(result["dataset_metrics"])
     average = ["average OOD"] if result["ood_datasets"] else []
-    header = ["model", *(f"{n} ({result['dataset_metrics'][n]}{', ID' if n == result['id_dataset'] else ''})"
-                         for n in names), *average]
+    header = [
+        "model",
+        *(f"{n} ({result['dataset_metrics'][n]}{', ID' if n == result['id_dataset'] else ''})" for n in names),
+        *average,
+    ]
 
     def row(label: str, scores: dict[str, Any]) -> str:
         cells = [label, *(f"{100 * scores['metrics'][n]:.1f}" for n in names)]
@@ -145,9 +190,18 @@ def markdown(result: dict[str, Any]) -> str:
         return "| " + " | ".join(cells) + " |"
 
     head = f" with head `{result['head']}`" if result["head"] else " (zero-shot heads of its own text tower)"
-    lines = ["# Evaluation", "", f"- **Model:** `{result['model']}`{head}.", f"- **Suite:** `{result['suite']}`.",
-             "", "Scores in percent.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             row(f"`{result['model']}`", result)]
+    lines = [
+        "# Evaluation",
+        "",
+        f"- **Model:** `{result['model']}`{head}.",
+        f"- **Suite:** `{result['suite']}`.",
+        "",
+        "Scores in percent.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        row(f"`{result['model']}`", result),
+    ]
     if "wise" in result:
         lines += [row(f"WiSE-FT alpha {a} (0: `{result['wise_with']}`)", s) for a, s in result["wise"].items()]
     return "\n".join(lines) + "\n"
@@ -174,9 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or not all(0 <= a <= 1 for a in alphas):
         parser.error("--batch_size must be positive and --alphas in [0, 1]")
     try:
-        result = evaluate(args.model, args.suite, head=args.head, data_dir=args.data_dir, wise_with=args.wise_with,
-                          alphas=alphas, batch_size=args.batch_size, templates_file=args.templates_file,
-                          num_workers=args.num_workers)
+        result = evaluate(
+            args.model,
+            args.suite,
+            head=args.head,
+            data_dir=args.data_dir,
+            wise_with=args.wise_with,
+            alphas=alphas,
+            batch_size=args.batch_size,
+            templates_file=args.templates_file,
+            num_workers=args.num_workers,
+        )
         out = storage.path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         storage.write_atomic(out / JSON_FILE, json.dumps(result, indent=1))

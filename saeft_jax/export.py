@@ -31,14 +31,21 @@ def export(workdir: str, method: str, out: str, format: str = "open_clip") -> ep
         raise UsageError(f"{workdir} is not a directory; name the workdir of a run (its --workdir).")
     if completion.status(root, (STAGE, method))[0] is None:
         made = sorted(p.name for p in (root / STAGE).iterdir()) if (root / STAGE).is_dir() else []
-        raise UsageError(f"{workdir} has no finished fine-tuned method {method!r} (finished or started: "
-                         f"{', '.join(made) or 'none'}); run its pipeline to the end of the finetune stage first.")
+        raise UsageError(
+            f"{workdir} has no finished fine-tuned method {method!r} (finished or started: "
+            f"{', '.join(made) or 'none'}); run its pipeline to the end of the finetune stage first."
+        )
     target = storage.path(out)
-    inside = not storage.is_remote(target) and not storage.is_remote(root) and \
-        epath.Path(target).resolve().is_relative_to(epath.Path(root).resolve())
+    inside = (
+        not storage.is_remote(target)
+        and not storage.is_remote(root)
+        and epath.Path(target).resolve().is_relative_to(epath.Path(root).resolve())
+    )
     if target.exists() or inside:
-        raise UsageError(f"--out {out} {'already exists' if target.exists() else 'lies inside the run'}; name a new "
-                         f"directory outside {workdir} (nothing was written).")
+        raise UsageError(
+            f"--out {out} {'already exists' if target.exists() else 'lies inside the run'}; name a new "
+            f"directory outside {workdir} (nothing was written)."
+        )
     command = f"python -m saeft_jax.export {workdir} --method {method}"
     final = completion.verified(root, (STAGE, method), "final", command)
     head = completion.verified(root, (STAGE, method), "head.safetensors", command)

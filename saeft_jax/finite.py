@@ -30,9 +30,11 @@ def check_finite(tensors: Any, where: str, remedy: str) -> None:
         bad = nonfinite_count(leaf)
         if bad:
             name = "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
-            raise NonFiniteError(f"{where}{f': tensor {name}' if name else ''} holds {bad} non-finite "
-                                 f"value{'s' if bad > 1 else ''} (NaN or infinity) of {np.size(leaf)}, which would "
-                                 f"silently spoil every score made from it; {remedy}")
+            raise NonFiniteError(
+                f"{where}{f': tensor {name}' if name else ''} holds {bad} non-finite "
+                f"value{'s' if bad > 1 else ''} (NaN or infinity) of {np.size(leaf)}, which would "
+                f"silently spoil every score made from it; {remedy}"
+            )
 
 
 def nonfinite_count(array: Any) -> int:
@@ -42,11 +44,14 @@ def nonfinite_count(array: Any) -> int:
     if isinstance(array, jax.Array):
         return int(jnp.sum(~jnp.isfinite(array)))
     flat = np.asarray(array).reshape(-1)  # a memory map stays one: reshape makes a view
-    return sum(int(np.count_nonzero(~np.isfinite(flat[i:i + _CHUNK]))) for i in range(0, flat.size, _CHUNK))
+    return sum(int(np.count_nonzero(~np.isfinite(flat[i : i + _CHUNK]))) for i in range(0, flat.size, _CHUNK))
 
 
 def check_artifact(tensors: Any, workdir: Any, parts: tuple[str, ...], name: str, cause: str, command: str) -> None:
     """`check_finite` for file `name` of the run's artifact `parts` (under `workdir`): the message
     says what made it (`cause`) and that deleting the artifact lets `command` make it again."""
-    check_finite(tensors, str(workdir.joinpath(*parts, name)),
-                 f"{cause}. Delete {workdir.joinpath(*parts)} and its stage makes it again on {command}.")
+    check_finite(
+        tensors,
+        str(workdir.joinpath(*parts, name)),
+        f"{cause}. Delete {workdir.joinpath(*parts)} and its stage makes it again on {command}.",
+    )

@@ -23,13 +23,16 @@ def load_clip(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, *, rema
     """`models.load` of a CLIP-family checkpoint, as `(CLIP module, float32 params)`."""
     model = models.load(name_or_path, dtype, remat=remat)
     if model.family.name != "clip":
-        raise CheckpointError(f"{name_or_path} holds a {model.family.name} model; load_clip reads CLIP checkpoints "
-                              f"only (use saeft_jax.models.load for every family).")
+        raise CheckpointError(
+            f"{name_or_path} holds a {model.family.name} model; load_clip reads CLIP checkpoints "
+            f"only (use saeft_jax.models.load for every family)."
+        )
     return model.module, model.params
 
 
-def save_clip(model: CLIP, params: dict, out_dir: str | os.PathLike, *, tokenizer: Any = None,
-              image_spec: ImageSpec | None = None) -> epath.Path:
+def save_clip(
+    model: CLIP, params: dict, out_dir: str | os.PathLike, *, tokenizer: Any = None, image_spec: ImageSpec | None = None
+) -> epath.Path:
     """`Model.save(out_dir, format="hf")` of a CLIP module and its parameters."""
     spec = image_spec or ImageSpec(size=model.config.vision.image_size)
     family = clip_family.ClipFamily()

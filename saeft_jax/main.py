@@ -25,8 +25,9 @@ from saeft_jax.errors import UsageError
 from saeft_jax.methods import unknown_hparam_hints
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file, e.g. configs/vitb16.py[:arg].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where every artifact of the run goes (created if missing).",
-                               required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where every artifact of the run goes (created if missing).", required=True
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
@@ -54,17 +55,21 @@ def _unknown_key(argv: list[str], error: Exception) -> str:
     have, and what was meant."""
     text = str(error.__context__ or error).replace("\\n", "\n").replace("\\'", "'")
     if "get_config" in text:
-        return (f"--config={_config_path(argv)} defines no get_config(); a config file defines get_config(arg=None) "
-                f"returning saeft_jax.config.base_config() with its changes (see configs/demo.py).")
+        return (
+            f"--config={_config_path(argv)} defines no get_config(); a config file defines get_config(arg=None) "
+            f"returning saeft_jax.config.base_config() with its changes (see configs/demo.py)."
+        )
     missing = re.search(r"""Key "([^"]+)" does not exist""", text) or re.search(r"'([^'\s]+)'", text)
     meant = re.search(r'Did you mean "([^"]+)"', text)
     hint = f" (did you mean {meant.group(1)!r}?)" if meant else ""
     key = missing.group(1) if missing else "?"
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    named = [o for o in overrides if key in o[len("--config."):].split(".")]
+    named = [o for o in overrides if key in o[len("--config.") :].split(".")]
     if not named:  # set inside the config file
-        return (f"--config={_config_path(argv)}: its get_config() sets the config key {key!r}, which does not "
-                f"exist{hint}; {_KEYS}.")
+        return (
+            f"--config={_config_path(argv)}: its get_config() sets the config key {key!r}, which does not "
+            f"exist{hint}; {_KEYS}."
+        )
     if named[0].startswith("--config.finetune.methods."):
         hint += "".join(f" ({h})" for h in unknown_hparam_hints(key))
     return f"{named[0]}: the config {_config_path(argv)} has no such key{hint}; {_KEYS}."
@@ -80,8 +85,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except flags.IllegalFlagValueError as error:
         text = str(error)
         if "Error whilst parsing config file" in text:
-            fail(f"--config={_config_path(argv)}: its get_config() failed ({_last_line(text)}); fix the config "
-                 f"file or its argument (e.g. configs/demo.py:smoke).")
+            fail(
+                f"--config={_config_path(argv)}: its get_config() failed ({_last_line(text)}); fix the config "
+                f"file or its argument (e.g. configs/demo.py:smoke)."
+            )
         first = text.splitlines()[0]
         if first.startswith("flag --config."):
             fail(f"{first}; give a value of the key's type ({_KEYS}).")
@@ -97,14 +104,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if type(config).__name__ == "_ErrorConfig":  # the same stand-in, reached first here
         _missing_config_file(argv)
     if not isinstance(config, ml_collections.ConfigDict):
-        fail(f"--config={_config_path(argv)}: get_config() returned a {type(config).__name__}; it must return the "
-             f"ConfigDict of saeft_jax.config.base_config() with its changes (see configs/demo.py).")
+        fail(
+            f"--config={_config_path(argv)}: get_config() returned a {type(config).__name__}; it must return the "
+            f"ConfigDict of saeft_jax.config.base_config() with its changes (see configs/demo.py)."
+        )
     return rest
 
 
 def _missing_config_file(argv: list[str]) -> None:
-    fail(f"--config={_config_path(argv)}: no such config file (relative paths start at {os.getcwd()}); pass one "
-         f"of configs/*.py, e.g. --config=configs/demo.py.")
+    fail(
+        f"--config={_config_path(argv)}: no such config file (relative paths start at {os.getcwd()}); pass one "
+        f"of configs/*.py, e.g. --config=configs/demo.py."
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -117,8 +128,11 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every save at INFO; show warnings and up
         logging.set_verbosity(logging.WARNING)
     if startup.joins:
-        print(f"process {startup.process_id} of {startup.processes} ({startup.how}, coordinator "
-              f"{startup.coordinator_address})", flush=True)
+        print(
+            f"process {startup.process_id} of {startup.processes} ({startup.how}, coordinator "
+            f"{startup.coordinator_address})",
+            flush=True,
+        )
     from saeft_jax.config import finish
     from saeft_jax.pipeline import run_pipeline
 
@@ -148,8 +162,11 @@ def _stop_of(error: Exception) -> stopping.Stopped | None:
     signum = stopping.requested()
     if stop is None and signum is not None:
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
-        stop = stopping.Stopped(f"{stopping.signal_name(signum)}, and while stopping: {type(error).__name__} "
-                                f"{first_line}; every finished artifact is kept", signum)
+        stop = stopping.Stopped(
+            f"{stopping.signal_name(signum)}, and while stopping: {type(error).__name__} "
+            f"{first_line}; every finished artifact is kept",
+            signum,
+        )
     return stop
 
 

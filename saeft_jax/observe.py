@@ -18,8 +18,9 @@ from saeft_jax.curves import Curves
 LINE_EVERY_S = 30.0  # how often a log (not a terminal) gets a progress line
 
 
-def progress(total: int, desc: str, *, enabled: bool = True, initial: int = 0, unit: str = "step",
-             stream: TextIO | None = None) -> "tqdm.tqdm | ProgressLines":
+def progress(
+    total: int, desc: str, *, enabled: bool = True, initial: int = 0, unit: str = "step", stream: TextIO | None = None
+) -> "tqdm.tqdm | ProgressLines":
     """Progress towards `total`: a tqdm bar when `stream` (default stderr) is a terminal, and
     periodic plain lines otherwise, since a bar's carriage returns make one endless line in a
     SLURM or nohup log. Silent when not `enabled`. Both take `update(n)`, `set_postfix(**values)`
@@ -27,8 +28,9 @@ def progress(total: int, desc: str, *, enabled: bool = True, initial: int = 0, u
     stream = stream or sys.stderr
     if enabled and not getattr(stream, "isatty", lambda: False)():
         return ProgressLines(total, desc, initial=initial, unit=unit, stream=stream)
-    return tqdm.tqdm(total=total, desc=desc, initial=initial, unit=unit, disable=not enabled, dynamic_ncols=True,
-                     file=stream)
+    return tqdm.tqdm(
+        total=total, desc=desc, initial=initial, unit=unit, disable=not enabled, dynamic_ncols=True, file=stream
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -42,8 +44,17 @@ class ProgressLines:
     `finetune: 120/500 step (24%), 3.10 step/s, ETA 2m03s, loss=0.4100`; the rate counts only
     this run's work (a resumed run's `initial` steps are not in it)."""
 
-    def __init__(self, total: int, desc: str, *, initial: int = 0, unit: str = "step", stream: TextIO,
-                 every_s: float = LINE_EVERY_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        *,
+        initial: int = 0,
+        unit: str = "step",
+        stream: TextIO,
+        every_s: float = LINE_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
         self.every_s, self.clock = every_s, clock
         self.n, self._initial, self._postfix = initial, initial, ""

@@ -37,7 +37,7 @@ def fsdp_spec(shape: tuple[int, ...], devices: int, min_size: int) -> PartitionS
     return PartitionSpec(*([None] * axis + [DATA_AXIS]))
 
 
-def state_shardings(tree, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2 ** 18):
+def state_shardings(tree, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2**18):
     """Shardings for every leaf of `tree` (parameters, optimizer moments alike, by shape):
     replicated, or with `fsdp` split by `fsdp_spec`."""
     devices = mesh.shape[DATA_AXIS]
@@ -49,5 +49,7 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
     """Global batches are split evenly over the data axis; say so when they cannot be."""
     devices = mesh.shape[DATA_AXIS]
     if batch_size % devices:
-        raise ValueError(f"batch size {batch_size} does not divide by the {devices} devices of the data axis; "
-                         f"use a multiple of {devices}.")
+        raise ValueError(
+            f"batch size {batch_size} does not divide by the {devices} devices of the data axis; "
+            f"use a multiple of {devices}."
+        )

@@ -27,8 +27,18 @@ from saeft_jax.stages.context import Run, write_json
 from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Keys that change how a run goes, not what it computes: a rerun may change them.
-OPERATIONAL = {"stages", "show_progress", "num_workers", "data_dir", "demo.cache_dir", "finetune.log_every",
-               "finetune.checkpoint_every", "finetune.keep_checkpoints", "features.chunk_steps", "wandb_project"}
+OPERATIONAL = {
+    "stages",
+    "show_progress",
+    "num_workers",
+    "data_dir",
+    "demo.cache_dir",
+    "finetune.log_every",
+    "finetune.checkpoint_every",
+    "finetune.keep_checkpoints",
+    "features.chunk_steps",
+    "wandb_project",
+}
 PACKAGES = ("saeft-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "numpy")
 
 
@@ -50,18 +60,25 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
         try:
             recorded = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise UsageError(f"{path} is damaged ({error}), so this run cannot tell whether the workdir holds a run of "
-                             f"the same config. If it does, delete {path} and rerun; otherwise use a new "
-                             f"--workdir.") from error
+            raise UsageError(
+                f"{path} is damaged ({error}), so this run cannot tell whether the workdir holds a run of "
+                f"the same config. If it does, delete {path} and rerun; otherwise use a new "
+                f"--workdir."
+            ) from error
         ignored = OPERATIONAL | _unread(config, _flat(recorded) | _flat(resolved))
         before = {k: v for k, v in _flat(recorded).items() if k not in ignored}
         now = {k: v for k, v in _flat(resolved).items() if k not in ignored}
         defaults = _flat(json.loads(base_config().to_json_best_effort()))
-        differ = sorted(k for k in before.keys() | now.keys()
-                        if before.get(k, _default(k, defaults)) != now.get(k, _default(k, defaults)))
+        differ = sorted(
+            k
+            for k in before.keys() | now.keys()
+            if before.get(k, _default(k, defaults)) != now.get(k, _default(k, defaults))
+        )
         if differ:
-            raise UsageError(f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
-                             f"--workdir, or the same config to continue that run.")
+            raise UsageError(
+                f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
+                f"--workdir, or the same config to continue that run."
+            )
 
 
 def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
@@ -113,10 +130,16 @@ def record_versions(workdir: epath.Path) -> list[dict]:
     attempts = _attempts(path)
     if attempts and attempts[-1].get("versions") != versions:
         before = attempts[-1].get("versions") or {}
-        changed = [f"{p} {before.get(p)} -> {versions.get(p)}" for p in sorted(before.keys() | versions.keys())
-                   if before.get(p) != versions.get(p)]
-        print(f"note: this run continues under other versions than its previous attempt ({', '.join(changed)}); "
-              f"{path} keeps the versions of every attempt.", flush=True)
+        changed = [
+            f"{p} {before.get(p)} -> {versions.get(p)}"
+            for p in sorted(before.keys() | versions.keys())
+            if before.get(p) != versions.get(p)
+        ]
+        print(
+            f"note: this run continues under other versions than its previous attempt ({', '.join(changed)}); "
+            f"{path} keeps the versions of every attempt.",
+            flush=True,
+        )
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     attempts.append({"started": started, "versions": versions})
     write_json(path, {"attempts": attempts})
@@ -154,12 +177,16 @@ def prepare_workdir(workdir: str | os.PathLike) -> epath.Path:
             probe.write_text("")
             probe.unlink()
     except ImportError as error:  # gs:// without gcsfs, s3:// without s3fs
-        raise UsageError(f"--workdir {path} needs a filesystem package that is not installed ({error}); for gs:// "
-                         f"run pip install gcsfs, for s3:// pip install s3fs") from error
+        raise UsageError(
+            f"--workdir {path} needs a filesystem package that is not installed ({error}); for gs:// "
+            f"run pip install gcsfs, for s3:// pip install s3fs"
+        ) from error
     except (OSError, ValueError) as error:
         reason = getattr(error, "strerror", None) or error
-        raise UsageError(f"--workdir {path} cannot be written ({reason}); choose a writable directory, or for a "
-                         f"bucket check its name and your credentials") from error
+        raise UsageError(
+            f"--workdir {path} cannot be written ({reason}); choose a writable directory, or for a "
+            f"bucket check its name and your credentials"
+        ) from error
     if is_file:
         raise UsageError(f"--workdir {path} is a file; pass a directory (it is created when missing)")
     return path
@@ -170,8 +197,9 @@ def _say(run: Run, message: str) -> None:
         print(message, flush=True)
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                 command: str = "rerunning the same command") -> epath.Path | None:
+def run_pipeline(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "rerunning the same command"
+) -> epath.Path | None:
     """Runs the configured stages in `workdir`, holding its lock; returns the report directory
     when the report is complete, else None. `command` tells a user how to rerun, in messages
     about damaged artifacts."""
@@ -191,8 +219,11 @@ def _inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     """(config key, place) of everything the run reads that may be in a bucket: the data, the model,
     the methods' imported checkpoints."""
     places = [("config.data_dir", config.data_dir or DEFAULT_DATA_DIR), ("config.model", config.model)]
-    places += [(f"config.finetune.methods.{name}.checkpoint", method.checkpoint)
-               for name, method in config.finetune.methods.items() if method.get("checkpoint")]
+    places += [
+        (f"config.finetune.methods.{name}.checkpoint", method.checkpoint)
+        for name, method in config.finetune.methods.items()
+        if method.get("checkpoint")
+    ]
     return places
 
 
@@ -217,15 +248,19 @@ def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
 def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ...], ...]]]:
     """(artifact, the function that makes it, the artifacts it is made from), in order."""
     plan = [(("zeroshot",), heads.run_stage, ()), (("features",), features.run_stage, ())]
-    plan += [(("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),))
-             for name in run.config.saes]
+    plan += [
+        (("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),))
+        for name in run.config.saes
+    ]
     plan += [(("probe",), probe.run_stage, (("features",),))] if probe.wanted(run) else []
     for name, method in run.methods.items():
-        plan.append((("finetune", name), functools.partial(finetuned.run_stage, name=name),
-                     finetuned.made_from(run, method)))
+        plan.append(
+            (("finetune", name), functools.partial(finetuned.run_stage, name=name), finetuned.made_from(run, method))
+        )
     for name in run.methods:
-        plan.append((("evaluate", name), functools.partial(scores.run_stage, name=name),
-                     (("finetune", name), ("zeroshot",))))
+        plan.append(
+            (("evaluate", name), functools.partial(scores.run_stage, name=name), (("finetune", name), ("zeroshot",)))
+        )
     plan.append((("report",), report.run_stage, tuple(("evaluate", name) for name in run.methods)))
     return plan
 
@@ -265,15 +300,20 @@ def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) 
         missing = [need for need in needs if run.done(*need) is None]
         if missing:
             names, stages = ", ".join("/".join(m) for m in missing), sorted({m[0] for m in missing})
-            raise UsageError(f"stage {label} is made from {names}, which {'is' if len(missing) == 1 else 'are'} not "
-                             f"complete in {workdir}; add the stage{'s' if len(stages) > 1 else ''} "
-                             f"{', '.join(stages)} to config.stages (all stages run by default).")
+            raise UsageError(
+                f"stage {label} is made from {names}, which {'is' if len(missing) == 1 else 'are'} not "
+                f"complete in {workdir}; add the stage{'s' if len(stages) > 1 else ''} "
+                f"{', '.join(stages)} to config.stages (all stages run by default)."
+            )
         problem = run.problem(*parts)
         if problem is None:
             _say(run, f"stage {label}: running")
         else:
-            _say(run, f"stage {label}: {problem.reason}; " + ("starting it over" if problem.start_over else
-                                                             "making what is missing again"))
+            _say(
+                run,
+                f"stage {label}: {problem.reason}; "
+                + ("starting it over" if problem.start_over else "making what is missing again"),
+            )
             if run.is_writer:
                 completion.discard(workdir, parts, problem)
             run.barrier(f"discard {label}")

@@ -88,9 +88,14 @@ class Regularizer:
 REGISTRY: dict[str, Regularizer] = {}
 
 
-def register(name: str | None = None, *, needs: Sequence[str] = ("f0",),
-             taps: Callable[[int], tuple[int, ...]] | None = None,
-             sae_kind: str = "topk", batch_mean: bool = True) -> Callable[[Penalty], Penalty]:
+def register(
+    name: str | None = None,
+    *,
+    needs: Sequence[str] = ("f0",),
+    taps: Callable[[int], tuple[int, ...]] | None = None,
+    sae_kind: str = "topk",
+    batch_mean: bool = True,
+) -> Callable[[Penalty], Penalty]:
     """Registers the decorated penalty as regularizer `name` (default: the function's name);
     `sae_kind` is the kind of SAE it reads ("topk", or "pca" for a PCA basis); `batch_mean=False`
     for a penalty of the batch as a whole (a matrix norm), which gradient accumulation would
@@ -142,8 +147,10 @@ def _residual(f, f0, st, s0, sae: FrozenSAE) -> jax.Array:
 
 def _support_changes(st: jax.Array, s0: jax.Array) -> Metrics:
     active, active0 = st != 0, s0 != 0
-    return {"added_per_image": jnp.mean(jnp.sum(active & ~active0, -1).astype(jnp.float32)),
-            "removed_per_image": jnp.mean(jnp.sum(active0 & ~active, -1).astype(jnp.float32))}
+    return {
+        "added_per_image": jnp.mean(jnp.sum(active & ~active0, -1).astype(jnp.float32)),
+        "removed_per_image": jnp.mean(jnp.sum(active0 & ~active, -1).astype(jnp.float32)),
+    }
 
 
 @register(needs=())
@@ -153,8 +160,15 @@ def none(f: jax.Array, f0: jax.Array) -> tuple[jax.Array, Metrics]:
 
 
 @register(needs=("f0", "sae"))
-def sae_add_remove(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: float = 10.0,
-                   lambda_remove: float = 0.02, mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+def sae_add_remove(
+    f: jax.Array,
+    f0: jax.Array,
+    *,
+    sae: FrozenSAE,
+    lambda_add: float = 10.0,
+    lambda_remove: float = 0.02,
+    mu: float = 1.0,
+) -> tuple[jax.Array, Metrics]:
     """SAE-FT: penalise features that appear (add), weaken or vanish (remove), and change
     outside the dictionary (residual)."""
     f, f0, st, s0 = sae_codes(f, f0, sae)
@@ -167,8 +181,9 @@ def sae_add_remove(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: f
 
 
 @register(needs=("f0", "sae"))
-def sae_mask(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: float = 10.0,
-             mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+def sae_mask(
+    f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: float = 10.0, mu: float = 1.0
+) -> tuple[jax.Array, Metrics]:
     """`sae_add_remove` without the removal term (the reference README's "main method")."""
     return sae_add_remove(f, f0, sae=sae, lambda_add=lambda_add, lambda_remove=0.0, mu=mu)
 
@@ -176,29 +191,31 @@ def sae_mask(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_add: float =
 def _sparse_terms(f, f0, st, s0, sae: FrozenSAE, lambda_l1: float, mu: float) -> tuple[jax.Array, Metrics]:
     l1_change = jnp.mean(jnp.abs(st - s0))
     residual = _residual(f, f0, st, s0, sae)
-    return lambda_l1 * l1_change + mu * residual, {"l1": l1_change, "residual": residual,
-                                                   **_support_changes(st, s0)}
+    return lambda_l1 * l1_change + mu * residual, {"l1": l1_change, "residual": residual, **_support_changes(st, s0)}
 
 
 @register(needs=("f0", "sae"))
-def sae_sparse(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3,
-               mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+def sae_sparse(
+    f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, mu: float = 1.0
+) -> tuple[jax.Array, Metrics]:
     """lambda_l1 * mean|st - s0| + mu * residual."""
     f, f0, st, s0 = sae_codes(f, f0, sae)
     return _sparse_terms(f, f0, st, s0, sae, lambda_l1, mu)
 
 
 @register(needs=("f0", "sae"), sae_kind="pca")
-def pca(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3,
-        mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+def pca(
+    f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, mu: float = 1.0
+) -> tuple[jax.Array, Metrics]:
     """`sae_sparse` with a PCA basis as the dictionary (an SAE of kind "pca": the leading
     principal directions of the zero-shot training features, `saeft_jax.sae.pca`)."""
     return sae_sparse(f, f0, sae=sae, lambda_l1=lambda_l1, mu=mu)
 
 
 @register(needs=("f0", "sae"))
-def sae_kl(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_kl: float = 0.1,
-           mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+def sae_kl(
+    f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_kl: float = 0.1, mu: float = 1.0
+) -> tuple[jax.Array, Metrics]:
     """`sae_sparse` + lambda_kl * KL(p0 || pt), p = |codes| renormalised to sum 1 per example
     (magnitudes, since Top-K codes without ReLU can be negative)."""
     f, f0, st, s0 = sae_codes(f, f0, sae)
@@ -213,8 +230,7 @@ def sae_kl(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e
 SINKHORN_EPSILON, SINKHORN_ITERATIONS = 0.05, 50  # the reference's, for `sae_w`
 
 
-def sinkhorn_distance(p0: jax.Array, p1: jax.Array, cost: jax.Array, *, epsilon: float,
-                      iterations: int) -> jax.Array:
+def sinkhorn_distance(p0: jax.Array, p1: jax.Array, cost: jax.Array, *, epsilon: float, iterations: int) -> jax.Array:
     """Entropic optimal-transport cost per row between distributions p0 and p1 (B, n) over n
     points with pairwise `cost` (n, n), by `iterations` Sinkhorn updates of the row-normalised
     Gibbs kernel exp(-cost / epsilon), as the reference computes it. The plan u K v is never
@@ -240,8 +256,9 @@ def sinkhorn_distance(p0: jax.Array, p1: jax.Array, cost: jax.Array, *, epsilon:
 
 
 @register(needs=("f0", "sae"))
-def sae_w(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_wass: float = 0.1,
-          mu: float = 1.0) -> tuple[jax.Array, Metrics]:
+def sae_w(
+    f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-3, lambda_wass: float = 0.1, mu: float = 1.0
+) -> tuple[jax.Array, Metrics]:
     """`sae_sparse` + lambda_wass * the entropic Wasserstein distance between the batch's
     normalised ReLU codes of f0 and f, moving mass between features at cost
     max(0, 1 - cosine of their decoder atoms) (`sinkhorn_distance`). Its cost matrix is
@@ -250,8 +267,11 @@ def sae_w(f: jax.Array, f0: jax.Array, *, sae: FrozenSAE, lambda_l1: float = 1e-
     total, metrics = _sparse_terms(f, f0, st, s0, sae, lambda_l1, mu)
     atoms = unit_norm(jax.lax.stop_gradient(sae.atoms))
     cost = jnp.clip(1.0 - atoms @ atoms.T, 0.0)
-    wass = jnp.mean(sinkhorn_distance(jax.nn.relu(s0), jax.nn.relu(st), cost, epsilon=SINKHORN_EPSILON,
-                                      iterations=SINKHORN_ITERATIONS))
+    wass = jnp.mean(
+        sinkhorn_distance(
+            jax.nn.relu(s0), jax.nn.relu(st), cost, epsilon=SINKHORN_EPSILON, iterations=SINKHORN_ITERATIONS
+        )
+    )
     return total + lambda_wass * wass, {**metrics, "wasserstein": wass}
 
 
@@ -278,8 +298,9 @@ def nuclear(f: jax.Array, f0: jax.Array, *, normalize: bool = False) -> tuple[ja
 
 
 @register(batch_mean=False)
-def quadratic_nuclear(f: jax.Array, f0: jax.Array, *, c: float = 10.0,
-                      normalize: bool = False) -> tuple[jax.Array, Metrics]:
+def quadratic_nuclear(
+    f: jax.Array, f0: jax.Array, *, c: float = 10.0, normalize: bool = False
+) -> tuple[jax.Array, Metrics]:
     """relu(||f - f0||_* - c)^2: free up to a nuclear-norm budget c, quadratic beyond it
     (`normalize`: of unit-norm embeddings, the reference's `--normalize`)."""
     norm = nuclear_norm(_change(f, f0, normalize))
@@ -314,12 +335,15 @@ def ldifs_taps(num_layers: int) -> tuple[int, ...]:
 
 
 @register(needs=("tokens",), taps=ldifs_taps)
-def ldifs(f: jax.Array, f0: jax.Array, *, tokens: Sequence[jax.Array],
-          tokens0: Sequence[jax.Array]) -> tuple[jax.Array, Metrics]:
+def ldifs(
+    f: jax.Array, f0: jax.Array, *, tokens: Sequence[jax.Array], tokens0: Sequence[jax.Array]
+) -> tuple[jax.Array, Metrics]:
     """LDIFS as the reference averages it: the squared distance of L2-normalized token features
     of the current and frozen encoders, averaged over channels, tokens, the tapped layers
     (`ldifs_taps`) and the batch, so the reference's reg_lambda carries over."""
-    distances = [jnp.mean((unit_norm(t) - jax.lax.stop_gradient(unit_norm(t0))) ** 2)
-                 for t, t0 in zip(tokens, tokens0, strict=True)]
+    distances = [
+        jnp.mean((unit_norm(t) - jax.lax.stop_gradient(unit_norm(t0))) ** 2)
+        for t, t0 in zip(tokens, tokens0, strict=True)
+    ]
     value = jnp.mean(jnp.stack(distances))
     return value, {"ldifs": value}

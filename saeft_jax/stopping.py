@@ -59,8 +59,11 @@ class _Policy:
     def _handle(self, signum: int, frame) -> None:
         if self.first is None:
             self.first = signum
-        elif (self.continue_hint is None and signum == signal.SIGINT == self.first
-              and callable(self.previous[signal.SIGINT])):
+        elif (
+            self.continue_hint is None
+            and signum == signal.SIGINT == self.first
+            and callable(self.previous[signal.SIGINT])
+        ):
             self.previous[signal.SIGINT](signum, frame)  # a library caller's second Ctrl-C: its own handler
 
     def restore(self) -> None:
@@ -106,15 +109,21 @@ def _watch(policy: _Policy, read: int) -> None:
                     _end_now(signal.SIGINT, "a second Ctrl-C", policy)
         grace = SAVE_GRACE_S if policy.longer_grace else GRACE_S
         if first is not None and time.monotonic() - first_at > grace:
-            _end_now(first, f"{signal_name(first)}, and the run had not reached a point to stop at {grace:.0f} s later "
-                            f"(a read or write that does not return, as from an unreachable bucket?)", policy)
+            _end_now(
+                first,
+                f"{signal_name(first)}, and the run had not reached a point to stop at {grace:.0f} s later "
+                f"(a read or write that does not return, as from an unreachable bucket?)",
+                policy,
+            )
 
 
 def _end_now(signum: int, why: str, policy: _Policy) -> None:
     """Ends the process at once with `signum`'s exit code: one paragraph on stderr, written without
     Python's stream locks (the main thread may hold them)."""
-    message = (f"\nstopped: {why}; finished work is kept (every artifact is written whole or not at all), "
-               f"and {policy.continue_hint}.\n")
+    message = (
+        f"\nstopped: {why}; finished work is kept (every artifact is written whole or not at all), "
+        f"and {policy.continue_hint}.\n"
+    )
     with contextlib.suppress(OSError):
         os.write(2, message.encode())
     os._exit(EXIT_CODES[signum])

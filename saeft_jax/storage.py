@@ -40,8 +40,14 @@ CACHE = "~/.cache/saeft_jax/remote"
 REQUEST_TIMEOUT_S = 20.0
 PROBE_TIMEOUT_S = 30.0
 # How Orbax and TensorStore word an OSError they report as another type.
-_SPACE_OR_ACCESS = ("RESOURCE_EXHAUSTED", "No space left", "Disk quota", "PERMISSION_DENIED", "Permission denied",
-                    "Read-only file system")
+_SPACE_OR_ACCESS = (
+    "RESOURCE_EXHAUSTED",
+    "No space left",
+    "Disk quota",
+    "PERMISSION_DENIED",
+    "Permission denied",
+    "Read-only file system",
+)
 
 
 PLAIN_NAME_RULE = "letters, digits, '_', '.', '-', not starting with '.'"
@@ -69,9 +75,11 @@ def failures_named(where: str, doing: str):
             raise
         path = getattr(error, "filename", None) or where
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:300]
-        raise StorageError(f"{path}: {reason} (while {doing}). {_remedy(error)} and rerun the same command: finished "
-                           f"work is kept, and the run continues from its last complete artifact or "
-                           f"checkpoint.") from error
+        raise StorageError(
+            f"{path}: {reason} (while {doing}). {_remedy(error)} and rerun the same command: finished "
+            f"work is kept, and the run continues from its last complete artifact or "
+            f"checkpoint."
+        ) from error
 
 
 def _remedy(error: Exception) -> str:
@@ -130,13 +138,16 @@ def check_reachable(url: str | os.PathLike, what: str) -> None:
         answer = f"did not answer within {PROBE_TIMEOUT_S:.0f} s"
     elif outcome[0] is not None:
         text = str(outcome[0]).strip()
-        reason = getattr(outcome[0], "strerror", None) or (text.splitlines()[0][:300] if text else
-                                                           type(outcome[0]).__name__)
+        reason = getattr(outcome[0], "strerror", None) or (
+            text.splitlines()[0][:300] if text else type(outcome[0]).__name__
+        )
         answer = f"could not be reached ({reason})"
     else:
         return
-    raise StorageError(f"{what} {url}: its bucket {answer}. Check the URL, your credentials and the connection "
-                       f"(and STORAGE_EMULATOR_HOST, if set), then rerun; nothing was started.")
+    raise StorageError(
+        f"{what} {url}: its bucket {answer}. Check the URL, your credentials and the connection "
+        f"(and STORAGE_EMULATOR_HOST, if set), then rerun; nothing was started."
+    )
 
 
 def path(p: str | os.PathLike) -> epath.Path:

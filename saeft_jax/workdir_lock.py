@@ -46,8 +46,13 @@ class WorkdirLock:
 
     def _record(self) -> dict[str, Any]:
         now = time.time()
-        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "started": self._started,
-                "heartbeat": now}
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "started": self._started,
+            "heartbeat": now,
+        }
 
     def acquire(self) -> None:
         """Takes the lock, taking over a stale one; raises `WorkdirBusy` naming a live holder."""
@@ -62,11 +67,14 @@ class WorkdirLock:
                     f"{holder.get('host')}, started {_when(holder.get('started'))}, last seen "
                     f"{_ago(holder.get('heartbeat'))} ago). Wait for it to finish or stop it, or use another "
                     f"--workdir. A lock left by a run that died is taken over by itself (same host: at once; "
-                    f"another host: {STALE_AFTER_S / 60:.0f} minutes after its last heartbeat).")
+                    f"another host: {STALE_AFTER_S / 60:.0f} minutes after its last heartbeat)."
+                )
             self.path.unlink(missing_ok=True)
         else:
-            raise WorkdirBusy(f"{self.path} changes hands too fast to take; another run is starting on "
-                              f"{self.path.parent}. Use another --workdir or wait.")
+            raise WorkdirBusy(
+                f"{self.path} changes hands too fast to take; another run is starting on "
+                f"{self.path.parent}. Use another --workdir or wait."
+            )
         self._beating = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
         self._beating.start()
 

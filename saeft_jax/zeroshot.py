@@ -14,8 +14,14 @@ from saeft_jax.models.heads import Head
 from saeft_jax.observe import progress
 
 
-def build_zeroshot_head(model: Model, prompts: Sequence[Sequence[str]], *, params: dict | None = None,
-                        batch_size: int = 256, show_progress: bool = True) -> Head:
+def build_zeroshot_head(
+    model: Model,
+    prompts: Sequence[Sequence[str]],
+    *,
+    params: dict | None = None,
+    batch_size: int = 256,
+    show_progress: bool = True,
+) -> Head:
     """Embeds every prompt of every class (`prompts[c]`: class c's prompts, as
     `DatasetSpec.prompts()` gives them; in batches of `batch_size` prompts, padded to the model's
     context length as it was trained) with `params` (default: the model's own) and turns the
@@ -28,7 +34,7 @@ def build_zeroshot_head(model: Model, prompts: Sequence[Sequence[str]], *, param
     chunks = []
     bar = progress(len(flat), "zero-shot head", enabled=show_progress, unit="prompt")
     for start in range(0, len(flat), batch_size):
-        ids = flat[start:start + batch_size]
+        ids = flat[start : start + batch_size]
         padded = np.pad(ids, ((0, batch_size - len(ids)), (0, 0)), constant_values=model.pad_token_id)
         chunks.append(np.asarray(encode(model.text_params(params), jnp.asarray(padded)))[: len(ids)])
         bar.update(len(ids))

@@ -17,11 +17,20 @@ from saeft_jax.models.clip import CLIPConfig, TextConfig, VisionConfig
 from saeft_jax.models.clip_shapes import clip_shape
 
 TINY = CLIPConfig(
-    vision=VisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                        image_size=32, patch_size=8),
-    text=TextConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                    vocab_size=514, max_position_embeddings=16, bos_token_id=512, eos_token_id=513,
-                    pad_token_id=513),
+    vision=VisionConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8
+    ),
+    text=TextConfig(
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=514,
+        max_position_embeddings=16,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    ),
     projection_dim=32,
 )
 VITB16 = clip_shape("vitb16")
@@ -67,8 +76,11 @@ def random_hf_clip(shape: CLIPConfig, hidden_act: str = "quick_gelu", seed: int 
     import transformers
 
     torch.manual_seed(seed)
-    shape = dataclasses.replace(shape, vision=dataclasses.replace(shape.vision, hidden_act=hidden_act),
-                                text=dataclasses.replace(shape.text, hidden_act=hidden_act, **text_overrides))
+    shape = dataclasses.replace(
+        shape,
+        vision=dataclasses.replace(shape.vision, hidden_act=hidden_act),
+        text=dataclasses.replace(shape.text, hidden_act=hidden_act, **text_overrides),
+    )
     model = transformers.CLIPModel(config_to_hf(shape)).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -118,9 +130,13 @@ def bucket():
     server._api = _queued_api_class()("127.0.0.1", port, server._storage)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
-           "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,  # google-cloud-cpp, inside ArrayRecord's reader
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "True"}
+    env = {
+        "STORAGE_EMULATOR_HOST": endpoint,
+        "TENSORSTORE_GCS_HTTP_URL": endpoint,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,  # google-cloud-cpp, inside ArrayRecord's reader
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "NO_GCE_CHECK": "True",
+    }
     before = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     yield "gs://bucket"
@@ -166,8 +182,9 @@ def _queued_api_class():
 
     class QueuedAPI(emulator.APIThread):
         def run(self):
-            self._httpd = QueuedHTTPServer((self._host, self._port),
-                                           functools.partial(emulator.RequestHandler, self._storage))
+            self._httpd = QueuedHTTPServer(
+                (self._host, self._port), functools.partial(emulator.RequestHandler, self._storage)
+            )
             self.is_running.set()
             self._httpd.serve_forever()
 

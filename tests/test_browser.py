@@ -30,9 +30,13 @@ def setting():
     labels = rng.integers(0, CLASSES, N)
     codes = {model: random_codes(rng) for model in ("zeroshot", "plain", "saeft")}
     other = {model: random_codes(rng) for model in ("zeroshot", "plain", "saeft")}  # a second dataset
-    changes = {m: {"id": interpret.feature_changes(codes["zeroshot"], codes[m], labels, F, CLASSES),
-                   "shift": interpret.feature_changes(other["zeroshot"], other[m], labels, F, CLASSES)}
-               for m in ("plain", "saeft")}
+    changes = {
+        m: {
+            "id": interpret.feature_changes(codes["zeroshot"], codes[m], labels, F, CLASSES),
+            "shift": interpret.feature_changes(other["zeroshot"], other[m], labels, F, CLASSES),
+        }
+        for m in ("plain", "saeft")
+    }
     return codes, other, changes, labels
 
 
@@ -46,13 +50,15 @@ def dense(codes: interpret.Codes) -> np.ndarray:
 def test_cards_count_what_each_method_added_and_removed_per_dataset_and_class(setting):
     codes, other, changes, labels = setting
     features, changed = browser.changed_features(changes, limit=5)
-    total = sum(((dense(c[m]) != 0) != (dense(c["zeroshot"]) != 0)).sum(0) for c in (codes, other)
-                for m in ("plain", "saeft"))
+    total = sum(
+        ((dense(c[m]) != 0) != (dense(c["zeroshot"]) != 0)).sum(0) for c in (codes, other) for m in ("plain", "saeft")
+    )
     assert changed == np.count_nonzero(total)
     assert [total[f] for f in features] == sorted(total, reverse=True)[:5]  # the most changed first
     names = {f: [("name", 0.5)] for f in features}
-    cards = browser.feature_cards(codes, changes, "id", [f"c{i}" for i in range(CLASSES)], names, features,
-                                  dict_size=F, images=3)
+    cards = browser.feature_cards(
+        codes, changes, "id", [f"c{i}" for i in range(CLASSES)], names, features, dict_size=F, images=3
+    )
     for card in cards:
         f = card["feature"]
         zeroshot = {"id": dense(codes["zeroshot"])[:, f], "shift": dense(other["zeroshot"])[:, f]}
@@ -62,17 +68,21 @@ def test_cards_count_what_each_method_added_and_removed_per_dataset_and_class(se
             removed = {d: (zeroshot[d] != 0) & (tuned[d] == 0) for d in tuned}
             entry = card["methods"][m]
             assert entry["by_dataset"] == {d: [int(added[d].sum()), int(removed[d].sum())] for d in tuned}
-            assert (entry["added"], entry["removed"]) == (sum(a.sum() for a in added.values()),
-                                                          sum(r.sum() for r in removed.values()))
-            by_class = {f"c{c}": [int(added["id"][labels == c].sum()), int(removed["id"][labels == c].sum())]
-                        for c in range(CLASSES)}
+            assert (entry["added"], entry["removed"]) == (
+                sum(a.sum() for a in added.values()),
+                sum(r.sum() for r in removed.values()),
+            )
+            by_class = {
+                f"c{c}": [int(added["id"][labels == c].sum()), int(removed["id"][labels == c].sum())]
+                for c in range(CLASSES)
+            }
             assert {name: [a, r] for name, a, r in entry["by_class"]} == {c: v for c, v in by_class.items() if sum(v)}
         scale = max(dense(c)[:, f].max() for c in codes.values())
         for model, view in card["models"].items():
             activation = dense(codes[model])[:, f]
             fires = activation > 0
             assert view["density"] == pytest.approx((activation != 0).mean())
-            assert view["rows"] == list(np.argsort(-activation, kind="stable")[:min(3, fires.sum())])
+            assert view["rows"] == list(np.argsort(-activation, kind="stable")[: min(3, fires.sum())])
             expected = np.histogram(activation[fires], bins=browser.BINS, range=(0, scale))[0]
             assert view["histogram"] == expected.tolist() and view["scale"] == pytest.approx(scale)
 
@@ -83,15 +93,20 @@ def test_the_page_is_self_contained_escaped_and_lists_every_card(setting, tmp_pa
     codes, _, changes, _ = setting
     features, changed = browser.changed_features(changes, limit=100)
     classes = ["<b>cat</b>", "dog", "a & b", "d"]
-    cards = browser.feature_cards(codes, changes, "id", classes, {f: [("<i>x</i>", 0.5)] for f in features},
-                                  features, dict_size=F, images=2)
+    cards = browser.feature_cards(
+        codes, changes, "id", classes, {f: [("<i>x</i>", 0.5)] for f in features}, features, dict_size=F, images=2
+    )
     for view in (v for card in cards for v in card["models"].values()):
         view["examples"] = view.pop("rows")
     images = {e: thumbnail(np.full((8, 8, 3), e, np.uint8)) for e in range(N)}
     Image.new("RGB", (10, 10), "red").save(tmp_path / "wise.png")
     text = "# Title\n\n| a | b |\n|---|---|\n| <img src=x onerror=alert(1)> | 2 |\n\n![sweep](wise.png)\n"
-    page = render_html("report", text, tmp_path,
-                       [browser_data("main", {"sha256": "x"}, "id", ["plain", "saeft"], changed, cards, images)])
+    page = render_html(
+        "report",
+        text,
+        tmp_path,
+        [browser_data("main", {"sha256": "x"}, "id", ["plain", "saeft"], changed, cards, images)],
+    )
     assert "<table>" in page and "<td>2</td>" in page  # the Markdown tables, as HTML
     assert "onerror" not in page.replace("&lt;img src=x onerror=alert(1)&gt;", "")  # raw HTML in Markdown: text
     sources = re.findall(r'src="([^"]*)"', page) + re.findall(r"url\(([^)]*)\)", page)
@@ -117,29 +132,73 @@ def test_cards_show_the_measured_effects_and_their_cost_for_robustness(setting, 
 
     codes, _, changes, _ = setting
     features, changed = browser.changed_features(changes, limit=100)
-    effects = {"plain": [{"feature": features[0], "change": "added", "images": {"id": 3, "a": 1, "b": 0},
-                          "effects": {"id": -0.25, "a": 0.5, "b": 0.25}},
-                         {"feature": features[0], "change": "removed", "images": {"id": 2, "a": 1, "b": 1},
-                          "effects": {"id": 0.0, "a": 0.125, "b": -0.25}}],
-               "saeft": [{"feature": features[1], "change": "removed", "images": {"id": 1, "a": 0, "b": 1},
-                          "effects": {"id": 0.125, "a": -0.5, "b": 0.0}}]}
-    cards = browser.feature_cards(codes, changes, "id", [f"c{i}" for i in range(CLASSES)],
-                                  {f: [("x", 0.5)] for f in features}, features, dict_size=F, images=2,
-                                  effects=effects, ood=["a", "b"])
+    effects = {
+        "plain": [
+            {
+                "feature": features[0],
+                "change": "added",
+                "images": {"id": 3, "a": 1, "b": 0},
+                "effects": {"id": -0.25, "a": 0.5, "b": 0.25},
+            },
+            {
+                "feature": features[0],
+                "change": "removed",
+                "images": {"id": 2, "a": 1, "b": 1},
+                "effects": {"id": 0.0, "a": 0.125, "b": -0.25},
+            },
+        ],
+        "saeft": [
+            {
+                "feature": features[1],
+                "change": "removed",
+                "images": {"id": 1, "a": 0, "b": 1},
+                "effects": {"id": 0.125, "a": -0.5, "b": 0.0},
+            }
+        ],
+    }
+    cards = browser.feature_cards(
+        codes,
+        changes,
+        "id",
+        [f"c{i}" for i in range(CLASSES)],
+        {f: [("x", 0.5)] for f in features},
+        features,
+        dict_size=F,
+        images=2,
+        effects=effects,
+        ood=["a", "b"],
+    )
     by_feature = {card["feature"]: card for card in cards}
     assert by_feature[features[0]]["methods"]["plain"]["effects"] == {
         "added": {"by_dataset": {"id": -0.25, "a": 0.5, "b": 0.25}, "avg_ood": 0.375},
-        "removed": {"by_dataset": {"id": 0.0, "a": 0.125, "b": -0.25}, "avg_ood": -0.0625}}
+        "removed": {"by_dataset": {"id": 0.0, "a": 0.125, "b": -0.25}, "avg_ood": -0.0625},
+    }
     assert "effects" not in by_feature[features[0]]["methods"]["saeft"]
     assert by_feature[features[1]]["methods"]["saeft"]["effects"] == {
-        "removed": {"by_dataset": {"id": 0.125, "a": -0.5, "b": 0.0}, "avg_ood": -0.25}}
+        "removed": {"by_dataset": {"id": 0.125, "a": -0.5, "b": 0.0}, "avg_ood": -0.25}
+    }
     for view in (v for card in cards for v in card["models"].values()):
         view["examples"] = view.pop("rows")
-    page = render_html("report", "# r\n", tmp_path, [browser_data("main", {}, "id", ["plain", "saeft"], changed, cards,
-                                                                 {e: thumbnail(np.zeros((4, 4), np.uint8))
-                                                                  for e in range(N)})])
-    infos = {info["feature"]: info for info in (json.loads(html.unescape(m))
-                                                for m in re.findall(r'data-info="([^"]*)"', page))}
+    page = render_html(
+        "report",
+        "# r\n",
+        tmp_path,
+        [
+            browser_data(
+                "main",
+                {},
+                "id",
+                ["plain", "saeft"],
+                changed,
+                cards,
+                {e: thumbnail(np.zeros((4, 4), np.uint8)) for e in range(N)},
+            )
+        ],
+    )
+    infos = {
+        info["feature"]: info
+        for info in (json.loads(html.unescape(m)) for m in re.findall(r'data-info="([^"]*)"', page))
+    }
     assert infos[features[0]]["cost"] == {"": 0.375, "plain": 0.375}
     assert infos[features[1]]["cost"] == {"": -0.25, "saeft": -0.25}
     assert all(infos[f]["cost"] == {} for f in features[2:])

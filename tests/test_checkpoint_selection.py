@@ -25,10 +25,21 @@ def run():
 
 def train(run, workdir, *, total=TOTAL, validate=None, iterator=None, keep_best=True, checkpoint_every=TOTAL):
     step, optimizer, params, frozen, images, labels = run
-    return train_loop(step, init_state(params, optimizer), frozen, iterator or batches(images, labels),
-                      mesh=parallel.data_mesh(jax.devices()[:1]), workdir=workdir, total_steps=total, log_every=1,
-                      checkpoint_every=checkpoint_every, show_progress=False, validate=validate,
-                      eval_every=EVAL_EVERY, keep_best=keep_best)
+    return train_loop(
+        step,
+        init_state(params, optimizer),
+        frozen,
+        iterator or batches(images, labels),
+        mesh=parallel.data_mesh(jax.devices()[:1]),
+        workdir=workdir,
+        total_steps=total,
+        log_every=1,
+        checkpoint_every=checkpoint_every,
+        show_progress=False,
+        validate=validate,
+        eval_every=EVAL_EVERY,
+        keep_best=keep_best,
+    )
 
 
 class Recorder:
@@ -58,8 +69,7 @@ def assert_same(a, b):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
-def test_the_best_step_is_the_brute_force_choice_and_its_parameters_those_of_a_run_stopped_there(
-        run, target, tmp_path):
+def test_the_best_step_is_the_brute_force_choice_and_its_parameters_those_of_a_run_stopped_there(run, target, tmp_path):
     import json
 
     validate = Recorder(target)
@@ -81,8 +91,13 @@ def test_the_best_step_is_the_brute_force_choice_and_its_parameters_those_of_a_r
 def test_a_run_stopped_between_two_evaluations_ends_with_the_same_choice(run, target, tmp_path):
     _, straight = train(run, tmp_path / "straight", validate=Recorder(target))
     with pytest.raises(KeyboardInterrupt):  # checkpoint 3 holds the evaluation of step 2 only
-        train(run, tmp_path / "resumed", validate=Recorder(target), iterator=Sabotage(batches(*run[4:]), 5, "crash"),
-              checkpoint_every=3)
+        train(
+            run,
+            tmp_path / "resumed",
+            validate=Recorder(target),
+            iterator=Sabotage(batches(*run[4:]), 5, "crash"),
+            checkpoint_every=3,
+        )
     _, resumed = train(run, tmp_path / "resumed", validate=Recorder(target), checkpoint_every=3)
     assert resumed["curve"] == straight["curve"]
     assert resumed["best"]["step"] == straight["best"]["step"]
@@ -109,12 +124,15 @@ def smoke(**changes):
     return config
 
 
-@pytest.mark.parametrize("changes, says", [
-    ({"select_checkpoint": "best"}, "config.finetune.select_checkpoint is 'best', which cannot work"),
-    ({"select_checkpoint": "best_val"}, "select_checkpoint is 'best_val', but config.finetune.eval_every is 0"),
-    ({"eval_every": 10, "val_dataset": ""}, "eval_every is 10, but this run has no validation split"),
-    ({"eval_every": -1}, "config.finetune.eval_every is -1"),
-])
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"select_checkpoint": "best"}, "config.finetune.select_checkpoint is 'best', which cannot work"),
+        ({"select_checkpoint": "best_val"}, "select_checkpoint is 'best_val', but config.finetune.eval_every is 0"),
+        ({"eval_every": 10, "val_dataset": ""}, "eval_every is 10, but this run has no validation split"),
+        ({"eval_every": -1}, "config.finetune.eval_every is -1"),
+    ],
+)
 def test_unworkable_selection_settings_are_refused_naming_the_key(changes, says):
     from saeft_jax.config import finish
     from saeft_jax.errors import ConfigError
@@ -131,13 +149,22 @@ def test_eval_every_beyond_the_run_exits_2_with_one_paragraph_before_any_stage(t
 
     write_digit_folders(tmp_path / "src", splits=("train", "val"), per_class=(60, 5))
     for split in ("train", "val"):
-        prepare.prepare("folder", tmp_path / "src" / split, tmp_path / "data", name="d", split=split,
-                        show_progress=False)
+        prepare.prepare(
+            "folder", tmp_path / "src" / split, tmp_path / "data", name="d", split=split, show_progress=False
+        )
     workdir = tmp_path / "w"
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={tmp_path / 'data'}",
-                  "--config.demo.enabled=false", "--config.train_dataset=d/train", "--config.eval_suite=d/val",
-                  "--config.finetune.val_dataset=", "--config.finetune.val_fraction=0.1",
-                  "--config.finetune.eval_every=61", "--config.finetune.select_checkpoint=best_val")
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.data_dir={tmp_path / 'data'}",
+        "--config.demo.enabled=false",
+        "--config.train_dataset=d/train",
+        "--config.eval_suite=d/val",
+        "--config.finetune.val_dataset=",
+        "--config.finetune.val_fraction=0.1",
+        "--config.finetune.eval_every=61",
+        "--config.finetune.select_checkpoint=best_val",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "config.finetune.eval_every (61) exceeds the run's 60 fine-tuning steps" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and not (workdir / "config.json").exists()

@@ -74,8 +74,9 @@ def test_tokenizer_ids_match_transformers(tiny_clip_dir):
     path, torch_model = tiny_clip_dir
     model, params = hf.load_clip(path)
     tokenizer = hf.load_tokenizer(path)
-    ids = tokenizer(["a", "a photo of a cat", "drawings!"], padding="max_length", max_length=16,
-                    return_tensors="np")["input_ids"].astype(np.int32)
+    ids = tokenizer(["a", "a photo of a cat", "drawings!"], padding="max_length", max_length=16, return_tensors="np")[
+        "input_ids"
+    ].astype(np.int32)
     assert (ids[:, -1] == tokenizer.eos_token_id).all()  # padded with end-of-text, as OpenAI's
     ours = model.apply({"params": params}, jnp.asarray(ids), method=model.encode_text)
     assert rel_err(ours, torch_text_features(torch_model, ids)) < 1e-5
@@ -102,8 +103,9 @@ def test_token_taps_match_transformers_hidden_states(tiny_clip_dir):
     images = random_images(2, 32)
     embeddings, taps = model.apply({"params": params}, jnp.asarray(images), (0, 2), method=model.encode_image)
     with torch.no_grad():
-        hidden = torch_model.vision_model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
-                                          output_hidden_states=True).hidden_states
+        hidden = torch_model.vision_model(
+            pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)), output_hidden_states=True
+        ).hidden_states
     assert rel_err(taps[0], hidden[0].numpy()) < 1e-5  # input of the first block (after pre_layrnorm)
     assert rel_err(taps[1], hidden[2].numpy()) < 1e-5  # output of block 2
     assert rel_err(embeddings, torch_image_features(torch_model, images)) < 1e-5

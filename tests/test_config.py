@@ -47,11 +47,17 @@ def changed(value):
 def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path):
     path = tmp_path / "every.py"
     path.write_text(EVERY_REGULARIZER)
-    overrides = {f"{name}.{hparam}": changed(default) for name, entry in regularizers.REGISTRY.items()
-                 for hparam, default in entry.hparams.items()}
+    overrides = {
+        f"{name}.{hparam}": changed(default)
+        for name, entry in regularizers.REGISTRY.items()
+        for hparam, default in entry.hparams.items()
+    }
     assert len(overrides) >= 14  # the sae_* regularizers take 3 or 4 each
-    argv = [f"--config={path}", *(f"--config.finetune.methods.{k}={v}" for k, v in overrides.items()),
-            "--config.finetune.methods.mse.reg_lambda=7"]
+    argv = [
+        f"--config={path}",
+        *(f"--config.finetune.methods.{k}={v}" for k, v in overrides.items()),
+        "--config.finetune.methods.mse.reg_lambda=7",
+    ]
     config = parse(argv)
     checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
     assert checked["pca"].sae == "basis" and checked["sae_add_remove"].sae == "main"  # each the first of its kind
@@ -64,9 +70,17 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
 
 def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
-    assert dict(entry) == {"recipe": "finetune", "regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "",
-                           "checkpoint": "", "lambda_l1": 1e-3, "lambda_kl": 0.5, "mu": 1.0,
-                           "reference_raw_inputs": False}
+    assert dict(entry) == {
+        "recipe": "finetune",
+        "regularizer": "sae_kl",
+        "reg_lambda": 3.0,
+        "sae": "",
+        "checkpoint": "",
+        "lambda_l1": 1e-3,
+        "lambda_kl": 0.5,
+        "mu": 1.0,
+        "reference_raw_inputs": False,
+    }
     assert method("none").reg_lambda == 0.0
     with pytest.raises(ConfigError, match=r"regularizer 'mse' needs a positive weight reg_lambda.*none is given"):
         method("mse")
@@ -86,8 +100,14 @@ def test_normalize_contradicting_the_sae_is_refused_unless_named_as_the_referenc
 
 
 def main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return subprocess.run(
+        [sys.executable, "-m", "saeft_jax.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def assert_one_paragraph(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -101,32 +121,47 @@ def assert_one_paragraph(result: subprocess.CompletedProcess, *needles: str) -> 
 
 def test_a_misspelt_hyperparameter_exits_2_naming_it_before_anything_runs(tmp_path):
     workdir = tmp_path / "never"
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}",
-                  "--config.finetune.methods.sae_add_remove.lambda_addd=1")
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        "--config.finetune.methods.sae_add_remove.lambda_addd=1",
+    )
     assert_one_paragraph(result, "--config.finetune.methods.sae_add_remove.lambda_addd", "did you mean 'lambda_add'")
     assert not workdir.exists()  # nothing ran
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}",
-                  "--config.finetune.methods.sae_add_remove.normalize=False")
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        "--config.finetune.methods.sae_add_remove.normalize=False",
+    )
     assert_one_paragraph(result, "normalize", "reference_raw_inputs=True")
 
 
 @pytest.mark.parametrize("case", ["missing", "syntax", "raises", "typo", "value", "argument"])
 def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case):
-    files = {"syntax": "def get_config(:\n",
-             "raises": "def get_config():\n    raise ValueError('no such setting here')\n",
-             "typo": "from saeft_jax.config import base_config, method\n\ndef get_config():\n    c = base_config()\n"
-                     "    c.finetune.methods.sae_add_remove = method('sae_add_remove', reg_lambda=1.0, lamda_add=2.0)\n"
-                     "    return c\n"}
+    files = {
+        "syntax": "def get_config(:\n",
+        "raises": "def get_config():\n    raise ValueError('no such setting here')\n",
+        "typo": "from saeft_jax.config import base_config, method\n\ndef get_config():\n    c = base_config()\n"
+        "    c.finetune.methods.sae_add_remove = method('sae_add_remove', reg_lambda=1.0, lamda_add=2.0)\n"
+        "    return c\n",
+    }
     path = tmp_path / "cfg.py"
     if case in files:
         path.write_text(files[case])
-    arguments = {"missing": [f"--config={tmp_path / 'nope.py'}"], "value": ["--config.finetune.lr=fast"],
-                 "argument": ["--config=configs/demo.py:bogus"]}.get(case, [f"--config={path}"])
+    arguments = {
+        "missing": [f"--config={tmp_path / 'nope.py'}"],
+        "value": ["--config.finetune.lr=fast"],
+        "argument": ["--config=configs/demo.py:bogus"],
+    }.get(case, [f"--config={path}"])
     result = main(*arguments, f"--workdir={tmp_path / 'w'}")
-    expected = {"missing": ["no such config file", "nope.py"], "syntax": ["is not valid Python", "line 1"],
-                "raises": ["get_config() failed", "no such setting here"], "typo": ["lamda_add", "lambda_add"],
-                "value": ["--config.finetune.lr=fast", "key's type"],
-                "argument": ["'smoke', 'sweep' and", "'siglip'", "bogus"]}
+    expected = {
+        "missing": ["no such config file", "nope.py"],
+        "syntax": ["is not valid Python", "line 1"],
+        "raises": ["get_config() failed", "no such setting here"],
+        "typo": ["lamda_add", "lambda_add"],
+        "value": ["--config.finetune.lr=fast", "key's type"],
+        "argument": ["'smoke', 'sweep' and", "'siglip'", "bogus"],
+    }
     assert_one_paragraph(result, *expected[case])
     assert not (tmp_path / "w").exists()
 
@@ -138,36 +173,50 @@ def test_method_names_must_be_plain_and_not_the_zero_shot_run(name):
 
 
 def test_a_regularizer_switched_on_the_command_line_brings_its_own_defaults():
-    config = parse(["--config=configs/demo.py:smoke",
-                    "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse"])
+    config = parse(
+        ["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse"]
+    )
     switched = methods.from_config(config.finetune.methods)["sae_add_remove"]
     assert switched.regularizer.name == "sae_sparse" and switched.reg_lambda == 100.0
     assert dict(switched.hparams) == dict(regularizers.get("sae_sparse").hparams)  # no lambda_add left over
     with pytest.raises(ConfigError, match=r"methods\.none: regularizer 'sae_add_remove' needs a positive weight"):
         parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.regularizer=sae_add_remove"])
-    config = parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.regularizer=sae_add_remove",
-                    "--config.finetune.methods.none.reg_lambda=30"])
+    config = parse(
+        [
+            "--config=configs/demo.py:smoke",
+            "--config.finetune.methods.none.regularizer=sae_add_remove",
+            "--config.finetune.methods.none.reg_lambda=30",
+        ]
+    )
     assert methods.from_config(config.finetune.methods)["none"].reg_lambda == 30.0
     with pytest.raises(ConfigError, match="has no hyperparameter lambda_add"):  # set by hand: not dropped
-        parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse",
-               "--config.finetune.methods.sae_add_remove.lambda_add=3"])
+        parse(
+            [
+                "--config=configs/demo.py:smoke",
+                "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse",
+                "--config.finetune.methods.sae_add_remove.lambda_add=3",
+            ]
+        )
 
 
 BAD_FILES = {
     "misspelt key": "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
-                    "    c.finetune.lrr = 3e-5\n    return c\n",
+    "    c.finetune.lrr = 3e-5\n    return c\n",
     "key added behind the lock": "from saeft_jax.config import base_config\n\ndef get_config():\n"
-                                 "    c = base_config()\n    with c.unlocked():\n        c.saes.main.kk = 4\n"
-                                 "    return c\n",
+    "    c = base_config()\n    with c.unlocked():\n        c.saes.main.kk = 4\n"
+    "    return c\n",
     "key removed": "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
-                   "    with c.unlocked():\n        del c.finetune['lr']\n    return c\n",
+    "    with c.unlocked():\n        del c.finetune['lr']\n    return c\n",
     "a plain dict": "def get_config():\n    return {'model': 'x'}\n",
     "no get_config": "MODEL = 'x'\n",
 }
-SAYS = {"misspelt key": ["lrr", "did you mean 'lr'"],
-        "key added behind the lock": ["config.saes.main.kk is not an SAE setting", "did you mean k?"],
-        "key removed": ["lacks config.finetune.lr"], "a plain dict": ["returned a dict"],
-        "no get_config": ["defines no get_config()"]}
+SAYS = {
+    "misspelt key": ["lrr", "did you mean 'lr'"],
+    "key added behind the lock": ["config.saes.main.kk is not an SAE setting", "did you mean k?"],
+    "key removed": ["lacks config.finetune.lr"],
+    "a plain dict": ["returned a dict"],
+    "no get_config": ["defines no get_config()"],
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
@@ -184,8 +233,11 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
 
     config = demo.get_config("smoke")
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
-    with pytest.raises(ConfigError, match=r"regularizer 'pca' reads an SAE of kind 'pca', but config.saes has none; "
-                                          r"add one, e.g. config.saes.pca = sae_settings\(kind='pca', dict_size=16\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"regularizer 'pca' reads an SAE of kind 'pca', but config.saes has none; "
+        r"add one, e.g. config.saes.pca = sae_settings\(kind='pca', dict_size=16\)",
+    ):
         finish(config)
     config = demo.get_config("smoke")
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
@@ -205,8 +257,13 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
 
 
 def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tmp_path):
-    config = parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.recipe=lp_ft",
-                    "--config.probe.l2s=(1e-5,)"])
+    config = parse(
+        [
+            "--config=configs/demo.py:smoke",
+            "--config.finetune.methods.sae_add_remove.recipe=lp_ft",
+            "--config.probe.l2s=(1e-5,)",
+        ]
+    )
     checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
     assert checked["sae_add_remove"].recipe == "lp_ft" and checked["sae_add_remove"].uses_probe
     assert checked["none"].recipe == "finetune" and tuple(config.probe.l2s) == (1e-5,)
@@ -217,16 +274,25 @@ def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tm
     with pytest.raises(ConfigError, match="takes no recipe"):
         method(checkpoint="/somewhere", recipe="flyp")
     with pytest.raises(ConfigError, match="contrastive loss scores every image"):
-        parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=flyp",
-               "--config.finetune.accumulate_steps=2"])
+        parse(
+            [
+                "--config=configs/demo.py:smoke",
+                "--config.finetune.methods.none.recipe=flyp",
+                "--config.finetune.accumulate_steps=2",
+            ]
+        )
     with pytest.raises(ConfigError, match="probe.l2s"):
         parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=()"])
 
 
 def test_a_probe_with_several_weights_and_no_validation_split_exits_2_before_any_work(tmp_path):
     workdir = tmp_path / "never"
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", "--config.finetune.val_dataset=",
-                  "--config.finetune.methods.none.recipe=linear_probe")
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        "--config.finetune.val_dataset=",
+        "--config.finetune.methods.none.recipe=linear_probe",
+    )
     assert_one_paragraph(result, "config.probe.l2s lists 3 weights", "val_fraction", "--config.probe.l2s='(1e-5,)'")
     assert not workdir.exists()  # refused with the config, before the demo's data or model were made
 
@@ -240,8 +306,10 @@ def test_a_workdir_accepts_changes_to_keys_nothing_in_its_run_reads(tmp_path):
     recorded = parse(["--config=configs/demo.py:smoke"])
     record_config(recorded, epath.Path(tmp_path))
     # no method reads the probe and no dataset is CIFAR-C: their keys change nothing
-    check_config(parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)",
-                        "--config.corruptions.severity=3"]), epath.Path(tmp_path))
+    check_config(
+        parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)", "--config.corruptions.severity=3"]),
+        epath.Path(tmp_path),
+    )
     with pytest.raises(UsageError, match="different: finetune.lr"):
         check_config(parse(["--config=configs/demo.py:smoke", "--config.finetune.lr=0.5"]), epath.Path(tmp_path))
     probed = ["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=linear_probe"]

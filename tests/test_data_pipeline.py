@@ -34,9 +34,16 @@ def identify(image, rng=None):
 
 def global_batches(processes: int, steps: int, *, source_size=23, batch=8, seed=3, workers=0):
     """Each step's global batch, assembled from every simulated process's share."""
-    iterators = [pipeline.train_batches(ToySource(source_size), share=pipeline.Share(batch, p, processes),
-                                        seed=seed, transform=identify, num_workers=workers)
-                 for p in range(processes)]
+    iterators = [
+        pipeline.train_batches(
+            ToySource(source_size),
+            share=pipeline.Share(batch, p, processes),
+            seed=seed,
+            transform=identify,
+            num_workers=workers,
+        )
+        for p in range(processes)
+    ]
     out = []
     for _ in range(steps):
         parts = [next(it) for it in iterators]
@@ -62,8 +69,9 @@ def test_epochs_cover_every_example_once_and_reshuffle():
 
 
 def test_resume_from_state_yields_exactly_the_uninterrupted_batches():
-    make = functools.partial(pipeline.train_batches, ToySource(23), share=pipeline.Share(4, 1, 2), seed=5,
-                             transform=identify)
+    make = functools.partial(
+        pipeline.train_batches, ToySource(23), share=pipeline.Share(4, 1, 2), seed=5, transform=identify
+    )
     uninterrupted = make()
     expected = [next(uninterrupted) for _ in range(12)]
     first = make()
@@ -84,8 +92,9 @@ def test_two_workers_give_the_same_batches_and_resume():
     for (images, labels), (ref_images, ref_labels) in zip(global_batches(1, 4, workers=2), reference):
         np.testing.assert_array_equal(images, ref_images)
         np.testing.assert_array_equal(labels, ref_labels)
-    make = functools.partial(pipeline.train_batches, ToySource(23), share=pipeline.Share(8), seed=3,
-                             transform=identify, num_workers=2)
+    make = functools.partial(
+        pipeline.train_batches, ToySource(23), share=pipeline.Share(8), seed=3, transform=identify, num_workers=2
+    )
     first = make()
     for _ in range(3):
         next(first)
@@ -97,8 +106,9 @@ def test_two_workers_give_the_same_batches_and_resume():
 
 def test_teacher_rows_follow_their_examples():
     teacher = np.arange(23 * 2, dtype=np.float32).reshape(23, 2)
-    batches = pipeline.train_batches(ToySource(23), share=pipeline.Share(8), seed=0, transform=identify,
-                                     teacher=teacher)
+    batches = pipeline.train_batches(
+        ToySource(23), share=pipeline.Share(8), seed=0, transform=identify, teacher=teacher
+    )
     batch = next(batches)
     np.testing.assert_array_equal(batch["teacher"], teacher[batch["images"][:, 0].astype(int)])
     np.testing.assert_array_equal(batch["labels"], batch["images"][:, 0].astype(int) % 7)
@@ -111,8 +121,13 @@ def test_evaluation_sees_each_example_once_with_the_padding_masked(processes):
     assert steps == 3
     seen, masked = [], 0
     for p in range(processes):
-        batches = list(pipeline.eval_batches(ToySource(size), share=pipeline.Share(batch, p, processes),
-                                             transform=lambda image: image[:1, :1, 0].astype(np.float32)))
+        batches = list(
+            pipeline.eval_batches(
+                ToySource(size),
+                share=pipeline.Share(batch, p, processes),
+                transform=lambda image: image[:1, :1, 0].astype(np.float32),
+            )
+        )
         assert len(batches) == steps  # every process runs the same number of steps
         for b in batches:
             assert b["image"].shape == (batch // processes, 1, 1)
@@ -179,14 +194,16 @@ def test_border_crop_and_eval_transform():
     image[0], image[-1], image[:, 0], image[:, -1] = 255, 255, 255, 255  # a 1-pixel frame
     assert preprocess.border_cropped(image, 2).shape == (6, 8, 3) and preprocess.border_cropped(image, 2).max() == 0
     spec = preprocess.ImageSpec(size=4)
-    np.testing.assert_array_equal(preprocess.eval_transform(spec, 2)(image),
-                                  preprocess.clip_eval(image[2:-2, 2:-2], 4))
+    np.testing.assert_array_equal(preprocess.eval_transform(spec, 2)(image), preprocess.clip_eval(image[2:-2, 2:-2], 4))
 
 
 def test_evaluation_batches_resume_from_a_step():
     whole = list(pipeline.eval_batches(ToySource(21), share=pipeline.Share(4, 1, 2), transform=lambda im: im[0, 0]))
-    part = list(pipeline.eval_batches(ToySource(21), share=pipeline.Share(4, 1, 2), transform=lambda im: im[0, 0],
-                                      first_step=2, num_steps=3))
+    part = list(
+        pipeline.eval_batches(
+            ToySource(21), share=pipeline.Share(4, 1, 2), transform=lambda im: im[0, 0], first_step=2, num_steps=3
+        )
+    )
     assert len(whole) == 6 and len(part) == 3
     for got, expected in zip(part, whole[2:5]):
         np.testing.assert_array_equal(got["index"], expected["index"])

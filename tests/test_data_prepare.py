@@ -20,8 +20,16 @@ def write_image(path, seed: int, size=(12, 9)) -> np.ndarray:
 
 
 def folder_spec(name: str, split: str = "test", classes: int = 3) -> DatasetSpec:
-    return DatasetSpec(name, "prepared", name, split, name, ("a photo of a {}.",),
-                       fixed_classnames=tuple(f"c{i}" for i in range(classes)), prepare_kind="folder")
+    return DatasetSpec(
+        name,
+        "prepared",
+        name,
+        split,
+        name,
+        ("a photo of a {}.",),
+        fixed_classnames=tuple(f"c{i}" for i in range(classes)),
+        prepare_kind="folder",
+    )
 
 
 def test_folder_round_trip_keeps_pixels_and_labels(tmp_path):
@@ -45,8 +53,9 @@ def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
     with pytest.raises(prepare.PreparationError, match=r"broken\.png.*--skip_corrupt"):
         prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
     assert not (tmp_path / "data" / "saeft" / "x" / "info.json").exists()  # nothing that looks complete
-    info = prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", skip_corrupt=True,
-                           show_progress=False)
+    info = prepare.prepare(
+        "folder", tmp_path / "src", tmp_path / "data", name="x", skip_corrupt=True, show_progress=False
+    )
     assert info["splits"] == {"test": 1} and info["skipped"]["test"][0].endswith("broken.png")
 
 
@@ -57,8 +66,9 @@ def test_objectnet_keeps_the_113_overlapping_classes_and_checks_counts(tmp_path)
     write_image(tmp_path / "objectnet-1.0" / "images" / "not_in_imagenet_class" / "img.png", 999, size=(6, 6))
     with pytest.raises(prepare.PreparationError, match="split test: 113 images, expected 18574"):
         prepare.prepare("objectnet", tmp_path / "objectnet-1.0", tmp_path / "data", show_progress=False)
-    info = prepare.prepare("objectnet", tmp_path / "objectnet-1.0", tmp_path / "data", check_counts=False,
-                           show_progress=False)
+    info = prepare.prepare(
+        "objectnet", tmp_path / "objectnet-1.0", tmp_path / "data", check_counts=False, show_progress=False
+    )
     assert info["splits"] == {"test": 113}
     source = sources.open_source(dataset_spec("objectnet"), tmp_path / "data")
     assert sorted(source[i]["label"] for i in range(113)) == list(range(113))
@@ -95,11 +105,18 @@ def test_iwildcam_layout(tmp_path):
 def test_fmow_splits_by_year_and_regions(tmp_path):
     root = tmp_path / "fmow_v1.1"
     root.mkdir()
-    _write_csv(root / "country_code_mapping.csv", [{"alpha-3": "FRA", "region": "Europe"},
-                                                    {"alpha-3": "KEN", "region": "Africa"}])
-    table = [("train", "2010-01-01T00:00:00Z", "airport", "FRA"), ("test", "2011-05-01T00:00:00Z", "dam", "KEN"),
-             ("val", "2014-01-01T00:00:00Z", "dam", "FRA"), ("test", "2017-01-01T00:00:00Z", "zoo", "XXX"),
-             ("seq", "2017-01-01T00:00:00Z", "zoo", "FRA"), ("test", "2014-01-01T00:00:00Z", "zoo", "FRA")]
+    _write_csv(
+        root / "country_code_mapping.csv",
+        [{"alpha-3": "FRA", "region": "Europe"}, {"alpha-3": "KEN", "region": "Africa"}],
+    )
+    table = [
+        ("train", "2010-01-01T00:00:00Z", "airport", "FRA"),
+        ("test", "2011-05-01T00:00:00Z", "dam", "KEN"),
+        ("val", "2014-01-01T00:00:00Z", "dam", "FRA"),
+        ("test", "2017-01-01T00:00:00Z", "zoo", "XXX"),
+        ("seq", "2017-01-01T00:00:00Z", "zoo", "FRA"),
+        ("test", "2014-01-01T00:00:00Z", "zoo", "FRA"),
+    ]
     rows = []
     for i, (split, timestamp, category, country) in enumerate(table):
         write_image(root / "images" / f"rgb_img_{i}.png", i)
@@ -118,14 +135,16 @@ def test_unprepared_datasets_name_the_command_and_the_place(tmp_path):
     with pytest.raises(sources.DatasetNotPrepared, match=r"python -m saeft_jax.data.prepare objectnet") as error:
         sources.open_source(dataset_spec("objectnet"), tmp_path)
     assert str(tmp_path / "saeft" / "objectnet") in str(error.value)
-    with pytest.raises(sources.DatasetNotPrepared,
-                       match=r"tfds build imagenet_v2/matched-frequency --file_format=array_record"):
+    with pytest.raises(
+        sources.DatasetNotPrepared, match=r"tfds build imagenet_v2/matched-frequency --file_format=array_record"
+    ):
         sources.open_source(dataset_spec("imagenet_v2"), tmp_path)
 
 
 def test_prepare_command_line_reports_errors_without_traceback(tmp_path, capsys):
-    assert prepare.main(["folder", "--source", str(tmp_path / "nowhere"), "--name", "x",
-                         "--data_dir", str(tmp_path)]) == 2
+    assert (
+        prepare.main(["folder", "--source", str(tmp_path / "nowhere"), "--name", "x", "--data_dir", str(tmp_path)]) == 2
+    )
     assert "is not a directory" in capsys.readouterr().err
 
 
@@ -136,8 +155,10 @@ def test_tfds_sources_through_mock_data_map_imagenet_r_labels():
 
     def as_data_source(builder, split, **kwargs):
         assert (builder.name, split) == ("imagenet_r", "test")
-        return [{"image": np.full((5 + i, 7, 3), i, np.uint8), "label": subset[3 * i], "file_name": f"{i}"}
-                for i in range(4)]
+        return [
+            {"image": np.full((5 + i, 7, 3), i, np.uint8), "label": subset[3 * i], "file_name": f"{i}"}
+            for i in range(4)
+        ]
 
     with tfds.testing.mock_data(as_data_source_fn=as_data_source):
         source = sources.open_source(dataset_spec("imagenet_r"), "/tmp/unused")
@@ -157,8 +178,9 @@ def test_splits_prepared_one_at_a_time_accumulate(tmp_path):
             write_image(tmp_path / split / name / "0.png", seed + label)
             write_image(tmp_path / split / name / "1.png", seed + label + 10)
     prepare.prepare("folder", tmp_path / "train", tmp_path / "data", name="pets", split="train", show_progress=False)
-    info = prepare.prepare("folder", tmp_path / "test", tmp_path / "data", name="pets", split="test",
-                           show_progress=False)
+    info = prepare.prepare(
+        "folder", tmp_path / "test", tmp_path / "data", name="pets", split="test", show_progress=False
+    )
     assert info["splits"] == {"train": 4, "test": 4}  # the first split's metadata is kept
     for split in ("train", "test"):
         assert len(sources.open_source(folder_spec("pets", split, classes=2), tmp_path / "data")) == 4
@@ -166,8 +188,10 @@ def test_splits_prepared_one_at_a_time_accumulate(tmp_path):
     write_image(tmp_path / "test" / "bird" / "0.png", 99)
     with pytest.raises(prepare.PreparationError, match="other classes.*every split of a dataset shares its classes"):
         prepare.prepare("folder", tmp_path / "test", tmp_path / "data", name="pets", split="test", show_progress=False)
-    assert prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "pets"))["splits"] == {"train": 4,
-                                                                                                  "test": 4}
+    assert prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "pets"))["splits"] == {
+        "train": 4,
+        "test": 4,
+    }
 
 
 def test_a_split_prepared_again_replaces_its_shards(tmp_path):
@@ -222,13 +246,23 @@ def test_ignored_files_and_empty_classes_are_summarised_and_counts_checked(tmp_p
     (tmp_path / "src" / "b").mkdir()  # a class without images
     (tmp_path / "src" / "README").write_text("top-level file")
     with pytest.raises(prepare.PreparationError, match="split test: 2 images, expected 3"):
-        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", expected={"images": 3},
-                        show_progress=False)
+        prepare.prepare(
+            "folder", tmp_path / "src", tmp_path / "data", name="x", expected={"images": 3}, show_progress=False
+        )
     with pytest.raises(prepare.PreparationError, match="1 classes with images, expected 2"):
-        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", expected={"classes": 2},
-                        show_progress=False)
-    code = prepare.main(["folder", f"--source={tmp_path / 'src'}", f"--data_dir={tmp_path / 'data'}", "--name=x",
-                         "--expected_images=2", "--expected_classes=1"])
+        prepare.prepare(
+            "folder", tmp_path / "src", tmp_path / "data", name="x", expected={"classes": 2}, show_progress=False
+        )
+    code = prepare.main(
+        [
+            "folder",
+            f"--source={tmp_path / 'src'}",
+            f"--data_dir={tmp_path / 'data'}",
+            "--name=x",
+            "--expected_images=2",
+            "--expected_classes=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "test 2 images" in out
     assert "1 class folders without images" in out and ": b" in out
@@ -278,8 +312,9 @@ def test_split_names_that_share_a_prefix_keep_their_own_shards(tmp_path):
 def test_a_split_name_that_would_write_elsewhere_is_refused(tmp_path):
     write_image(tmp_path / "src" / "a" / "0.png", 0)
     with pytest.raises(prepare.PreparationError, match=r"--split '\.\./\.\./escaped' is not a plain name"):
-        prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", split="../../escaped",
-                        show_progress=False)
+        prepare.prepare(
+            "folder", tmp_path / "src", tmp_path / "data", name="x", split="../../escaped", show_progress=False
+        )
     assert not list(tmp_path.rglob("*.array_record"))
 
 
@@ -314,8 +349,12 @@ def test_grayscale_tfds_images_come_out_rgb_as_prepared_ones_do(tmp_path):
     gray = np.random.RandomState(3).randint(0, 256, (6, 5), dtype=np.uint8)
     Image.fromarray(gray).save(tmp_path / "g.png")  # a prepared grayscale PNG is converted on decoding
     prepared = prepare.records.decode_image((tmp_path / "g.png").read_bytes())
-    with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kw: [
-            {"image": gray[..., None], "label": 0}, {"image": gray, "label": 1}]):
+    with tfds.testing.mock_data(
+        as_data_source_fn=lambda builder, split, **kw: [
+            {"image": gray[..., None], "label": 0},
+            {"image": gray, "label": 1},
+        ]
+    ):
         source = sources.open_source(dataset_spec("caltech101"), "/tmp/unused")
         for i in range(2):
             assert source[i]["image"].shape == (6, 5, 3)
@@ -324,8 +363,11 @@ def test_grayscale_tfds_images_come_out_rgb_as_prepared_ones_do(tmp_path):
 
 def test_a_count_check_names_the_first_problems_and_counts_the_rest():
     listing = prepare.Listing({f"s{i}": [] for i in range(3)}, ("a",))
-    with pytest.raises(prepare.PreparationError, match=r"split s0: 0 images, expected 1; .*split s5: 0 images, "
-                                                       r"expected 1; and 4 more\. A partial download"):
+    with pytest.raises(
+        prepare.PreparationError,
+        match=r"split s0: 0 images, expected 1; .*split s5: 0 images, "
+        r"expected 1; and 4 more\. A partial download",
+    ):
         prepare._check_counts("x", {"splits": {f"s{i}": 1 for i in range(10)}}, listing)
 
 
@@ -374,7 +416,10 @@ def test_a_class_folder_whose_name_is_not_utf8_is_refused_by_name(tmp_path):
     folder = os.path.join(os.fsencode(tmp_path / "src"), b"d\xf6g")  # Latin-1 "dög"
     os.mkdir(folder)
     write_image(tmp_path / "src" / os.fsdecode(b"d\xf6g") / "0.png", 1)
-    with pytest.raises(prepare.PreparationError, match=r"1 class folder name\(s\) .* not valid UTF-8 text, e\.g\. "
-                                                       r"\[b'd\\xf6g'\]"):
+    with pytest.raises(
+        prepare.PreparationError,
+        match=r"1 class folder name\(s\) .* not valid UTF-8 text, e\.g\. "
+        r"\[b'd\\xf6g'\]",
+    ):
         prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="pets", show_progress=False)
     assert not (tmp_path / "data" / "saeft" / "pets").exists()

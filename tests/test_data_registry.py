@@ -40,7 +40,8 @@ def test_subset_projection_keeps_the_200_classes_in_ascending_order(name):
     assert spec.label_of[subset[0]] == 0 and spec.label_of[subset[-1]] == 199
     assert spec.classnames[0] == labels.imagenet_classnames()[subset[0]]
     # An image of ImageNet class subset[7] whose top logit is that class is scored correct.
-    one_hot = np.zeros((1, 1000)); one_hot[0, subset[7]] = 5.0
+    one_hot = np.zeros((1, 1000))
+    one_hot[0, subset[7]] = 5.0
     assert spec.project(one_hot).argmax(-1)[0] == spec.label_of[subset[7]] == 7
 
 
@@ -63,6 +64,7 @@ def test_objectnet_projection_takes_the_max_over_its_imagenet_classes():
 
 def test_jax_arrays_project_like_numpy():
     import jax.numpy as jnp
+
     spec = dataset_spec("objectnet")
     logits = np.random.RandomState(0).randn(3, 1000).astype(np.float32)
     np.testing.assert_allclose(np.asarray(spec.project(jnp.asarray(logits))), spec.project(logits))

@@ -50,10 +50,12 @@ def test_new_specs_have_their_label_spaces_class_names_and_metric():
     assert dataset_spec("dsprites_orientation").classnames[::13] == ("0", "120", "240", "360")
     aircraft = dataset_spec("fgvc_aircraft").classnames
     assert aircraft[0] == "707-320" and aircraft[25] == "A320" and aircraft[-1] == "Yak-42"
-    assert dataset_spec("cifar10_c").preparation("D") == ("python -m saeft_jax.data.prepare cifar10_c "
-                                                          "--source=SOURCE_DIR --data_dir=D")
-    assert dataset_spec("cifar10_1").preparation("D") == ("tfds build cifar10_1/v6 --file_format=array_record "
-                                                          "--data_dir=D")
+    assert dataset_spec("cifar10_c").preparation("D") == (
+        "python -m saeft_jax.data.prepare cifar10_c --source=SOURCE_DIR --data_dir=D"
+    )
+    assert dataset_spec("cifar10_1").preparation("D") == (
+        "tfds build cifar10_1/v6 --file_format=array_record --data_dir=D"
+    )
 
 
 def test_transfer_suites_and_their_training_and_validation_splits():
@@ -61,8 +63,12 @@ def test_transfer_suites_and_their_training_and_validation_splits():
     assert suite("transfer_cifar100") == ("cifar100", ("cifar100_c",))
     assert suite("transfer_dtd") == ("dtd", ()) and suite("transfer_dsprites_x") == ("dsprites_x", ())
     own = {name: registry.validation_of(name) for name in registry.TRANSFER_SETS}
-    assert {n for n, v in own.items() if v} == {"dtd", "oxford_flowers102", "fgvc_aircraft",
-                                                *(f"dsprites_{t}" for t in labels.DSPRITES_TASKS)}
+    assert {n for n, v in own.items() if v} == {
+        "dtd",
+        "oxford_flowers102",
+        "fgvc_aircraft",
+        *(f"dsprites_{t}" for t in labels.DSPRITES_TASKS),
+    }
     for name in registry.TRANSFER_SETS:
         test, train = dataset_spec(name), dataset_spec(f"{name}_train")
         assert train.label_space == test.label_space == name and train.location == test.location
@@ -98,8 +104,10 @@ def test_cifar10_2_prepares_its_test_npz_with_a_count_check(tmp_path):
     images, truth = _cifar_images(20, 0), np.arange(20) % 10
     (tmp_path / "src").mkdir()
     np.savez(tmp_path / "src" / "cifar102_test.npz", images=images, labels=truth, label_names=np.asarray(CIFAR10))
-    with pytest.raises(prepare.PreparationError, match="cifar10_2 does not have the expected size: split test: 20 "
-                                                       "images, expected 2000"):
+    with pytest.raises(
+        prepare.PreparationError,
+        match="cifar10_2 does not have the expected size: split test: 20 images, expected 2000",
+    ):
         prepare.prepare("cifar10_2", tmp_path / "src", tmp_path / "data", show_progress=False)
     info = prepare.prepare("cifar10_2", tmp_path / "src", tmp_path / "data", check_counts=False, show_progress=False)
     assert info["splits"] == {"test": 20} and info["classnames"] == list(CIFAR10)
@@ -112,8 +120,11 @@ def test_cifar10_2_prepares_its_test_npz_with_a_count_check(tmp_path):
 def test_cifar10_2_refuses_the_pickled_npy_layout(tmp_path):
     (tmp_path / "src").mkdir()
     np.save(tmp_path / "src" / "cifar102_test.npy", np.asarray([{"images": 1}], dtype=object))
-    with pytest.raises(prepare.PreparationError, match=r"cifar102_test\.npz is missing \(cifar102_test\.npy is the "
-                                                       r"older, pickled layout"):
+    with pytest.raises(
+        prepare.PreparationError,
+        match=r"cifar102_test\.npz is missing \(cifar102_test\.npy is the "
+        r"older, pickled layout",
+    ):
         prepare.prepare("cifar10_2", tmp_path / "src", tmp_path / "data", show_progress=False)
 
 
@@ -143,19 +154,25 @@ def _run(tmp_path, **corruptions) -> Run:
 
 def test_cifar10_c_reads_the_configured_corruptions_at_the_configured_severity(tmp_path):
     _write_corrupted(tmp_path / "CIFAR-10-C", (*labels.CORRUPTIONS, "spatter"))
-    with pytest.raises(prepare.PreparationError, match=r"split gaussian_noise_1: 4 images, expected 10000; .*; and "
-                                                       r"70 more\. A partial download"):
+    with pytest.raises(
+        prepare.PreparationError,
+        match=r"split gaussian_noise_1: 4 images, expected 10000; .*; and "
+        r"70 more\. A partial download",
+    ):
         prepare.prepare("cifar10_c", tmp_path / "CIFAR-10-C", tmp_path / "data", show_progress=False)
-    info = prepare.prepare("cifar10_c", tmp_path / "CIFAR-10-C", tmp_path / "data", check_counts=False,
-                           show_progress=False)
+    info = prepare.prepare(
+        "cifar10_c", tmp_path / "CIFAR-10-C", tmp_path / "data", check_counts=False, show_progress=False
+    )
     assert len(info["splits"]) == 16 * 5 and set(info["splits"].values()) == {PER_SEVERITY}
     run = _run(tmp_path, names=("fog", "snow"), severity=3)
     spec = run.spec("cifar10_c")
     assert spec.split == "fog_3+snow_3" and run.spec("cifar10").split == "test"  # other datasets unchanged
     source = run.source(spec)
     assert len(source) == 2 * PER_SEVERITY
-    rows = [(int(source[i]["image"][0, 0, 0]), int(source[i]["image"][0, 0, 1]), source[i]["label"])
-            for i in range(len(source))]
+    rows = [
+        (int(source[i]["image"][0, 0, 0]), int(source[i]["image"][0, 0, 1]), source[i]["label"])
+        for i in range(len(source))
+    ]
     fog, snow, first = labels.CORRUPTIONS.index("fog"), labels.CORRUPTIONS.index("snow"), 2 * PER_SEVERITY
     assert rows == [(c, first + r, r + 3) for c in (fog, snow) for r in range(PER_SEVERITY)]  # rows 8-11 of each
     extra = _run(tmp_path, names=("spatter",), severity=1).spec("cifar10_c")
@@ -185,14 +202,21 @@ def test_cifar_c_folders_that_do_not_pair_up_are_refused(tmp_path):
         prepare.prepare("cifar10_c", tmp_path / "empty", tmp_path / "data", show_progress=False)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("names", ("fog", "bogus"), r"config\.corruptions\.names has unknown corruptions \['bogus'\]; CIFAR-10-C and "
-                                r"CIFAR-100-C have gaussian_noise, .*saturate"),
-    ("names", ("fog", "fog"), r"config\.corruptions\.names names a corruption twice"),
-    ("names", (), r"config\.corruptions\.names is \(\); it must be a tuple of one or more"),
-    ("severity", 0, r"config\.corruptions\.severity is 0; it must be an integer from 1 to 5"),
-    ("severity", 6, r"config\.corruptions\.severity is 6"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        (
+            "names",
+            ("fog", "bogus"),
+            r"config\.corruptions\.names has unknown corruptions \['bogus'\]; CIFAR-10-C and "
+            r"CIFAR-100-C have gaussian_noise, .*saturate",
+        ),
+        ("names", ("fog", "fog"), r"config\.corruptions\.names names a corruption twice"),
+        ("names", (), r"config\.corruptions\.names is \(\); it must be a tuple of one or more"),
+        ("severity", 0, r"config\.corruptions\.severity is 0; it must be an integer from 1 to 5"),
+        ("severity", 6, r"config\.corruptions\.severity is 6"),
+    ],
+)
 def test_bad_corruption_settings_are_refused_by_name(key, value, message):
     c = base_config()
     c.corruptions[key] = value
@@ -213,17 +237,30 @@ def _write_aircraft(root, per_split: dict[str, list[tuple[str, str]]]) -> None:
 
 
 def test_fgvc_aircraft_prepares_the_variant_splits(tmp_path):
-    _write_aircraft(tmp_path, {"train": [("1025794", "707-320"), ("0034309", "Boeing 717")],
-                               "val": [("0062765", "F/A-18")], "test": [("1514522", "A320"), ("0000200", "Yak-42")]})
-    with pytest.raises(prepare.PreparationError, match="fgvc_aircraft does not have the expected size: 5 classes with "
-                                                       "images, expected 100; split train: 2 images, expected 3334"):
+    _write_aircraft(
+        tmp_path,
+        {
+            "train": [("1025794", "707-320"), ("0034309", "Boeing 717")],
+            "val": [("0062765", "F/A-18")],
+            "test": [("1514522", "A320"), ("0000200", "Yak-42")],
+        },
+    )
+    with pytest.raises(
+        prepare.PreparationError,
+        match="fgvc_aircraft does not have the expected size: 5 classes with "
+        "images, expected 100; split train: 2 images, expected 3334",
+    ):
         prepare.prepare("fgvc_aircraft", tmp_path / "fgvc-aircraft-2013b", tmp_path / "data", show_progress=False)
-    info = prepare.prepare("fgvc_aircraft", tmp_path / "fgvc-aircraft-2013b", tmp_path / "data", check_counts=False,
-                           show_progress=False)
+    info = prepare.prepare(
+        "fgvc_aircraft", tmp_path / "fgvc-aircraft-2013b", tmp_path / "data", check_counts=False, show_progress=False
+    )
     assert info["splits"] == {"train": 2, "val": 1, "test": 2}
     names = labels.fgvc_aircraft_variants()
-    for name, truth in (("fgvc_aircraft_train", ["707-320", "Boeing 717"]), ("fgvc_aircraft_val", ["F/A-18"]),
-                        ("fgvc_aircraft", ["A320", "Yak-42"])):
+    for name, truth in (
+        ("fgvc_aircraft_train", ["707-320", "Boeing 717"]),
+        ("fgvc_aircraft_val", ["F/A-18"]),
+        ("fgvc_aircraft", ["A320", "Yak-42"]),
+    ):
         source = sources.open_source(dataset_spec(name), tmp_path / "data")
         assert [names[source[i]["label"]] for i in range(len(source))] == truth
 
@@ -233,8 +270,13 @@ def test_fgvc_aircraft_refuses_other_variants_and_missing_images(tmp_path):
     data = tmp_path / "fgvc-aircraft-2013b" / "data"
     (data / "images" / "2.jpg").unlink()
     with pytest.raises(prepare.PreparationError, match=r"1 images the split files list are missing.*2\.jpg"):
-        prepare.prepare("fgvc_aircraft", tmp_path / "fgvc-aircraft-2013b", tmp_path / "data", check_counts=False,
-                        show_progress=False)
+        prepare.prepare(
+            "fgvc_aircraft",
+            tmp_path / "fgvc-aircraft-2013b",
+            tmp_path / "data",
+            check_counts=False,
+            show_progress=False,
+        )
     (data / "variants.txt").write_text("A320\nA321\n")
     with pytest.raises(prepare.PreparationError, match="lists 2 variants that differ from FGVC-Aircraft 2013b's 100"):
         prepare.prepare("fgvc_aircraft", tmp_path / "fgvc-aircraft-2013b", tmp_path / "data", show_progress=False)
@@ -256,8 +298,13 @@ def test_dsprites_tasks_read_their_own_label_and_black_and_white_rgb(task):
         seen.append((builder.name, split))
         pattern = np.zeros((64, 64, 1), np.uint8)
         pattern[10:20, 30:40] = 1  # dSprites stores its pixels as 0/1
-        keys = {"shape": "label_shape", "scale": "label_scale", "orientation": "label_orientation",
-                "x": "label_x_position", "y": "label_y_position"}
+        keys = {
+            "shape": "label_shape",
+            "scale": "label_scale",
+            "orientation": "label_orientation",
+            "x": "label_x_position",
+            "y": "label_y_position",
+        }
         return [{"image": pattern, **{keys[t]: _label(t, i) for t in labels.DSPRITES_TASKS}} for i in range(5)]
 
     with tfds.testing.mock_data(as_data_source_fn=as_data_source):
@@ -279,9 +326,16 @@ def _build_tiny_sprites(data_dir) -> str:
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint8),
-                "label_shape": tfds.features.ClassLabel(num_classes=3), "index": np.int64}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint8),
+                        "label_shape": tfds.features.ClassLabel(num_classes=3),
+                        "index": np.int64,
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples()}
@@ -349,6 +403,9 @@ def test_transfer_config_numbers_for_two_datasets(transfer_config):
 
 @pytest.mark.parametrize("arg", [None, "", "dataset=imagenet", "dataset=eurosat", "cifar10", "name=cifar10"])
 def test_transfer_config_refuses_a_missing_or_unknown_dataset(transfer_config, arg):
-    with pytest.raises(ConfigError, match=r"configs/transfer_vitb16\.py takes dataset=NAME .*NAME is one of cifar10, "
-                                          r"cifar100, dtd, .*dsprites_y\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"configs/transfer_vitb16\.py takes dataset=NAME .*NAME is one of cifar10, "
+        r"cifar100, dtd, .*dsprites_y\.",
+    ):
         transfer_config.get_config(arg)

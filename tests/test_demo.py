@@ -18,8 +18,17 @@ def test_tokenizer_learns_whole_words_and_loads_as_clip(tmp_path):
     build_tokenizer(["a photo of the digit seven.", "a noisy image of the number three."] * 5, tmp_path)
     tokenizer = hf.load_tokenizer(tmp_path)
     ids = tokenizer("A photo of the digit seven.")["input_ids"]
-    assert tokenizer.convert_ids_to_tokens(ids) == ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "the</w>",
-                                                    "digit</w>", "seven</w>", ".</w>", "<|endoftext|>"]
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "<|startoftext|>",
+        "a</w>",
+        "photo</w>",
+        "of</w>",
+        "the</w>",
+        "digit</w>",
+        "seven</w>",
+        ".</w>",
+        "<|endoftext|>",
+    ]
     assert tokenizer.eos_token_id == len(tokenizer) - 1 and tokenizer.bos_token_id == len(tokenizer) - 2
     unseen = tokenizer("zebra")["input_ids"]  # unseen words fall back to byte-level pieces
     assert tokenizer.decode(unseen, skip_special_tokens=True).strip() == "zebra"
@@ -41,7 +50,7 @@ def test_splits_are_disjoint_and_the_finetuning_style_is_rare_in_pretraining():
     splits = digits.split_indices(1797, setup)
     names = list(splits)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not set(splits[a]) & set(splits[b]), (a, b)  # no image in two splits
     assert sum(len(v) for v in splits.values()) == 1797 and len(splits["val"]) > 40
     _, labels, styles = digits.pretraining_set(setup)
@@ -55,9 +64,11 @@ def test_written_dataset_has_every_split_and_is_written_once(tmp_path):
     info = records.read_info(directory)
     assert directory == prepared_dir(tmp_path, setup.dataset)
     tests = len(digits.split_indices(1797, setup)["test"])
-    assert info["splits"] == {"train": 2 * len(digits.split_indices(1797, setup)["finetune"]),
-                              "val": len(digits.split_indices(1797, setup)["val"]),
-                              **{f"test_{s}": tests for s in digits.STYLES}}
+    assert info["splits"] == {
+        "train": 2 * len(digits.split_indices(1797, setup)["finetune"]),
+        "val": len(digits.split_indices(1797, setup)["val"]),
+        **{f"test_{s}": tests for s in digits.STYLES},
+    }
     stamp = os.stat(directory / "info.json").st_mtime_ns
     digits.write_dataset(tmp_path, setup)
     assert os.stat(directory / "info.json").st_mtime_ns == stamp

@@ -44,8 +44,11 @@ def brute_undo(inputs, s0, st, atoms, labels, head, subset, feature, kind):
     """(rows the change happened on, accuracy with it undone there): a loop over rows."""
     moved, changed = inputs.astype(np.float64).copy(), 0
     for n in range(len(inputs)):
-        happened = (st[n, feature] != 0 and s0[n, feature] == 0) if kind == "added" else \
-            (s0[n, feature] != 0 and st[n, feature] == 0)
+        happened = (
+            (st[n, feature] != 0 and s0[n, feature] == 0)
+            if kind == "added"
+            else (s0[n, feature] != 0 and st[n, feature] == 0)
+        )
         if happened:
             moved[n] += (s0[n, feature] - st[n, feature]) * atoms[feature]
             changed += 1
@@ -56,8 +59,11 @@ def random_dataset(rng, sae, n, classes, scale):
     """Zero-shot and fine-tuned embeddings (raw, of norm about `scale`) and labels."""
     zeroshot = rng.normal(size=(n, D)) * scale
     tuned = zeroshot + rng.normal(size=(n, D)) * scale * 0.6
-    return (analyses.Embeddings(zeroshot.astype(np.float32), sae), analyses.Embeddings(tuned.astype(np.float32), sae),
-            rng.integers(0, classes, n))
+    return (
+        analyses.Embeddings(zeroshot.astype(np.float32), sae),
+        analyses.Embeddings(tuned.astype(np.float32), sae),
+        rng.integers(0, classes, n),
+    )
 
 
 @pytest.mark.parametrize("normalize_inputs", [True, False], ids=["unit_norm_inputs", "raw_inputs"])
@@ -66,23 +72,36 @@ def test_effects_match_a_brute_force_count(normalize_inputs):
     params = sae_model.init_params(jax.random.PRNGKey(0), D, F)
     params["b_pre"] = rng.normal(size=D).astype(np.float32) * 0.1
     sae = FrozenSAE(params, K, normalize_inputs=normalize_inputs)
-    head = {"W": rng.normal(size=(CLASSES, D)).astype(np.float32) * 3,
-            "b": rng.normal(size=CLASSES).astype(np.float32) * 0.3}
+    head = {
+        "W": rng.normal(size=(CLASSES, D)).astype(np.float32) * 3,
+        "b": rng.normal(size=CLASSES).astype(np.float32) * 0.3,
+    }
     other_head = {"W": rng.normal(size=(3, D)).astype(np.float32) * 3, "b": np.zeros(3, np.float32)}
-    datasets = {"id": (*random_dataset(rng, sae, 80, CLASSES, 3.0), effects.Scorer(head, identity), None),
-                "shift": (*random_dataset(rng, sae, 70, 3, 2.0), effects.Scorer(head, project_subset), SUBSET),
-                "other_space": (*random_dataset(rng, sae, 60, 3, 1.0), effects.Scorer(other_head, identity), None)}
-    comparisons = {name: analyses.Comparison(zeroshot, tuned, labels, CLASSES)
-                   for name, (zeroshot, tuned, labels, *_) in datasets.items()}
-    method = analyses.MethodComparison(comparisons, {name: d[3] for name, d in datasets.items()}, "id",
-                                       types.SimpleNamespace(effects_top=7))
+    datasets = {
+        "id": (*random_dataset(rng, sae, 80, CLASSES, 3.0), effects.Scorer(head, identity), None),
+        "shift": (*random_dataset(rng, sae, 70, 3, 2.0), effects.Scorer(head, project_subset), SUBSET),
+        "other_space": (*random_dataset(rng, sae, 60, 3, 1.0), effects.Scorer(other_head, identity), None),
+    }
+    comparisons = {
+        name: analyses.Comparison(zeroshot, tuned, labels, CLASSES)
+        for name, (zeroshot, tuned, labels, *_) in datasets.items()
+    }
+    method = analyses.MethodComparison(
+        comparisons, {name: d[3] for name, d in datasets.items()}, "id", types.SimpleNamespace(effects_top=7)
+    )
     figures = analyses.run_method_analyses(["feature_changes", "feature_effects"], method)
 
     atoms = np.asarray(params["W_dec"], np.float64)
     s0_id, st_id = dense(datasets["id"][0].codes), dense(datasets["id"][1].codes)
-    counts = {(f, kind): int(((st_id[:, f] != 0) & (s0_id[:, f] == 0) if kind == "added" else
-                              (s0_id[:, f] != 0) & (st_id[:, f] == 0)).sum())
-              for f in range(F) for kind in effects.CHANGES}
+    counts = {
+        (f, kind): int(
+            (
+                (st_id[:, f] != 0) & (s0_id[:, f] == 0) if kind == "added" else (s0_id[:, f] != 0) & (st_id[:, f] == 0)
+            ).sum()
+        )
+        for f in range(F)
+        for kind in effects.CHANGES
+    }
     ranked = sorted((c for c in counts if counts[c]), key=lambda c: (-counts[c], c[0], c[1] != "added"))[:7]
     assert [(e["feature"], e["change"]) for e in figures["feature_effects"]] == ranked
     assert {kind for _, kind in ranked} == {"added", "removed"}
@@ -95,8 +114,9 @@ def test_effects_match_a_brute_force_count(normalize_inputs):
         s0, st = dense(zeroshot.codes), dense(tuned.codes)
         base = brute_accuracy(inputs, labels, scorer.head, subset)
         for entry in figures["feature_effects"]:
-            rows, accuracy = brute_undo(inputs, s0, st, atoms, labels, scorer.head, subset, entry["feature"],
-                                        entry["change"])
+            rows, accuracy = brute_undo(
+                inputs, s0, st, atoms, labels, scorer.head, subset, entry["feature"], entry["change"]
+            )
             assert entry["images"][name] == rows
             assert entry["effects"][name] == pytest.approx(accuracy - base, abs=1e-12)
         added = ((st != 0) & (s0 == 0)) * (s0 - st)
@@ -151,8 +171,15 @@ def test_undoing_a_change_that_moved_no_image_has_no_effect():
     inputs = rng.normal(size=(n, D)).astype(np.float32)
     head = {"W": rng.normal(size=(CLASSES, D)).astype(np.float32), "b": np.zeros(CLASSES, np.float32)}
     changes = [(int(f), kind) for f in range(F) for kind in effects.CHANGES]
-    result = effects.dataset_effects(inputs, codes0, codes_t, rng.normal(size=(F, D)), rng.integers(0, CLASSES, n),
-                                     effects.Scorer(head, identity), changes)
+    result = effects.dataset_effects(
+        inputs,
+        codes0,
+        codes_t,
+        rng.normal(size=(F, D)),
+        rng.integers(0, CLASSES, n),
+        effects.Scorer(head, identity),
+        changes,
+    )
     assert result.images.tolist() == [0] * len(changes)
     assert result.effects.tolist() == [0.0] * len(changes)
     assert result.undo_all == {"added": 0.0, "removed": 0.0, "both": 0.0}
@@ -164,16 +191,31 @@ def test_the_report_tables_rank_the_costliest_and_most_useful_changes():
     from saeft_jax.rendering.markdown import _effects
 
     def entry(feature, change, id_effect, a, b):
-        return {"feature": feature, "change": change, "images": {"id": 9, "a": 1, "b": 1, "val": 1},
-                "effects": {"id": id_effect, "a": a, "b": b, "val": 0.0}}
+        return {
+            "feature": feature,
+            "change": change,
+            "images": {"id": 9, "a": 1, "b": 1, "val": 1},
+            "effects": {"id": id_effect, "a": a, "b": b, "val": 0.0},
+        }
 
-    measured = [entry(1, "added", -0.02, 0.01, 0.01), entry(2, "removed", 0.0, 0.04, 0.0),
-                entry(3, "added", -0.05, -0.01, -0.01), entry(4, "removed", 0.01, 0.03, 0.05)]
-    together = {kind: {"id": value, "a": 0.1, "b": 0.2, "val": 0.0}
-                for kind, value in (("added", -0.1), ("removed", 0.0), ("both", -0.2))}
-    report = {"ood_datasets": ["a", "b"], "validation": "val",
-              "runs": {"zeroshot": {"avg_ood": 0.5},
-                       "m": {"avg_ood": 0.4, "feature_effects": measured, "undo_all": together}}}
+    measured = [
+        entry(1, "added", -0.02, 0.01, 0.01),
+        entry(2, "removed", 0.0, 0.04, 0.0),
+        entry(3, "added", -0.05, -0.01, -0.01),
+        entry(4, "removed", 0.01, 0.03, 0.05),
+    ]
+    together = {
+        kind: {"id": value, "a": 0.1, "b": 0.2, "val": 0.0}
+        for kind, value in (("added", -0.1), ("removed", 0.0), ("both", -0.2))
+    }
+    report = {
+        "ood_datasets": ["a", "b"],
+        "validation": "val",
+        "runs": {
+            "zeroshot": {"avg_ood": 0.5},
+            "m": {"avg_ood": 0.4, "feature_effects": measured, "undo_all": together},
+        },
+    }
     lines = _effects(report, ["m"], "id", {3: [("three", 0.9), ("3", 0.8), ("trois", 0.7)]})
     rows = [line for line in lines if line.startswith("| #")]
     costly, useful = rows[:3], rows[3:]

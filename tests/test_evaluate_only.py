@@ -61,8 +61,13 @@ def reference_top1(model, params, tokenizer, spec, data_dir) -> tuple[float, np.
     mean of the normalised prompt embeddings; the nearest class of the normalised image embedding),
     in float64 from the towers' outputs on every image read one by one."""
     prompts = [t.format(c) for c in spec.classnames for t in spec.templates]
-    ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=model.config.text
-                    .max_position_embeddings, return_tensors="np")["input_ids"].astype(np.int32)
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        truncation=True,
+        max_length=model.config.text.max_position_embeddings,
+        return_tensors="np",
+    )["input_ids"].astype(np.int32)
     source = open_source(spec, data_dir)
     examples = [source[i] for i in range(len(source))]
     pixels = np.stack([clip_eval(e["image"], model.config.vision.image_size) for e in examples])
@@ -80,12 +85,24 @@ def test_a_model_is_scored_on_a_list_of_prepared_folders_as_clip_scores_them(tin
     from saeft_jax import hf
 
     path, model, params = tiny_clip
-    assert evaluate.main([f"--model={path}", "--suite=shapes/test,shapes/shift", f"--data_dir={data_dir}",
-                          f"--out={tmp_path}", "--batch_size=8"]) == 0
+    assert (
+        evaluate.main(
+            [
+                f"--model={path}",
+                "--suite=shapes/test,shapes/shift",
+                f"--data_dir={data_dir}",
+                f"--out={tmp_path}",
+                "--batch_size=8",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "evaluation.json").read_text())
     tokenizer = hf.load_tokenizer(path)
-    reference = {name: reference_top1(model, params, tokenizer, dataset_spec(name, str(data_dir)), data_dir)
-                 for name in ("shapes/test", "shapes/shift")}
+    reference = {
+        name: reference_top1(model, params, tokenizer, dataset_spec(name, str(data_dir)), data_dir)
+        for name in ("shapes/test", "shapes/shift")
+    }
     assert all(len(set(predictions)) > 1 for _, predictions in reference.values())  # the answer is no constant
     expected = {name: top1 for name, (top1, _) in reference.items()}
     assert result["metrics"] == pytest.approx(expected, abs=1e-12)
@@ -99,32 +116,45 @@ def test_a_head_replaces_the_zero_shot_one_in_its_label_space_and_wise_ft_sweeps
     from saeft_jax import storage
 
     path = tiny_clip[0]
-    labels = np.array([open_source(dataset_spec("shapes/test", str(data_dir)), data_dir)[i]["label"]
-                       for i in range(12)])
+    labels = np.array(
+        [open_source(dataset_spec("shapes/test", str(data_dir)), data_dir)[i]["label"] for i in range(12)]
+    )
     constant = {"W": np.zeros((3, 32), np.float32), "b": np.array([0.0, 0.0, 1.0], np.float32)}  # always "stripes"
     storage.save_safetensors(tmp_path / "head.safetensors", constant)
-    result = evaluate.evaluate(str(path), "shapes/test,shapes/shift", head=str(tmp_path / "head.safetensors"),
-                               data_dir=str(data_dir), wise_with=str(path), alphas=(0.5,), batch_size=8,
-                               show_progress=False)
+    result = evaluate.evaluate(
+        str(path),
+        "shapes/test,shapes/shift",
+        head=str(tmp_path / "head.safetensors"),
+        data_dir=str(data_dir),
+        wise_with=str(path),
+        alphas=(0.5,),
+        batch_size=8,
+        show_progress=False,
+    )
     assert result["metrics"]["shapes/test"] == pytest.approx(np.mean(labels == 2))  # the head's constant class
-    zero_shot = evaluate.evaluate(str(path), "shapes/test,shapes/shift", data_dir=str(data_dir), batch_size=8,
-                                  show_progress=False)
+    zero_shot = evaluate.evaluate(
+        str(path), "shapes/test,shapes/shift", data_dir=str(data_dir), batch_size=8, show_progress=False
+    )
     assert result["wise"]["0.0"]["metrics"] == zero_shot["metrics"]  # alpha 0: the --wise_with model alone
     assert result["wise"]["1.0"]["metrics"] == result["metrics"] and set(result["wise"]) == {"0.0", "0.5", "1.0"}
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--suite=shapes/tset"], "--suite 'shapes/tset': unknown dataset 'shapes/tset'"),
-    (["--suite=nothing"], "--suite 'nothing': unknown suite 'nothing'"),
-    (["--suite=shapes/test", "--head=HEAD"], "--head HEAD holds a head of shape (2, 32)"),
-    (["--suite=shapes/test", "--model=/no/such/model"], "/no/such/model"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--suite=shapes/tset"], "--suite 'shapes/tset': unknown dataset 'shapes/tset'"),
+        (["--suite=nothing"], "--suite 'nothing': unknown suite 'nothing'"),
+        (["--suite=shapes/test", "--head=HEAD"], "--head HEAD holds a head of shape (2, 32)"),
+        (["--suite=shapes/test", "--model=/no/such/model"], "/no/such/model"),
+    ],
+)
 def test_mistakes_are_one_paragraph_and_exit_2(tiny_clip, data_dir, tmp_path, capsys, args, says):
     from saeft_jax import storage
 
     path = tiny_clip[0]
-    storage.save_safetensors(tmp_path / "head.safetensors", {"W": np.zeros((2, 32), np.float32),
-                                                             "b": np.zeros(2, np.float32)})
+    storage.save_safetensors(
+        tmp_path / "head.safetensors", {"W": np.zeros((2, 32), np.float32), "b": np.zeros(2, np.float32)}
+    )
     args = [a.replace("HEAD", str(tmp_path / "head.safetensors")) for a in args]
     says = says.replace("HEAD", str(tmp_path / "head.safetensors"))
     model = [] if any(a.startswith("--model") for a in args) else [f"--model={path}"]

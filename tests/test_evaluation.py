@@ -54,12 +54,23 @@ def test_mix_endpoints_are_exact(pair):
 
 def test_single_pass_sweep_equals_separate_evaluations(pair):
     encoder, theta0, theta_ft = pair
-    spec = DatasetSpec("toy", "prepared", "toy", "test", "toy", ("{}",), logit_sets=((0, 2), (1,)),
-                       fixed_classnames=("a", "b"))
+    spec = DatasetSpec(
+        "toy", "prepared", "toy", "test", "toy", ("{}",), logit_sets=((0, 2), (1,)), fixed_classnames=("a", "b")
+    )
     source = ImageSource(11, 2)
     mesh = parallel.data_mesh()
-    result = evaluate_dataset(encoder, theta0, theta_ft, spec, source, image_spec=ImageSpec(size=32), mesh=mesh,
-                              global_batch=4, alphas=(0.5, 0.3), show_progress=False)
+    result = evaluate_dataset(
+        encoder,
+        theta0,
+        theta_ft,
+        spec,
+        source,
+        image_spec=ImageSpec(size=32),
+        mesh=mesh,
+        global_batch=4,
+        alphas=(0.5, 0.3),
+        show_progress=False,
+    )
     assert result.alphas == (0.0, 0.3, 0.5, 1.0)
     assert result.predictions.shape == (4, 11) and sorted(result.indices) == list(range(11))
     images = np.stack([clip_eval(source[i]["image"], 32) for i in result.indices])
@@ -118,8 +129,9 @@ def test_feature_changes_on_a_hand_built_example():
     assert changes.added_per_image == pytest.approx(3 / 3) and changes.removed_per_image == pytest.approx(3 / 3)
     np.testing.assert_array_equal(changes.added_count, [0, 0, 0, 1, 2])
     np.testing.assert_array_equal(changes.removed_count, [0, 1, 1, 1, 0])
-    np.testing.assert_allclose(changes.mean_change, [(2 - 1) / 3, (1.5 - 1 - 0.5) / 3, (1 - 1 - 0.5) / 3,
-                                                     (-2 + 1) / 3, (1 + 3) / 3])
+    np.testing.assert_allclose(
+        changes.mean_change, [(2 - 1) / 3, (1.5 - 1 - 0.5) / 3, (1 - 1 - 0.5) / 3, (-2 + 1) / 3, (1 + 3) / 3]
+    )
     np.testing.assert_array_equal(changes.class_added[0], [0, 0, 0, 1, 2])
     np.testing.assert_array_equal(changes.class_added[1], 0)
     rows = changes.top_per_class(["zero", "one"], top=2)
@@ -166,11 +178,30 @@ def test_the_fvu_analysis_splits_into_error_and_variance_as_numpy_computes_them(
 
 def test_a_wilds_metric_is_scored_beside_the_references_definition(pair):
     encoder, theta0, theta_ft = pair
-    spec = DatasetSpec("toy", "prepared", "toy", "test", "toy", ("{}",), metric="worst_group", ignored_groups=(1,),
-                       fixed_classnames=("a", "b", "c"))
+    spec = DatasetSpec(
+        "toy",
+        "prepared",
+        "toy",
+        "test",
+        "toy",
+        ("{}",),
+        metric="worst_group",
+        ignored_groups=(1,),
+        fixed_classnames=("a", "b", "c"),
+    )
     source = ImageSource(12, 3)
-    result = evaluate_dataset(encoder, theta0, theta_ft, spec, source, image_spec=ImageSpec(size=32),
-                              mesh=parallel.data_mesh(), global_batch=4, alphas=(0.5,), show_progress=False)
+    result = evaluate_dataset(
+        encoder,
+        theta0,
+        theta_ft,
+        spec,
+        source,
+        image_spec=ImageSpec(size=32),
+        mesh=parallel.data_mesh(),
+        global_batch=4,
+        alphas=(0.5,),
+        show_progress=False,
+    )
     right = result.predictions == result.labels[None]
     for row, alpha in enumerate(result.alphas):
         per_group = [right[row][result.groups == g].mean() for g in (0, 1)]

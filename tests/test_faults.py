@@ -27,8 +27,16 @@ from conftest import demo_config
 pytestmark = pytest.mark.slow  # about eight minutes on 2 CPU cores: run with `-m slow`, as CI does
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("zeroshot", "features", "sae/main", "finetune/none", "finetune/sae_add_remove", "evaluate/none",
-          "evaluate/sae_add_remove", "report")
+STAGES = (
+    "zeroshot",
+    "features",
+    "sae/main",
+    "finetune/none",
+    "finetune/sae_add_remove",
+    "evaluate/none",
+    "evaluate/sae_add_remove",
+    "report",
+)
 LONGEST_DELAY = {"zeroshot": 1.5, "features": 2.0, "sae": 3.0, "finetune": 5.0, "evaluate": 4.0, "report": 3.0}
 
 
@@ -40,14 +48,24 @@ def shared(tmp_path_factory):
 
 
 def arguments(workdir, shared) -> list[str]:
-    return ["--config=configs/demo.py:smoke", f"--workdir={workdir}", "--config.show_progress=False",
-            *(f"--config.{key}={value}" for key, value in shared.items())]
+    return [
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        "--config.show_progress=False",
+        *(f"--config.{key}={value}" for key, value in shared.items()),
+    ]
 
 
 def main(workdir, shared, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-u", "-m", "saeft_jax.main", *arguments(workdir, shared)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "saeft_jax.main", *arguments(workdir, shared)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        **kwargs,
+    )
 
 
 def fingerprints(workdir) -> dict[str, str]:
@@ -96,7 +114,7 @@ def kill_inside(stage: str, workdir, shared, rng: random.Random, probes: list[st
 
 
 def test_killed_inside_every_stage_then_rerun_ends_with_the_same_fingerprints(reference, shared, tmp_path):
-    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2 ** 31))
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2**31))
     print(f"FAULT_SEED={seed}")  # shown when the test fails
     rng, probes = random.Random(seed), []
     workdir = tmp_path / "killed"
@@ -118,8 +136,10 @@ def test_killed_inside_every_stage_then_rerun_ends_with_the_same_fingerprints(re
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert fingerprints(workdir) == fingerprints(reference)
     for method in ("none", "sae_add_remove"):
-        steps = [json.loads(line)["step"] for line in (workdir / "finetune" / method / "metrics.jsonl").read_text()
-                 .splitlines()]
+        steps = [
+            json.loads(line)["step"]
+            for line in (workdir / "finetune" / method / "metrics.jsonl").read_text().splitlines()
+        ]
         assert steps == sorted(set(steps)), f"{method}: metrics lines written twice"
     assert not (workdir / "run.lock").exists()
 
@@ -131,6 +151,7 @@ def flip(relative: str):
         for i in range(len(data) // 2, min(len(data), len(data) // 2 + 32)):
             data[i] ^= 0xFF
         path.write_bytes(bytes(data))
+
     return damage
 
 
@@ -138,6 +159,7 @@ def truncate(relative: str):
     def damage(workdir):
         path = workdir / relative
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
     return damage
 
 
@@ -145,12 +167,14 @@ def delete(relative: str):
     def damage(workdir):
         path = workdir / relative
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
     return damage
 
 
 def garbage(relative: str):
     def damage(workdir):
         (workdir / relative).write_text("{not json" + " " * 20)
+
     return damage
 
 
@@ -163,8 +187,9 @@ def wrong_shape(workdir):
 def truncate_newest_checkpoint(workdir):
     steps = workdir / "finetune" / "sae_add_remove" / "checkpoints"
     newest = max((p for p in steps.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    truncate(str(max((f for f in newest.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
-                 .relative_to(workdir)))(workdir)
+    truncate(
+        str(max((f for f in newest.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size).relative_to(workdir))
+    )(workdir)
     delete("finetune/sae_add_remove/final")(workdir)
 
 
@@ -172,6 +197,7 @@ def nonfinite(relative: str, tensor: str | None = None, value: float = float("na
     """Writes `value` into one entry of `tensor` of a safetensors file (the whole array of an .npy)
     and records the new bytes' hash in its stage's mark, as if the stage had made it so: only the
     finiteness check stands between the file and its reader."""
+
     def damage(workdir):
         import safetensors.numpy
 
@@ -190,6 +216,7 @@ def nonfinite(relative: str, tensor: str | None = None, value: float = float("na
         mark = json.loads((stage / "done.json").read_text())
         mark["files"][str(path.relative_to(stage))] = storage.digest(storage.path(path))
         (stage / "done.json").write_text(json.dumps(mark))
+
     return damage
 
 
@@ -201,35 +228,64 @@ PROBES = [
     ("features, bytes flipped", flip("features/train.npy"), ["sae/main"], None),
     ("features, truncated", truncate("features/train.npy"), [], None),
     ("features, transposed (same size)", wrong_shape, ["sae/main"], None),
-    ("features chunk, bytes flipped", lambda w: [flip("features/chunks/s0000000-n00008-p000.npz")(w),
-                                                 delete("features/train.npy")(w)], [], None),
+    (
+        "features chunk, bytes flipped",
+        lambda w: [flip("features/chunks/s0000000-n00008-p000.npz")(w), delete("features/train.npy")(w)],
+        [],
+        None,
+    ),
     ("SAE parameters, bytes flipped", flip("sae/main/sae.safetensors"), ["report"], None),
     ("SAE parameters, truncated", truncate("sae/main/sae.safetensors"), [], None),
     ("sae.json, overwritten", garbage("sae/main/sae.json"), ["report"], None),
-    ("fine-tuned weights, bytes flipped", flip("finetune/sae_add_remove/final/model.safetensors"),
-     ["evaluate/sae_add_remove"], None),
+    (
+        "fine-tuned weights, bytes flipped",
+        flip("finetune/sae_add_remove/final/model.safetensors"),
+        ["evaluate/sae_add_remove"],
+        None,
+    ),
     ("fine-tuned weights, truncated", truncate("finetune/sae_add_remove/final/model.safetensors"), [], None),
     ("fine-tuned head, bytes flipped", flip("finetune/none/head.safetensors"), ["evaluate/none"], None),
     ("newest checkpoint truncated, final model deleted", truncate_newest_checkpoint, [], None),
     ("evaluation arrays, bytes flipped", flip("evaluate/none/digits_noisy.npz"), ["report"], None),
-    ("two evaluation arrays, bytes flipped", lambda w: [flip("evaluate/none/digits_noisy.npz")(w),
-                                                        flip("evaluate/none/digits_clean.npz")(w)], ["report"], None),
+    (
+        "two evaluation arrays, bytes flipped",
+        lambda w: [flip("evaluate/none/digits_noisy.npz")(w), flip("evaluate/none/digits_clean.npz")(w)],
+        ["report"],
+        None,
+    ),
     ("evaluation arrays, deleted", delete("evaluate/none/digits_noisy.npz"), [], None),
     ("evaluation summary, deleted", delete("evaluate/sae_add_remove/digits_clean.json"), [], None),
     ("report, truncated", truncate("report/report.md"), [], None),
     ("a completion mark, overwritten", garbage("sae/main/done.json"), [], None),
     ("run.lock, overwritten", garbage("run.lock"), [], None),
     ("config.json, overwritten", garbage("config.json"), [], "delete config.json"),
-    ("zeroshot head, a NaN (hash re-recorded)", nonfinite("zeroshot/digits.safetensors", "W"), ["evaluate/none"],
-     "delete as named"),
+    (
+        "zeroshot head, a NaN (hash re-recorded)",
+        nonfinite("zeroshot/digits.safetensors", "W"),
+        ["evaluate/none"],
+        "delete as named",
+    ),
     ("features, a NaN (hash re-recorded)", nonfinite("features/train.npy"), ["sae/main"], "delete as named"),
-    ("SAE decoder, an infinity (hash re-recorded)", nonfinite("sae/main/sae.safetensors", "W_dec", float("inf")),
-     ["report"], "delete as named"),
-    ("fine-tuned head, a NaN (hash re-recorded)", nonfinite("finetune/none/head.safetensors", "b"), ["evaluate/none"],
-     "delete as named"),
-    ("fine-tuned weights, an infinity (hash re-recorded)",
-     nonfinite("finetune/sae_add_remove/final/model.safetensors", "vision_model.post_layernorm.weight", -float("inf")),
-     ["evaluate/sae_add_remove"], "delete as named"),
+    (
+        "SAE decoder, an infinity (hash re-recorded)",
+        nonfinite("sae/main/sae.safetensors", "W_dec", float("inf")),
+        ["report"],
+        "delete as named",
+    ),
+    (
+        "fine-tuned head, a NaN (hash re-recorded)",
+        nonfinite("finetune/none/head.safetensors", "b"),
+        ["evaluate/none"],
+        "delete as named",
+    ),
+    (
+        "fine-tuned weights, an infinity (hash re-recorded)",
+        nonfinite(
+            "finetune/sae_add_remove/final/model.safetensors", "vision_model.post_layernorm.weight", -float("inf")
+        ),
+        ["evaluate/sae_add_remove"],
+        "delete as named",
+    ),
 ]
 
 
@@ -262,8 +318,10 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
         outcomes.append(f"{what}: {outcome}")
         assert fingerprints(workdir) == fingerprints(reference), what
         report = json.loads((workdir / "report" / "report.json").read_text())
-        assert report["runs"]["sae_add_remove"]["metrics"] == json.loads(
-            (reference / "report" / "report.json").read_text())["runs"]["sae_add_remove"]["metrics"], what
+        assert (
+            report["runs"]["sae_add_remove"]["metrics"]
+            == json.loads((reference / "report" / "report.json").read_text())["runs"]["sae_add_remove"]["metrics"]
+        ), what
         shutil.rmtree(workdir)
     with capsys.disabled():
         print("\n" + "\n".join(outcomes))
@@ -287,7 +345,8 @@ mount -o remount,ro "$1"
 def namespace_prefix() -> list[str] | None:
     """How to mount a small disk here: in a mount namespace as root, else in a user namespace too."""
     candidates = ([["unshare", "--mount"]] if os.geteuid() == 0 else []) + [
-        ["unshare", "--user", "--map-root-user", "--mount"]]
+        ["unshare", "--user", "--map-root-user", "--mount"]
+    ]
     for prefix in candidates:
         probe = subprocess.run([*prefix, "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True)
         if probe.returncode == 0:
@@ -296,8 +355,9 @@ def namespace_prefix() -> list[str] | None:
 
 
 @pytest.mark.parametrize("size", ["700k", "3m"])
-def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_is_room(reference, shared, tmp_path,
-                                                                                       size):
+def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_is_room(
+    reference, shared, tmp_path, size
+):
     """Once at the features (700k) and once at the first checkpoint (3m); then the same disk made
     larger, then read-only."""
     prefix = namespace_prefix()
@@ -305,9 +365,14 @@ def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_i
         pytest.skip("this machine lets neither root nor a user namespace mount a small tmpfs")
     command = " ".join([sys.executable, "-u", "-m", "saeft_jax.main", *arguments("$1", shared)])
     script = DISK.format(main=command)
-    result = subprocess.run([*prefix, "sh", "-c", script, "sh", str(tmp_path / "disk"), size, str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(
+        [*prefix, "sh", "-c", script, "sh", str(tmp_path / "disk"), size, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     codes = dict(line.split(": ") for line in result.stdout.split("\n") if ": " in line)
     full = (tmp_path / "full.err").read_text()
     assert codes["full"] == "2", full
@@ -324,8 +389,11 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
     from saeft_jax.pipeline import run_pipeline
 
     config = smoke_config(shared)
-    for stages, needs in ((("report",), "evaluate/none, evaluate/sae_add_remove"), (("sae",), "features"),
-                          (("evaluate",), "finetune/none, zeroshot")):
+    for stages, needs in (
+        (("report",), "evaluate/none, evaluate/sae_add_remove"),
+        (("sae",), "features"),
+        (("evaluate",), "finetune/none, zeroshot"),
+    ):
         with config.unlocked():
             config.stages = stages
         with pytest.raises(UsageError, match=rf"is made from {re.escape(needs)}, which .* not complete"):

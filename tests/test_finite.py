@@ -23,13 +23,18 @@ from saeft_jax.stages import finetuned, heads, probe
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_the_checker_names_the_file_the_tensor_and_the_count(bad):
-    tensors = {"encoder": {"layer": {"kernel": np.ones((3, 4), np.float32)}},
-               "head": {"W": np.ones((2, 4), np.float32), "b": np.zeros(2, np.float32)},
-               "ids": np.arange(5)}
+    tensors = {
+        "encoder": {"layer": {"kernel": np.ones((3, 4), np.float32)}},
+        "head": {"W": np.ones((2, 4), np.float32), "b": np.zeros(2, np.float32)},
+        "ids": np.arange(5),
+    }
     check_finite(tensors, "model.safetensors", "fix it")  # finite and integer tensors pass
     tensors["head"]["W"][1, [0, 2]] = bad
-    with pytest.raises(NonFiniteError, match=r"^model\.safetensors: tensor head/W holds 2 non-finite values .* of 8"
-                                             r".*; fix it$"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"^model\.safetensors: tensor head/W holds 2 non-finite values .* of 8"
+        r".*; fix it$",
+    ):
         check_finite(tensors, "model.safetensors", "fix it")
 
 
@@ -42,8 +47,11 @@ def test_a_memory_mapped_file_is_counted_chunk_by_chunk_as_numpy_counts_it(tmp_p
     np.save(tmp_path / "train.npy", array)
     mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
     assert finite.nonfinite_count(mapped) == np.sum(~np.isfinite(array)) > 1
-    with pytest.raises(NonFiniteError, match=rf"^train\.npy holds {np.sum(~np.isfinite(array))} non-finite values "
-                                             rf"\(NaN or infinity\) of 65,"):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"^train\.npy holds {np.sum(~np.isfinite(array))} non-finite values "
+        rf"\(NaN or infinity\) of 65,",
+    ):
         check_finite(mapped, "train.npy", "fix it")
     import jax.numpy as jnp
 
@@ -52,9 +60,14 @@ def test_a_memory_mapped_file_is_counted_chunk_by_chunk_as_numpy_counts_it(tmp_p
 
 def sae(d=4, dict_size=6) -> FrozenSAE:
     rng = np.random.default_rng(1)
-    return FrozenSAE({"W_enc": rng.normal(size=(d, dict_size)).astype(np.float32),
-                      "W_dec": rng.normal(size=(dict_size, d)).astype(np.float32),
-                      "b_pre": np.zeros(d, np.float32)}, 2)
+    return FrozenSAE(
+        {
+            "W_enc": rng.normal(size=(d, dict_size)).astype(np.float32),
+            "W_dec": rng.normal(size=(dict_size, d)).astype(np.float32),
+            "b_pre": np.zeros(d, np.float32),
+        },
+        2,
+    )
 
 
 @pytest.mark.parametrize("tensor", ["W_enc", "W_dec", "b_pre"])
@@ -70,8 +83,13 @@ def test_an_sae_with_a_nan_is_refused_naming_its_file_and_tensor(tmp_path, tenso
 
 def fake_run(workdir, **fields):
     """The parts of a `Run` the head loaders read: files as their stage wrote them."""
-    return types.SimpleNamespace(workdir=epath.Path(workdir), model_path="the/model", command="rerunning it",
-                                 read=lambda parts, name: epath.Path(workdir).joinpath(*parts, name), **fields)
+    return types.SimpleNamespace(
+        workdir=epath.Path(workdir),
+        model_path="the/model",
+        command="rerunning it",
+        read=lambda parts, name: epath.Path(workdir).joinpath(*parts, name),
+        **fields,
+    )
 
 
 @pytest.mark.parametrize("kind", ["zeroshot", "probe"])
@@ -84,8 +102,11 @@ def test_a_head_with_a_nan_is_refused_and_deleting_its_stage_is_the_advice(tmp_p
     np.testing.assert_array_equal(load(fake_run(tmp_path))["W"], head["W"])
     head["b"][2] = np.inf
     storage.save_safetensors(epath.Path(tmp_path.joinpath(*parts, name)), head)
-    with pytest.raises(NonFiniteError, match=rf"{kind}/{name}: tensor b holds 1 non-finite value .*Delete "
-                                             rf"{tmp_path}/{kind} and its stage makes it again on rerunning it\."):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"{kind}/{name}: tensor b holds 1 non-finite value .*Delete "
+        rf"{tmp_path}/{kind} and its stage makes it again on rerunning it\.",
+    ):
         load(fake_run(tmp_path))
 
 
@@ -110,20 +131,26 @@ def importing(tiny_saved, tmp_path):
 
     where = tmp_path / "theirs"
     shutil.copytree(tiny_saved[0], where)
-    run = types.SimpleNamespace(model=tiny_saved[1], model_path="the/model",
-                                train_spec=types.SimpleNamespace(classnames=("a", "b", "c"), templates=("{}",)),
-                                config=types.SimpleNamespace(show_progress=False))
+    run = types.SimpleNamespace(
+        model=tiny_saved[1],
+        model_path="the/model",
+        train_spec=types.SimpleNamespace(classnames=("a", "b", "c"), templates=("{}",)),
+        config=types.SimpleNamespace(show_progress=False),
+    )
     method = types.SimpleNamespace(checkpoint=str(where), name="imported")
     return run, method, where, TINY.projection_dim
 
 
-@pytest.mark.parametrize("head, says", [
-    ({"weight": (3, 32), "bias": (3,)}, r"\{'bias': \(3,\), 'weight': \(3, 32\)\}"),
-    ({"W": (3, 32)}, r"\{'W': \(3, 32\)\}"),
-    ({"W": (3, 16), "b": (3,)}, r"\{'W': \(3, 16\), 'b': \(3,\)\}"),
-    ({"W": (4, 32), "b": (4,)}, r"\{'W': \(4, 32\), 'b': \(4,\)\}"),
-    ({"W": (3, 32), "b": (3, 1)}, r"\{'W': \(3, 32\), 'b': \(3, 1\)\}"),
-])
+@pytest.mark.parametrize(
+    "head, says",
+    [
+        ({"weight": (3, 32), "bias": (3,)}, r"\{'bias': \(3,\), 'weight': \(3, 32\)\}"),
+        ({"W": (3, 32)}, r"\{'W': \(3, 32\)\}"),
+        ({"W": (3, 16), "b": (3,)}, r"\{'W': \(3, 16\), 'b': \(3,\)\}"),
+        ({"W": (4, 32), "b": (4,)}, r"\{'W': \(4, 32\), 'b': \(4,\)\}"),
+        ({"W": (3, 32), "b": (3, 1)}, r"\{'W': \(3, 32\), 'b': \(3, 1\)\}"),
+    ],
+)
 def test_an_imported_head_of_other_tensors_is_refused_naming_them_and_the_form_wanted(importing, head, says):
     run, method, where, width = importing
     storage.save_safetensors(epath.Path(where / "head.safetensors"), {k: np.zeros(s) for k, s in head.items()})
@@ -143,8 +170,11 @@ def test_an_imported_head_or_checkpoint_with_a_nan_is_refused_by_name(importing)
     name = "vision_model.encoder.layers.1.mlp.fc2.weight"
     weights[name][4, :3] = np.inf
     safetensors.numpy.save_file(weights, where / "model.safetensors")
-    with pytest.raises(NonFiniteError, match=r"theirs \(its weights\): tensor vision_model/encoder/layers/1/mlp/fc2/"
-                                             r"\w+ holds 3 non-finite values .*methods\.imported\.checkpoint"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"theirs \(its weights\): tensor vision_model/encoder/layers/1/mlp/fc2/"
+        r"\w+ holds 3 non-finite values .*methods\.imported\.checkpoint",
+    ):
         finetuned._import(run, method)
 
 
@@ -154,13 +184,21 @@ def test_features_with_an_infinity_are_refused_where_they_are_read(tmp_path):
     (tmp_path / "features").mkdir()
     embeddings = np.random.default_rng(2).normal(size=(13, 5)).astype(np.float32)
     np.save(tmp_path / "features" / "train.npy", embeddings)
-    run = fake_run(tmp_path, model=types.SimpleNamespace(embed_dim=5), source=lambda spec: [None] * 13, train_spec=None,
-                   config=types.SimpleNamespace(train_dataset="toy"))
+    run = fake_run(
+        tmp_path,
+        model=types.SimpleNamespace(embed_dim=5),
+        source=lambda spec: [None] * 13,
+        train_spec=None,
+        config=types.SimpleNamespace(train_dataset="toy"),
+    )
     np.testing.assert_array_equal(features.load_features(run), embeddings)
     embeddings[7, 1] = -np.inf
     np.save(tmp_path / "features" / "train.npy", embeddings)
-    with pytest.raises(NonFiniteError, match=rf"features/train\.npy holds 1 non-finite value .* of 65.*Delete "
-                                             rf"{tmp_path}/features and its stage"):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"features/train\.npy holds 1 non-finite value .* of 65.*Delete "
+        rf"{tmp_path}/features and its stage",
+    ):
         features.load_features(run)
 
 
@@ -178,6 +216,9 @@ def test_a_finetuned_model_or_head_with_a_nan_is_refused_where_evaluation_reads_
         safetensors.numpy.save_file(weights, where / "final" / "model.safetensors")
     storage.save_safetensors(epath.Path(where / "head.safetensors"), head)
     run = fake_run(tmp_path, methods={"mine": types.SimpleNamespace(checkpoint="")}, model=tiny_saved[1])
-    with pytest.raises(NonFiniteError, match=rf"finetune/mine/{file}: tensor \S+ holds 1 non-finite value .*method "
-                                             rf"mine's model\. Delete {tmp_path}/finetune/mine and its stage"):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"finetune/mine/{file}: tensor \S+ holds 1 non-finite value .*method "
+        rf"mine's model\. Delete {tmp_path}/finetune/mine and its stage",
+    ):
         finetuned.load_finetuned(run, "mine")

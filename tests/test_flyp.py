@@ -43,9 +43,9 @@ def test_contrastive_loss_and_gradients_match_pytorch(logit_scale):
     rng = np.random.default_rng(0)
     image, text = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)
     ours, grads = jax.value_and_grad(lambda i, t, s: contrastive_loss(i, t, s)[0], argnums=(0, 1, 2))(
-        image, text, jnp.float32(logit_scale))
-    tensors = [torch.tensor(x, dtype=torch.float64, requires_grad=True)
-               for x in (image, text, np.float64(logit_scale))]
+        image, text, jnp.float32(logit_scale)
+    )
+    tensors = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (image, text, np.float64(logit_scale))]
     reference = torch_clip_loss(*tensors)
     reference.backward()
     assert float(ours) == pytest.approx(reference.item(), rel=1e-5)
@@ -60,15 +60,20 @@ def setup_flyp(seed: int = 0):
     model = Model(ClipFamily(), TINY, zeroshot, constant(None), ImageSpec(size=32))
     rng = np.random.default_rng(seed)
     perturb = lambda tree: jax.tree.map(lambda p: p + 0.05 * rng.normal(size=p.shape).astype(np.float32), tree)
-    params = {"encoder": perturb(image_params(zeroshot)), "text": perturb(text_params(zeroshot)),
-              "scales": {"logit_scale": jnp.float32(np.log(20.0))}}
+    params = {
+        "encoder": perturb(image_params(zeroshot)),
+        "text": perturb(text_params(zeroshot)),
+        "scales": {"logit_scale": jnp.float32(np.log(20.0))},
+    }
     context = TINY.text.max_position_embeddings
     captions = rng.integers(0, 512, (CLASSES, TEMPLATES, context)).astype(np.int32)
     captions[..., rng.integers(3, context)] = TINY.text.eos_token_id  # where each caption is pooled
     frozen = {"encoder": image_params(zeroshot), "sae": None, "captions": captions}
-    batch = {"images": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-             "labels": rng.integers(0, CLASSES, 8).astype(np.int32),
-             "templates": rng.integers(0, TEMPLATES, 8).astype(np.int32)}
+    batch = {
+        "images": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+        "labels": rng.integers(0, CLASSES, 8).astype(np.int32),
+        "templates": rng.integers(0, TEMPLATES, 8).astype(np.int32),
+    }
     return model, params, frozen, batch
 
 
@@ -82,8 +87,9 @@ def test_each_image_is_paired_with_the_caption_of_its_label_under_its_template()
 
     image = np.asarray(image_encoder(model.module).apply({"params": params["encoder"]}, batch["images"]))
     image0 = np.asarray(image_encoder(model.module).apply({"params": frozen["encoder"]}, batch["images"]))
-    ids = np.stack([frozen["captions"][label, template] for label, template in zip(batch["labels"],
-                                                                                   batch["templates"])])
+    ids = np.stack(
+        [frozen["captions"][label, template] for label, template in zip(batch["labels"], batch["templates"])]
+    )
     text = np.asarray(text_encoder(model.module).apply({"params": params["text"]}, ids))
     clip = torch_clip_loss(*(torch.tensor(x, dtype=torch.float64) for x in (image, text, np.log(20.0)))).item()
     reg = float(penalty(jnp.asarray(image), jnp.asarray(image0))[0])
@@ -130,21 +136,29 @@ def run_workers(processes: int, devices_each: int) -> list[dict]:
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
     env.pop("JAX_COORDINATOR_ADDRESS", None)
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(processes), str(port)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(i), str(processes), str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(processes)
+    ]
     results = []
     for worker in workers:
         output, _ = worker.communicate(timeout=400)
         lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
         assert worker.returncode == 0 and lines, output[-3000:]
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
     return results
 
 
 @pytest.mark.slow
 def test_the_same_flyp_steps_on_one_device_eight_devices_and_two_processes():
-    one, = run_workers(1, 1)
-    eight, = run_workers(1, 8)
+    (one,) = run_workers(1, 1)
+    (eight,) = run_workers(1, 8)
     two = run_workers(2, 4)
     assert (one["devices"], eight["devices"], two[0]["devices"]) == (1, 8, 8)
     assert one["losses"][0] != one["losses"][2]  # it trains

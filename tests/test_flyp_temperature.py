@@ -34,7 +34,9 @@ def _flyp_step_in_pytorch(image, text, start: float) -> float:
     t = torch.nn.functional.normalize(torch.tensor(text, dtype=torch.float64), dim=-1)
     logits = scale.exp() * i @ t.T
     targets = torch.arange(len(image))
-    loss = (torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+    loss = (
+        torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
+    ) / 2
     loss.backward()
     optimizer.step()
     return float(scale.detach())
@@ -43,8 +45,11 @@ def _flyp_step_in_pytorch(image, text, start: float) -> float:
 def _our_step(image, text, start: float, max_logit_scale, decay_mask) -> float:
     optimizer, _ = make_optimizer(LR, 10, warmup_steps=1, weight_decay=WD, decay_mask=decay_mask)
     params = {"logit_scale": jnp.float32(start)}
-    grads = jax.grad(lambda p: contrastive_loss(jnp.asarray(image), jnp.asarray(text), p["logit_scale"],
-                                                max_logit_scale=max_logit_scale)[0])(params)
+    grads = jax.grad(
+        lambda p: contrastive_loss(
+            jnp.asarray(image), jnp.asarray(text), p["logit_scale"], max_logit_scale=max_logit_scale
+        )[0]
+    )(params)
     updates, _ = optimizer.update(grads, optimizer.init(params), params)
     return float(params["logit_scale"] + updates["logit_scale"])
 

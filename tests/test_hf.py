@@ -66,8 +66,13 @@ def test_save_clip_reopens_in_transformers(tiny_clip_dir, tmp_path):
     path, torch_model = tiny_clip_dir
     model, params = hf.load_clip(path)
     params["visual_projection"]["kernel"] = params["visual_projection"]["kernel"] * 1.5  # as if fine-tuned
-    out = hf.save_clip(model, params, tmp_path / "saved", tokenizer=hf.load_tokenizer(path),
-                       image_spec=ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+    out = hf.save_clip(
+        model,
+        params,
+        tmp_path / "saved",
+        tokenizer=hf.load_tokenizer(path),
+        image_spec=ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+    )
     reopened = transformers.CLIPModel.from_pretrained(out).eval()
     image = torch_image_features(reopened, random_images(2, 32))
     expected = 1.5 * torch_image_features(torch_model, random_images(2, 32))
@@ -222,17 +227,23 @@ def test_a_checkpoint_that_asks_to_run_its_own_code_never_does(tiny_clip_dir, tm
     for name in ("config.json", "tokenizer_config.json"):
         path = checkpoint / name
         config = json.loads(path.read_text()) if path.exists() else {}
-        config["auto_map"] = {"AutoConfig": "evil_config.EvilConfig",
-                              "AutoTokenizer": ["evil_config.EvilConfig", None]}
+        config["auto_map"] = {"AutoConfig": "evil_config.EvilConfig", "AutoTokenizer": ["evil_config.EvilConfig", None]}
         if name == "config.json":
             config["model_type"] = model_type
         path.write_text(json.dumps(config))
-    script = ("import sys\nfrom saeft_jax import hf\ntry:\n"
-              "    hf.load_clip(sys.argv[1]); hf.load_tokenizer(sys.argv[1])\n"
-              "    print('LOADED')\nexcept hf.CheckpointError as error:\n    print('REFUSED', error)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(checkpoint)], input="y\ny\n", capture_output=True,
-                            text=True, timeout=120,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    script = (
+        "import sys\nfrom saeft_jax import hf\ntry:\n"
+        "    hf.load_clip(sys.argv[1]); hf.load_tokenizer(sys.argv[1])\n"
+        "    print('LOADED')\nexcept hf.CheckpointError as error:\n    print('REFUSED', error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(checkpoint)],
+        input="y\ny\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
     assert not (checkpoint / "CODE_RAN").exists(), result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     if model_type == "clip":

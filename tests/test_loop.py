@@ -70,9 +70,19 @@ def run():
 
 def loop(run, workdir, iterator=None, **kwargs):
     step, optimizer, params, frozen, images, labels = run
-    return train_loop(step, init_state(params, optimizer), frozen, iterator or batches(images, labels),
-                      mesh=parallel.data_mesh(jax.devices()[:1]), workdir=workdir, total_steps=TOTAL, log_every=1,
-                      checkpoint_every=2, show_progress=False, **kwargs)
+    return train_loop(
+        step,
+        init_state(params, optimizer),
+        frozen,
+        iterator or batches(images, labels),
+        mesh=parallel.data_mesh(jax.devices()[:1]),
+        workdir=workdir,
+        total_steps=TOTAL,
+        log_every=1,
+        checkpoint_every=2,
+        show_progress=False,
+        **kwargs,
+    )
 
 
 def test_interrupted_run_resumes_to_identical_parameters(run, tmp_path):
@@ -87,8 +97,19 @@ def test_interrupted_run_resumes_to_identical_parameters(run, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # the lost step 3 was logged once, after the resume
     assert_curves_match(tmp_path / "resumed", tmp_path / "resumed" / "metrics.jsonl")  # TensorBoard: the same
     record = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"loss", "ce", "reg", "add", "remove", "residual", "added_per_image", "removed_per_image", "grad_norm",
-            "lr", "images_per_s"} <= set(record)
+    assert {
+        "loss",
+        "ce",
+        "reg",
+        "add",
+        "remove",
+        "residual",
+        "added_per_image",
+        "removed_per_image",
+        "grad_norm",
+        "lr",
+        "images_per_s",
+    } <= set(record)
 
 
 @pytest.mark.parametrize("action", ["sigterm", "sigint"])
@@ -171,7 +192,10 @@ def test_with_no_checkpoint_that_restores_the_directory_is_named(run, tmp_path):
         loop(run, tmp_path, Sabotage(batches(*run[4:]), at=5, action="crash"))
     for step in (2, 4):
         truncate_largest_file(tmp_path / "checkpoints" / str(step))
-    with pytest.raises(CheckpointsUnusable, match=rf"no checkpoint in {tmp_path / 'checkpoints'} restores "
-                                                  rf"\(step 4: .* bytes.*; step 2: "):
+    with pytest.raises(
+        CheckpointsUnusable,
+        match=rf"no checkpoint in {tmp_path / 'checkpoints'} restores "
+        rf"\(step 4: .* bytes.*; step 2: ",
+    ):
         loop(run, tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]  # nothing deleted

@@ -94,20 +94,36 @@ def free_port() -> int:
 
 
 def start(process_id: int, processes: int, port: int | str, devices: int, **extra_env: str) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           **extra_env}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        **extra_env,
+    }
     env.pop("JAX_COORDINATOR_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(process_id), str(processes), str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(process_id), str(processes), str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def srun_environment(task: int, tasks: int) -> dict[str, str]:
     """What `srun --ntasks=TASKS` sets for task TASK on one node, with a job id whose SLURM port
     (JAX's rule: 61440 + job id mod 4096) is free here."""
     port = next(p for p in range(61440 + os.getpid() % 2000, 65536) if _free(p))
-    return {"SLURM_JOB_ID": str(port - 61440 + 4096), "SLURM_NTASKS": str(tasks), "SLURM_PROCID": str(task),
-            "SLURM_LOCALID": str(task), "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1",
-            "SLURM_NODEID": "0", "SLURM_STEP_ID": "0"}
+    return {
+        "SLURM_JOB_ID": str(port - 61440 + 4096),
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_PROCID": str(task),
+        "SLURM_LOCALID": str(task),
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_STEP_ID": "0",
+    }
 
 
 def _free(port: int) -> bool:
@@ -123,7 +139,7 @@ def result(process: subprocess.Popen) -> dict:
     output, _ = process.communicate(timeout=300)
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert process.returncode == 0 and lines, output[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.mark.slow
@@ -164,8 +180,16 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     env.pop("JAX_COORDINATOR_ADDRESS", None)
-    workers = [subprocess.Popen([sys.executable, "-c", STOPPER, str(i), str(port), str(tmp_path)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", STOPPER, str(i), str(port), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         summaries = [result(worker) for worker in workers]  # the old behaviour: both hang until the timeout
     finally:

@@ -18,10 +18,13 @@ def test_the_colab_notebook_runs_as_written_and_shows_the_report(tmp_path_factor
 
     base = tmp_path_factory.getbasetemp()
     workdir = tmp_path_factory.mktemp("notebook")
-    for name, value in {"SAEFT_CHECKOUT": ROOT, "SAEFT_CONFIG": "configs/demo.py:smoke",
-                        "SAEFT_WORKDIR": str(workdir), "JAX_PLATFORMS": "cpu",
-                        "SAEFT_EXTRA_FLAGS": f"--config.data_dir={base / 'data'} "
-                                             f"--config.demo.cache_dir={base / 'cache'}"}.items():
+    for name, value in {
+        "SAEFT_CHECKOUT": ROOT,
+        "SAEFT_CONFIG": "configs/demo.py:smoke",
+        "SAEFT_WORKDIR": str(workdir),
+        "JAX_PLATFORMS": "cpu",
+        "SAEFT_EXTRA_FLAGS": f"--config.data_dir={base / 'data'} --config.demo.cache_dir={base / 'cache'}",
+    }.items():
         monkeypatch.setenv(name, value)  # the kernel inherits them
     notebook = nbformat.read(os.path.join(ROOT, "launch", "colab_tpu.ipynb"), as_version=4)
     # on a TPU runtime the kernel must never open the TPU itself: the pipeline's process needs it

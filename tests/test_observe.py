@@ -21,8 +21,13 @@ def assert_curves_match(directory: Path, metrics: Path, step_key: str = "step") 
     expected: dict[str, list[tuple[int, float]]] = {}
     for record in map(json.loads, metrics.read_text().splitlines()):
         for name, value in record.items():
-            if step_key in record and name != step_key and isinstance(value, (int, float)) \
-                    and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                step_key in record
+                and name != step_key
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 expected.setdefault(name, []).append((record[step_key], float(value)))
     assert expected, f"{metrics} holds no curves"
     got = read_scalars(directory)
@@ -159,6 +164,7 @@ def test_a_failing_wandb_warns_once_and_training_goes_on(tmp_path, monkeypatch, 
         log_file.close()
     assert capsys.readouterr().err.count("W&B stopped taking curves (ConnectionResetError") == 1
     assert [s for s, _ in read_scalars(tmp_path / "sae" / "main")["fvu"]] == [0, 1, 2]  # TensorBoard has them all
+
     def stopped(self, data, *args, **kwargs):
         raise RuntimeError("Preempted: SIGTERM")  # a stop request raised while W&B logs is no W&B failure
 

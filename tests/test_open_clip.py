@@ -23,11 +23,12 @@ from conftest import TINY, random_hf_clip, write_char_tokenizer
 
 from saeft_jax import models
 
-SMALL_GELU = {"embed_dim": 32, "quick_gelu": False,
-              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16, "patch_size": 8,
-                             "mlp_ratio": 2.0},
-              "text_cfg": {"context_length": 16, "vocab_size": 514, "width": 48, "heads": 4, "layers": 2,
-                           "mlp_ratio": 2.0}}
+SMALL_GELU = {
+    "embed_dim": 32,
+    "quick_gelu": False,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16, "patch_size": 8, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 16, "vocab_size": 514, "width": 48, "heads": 4, "layers": 2, "mlp_ratio": 2.0},
+}
 PREPROCESS = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bicubic", "resize_mode": "shortest"}
 
 
@@ -44,8 +45,7 @@ def random_open_clip(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
 def save_as_hub(model: torch.nn.Module, model_cfg: dict, directory, weights: str = "safetensors") -> None:
     """The files the hub holds for an open_clip model."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
-                                                                 "preprocess_cfg": PREPROCESS}))
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS}))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if weights == "safetensors":
         safetensors.torch.save_file(state, directory / "open_clip_model.safetensors")
@@ -87,8 +87,9 @@ def check_round_trip(model_cfg: dict, tmp_path, weights: str = "safetensors") ->
     ours.save(tmp_path / "back", format="open_clip")
     saved = json.loads((tmp_path / "back" / "open_clip_config.json").read_text())
     reopened = open_clip.CLIP(**saved["model_cfg"]).eval()
-    reopened.load_state_dict(safetensors.torch.load_file(tmp_path / "back" / "open_clip_model.safetensors"),
-                             strict=True)
+    reopened.load_state_dict(
+        safetensors.torch.load_file(tmp_path / "back" / "open_clip_model.safetensors"), strict=True
+    )
     again_image, again_text = open_clip_embeddings(reopened, pixels, ids)
     assert relative(again_image, image) < 1e-5 and relative(again_text, text) < 1e-5
     assert saved["preprocess_cfg"] == PREPROCESS
@@ -109,7 +110,12 @@ def test_preprocessing_comes_from_preprocess_cfg(tmp_path):
     save_as_hub(random_open_clip(SMALL_GELU), SMALL_GELU, tmp_path)
     spec = models.load(tmp_path).image_spec
     assert (spec.size, spec.mean, spec.std, spec.resize, spec.interpolation) == (
-        32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "crop", "bicubic")
+        32,
+        (0.5, 0.4, 0.3),
+        (0.2, 0.25, 0.3),
+        "crop",
+        "bicubic",
+    )
 
 
 def test_tokenizer_files_in_the_directory_are_used(tmp_path):
@@ -126,8 +132,7 @@ def test_hf_clip_exports_to_open_clip_with_transformers_embeddings(tmp_path):
     models.load(tmp_path / "hf").save(tmp_path / "oc", format="open_clip")
     saved = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
     reopened = open_clip.CLIP(**saved["model_cfg"]).eval()
-    reopened.load_state_dict(safetensors.torch.load_file(tmp_path / "oc" / "open_clip_model.safetensors"),
-                             strict=True)
+    reopened.load_state_dict(safetensors.torch.load_file(tmp_path / "oc" / "open_clip_model.safetensors"), strict=True)
     pixels, ids = inputs(saved["model_cfg"])
     image, text = open_clip_embeddings(reopened, pixels, ids)
     with torch.no_grad():
@@ -163,24 +168,30 @@ def test_eos_pooling_with_open_clips_default_end_token(tmp_path):
 
 
 def test_odd_mlp_widths_export_to_a_model_open_clip_opens_strictly(tmp_path):
-    hf_model = random_hf_clip(dataclasses.replace(TINY, vision=dataclasses.replace(
-        TINY.vision, hidden_size=188, num_attention_heads=4, intermediate_size=384)), hidden_act="gelu")
+    hf_model = random_hf_clip(
+        dataclasses.replace(
+            TINY, vision=dataclasses.replace(TINY.vision, hidden_size=188, num_attention_heads=4, intermediate_size=384)
+        ),
+        hidden_act="gelu",
+    )
     hf_model.save_pretrained(tmp_path / "hf")
     models.load(tmp_path / "hf").save(tmp_path / "oc", format="open_clip")
     saved = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
     reopened = open_clip.CLIP(**saved["model_cfg"]).eval()
-    reopened.load_state_dict(safetensors.torch.load_file(tmp_path / "oc" / "open_clip_model.safetensors"),
-                             strict=True)
+    reopened.load_state_dict(safetensors.torch.load_file(tmp_path / "oc" / "open_clip_model.safetensors"), strict=True)
     assert models.load(tmp_path / "oc").config.vision.intermediate_size == 384
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda c: {"model_cfg": [1]}, "not a usable open_clip config"),
-    (lambda c: {"model_cfg": {**c, "vision_cfg": "ViT-B-16"}}, "not a usable open_clip config"),
-    (lambda c: {"model_cfg": {**c, "custom_text": True}}, "custom_text=True"),
-    (lambda c: {"model_cfg": {**c, "init_logit_bias": -10}}, "init_logit_bias=-10"),
-    (lambda c: {"model_cfg": {**c, "quick_gelu": "false"}}, "quick_gelu is 'false'"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda c: {"model_cfg": [1]}, "not a usable open_clip config"),
+        (lambda c: {"model_cfg": {**c, "vision_cfg": "ViT-B-16"}}, "not a usable open_clip config"),
+        (lambda c: {"model_cfg": {**c, "custom_text": True}}, "custom_text=True"),
+        (lambda c: {"model_cfg": {**c, "init_logit_bias": -10}}, "init_logit_bias=-10"),
+        (lambda c: {"model_cfg": {**c, "quick_gelu": "false"}}, "quick_gelu is 'false'"),
+    ],
+)
 def test_damaged_or_unsupported_open_clip_configs_are_one_paragraph(tmp_path, change, says):
     save_as_hub(random_open_clip(SMALL_GELU), SMALL_GELU, tmp_path)
     (tmp_path / "open_clip_config.json").write_text(json.dumps(change(SMALL_GELU)))

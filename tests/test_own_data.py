@@ -31,7 +31,7 @@ def write_digit_folders(root, splits=("train", "val", "test"), per_class=(60, 15
         rows = np.flatnonzero(digits.target == DIGITS[name])
         start = 0
         for split, count in zip(splits, per_class):
-            for row in rows[start:start + count]:
+            for row in rows[start : start + count]:
                 pixels = (digits.images[row] * (255 / 16)).astype(np.uint8)
                 pixels = np.repeat(np.repeat(pixels, 3, axis=0), 3, axis=1)  # 24x24, as the demo renders
                 path = root / split / name / f"{row:04d}.png"
@@ -50,8 +50,13 @@ def prepared(tmp_path_factory):
     (root / "prompts.txt").write_text("# my prompts\na sketch of the digit {}.\n\nthe number {}, handwritten.\n")
     data_dir = root / "data"
     for split in ("train", "val", "test"):
-        args = ["folder", f"--source={root / 'src' / split}", "--name=digits_mine", f"--split={split}",
-                f"--data_dir={data_dir}"] + ([f"--templates={root / 'prompts.txt'}"] if split == "test" else [])
+        args = [
+            "folder",
+            f"--source={root / 'src' / split}",
+            "--name=digits_mine",
+            f"--split={split}",
+            f"--data_dir={data_dir}",
+        ] + ([f"--templates={root / 'prompts.txt'}"] if split == "test" else [])
         assert prepare.main(args) == 0
     return root, data_dir, written
 
@@ -106,8 +111,11 @@ def test_a_suite_is_a_name_or_a_list_of_datasets_the_first_in_distribution():
 
 def test_unknown_folder_names_say_how_to_prepare_them(prepared):
     _, data_dir, _ = prepared
-    with pytest.raises(KeyError, match=r"no dataset 'mystery' is prepared in .*prepare folder --source=YOUR_FOLDER "
-                                       r"--name=mystery --split=test"):
+    with pytest.raises(
+        KeyError,
+        match=r"no dataset 'mystery' is prepared in .*prepare folder --source=YOUR_FOLDER "
+        r"--name=mystery --split=test",
+    ):
         registry.dataset_spec("mystery/test", str(data_dir))
     with pytest.raises(KeyError, match=r"has the splits test, train, val, not 'tset'"):
         registry.dataset_spec("digits_mine/tset", str(data_dir))
@@ -121,7 +129,9 @@ def test_templates_files_are_checked_and_the_config_one_replaces_the_preparation
     _, data_dir, _ = prepared
     bad = tmp_path / "bad.txt"
     bad.write_text("a photo of a {}.\na photo\n")
-    with pytest.raises(UsageError, match=r"--templates .*bad.txt' holds lines without exactly one \{\} \(\['a photo'\]"):
+    with pytest.raises(
+        UsageError, match=r"--templates .*bad.txt' holds lines without exactly one \{\} \(\['a photo'\]"
+    ):
         folders.read_templates(bad, "--templates")
     with pytest.raises(UsageError, match="cannot be read"):
         folders.read_templates(tmp_path / "missing.txt", "--templates")
@@ -144,22 +154,37 @@ def smoke_config(data_dir, **changes):
 
 
 def main(*args, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "saeft_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("key, value, says", [
-    ("train_dataset", "nothere/train", "no dataset 'nothere' is prepared"),
-    ("eval_suite", "digits_mine/test,digits_mine/tset", "not 'tset'"),
-    ("finetune.val_dataset", "digits_mine/valid", "not 'valid'"),
-])
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("train_dataset", "nothere/train", "no dataset 'nothere' is prepared"),
+        ("eval_suite", "digits_mine/test,digits_mine/tset", "not 'tset'"),
+        ("finetune.val_dataset", "digits_mine/valid", "not 'valid'"),
+    ],
+)
 def test_an_unknown_dataset_name_exits_2_with_one_paragraph_before_any_stage(prepared, tmp_path, key, value, says):
     _, data_dir, _ = prepared
     workdir = tmp_path / "w"
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-                  "--config.demo.enabled=false", "--config.train_dataset=digits_mine/train",
-                  "--config.eval_suite=digits_mine/test", "--config.finetune.val_dataset=digits_mine/val",
-                  f"--config.{key}={value}")
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        "--config.demo.enabled=false",
+        "--config.train_dataset=digits_mine/train",
+        "--config.eval_suite=digits_mine/test",
+        "--config.finetune.val_dataset=digits_mine/val",
+        f"--config.{key}={value}",
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and says in result.stderr
     assert result.stderr.strip().count("\n") == 0  # one paragraph
@@ -197,13 +222,24 @@ def test_the_smoke_pipeline_runs_on_a_prepared_folder_named_on_the_command_line(
         target = shift / path.parent.name / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(255 - np.asarray(Image.open(path))).save(target)
-    assert prepare.main(["folder", f"--source={shift}", "--name=digits_mine", "--split=val_shift",
-                         f"--data_dir={data_dir}"]) == 0
+    assert (
+        prepare.main(
+            ["folder", f"--source={shift}", "--name=digits_mine", "--split=val_shift", f"--data_dir={data_dir}"]
+        )
+        == 0
+    )
     workdir = tmp_path_factory.mktemp("own_run")
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-                  f"--config.demo.cache_dir={tmp_path_factory.getbasetemp() / 'cache'}", "--config.show_progress=false",
-                  "--config.train_dataset=digits_mine/train", "--config.finetune.val_dataset=digits_mine/val",
-                  "--config.eval_suite=digits_mine/test,digits_mine/val_shift", timeout=1800)
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        f"--config.demo.cache_dir={tmp_path_factory.getbasetemp() / 'cache'}",
+        "--config.show_progress=false",
+        "--config.train_dataset=digits_mine/train",
+        "--config.finetune.val_dataset=digits_mine/val",
+        "--config.eval_suite=digits_mine/test,digits_mine/val_shift",
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["id_dataset"] == "digits_mine/test" and report["ood_datasets"] == ["digits_mine/val_shift"]

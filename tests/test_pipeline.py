@@ -40,10 +40,16 @@ def smoke_config(tmp_path_factory, **changes):
 
     # a third method: the test's own regularizer, fed raw embeddings as the reference code does;
     # a PCA basis for a fourth, the pca penalty
-    methods = {"code_shift": method("code_shift", reg_lambda=50.0, scale=2.0, reference_raw_inputs=True),
-               "pca": method("pca", reg_lambda=50.0)}
-    return demo_config(tmp_path_factory.getbasetemp(), "smoke", methods,
-                       **{"saes.basis": sae_settings(kind="pca", dict_size=8), **changes})
+    methods = {
+        "code_shift": method("code_shift", reg_lambda=50.0, scale=2.0, reference_raw_inputs=True),
+        "pca": method("pca", reg_lambda=50.0),
+    }
+    return demo_config(
+        tmp_path_factory.getbasetemp(),
+        "smoke",
+        methods,
+        **{"saes.basis": sae_settings(kind="pca", dict_size=8), **changes},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +71,17 @@ def test_report_follows_the_schema_and_fine_tuning_helps_in_distribution(finishe
     assert runs["pca"]["method"]["sae"] == "basis" and report["report_sae"] == "main"  # the Top-K SAE is read
     basis = report["saes"]["basis"]
     assert (basis["kind"], basis["k"], basis["dict_size"], basis["l0"]) == ("pca", 8, 8, 8.0) and basis["fvu"] < 1
-    assert runs["code_shift"]["method"] == {"recipe": "finetune", "regularizer": "code_shift", "reg_lambda": 50.0,
-                                            "sae": "main", "scale": 2.0, "reference_raw_inputs": True}
-    metrics = [json.loads(line) for line in (finished / "finetune" / "code_shift" / "metrics.jsonl").read_text()
-               .splitlines()]
+    assert runs["code_shift"]["method"] == {
+        "recipe": "finetune",
+        "regularizer": "code_shift",
+        "reg_lambda": 50.0,
+        "sae": "main",
+        "scale": 2.0,
+        "reference_raw_inputs": True,
+    }
+    metrics = [
+        json.loads(line) for line in (finished / "finetune" / "code_shift" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all(np.isfinite(m["code_shift"]) for m in metrics)  # the test's regularizer ran in the train step
     datasets = {report["id_dataset"], *report["ood_datasets"]}
     for name, run in runs.items():
@@ -107,16 +120,29 @@ def test_report_markdown_and_pictures(finished):
     assert "`code_shift` (reg_lambda 50, SAE `main`, scale 2, reference_raw_inputs True)" in text
     assert "### `code_shift`" in text and "selected a=" in text and "on the validation split `digits_val`" in text
     assert "**Raw SAE inputs:** `code_shift` fed the SAE raw" in text  # the reference reproduction is named
-    for png in ("wise.png", "wise_logit.png", "wise_shifts.png", "datasets.png", "features_none.png",
-                "features_sae_add_remove.png"):
+    for png in (
+        "wise.png",
+        "wise_logit.png",
+        "wise_shifts.png",
+        "datasets.png",
+        "features_none.png",
+        "features_sae_add_remove.png",
+    ):
         assert f"]({png})" in text
         with Image.open(finished / "report" / png) as image:
             pixels = np.asarray(image.convert("L"))
         assert image.format == "PNG" and pixels.std() > 10  # something is drawn
-    for artifact in ("zeroshot/digits.safetensors", "features/train.npy", "sae/main/sae.safetensors",
-                     "sae/main/firing.png",
-                     "finetune/sae_add_remove/final/model.safetensors", "finetune/none/metrics.jsonl",
-                     "evaluate/none/digits_noisy.npz", "config.json", "versions.json"):
+    for artifact in (
+        "zeroshot/digits.safetensors",
+        "features/train.npy",
+        "sae/main/sae.safetensors",
+        "sae/main/firing.png",
+        "finetune/sae_add_remove/final/model.safetensors",
+        "finetune/none/metrics.jsonl",
+        "evaluate/none/digits_noisy.npz",
+        "config.json",
+        "versions.json",
+    ):
         assert (finished / artifact).exists(), artifact
 
 
@@ -182,9 +208,12 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
         assert not errors, errors
 
         def visible() -> set[int]:
-            return set(driver.execute_script(
-                "return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
-                ".map(c => JSON.parse(c.dataset.info).feature)"))
+            return set(
+                driver.execute_script(
+                    "return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
+                    ".map(c => JSON.parse(c.dataset.info).feature)"
+                )
+            )
 
         assert visible() == set().union(*changed.values())  # every changed feature has its card
         assert driver.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
@@ -195,8 +224,10 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
         assert changed[method] != set().union(*changed.values())  # so the filter has something to hide
         Select(driver.find_element("css selector", '[data-filter="method"]')).select_by_value(method)
         assert visible() == changed[method]
-        assert driver.find_element("css selector", ".shown").text == f"{len(changed[method])} of " \
+        assert (
+            driver.find_element("css selector", ".shown").text == f"{len(changed[method])} of "
             f"{len(set().union(*changed.values()))} cards shown"
+        )
         # "most costly for robustness": the method's measured features by what undoing their change gains in
         # average OOD accuracy (report.json), most first, then the unmeasured ones
         cost = {}
@@ -204,11 +235,14 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
             gain = np.mean([e["effects"][d] for d in report["ood_datasets"]])
             cost[e["feature"]] = max(cost.get(e["feature"], -np.inf), gain)
         Select(driver.find_element("css selector", '[data-filter="sort"]')).select_by_value("cost")
-        order = driver.execute_script("return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
-                                      ".map(c => JSON.parse(c.dataset.info).feature)")
-        assert order[:len(cost)] == sorted(cost, key=lambda f: (-cost[f], f))
+        order = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
+            ".map(c => JSON.parse(c.dataset.info).feature)"
+        )
+        assert order[: len(cost)] == sorted(cost, key=lambda f: (-cost[f], f))
         assert driver.execute_script("return document.querySelectorAll('table.effects').length") == len(
-            {e["feature"] for m in methods for e in report["runs"][m]["feature_effects"]})
+            {e["feature"] for m in methods for e in report["runs"][m]["feature_effects"]}
+        )
         driver.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 10_000
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -237,8 +271,9 @@ def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, ca
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")} == stamps
 
 
-def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprint(finished, tmp_path_factory, bucket,
-                                                                                  monkeypatch):
+def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprint(
+    finished, tmp_path_factory, bucket, monkeypatch
+):
     """The same run with its workdir and its data in an emulated bucket (--workdir=gs://...,
     --config.data_dir=gs://...; the demo writes its dataset there), stopped after the SAE and rerun."""
     import ml_collections
@@ -249,9 +284,10 @@ def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprin
 
     monkeypatch.setattr(storage, "CACHE", str(tmp_path_factory.mktemp("remote_cache")))
     workdir = storage.path(f"{bucket}/stopped")
-    only = {"finetune.methods": ml_collections.ConfigDict({"sae_add_remove": method("sae_add_remove",
-                                                                                     reg_lambda=100.0)}),
-            "data_dir": f"{bucket}/tensorflow_datasets"}
+    only = {
+        "finetune.methods": ml_collections.ConfigDict({"sae_add_remove": method("sae_add_remove", reg_lambda=100.0)}),
+        "data_dir": f"{bucket}/tensorflow_datasets",
+    }
     run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
     assert not (workdir / "finetune").exists() and (workdir / "sae" / "main" / "done.json").exists()
     run_pipeline(smoke_config(tmp_path_factory, **only), str(workdir))
@@ -274,8 +310,13 @@ def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher")
     for stage in ("zeroshot", "features", "sae"):
         shutil.copytree(finished / stage, workdir / stage)
-    changes = {"finetune.teacher_cache": True, "finetune.random_crop": False, "finetune.steps": 4,
-               "finetune.log_every": 2, "demo.enabled": False}
+    changes = {
+        "finetune.teacher_cache": True,
+        "finetune.random_crop": False,
+        "finetune.steps": 4,
+        "finetune.log_every": 2,
+        "demo.enabled": False,
+    }
     with pytest.raises(ConfigError, match=r"warmup_steps \(6\) must be below config.finetune.steps \(4\)"):
         smoke_config(tmp_path_factory, **changes)
     config = smoke_config(tmp_path_factory, **changes, **{"finetune.warmup_steps": 1})
@@ -297,8 +338,10 @@ def test_unknown_datasets_and_unloadable_checkpoints_are_named(finished, tmp_pat
     from saeft_jax.pipeline import UsageError, run_pipeline
 
     with pytest.raises(UsageError, match="config.train_dataset / config.eval_suite: unknown dataset 'nope'"):
-        run_pipeline(smoke_config(tmp_path_factory, **{"train_dataset": "nope", "demo.enabled": False}),
-                     tmp_path_factory.mktemp("unknown"))
+        run_pipeline(
+            smoke_config(tmp_path_factory, **{"train_dataset": "nope", "demo.enabled": False}),
+            tmp_path_factory.mktemp("unknown"),
+        )
     broken = tmp_path_factory.mktemp("broken_model")
     (broken / "config.json").write_text("{}")
     config = smoke_config(tmp_path_factory, **{"model": str(broken), "demo.enabled": False})  # demo data registered
@@ -307,8 +350,14 @@ def test_unknown_datasets_and_unloadable_checkpoints_are_named(finished, tmp_pat
 
 
 def _main(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "saeft_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "saeft_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_command_line_errors_are_one_paragraph_and_non_zero(tmp_path):

@@ -31,7 +31,7 @@ def test_clip_eval_equals_resize_crop_normalize(shape):
     (size_wh, (left, top)) = CASES[shape]
     image = photo(*shape)
     resized = np.asarray(Image.fromarray(image).resize(size_wh, Image.BICUBIC), np.float32)
-    crop = resized[top:top + 224, left:left + 224] / 255.0
+    crop = resized[top : top + 224, left : left + 224] / 255.0
     expected = (crop - np.array(OPENAI_MEAN, np.float32)) / np.array(OPENAI_STD, np.float32)
     out = clip_eval(image, 224)
     assert out.shape == (224, 224, 3) and out.dtype == np.float32

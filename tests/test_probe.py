@@ -30,8 +30,11 @@ def test_probe_reaches_the_scikit_learn_solution(l2, tolerance):
     assert fit["converged"]
     np.testing.assert_allclose(head["W"], reference.coef_, atol=tolerance * np.abs(reference.coef_).max())
     # softmax ignores a constant added to every bias: compare them centred
-    np.testing.assert_allclose(head["b"] - head["b"].mean(), reference.intercept_ - reference.intercept_.mean(),
-                               atol=tolerance * np.abs(reference.coef_).max())
+    np.testing.assert_allclose(
+        head["b"] - head["b"].mean(),
+        reference.intercept_ - reference.intercept_.mean(),
+        atol=tolerance * np.abs(reference.coef_).max(),
+    )
     accuracy = lambda logits: np.mean(np.argmax(logits, -1) == labels)
     assert accuracy(unit(features) @ head["W"].T + head["b"]) == accuracy(reference.decision_function(unit(features)))
 
@@ -75,6 +78,11 @@ def test_the_examples_are_arguments_of_one_compiled_solver_not_constants():
     for l2 in (1e-2, 1e-3, 1e-4):
         fit_probe(data, 4, l2=l2)
     assert probe._solve._cache_size() - before <= 1  # a new l2 (or new data of the same shape) does not recompile
-    text = probe._solve.lower({"W": np.zeros((4, 8), np.float32), "b": np.zeros(4, np.float32)}, data,
-                              np.float32(1e-3), np.int32(10), np.float32(1e-6)).as_text()
+    text = probe._solve.lower(
+        {"W": np.zeros((4, 8), np.float32), "b": np.zeros(4, np.float32)},
+        data,
+        np.float32(1e-3),
+        np.int32(10),
+        np.float32(1e-6),
+    ).as_text()
     assert len(text) < 200_000  # the 300 x 8 features would be a dense constant in a program that captured them

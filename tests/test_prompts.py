@@ -16,10 +16,15 @@ REGIONS = ("asia", "africa", "the americas", "europe", "oceania")
 def _fmow_expected(raw: str, spaced_with_article: str) -> tuple[str, ...]:
     """FMoW's 16 prompts of one class: the reference's f-strings keep the underscores, its
     article templates read them as spaces."""
-    return (f"satellite photo of a {raw}.", f"aerial photo of a {raw}.",
-            f"satellite photo of {spaced_with_article}.", f"aerial photo of {spaced_with_article}.",
-            *(f"{kind} photo of a {raw} in {region}." for region in REGIONS for kind in ("satellite", "aerial")),
-            f"a photo of a {raw}.", f"{raw}.")
+    return (
+        f"satellite photo of a {raw}.",
+        f"aerial photo of a {raw}.",
+        f"satellite photo of {spaced_with_article}.",
+        f"aerial photo of {spaced_with_article}.",
+        *(f"{kind} photo of a {raw} in {region}." for region in REGIONS for kind in ("satellite", "aerial")),
+        f"a photo of a {raw}.",
+        f"{raw}.",
+    )
 
 
 def test_fmow_prompts_keep_underscores_and_choose_the_article():
@@ -55,15 +60,18 @@ def test_imagenet_prompts_are_openais_80():
         assert prompts[1][0] == "a bad photo of a goldfish.", name
 
 
-@pytest.mark.parametrize("name, index, expected", [
-    ("cifar10", 0, "a photo of a airplane."),
-    ("cifar10_c", 9, "a photo of a truck."),
-    ("cifar100", 1, "a photo of a aquarium_fish."),
-    ("cifar100_c", 41, "a photo of a lawn_mower."),
-    ("cifar100", 47, "a photo of a maple_tree."),
-    ("fgvc_aircraft", None, "a photo of a F-16A B."),
-    ("fgvc_aircraft", None, "a photo of a F A-18."),
-])
+@pytest.mark.parametrize(
+    "name, index, expected",
+    [
+        ("cifar10", 0, "a photo of a airplane."),
+        ("cifar10_c", 9, "a photo of a truck."),
+        ("cifar100", 1, "a photo of a aquarium_fish."),
+        ("cifar100_c", 41, "a photo of a lawn_mower."),
+        ("cifar100", 47, "a photo of a maple_tree."),
+        ("fgvc_aircraft", None, "a photo of a F-16A B."),
+        ("fgvc_aircraft", None, "a photo of a F A-18."),
+    ],
+)
 def test_simple_template_prompts(name, index, expected):
     prompts = dataset_spec(name).prompts()
     assert all(len(p) == 1 for p in prompts)

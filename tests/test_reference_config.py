@@ -16,8 +16,15 @@ REFERENCE_COMMAND = """python src/training.py --train-dataset=ImageNet --model=V
     --data-location=/path/to/imagenet --reg_type=sae_mask --reg_lambda=70
     --sae_path=autoencoders/sae_4_32.pt --sae_mult=4 --k=32 --save=models/B16_sae_mask"""
 # src/args.py's defaults of the flags the command leaves out (--normalize: False, so raw embeddings)
-REFERENCE_DEFAULTS = {"wd": 0.1, "ls": 0.0, "warmup_length": 500, "lambda_mask": 10.0, "mu": 1.0,
-                      "normalize": False, "representation_dim": 512}
+REFERENCE_DEFAULTS = {
+    "wd": 0.1,
+    "ls": 0.0,
+    "warmup_length": 500,
+    "lambda_mask": 10.0,
+    "mu": 1.0,
+    "normalize": False,
+    "representation_dim": 512,
+}
 
 
 def _flags() -> dict[str, str]:
@@ -40,13 +47,18 @@ def test_reference_config_is_the_readme_command():
     ft = c.finetune
     assert (ft.epochs, ft.lr, ft.batch_size) == (int(flags["epochs"]), float(flags["lr"]), int(flags["batch_size"]))
     assert (ft.weight_decay, ft.label_smoothing, ft.warmup_steps) == (
-        REFERENCE_DEFAULTS["wd"], REFERENCE_DEFAULTS["ls"], REFERENCE_DEFAULTS["warmup_length"])
+        REFERENCE_DEFAULTS["wd"],
+        REFERENCE_DEFAULTS["ls"],
+        REFERENCE_DEFAULTS["warmup_length"],
+    )
     assert ft.steps == 0 and ft.clip_norm == 1.0 and ft.accumulate_steps == 1
     assert ft.random_crop and tuple(ft.crop_scale) == (0.9, 1.0)  # clip.load's training transform
     assert ft.val_fraction == 0 and not ft.val_dataset  # the whole training set, as the reference trains
     assert c.dtype == "float32"
     assert (c.saes.main.dict_size, c.saes.main.k) == (
-        int(float(flags["sae_mult"]) * REFERENCE_DEFAULTS["representation_dim"]), int(flags["k"]))
+        int(float(flags["sae_mult"]) * REFERENCE_DEFAULTS["representation_dim"]),
+        int(flags["k"]),
+    )
     assert c.saes.main.kind == "topk" and not c.saes.main.relu and not c.saes.main.auxk
 
     ran = methods.from_config(c.finetune.methods)
@@ -54,6 +66,8 @@ def test_reference_config_is_the_readme_command():
     assert ran["none"].regularizer.name == "none" and ran["none"].recipe == "finetune"
     sae = ran["sae_mask"]
     assert sae.regularizer.name == flags["reg_type"] and sae.reg_lambda == float(flags["reg_lambda"])
-    assert sae.hparams["lambda_add"] == REFERENCE_DEFAULTS["lambda_mask"] and sae.hparams["mu"] == REFERENCE_DEFAULTS["mu"]
+    assert (
+        sae.hparams["lambda_add"] == REFERENCE_DEFAULTS["lambda_mask"] and sae.hparams["mu"] == REFERENCE_DEFAULTS["mu"]
+    )
     assert sae.reference_raw_inputs is (not REFERENCE_DEFAULTS["normalize"])
     assert "--reg_type=sae_mask --reg_lambda=70" in module.__doc__ and "--sae_mult=4 --k=32" in module.__doc__

@@ -59,18 +59,31 @@ def test_cka_of_a_rotated_copy_standard_one_reference_lower():
 
 
 def test_report_records_both_definitions_labelled():
-    record = {"datasets": {
-        "iwildcam_id": {"metric": "macro_f1", "scores": {"0.0": 0.4, "1.0": 0.5},
-                        "reference": {"metric": "macro_f1_union", "scores": {"0.0": 0.3, "1.0": 0.45}}},
-        "iwildcam_ood": {"metric": "macro_f1", "scores": {"0.0": 0.2, "1.0": 0.3}},  # evaluated before: none
-    }}
+    record = {
+        "datasets": {
+            "iwildcam_id": {
+                "metric": "macro_f1",
+                "scores": {"0.0": 0.4, "1.0": 0.5},
+                "reference": {"metric": "macro_f1_union", "scores": {"0.0": 0.3, "1.0": 0.45}},
+            },
+            "iwildcam_ood": {"metric": "macro_f1", "scores": {"0.0": 0.2, "1.0": 0.3}},  # evaluated before: none
+        }
+    }
     scores = _run_scores(record, "1.0", ["iwildcam_id", "iwildcam_ood"], ["iwildcam_ood"])
-    assert scores == {"metrics": {"iwildcam_id": 0.5, "iwildcam_ood": 0.3}, "avg_ood": 0.3,
-                      "reference_metrics": {"iwildcam_id": 0.45}}
-    report = {"id_dataset": "iwildcam_id", "ood_datasets": ["iwildcam_ood"],
-              "reference_dataset_metrics": {"iwildcam_id": "macro_f1_union"},
-              "runs": {"zeroshot": _run_scores(record, "0.0", ["iwildcam_id", "iwildcam_ood"], ["iwildcam_ood"]),
-                       "none": {**scores, "fixed_alpha": {"alpha": 0.5, **scores}}}}
+    assert scores == {
+        "metrics": {"iwildcam_id": 0.5, "iwildcam_ood": 0.3},
+        "avg_ood": 0.3,
+        "reference_metrics": {"iwildcam_id": 0.45},
+    }
+    report = {
+        "id_dataset": "iwildcam_id",
+        "ood_datasets": ["iwildcam_ood"],
+        "reference_dataset_metrics": {"iwildcam_id": "macro_f1_union"},
+        "runs": {
+            "zeroshot": _run_scores(record, "0.0", ["iwildcam_id", "iwildcam_ood"], ["iwildcam_ood"]),
+            "none": {**scores, "fixed_alpha": {"alpha": 0.5, **scores}},
+        },
+    }
     text = "\n".join(_reference_numbers(report))
     assert "the reference's macro-F1 (over true and predicted classes)" in text
     assert "| zero-shot | 30.0 |" in text and "| `none` | 45.0 |" in text and "| `none`, fixed a=0.5 | 45.0 |" in text
@@ -79,8 +92,23 @@ def test_report_records_both_definitions_labelled():
 
 def test_evaluation_summary_names_the_references_metric():
     empty = np.zeros(0)
-    result = DatasetEvaluation("fmow_ood", "worst_group", (0.0, 1.0), {0.0: 0.3, 1.0: 0.4}, empty, empty, empty,
-                               np.zeros((2, 0)), empty, empty, reference_scores={0.0: 0.1, 1.0: 0.2})
+    result = DatasetEvaluation(
+        "fmow_ood",
+        "worst_group",
+        (0.0, 1.0),
+        {0.0: 0.3, 1.0: 0.4},
+        empty,
+        empty,
+        empty,
+        np.zeros((2, 0)),
+        empty,
+        empty,
+        reference_scores={0.0: 0.1, 1.0: 0.2},
+    )
     assert result.summary()["reference"] == {"metric": "worst_group_all", "scores": {"0.0": 0.1, "1.0": 0.2}}
-    assert "reference" not in DatasetEvaluation("imagenet", "top1", (1.0,), {1.0: 0.5}, empty, empty, empty,
-                                                np.zeros((1, 0)), empty, empty).summary()
+    assert (
+        "reference"
+        not in DatasetEvaluation(
+            "imagenet", "top1", (1.0,), {1.0: 0.5}, empty, empty, empty, np.zeros((1, 0)), empty, empty
+        ).summary()
+    )

@@ -45,8 +45,9 @@ def test_sae_regularizers_match_pytorch(setup, name, normalize):
 
 def test_add_remove_metrics_are_the_unweighted_terms_and_support_changes(setup):
     params, f, f0 = setup
-    total, metrics = regularizers.sae_add_remove(jnp.asarray(f), jnp.asarray(f0), sae=FrozenSAE(params, K),
-                                                 lambda_add=2.0, lambda_remove=3.0, mu=5.0)
+    total, metrics = regularizers.sae_add_remove(
+        jnp.asarray(f), jnp.asarray(f0), sae=FrozenSAE(params, K), lambda_add=2.0, lambda_remove=3.0, mu=5.0
+    )
     np.testing.assert_allclose(total, 2 * metrics["add"] + 3 * metrics["remove"] + 5 * metrics["residual"], rtol=1e-6)
     unit = lambda x: x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
     st = np.asarray(sae.encode(params, jnp.asarray(unit(f)), K)) != 0
@@ -78,11 +79,14 @@ def test_ldifs_matches_the_references_averaging_in_pytorch():
     reg = regularizers.get("ldifs").bind({})
     frozen = [jnp.asarray(t) for t in tokens0]
     value, grads = jax.value_and_grad(lambda ts: reg(None, None, tokens=ts, tokens0=frozen)[0])(
-        [jnp.asarray(t) for t in tokens])
+        [jnp.asarray(t) for t in tokens]
+    )
     current = [torch.tensor(t, dtype=torch.float64, requires_grad=True) for t in tokens]
     unit = lambda x: x / (x.norm(dim=-1, keepdim=True) + 1e-8)
-    per_tap = [((unit(torch.tensor(b, dtype=torch.float64)) - unit(a)) ** 2).mean(-1).mean(-1)
-               for a, b in zip(current, tokens0)]
+    per_tap = [
+        ((unit(torch.tensor(b, dtype=torch.float64)) - unit(a)) ** 2).mean(-1).mean(-1)
+        for a, b in zip(current, tokens0)
+    ]
     expected = torch.stack(per_tap, dim=1).mean(-1).mean(0)
     expected.backward()
     np.testing.assert_allclose(value, expected.item(), rtol=1e-6)
@@ -95,8 +99,12 @@ def test_ldifs_matches_the_references_averaging_in_pytorch():
 
 def test_the_registry_declares_hyperparameters_and_needs():
     add_remove = regularizers.get("sae_add_remove")
-    assert dict(add_remove.hparams) == {"lambda_add": 10.0, "lambda_remove": 0.02, "mu": 1.0,
-                                        "reference_raw_inputs": False}
+    assert dict(add_remove.hparams) == {
+        "lambda_add": 10.0,
+        "lambda_remove": 0.02,
+        "mu": 1.0,
+        "reference_raw_inputs": False,
+    }
     assert add_remove.uses_sae and add_remove.teacher_cache and add_remove.penalizes
     assert not regularizers.get("ldifs").teacher_cache and regularizers.get("ldifs").taps(12) == (0, 3, 6, 9, 12)
     assert not regularizers.get("none").penalizes and not regularizers.get("none").teacher_cache
@@ -128,15 +136,18 @@ def test_registration_reads_the_signature_and_refuses_inconsistent_entries(monke
     with pytest.raises(ValueError, match="does not take"):
         regularizers.register(name="no_sae_argument", needs=("f0", "sae"))(lambda f, f0: (0.0, {}))
     with pytest.raises(ValueError, match="need defaults"):
+
         def no_default(f, f0, *, weight):
             return weight, {}
+
         regularizers.register()(no_default)
     with pytest.raises(ValueError, match="says where to tap them"):
         regularizers.register(needs=("tokens",))(regularizers.ldifs)
 
 
-@pytest.mark.parametrize("name, hparams", [("nuclear", {}), ("quadratic_nuclear", {}),
-                                           ("quadratic_nuclear", {"c": 0.5})])
+@pytest.mark.parametrize(
+    "name, hparams", [("nuclear", {}), ("quadratic_nuclear", {}), ("quadratic_nuclear", {"c": 0.5})]
+)
 def test_nuclear_penalties_match_pytorch(setup, name, hparams):
     _, f, f0 = setup
     reg = regularizers.get(name).bind(hparams)
@@ -165,9 +176,12 @@ def test_normalize_is_the_references_flag(setup, name):
     f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
     unit = lambda x: x / (x.norm(dim=-1, keepdim=True) + 1e-8)
     a, b = unit(f_t), unit(torch.tensor(f0, dtype=torch.float64))
-    expected = {"mse": lambda: ((a - b) ** 2).mean(), "l1": lambda: (a - b).abs().mean(),
-                "nuclear": lambda: torch.linalg.norm(a - b, ord="nuc"),
-                "quadratic_nuclear": lambda: torch.relu(torch.linalg.norm(a - b, ord="nuc") - 0.5) ** 2}[name]()
+    expected = {
+        "mse": lambda: ((a - b) ** 2).mean(),
+        "l1": lambda: (a - b).abs().mean(),
+        "nuclear": lambda: torch.linalg.norm(a - b, ord="nuc"),
+        "quadratic_nuclear": lambda: torch.relu(torch.linalg.norm(a - b, ord="nuc") - 0.5) ** 2,
+    }[name]()
     expected.backward()
     np.testing.assert_allclose(value, expected.item(), rtol=1e-5)
     np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-4, atol=1e-7)
@@ -181,7 +195,8 @@ def test_sae_w_matches_the_references_sinkhorn_in_pytorch(setup, hparams):
     reg = regularizers.get("sae_w").bind(hparams)
     frozen = FrozenSAE(params, K)
     (value, metrics), grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0), sae=frozen), has_aux=True)(
-        jnp.asarray(f))
+        jnp.asarray(f)
+    )
     f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
     sae_t = {n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
     expected = torch_reference.sae_w(f_t, torch.tensor(f0, dtype=torch.float64), sae_t, K, **hparams)
@@ -234,8 +249,9 @@ def test_the_pca_penalty_matches_the_references_in_pytorch(setup, features, hpar
     reg = regularizers.get("pca").bind(hparams)
     value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0), sae=basis)[0])(jnp.asarray(f))
     f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
-    expected = torch_reference.pca_penalty(f_t, torch.tensor(f0, dtype=torch.float64),
-                                           torch.tensor(basis.params["W_enc"], dtype=torch.float64), **hparams)
+    expected = torch_reference.pca_penalty(
+        f_t, torch.tensor(f0, dtype=torch.float64), torch.tensor(basis.params["W_enc"], dtype=torch.float64), **hparams
+    )
     expected.backward()
     np.testing.assert_allclose(value, expected.item(), rtol=1e-4)
     np.testing.assert_allclose(grad, f_t.grad.numpy(), rtol=1e-3, atol=1e-7)

@@ -40,37 +40,40 @@ def smoke(**changes):
     return config
 
 
-@pytest.mark.parametrize("key, value, says", [
-    ("finetune.lr", -1e-3, "positive, finite learning rate"),
-    ("finetune.lr", float("nan"), "positive, finite learning rate"),
-    ("saes.main.lr", 0.0, "positive, finite learning rate"),
-    ("saes.main.k", 0, "at least 1"),
-    ("saes.main.k", 257, "exceeds config.saes.main.dict_size"),
-    ("saes.main.dict_size", 0, "positive number of latents"),
-    ("finetune.weight_decay", -0.1, "zero or more"),
-    ("finetune.label_smoothing", 1.0, "in [0, 1)"),
-    ("finetune.clip_norm", 0.0, "positive gradient-norm bound"),
-    ("finetune.batch_size", 0, "positive batch size"),
-    ("finetune.steps", -5, "0 (the length comes from finetune.epochs)"),
-    ("finetune.warmup_steps", 60, "must be below config.finetune.steps"),
-    ("finetune.log_every", 0, "at least 1 step"),
-    ("finetune.checkpoint_every", 0, "at least 1 step"),
-    ("finetune.keep_checkpoints", 0, "at least 1"),
-    ("finetune.accumulate_steps", 0, "at least 1 micro-batch"),
-    ("finetune.crop_scale", (0.9, 0.5), "0 < low <= high <= 1"),
-    ("evaluate.alphas", (0.0, 0.5, 1.5), "outside [0, 1]"),
-    ("evaluate.alphas", (-0.1, 1.0), "outside [0, 1]"),
-    ("evaluate.alphas", (0.0, 0.125, 1.0), "more than two decimals"),
-    ("features.chunk_steps", 0, "at least 1 batch per chunk"),
-    ("saes.main.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
-    ("dtype", "float16", "'float32' or 'bfloat16'"),
-    ("num_workers", -1, "0 (reader threads only)"),
-    ("seed", 2 ** 64, "at most 2**31 - 1 = 2147483647"),
-    ("seed", -1, "an integer from 0 on"),
-    ("finetune.batch_size", 2 ** 31, "a positive batch size, at most 2**31 - 1"),
-    ("saes.main.dict_size", 2 ** 40, "at most 2**31 - 1"),
-    ("model", "openai/clip-vit-base-patch16", "the demo's own small CLIP"),
-])
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("finetune.lr", -1e-3, "positive, finite learning rate"),
+        ("finetune.lr", float("nan"), "positive, finite learning rate"),
+        ("saes.main.lr", 0.0, "positive, finite learning rate"),
+        ("saes.main.k", 0, "at least 1"),
+        ("saes.main.k", 257, "exceeds config.saes.main.dict_size"),
+        ("saes.main.dict_size", 0, "positive number of latents"),
+        ("finetune.weight_decay", -0.1, "zero or more"),
+        ("finetune.label_smoothing", 1.0, "in [0, 1)"),
+        ("finetune.clip_norm", 0.0, "positive gradient-norm bound"),
+        ("finetune.batch_size", 0, "positive batch size"),
+        ("finetune.steps", -5, "0 (the length comes from finetune.epochs)"),
+        ("finetune.warmup_steps", 60, "must be below config.finetune.steps"),
+        ("finetune.log_every", 0, "at least 1 step"),
+        ("finetune.checkpoint_every", 0, "at least 1 step"),
+        ("finetune.keep_checkpoints", 0, "at least 1"),
+        ("finetune.accumulate_steps", 0, "at least 1 micro-batch"),
+        ("finetune.crop_scale", (0.9, 0.5), "0 < low <= high <= 1"),
+        ("evaluate.alphas", (0.0, 0.5, 1.5), "outside [0, 1]"),
+        ("evaluate.alphas", (-0.1, 1.0), "outside [0, 1]"),
+        ("evaluate.alphas", (0.0, 0.125, 1.0), "more than two decimals"),
+        ("features.chunk_steps", 0, "at least 1 batch per chunk"),
+        ("saes.main.b_pre_init", "mode", "'zeros', 'mean' or 'median'"),
+        ("dtype", "float16", "'float32' or 'bfloat16'"),
+        ("num_workers", -1, "0 (reader threads only)"),
+        ("seed", 2**64, "at most 2**31 - 1 = 2147483647"),
+        ("seed", -1, "an integer from 0 on"),
+        ("finetune.batch_size", 2**31, "a positive batch size, at most 2**31 - 1"),
+        ("saes.main.dict_size", 2**40, "at most 2**31 - 1"),
+        ("model", "openai/clip-vit-base-patch16", "the demo's own small CLIP"),
+    ],
+)
 def test_values_that_cannot_work_are_refused_by_name(key, value, says):
     with pytest.raises(ConfigError, match=r"config\." + key.replace(".", r"\.")) as error:
         finish(smoke(**{key: value}))
@@ -91,9 +94,21 @@ def test_method_weights_must_be_non_negative():
 
 
 def test_a_bad_value_on_the_command_line_exits_2_before_anything_runs(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
-                             f"--workdir={tmp_path / 'w'}", "--config.finetune.lr=-1e-3"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saeft_jax.main",
+            "--config=configs/demo.py:smoke",
+            f"--workdir={tmp_path / 'w'}",
+            "--config.finetune.lr=-1e-3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "config.finetune.lr is -0.001" in result.stderr and not (tmp_path / "w").exists()
 
@@ -113,10 +128,10 @@ def test_every_integer_key_has_a_range_and_out_of_it_is_refused_by_name():
     keys = integer_keys(smoke())
     assert {"seed", "finetune.steps", "saes.main.k", "corruptions.severity", "demo.pretrain_steps"} <= set(keys)
     for key in keys:
-        for value in (2 ** 64, 2 ** 31, -1):
+        for value in (2**64, 2**31, -1):
             with pytest.raises(ConfigError, match=rf"config\.{re.escape(key)} is {value}\b"):
                 finish(smoke(**{key: value}))
-        finish(smoke(**{key: smoke_value(key) if key != "seed" else 2 ** 31 - 1}))  # the top of the range works
+        finish(smoke(**{key: smoke_value(key) if key != "seed" else 2**31 - 1}))  # the top of the range works
 
 
 def smoke_value(key: str) -> int:
@@ -128,9 +143,21 @@ def smoke_value(key: str) -> int:
 
 
 def test_an_overflowing_seed_on_the_command_line_exits_2_before_the_workdir_is_made(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
-                             f"--workdir={tmp_path / 'w'}", "--config.seed=18446744073709551616"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saeft_jax.main",
+            "--config=configs/demo.py:smoke",
+            f"--workdir={tmp_path / 'w'}",
+            "--config.seed=18446744073709551616",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "config.seed is 18446744073709551616" in result.stderr and not (tmp_path / "w").exists()
     assert len(result.stderr.strip().splitlines()) == 1  # one paragraph
@@ -159,17 +186,30 @@ class FakeRun:
         return [None] * self.examples
 
 
-@pytest.mark.parametrize("changes, devices, says", [
-    ({"finetune.batch_size": 64}, 3, "config.finetune.batch_size is 64, which does not divide over this run's 3 "),
-    ({"evaluate.batch_size": 100}, 8, "config.evaluate.batch_size is 100"),
-    ({"saes.main.batch_size": 100}, 8, "config.saes.main.batch_size is 100, which does not divide over the 8 devices"),
-    ({"saes.main.batch_size": 1024}, 1, "config.saes.main.batch_size (1024) exceeds the 900 training embeddings"),
-    ({"finetune.steps": 0, "finetune.epochs": 1, "finetune.warmup_steps": 20}, 1,
-     "must be below the run's 14 fine-tuning steps (1 epochs of 900 examples at batch 64)"),
-    ({"saes.basis": {"kind": "pca", "dict_size": 65}}, 1,
-     "config.saes.basis.dict_size is 65, but a PCA basis has at most as many directions as toy-clip's embeddings "
-     "have dimensions (64)"),
-])
+@pytest.mark.parametrize(
+    "changes, devices, says",
+    [
+        ({"finetune.batch_size": 64}, 3, "config.finetune.batch_size is 64, which does not divide over this run's 3 "),
+        ({"evaluate.batch_size": 100}, 8, "config.evaluate.batch_size is 100"),
+        (
+            {"saes.main.batch_size": 100},
+            8,
+            "config.saes.main.batch_size is 100, which does not divide over the 8 devices",
+        ),
+        ({"saes.main.batch_size": 1024}, 1, "config.saes.main.batch_size (1024) exceeds the 900 training embeddings"),
+        (
+            {"finetune.steps": 0, "finetune.epochs": 1, "finetune.warmup_steps": 20},
+            1,
+            "must be below the run's 14 fine-tuning steps (1 epochs of 900 examples at batch 64)",
+        ),
+        (
+            {"saes.basis": {"kind": "pca", "dict_size": 65}},
+            1,
+            "config.saes.basis.dict_size is 65, but a PCA basis has at most as many directions as toy-clip's embeddings "
+            "have dimensions (64)",
+        ),
+    ],
+)
 def test_preflight_refuses_what_the_devices_or_the_data_cannot_run(monkeypatch, changes, devices, says):
     from saeft_jax import preflight
 
@@ -199,14 +239,23 @@ def test_preflight_refuses_a_model_with_a_nan_naming_the_tensor():
     run.model.params = weights
     preflight.check(run)
     weights["vision_model"]["embeddings"]["patch"][1, 2] = np.nan
-    with pytest.raises(NonFiniteError, match=r"toy-clip \(config\.model\): tensor vision_model/embeddings/patch "
-                                             r"holds 1 non-finite value"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"toy-clip \(config\.model\): tensor vision_model/embeddings/patch "
+        r"holds 1 non-finite value",
+    ):
         preflight.check(run)
 
 
 def write_lock(workdir, **fields):
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "token": "theirs", "started": time.time(),
-              "heartbeat": time.time(), **fields}
+    record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": "theirs",
+        "started": time.time(),
+        "heartbeat": time.time(),
+        **fields,
+    }
     (workdir / workdir_lock.NAME).write_text(json.dumps(record))
 
 
@@ -263,8 +312,9 @@ def make_artifact(workdir, parts, files: dict[str, bytes], inputs=()) -> None:
 def test_marks_see_missing_resized_and_stale_artifacts_and_a_rerun_discards_them(tmp_path):
     workdir = epath.Path(tmp_path)
     make_artifact(workdir, ("sae",), {"sae.safetensors": b"x" * 100, "sae.json": b"{}"})
-    make_artifact(workdir, ("finetune", "m"), {"final/model.safetensors": b"w" * 50, "head.safetensors": b"h"},
-                  inputs=(("sae",),))
+    make_artifact(
+        workdir, ("finetune", "m"), {"final/model.safetensors": b"w" * 50, "head.safetensors": b"h"}, inputs=(("sae",),)
+    )
     (tmp_path / "finetune" / "m" / "checkpoints").mkdir()
     assert completion.status(workdir, ("finetune", "m"))[0] is not None
     (tmp_path / "finetune" / "m" / "final" / "model.safetensors").write_bytes(b"w" * 49)
@@ -275,8 +325,9 @@ def test_marks_see_missing_resized_and_stale_artifacts_and_a_rerun_discards_them
     assert not (tmp_path / "finetune" / "m" / "final" / "model.safetensors").exists()
     kept = tmp_path / "finetune" / "m"
     assert (kept / "checkpoints").is_dir() and (kept / "head.safetensors").exists()
-    make_artifact(workdir, ("finetune", "m"), {"final/model.safetensors": b"w" * 50, "head.safetensors": b"h"},
-                  inputs=(("sae",),))
+    make_artifact(
+        workdir, ("finetune", "m"), {"final/model.safetensors": b"w" * 50, "head.safetensors": b"h"}, inputs=(("sae",),)
+    )
     make_artifact(workdir, ("sae",), {"sae.safetensors": b"y" * 100, "sae.json": b"{}"})  # rebuilt differently
     record, problem = completion.status(workdir, ("finetune", "m"))
     assert record is None and problem.start_over and problem.reason.endswith("sae that has since changed")
@@ -291,12 +342,17 @@ def test_marks_see_missing_resized_and_stale_artifacts_and_a_rerun_discards_them
 def test_a_file_with_flipped_bytes_is_caught_where_it_is_read_and_its_stage_withdrawn(tmp_path):
     workdir = epath.Path(tmp_path)
     make_artifact(workdir, ("sae",), {"sae.safetensors": b"x" * 100, "sae.json": b"{}"})
-    assert completion.verified(workdir, ("sae",), "sae.safetensors", "rerunning it") == tmp_path / "sae" / \
-        "sae.safetensors"
+    assert (
+        completion.verified(workdir, ("sae",), "sae.safetensors", "rerunning it")
+        == tmp_path / "sae" / "sae.safetensors"
+    )
     (tmp_path / "sae" / "sae.safetensors").write_bytes(b"x" * 50 + b"y" + b"x" * 49)  # same size
     assert completion.status(workdir, ("sae",))[0] is not None  # the cheap check cannot see it
-    with pytest.raises(completion.ArtifactDamaged, match=r"sae\.safetensors does not match the size and SHA-256.*"
-                                                         r"so rerunning it rebuilds it"):
+    with pytest.raises(
+        completion.ArtifactDamaged,
+        match=r"sae\.safetensors does not match the size and SHA-256.*"
+        r"so rerunning it rebuilds it",
+    ):
         completion.verified(workdir, ("sae",), "sae.safetensors", "rerunning it")
     assert not (tmp_path / "sae" / "sae.safetensors").exists() and not (tmp_path / "sae" / completion.DONE).exists()
     assert (tmp_path / "sae" / completion.WITHDRAWN).exists()  # kept for a look
@@ -330,7 +386,7 @@ def test_a_checkpoint_that_would_not_fit_is_refused_before_writing(tmp_path, mon
     usage = type("Usage", (), {"free": 1024})
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(storage.StorageError, match=r"has 0\.0 MiB free, and a checkpoint needs about 6\.5 MiB"):
-        manager.save(1, {"w": np.zeros(2 ** 20 * 5 // 4, np.float32)})
+        manager.save(1, {"w": np.zeros(2**20 * 5 // 4, np.float32)})
     manager.close()
     assert manager.latest_step() is None and not any((tmp_path / "checkpoints").iterdir())
 
@@ -340,8 +396,11 @@ def test_a_batch_penalty_refuses_gradient_accumulation():
 
     config = smoke(**{"finetune.accumulate_steps": 2})
     config.finetune.methods.low_rank = method("nuclear", reg_lambda=1.0)
-    with pytest.raises(ConfigError, match=r"config.finetune.methods.low_rank uses 'nuclear', a penalty of the whole "
-                                          r"batch .*accumulate_steps is 2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.finetune.methods.low_rank uses 'nuclear', a penalty of the whole "
+        r"batch .*accumulate_steps is 2",
+    ):
         finish(config)
     config = smoke(**{"finetune.accumulate_steps": 2})
     config.finetune.methods.mean = method("mse", reg_lambda=1.0)  # a mean over rows: accumulation is exact
@@ -471,11 +530,17 @@ def test_versions_json_keeps_every_attempt_and_a_resume_under_other_versions_say
     installed.update(jax="0.4.2", flax="0.8.0")
     pipeline.record_versions(workdir)
     line = capsys.readouterr().out
-    assert line.count("\n") == 1 and "other versions than its previous attempt (flax None -> 0.8.0, jax 0.4.1 -> " \
-                                     "0.4.2)" in line
+    assert (
+        line.count("\n") == 1
+        and "other versions than its previous attempt (flax None -> 0.8.0, jax 0.4.1 -> 0.4.2)" in line
+    )
     attempts = json.loads((tmp_path / "versions.json").read_text())["attempts"]
-    assert [a["versions"] for a in attempts] == [{"jax": "0.4.1"}, {"jax": "0.4.1", "flax": None},
-                                                 {"jax": "0.4.1", "flax": None}, {"jax": "0.4.2", "flax": "0.8.0"}]
+    assert [a["versions"] for a in attempts] == [
+        {"jax": "0.4.1"},
+        {"jax": "0.4.1", "flax": None},
+        {"jax": "0.4.1", "flax": None},
+        {"jax": "0.4.2", "flax": "0.8.0"},
+    ]
     assert attempts[0]["started"] is None and all(a["started"].endswith("+00:00") for a in attempts[1:])
     (tmp_path / "versions.json").write_text("{not json")
     assert len(pipeline.record_versions(workdir)) == 1 and "was damaged" in capsys.readouterr().out

@@ -34,14 +34,32 @@ def finished(tmp_path_factory):
         Image.fromarray(255 - np.asarray(Image.open(path))).save(target)
     data_dir = root / "data"
     for split in ("train", "val", "test", "inverted"):
-        assert prepare.main(["folder", f"--source={root / 'src' / split}", "--name=digits_mine", f"--split={split}",
-                             f"--data_dir={data_dir}"]) == 0
+        assert (
+            prepare.main(
+                [
+                    "folder",
+                    f"--source={root / 'src' / split}",
+                    "--name=digits_mine",
+                    f"--split={split}",
+                    f"--data_dir={data_dir}",
+                ]
+            )
+            == 0
+        )
     workdir = root / "run"
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-                  f"--config.demo.cache_dir={root / 'cache'}", "--config.show_progress=false",
-                  "--config.train_dataset=digits_mine/train", "--config.finetune.val_dataset=digits_mine/val",
-                  f"--config.eval_suite={SUITE}", f"--config.finetune.eval_every={EVAL_EVERY}",
-                  "--config.finetune.select_checkpoint=best_val", timeout=2400)
+    result = main(
+        "--config=configs/demo.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        f"--config.demo.cache_dir={root / 'cache'}",
+        "--config.show_progress=false",
+        "--config.train_dataset=digits_mine/train",
+        "--config.finetune.val_dataset=digits_mine/val",
+        f"--config.eval_suite={SUITE}",
+        f"--config.finetune.eval_every={EVAL_EVERY}",
+        "--config.finetune.select_checkpoint=best_val",
+        timeout=2400,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, data_dir, json.loads((workdir / "report" / "report.json").read_text())
 
@@ -62,8 +80,11 @@ def test_each_method_is_its_checkpoint_best_on_validation(finished):
         # the published model (evaluate stage, alpha 1) is the chosen one: it scores what was recorded for that step
         evaluated = json.loads((workdir / "evaluate" / method / "digits_mine" / "val.json").read_text())
         assert evaluated["scores"]["1.0"] == best
-        logged = [json.loads(line) for line in (workdir / "finetune" / method / "metrics.jsonl").read_text().split("\n")
-                  if line.strip()]
+        logged = [
+            json.loads(line)
+            for line in (workdir / "finetune" / method / "metrics.jsonl").read_text().split("\n")
+            if line.strip()
+        ]
         assert [[r["step"], r["val_score"]] for r in logged if "val_score" in r] == curve
         scalars = curves.read_scalars(workdir / "finetune" / method)["val_score"]
         assert [step for step, _ in scalars] == [step for step, _ in curve]
@@ -73,9 +94,14 @@ def test_each_method_is_its_checkpoint_best_on_validation(finished):
 
 def evaluate_only(tmp_path, *args):
     out = tmp_path / "evaluation"
-    result = subprocess.run([sys.executable, "-m", "saeft_jax.evaluate", f"--suite={SUITE}", f"--out={out}",
-                             "--batch_size=64", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "saeft_jax.evaluate", f"--suite={SUITE}", f"--out={out}", "--batch_size=64", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "evaluation.md").exists()
     return json.loads((out / "evaluation.json").read_text())
@@ -92,10 +118,16 @@ def test_evaluation_only_of_the_zero_shot_model_reproduces_the_zero_shot_row(fin
 def test_evaluation_only_of_a_fine_tuned_method_with_its_head_reproduces_its_row_and_wise_ft(finished, tmp_path):
     workdir, data_dir, report = finished
     method = workdir / "finetune" / "sae_add_remove"
-    result = evaluate_only(tmp_path, f"--model={method / 'final'}", f"--head={method / 'head.safetensors'}",
-                           f"--data_dir={data_dir}", f"--wise_with={report['model']}")
+    result = evaluate_only(
+        tmp_path,
+        f"--model={method / 'final'}",
+        f"--head={method / 'head.safetensors'}",
+        f"--data_dir={data_dir}",
+        f"--wise_with={report['model']}",
+    )
     ours = report["runs"]["sae_add_remove"]
     tests = list(result["metrics"])
     assert result["metrics"] == {name: ours["metrics"][name] for name in tests}
     assert {alpha: scores["metrics"] for alpha, scores in result["wise"].items()} == {
-        alpha: {name: scores["metrics"][name] for name in tests} for alpha, scores in ours["wise"].items()}
+        alpha: {name: scores["metrics"][name] for name in tests} for alpha, scores in ours["wise"].items()
+    }

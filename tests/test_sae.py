@@ -94,8 +94,15 @@ def test_auxk_loss_matches_numpy():
         top = candidates[np.argsort(-pre[row, candidates])[:k_aux]]
         expected += np.sum((pre[row, top] @ p["W_dec"][top] - residual[row]) ** 2)
     expected /= B * D
-    got = sae.auxk_loss(params, jnp.asarray(x, jnp.float32), jnp.asarray(residual, jnp.float32),
-                        jnp.asarray(dead), k_aux)
+    got = sae.auxk_loss(
+        params, jnp.asarray(x, jnp.float32), jnp.asarray(residual, jnp.float32), jnp.asarray(dead), k_aux
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    assert float(sae.auxk_loss(params, jnp.asarray(x, jnp.float32), jnp.asarray(residual, jnp.float32),
-                               jnp.zeros(F, bool), k_aux)) == 0.0
+    assert (
+        float(
+            sae.auxk_loss(
+                params, jnp.asarray(x, jnp.float32), jnp.asarray(residual, jnp.float32), jnp.zeros(F, bool), k_aux
+            )
+        )
+        == 0.0
+    )

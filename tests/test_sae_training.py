@@ -22,8 +22,9 @@ from saeft_jax.sae.quality import evaluate_sae, geometric_median
 from saeft_jax.sae.training import train_sae
 
 
-def sparse_mixtures(n: int, d: int, atoms: int, active: int, seed: int = 0,
-                    offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def sparse_mixtures(
+    n: int, d: int, atoms: int, active: int, seed: int = 0, offset: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows that are sparse positive combinations of a random unit-norm dictionary (returned too),
     plus `offset` times a fixed unit vector (CLIP embeddings share such a direction)."""
     rng = np.random.default_rng(seed)
@@ -49,8 +50,16 @@ def mixtures():
 
 def test_recovers_a_known_dictionary(mixtures, tmp_path):
     features, dictionary = mixtures
-    params, metrics = train_sae(features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False,
-                                metrics_path=tmp_path / "m.jsonl", histogram_path=tmp_path / "firing.png")
+    params, metrics = train_sae(
+        features,
+        dict_size=256,
+        k=4,
+        batch_size=256,
+        epochs=20,
+        progress=False,
+        metrics_path=tmp_path / "m.jsonl",
+        histogram_path=tmp_path / "firing.png",
+    )
     assert recovered(dictionary, params["W_dec"]) > 0.75
     assert metrics["fvu"] < 0.15 and metrics["l0"] == 4.0
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
@@ -58,8 +67,9 @@ def test_recovers_a_known_dictionary(mixtures, tmp_path):
     assert records[0]["fvu"] > records[-2]["fvu"]  # it learned
     picture = np.asarray(Image.open(tmp_path / "firing.png").convert("L"))
     assert picture.shape[0] > 100 and picture.std() > 10  # drawn, not blank
-    tied, tied_metrics = train_sae(features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False,
-                                   tied_init=True)
+    tied, tied_metrics = train_sae(
+        features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False, tied_init=True
+    )
     assert recovered(dictionary, tied["W_dec"]) > 0.95 and tied_metrics["fvu"] < metrics["fvu"]
 
 
@@ -95,8 +105,9 @@ def test_resume_equals_uninterrupted_run(mixtures, tmp_path):
     kwargs = dict(dict_size=64, k=4, batch_size=512, progress=False, auxk=True, dead_after=1024)
     straight, _ = train_sae(features, epochs=4, **kwargs)
     train_sae(features, epochs=2, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl", **kwargs)
-    resumed, _ = train_sae(features, epochs=4, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl",
-                           **kwargs)
+    resumed, _ = train_sae(
+        features, epochs=4, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl", **kwargs
+    )
     for name in straight:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
     epochs = [json.loads(line).get("epoch") for line in (tmp_path / "m.jsonl").read_text().splitlines()]
@@ -111,16 +122,33 @@ def test_memory_mapped_streaming_equals_device_resident(mixtures, tmp_path):
     mapped[:] = features
     mapped.flush()
     resident, _ = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=2, progress=False)
-    streamed, _ = train_sae(np.load(tmp_path / "f.npy", mmap_mode="r"), dict_size=64, k=4, batch_size=512,
-                            epochs=2, progress=False, device_bytes=0)
+    streamed, _ = train_sae(
+        np.load(tmp_path / "f.npy", mmap_mode="r"),
+        dict_size=64,
+        k=4,
+        batch_size=512,
+        epochs=2,
+        progress=False,
+        device_bytes=0,
+    )
     for name in resident:
         np.testing.assert_array_equal(streamed[name], resident[name], err_msg=name)
 
 
 def test_options_renorm_b_enc_relu_and_median(mixtures):
     features = mixtures[0][:4096]
-    params, metrics = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=2, progress=False,
-                                renorm_decoder=True, b_enc=True, relu=True, b_pre_init="median")
+    params, metrics = train_sae(
+        features,
+        dict_size=64,
+        k=4,
+        batch_size=512,
+        epochs=2,
+        progress=False,
+        renorm_decoder=True,
+        b_enc=True,
+        relu=True,
+        b_pre_init="median",
+    )
     np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=1), 1.0, rtol=1e-5)
     assert params["b_enc"].shape == (64,) and metrics["l0"] <= 4.0
 
@@ -226,8 +254,11 @@ def test_auxk_normalized_as_gao_et_al_on_a_known_case():
     variance about its batch mean; worked out here in NumPy."""
     rng = np.random.default_rng(5)
     d, f, b, k_aux = 4, 6, 5, 2
-    params = {"W_enc": rng.normal(size=(d, f)).astype(np.float32), "W_dec": rng.normal(size=(f, d)).astype(np.float32),
-              "b_pre": rng.normal(size=d).astype(np.float32)}
+    params = {
+        "W_enc": rng.normal(size=(d, f)).astype(np.float32),
+        "W_dec": rng.normal(size=(f, d)).astype(np.float32),
+        "b_pre": rng.normal(size=d).astype(np.float32),
+    }
     x = rng.normal(size=(b, d)).astype(np.float32)
     residual = rng.normal(size=(b, d)).astype(np.float32)
     dead = np.array([True, False, True, True, False, True])
@@ -238,8 +269,13 @@ def test_auxk_normalized_as_gao_et_al_on_a_known_case():
         rebuilt[row] = sum(pre[row, j] * params["W_dec"][j] for j in top)
     error = np.mean((rebuilt - residual) ** 2)
     variance = np.mean((residual - residual.mean(0)) ** 2)
-    args = ({n: jnp.asarray(v) for n, v in params.items()}, jnp.asarray(x), jnp.asarray(residual), jnp.asarray(dead),
-            k_aux)
+    args = (
+        {n: jnp.asarray(v) for n, v in params.items()},
+        jnp.asarray(x),
+        jnp.asarray(residual),
+        jnp.asarray(dead),
+        k_aux,
+    )
     assert float(sae_model.auxk_loss(*args)) == pytest.approx(error, rel=1e-5)
     assert float(sae_model.auxk_loss(*args, normalized=True)) == pytest.approx(error / variance, rel=1e-5)
     assert float(sae_model.auxk_loss(*args[:3], jnp.zeros(f, bool), k_aux, normalized=True)) == 0.0  # none dead

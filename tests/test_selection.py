@@ -29,8 +29,12 @@ def test_held_out_rows_are_disjoint_from_training_and_cover_the_set():
 
 def evaluation(val: dict[str, float], test: dict[str, float]) -> dict:
     """An evaluate stage's record: scores per alpha on a validation split and on a test set."""
-    return {"datasets": {"digits_val": {"metric": "top1", "scores": val},
-                         "digits_colored": {"metric": "top1", "scores": test}}}
+    return {
+        "datasets": {
+            "digits_val": {"metric": "top1", "scores": val},
+            "digits_colored": {"metric": "top1", "scores": test},
+        }
+    }
 
 
 def test_the_alpha_is_selected_on_validation_alone():
@@ -49,12 +53,25 @@ def report(model="demo", zeroshot=0.5, methods=("none", "sae_add_remove")) -> di
     runs = {"zeroshot": scores(zeroshot)}
     for i, name in enumerate(methods):
         wise = {a: scores(zeroshot + 0.01 * i + float(a) / 10) for a in alphas}
-        runs[name] = {**wise["1.0"], "wise": wise, "fixed_alpha": {"alpha": 0.5, **wise["0.5"]},
-                      "selection": {"split": "val", "alpha": 0.3, "score": 0.6, "metric": "top1"},
-                      "selected": wise["0.3"], "method": {"regularizer": name}, "train": {"steps": 1},
-                      "fingerprint": str(i)}
-    return {"model": model, "id_dataset": "id", "ood_datasets": ["shift"], "validation": "val",
-            "dataset_metrics": {"id": "top1", "shift": "top1"}, "sae": None, "runs": runs}
+        runs[name] = {
+            **wise["1.0"],
+            "wise": wise,
+            "fixed_alpha": {"alpha": 0.5, **wise["0.5"]},
+            "selection": {"split": "val", "alpha": 0.3, "score": 0.6, "metric": "top1"},
+            "selected": wise["0.3"],
+            "method": {"regularizer": name},
+            "train": {"steps": 1},
+            "fingerprint": str(i),
+        }
+    return {
+        "model": model,
+        "id_dataset": "id",
+        "ood_datasets": ["shift"],
+        "validation": "val",
+        "dataset_metrics": {"id": "top1", "shift": "top1"},
+        "sae": None,
+        "runs": runs,
+    }
 
 
 def write(tmp_path, name: str, content: dict):
@@ -81,13 +98,16 @@ def test_compare_merges_runs_and_names_clashing_methods(tmp_path):
         assert (tmp_path / "out" / picture).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda r: r.update(model="other"), "differ in model"),
-    (lambda r: r.update(ood_datasets=["elsewhere"]), "differ in ood_datasets"),
-    (lambda r: r.update(validation="test"), "differ in validation"),
-    (lambda r: r.update(held_out={"fraction": 0.2, "seed": 1}), "differ in held_out"),
-    (lambda r: r["runs"]["zeroshot"]["metrics"].update(id=0.1), "different zero-shot scores"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda r: r.update(model="other"), "differ in model"),
+        (lambda r: r.update(ood_datasets=["elsewhere"]), "differ in ood_datasets"),
+        (lambda r: r.update(validation="test"), "differ in validation"),
+        (lambda r: r.update(held_out={"fraction": 0.2, "seed": 1}), "differ in held_out"),
+        (lambda r: r["runs"]["zeroshot"]["metrics"].update(id=0.1), "different zero-shot scores"),
+    ],
+)
 def test_compare_refuses_runs_that_do_not_compare(tmp_path, change, says):
     other = copy.deepcopy(report())
     change(other)
@@ -142,9 +162,15 @@ def test_the_summary_names_the_trained_steps_and_the_sae_the_analyses_read():
 
 def browser_card(feature: int, methods: dict[str, tuple[int, int]]) -> dict:
     view = {"examples": [feature], "density": 0.5, "histogram": [1] * 12, "scale": 1.0}
-    return {"feature": feature, "names": [["word", 0.3]], "models": {"zeroshot": view, **{m: view for m in methods}},
-            "methods": {m: {"added": a, "removed": r, "by_dataset": {"id": [a, r], "shift": [0, 0]},
-                            "by_class": [["cat", a, r]]} for m, (a, r) in methods.items()}}
+    return {
+        "feature": feature,
+        "names": [["word", 0.3]],
+        "models": {"zeroshot": view, **{m: view for m in methods}},
+        "methods": {
+            m: {"added": a, "removed": r, "by_dataset": {"id": [a, r], "shift": [0, 0]}, "by_class": [["cat", a, r]]}
+            for m, (a, r) in methods.items()
+        },
+    }
 
 
 def write_browser(workdir: str, digest: str, cards: list[dict], methods: list[str], changed: int) -> None:
@@ -160,17 +186,25 @@ def test_compare_merges_the_feature_cards_of_runs_that_share_an_sae(tmp_path):
     first = write(tmp_path, "a", with_sae(report()))
     second = write(tmp_path, "b", with_sae(report(methods=("none", "mse"))))
     third = write(tmp_path, "c", with_sae(report(methods=("other",))))
-    write_browser(first, "same", [browser_card(3, {"none": (2, 1), "sae_add_remove": (1, 0)}),
-                                  browser_card(5, {"none": (1, 0), "sae_add_remove": (0, 0)})],
-                  ["none", "sae_add_remove"], changed=2)
+    write_browser(
+        first,
+        "same",
+        [
+            browser_card(3, {"none": (2, 1), "sae_add_remove": (1, 0)}),
+            browser_card(5, {"none": (1, 0), "sae_add_remove": (0, 0)}),
+        ],
+        ["none", "sae_add_remove"],
+        changed=2,
+    )
     write_browser(second, "same", [browser_card(5, {"none": (4, 4), "mse": (1, 1)})], ["none", "mse"], changed=3)
     write_browser(third, "another", [browser_card(3, {"other": (1, 1)})], ["other"], changed=1)
     out = compare.compare([first, second, third], str(tmp_path / "out"))
     reports = {name: json.loads((tmp_path / name / "report" / "report.json").read_text()) for name in "abc"}
     merged, sources = compare.merge(reports)
     names = {n: dict(zip([m for m in reports[n]["runs"] if m != "zeroshot"], sources[n])) for n in "abc"}
-    shared, other = compare.merge_browsers({n: compare.read_browser(str(tmp_path / n), reports[n]) for n in "abc"},
-                                           names)
+    shared, other = compare.merge_browsers(
+        {n: compare.read_browser(str(tmp_path / n), reports[n]) for n in "abc"}, names
+    )
     assert shared["runs"] == ["a", "b"] and other["runs"] == ["c"]
     assert shared["methods"] == ["a/none", "sae_add_remove", "b/none", "mse"]
     cards = {card["feature"]: card for card in shared["cards"]}
@@ -196,12 +230,16 @@ def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
 
     write_browser(first, "same", [browser_card(3, {"none": (2, 1)})], ["none", "sae_add_remove"], changed=1)
     browser = tmp_path / "a" / "report" / "browser.json"
-    (tmp_path / "a" / "report" / "done.json").write_text(json.dumps({"files": {
-        "browser.json": storage.digest(storage.path(browser))}}))
+    (tmp_path / "a" / "report" / "done.json").write_text(
+        json.dumps({"files": {"browser.json": storage.digest(storage.path(browser))}})
+    )
     compare.compare([first, second], str(tmp_path / "out"))  # as its report stage recorded it
     browser.write_text(browser.read_text().replace('"word"', '"wort"'))  # still JSON, no longer what was written
-    with pytest.raises(UsageError, match=r"browser.json is damaged \(it does not match the size and SHA-256 its "
-                                         r"report stage recorded\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"browser.json is damaged \(it does not match the size and SHA-256 its "
+        r"report stage recorded\)",
+    ):
         compare.compare([first, second], str(tmp_path / "out"))
     browser.unlink()
     compare.compare([first, second], str(tmp_path / "out"))  # runs made before the browser still compare
@@ -212,9 +250,12 @@ def test_compare_refuses_an_out_inside_or_equal_to_a_compared_run_and_leaves_its
     first, second = write(tmp_path, "a", report()), write(tmp_path, "b", report())
     (tmp_path / "link").symlink_to(tmp_path / "b")
     before = (tmp_path / "b" / "report" / "report.json").read_bytes()
-    for out, says in ((f"{second}/report", "lies inside the compared run"), (second, "is the compared run"),
-                      (str(tmp_path / "link" / "report"), "lies inside the compared run"),
-                      (f"{second}/", "is the compared run")):
+    for out, says in (
+        (f"{second}/report", "lies inside the compared run"),
+        (second, "is the compared run"),
+        (str(tmp_path / "link" / "report"), "lies inside the compared run"),
+        (f"{second}/", "is the compared run"),
+    ):
         with pytest.raises(UsageError, match=f"--out {out} {says} {second}"):
             compare.compare([first, second], out)
     assert (tmp_path / "b" / "report" / "report.json").read_bytes() == before
@@ -252,8 +293,11 @@ def with_sae(tmp_path, name: str, k: int, weights: bytes) -> str:
         content["runs"][method]["changes"] = {"added_per_image": 1.0 + k}
     workdir = write(tmp_path, name, content)
     (tmp_path / name / "sae" / "main").mkdir(parents=True)
-    (tmp_path / name / "sae" / "main" / "done.json").write_text(json.dumps({"files": {"sae.safetensors": {
-        "size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}}}))
+    (tmp_path / name / "sae" / "main" / "done.json").write_text(
+        json.dumps(
+            {"files": {"sae.safetensors": {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}}}
+        )
+    )
     return workdir
 
 
@@ -263,16 +307,20 @@ def test_runs_with_other_sae_weights_compare_with_each_row_naming_its_own_sae(tm
     merged = json.loads((tmp_path / "same" / "report.json").read_text())
     assert merged["sae"] == {"dict_size": 8, "k": 2, "fvu": 0.1}
     assert "sae" not in merged["runs"]["a/none"] and "| SAE |" not in (tmp_path / "same" / "report.md").read_text()
-    for other, why in ((with_sae(tmp_path, "c", 4, b"two"), "another k"), (with_sae(tmp_path, "d", 2, b"two"),
-                                                                          "the same k, other weights")):
+    for other, why in (
+        (with_sae(tmp_path, "c", 4, b"two"), "another k"),
+        (with_sae(tmp_path, "d", 2, b"two"), "the same k, other weights"),
+    ):
         out = tmp_path / f"with_{pathlib.Path(other).name}"
         compare.compare([same[0], other], str(out))
         merged = json.loads((out / "report.json").read_text())
         assert merged["sae"] is None, why
         name = pathlib.Path(other).name
         assert merged["runs"]["a/none"]["sae"]["run"] == "a" and merged["runs"][f"{name}/none"]["sae"]["run"] == name
-        assert merged["runs"][f"{name}/none"]["sae"]["weights"]["sha256"] != merged["runs"]["a/none"]["sae"][
-            "weights"]["sha256"]
+        assert (
+            merged["runs"][f"{name}/none"]["sae"]["weights"]["sha256"]
+            != merged["runs"]["a/none"]["sae"]["weights"]["sha256"]
+        )
         text = (out / "report.md").read_text()
         assert "In the vocabulary of each row's own SAE" in text and "| method | SAE | ID |" in text
         assert f"| {name}/none | {name}: `main` (8, k {4 if why == 'another k' else 2}) |" in text
@@ -288,8 +336,9 @@ def test_every_path_problem_of_out_is_one_paragraph(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine"
 
 
-def test_a_run_in_a_bucket_compares_and_an_unreachable_bucket_is_named_within_the_wait(bucket, tmp_path, monkeypatch,
-                                                                                       capsys):
+def test_a_run_in_a_bucket_compares_and_an_unreachable_bucket_is_named_within_the_wait(
+    bucket, tmp_path, monkeypatch, capsys
+):
     import socket
     import time
 
@@ -313,7 +362,7 @@ def test_a_run_in_a_bucket_compares_and_an_unreachable_bucket_is_named_within_th
         took = time.monotonic() - start
     gcsfs.GCSFileSystem.clear_instance_cache()
     error = capsys.readouterr().err
-    ours = error[error.index("error: run"):]  # before it, the emulator's own thread may report a closed pipe
+    ours = error[error.index("error: run") :]  # before it, the emulator's own thread may report a closed pipe
     assert ours.startswith("error: run gs://bucket/compared: its bucket did not answer within 2 s") and took < 10, error
     assert ours.count("\n") == 1 and not (tmp_path / "out2").exists()
 
@@ -322,7 +371,11 @@ def test_compare_keeps_the_references_definitions_beside_the_primary_scores(tmp_
     def with_reference(content):
         content["reference_dataset_metrics"] = {"id": "worst_group_all"}
         for run in content["runs"].values():
-            for scores in [run, *run.get("wise", {}).values(), *(run[k] for k in ("fixed_alpha", "selected") if k in run)]:
+            for scores in [
+                run,
+                *run.get("wise", {}).values(),
+                *(run[k] for k in ("fixed_alpha", "selected") if k in run),
+            ]:
                 scores["reference_metrics"] = {"id": scores["metrics"]["id"] / 4}
         return content
 

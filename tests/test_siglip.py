@@ -19,11 +19,28 @@ TEXTS = ["a photo of a dog.", "an image of the digit seven", "SigLIP pads to the
 
 def small_config(**vision) -> transformers.SiglipConfig:
     return transformers.SiglipConfig(
-        text_config={"vocab_size": 300, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 16, "projection_size": 64,
-                     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8, **vision})
+        text_config={
+            "vocab_size": 300,
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "projection_size": 64,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            **vision,
+        },
+    )
 
 
 def random_siglip(config: transformers.SiglipConfig, seed: int = 0) -> transformers.SiglipModel:
@@ -43,9 +60,17 @@ def write_sentencepiece_tokenizer(directory, vocab_size: int = 300) -> transform
 
     corpus = directory / "corpus.txt"
     corpus.write_text("\n".join(TEXTS * 20 + [f"a photo of the number {i}" for i in range(200)]))
-    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "spiece"),
-                                             vocab_size=vocab_size, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                             hard_vocab_limit=False, minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "spiece"),
+        vocab_size=vocab_size,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     tokenizer = transformers.SiglipTokenizer(vocab_file=str(directory / "spiece.model"))
     tokenizer.save_pretrained(directory)
     (directory / "corpus.txt").unlink()
@@ -149,8 +174,9 @@ def test_sigmoid_loss_with_several_positives_against_numpy():
     image, text = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
     labels = np.array([0, 1, 0, 2, 1])
     positives = labels[:, None] == labels[None, :]
-    loss, logits = siglip.sigmoid_loss(image.astype(np.float32), text.astype(np.float32), np.float32(1.5),
-                                       np.float32(-2.0), positives)
+    loss, logits = siglip.sigmoid_loss(
+        image.astype(np.float32), text.astype(np.float32), np.float32(1.5), np.float32(-2.0), positives
+    )
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
     z = np.exp(1.5) * unit(image) @ unit(text).T - 2.0
     expected = np.sum(np.log1p(np.exp(-np.where(positives, 1, -1) * z))) / 5
@@ -200,10 +226,13 @@ def test_an_open_clip_config_beside_a_siglip_does_not_make_it_a_clip(siglip_dir,
     assert models.load(tmp_path / "both").family.name == "siglip"
 
 
-@pytest.mark.parametrize("processor, expected", [
-    ({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32}}, ("crop", 0.48145466)),
-    ({"image_processor_type": "SiglipImageProcessor", "size": {"height": 32, "width": 32}}, ("squash", 0.5)),
-])
+@pytest.mark.parametrize(
+    "processor, expected",
+    [
+        ({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32}}, ("crop", 0.48145466)),
+        ({"image_processor_type": "SiglipImageProcessor", "size": {"height": 32, "width": 32}}, ("squash", 0.5)),
+    ],
+)
 def test_processor_defaults_follow_the_processor_type(processor, expected):
     from saeft_jax.data.preprocess import ImageSpec
 
@@ -216,6 +245,7 @@ def test_a_processor_for_another_size_is_refused(siglip_dir, tmp_path):
 
     shutil.copytree(siglip_dir[0], tmp_path / "m")
     (tmp_path / "m" / "preprocessor_config.json").write_text(
-        '{"image_processor_type": "SiglipImageProcessor", "size": {"height": 224, "width": 224}}')
+        '{"image_processor_type": "SiglipImageProcessor", "size": {"height": 224, "width": 224}}'
+    )
     with pytest.raises(models.CheckpointError, match="prepares 224-pixel images, but the model takes 32"):
         models.load(tmp_path / "m")

@@ -74,8 +74,9 @@ def test_export_and_refusals(finished, tmp_path):
 
     assert export.main([str(finished), "--method", "flyp", "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "head.safetensors").exists() and (tmp_path / "hf" / "model.safetensors").exists()
-    assert export.main([str(finished), "--method", "flyp", "--format", "open_clip", "--out",
-                        str(tmp_path / "oc")]) == 2  # SigLIP has no open_clip layout here
+    assert (
+        export.main([str(finished), "--method", "flyp", "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 2
+    )  # SigLIP has no open_clip layout here
     assert not (tmp_path / "oc").exists()
     assert export.main([str(finished), "--method", "absent", "--out", str(tmp_path / "x")]) == 2
     assert export.main([str(finished), "--method", "none", "--out", str(tmp_path / "hf")]) == 2  # exists
@@ -84,14 +85,24 @@ def test_export_and_refusals(finished, tmp_path):
 def test_a_siglip_imported_into_a_clip_run_is_refused_by_name(finished, tmp_path):
     final = finished / "finetune" / "none" / "final"
     config = tmp_path / "imported.py"
-    config.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom configs import demo\n"
-                      f"from saeft_jax.config import method\n\n\ndef get_config():\n"
-                      f"    c = demo.get_config('smoke')\n"
-                      f"    c.finetune.methods.imported = method(checkpoint={str(final)!r})\n    return c\n")
-    command = [sys.executable, "-m", "saeft_jax.main", f"--config={config}", f"--workdir={tmp_path / 'w'}",
-               "--config.show_progress=False",
-               f"--config.data_dir={finished.parent / 'data'}", f"--config.demo.cache_dir={tmp_path / 'cache'}",
-               "--config.demo.pretrain_steps=101", "--config.demo.pretrain_batch_size=8"]  # past the warm-up, quickly
+    config.write_text(
+        f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom configs import demo\n"
+        f"from saeft_jax.config import method\n\n\ndef get_config():\n"
+        f"    c = demo.get_config('smoke')\n"
+        f"    c.finetune.methods.imported = method(checkpoint={str(final)!r})\n    return c\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "saeft_jax.main",
+        f"--config={config}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.show_progress=False",
+        f"--config.data_dir={finished.parent / 'data'}",
+        f"--config.demo.cache_dir={tmp_path / 'cache'}",
+        "--config.demo.pretrain_steps=101",
+        "--config.demo.pretrain_batch_size=8",
+    ]  # past the warm-up, quickly
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "holds a siglip model" in result.stderr and "is a clip model" in result.stderr

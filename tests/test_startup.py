@@ -12,11 +12,28 @@ import pytest
 from saeft_jax import distributed
 from saeft_jax.errors import UsageError
 
-CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
-                     "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES",
-                     "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "KUBERNETES_SERVICE_HOST",
-                     "OMPI_MCA_orte_hnp_uri", "PMIX_RANK", "MEGASCALE_COORDINATOR_ADDRESS",
-                     "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID", "CUDA_VISIBLE_DEVICES", distributed.SWITCH)
+CLUSTER_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_STEP_NUM_NODES",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "TPU_WORKER_ID",
+    "KUBERNETES_SERVICE_HOST",
+    "OMPI_MCA_orte_hnp_uri",
+    "PMIX_RANK",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "MEGASCALE_NUM_SLICES",
+    "MEGASCALE_SLICE_ID",
+    "CUDA_VISIBLE_DEVICES",
+    distributed.SWITCH,
+)
 
 
 @pytest.fixture
@@ -40,12 +57,19 @@ def test_explicit_settings_win_and_half_of_them_are_named(clean):
         distributed.plan()
 
 
-@pytest.mark.parametrize("flags, environment, says", [
-    ((None, 4, None), {}, "need --coordinator_address"),
-    ((None, None, 1), {}, "need --coordinator_address"),
-    (("10.0.0.1:1234", None, None), {"JAX_NUM_PROCESSES": "four", "JAX_PROCESS_ID": "0"}, "'four'; it must be a whole"),
-    (("10.0.0.1:1234", 2, 2), {}, "process id 2 is not one of the 2 processes"),
-])
+@pytest.mark.parametrize(
+    "flags, environment, says",
+    [
+        ((None, 4, None), {}, "need --coordinator_address"),
+        ((None, None, 1), {}, "need --coordinator_address"),
+        (
+            ("10.0.0.1:1234", None, None),
+            {"JAX_NUM_PROCESSES": "four", "JAX_PROCESS_ID": "0"},
+            "'four'; it must be a whole",
+        ),
+        (("10.0.0.1:1234", 2, 2), {}, "process id 2 is not one of the 2 processes"),
+    ],
+)
 def test_half_or_wrong_explicit_settings_are_named(clean, flags, environment, says):
     for name, value in environment.items():
         clean.setenv(name, value)
@@ -54,9 +78,14 @@ def test_half_or_wrong_explicit_settings_are_named(clean, flags, environment, sa
 
 
 def srun(clean, tasks: int, task: int, local: int, nodes: str = "gpu[001-002]") -> None:
-    for name, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": str(tasks), "SLURM_PROCID": str(task),
-                        "SLURM_LOCALID": str(local), "SLURM_STEP_NODELIST": nodes,
-                        "SLURM_STEP_NUM_NODES": "2"}.items():
+    for name, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_PROCID": str(task),
+        "SLURM_LOCALID": str(local),
+        "SLURM_STEP_NODELIST": nodes,
+        "SLURM_STEP_NUM_NODES": "2",
+    }.items():
         clean.setenv(name, value)
 
 
@@ -126,8 +155,11 @@ def tpu_vm(clean):
 
 def test_a_gcloud_tpu_vm_slice_joins_through_its_metadata(tpu_vm):
     """`gcloud compute tpus tpu-vm ssh --worker=all` starts the same command on 4 hosts of a v4-32."""
-    tpu_vm.attributes = {"agent-worker-number": "2", "tpu-env": "",
-                         "worker-network-endpoints": "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4"}
+    tpu_vm.attributes = {
+        "agent-worker-number": "2",
+        "tpu-env": "",
+        "worker-network-endpoints": "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4",
+    }
     startup = distributed.plan()
     assert (startup.how, startup.processes, startup.process_id) == ("gcetpu", 4, 2)
     assert startup.coordinator_address == "127.0.0.1:8482" and startup.local_device_ids is None

@@ -26,9 +26,15 @@ def start(body: str) -> subprocess.Popen:
         stopping.install("the same command continues the run")
         print("ready", flush=True)
     """) + textwrap.dedent(body)
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # also under nohup
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # also under nohup
     assert process.stdout.readline() == "ready\n", process.stderr.read()
     return process
 
@@ -55,9 +61,10 @@ AT_A_KNOWN_POINT = """
 """
 
 
-@pytest.mark.parametrize("first, second, code", [(signal.SIGTERM, signal.SIGTERM, 3),
-                                                 (signal.SIGTERM, signal.SIGINT, 3),
-                                                 (signal.SIGINT, signal.SIGTERM, 130)])
+@pytest.mark.parametrize(
+    "first, second, code",
+    [(signal.SIGTERM, signal.SIGTERM, 3), (signal.SIGTERM, signal.SIGINT, 3), (signal.SIGINT, signal.SIGTERM, 130)],
+)
 def test_a_stop_is_acted_on_at_the_next_check_and_a_second_signal_is_absorbed(first, second, code):
     returncode, err, _ = signal_twice(start(AT_A_KNOWN_POINT), first, second)
     name = "Ctrl-C" if first == signal.SIGINT else "SIGTERM"
@@ -72,10 +79,13 @@ def test_a_second_ctrl_c_ends_the_run_at_once_with_130():
     assert not any(word in err for word in BROKEN), err
 
 
-@pytest.mark.parametrize("blocked", [
-    "while True: time.sleep(0.05)",  # Python code that never reaches a check
-    'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
-])
+@pytest.mark.parametrize(
+    "blocked",
+    [
+        "while True: time.sleep(0.05)",  # Python code that never reaches a check
+        'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
+    ],
+)
 def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3(blocked):
     process = start(f"stopping.GRACE_S = 1.0\n{blocked}")
     returncode, err, seconds = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
@@ -94,22 +104,39 @@ def test_signals_during_the_interpreters_exit_keep_its_exit_code():
 
 # The command line on the smoke config, signalled twice 0.2 s apart at each point in turn, in
 # one workdir (each run continues the last): (stage line to wait for, seconds after it, signals, exit code).
-POINTS = [("finetune/none", 0.0, signal.SIGINT, 130),  # the first step, while it compiles
-          ("finetune/sae_add_remove", 1.5, signal.SIGTERM, 3),  # inside fine-tuning: a checkpoint, then 3
-          ("evaluate/none", 0.0, signal.SIGTERM, 3),  # the end of fine-tuning, as evaluation starts
-          ("evaluate/sae_add_remove", 1.0, signal.SIGTERM, 3)]  # inside evaluation
+POINTS = [
+    ("finetune/none", 0.0, signal.SIGINT, 130),  # the first step, while it compiles
+    ("finetune/sae_add_remove", 1.5, signal.SIGTERM, 3),  # inside fine-tuning: a checkpoint, then 3
+    ("evaluate/none", 0.0, signal.SIGTERM, 3),  # the end of fine-tuning, as evaluation starts
+    ("evaluate/sae_add_remove", 1.0, signal.SIGTERM, 3),
+]  # inside evaluation
 
 
 @pytest.mark.slow  # a smoke run and four restarts: several minutes on 2 CPU cores
 def test_the_command_line_signalled_twice_at_each_point_ends_with_its_code_and_no_traceback(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()  # the demo's data and CLIP where the other smoke tests keep them
-    command = [sys.executable, "-u", "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
-               f"--workdir={tmp_path_factory.mktemp('signalled')}", "--config.show_progress=False",
-               f"--config.data_dir={base / 'data'}", f"--config.demo.cache_dir={base / 'cache'}"]
+    command = [
+        sys.executable,
+        "-u",
+        "-m",
+        "saeft_jax.main",
+        "--config=configs/demo.py:smoke",
+        f"--workdir={tmp_path_factory.mktemp('signalled')}",
+        "--config.show_progress=False",
+        f"--config.data_dir={base / 'data'}",
+        f"--config.demo.cache_dir={base / 'cache'}",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     for stage, delay, sent, code in POINTS:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         for line in process.stdout:
             if line.startswith(f"stage {stage}: ") and "skipped" not in line:
                 time.sleep(delay)

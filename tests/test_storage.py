@@ -111,9 +111,13 @@ def silent_bucket(monkeypatch):
             accepted.append(time.monotonic())
 
     threading.Thread(target=accept, daemon=True).start()
-    for name, value in {"STORAGE_EMULATOR_HOST": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
-                        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-                        "NO_GCE_CHECK": "True"}.items():
+    for name, value in {
+        "STORAGE_EMULATOR_HOST": endpoint,
+        "TENSORSTORE_GCS_HTTP_URL": endpoint,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "NO_GCE_CHECK": "True",
+    }.items():
         monkeypatch.setenv(name, value)
     yield accepted
     server.close()
@@ -165,10 +169,22 @@ def test_gcsfs_waits_a_bounded_time_per_request_and_logs_no_traceback(caplog):
 
 def _command_line(workdir: str, *extra: str) -> subprocess.Popen:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.Popen([sys.executable, "-m", "saeft_jax.main", "--config=configs/demo.py:smoke",
-                             f"--workdir={workdir}", "--config.show_progress=False", *extra], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "saeft_jax.main",
+            "--config=configs/demo.py:smoke",
+            f"--workdir={workdir}",
+            "--config.show_progress=False",
+            *extra,
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def _first_connection(accepted: list[float], process: subprocess.Popen) -> float:
@@ -184,8 +200,11 @@ def test_the_command_line_names_a_silent_bucket_within_about_a_minute(silent_buc
     if where == "workdir":
         process, url, key = _command_line("gs://bucket/run"), "gs://bucket/run", "--workdir"
     else:
-        process, url, key = _command_line(str(tmp_path / "run"), "--config.data_dir=gs://bucket/data"), \
-            "gs://bucket/data", "config.data_dir"
+        process, url, key = (
+            _command_line(str(tmp_path / "run"), "--config.data_dir=gs://bucket/data"),
+            "gs://bucket/data",
+            "config.data_dir",
+        )
     waiting_since = _first_connection(silent_bucket, process)
     _, err = process.communicate(timeout=300)
     waited = time.monotonic() - waiting_since

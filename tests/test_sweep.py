@@ -24,14 +24,27 @@ def test_the_sweep_runs_shared_stages_once_and_reports_every_method(tmp_path_fac
     for shared in ("zeroshot", "features", "sae/main", "sae/wide", "probe"):
         assert out.count(f"stage {shared}: running") == 1, shared
     report = json.loads((workdir / "report" / "report.json").read_text())
-    methods = {"none", "mse", "sae_add_remove", "sae_add_remove_30", "sae_add_remove_300", "sae_add_remove_wide",
-               "sae_add_remove_mu0", "sae_add_remove_raw", "linear_probe", "lp_ft", "flyp"}
+    methods = {
+        "none",
+        "mse",
+        "sae_add_remove",
+        "sae_add_remove_30",
+        "sae_add_remove_300",
+        "sae_add_remove_wide",
+        "sae_add_remove_mu0",
+        "sae_add_remove_raw",
+        "linear_probe",
+        "lp_ft",
+        "flyp",
+    }
     assert set(report["runs"]) == {"zeroshot", *methods} and set(report["saes"]) == {"main", "wide"}
     assert report["saes"]["wide"]["dict_size"] == 512 and report["saes"]["wide"]["k"] == 16
     wide = json.loads((workdir / "finetune" / "sae_add_remove_wide" / "done.json").read_text())
     assert set(wide["inputs"]) == {"zeroshot", "sae/wide"}  # trained with its own SAE
-    lambdas = {m: report["runs"][m]["method"]["reg_lambda"] for m in ("sae_add_remove_30", "sae_add_remove",
-                                                                     "sae_add_remove_300", "mse")}
+    lambdas = {
+        m: report["runs"][m]["method"]["reg_lambda"]
+        for m in ("sae_add_remove_30", "sae_add_remove", "sae_add_remove_300", "mse")
+    }
     assert lambdas == {"sae_add_remove_30": 30.0, "sae_add_remove": 100.0, "sae_add_remove_300": 300.0, "mse": 10.0}
     text = (workdir / "report" / "report.md").read_text()
     assert all(f"| `{m}`, selected a=" in text for m in methods)
@@ -60,8 +73,10 @@ def check_baselines(workdir):
     _, pretrained = hf.load_clip(str(workdir / "finetune" / "linear_probe" / "final"))  # the pre-trained CLIP
     lp_ft = head("finetune", "lp_ft", "head.safetensors")["W"]
     assert np.linalg.norm(lp_ft - probe["W"]) < 0.1 * np.linalg.norm(lp_ft - zeroshot["W"])  # started at the probe
-    assert set(json.loads((workdir / "finetune" / "lp_ft" / "done.json").read_text())["inputs"]) == {"zeroshot",
-                                                                                                   "probe"}
+    assert set(json.loads((workdir / "finetune" / "lp_ft" / "done.json").read_text())["inputs"]) == {
+        "zeroshot",
+        "probe",
+    }
     _, flyp = hf.load_clip(str(workdir / "finetune" / "flyp" / "final"))
     moved = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert moved(text_params(flyp), text_params(pretrained)) > 0  # the text tower was trained

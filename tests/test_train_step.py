@@ -50,7 +50,8 @@ def penalty(name: str):
 def test_loss_is_cross_entropy_plus_weighted_regularizer():
     model, params, frozen, images, labels = setup_run()
     loss, metrics = make_loss(model, penalty("sae_add_remove"), reg_lambda=70.0, label_smoothing=0.1)(
-        params, frozen, batch(images, labels))
+        params, frozen, batch(images, labels)
+    )
 
     encode = lambda p: np.asarray(model.apply({"params": p}, images), np.float64)
     f, f0 = encode(params["encoder"]), encode(frozen["encoder"])
@@ -60,8 +61,9 @@ def test_loss_is_cross_entropy_plus_weighted_regularizer():
     targets = np.full((8, CLASSES), 0.1 / CLASSES)
     targets[np.arange(8), labels] += 0.9
     ce = -(targets * log_probs).sum(-1).mean()
-    expected_reg, _ = regularizers.sae_add_remove(jnp.asarray(f, jnp.float32), jnp.asarray(f0, jnp.float32),
-                                                  sae=frozen["sae"])
+    expected_reg, _ = regularizers.sae_add_remove(
+        jnp.asarray(f, jnp.float32), jnp.asarray(f0, jnp.float32), sae=frozen["sae"]
+    )
     assert float(metrics["ce"]) == pytest.approx(ce, rel=1e-5)
     assert float(metrics["reg"]) == pytest.approx(float(expected_reg), rel=1e-4)
     assert float(loss) == pytest.approx(ce + 70.0 * float(expected_reg), rel=1e-4)
@@ -162,10 +164,10 @@ def test_same_losses_on_one_and_eight_devices_and_with_fsdp(tmp_path):
 def test_fsdp_rule_splits_large_arrays_on_their_largest_divisible_dimension():
     from jax.sharding import PartitionSpec as P
 
-    assert parallel.fsdp_spec((768, 3072), 8, min_size=2 ** 18) == P(None, "data")
-    assert parallel.fsdp_spec((3072, 768), 8, min_size=2 ** 18) == P("data")
-    assert parallel.fsdp_spec((768,), 8, min_size=2 ** 18) == P()  # small: replicated
-    assert parallel.fsdp_spec((1001, 999), 8, min_size=2 ** 10) == P()  # nothing divides
+    assert parallel.fsdp_spec((768, 3072), 8, min_size=2**18) == P(None, "data")
+    assert parallel.fsdp_spec((3072, 768), 8, min_size=2**18) == P("data")
+    assert parallel.fsdp_spec((768,), 8, min_size=2**18) == P()  # small: replicated
+    assert parallel.fsdp_spec((1001, 999), 8, min_size=2**10) == P()  # nothing divides
 
 
 def test_teacher_cache_is_exact_for_deterministic_inputs():
@@ -205,13 +207,23 @@ def test_accumulated_micro_batches_equal_the_large_batch_over_a_whole_run(tmp_pa
     for micro in (1, 4):
         optimizer, schedule = make_optimizer(1e-3, total_steps=6, warmup_steps=2)
         step = make_train_step(loss, optimizer, schedule, mesh, accumulate_steps=micro)
-        state, summary = train_loop(step, init_state(params, optimizer), frozen, batches(images, labels, 8),
-                                    mesh=mesh, workdir=tmp_path / str(micro), total_steps=6, log_every=1,
-                                    checkpoint_every=3, show_progress=False)
+        state, summary = train_loop(
+            step,
+            init_state(params, optimizer),
+            frozen,
+            batches(images, labels, 8),
+            mesh=mesh,
+            workdir=tmp_path / str(micro),
+            total_steps=6,
+            log_every=1,
+            checkpoint_every=3,
+            show_progress=False,
+        )
         assert summary["steps"] == 6
         finals[micro] = traverse_util.flatten_dict(jax.device_get(state["params"]))
-        logged[micro] = [json.loads(line) for line in (tmp_path / str(micro) / "metrics.jsonl").read_text()
-                         .splitlines()]
+        logged[micro] = [
+            json.loads(line) for line in (tmp_path / str(micro) / "metrics.jsonl").read_text().splitlines()
+        ]
     # Key biases are skipped: softmax ignores them, their gradient is rounding noise that Adam
     # scales up to a full-size update.
     for path, value in finals[1].items():
@@ -229,7 +241,8 @@ def test_a_batch_that_does_not_split_into_micro_batches_is_named():
     model, params, frozen, images, labels = setup_run()
     optimizer, schedule = make_optimizer(1e-3, total_steps=6, warmup_steps=2)
     mesh = parallel.data_mesh(jax.devices()[:1])
-    step = make_train_step(make_loss(model, penalty("sae_add_remove"), reg_lambda=10.0), optimizer, schedule, mesh,
-                           accumulate_steps=3)
+    step = make_train_step(
+        make_loss(model, penalty("sae_add_remove"), reg_lambda=10.0), optimizer, schedule, mesh, accumulate_steps=3
+    )
     with pytest.raises(ValueError, match="batch of 8 rows does not split into 3 micro-batches"):
         step(init_state(params, optimizer), frozen, batch(images, labels))

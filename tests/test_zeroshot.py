@@ -22,8 +22,13 @@ def test_head_matches_transformers_text_features(tiny_clip_dir):
     tokenizer = model.tokenizer
     head = build_zeroshot_head(model, PROMPTS, batch_size=4, show_progress=False)
 
-    ids = tokenizer([t.format(c) for c in CLASSES for t in TEMPLATES], padding="max_length", max_length=16,
-                    truncation=True, return_tensors="pt")["input_ids"]
+    ids = tokenizer(
+        [t.format(c) for c in CLASSES for t in TEMPLATES],
+        padding="max_length",
+        max_length=16,
+        truncation=True,
+        return_tensors="pt",
+    )["input_ids"]
     with torch.no_grad():
         text = torch_model.get_text_features(input_ids=ids).pooler_output.numpy().astype(np.float64)
     text = text.reshape(3, 3, -1)

@@ -35,24 +35,40 @@ def folder_spec(name: str, data_dir: str | os.PathLike | None = None):
 
     dataset, _, split = name.partition("/")
     data_dir = os.fspath(data_dir or DEFAULT_DATA_DIR)
-    prepare = (f"python -m saeft_jax.data.prepare folder --source=YOUR_FOLDER --name={dataset or 'NAME'} "
-               f"--split={split or 'SPLIT'} --data_dir={data_dir}")
+    prepare = (
+        f"python -m saeft_jax.data.prepare folder --source=YOUR_FOLDER --name={dataset or 'NAME'} "
+        f"--split={split or 'SPLIT'} --data_dir={data_dir}"
+    )
     if not (storage.is_plain_name(dataset) and storage.is_plain_name(split)):
-        raise KeyError(f"unknown dataset {name!r}: a prepared folder is named NAME/SPLIT, two plain names "
-                       f"({storage.PLAIN_NAME_RULE}); prepare one with {prepare}")
+        raise KeyError(
+            f"unknown dataset {name!r}: a prepared folder is named NAME/SPLIT, two plain names "
+            f"({storage.PLAIN_NAME_RULE}); prepare one with {prepare}"
+        )
     directory = prepared_dir(data_dir, dataset)
     info = records.read_info(directory)
     if info is None:
-        raise KeyError(f"unknown dataset {name!r}: no dataset {dataset!r} is prepared in {data_dir} (looked for "
-                       f"{directory / records.INFO}); prepare it with {prepare}, or pass the data_dir it was "
-                       f"prepared in")
+        raise KeyError(
+            f"unknown dataset {name!r}: no dataset {dataset!r} is prepared in {data_dir} (looked for "
+            f"{directory / records.INFO}); prepare it with {prepare}, or pass the data_dir it was "
+            f"prepared in"
+        )
     if split not in info["splits"]:
-        raise KeyError(f"unknown dataset {name!r}: {dataset!r} in {data_dir} has the splits "
-                       f"{', '.join(sorted(info['splits']))}, not {split!r}; prepare it with {prepare}")
+        raise KeyError(
+            f"unknown dataset {name!r}: {dataset!r} in {data_dir} has the splits "
+            f"{', '.join(sorted(info['splits']))}, not {split!r}; prepare it with {prepare}"
+        )
     classnames = tuple(info["classnames"])
-    return DatasetSpec(name, "prepared", dataset, split, label_space(classnames),
-                       tuple(info.get("templates") or DEFAULT_TEMPLATES), fixed_classnames=classnames,
-                       prepare_kind=KIND, data_dir=data_dir)
+    return DatasetSpec(
+        name,
+        "prepared",
+        dataset,
+        split,
+        label_space(classnames),
+        tuple(info.get("templates") or DEFAULT_TEMPLATES),
+        fixed_classnames=classnames,
+        prepare_kind=KIND,
+        data_dir=data_dir,
+    )
 
 
 def label_space(classnames: tuple[str, ...]) -> str:
@@ -68,13 +84,17 @@ def read_templates(path: str | os.PathLike, flag: str) -> tuple[str, ...]:
     try:
         text = storage.path(path).read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{flag} {os.fspath(path)!r} cannot be read ({error}); name a text file of prompt "
-                         f"templates, one a line, e.g. 'a photo of a {{}}.'") from error
+        raise UsageError(
+            f"{flag} {os.fspath(path)!r} cannot be read ({error}); name a text file of prompt "
+            f"templates, one a line, e.g. 'a photo of a {{}}.'"
+        ) from error
     lines = [line.strip() for line in text.splitlines()]
     templates = tuple(line for line in lines if line and not line.startswith("#"))
     bad = [t for t in templates if t.count("{}") != 1 or set("{}") & set(t.replace("{}", ""))]
     if not templates or bad:
         what = f"lines without exactly one {{}} ({bad[:3]})" if bad else "no template"
-        raise UsageError(f"{flag} {os.fspath(path)!r} holds {what}; each line is one prompt with {{}} where the "
-                         f"class name goes, e.g. 'a photo of a {{}}.'")
+        raise UsageError(
+            f"{flag} {os.fspath(path)!r} holds {what}; each line is one prompt with {{}} where the "
+            f"class name goes, e.g. 'a photo of a {{}}.'"
+        )
     return templates

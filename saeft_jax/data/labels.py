@@ -16,9 +16,23 @@ FMOW_REGIONS = ("Asia", "Europe", "Africa", "Americas", "Oceania", "Other")
 # Hendrycks' CIFAR-10-C / CIFAR-100-C: the 15 corruptions of the benchmark (the order of its paper),
 # then the 4 extra ones released with them. Each `<name>.npy` holds the 10,000 test images at
 # severity 1, then at 2, ..., 5.
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 SEVERITIES = (1, 2, 3, 4, 5)
 DSPRITES_TASKS = ("shape", "scale", "orientation", "x", "y")

@@ -35,8 +35,10 @@ class Share:
     @property
     def local_batch(self) -> int:
         if self.global_batch % self.process_count:
-            raise ValueError(f"the global batch {self.global_batch} does not divide among "
-                             f"{self.process_count} processes; choose a multiple of {self.process_count}")
+            raise ValueError(
+                f"the global batch {self.global_batch} does not divide among "
+                f"{self.process_count} processes; choose a multiple of {self.process_count}"
+            )
         return self.global_batch // self.process_count
 
     def position(self, local: int) -> int:
@@ -88,15 +90,20 @@ class _Read:
 
     def __call__(self, index: int) -> dict[str, Any]:
         example = self.source[index]
-        out = {"image": example["image"], "label": np.int32(example["label"]), "group": np.int32(example["group"]),
-               "index": np.int64(index)}
+        out = {
+            "image": example["image"],
+            "label": np.int32(example["label"]),
+            "group": np.int32(example["group"]),
+            "index": np.int64(index),
+        }
         if self.teacher is not None:
             out["teacher"] = np.asarray(self.teacher[index], np.float32)
         return out
 
 
-def _local_iterator(ordered: grain.MapDataset, share: Share, length: int, num_workers: int,
-                    num_threads: int, first: int = 0) -> grain.DatasetIterator:
+def _local_iterator(
+    ordered: grain.MapDataset, share: Share, length: int, num_workers: int, num_threads: int, first: int = 0
+) -> grain.DatasetIterator:
     """Batches of this process's share. Batching comes before the workers split the work, so
     whole batches go to workers and their contents never depend on `num_workers`; without
     workers, `num_threads` batches are read ahead in threads (PIL decodes outside the GIL)."""
@@ -109,8 +116,12 @@ def _local_iterator(ordered: grain.MapDataset, share: Share, length: int, num_wo
     return iter(dataset)
 
 
-TRAIN_FIELDS = {"image": "images", "label": "labels", "teacher": "teacher",  # element key -> batch key
-                "template": "templates"}
+TRAIN_FIELDS = {
+    "image": "images",
+    "label": "labels",
+    "teacher": "teacher",  # element key -> batch key
+    "template": "templates",
+}
 
 
 class _TrainBatches:
@@ -134,16 +145,31 @@ class _TrainBatches:
         self._batches.set_state(state)
 
 
-def train_batches(source, *, share: Share, seed: int, transform: Callable, teacher: np.ndarray | NpyRows | None = None,
-                  templates: int = 0, num_workers: int = 0, num_threads: int = 4) -> _TrainBatches:
+def train_batches(
+    source,
+    *,
+    share: Share,
+    seed: int,
+    transform: Callable,
+    teacher: np.ndarray | NpyRows | None = None,
+    templates: int = 0,
+    num_workers: int = 0,
+    num_threads: int = 4,
+) -> _TrainBatches:
     """Endless `{"images", "labels"[, "teacher"][, "templates"]}` batches of this process's share, in an
     order shuffled anew each epoch. `transform(image, rng)` makes the model input (e.g.
     `preprocess.train_transform`); `teacher` (N, d) (an array or `NpyRows`), indexed like `source`,
     adds each example's cached zero-shot embedding; `templates` T > 0 adds a caption template index
     in [0, T) for each example, drawn anew each epoch (FLYP's captions).
     The iterator has `get_state`/`set_state` and resumes exactly."""
-    ordered = (grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
-               .map(_Read(source, teacher)).random_map(_Transform(transform, templates)))
+    ordered = (
+        grain.MapDataset.range(len(source))
+        .seed(seed)
+        .shuffle()
+        .repeat(None)
+        .map(_Read(source, teacher))
+        .random_map(_Transform(transform, templates))
+    )
     return _TrainBatches(_local_iterator(ordered, share, len(ordered) // share.process_count, num_workers, num_threads))
 
 
@@ -171,17 +197,27 @@ class _Padded:
         return {**element, "image": self.transform(element["image"]), "mask": np.bool_(position < self.size)}
 
 
-def eval_batches(source, *, share: Share, transform: Callable, num_workers: int = 0, num_threads: int = 4,
-                 first_step: int = 0, num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source,
+    *,
+    share: Share,
+    transform: Callable,
+    num_workers: int = 0,
+    num_threads: int = 4,
+    first_step: int = 0,
+    num_steps: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Batches {"image", "label", "group", "index", "mask"} of this process's share covering each
     example exactly once over all processes; rows past the end have mask False. `first_step`
     and `num_steps` select a range of the batches (to resume a pass chunk by chunk)."""
     steps = eval_steps(source, share.global_batch)
     last = steps if num_steps is None else min(steps, first_step + num_steps)
-    ordered = grain.MapDataset.range(steps * share.global_batch).map(_Padded(_Read(source, None), transform,
-                                                                              len(source)))
-    return _local_iterator(ordered, share, last * share.local_batch, num_workers, num_threads,
-                           first_step * share.local_batch)
+    ordered = grain.MapDataset.range(steps * share.global_batch).map(
+        _Padded(_Read(source, None), transform, len(source))
+    )
+    return _local_iterator(
+        ordered, share, last * share.local_batch, num_workers, num_threads, first_step * share.local_batch
+    )
 
 
 def eval_steps(source, global_batch: int) -> int:

@@ -55,16 +55,21 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 # Published sizes: ObjectNet's 113 ImageNet-overlapping classes; the WILDS v2.0 / v1.1 splits.
 EXPECTED: dict[str, dict[str, Any]] = {
     "objectnet": {"classes": 113, "splits": {"test": 18574}},
-    "iwildcam": {"classes": 182, "splits": {"train": 129809, "val": 14961, "test": 42791, "id_val": 7314,
-                                            "id_test": 8154}},
-    "fmow": {"classes": 62, "splits": {"train": 76863, "id_val": 11483, "id_test": 11327, "val": 19915,
-                                       "test": 22108}},
+    "iwildcam": {
+        "classes": 182,
+        "splits": {"train": 129809, "val": 14961, "test": 42791, "id_val": 7314, "id_test": 8154},
+    },
+    "fmow": {"classes": 62, "splits": {"train": 76863, "id_val": 11483, "id_test": 11327, "val": 19915, "test": 22108}},
     # FGVC-Aircraft 2013b's variant splits; CIFAR-10.2's test set; CIFAR-C: 10,000 per corruption and severity.
     "fgvc_aircraft": {"classes": 100, "splits": {"train": 3334, "val": 3333, "test": 3333}},
     "cifar10_2": {"classes": 10, "splits": {"test": 2000}},
-    **{name: {"classes": classes, "splits": {labels.corruption_split(c, s): 10_000 for c in labels.CORRUPTIONS
-                                             for s in labels.SEVERITIES}}
-       for name, classes in (("cifar10_c", 10), ("cifar100_c", 100))},
+    **{
+        name: {
+            "classes": classes,
+            "splits": {labels.corruption_split(c, s): 10_000 for c in labels.CORRUPTIONS for s in labels.SEVERITIES},
+        }
+        for name, classes in (("cifar10_c", 10), ("cifar100_c", 100))
+    },
 }
 
 
@@ -100,10 +105,19 @@ def prepared_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
     return storage.path(data_dir) / "saeft" / name
 
 
-def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *, name: str | None = None,
-            split: str = "test", check_counts: bool = True, skip_corrupt: bool = False,
-            expected: dict[str, int] | None = None, show_progress: bool = True,
-            templates: tuple[str, ...] | None = None) -> dict[str, Any]:
+def prepare(
+    kind: str,
+    source: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    split: str = "test",
+    check_counts: bool = True,
+    skip_corrupt: bool = False,
+    expected: dict[str, int] | None = None,
+    show_progress: bool = True,
+    templates: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Prepares `source` (layout `kind`: one of `LAYOUTS` or folder) and returns its info.
 
     `expected` ({"images": N, "classes": C}, either may be left out) states a folder dataset's
@@ -131,7 +145,8 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
         skipped: list[str] = []
         bar = progress(len(examples), f"{name}/{split_name}", enabled=show_progress, unit="img")
         info["splits"][split_name] = records.write_split(
-            out, split_name, _encoded(examples, skip_corrupt, skipped, bar))
+            out, split_name, _encoded(examples, skip_corrupt, skipped, bar)
+        )
         bar.close()
         info["skipped"][split_name] = skipped
         info["ignored"][split_name] = listing.ignored
@@ -142,24 +157,35 @@ def prepare(kind: str, source: str | os.PathLike, data_dir: str | os.PathLike, *
 
 def _checked_name(name: str, flag: str) -> str:
     if not storage.is_plain_name(name):
-        raise PreparationError(f"{flag} {name!r} is not a plain name ({storage.PLAIN_NAME_RULE}); the dataset goes "
-                               f"to DATA_DIR/saeft/<name>/<split>-*.array_record, and a name with '/' or '..' "
-                               f"would write elsewhere.")
+        raise PreparationError(
+            f"{flag} {name!r} is not a plain name ({storage.PLAIN_NAME_RULE}); the dataset goes "
+            f"to DATA_DIR/saeft/<name>/<split>-*.array_record, and a name with '/' or '..' "
+            f"would write elsewhere."
+        )
     return name
 
 
 def _joined_info(out: epath.Path, name: str, listing: Listing) -> dict[str, Any]:
     """The dataset's info with this preparation's classes, keeping the splits prepared before."""
-    info = {"name": name, "classnames": list(listing.classnames), "group_names": list(listing.group_names),
-            "splits": {}, "skipped": {}, "ignored": {}, "empty_classes": {}}
+    info = {
+        "name": name,
+        "classnames": list(listing.classnames),
+        "group_names": list(listing.group_names),
+        "splits": {},
+        "skipped": {},
+        "ignored": {},
+        "empty_classes": {},
+    }
     before = records.read_info(out)
     if before is None:
         return info
     if before["classnames"] != info["classnames"]:
-        raise PreparationError(f"{out} holds splits {sorted(before['splits'])} with other classes "
-                               f"({len(before['classnames'])}: {before['classnames'][:5]}...) than {name!r} has now "
-                               f"({len(info['classnames'])}: {info['classnames'][:5]}...); every split of a dataset "
-                               f"shares its classes. Use another --name, or the same class folders.")
+        raise PreparationError(
+            f"{out} holds splits {sorted(before['splits'])} with other classes "
+            f"({len(before['classnames'])}: {before['classnames'][:5]}...) than {name!r} has now "
+            f"({len(info['classnames'])}: {info['classnames'][:5]}...); every split of a dataset "
+            f"shares its classes. Use another --name, or the same class folders."
+        )
     for key in ("splits", "skipped", "ignored", "empty_classes"):
         info[key] = dict(before.get(key, {}))
     if before.get("templates"):
@@ -172,14 +198,17 @@ def _refuse_links_out(source: Path, listing: Listing) -> None:
     paths = {e.path for examples in listing.splits.values() for e in examples}  # an array file holds many images
     outside = sorted(str(p) for p in paths if not p.resolve().is_relative_to(root))
     if outside:
-        raise PreparationError(f"{len(outside)} image path(s) under {source} lead outside it through links, e.g. "
-                               f"{outside[:3]}; copy those images into the source folder (or remove the links) "
-                               f"so that the dataset holds what the folder shows.")
+        raise PreparationError(
+            f"{len(outside)} image path(s) under {source} lead outside it through links, e.g. "
+            f"{outside[:3]}; copy those images into the source folder (or remove the links) "
+            f"so that the dataset holds what the folder shows."
+        )
 
 
 def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], bar) -> Iterator[bytes]:
     """Records of `examples` in order; each image file is decoded (in threads) to prove it is
     intact, each array row encoded as PNG."""
+
     def load(example: Example) -> tuple[Example, bytes, Exception | None]:
         if example.pixels is not None:
             return example, _png(example.pixels[example.row]), None
@@ -195,8 +224,9 @@ def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], ba
             bar.update(1)
             if error is not None:
                 if not skip_corrupt:
-                    raise PreparationError(f"{error}. Replace the file, or pass --skip_corrupt to skip and count "
-                                           f"such files.")
+                    raise PreparationError(
+                        f"{error}. Replace the file, or pass --skip_corrupt to skip and count such files."
+                    )
                 skipped.append(str(example.path))
                 continue
             name = example.path.name if example.pixels is None else f"{example.path.name}[{example.row}]"
@@ -217,13 +247,18 @@ def _check_counts(name: str, expected: dict[str, Any], listing: Listing) -> None
     problems = []
     if expected.get("classes") is not None and len(present) != expected["classes"]:
         problems.append(f"{len(present)} classes with images, expected {expected['classes']}")
-    problems += [f"split {split}: {found.get(split, 0)} images, expected {count}"
-                 for split, count in expected["splits"].items() if count is not None and found.get(split, 0) != count]
+    problems += [
+        f"split {split}: {found.get(split, 0)} images, expected {count}"
+        for split, count in expected["splits"].items()
+        if count is not None and found.get(split, 0) != count
+    ]
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise PreparationError(f"{name} does not have the expected size: {shown}. A partial "
-                               f"download or the wrong folder? Pass --no_count_check (or other --expected_* "
-                               f"values) to prepare it anyway.")
+        raise PreparationError(
+            f"{name} does not have the expected size: {shown}. A partial "
+            f"download or the wrong folder? Pass --no_count_check (or other --expected_* "
+            f"values) to prepare it anyway."
+        )
 
 
 def _images(folder: Path, ignored: list[str] | None = None) -> list[Path]:
@@ -243,15 +278,21 @@ def _folder(source: Path, split: str) -> Listing:
         raise PreparationError(f"{source} has no class folders; expected one sub-folder of images per class")
     not_text = [os.fsencode(p.name) for p in classes if not _is_text(p.name)]
     if not_text:
-        raise PreparationError(f"{len(not_text)} class folder name(s) under {source} are not valid UTF-8 text, e.g. "
-                               f"{not_text[:3]}; a class name becomes the text of the zero-shot prompts, so rename "
-                               f"those folders to the class names in UTF-8.")
+        raise PreparationError(
+            f"{len(not_text)} class folder name(s) under {source} are not valid UTF-8 text, e.g. "
+            f"{not_text[:3]}; a class name becomes the text of the zero-shot prompts, so rename "
+            f"those folders to the class names in UTF-8."
+        )
     ignored = [str(p) for p in entries if p not in classes]
     per_class = {folder: _images(folder, ignored) for folder in classes}
     examples = [Example(path, label) for label, folder in enumerate(classes) for path in per_class[folder]]
     empty = [folder.name for folder, images in per_class.items() if not images]
-    return Listing({split: examples}, tuple(p.name.replace("_", " ") for p in classes), ignored=sorted(ignored),
-                   empty_classes=empty)
+    return Listing(
+        {split: examples},
+        tuple(p.name.replace("_", " ") for p in classes),
+        ignored=sorted(ignored),
+        empty_classes=empty,
+    )
 
 
 def _is_text(name: str) -> bool:
@@ -268,17 +309,21 @@ def _objectnet(source: Path) -> Listing:
     classnames, _, folder_class = labels.objectnet()
     missing = sorted(f for f in folder_class if not (images / f).is_dir())
     if missing:
-        raise PreparationError(f"{images} lacks {len(missing)} of the 113 ObjectNet class folders that overlap "
-                               f"ImageNet, e.g. {missing[:5]}; expected the objectnet-1.0 layout "
-                               f"(images/<class folder>/*.png)")
+        raise PreparationError(
+            f"{images} lacks {len(missing)} of the 113 ObjectNet class folders that overlap "
+            f"ImageNet, e.g. {missing[:5]}; expected the objectnet-1.0 layout "
+            f"(images/<class folder>/*.png)"
+        )
     examples = [Example(path, folder_class[f]) for f in sorted(folder_class) for path in _images(images / f)]
     return Listing({"test": examples}, classnames)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.exists():
-        raise PreparationError(f"{path} is missing; expected the WILDS folder layout as downloaded by the "
-                               f"wilds package (pip install wilds; wilds.get_dataset(..., download=True))")
+        raise PreparationError(
+            f"{path} is missing; expected the WILDS folder layout as downloaded by the "
+            f"wilds package (pip install wilds; wilds.get_dataset(..., download=True))"
+        )
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -288,7 +333,8 @@ def _iwildcam(source: Path) -> Listing:
     splits: dict[str, list[Example]] = {}
     for row in rows:
         splits.setdefault(row["split"], []).append(
-            Example(source / "train" / row["filename"], int(row["y"]), int(row.get("location_remapped") or -1)))
+            Example(source / "train" / row["filename"], int(row["y"]), int(row.get("location_remapped") or -1))
+        )
     return Listing(splits, labels.iwildcam_classnames())
 
 
@@ -303,8 +349,9 @@ def _fmow(source: Path) -> Listing:
             continue
         region = region_of.get(row["country_code"], "Other")
         group = labels.FMOW_REGIONS.index(region if region in labels.FMOW_REGIONS else "Other")
-        splits.setdefault(split, []).append(Example(source / "images" / f"rgb_img_{index}.png",
-                                                    label_of[row["category"].replace("_", " ")], group))
+        splits.setdefault(split, []).append(
+            Example(source / "images" / f"rgb_img_{index}.png", label_of[row["category"].replace("_", " ")], group)
+        )
     return Listing(splits, labels.fmow_classnames(), labels.FMOW_REGIONS)
 
 
@@ -324,14 +371,18 @@ def _fgvc_aircraft(source: Path) -> Listing:
     data = source / "data" if (source / "data").is_dir() else source
     variants_file = data / "variants.txt"
     if not variants_file.exists():
-        raise PreparationError(f"{variants_file} is missing; expected the fgvc-aircraft-2013b folder "
-                               f"(data/variants.txt, data/images_variant_{{train,val,test}}.txt, data/images/*.jpg)")
+        raise PreparationError(
+            f"{variants_file} is missing; expected the fgvc-aircraft-2013b folder "
+            f"(data/variants.txt, data/images_variant_{{train,val,test}}.txt, data/images/*.jpg)"
+        )
     variants = tuple(line.strip() for line in variants_file.read_text().splitlines() if line.strip())
     if variants != labels.fgvc_aircraft_variants():
-        raise PreparationError(f"{variants_file} lists {len(variants)} variants that differ from FGVC-Aircraft 2013b's "
-                               f"100 (saeft_jax/data/assets/fgvc_aircraft_variants.txt), e.g. "
-                               f"{sorted(set(variants) ^ set(labels.fgvc_aircraft_variants()))[:3]}; use the 2013b "
-                               f"release, whose variant names and order are the labels here.")
+        raise PreparationError(
+            f"{variants_file} lists {len(variants)} variants that differ from FGVC-Aircraft 2013b's "
+            f"100 (saeft_jax/data/assets/fgvc_aircraft_variants.txt), e.g. "
+            f"{sorted(set(variants) ^ set(labels.fgvc_aircraft_variants()))[:3]}; use the 2013b "
+            f"release, whose variant names and order are the labels here."
+        )
     label_of = {variant: i for i, variant in enumerate(variants)}
     splits = {}
     for split in ("train", "val", "test"):
@@ -345,8 +396,10 @@ def _fgvc_aircraft(source: Path) -> Listing:
         splits[split] = [Example(data / "images" / f"{image}.jpg", label_of[variant]) for image, variant in rows]
     missing = [str(e.path) for examples in splits.values() for e in examples if not e.path.is_file()]
     if missing:
-        raise PreparationError(f"{len(missing)} images the split files list are missing, e.g. {missing[:3]}; "
-                               f"unpack the whole fgvc-aircraft-2013b archive.")
+        raise PreparationError(
+            f"{len(missing)} images the split files list are missing, e.g. {missing[:3]}; "
+            f"unpack the whole fgvc-aircraft-2013b archive."
+        )
     return Listing(splits, variants)
 
 
@@ -354,10 +407,15 @@ def _cifar10_2(source: Path) -> Listing:
     """The CIFAR-10.2 test set: cifar102_test.npz ("images" (2000, 32, 32, 3) uint8, "labels")."""
     path = source / "cifar102_test.npz"
     if not path.exists():
-        older = " (cifar102_test.npy is the older, pickled layout, which is not read)" if (
-            source / "cifar102_test.npy").exists() else ""
-        raise PreparationError(f"{path} is missing{older}; download cifar102_test.npz from "
-                               f"github.com/modestyachts/cifar-10.2 into that folder.")
+        older = (
+            " (cifar102_test.npy is the older, pickled layout, which is not read)"
+            if (source / "cifar102_test.npy").exists()
+            else ""
+        )
+        raise PreparationError(
+            f"{path} is missing{older}; download cifar102_test.npz from "
+            f"github.com/modestyachts/cifar-10.2 into that folder."
+        )
     with np.load(path) as arrays:  # no pickles: images and labels are plain arrays
         images, truth = _images_array(path, arrays["images"]), arrays["labels"]
     return Listing({"test": _rows(path, images, truth)}, labels.cifar_classnames("cifar10"))
@@ -367,22 +425,29 @@ def _corrupted(source: Path, space: str) -> Listing:
     """Hendrycks' CIFAR-10-C / CIFAR-100-C folder: labels.npy and `<corruption>.npy`, each of them
     the test set at severities 1 to 5, one after another; one split per corruption and severity."""
     labels_file = source / "labels.npy"
-    files = {c: source / f"{c}.npy" for c in labels.CORRUPTIONS + labels.EXTRA_CORRUPTIONS
-             if (source / f"{c}.npy").exists()}
+    files = {
+        c: source / f"{c}.npy" for c in labels.CORRUPTIONS + labels.EXTRA_CORRUPTIONS if (source / f"{c}.npy").exists()
+    }
     if not labels_file.exists() or not files:
-        raise PreparationError(f"{source} lacks labels.npy or every <corruption>.npy (e.g. fog.npy); expected the "
-                               f"unpacked CIFAR-10-C / CIFAR-100-C folder of zenodo.org/record/2535967 / 3555552.")
+        raise PreparationError(
+            f"{source} lacks labels.npy or every <corruption>.npy (e.g. fog.npy); expected the "
+            f"unpacked CIFAR-10-C / CIFAR-100-C folder of zenodo.org/record/2535967 / 3555552."
+        )
     truth = np.load(labels_file)
     per_severity, rest = divmod(len(truth), len(labels.SEVERITIES))
     if rest:
-        raise PreparationError(f"{labels_file} holds {len(truth)} labels, not {len(labels.SEVERITIES)} equal blocks "
-                               f"(one per severity); a partial download?")
+        raise PreparationError(
+            f"{labels_file} holds {len(truth)} labels, not {len(labels.SEVERITIES)} equal blocks "
+            f"(one per severity); a partial download?"
+        )
     splits = {}
     for corruption, path in files.items():
         images = _images_array(path, np.load(path, mmap_mode="r"))  # memory-mapped: read as it is encoded
         if len(images) != len(truth):
-            raise PreparationError(f"{path} holds {len(images)} images but labels.npy {len(truth)} labels; each "
-                                   f"corruption file holds the test set at every severity. A partial download?")
+            raise PreparationError(
+                f"{path} holds {len(images)} images but labels.npy {len(truth)} labels; each "
+                f"corruption file holds the test set at every severity. A partial download?"
+            )
         for severity in labels.SEVERITIES:
             rows = range((severity - 1) * per_severity, severity * per_severity)
             splits[labels.corruption_split(corruption, severity)] = _rows(path, images, truth, rows)
@@ -391,8 +456,10 @@ def _corrupted(source: Path, space: str) -> Listing:
 
 def _images_array(path: Path, images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise PreparationError(f"{path} holds a {images.dtype} array of shape {images.shape}; expected uint8 images "
-                               f"(N, height, width, channels).")
+        raise PreparationError(
+            f"{path} holds a {images.dtype} array of shape {images.shape}; expected uint8 images "
+            f"(N, height, width, channels)."
+        )
     return images
 
 
@@ -404,9 +471,15 @@ def _rows(path: Path, images: np.ndarray, truth: np.ndarray, rows: range | None 
     return [Example(path, int(truth[r]), row=r, pixels=images) for r in rows]
 
 
-LAYOUTS = {"objectnet": _objectnet, "iwildcam": _iwildcam, "fmow": _fmow, "fgvc_aircraft": _fgvc_aircraft,
-           "cifar10_2": _cifar10_2, "cifar10_c": lambda s: _corrupted(s, "cifar10"),
-           "cifar100_c": lambda s: _corrupted(s, "cifar100")}  # and "folder", which takes its --split
+LAYOUTS = {
+    "objectnet": _objectnet,
+    "iwildcam": _iwildcam,
+    "fmow": _fmow,
+    "fgvc_aircraft": _fgvc_aircraft,
+    "cifar10_2": _cifar10_2,
+    "cifar10_c": lambda s: _corrupted(s, "cifar10"),
+    "cifar100_c": lambda s: _corrupted(s, "cifar100"),
+}  # and "folder", which takes its --split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,39 +494,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_count_check", action="store_true", help="do not compare with the published sizes")
     parser.add_argument("--expected_images", type=int, help="a folder dataset's image count, checked")
     parser.add_argument("--expected_classes", type=int, help="a folder dataset's class count, checked")
-    parser.add_argument("--templates", help="a folder dataset's prompt templates: a text file, one a line with {} "
-                                            "for the class name (default: 'a photo of a {}.')")
+    parser.add_argument(
+        "--templates",
+        help="a folder dataset's prompt templates: a text file, one a line with {} "
+        "for the class name (default: 'a photo of a {}.')",
+    )
     args = parser.parse_args(argv)
     if args.kind == "folder" and not args.name:
         parser.error("a folder dataset needs --name")
     if args.templates and args.kind != "folder":
         parser.error(f"--templates is for a folder dataset; {args.kind} has its own prompts")
-    expected = {key: value for key, value in (("images", args.expected_images), ("classes", args.expected_classes))
-                if value is not None}
+    expected = {
+        key: value
+        for key, value in (("images", args.expected_images), ("classes", args.expected_classes))
+        if value is not None
+    }
     try:
         templates = folders.read_templates(args.templates, "--templates") if args.templates else None
-        info = prepare(args.kind, args.source, args.data_dir, name=args.name, split=args.split,
-                       check_counts=not args.no_count_check, skip_corrupt=args.skip_corrupt, expected=expected,
-                       templates=templates)
+        info = prepare(
+            args.kind,
+            args.source,
+            args.data_dir,
+            name=args.name,
+            split=args.split,
+            check_counts=not args.no_count_check,
+            skip_corrupt=args.skip_corrupt,
+            expected=expected,
+            templates=templates,
+        )
     except (UsageError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(summary(info, prepared_dir(args.data_dir, info["name"])))
     if args.kind == "folder":
-        print(f"use it as {info['name']}/{args.split}, e.g. --config.train_dataset={info['name']}/{args.split} "
-              f"--config.data_dir={args.data_dir}")
+        print(
+            f"use it as {info['name']}/{args.split}, e.g. --config.train_dataset={info['name']}/{args.split} "
+            f"--config.data_dir={args.data_dir}"
+        )
     return 0
 
 
 def summary(info: dict[str, Any], where: Path) -> str:
     """What was prepared, and every file left out and why, as lines for the terminal."""
     lines = [f"prepared {info['name']} in {where}: " + ", ".join(f"{s} {n} images" for s, n in info["splits"].items())]
-    for key, what in (("skipped", "corrupt images skipped"), ("ignored", "files that are not images, ignored"),
-                      ("empty_classes", "class folders without images (their classes keep their labels)")):
+    for key, what in (
+        ("skipped", "corrupt images skipped"),
+        ("ignored", "files that are not images, ignored"),
+        ("empty_classes", "class folders without images (their classes keep their labels)"),
+    ):
         for split, items in info.get(key, {}).items():
             if items:
-                lines.append(f"  {split}: {len(items)} {what}: " + ", ".join(items[:10])
-                             + (f" ... (all in {where / records.INFO})" if len(items) > 10 else ""))
+                lines.append(
+                    f"  {split}: {len(items)} {what}: "
+                    + ", ".join(items[:10])
+                    + (f" ... (all in {where / records.INFO})" if len(items) > 10 else "")
+                )
     return "\n".join(lines)
 
 

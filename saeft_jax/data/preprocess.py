@@ -23,7 +23,10 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-RESIZES = ("crop", "squash")  # crop: short side to `size`, then the centre square (CLIP); squash: to size x size (SigLIP)
+RESIZES = (
+    "crop",
+    "squash",
+)  # crop: short side to `size`, then the centre square (CLIP); squash: to size x size (SigLIP)
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 _PIL_CODES = {3: "bicubic", 2: "bilinear"}  # transformers' `resample` values
 
@@ -60,21 +63,41 @@ class ImageSpec:
         if resample is None:
             raise ValueError(f"resample {processor.get('resample')!r} is not supported; known: {_PIL_CODES}")
         mean, std = ((0.5,) * 3, (0.5,) * 3) if siglip else (OPENAI_MEAN, OPENAI_STD)
-        return cls(int(size), tuple(processor.get("image_mean", mean)), tuple(processor.get("image_std", std)),
-                   "crop" if crops else "squash", resample)
+        return cls(
+            int(size),
+            tuple(processor.get("image_mean", mean)),
+            tuple(processor.get("image_std", std)),
+            "crop" if crops else "squash",
+            resample,
+        )
 
     def hf_processor_config(self) -> dict[str, Any]:
         """The `preprocessor_config.json` of a transformers image processor doing this transform
         (`CLIPImageProcessor` for a crop, `SiglipImageProcessor` for a squash)."""
         resample = {v: k for k, v in _PIL_CODES.items()}[self.interpolation]
-        common = {"do_resize": True, "resample": resample, "do_rescale": True, "rescale_factor": 1 / 255,
-                  "do_normalize": True, "image_mean": list(self.mean), "image_std": list(self.std),
-                  "do_convert_rgb": True}
+        common = {
+            "do_resize": True,
+            "resample": resample,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+            "do_convert_rgb": True,
+        }
         if self.resize == "squash":
-            return {"image_processor_type": "SiglipImageProcessor", **common,
-                    "size": {"height": self.size, "width": self.size}}
-        return {"image_processor_type": "CLIPImageProcessor", **common, "size": {"shortest_edge": self.size},
-                "do_center_crop": True, "crop_size": {"height": self.size, "width": self.size}}
+            return {
+                "image_processor_type": "SiglipImageProcessor",
+                **common,
+                "size": {"height": self.size, "width": self.size},
+            }
+        return {
+            "image_processor_type": "CLIPImageProcessor",
+            **common,
+            "size": {"shortest_edge": self.size},
+            "do_center_crop": True,
+            "crop_size": {"height": self.size, "width": self.size},
+        }
 
 
 def _pil(image: np.ndarray) -> Image.Image:
@@ -86,8 +109,14 @@ def _normalize(pil: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]
     return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def clip_eval(image: np.ndarray, size: int, mean: tuple[float, ...] = OPENAI_MEAN,
-              std: tuple[float, ...] = OPENAI_STD, resize: str = "crop", interpolation: str = "bicubic") -> np.ndarray:
+def clip_eval(
+    image: np.ndarray,
+    size: int,
+    mean: tuple[float, ...] = OPENAI_MEAN,
+    std: tuple[float, ...] = OPENAI_STD,
+    resize: str = "crop",
+    interpolation: str = "bicubic",
+) -> np.ndarray:
     """uint8 HWC (or HW) image of any size -> float32 (size, size, 3), normalized: CLIP's resize
     and centre crop, or (`resize="squash"`) a resize to size x size as SigLIP's processor does."""
     pil = _pil(image)
@@ -102,9 +131,13 @@ def clip_eval(image: np.ndarray, size: int, mean: tuple[float, ...] = OPENAI_MEA
     return _normalize(pil.crop((left, top, left + size, top + size)), mean, std)
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: tuple[float, float] = (0.9, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.9, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """(top, left, crop height, crop width) as torchvision's `RandomResizedCrop.get_params` draws
     them: up to 10 tries of area fraction and log-uniform aspect ratio, then a centre crop."""
     area = height * width
@@ -124,9 +157,15 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def clip_train(image: np.ndarray, rng: np.random.Generator, size: int, mean: tuple[float, ...] = OPENAI_MEAN,
-               std: tuple[float, ...] = OPENAI_STD, scale: tuple[float, float] = (0.9, 1.0),
-               interpolation: str = "bicubic") -> np.ndarray:
+def clip_train(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    mean: tuple[float, ...] = OPENAI_MEAN,
+    std: tuple[float, ...] = OPENAI_STD,
+    scale: tuple[float, float] = (0.9, 1.0),
+    interpolation: str = "bicubic",
+) -> np.ndarray:
     """uint8 HWC image -> float32 (size, size, 3): a random crop (area fraction in `scale`) resized
     to `size` (bicubic unless told), normalized. The same generator state gives the same crop."""
     pil = _pil(image)
@@ -137,7 +176,7 @@ def clip_train(image: np.ndarray, rng: np.random.Generator, size: int, mean: tup
 
 def border_cropped(image: np.ndarray, border: int) -> np.ndarray:
     """The image without `border` pixels on each side (ObjectNet's frame)."""
-    return image[border:image.shape[0] - border, border:image.shape[1] - border] if border else image
+    return image[border : image.shape[0] - border, border : image.shape[1] - border] if border else image
 
 
 def _eval(image: np.ndarray, spec: ImageSpec, border: int) -> np.ndarray:
@@ -163,4 +202,3 @@ def train_transform(spec: ImageSpec, scale: tuple[float, float] | None = (0.9, 1
 
 def _eval_ignoring_rng(image: np.ndarray, rng: np.random.Generator, spec: ImageSpec) -> np.ndarray:
     return _eval(image, spec, 0)
-

@@ -36,8 +36,8 @@ def encode(image_bytes: bytes, label: int, group: int = -1, file: str = "") -> b
 def decode(record: bytes) -> dict[str, Any]:
     """Record -> {"image": uint8 HWC RGB, "label", "group", "file"}."""
     (size,) = struct.unpack_from("<I", record)
-    header = json.loads(record[4:4 + size])
-    header["image"] = decode_image(record[4 + size:], header["file"])
+    header = json.loads(record[4 : 4 + size])
+    header["image"] = decode_image(record[4 + size :], header["file"])
     return header
 
 
@@ -56,9 +56,11 @@ def decode_image(data: bytes, name: str = "") -> np.ndarray:
                 return np.asarray(image.convert("RGB"))
     except Exception as error:  # PIL raises several types for broken files
         raise ValueError(f"image {name or '(unnamed)'} does not decode: {error}") from error
-    raise ValueError(f"image {name or '(unnamed)'} has 32-bit {'integer' if deep == 'I' else 'float'} pixels (PIL mode "
-                     f"{deep}), whose range the file does not state, so no 8-bit picture follows from it; convert it "
-                     f"to 8 or 16 bits per channel")
+    raise ValueError(
+        f"image {name or '(unnamed)'} has 32-bit {'integer' if deep == 'I' else 'float'} pixels (PIL mode "
+        f"{deep}), whose range the file does not state, so no 8-bit picture follows from it; convert it "
+        f"to 8 or 16 bits per channel"
+    )
 
 
 def split_files(directory: epath.Path, split: str) -> list[epath.Path]:

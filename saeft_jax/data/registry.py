@@ -80,8 +80,10 @@ class DatasetSpec:
         filled with the class's prompt name (`labels.prompt`)."""
         nameless = [t for t in self.templates if "{}" not in t and "{a}" not in t]
         if nameless:
-            raise ValueError(f"dataset {self.name!r}: templates must contain '{{}}' (or '{{a}}') where the class "
-                             f"name goes; these do not: {nameless}")
+            raise ValueError(
+                f"dataset {self.name!r}: templates must contain '{{}}' (or '{{a}}') where the class "
+                f"name goes; these do not: {nameless}"
+            )
         names = self.prompt_names if self.prompt_names is not None else self.classnames
         return tuple(tuple(labels.prompt(template, name) for template in self.templates) for name in names)
 
@@ -112,8 +114,16 @@ def _tfds_classnames(location: str, data_dir: str | None, label_key: str) -> tup
 
 
 def _imagenet(name: str, location: str, split: str, **kw) -> DatasetSpec:
-    return DatasetSpec(name, "tfds", location, split, "imagenet", labels.templates("openai_imagenet"),
-                       fixed_classnames=labels.imagenet_classnames(), **kw)
+    return DatasetSpec(
+        name,
+        "tfds",
+        location,
+        split,
+        "imagenet",
+        labels.templates("openai_imagenet"),
+        fixed_classnames=labels.imagenet_classnames(),
+        **kw,
+    )
 
 
 def _imagenet_subset(name: str) -> DatasetSpec:
@@ -121,26 +131,58 @@ def _imagenet_subset(name: str) -> DatasetSpec:
     position = {imagenet: i for i, imagenet in enumerate(subset)}
     names = labels.imagenet_classnames()
     return dataclasses.replace(
-        _imagenet(name, name, "test"), logit_sets=tuple((i,) for i in subset),
-        label_of=tuple(position.get(i, -1) for i in range(1000)), fixed_classnames=tuple(names[i] for i in subset))
+        _imagenet(name, name, "test"),
+        logit_sets=tuple((i,) for i in subset),
+        label_of=tuple(position.get(i, -1) for i in range(1000)),
+        fixed_classnames=tuple(names[i] for i in subset),
+    )
 
 
 def _objectnet() -> DatasetSpec:
     classes, imagenet_ids, _ = labels.objectnet()
-    return DatasetSpec("objectnet", "prepared", "objectnet", "test", "imagenet", labels.templates("openai_imagenet"),
-                       logit_sets=imagenet_ids, border_crop=2, fixed_classnames=classes, prepare_kind="objectnet")
+    return DatasetSpec(
+        "objectnet",
+        "prepared",
+        "objectnet",
+        "test",
+        "imagenet",
+        labels.templates("openai_imagenet"),
+        logit_sets=imagenet_ids,
+        border_crop=2,
+        fixed_classnames=classes,
+        prepare_kind="objectnet",
+    )
 
 
 def _wilds(name: str, split: str) -> DatasetSpec:
     dataset = name.split("_")[0]
     if dataset == "iwildcam":
         names = labels.iwildcam_classnames()
-        return DatasetSpec(name, "prepared", "iwildcam", split, "iwildcam", labels.templates("iwildcam"),
-                           metric="macro_f1", fixed_classnames=names, prepare_kind="iwildcam",
-                           prompt_names=tuple(n.lower() for n in names))
-    return DatasetSpec(name, "prepared", "fmow", split, "fmow", labels.templates("fmow"), metric="worst_group",
-                       ignored_groups=(labels.FMOW_REGIONS.index("Other"),), fixed_classnames=labels.fmow_classnames(),
-                       prepare_kind="fmow", prompt_names=labels.fmow_classnames(underscores=True))
+        return DatasetSpec(
+            name,
+            "prepared",
+            "iwildcam",
+            split,
+            "iwildcam",
+            labels.templates("iwildcam"),
+            metric="macro_f1",
+            fixed_classnames=names,
+            prepare_kind="iwildcam",
+            prompt_names=tuple(n.lower() for n in names),
+        )
+    return DatasetSpec(
+        name,
+        "prepared",
+        "fmow",
+        split,
+        "fmow",
+        labels.templates("fmow"),
+        metric="worst_group",
+        ignored_groups=(labels.FMOW_REGIONS.index("Other"),),
+        fixed_classnames=labels.fmow_classnames(),
+        prepare_kind="fmow",
+        prompt_names=labels.fmow_classnames(underscores=True),
+    )
 
 
 def _transfer(name: str, split: str, *, dataset: str, location: str) -> DatasetSpec:
@@ -149,23 +191,47 @@ def _transfer(name: str, split: str, *, dataset: str, location: str) -> DatasetS
 
 def _cifar(name: str, split: str, *, space: str, location: str, source: str = "tfds") -> DatasetSpec:
     """A dataset of CIFAR-10's or CIFAR-100's classes; prepared ones are prepared as `location`."""
-    return DatasetSpec(name, source, location, split, space, labels.templates("simple"),
-                       fixed_classnames=labels.cifar_classnames(space),
-                       prepare_kind=location if source == "prepared" else "",
-                       prompt_names=labels.cifar_classnames(space, underscores=True))
+    return DatasetSpec(
+        name,
+        source,
+        location,
+        split,
+        space,
+        labels.templates("simple"),
+        fixed_classnames=labels.cifar_classnames(space),
+        prepare_kind=location if source == "prepared" else "",
+        prompt_names=labels.cifar_classnames(space, underscores=True),
+    )
 
 
 def _aircraft(name: str, split: str) -> DatasetSpec:
     variants = labels.fgvc_aircraft_variants()
-    return DatasetSpec(name, "prepared", "fgvc_aircraft", split, "fgvc_aircraft", labels.templates("simple"),
-                       fixed_classnames=variants, prepare_kind="fgvc_aircraft",
-                       prompt_names=tuple(v.replace("/", " ") for v in variants))
+    return DatasetSpec(
+        name,
+        "prepared",
+        "fgvc_aircraft",
+        split,
+        "fgvc_aircraft",
+        labels.templates("simple"),
+        fixed_classnames=variants,
+        prepare_kind="fgvc_aircraft",
+        prompt_names=tuple(v.replace("/", " ") for v in variants),
+    )
 
 
 def _dsprites(name: str, split: str, *, task: str) -> DatasetSpec:
     factor = labels.dsprites(task)
-    return DatasetSpec(name, "tfds", "dsprites", split, f"dsprites_{task}", factor.templates,
-                       fixed_classnames=factor.classnames, label_key=factor.label_key, binary=True)
+    return DatasetSpec(
+        name,
+        "tfds",
+        "dsprites",
+        split,
+        f"dsprites_{task}",
+        factor.templates,
+        fixed_classnames=factor.classnames,
+        label_key=factor.label_key,
+        binary=True,
+    )
 
 
 def corruption_splits(names: Sequence[str], severity: int) -> str:
@@ -185,8 +251,9 @@ def with_corruptions(spec: DatasetSpec, names: Sequence[str], severity: int) -> 
     return dataclasses.replace(spec, split=corruption_splits(names, severity))
 
 
-def _family(name: str, make: Callable[..., DatasetSpec], train: str, val: str, test: str,
-            **kw) -> dict[str, Callable[[], DatasetSpec]]:
+def _family(
+    name: str, make: Callable[..., DatasetSpec], train: str, val: str, test: str, **kw
+) -> dict[str, Callable[[], DatasetSpec]]:
     """`<name>_train`, `<name>_val` (only when `val` names the dataset's own validation split) and
     `<name>` (the test split), each made by `make(spec name, split, **kw)`."""
     splits = {f"{name}_train": train, **({f"{name}_val": val} if val else {}), name: test}
@@ -196,10 +263,12 @@ def _family(name: str, make: Callable[..., DatasetSpec], train: str, val: str, t
 DSPRITES_SPLITS = ("train[:80%]", "train[80%:90%]", "train[90%:]")  # train, validation, test
 # TFDS transfer sets: name -> (TFDS location, training split, own validation split or "", test split)
 _TFDS_TRANSFER = {
-    "dtd": ("dtd", "train", "validation", "test"), "stl10": ("stl10", "train", "", "test"),
+    "dtd": ("dtd", "train", "validation", "test"),
+    "stl10": ("stl10", "train", "", "test"),
     "oxford_iiit_pet": ("oxford_iiit_pet", "train", "", "test"),
     "oxford_flowers102": ("oxford_flowers102", "train", "validation", "test"),
-    "cars196": ("cars196", "train", "", "test"), "caltech101": ("caltech101", "train", "", "test"),
+    "cars196": ("cars196", "train", "", "test"),
+    "caltech101": ("caltech101", "train", "", "test"),
 }
 
 _SPECS: dict[str, Callable[[], DatasetSpec]] = {
@@ -220,32 +289,74 @@ _SPECS: dict[str, Callable[[], DatasetSpec]] = {
     "fmow_ood": lambda: _wilds("fmow_ood", "test"),
     **_family("cifar10", _cifar, "train", "", "test", space="cifar10", location="cifar10"),
     "cifar10_1": functools.partial(_cifar, "cifar10_1", "test", space="cifar10", location="cifar10_1/v6"),
-    "cifar10_2": functools.partial(_cifar, "cifar10_2", "test", space="cifar10", location="cifar10_2",
-                                   source="prepared"),
-    "cifar10_c": functools.partial(_cifar, "cifar10_c", corruption_splits(labels.CORRUPTIONS, 5), space="cifar10",
-                                   location="cifar10_c", source="prepared"),
+    "cifar10_2": functools.partial(
+        _cifar, "cifar10_2", "test", space="cifar10", location="cifar10_2", source="prepared"
+    ),
+    "cifar10_c": functools.partial(
+        _cifar,
+        "cifar10_c",
+        corruption_splits(labels.CORRUPTIONS, 5),
+        space="cifar10",
+        location="cifar10_c",
+        source="prepared",
+    ),
     **_family("cifar100", _cifar, "train", "", "test", space="cifar100", location="cifar100"),
-    "cifar100_c": functools.partial(_cifar, "cifar100_c", corruption_splits(labels.CORRUPTIONS, 5),
-                                    space="cifar100", location="cifar100_c", source="prepared"),
-    **{spec: make for name, (location, *splits) in _TFDS_TRANSFER.items()
-       for spec, make in _family(name, _transfer, *splits, dataset=name, location=location).items()},
+    "cifar100_c": functools.partial(
+        _cifar,
+        "cifar100_c",
+        corruption_splits(labels.CORRUPTIONS, 5),
+        space="cifar100",
+        location="cifar100_c",
+        source="prepared",
+    ),
+    **{
+        spec: make
+        for name, (location, *splits) in _TFDS_TRANSFER.items()
+        for spec, make in _family(name, _transfer, *splits, dataset=name, location=location).items()
+    },
     "eurosat": functools.partial(_transfer, "eurosat", "train", dataset="eurosat", location="eurosat/rgb"),
     **_family("fgvc_aircraft", _aircraft, "train", "val", "test"),
-    **{spec: make for task in labels.DSPRITES_TASKS
-       for spec, make in _family(f"dsprites_{task}", _dsprites, *DSPRITES_SPLITS, task=task).items()},
+    **{
+        spec: make
+        for task in labels.DSPRITES_TASKS
+        for spec, make in _family(f"dsprites_{task}", _dsprites, *DSPRITES_SPLITS, task=task).items()
+    },
 }
 
 # The sets `configs/transfer_vitb16.py` fine-tunes on (EuroSAT has one TFDS split only, its test set).
-TRANSFER_SETS = ("cifar10", "cifar100", "dtd", "stl10", "fgvc_aircraft", "oxford_iiit_pet", "oxford_flowers102",
-                 "cars196", "caltech101", *(f"dsprites_{task}" for task in labels.DSPRITES_TASKS))
+TRANSFER_SETS = (
+    "cifar10",
+    "cifar100",
+    "dtd",
+    "stl10",
+    "fgvc_aircraft",
+    "oxford_iiit_pet",
+    "oxford_flowers102",
+    "cars196",
+    "caltech101",
+    *(f"dsprites_{task}" for task in labels.DSPRITES_TASKS),
+)
 _TRANSFER_SHIFTS = {"cifar10": ("cifar10_1", "cifar10_2", "cifar10_c"), "cifar100": ("cifar100_c",)}
 
 SUITES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "imagenet": ("imagenet", ("imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a", "objectnet")),
     "wilds_iwildcam": ("iwildcam_id", ("iwildcam_ood",)),
     "wilds_fmow": ("fmow_id", ("fmow_ood",)),
-    "transfer": (None, ("cifar10", "cifar100", "dtd", "stl10", "oxford_iiit_pet", "oxford_flowers102",
-                        "cars196", "caltech101", "eurosat", "fgvc_aircraft")),
+    "transfer": (
+        None,
+        (
+            "cifar10",
+            "cifar100",
+            "dtd",
+            "stl10",
+            "oxford_iiit_pet",
+            "oxford_flowers102",
+            "cars196",
+            "caltech101",
+            "eurosat",
+            "fgvc_aircraft",
+        ),
+    ),
     **{f"transfer_{name}": (name, _TRANSFER_SHIFTS.get(name, ())) for name in TRANSFER_SETS},
 }
 
@@ -292,8 +403,12 @@ def suite(name: str) -> tuple[str | None, tuple[str, ...]]:
     if "," in name or "/" in name:
         first, *shifts = [part.strip() for part in name.split(",")]
         if not first or not all(shifts):
-            raise KeyError(f"the suite {name!r} lists an empty dataset name; write dataset names separated by commas, "
-                           f"e.g. mine/test,sketches/test (the first in distribution, the rest shifts)")
+            raise KeyError(
+                f"the suite {name!r} lists an empty dataset name; write dataset names separated by commas, "
+                f"e.g. mine/test,sketches/test (the first in distribution, the rest shifts)"
+            )
         return first, tuple(shifts)
-    raise KeyError(f"unknown suite {name!r}; known: {sorted(SUITES)}, a prepared folder's NAME/SPLIT, or dataset "
-                   f"names separated by commas (the first in distribution, the rest shifts)")
+    raise KeyError(
+        f"unknown suite {name!r}; known: {sorted(SUITES)}, a prepared folder's NAME/SPLIT, or dataset "
+        f"names separated by commas (the first in distribution, the rest shifts)"
+    )

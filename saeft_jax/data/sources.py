@@ -40,8 +40,10 @@ def open_source(spec: DatasetSpec, data_dir: str | os.PathLike | None = None):
 
 
 def _not_prepared(spec: DatasetSpec, data_dir: str, where: str | Path, why: str) -> DatasetNotPrepared:
-    return DatasetNotPrepared(f"dataset {spec.name!r} ({spec.location}, split {spec.split}) {why} (looked in "
-                              f"{where}). Prepare it once with: {spec.preparation(data_dir)}")
+    return DatasetNotPrepared(
+        f"dataset {spec.name!r} ({spec.location}, split {spec.split}) {why} (looked in "
+        f"{where}). Prepare it once with: {spec.preparation(data_dir)}"
+    )
 
 
 class _Reopens:
@@ -70,8 +72,9 @@ class TfdsSource(_Reopens):
             builder = tfds.builder(spec.location, data_dir=data_dir)
             if not builder.is_prepared():
                 raise _not_prepared(spec, data_dir, builder.data_dir, "is not prepared") from error
-            raise _not_prepared(spec, data_dir, builder.data_dir, f"cannot be read at random ({error}); rebuild "
-                                "it as ArrayRecord") from error
+            raise _not_prepared(
+                spec, data_dir, builder.data_dir, f"cannot be read at random ({error}); rebuild it as ArrayRecord"
+            ) from error
 
     def __len__(self) -> int:
         return len(self._source)
@@ -107,11 +110,19 @@ class PreparedSource(_Reopens):
         parts = {split: records.split_files(directory, split) for split in spec.split.split("+")}  # read in order
         missing = [split for split, files in parts.items() if not files]
         if self.info is None or missing:
-            raise _not_prepared(spec, data_dir, directory, "is not prepared" if self.info is None else
-                                f"has no split {' '.join(map(repr, missing))} (it has {sorted(self.info['splits'])})")
+            raise _not_prepared(
+                spec,
+                data_dir,
+                directory,
+                "is not prepared"
+                if self.info is None
+                else f"has no split {' '.join(map(repr, missing))} (it has {sorted(self.info['splits'])})",
+            )
         if len(self.info["classnames"]) != len(spec.classnames):
-            raise ValueError(f"{directory} holds {len(self.info['classnames'])} classes but {spec.name} has "
-                             f"{len(spec.classnames)}; prepare it again with: {spec.preparation(data_dir)}")
+            raise ValueError(
+                f"{directory} holds {len(self.info['classnames'])} classes but {spec.name} has "
+                f"{len(spec.classnames)}; prepare it again with: {spec.preparation(data_dir)}"
+            )
         self._records = grain.sources.ArrayRecordDataSource([str(f) for files in parts.values() for f in files])
 
     def __len__(self) -> int:

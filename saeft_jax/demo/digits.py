@@ -24,8 +24,12 @@ from saeft_jax.data.prepare import prepared_dir
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 STYLES = ("clean", "inverted", "rotated", "noisy", "thick", "colored")
-TEMPLATES = ("a photo of the digit {}.", "an image of the number {}.", "the handwritten digit {}.",
-             "a picture of a {}.")
+TEMPLATES = (
+    "a photo of the digit {}.",
+    "an image of the number {}.",
+    "the handwritten digit {}.",
+    "a picture of a {}.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,18 +134,39 @@ def write_dataset(data_dir: str | Path, setup: DigitsSetup) -> epath.Path:
     splits = split_indices(len(images), setup)
     counts = {}
     finetune = [i for i in splits["finetune"] for _ in range(setup.finetune_copies)]
-    counts["train"] = records.write_split(directory, "train", (
-        records.encode(_png(render(images[i], setup.finetune_style, setup.image_size, rng)), labels[i])
-        for i in finetune))
-    counts["val"] = records.write_split(directory, "val", (
-        records.encode(_png(render(images[i], setup.finetune_style, setup.image_size, rng)), labels[i])
-        for i in splits["val"]))
+    counts["train"] = records.write_split(
+        directory,
+        "train",
+        (
+            records.encode(_png(render(images[i], setup.finetune_style, setup.image_size, rng)), labels[i])
+            for i in finetune
+        ),
+    )
+    counts["val"] = records.write_split(
+        directory,
+        "val",
+        (
+            records.encode(_png(render(images[i], setup.finetune_style, setup.image_size, rng)), labels[i])
+            for i in splits["val"]
+        ),
+    )
     for style in STYLES:
-        counts[f"test_{style}"] = records.write_split(directory, f"test_{style}", (
-            records.encode(_png(render(images[i], style, setup.image_size, rng)), labels[i])
-            for i in splits["test"]))
-    records.write_info(directory, {"name": setup.dataset, "classnames": list(NAMES), "group_names": [],
-                                   "splits": counts, "skipped": {}, "setup": dataclasses.asdict(setup)})
+        counts[f"test_{style}"] = records.write_split(
+            directory,
+            f"test_{style}",
+            (records.encode(_png(render(images[i], style, setup.image_size, rng)), labels[i]) for i in splits["test"]),
+        )
+    records.write_info(
+        directory,
+        {
+            "name": setup.dataset,
+            "classnames": list(NAMES),
+            "group_names": [],
+            "splits": counts,
+            "skipped": {},
+            "setup": dataclasses.asdict(setup),
+        },
+    )
     return directory
 
 
@@ -149,13 +174,23 @@ def register(setup: DigitsSetup) -> None:
     """Registers `digits_train`, `digits_val` (the validation split: held-out fine-tuning images in
     the fine-tuning style), `digits_<style>` and the suite `digits` (the fine-tuning style in
     distribution, the other styles as shifts)."""
+
     def spec(name: str, split: str) -> registry.DatasetSpec:
-        return registry.DatasetSpec(name, "prepared", setup.dataset, split, "digits", TEMPLATES, fixed_classnames=NAMES,
-                                    prepare_kind="demo (written by the demo config itself)")
+        return registry.DatasetSpec(
+            name,
+            "prepared",
+            setup.dataset,
+            split,
+            "digits",
+            TEMPLATES,
+            fixed_classnames=NAMES,
+            prepare_kind="demo (written by the demo config itself)",
+        )
 
     registry.register(spec("digits_train", "train"))
     registry.register(spec("digits_val", "val"))
     for style in STYLES:
         registry.register(spec(f"digits_{style}", f"test_{style}"))
-    registry.register_suite("digits", f"digits_{setup.finetune_style}",
-                            tuple(f"digits_{s}" for s in setup.shift_styles))
+    registry.register_suite(
+        "digits", f"digits_{setup.finetune_style}", tuple(f"digits_{s}" for s in setup.shift_styles)
+    )

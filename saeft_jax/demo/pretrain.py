@@ -24,10 +24,22 @@ from saeft_jax.models.family import constant
 from saeft_jax.observe import progress
 from saeft_jax.training.optim import make_optimizer
 
-STYLE_WORDS = {"clean": "plain", "inverted": "inverted", "rotated": "rotated", "noisy": "noisy", "thick": "bold",
-               "colored": "colorful"}
-CAPTIONS = ("a photo of the digit {d}.", "a {s} photo of the digit {d}.", "an image of the number {d}.",
-            "a {s} image of the number {d}.", "the handwritten digit {d}.", "a {s} {d}.")
+STYLE_WORDS = {
+    "clean": "plain",
+    "inverted": "inverted",
+    "rotated": "rotated",
+    "noisy": "noisy",
+    "thick": "bold",
+    "colored": "colorful",
+}
+CAPTIONS = (
+    "a photo of the digit {d}.",
+    "a {s} photo of the digit {d}.",
+    "an image of the number {d}.",
+    "a {s} image of the number {d}.",
+    "the handwritten digit {d}.",
+    "a {s} {d}.",
+)
 _VERSION = 1  # bump when the pretraining recipe changes, so caches are not reused
 
 
@@ -63,8 +75,9 @@ def checkpoint_dir(cache_dir: str | Path, data: digits.DigitsSetup, setup: Pretr
     return Path(cache_dir).expanduser() / f"demo-{setup.family}-{key}"
 
 
-def demo_model(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSetup, *,
-              show_progress: bool = True) -> Path:
+def demo_model(
+    cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSetup, *, show_progress: bool = True
+) -> Path:
     """The checkpoint directory for these settings, pretraining it first when it is not cached."""
     directory = checkpoint_dir(cache_dir, data, setup)
     if (directory / "model.safetensors").exists():
@@ -78,8 +91,9 @@ def demo_model(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainS
 
 
 def _corpus() -> list[str]:
-    return [c.format(d=d, s=s) for c in CAPTIONS for d in digits.NAMES for s in STYLE_WORDS.values()] + \
-           [t.format(d) for t in digits.TEMPLATES for d in digits.NAMES]
+    return [c.format(d=d, s=s) for c in CAPTIONS for d in digits.NAMES for s in STYLE_WORDS.values()] + [
+        t.format(d) for t in digits.TEMPLATES for d in digits.NAMES
+    ]
 
 
 def _initial(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup) -> Model:
@@ -87,14 +101,29 @@ def _initial(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup) -> Model
     squash to the image size with mean and std 0.5; its embedding is the image tower's width)."""
     siglip_family = setup.family == "siglip"
     act, eps = ("gelu_pytorch_tanh", 1e-6) if siglip_family else ("quick_gelu", 1e-5)
-    vision = VisionConfig(hidden_size=setup.width, num_hidden_layers=setup.layers, num_attention_heads=4,
-                          intermediate_size=4 * setup.width, image_size=data.image_size, patch_size=setup.patch_size,
-                          hidden_act=act, layer_norm_eps=eps)
-    text = TextConfig(hidden_size=setup.text_width, num_hidden_layers=setup.text_layers, num_attention_heads=4,
-                      intermediate_size=4 * setup.text_width, vocab_size=len(tokenizer),
-                      max_position_embeddings=setup.context, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=act,
-                      layer_norm_eps=eps)
+    vision = VisionConfig(
+        hidden_size=setup.width,
+        num_hidden_layers=setup.layers,
+        num_attention_heads=4,
+        intermediate_size=4 * setup.width,
+        image_size=data.image_size,
+        patch_size=setup.patch_size,
+        hidden_act=act,
+        layer_norm_eps=eps,
+    )
+    text = TextConfig(
+        hidden_size=setup.text_width,
+        num_hidden_layers=setup.text_layers,
+        num_attention_heads=4,
+        intermediate_size=4 * setup.text_width,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=setup.context,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act=act,
+        layer_norm_eps=eps,
+    )
     rng = jax.random.PRNGKey(setup.seed)
     if siglip_family:
         config = siglip.SiglipConfig(vision, text, projection_size=setup.width)
@@ -105,8 +134,9 @@ def _initial(tokenizer, data: digits.DigitsSetup, setup: PretrainSetup) -> Model
         params["logit_bias"] = np.full((1,), np.log(1 / 9), np.float32)
         return Model(SiglipFamily(), config, params, constant(tokenizer), spec)
     config = CLIPConfig(vision, text, projection_dim=setup.projection_dim)
-    return Model(ClipFamily(), config, init_params(CLIP(config), rng), constant(tokenizer),
-                 ImageSpec(size=data.image_size))
+    return Model(
+        ClipFamily(), config, init_params(CLIP(config), rng), constant(tokenizer), ImageSpec(size=data.image_size)
+    )
 
 
 def _caption_ids(tokenizer, context: int) -> np.ndarray:

@@ -14,8 +14,12 @@ from saeft_jax.demo import digits, pretrain
 def prepare(config: ml_collections.ConfigDict) -> str:
     """The demo checkpoint's directory; process 0 builds what is missing while the others wait."""
     data = digits.DigitsSetup(finetune_style=config.demo.finetune_style)
-    recipe = pretrain.PretrainSetup(family=config.demo.family, steps=config.demo.pretrain_steps, batch_size=config.demo.pretrain_batch_size,
-                                    seed=config.seed)
+    recipe = pretrain.PretrainSetup(
+        family=config.demo.family,
+        steps=config.demo.pretrain_steps,
+        batch_size=config.demo.pretrain_batch_size,
+        seed=config.seed,
+    )
     if jax.process_index() == 0:
         digits.write_dataset(config.data_dir or DEFAULT_DATA_DIR, data)
         pretrain.demo_model(config.demo.cache_dir, data, recipe, show_progress=config.show_progress)

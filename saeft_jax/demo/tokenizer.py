@@ -14,18 +14,24 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
-def build_tokenizer(corpus: Iterable[str], directory: str | Path,
-                    vocab_size: int = 1000) -> transformers.CLIPTokenizerFast:
+def build_tokenizer(
+    corpus: Iterable[str], directory: str | Path, vocab_size: int = 1000
+) -> transformers.CLIPTokenizerFast:
     """Learns merges from `corpus` (lower-cased) and writes a CLIP tokenizer to `directory`: the
     256 byte symbols, the same with `</w>`, one token per merge, then the two special tokens."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     learner = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    learner.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    learner.train_from_iterator((text.lower() for text in corpus), trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False))
+    learner.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    learner.train_from_iterator(
+        (text.lower() for text in corpus),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False
+        ),
+    )
     merges = [" ".join(pair) for pair in _merges(learner)]
     tokens = alphabet + [c + "</w>" for c in alphabet]
     known = set(tokens)

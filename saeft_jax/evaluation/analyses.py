@@ -59,8 +59,9 @@ class Comparison:
 
     @functools.cached_property
     def changes(self) -> interpret.FeatureChanges:
-        return interpret.feature_changes(self.zeroshot.codes, self.finetuned.codes, self.labels,
-                                         self.zeroshot.sae.dict_size, self.num_classes)
+        return interpret.feature_changes(
+            self.zeroshot.codes, self.finetuned.codes, self.labels, self.zeroshot.sae.dict_size, self.num_classes
+        )
 
 
 @dataclasses.dataclass
@@ -128,8 +129,9 @@ def feature_effects(m: MethodComparison) -> dict:
     costs or buys on every dataset, undone one at a time in the SAE's input space, and undoing all
     added, all removed and both at once (`saeft_jax.evaluation.effects`)."""
     changes = effects.top_changes(m.comparisons[m.in_distribution].changes, m.settings.effects_top)
-    return effects.method_effects({name: (c.zeroshot, c.finetuned, c.labels, m.scorers[name])
-                                   for name, c in m.comparisons.items()}, changes)
+    return effects.method_effects(
+        {name: (c.zeroshot, c.finetuned, c.labels, m.scorers[name]) for name, c in m.comparisons.items()}, changes
+    )
 
 
 @analysis(uses_sae=True)
@@ -151,8 +153,10 @@ def code_magnitude(c: Comparison) -> dict[str, float]:
     """The mean L1 norm of an image's codes, fine-tuned and zero-shot: a penalty on features that
     appear can be met by weakening every code, which moves the embeddings where the dictionary
     responds little."""
-    return {"code_l1": float(np.abs(c.finetuned.codes[0]).sum(1).mean()),
-            "code_l1_zeroshot": float(np.abs(c.zeroshot.codes[0]).sum(1).mean())}
+    return {
+        "code_l1": float(np.abs(c.finetuned.codes[0]).sum(1).mean()),
+        "code_l1_zeroshot": float(np.abs(c.zeroshot.codes[0]).sum(1).mean()),
+    }
 
 
 @analysis(uses_sae=False)
@@ -160,5 +164,7 @@ def cka(c: Comparison) -> dict[str, float]:
     """Linear CKA between the zero-shot and fine-tuned representations over the images (`cka`,
     WiSE-FT's Eq. 10), and beside it the reference's variant over the feature dimensions
     (`cka_reference`, `interpret.reference_cka`), to compare with its numbers."""
-    return {"cka": interpret.linear_cka(c.zeroshot.values, c.finetuned.values),
-            "cka_reference": interpret.reference_cka(c.zeroshot.values, c.finetuned.values)}
+    return {
+        "cka": interpret.linear_cka(c.zeroshot.values, c.finetuned.values),
+        "cka_reference": interpret.reference_cka(c.zeroshot.values, c.finetuned.values),
+    }

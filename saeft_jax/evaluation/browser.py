@@ -45,16 +45,28 @@ def model_view(codes: interpret.Codes, features: Sequence[int], scale: np.ndarra
         mine = slice(starts[i], starts[i + 1])
         top = scale[f] if scale[f] > 0 else 1.0
         bins = np.minimum((activation[mine] / top * BINS).astype(int), BINS - 1)
-        out[f] = {"rows": rows[mine][:images].tolist(), "density": float(density[i]),
-                  "histogram": np.bincount(bins, minlength=BINS).tolist(), "scale": float(scale[f])}
+        out[f] = {
+            "rows": rows[mine][:images].tolist(),
+            "density": float(density[i]),
+            "histogram": np.bincount(bins, minlength=BINS).tolist(),
+            "scale": float(scale[f]),
+        }
     return out
 
 
-def feature_cards(codes: dict[str, interpret.Codes], changes: dict[str, dict[str, interpret.FeatureChanges]],
-                  dataset: str, classnames: Sequence[str], names: dict[int, list[tuple[str, float]]],
-                  features: Sequence[int], *, dict_size: int, images: int,
-                  effects: dict[str, list[dict[str, Any]]] | None = None, ood: Sequence[str] = ()
-                  ) -> list[dict[str, Any]]:
+def feature_cards(
+    codes: dict[str, interpret.Codes],
+    changes: dict[str, dict[str, interpret.FeatureChanges]],
+    dataset: str,
+    classnames: Sequence[str],
+    names: dict[int, list[tuple[str, float]]],
+    features: Sequence[int],
+    *,
+    dict_size: int,
+    images: int,
+    effects: dict[str, list[dict[str, Any]]] | None = None,
+    ood: Sequence[str] = (),
+) -> list[dict[str, Any]]:
     """One card per feature of `features`. `codes` holds the codes of `dataset`'s images (the rows
     the cards' images index) under "zeroshot" and each method; `changes` every method's changes per
     dataset; `names` each feature's nearest vocabulary entries; `effects` each method's measured
@@ -79,11 +91,19 @@ def feature_cards(codes: dict[str, interpret.Codes], changes: dict[str, dict[str
                 "added": int(sum(c.added_count[f] for c in by_dataset.values())),
                 "removed": int(sum(c.removed_count[f] for c in by_dataset.values())),
                 "by_dataset": {d: [int(c.added_count[f]), int(c.removed_count[f])] for d, c in by_dataset.items()},
-                "by_class": sorted(([classnames[c], int(here.class_added[c, f]), int(here.class_removed[c, f])]
-                                    for c in classes), key=lambda row: -(row[1] + row[2]))}
+                "by_class": sorted(
+                    ([classnames[c], int(here.class_added[c, f]), int(here.class_removed[c, f])] for c in classes),
+                    key=lambda row: -(row[1] + row[2]),
+                ),
+            }
             if (method, f) in measured:
                 methods[method]["effects"] = measured[method, f]
-        cards.append({"feature": f, "names": [[name, similarity] for name, similarity in names[f]],
-                      "models": {model: view[f] for model, view in views.items()},
-                      "methods": methods})
+        cards.append(
+            {
+                "feature": f,
+                "names": [[name, similarity] for name, similarity in names[f]],
+                "models": {model: view[f] for model, view in views.items()},
+                "methods": methods,
+            }
+        )
     return cards

@@ -51,8 +51,9 @@ def _value_of(values: jax.Array, indices: jax.Array, features: jax.Array) -> jax
 
 
 @jax.jit
-def undo_coefficients(codes0: interpret.Codes, codes_t: interpret.Codes, features: jax.Array,
-                      added: jax.Array) -> jax.Array:
+def undo_coefficients(
+    codes0: interpret.Codes, codes_t: interpret.Codes, features: jax.Array, added: jax.Array
+) -> jax.Array:
     """(N, J): how far undoing change j moves each row along W_dec[features[j]]: s0 - st where the
     change happened on the row (`added[j]`: st holds the feature and s0 not; else the converse),
     0 elsewhere."""
@@ -85,12 +86,14 @@ def _correct(scorer: Scorer, x: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _correct_undone(scorer: Scorer, x: jax.Array, labels: jax.Array, coefficients: jax.Array,
-                    atoms: jax.Array) -> jax.Array:
+def _correct_undone(
+    scorer: Scorer, x: jax.Array, labels: jax.Array, coefficients: jax.Array, atoms: jax.Array
+) -> jax.Array:
     """(J,): correct rows with change j alone undone, x + coefficients[:, j] atoms[j], one change
     after another (one moved copy of x at a time)."""
-    return jax.lax.map(lambda change: _correct(scorer, x + change[0][:, None] * change[1], labels),
-                       (coefficients.T, atoms))
+    return jax.lax.map(
+        lambda change: _correct(scorer, x + change[0][:, None] * change[1], labels), (coefficients.T, atoms)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +106,15 @@ class DatasetEffects:
     undo_all: dict[str, float]  # "added", "removed", "both": the same with all of them undone at once
 
 
-def dataset_effects(inputs: np.ndarray, codes0: interpret.Codes, codes_t: interpret.Codes, atoms: np.ndarray,
-                    labels: np.ndarray, scorer: Scorer, changes: Sequence[tuple[int, str]]) -> DatasetEffects:
+def dataset_effects(
+    inputs: np.ndarray,
+    codes0: interpret.Codes,
+    codes_t: interpret.Codes,
+    atoms: np.ndarray,
+    labels: np.ndarray,
+    scorer: Scorer,
+    changes: Sequence[tuple[int, str]],
+) -> DatasetEffects:
     """The effects of undoing each of `changes` on one dataset: `inputs` (N, d) are the fine-tuned
     embeddings as the SAE takes them, `codes0` / `codes_t` the zero-shot and fine-tuned codes of
     the same rows, `atoms` the decoder's rows (F, d), `scorer` the method's head on this dataset."""
@@ -117,8 +127,7 @@ def dataset_effects(inputs: np.ndarray, codes0: interpret.Codes, codes_t: interp
     added_shift, removed_shift = undo_all_shifts(codes0, codes_t, atoms)
     together = {"added": added_shift, "removed": removed_shift, "both": added_shift + removed_shift}
     undo_all = {kind: (int(_correct(scorer, x + shift, labels)) - base) / n for kind, shift in together.items()}
-    return DatasetEffects(base / n, np.asarray(jnp.count_nonzero(coefficients, axis=0)), (undone - base) / n,
-                          undo_all)
+    return DatasetEffects(base / n, np.asarray(jnp.count_nonzero(coefficients, axis=0)), (undone - base) / n, undo_all)
 
 
 def method_effects(datasets: dict[str, tuple], changes: Sequence[tuple[int, str]]) -> dict[str, Any]:
@@ -131,11 +140,17 @@ def method_effects(datasets: dict[str, tuple], changes: Sequence[tuple[int, str]
     for name, (zeroshot, finetuned, labels, scorer) in datasets.items():
         sae = finetuned.sae
         inputs = np.asarray(sae.inputs(jnp.asarray(finetuned.values, jnp.float32)))
-        measured[name] = dataset_effects(inputs, zeroshot.codes, finetuned.codes, np.asarray(sae.atoms), labels,
-                                         scorer, changes)
-    entries = [{"feature": feature, "change": kind,
-                "images": {name: int(m.images[i]) for name, m in measured.items()},
-                "effects": {name: float(m.effects[i]) for name, m in measured.items()}}
-               for i, (feature, kind) in enumerate(changes)]
+        measured[name] = dataset_effects(
+            inputs, zeroshot.codes, finetuned.codes, np.asarray(sae.atoms), labels, scorer, changes
+        )
+    entries = [
+        {
+            "feature": feature,
+            "change": kind,
+            "images": {name: int(m.images[i]) for name, m in measured.items()},
+            "effects": {name: float(m.effects[i]) for name, m in measured.items()},
+        }
+        for i, (feature, kind) in enumerate(changes)
+    ]
     undo_all = {kind: {name: m.undo_all[kind] for name, m in measured.items()} for kind in ("added", "removed", "both")}
     return {"feature_effects": entries, "undo_all": undo_all}

@@ -43,30 +43,49 @@ class DatasetEvaluation:
     def summary(self) -> dict[str, Any]:
         """JSON-ready: metric name and value per alpha; under "reference", the reference's
         definition of the metric (its name and value per alpha) where it has its own."""
-        summary = {"metric": self.metric, "n": int(len(self.labels)),
-                   "scores": {wise.alpha_key(a): s for a, s in self.scores.items()}}
+        summary = {
+            "metric": self.metric,
+            "n": int(len(self.labels)),
+            "scores": {wise.alpha_key(a): s for a, s in self.scores.items()},
+        }
         if self.reference_scores is not None:
-            summary["reference"] = {"metric": metrics.REFERENCE_DEFINITIONS[self.metric],
-                                    "scores": {wise.alpha_key(a): s for a, s in self.reference_scores.items()}}
+            summary["reference"] = {
+                "metric": metrics.REFERENCE_DEFINITIONS[self.metric],
+                "scores": {wise.alpha_key(a): s for a, s in self.reference_scores.items()},
+            }
         return summary
 
 
-def score(spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-          metric: str | None = None) -> float:
+def score(
+    spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray, metric: str | None = None
+) -> float:
     """`spec`'s metric (or `metric`) of predictions in its label space."""
     return metrics.score(metric or spec.metric, predictions, labels, groups, spec.ignored_groups)
 
 
-def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: DatasetSpec, source, *,
-                     image_spec: ImageSpec, mesh, global_batch: int, alphas=wise.DEFAULT_ALPHAS,
-                     num_workers: int = 0, show_progress: bool = True, sweep=None) -> DatasetEvaluation:
+def evaluate_dataset(
+    encoder: nn.Module,
+    theta0: dict,
+    theta_ft: dict,
+    spec: DatasetSpec,
+    source,
+    *,
+    image_spec: ImageSpec,
+    mesh,
+    global_batch: int,
+    alphas=wise.DEFAULT_ALPHAS,
+    num_workers: int = 0,
+    show_progress: bool = True,
+    sweep=None,
+) -> DatasetEvaluation:
     """Scores every alpha of `wise.sweep_alphas(alphas)` on all of `source` in one pass. Pass
     `sweep` (from `wise.make_sweep` with this spec's projection) to reuse its compilation."""
     sweep = sweep or wise.make_sweep(encoder, spec.project, alphas, mesh)
     alphas = wise.sweep_alphas(alphas)
     share = pipeline.Share.of_this_process(global_batch)
-    batches = pipeline.eval_batches(source, share=share, transform=eval_transform(image_spec, spec.border_crop),
-                                    num_workers=num_workers)
+    batches = pipeline.eval_batches(
+        source, share=share, transform=eval_transform(image_spec, spec.border_crop), num_workers=num_workers
+    )
     sharding = parallel.batch_sharding(mesh)
     bar = progress(len(source), f"evaluate {spec.name}", enabled=show_progress, unit="img")
     keep: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "group", "index", "mask", "pred", "emb")}
@@ -86,15 +105,36 @@ def evaluate_dataset(encoder: nn.Module, theta0: dict, theta_ft: dict, spec: Dat
     embeddings = np.concatenate(keep["emb"], axis=1)[:, mask]
     scores = {a: score(spec, predictions[i], labels, groups) for i, a in enumerate(alphas)}
     reference = metrics.REFERENCE_DEFINITIONS.get(spec.metric)
-    reference_scores = None if reference is None else {
-        a: score(spec, predictions[i], labels, groups, reference) for i, a in enumerate(alphas)}
-    return DatasetEvaluation(spec.name, spec.metric, alphas, scores, labels, groups,
-                             np.concatenate(keep["index"])[mask], predictions, embeddings[0], embeddings[1],
-                             reference_scores)
+    reference_scores = (
+        None
+        if reference is None
+        else {a: score(spec, predictions[i], labels, groups, reference) for i, a in enumerate(alphas)}
+    )
+    return DatasetEvaluation(
+        spec.name,
+        spec.metric,
+        alphas,
+        scores,
+        labels,
+        groups,
+        np.concatenate(keep["index"])[mask],
+        predictions,
+        embeddings[0],
+        embeddings[1],
+        reference_scores,
+    )
 
 
-def make_scorer(encoder: nn.Module, spec: DatasetSpec, source, *, image_spec: ImageSpec, mesh, global_batch: int,
-                num_workers: int = 0) -> Callable[[dict], float]:
+def make_scorer(
+    encoder: nn.Module,
+    spec: DatasetSpec,
+    source,
+    *,
+    image_spec: ImageSpec,
+    mesh,
+    global_batch: int,
+    num_workers: int = 0,
+) -> Callable[[dict], float]:
     """`score(theta) -> float`: `spec`'s metric of the model theta = {"encoder", "head"} on all of
     `source`, one pass, compiled once; the parameters stay where they are (replicated or sharded)
     and only predictions come to the host. Every process calls it; each gets the same score."""

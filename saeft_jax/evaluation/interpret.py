@@ -27,6 +27,7 @@ def reference_cka(x: np.ndarray, y: np.ndarray) -> float:
     transposed matrices, so over the d feature dimensions: the (d, d) Grams X^T X and Y^T Y of the
     uncentred embeddings, each double-centred (H G H over d), compared by ||.||_F-normalised inner
     product. Not invariant to rotating one representation, as `linear_cka` is."""
+
     def centred_gram(z: np.ndarray) -> np.ndarray:
         gram = z.T @ z
         return gram - gram.mean(0, keepdims=True) - gram.mean(1, keepdims=True) + gram.mean()
@@ -61,17 +62,26 @@ class FeatureChanges:
             n = self.class_images[c]
             gained = np.argsort(-self.class_added[c], kind="stable")[:top]
             lost = np.argsort(-self.class_removed[c], kind="stable")[:top]
-            rows.append({"class": classnames[c], "images": int(n),
-                         "added_per_image": float(self.class_added[c].sum() / n),
-                         "removed_per_image": float(self.class_removed[c].sum() / n),
-                         "top_added": [(int(f), int(self.class_added[c, f])) for f in gained if self.class_added[c, f]],
-                         "top_removed": [(int(f), int(self.class_removed[c, f])) for f in lost
-                                         if self.class_removed[c, f]]})
+            rows.append(
+                {
+                    "class": classnames[c],
+                    "images": int(n),
+                    "added_per_image": float(self.class_added[c].sum() / n),
+                    "removed_per_image": float(self.class_removed[c].sum() / n),
+                    "top_added": [(int(f), int(self.class_added[c, f])) for f in gained if self.class_added[c, f]],
+                    "top_removed": [(int(f), int(self.class_removed[c, f])) for f in lost if self.class_removed[c, f]],
+                }
+            )
         return rows
 
 
-def feature_changes(codes0: tuple[np.ndarray, np.ndarray], codes_t: tuple[np.ndarray, np.ndarray],
-                    labels: np.ndarray, dict_size: int, num_classes: int) -> FeatureChanges:
+def feature_changes(
+    codes0: tuple[np.ndarray, np.ndarray],
+    codes_t: tuple[np.ndarray, np.ndarray],
+    labels: np.ndarray,
+    dict_size: int,
+    num_classes: int,
+) -> FeatureChanges:
     """Aggregates of the change from zero-shot codes `codes0` to fine-tuned codes `codes_t`
     (each (values, indices) of the same images, in order) over images and per class."""
     labels = np.asarray(labels)
@@ -89,13 +99,21 @@ def feature_changes(codes0: tuple[np.ndarray, np.ndarray], codes_t: tuple[np.nda
         np.add.at(class_added, labels[rows], added.astype(np.int64))
         np.add.at(class_removed, labels[rows], removed.astype(np.int64))
     n = len(labels)
-    return FeatureChanges(float(sums["added"].sum() / n), float(sums["removed"].sum() / n),
-                          sums["added"].astype(np.int64), sums["removed"].astype(np.int64), sums["change"] / n,
-                          class_added, class_removed, np.bincount(labels, minlength=num_classes))
+    return FeatureChanges(
+        float(sums["added"].sum() / n),
+        float(sums["removed"].sum() / n),
+        sums["added"].astype(np.int64),
+        sums["removed"].astype(np.int64),
+        sums["change"] / n,
+        class_added,
+        class_removed,
+        np.bincount(labels, minlength=num_classes),
+    )
 
 
-def name_features(atoms: np.ndarray, text_embeddings: np.ndarray, vocabulary: Sequence[str],
-                  features: Sequence[int], top: int = 3) -> dict[int, list[tuple[str, float]]]:
+def name_features(
+    atoms: np.ndarray, text_embeddings: np.ndarray, vocabulary: Sequence[str], features: Sequence[int], top: int = 3
+) -> dict[int, list[tuple[str, float]]]:
     """Each feature's `top` nearest vocabulary entries by cosine between its decoder atom and the
     entries' text embeddings (both in CLIP's joint space after the projection)."""
     text = np.asarray(text_embeddings, np.float64)
@@ -120,23 +138,45 @@ def top_activating(codes: tuple[np.ndarray, np.ndarray], feature: int, count: in
 Codes = tuple[np.ndarray, np.ndarray]
 
 
-def explain(changes: FeatureChanges, codes0: Codes, codes_t: Codes, atoms: np.ndarray, text: np.ndarray,
-            vocabulary: Sequence[str], classnames: Sequence[str], *, top_features: int, images_per_feature: int,
-            classes_shown: int) -> dict[str, Any]:
+def explain(
+    changes: FeatureChanges,
+    codes0: Codes,
+    codes_t: Codes,
+    atoms: np.ndarray,
+    text: np.ndarray,
+    vocabulary: Sequence[str],
+    classnames: Sequence[str],
+    *,
+    top_features: int,
+    images_per_feature: int,
+    classes_shown: int,
+) -> dict[str, Any]:
     """The features most often gained and lost, each with its nearest vocabulary entries, its
     mean activation change and the rows of its top-activating images (fine-tuned codes for a
     gained feature, zero-shot codes for a lost one), and the classes that changed most."""
     gained = [int(f) for f in np.argsort(-changes.added_count, kind="stable")[:top_features] if changes.added_count[f]]
-    lost = [int(f) for f in np.argsort(-changes.removed_count, kind="stable")[:top_features]
-            if changes.removed_count[f]]
+    lost = [
+        int(f) for f in np.argsort(-changes.removed_count, kind="stable")[:top_features] if changes.removed_count[f]
+    ]
     names = name_features(atoms, text, vocabulary, gained + lost)
 
     def entries(features: list[int], counts: np.ndarray, codes: Codes) -> list[dict[str, Any]]:
-        return [{"feature": f, "images": int(counts[f]), "mean_change": float(changes.mean_change[f]),
-                 "names": names[f], "top_rows": top_activating(codes, f, images_per_feature).tolist()}
-                for f in features]
+        return [
+            {
+                "feature": f,
+                "images": int(counts[f]),
+                "mean_change": float(changes.mean_change[f]),
+                "names": names[f],
+                "top_rows": top_activating(codes, f, images_per_feature).tolist(),
+            }
+            for f in features
+        ]
 
-    per_class = sorted(changes.top_per_class(classnames),
-                       key=lambda r: -(r["added_per_image"] + r["removed_per_image"]))[:classes_shown]
-    return {"gained": entries(gained, changes.added_count, codes_t),
-            "lost": entries(lost, changes.removed_count, codes0), "per_class": per_class}
+    per_class = sorted(
+        changes.top_per_class(classnames), key=lambda r: -(r["added_per_image"] + r["removed_per_image"])
+    )[:classes_shown]
+    return {
+        "gained": entries(gained, changes.added_count, codes_t),
+        "lost": entries(lost, changes.removed_count, codes0),
+        "per_class": per_class,
+    }

@@ -40,8 +40,7 @@ def macro_f1_union(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def worst_group(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                ignored: Sequence[int] = ()) -> float:
+def worst_group(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray, ignored: Sequence[int] = ()) -> float:
     """The lowest accuracy over the groups present, leaving out `ignored` groups."""
     predictions, labels, groups = np.asarray(predictions), np.asarray(labels), np.asarray(groups)
     kept = [g for g in np.unique(groups) if g not in set(ignored)]
@@ -56,8 +55,13 @@ def worst_group(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray,
 REFERENCE_DEFINITIONS = {"macro_f1": "macro_f1_union", "worst_group": "worst_group_all"}
 
 
-def score(metric: str, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-          ignored_groups: Sequence[int] = ()) -> float:
+def score(
+    metric: str,
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    ignored_groups: Sequence[int] = (),
+) -> float:
     """The value of metric `metric` ("top1", "macro_f1", "worst_group", or the reference's
     "macro_f1_union" and "worst_group_all", which leaves out no group)."""
     if metric == "top1":
@@ -70,5 +74,4 @@ def score(metric: str, predictions: np.ndarray, labels: np.ndarray, groups: np.n
         return macro_f1_union(predictions, labels)
     if metric == "worst_group_all":
         return worst_group(predictions, labels, groups)
-    raise ValueError(f"unknown metric {metric!r}; known: top1, macro_f1, worst_group, macro_f1_union, "
-                     f"worst_group_all")
+    raise ValueError(f"unknown metric {metric!r}; known: top1, macro_f1, worst_group, macro_f1_union, worst_group_all")

@@ -31,6 +31,7 @@ def alpha_key(alpha: float) -> str:
 def mix(theta0, theta_ft, alpha):
     """(1 - alpha) theta0 + alpha theta_ft, leaf by leaf; alpha 0 and 1 are the endpoints themselves,
     so the zero-shot row is the zero-shot model's whatever the other holds (`0 * inf` is NaN)."""
+
     def one(a, b):
         mixed = (1 - alpha) * a + alpha * b
         return jnp.where(alpha == 0, a, jnp.where(alpha == 1, b, mixed))

@@ -188,11 +188,14 @@ def patch_embedding(cfg: VisionConfig, dtype: Dtype, images: jax.Array, *, use_b
     """(B, patches, width): the patch convolution (`patch_embedding`, a submodule of the calling
     module) of NHWC images of the configured shape, flattened row by row."""
     if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.num_channels):
-        raise ValueError(f"encode_image expects NHWC images of shape (B, {cfg.image_size}, {cfg.image_size}, "
-                         f"{cfg.num_channels}); got {images.shape}. Resize with saeft_jax.data.preprocess.")
+        raise ValueError(
+            f"encode_image expects NHWC images of shape (B, {cfg.image_size}, {cfg.image_size}, "
+            f"{cfg.num_channels}); got {images.shape}. Resize with saeft_jax.data.preprocess."
+        )
     p = cfg.patch_size
-    patches = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=use_bias, dtype=dtype,
-                      name="patch_embedding")(images)
+    patches = nn.Conv(
+        cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=use_bias, dtype=dtype, name="patch_embedding"
+    )(images)
     return patches.reshape(patches.shape[0], -1, cfg.hidden_size)
 
 
@@ -244,8 +247,9 @@ class TextTransformer(nn.Module):
     def __call__(self, input_ids: jax.Array) -> jax.Array:
         cfg = self.config
         if input_ids.shape[-1] > cfg.max_position_embeddings:
-            raise ValueError(f"token sequences are at most {cfg.max_position_embeddings} long; "
-                             f"got {input_ids.shape[-1]}")
+            raise ValueError(
+                f"token sequences are at most {cfg.max_position_embeddings} long; got {input_ids.shape[-1]}"
+            )
         x = TextEmbeddings(cfg, self.dtype, name="embeddings")(input_ids)
         x, _ = Encoder(cfg, self.causal, self.dtype, self.remat, name="encoder")(x)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
@@ -263,8 +267,7 @@ class TextEmbeddings(nn.Module):
     def __call__(self, input_ids: jax.Array) -> jax.Array:
         cfg = self.config
         tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, name="token_embedding")
-        positions = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=self.dtype,
-                             name="position_embedding")
+        positions = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=self.dtype, name="position_embedding")
         return tokens(input_ids) + positions(jnp.arange(input_ids.shape[-1]))
 
 

@@ -13,8 +13,14 @@ _TEXT_L = TextConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=
 
 
 def _vit(width: int, layers: int, heads: int, patch: int, image: int = 224) -> VisionConfig:
-    return VisionConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * width, image_size=image, patch_size=patch)
+    return VisionConfig(
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        image_size=image,
+        patch_size=patch,
+    )
 
 
 SHAPES: dict[str, CLIPConfig] = {

@@ -72,8 +72,9 @@ class Family(abc.ABC):
         """The head from (C, T, d) text embeddings of every class under every template."""
 
     @abc.abstractmethod
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array,
-                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:
+    def pretrain_loss(
+        self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array, clamp: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
         """(loss, logits (B, B)) of the family's pre-training objective on (B, d) image and text
         embeddings; `scales` holds `loss_params`, `positives` (B, B) marks matching pairs; `clamp`:
         the scales within the range the family's own training keeps them in (where it has one)."""
@@ -158,8 +159,9 @@ class Model:
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """(N, context_length) int32 ids, padded to the context length as the family was trained."""
-        return self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
-                              return_tensors="np")["input_ids"].astype(np.int32)
+        return self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.context_length, return_tensors="np"
+        )["input_ids"].astype(np.int32)
 
     @property
     def pad_token_id(self) -> int:
@@ -168,8 +170,9 @@ class Model:
     def zeroshot_head(self, text_embeddings: jax.Array, params: dict | None = None) -> Head:
         return self.family.zeroshot_head(text_embeddings, self.params if params is None else params)
 
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array | None = None, *,
-                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:
+    def pretrain_loss(
+        self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array | None = None, *, clamp: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
         positives = jnp.eye(image.shape[0], dtype=bool) if positives is None else positives
         return self.family.pretrain_loss(image, text, scales, positives, clamp)
 
@@ -180,8 +183,9 @@ class Model:
         """Whether WiSE-FT can mix this model's image side with `other`'s."""
         return self.family.name == other.family.name and self.family.same_image_tower(self.config, other.config)
 
-    def save(self, out_dir: str | os.PathLike, format: str = "hf", params: dict | None = None, *,
-             overwrite: bool = False) -> Any:
+    def save(
+        self, out_dir: str | os.PathLike, format: str = "hf", params: dict | None = None, *, overwrite: bool = False
+    ) -> Any:
         """Writes the model (with `params` in place of its own, when given), its tokenizer and image
         settings as a checkpoint of `format` ("hf": transformers' layout; "open_clip": the
         directory open_clip's `create_model("local-dir:...")` opens), atomically. An existing
@@ -189,8 +193,9 @@ class Model:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
         if not overwrite and storage.path(out_dir).exists():
-            raise weights.CheckpointError(f"{out_dir} already exists; save into a new directory (or pass "
-                                          f"overwrite=True to replace it whole).")
+            raise weights.CheckpointError(
+                f"{out_dir} already exists; save into a new directory (or pass overwrite=True to replace it whole)."
+            )
         params = jax.device_get(self.params if params is None else params)
         return weights.publish_dir(out_dir, lambda staging: self.family.save(self, params, staging, format))
 
@@ -210,13 +215,17 @@ def family_of(directory: Path) -> Family:
         if family.detect(directory):
             return family
     config = directory / "config.json"
-    found = (f"its config.json describes model_type {weights.read_json(config).get('model_type')!r}"
-             if config.exists() else "it has neither config.json nor open_clip_config.json")
+    found = (
+        f"its config.json describes model_type {weights.read_json(config).get('model_type')!r}"
+        if config.exists()
+        else "it has neither config.json nor open_clip_config.json"
+    )
     raise weights.CheckpointError(
         f"{directory} holds no checkpoint of a known model family ({', '.join(f.name for f in FAMILIES)}): {found}. "
         f"Expected a Hugging Face checkpoint whose config.json has one of those model types (SigLIP 2 with "
         f"model_type 'siglip'), or an open_clip directory (open_clip_config.json with open_clip_model.safetensors "
-        f"or open_clip_pytorch_model.bin).")
+        f"or open_clip_pytorch_model.bin)."
+    )
 
 
 def load(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, *, remat: bool = False) -> Model:

@@ -28,8 +28,16 @@ from flax import traverse_util
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import pt_layout, weights
 from saeft_jax.models.clip_family import save_tokenizer
-from saeft_jax.models.clip import (MLP, Encoder, TextConfig, TextTransformer, TowerConfig, VisionConfig, attend,
-                                   patch_embedding)
+from saeft_jax.models.clip import (
+    MLP,
+    Encoder,
+    TextConfig,
+    TextTransformer,
+    TowerConfig,
+    VisionConfig,
+    attend,
+    patch_embedding,
+)
 from saeft_jax.models.family import Family, Model
 from saeft_jax.models.heads import Head
 from saeft_jax.models.weights import CheckpointError
@@ -98,7 +106,8 @@ class AttentionPoolingHead(nn.Module):
         cfg = self.config
         probe = self.param("probe", nn.initializers.normal(1.0), (1, 1, cfg.hidden_size)).astype(self.dtype)
         x = PoolingAttention(cfg, self.dtype, name="attention")(
-            jnp.broadcast_to(probe, (tokens.shape[0], 1, cfg.hidden_size)), tokens)
+            jnp.broadcast_to(probe, (tokens.shape[0], 1, cfg.hidden_size)), tokens
+        )
         y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="layernorm")(x)
         return (x + MLP(cfg, self.dtype, name="mlp")(y))[:, 0]
 
@@ -134,7 +143,9 @@ class ImageEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, taps: Sequence[int] = ()) -> Any:
-        pooled, tapped = VisionTransformer(self.config.vision, self.dtype, self.remat, name="vision_model")(images, taps)
+        pooled, tapped = VisionTransformer(self.config.vision, self.dtype, self.remat, name="vision_model")(
+            images, taps
+        )
         pooled = pooled.astype(jnp.float32)
         return (pooled, tapped) if taps else pooled
 
@@ -184,8 +195,9 @@ def init_params(config: SiglipConfig, rng: jax.Array) -> dict:
     return jax.jit(model.init)(rng, images, ids)["params"]
 
 
-def sigmoid_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array,
-                 positives: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def sigmoid_loss(
+    image: jax.Array, text: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array, positives: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """(loss, logits): SigLIP's pairwise sigmoid loss of (B, d) image and text embeddings; logits
     (B, B, image rows) are exp(logit_scale) * cosine + logit_bias; every pair is a binary
     problem, matching (`positives`, default the diagonal) against not; the loss is the sum over
@@ -211,8 +223,12 @@ class SiglipFamily(Family):
 
     def read(self, directory: Path, dtype: Any, remat: bool) -> Model:
         config = read_hf_config(directory)
-        expected = {p: s.shape for p, s in traverse_util.flatten_dict(
-            jax.eval_shape(lambda: init_params(config, jax.random.key(0)))).items()}
+        expected = {
+            p: s.shape
+            for p, s in traverse_util.flatten_dict(
+                jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+            ).items()
+        }
         state, file = weights.read_state(directory, HF_WEIGHTS)
         flat = weights.flax_params(state, expected, file)
         params = traverse_util.unflatten_dict({p: jnp.asarray(v, jnp.float32) for p, v in flat.items()})
@@ -228,16 +244,21 @@ class SiglipFamily(Family):
         return TextEncoder(config, dtype, remat)
 
     def describe(self, config: SiglipConfig) -> dict[str, int]:
-        return {"embed_dim": config.embed_dim, "vision_layers": config.vision.num_hidden_layers,
-                "context_length": config.text.max_position_embeddings}
+        return {
+            "embed_dim": config.embed_dim,
+            "vision_layers": config.vision.num_hidden_layers,
+            "context_length": config.text.max_position_embeddings,
+        }
 
     def same_image_tower(self, config: SiglipConfig, other: SiglipConfig) -> bool:
         return config.vision == other.vision
 
     def save(self, model: Model, params: dict, out_dir: Path, format: str) -> None:
         if format != "hf":
-            raise CheckpointError("A SigLIP model is saved in transformers' layout only (format='hf'); open_clip's "
-                                  "layout is written for CLIP-family models.")
+            raise CheckpointError(
+                "A SigLIP model is saved in transformers' layout only (format='hf'); open_clip's "
+                "layout is written for CLIP-family models."
+            )
         flat = {p: np.asarray(v, np.float32) for p, v in traverse_util.flatten_dict(params).items()}
         weights.save_safetensors(out_dir / "model.safetensors", pt_layout.flax_to_pt_state(flat))
         config_to_hf(model.config).save_pretrained(out_dir)
@@ -249,55 +270,72 @@ class SiglipFamily(Family):
         w = unit(jnp.mean(unit(text_embeddings), axis=1)) * jnp.exp(jnp.reshape(params["logit_scale"], ()))
         return {"W": w, "b": jnp.full(w.shape[0], jnp.reshape(params["logit_bias"], ()), w.dtype)}
 
-    def pretrain_loss(self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array,
-                      clamp: bool = True) -> tuple[jax.Array, jax.Array]:  # SigLIP clamps nothing
+    def pretrain_loss(
+        self, image: jax.Array, text: jax.Array, scales: dict, positives: jax.Array, clamp: bool = True
+    ) -> tuple[jax.Array, jax.Array]:  # SigLIP clamps nothing
         return sigmoid_loss(image, text, scales["logit_scale"], scales["logit_bias"], positives)
 
 
 def read_hf_config(directory: Path) -> SiglipConfig:
     """Our `SiglipConfig` from a transformers `config.json` (model_type "siglip")."""
     if weights.read_json(directory / "config.json").get("model_type") == "siglip2":
-        raise CheckpointError(f"{directory} holds a NaFlex SigLIP 2 (model_type 'siglip2': variable resolution), "
-                              f"which this project does not cover; use a fixed-resolution SigLIP 2 checkpoint "
-                              f"(e.g. google/siglip2-base-patch16-224, model_type 'siglip').")
+        raise CheckpointError(
+            f"{directory} holds a NaFlex SigLIP 2 (model_type 'siglip2': variable resolution), "
+            f"which this project does not cover; use a fixed-resolution SigLIP 2 checkpoint "
+            f"(e.g. google/siglip2-base-patch16-224, model_type 'siglip')."
+        )
     try:
         hf = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)  # never run its code
     except (ValueError, OSError) as error:
         raise CheckpointError(f"{directory}/config.json is not a usable SigLIP config ({error}).") from error
     v, t = hf.vision_config, hf.text_config
     if not getattr(v, "vision_use_head", True):
-        raise CheckpointError(f"{directory}/config.json has vision_use_head false: its image tower has no pooled "
-                              f"embedding, so it cannot be fine-tuned or classify.")
+        raise CheckpointError(
+            f"{directory}/config.json has vision_use_head false: its image tower has no pooled "
+            f"embedding, so it cannot be fine-tuned or classify."
+        )
     tower = lambda c: {f: getattr(c, f) for f in _TOWER_FIELDS}
     projection = getattr(t, "projection_size", None) or t.hidden_size
     if projection != v.hidden_size:
-        raise CheckpointError(f"{directory}/config.json: the text head's projection_size {projection} differs from "
-                              f"the image width {v.hidden_size}; the two embeddings must share a space.")
+        raise CheckpointError(
+            f"{directory}/config.json: the text head's projection_size {projection} differs from "
+            f"the image width {v.hidden_size}; the two embeddings must share a space."
+        )
     return SiglipConfig(
         vision=VisionConfig(**tower(v), image_size=v.image_size, patch_size=v.patch_size, num_channels=v.num_channels),
-        text=TextConfig(**tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
-                        bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id),
-        projection_size=projection)
+        text=TextConfig(
+            **tower(t),
+            vocab_size=t.vocab_size,
+            max_position_embeddings=t.max_position_embeddings,
+            bos_token_id=t.bos_token_id,
+            eos_token_id=t.eos_token_id,
+            pad_token_id=t.pad_token_id,
+        ),
+        projection_size=projection,
+    )
 
 
 def config_to_hf(config: SiglipConfig) -> transformers.SiglipConfig:
     """transformers' `SiglipConfig` for `config`."""
     text = {k: v for k, v in vars(config.text).items() if k != "pooling"}
-    return transformers.SiglipConfig(text_config={**text, "projection_size": config.projection_size},
-                                     vision_config={**vars(config.vision), "vision_use_head": True})
+    return transformers.SiglipConfig(
+        text_config={**text, "projection_size": config.projection_size},
+        vision_config={**vars(config.vision), "vision_use_head": True},
+    )
 
 
 def _tokenizer(directory: Path) -> transformers.PreTrainedTokenizerBase:
     try:
         return transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except (OSError, ValueError, ImportError) as e:
-        raise CheckpointError(f"{directory}: its tokenizer could not be loaded ({e}). SigLIP checkpoints carry "
-                              f"tokenizer_config.json with spiece.model (SigLIP, needs the sentencepiece package) "
-                              f"or tokenizer.json (SigLIP 2).") from e
+        raise CheckpointError(
+            f"{directory}: its tokenizer could not be loaded ({e}). SigLIP checkpoints carry "
+            f"tokenizer_config.json with spiece.model (SigLIP, needs the sentencepiece package) "
+            f"or tokenizer.json (SigLIP 2)."
+        ) from e
 
 
 def _image_spec(directory: Path, config: SiglipConfig) -> ImageSpec:
     """`preprocessor_config.json` when present, else SigLIP's: a bicubic squash, mean and std 0.5."""
     default = ImageSpec(config.vision.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash", "bicubic")
     return weights.image_spec(directory, config.vision.image_size, default)
-

@@ -65,7 +65,8 @@ def download(repo_id: str) -> Path:
         raise CheckpointError(
             f"{repo_id!r} is neither a local directory nor in the Hugging Face cache, and downloads are off "
             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r} or no network). Download it where the "
-            f"network allows (`hf download {repo_id}`) or pass a local directory.") from e
+            f"network allows (`hf download {repo_id}`) or pass a local directory."
+        ) from e
     except (errors.RepositoryNotFoundError, errors.HfHubHTTPError, errors.HFValidationError) as e:
         raise CheckpointError(f"Could not fetch {repo_id!r} from the Hugging Face hub: {e}") from e
     return snapshot
@@ -98,8 +99,9 @@ def read_state(directory: Path, names: tuple[str, ...]) -> tuple[dict[str, np.nd
     raise CheckpointError(f"{directory} holds no weights: expected one of {', '.join(names)}; found {present}.")
 
 
-def flax_params(state: Mapping[str, np.ndarray], expected: Mapping[tuple[str, ...], tuple[int, ...]],
-                source: Path) -> dict[tuple[str, ...], np.ndarray]:
+def flax_params(
+    state: Mapping[str, np.ndarray], expected: Mapping[tuple[str, ...], tuple[int, ...]], source: Path
+) -> dict[tuple[str, ...], np.ndarray]:
     """The flat float32 Flax tree of a transformers-named state dict, checked complete against
     `expected` (leaf path -> shape)."""
     flat, unexpected = pt_layout.pt_to_flax_state(state, expected)
@@ -110,12 +112,17 @@ def flax_params(state: Mapping[str, np.ndarray], expected: Mapping[tuple[str, ..
 def check_complete(source: Path, flat: Mapping, expected: Mapping, unexpected: list[str]) -> None:
     """Refuses a state with missing, unexpected or wrongly shaped tensors, naming them all."""
     missing = ["/".join(p) for p in expected if p not in flat]
-    wrong = [f"{'/'.join(p)}: file {tuple(np.shape(flat[p]))} vs config {tuple(s)}"
-             for p, s in expected.items() if p in flat and tuple(np.shape(flat[p])) != tuple(s)]
+    wrong = [
+        f"{'/'.join(p)}: file {tuple(np.shape(flat[p]))} vs config {tuple(s)}"
+        for p, s in expected.items()
+        if p in flat and tuple(np.shape(flat[p])) != tuple(s)
+    ]
     if missing or unexpected or wrong:
-        parts = [f"{name} ({len(items)}): {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}"
-                 for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                 if items]
+        parts = [
+            f"{name} ({len(items)}): {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}"
+            for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if items
+        ]
         raise CheckpointError(f"{source} does not match its config; nothing was loaded. " + "; ".join(parts))
 
 
@@ -130,8 +137,10 @@ def image_spec(directory: Path, size: int, default: ImageSpec) -> ImageSpec:
     except (AttributeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{file} is not a usable image processor config ({error}).") from error
     if spec.size != size:
-        raise CheckpointError(f"{file} prepares {spec.size}-pixel images, but the model takes {size}; fix its size "
-                              f"(and crop_size) or remove the file to use the model's own settings.")
+        raise CheckpointError(
+            f"{file} prepares {spec.size}-pixel images, but the model takes {size}; fix its size "
+            f"(and crop_size) or remove the file to use the model's own settings."
+        )
     return spec
 
 
@@ -161,8 +170,10 @@ def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
     try:
         return safetensors.numpy.load_file(file)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({e}); it may be truncated or "
-                              f"corrupt: download or copy it again.") from e
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({e}); it may be truncated or "
+            f"corrupt: download or copy it again."
+        ) from e
 
 
 def _read_sharded(index: Path) -> dict[str, np.ndarray]:
@@ -182,14 +193,18 @@ def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise CheckpointError(f"{file} is a PyTorch pickle; install torch to read it (with weights_only=True) or "
-                              f"use a checkpoint that has safetensors weights.") from e
+        raise CheckpointError(
+            f"{file} is a PyTorch pickle; install torch to read it (with weights_only=True) or "
+            f"use a checkpoint that has safetensors weights."
+        ) from e
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        raise CheckpointError(f"{file} could not be read as plain tensors ({type(e).__name__}); it is corrupt or "
-                              f"holds arbitrary Python objects, which are never unpickled. Convert it to "
-                              f"safetensors where its source is trusted.") from e
+        raise CheckpointError(
+            f"{file} could not be read as plain tensors ({type(e).__name__}); it is corrupt or "
+            f"holds arbitrary Python objects, which are never unpickled. Convert it to "
+            f"safetensors where its source is trusted."
+        ) from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # open_clip training checkpoints
         state = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict):

@@ -16,23 +16,28 @@ def report_figures(report: dict[str, Any], directory) -> dict[str, str]:
     selected = {m: report["runs"][m]["selection"]["alpha"] for m in methods if "selection" in report["runs"][m]}
     figures = {}
     if report["id_dataset"] and report["ood_datasets"] and methods:  # the sweeps plot ID against OOD
+
         def curves(score) -> dict[str, tuple[list[float], list[float], list[float]]]:
             out = {}
             for method in methods:
                 wise = report["runs"][method]["wise"]
                 alphas = sorted(wise, key=float)
-                out[method] = ([float(a) for a in alphas], [wise[a]["metrics"][report["id_dataset"]] for a in alphas],
-                               [score(wise[a]) for a in alphas])
+                out[method] = (
+                    [float(a) for a in alphas],
+                    [wise[a]["metrics"][report["id_dataset"]] for a in alphas],
+                    [score(wise[a]) for a in alphas],
+                )
             return out
 
         average = curves(lambda scores: scores["avg_ood"])
         plots.wise_curves(average, directory / "wise.png", id_name=report["id_dataset"], selected=selected)
-        plots.wise_curves(average, directory / "wise_logit.png", id_name=report["id_dataset"], selected=selected,
-                          logit=True)
-        per_shift = {shift: curves(lambda scores, shift=shift: scores["metrics"][shift])
-                     for shift in report["ood_datasets"]}
-        plots.wise_per_shift(per_shift, directory / "wise_shifts.png", id_name=report["id_dataset"],
-                             selected=selected)
+        plots.wise_curves(
+            average, directory / "wise_logit.png", id_name=report["id_dataset"], selected=selected, logit=True
+        )
+        per_shift = {
+            shift: curves(lambda scores, shift=shift: scores["metrics"][shift]) for shift in report["ood_datasets"]
+        }
+        plots.wise_per_shift(per_shift, directory / "wise_shifts.png", id_name=report["id_dataset"], selected=selected)
         figures.update(wise="wise.png", wise_logit="wise_logit.png", wise_shifts="wise_shifts.png")
     series = {"zero-shot": [report["runs"]["zeroshot"]["metrics"][d] for d in datasets]}
     for method in methods:

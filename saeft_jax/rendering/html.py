@@ -56,25 +56,44 @@ def render_html(title: str, markdown_text: str, directory, browsers: list[dict[s
     body = converter.convert(markdown_text)
     body = re.sub(r'src="([^"/:]+\.png)"', lambda m: f'src="{_inline(directory, m.group(1))}"', body)
     sections = [_browser(b, index) for index, b in enumerate(browsers)]
-    thumbnails = "".join(f".x{index}-{example}{{background-image:url({uri})}}"
-                         for index, b in enumerate(browsers) for example, uri in b["images"].items())
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_STYLE}{thumbnails}"
-            f"</style></head><body><main class=\"saeft-report\">{body}{''.join(sections)}</main>"
-            f"<script>{_SCRIPT}</script></body></html>\n")
+    thumbnails = "".join(
+        f".x{index}-{example}{{background-image:url({uri})}}"
+        for index, b in enumerate(browsers)
+        for example, uri in b["images"].items()
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}{thumbnails}'
+        f'</style></head><body><main class="saeft-report">{body}{"".join(sections)}</main>'
+        f"<script>{_SCRIPT}</script></body></html>\n"
+    )
 
 
 def _inline(directory, file: str) -> str:
     return "data:image/png;base64," + base64.b64encode((storage.path(directory) / file).read_bytes()).decode()
 
 
-def browser_data(sae: str, sae_digest: Any, dataset: str, methods: list[str], changed: int,
-                 cards: list[dict[str, Any]], images: Mapping[int, str]) -> dict[str, Any]:
+def browser_data(
+    sae: str,
+    sae_digest: Any,
+    dataset: str,
+    methods: list[str],
+    changed: int,
+    cards: list[dict[str, Any]],
+    images: Mapping[int, str],
+) -> dict[str, Any]:
     """What a feature browser shows, as JSON (report/browser.json, also read by compare);
     `changed` counts every changed feature, of which `cards` may show the most changed only, and
     `images` maps the examples the cards show to their thumbnails."""
-    return {"sae": sae, "sae_digest": sae_digest, "dataset": dataset, "methods": methods, "changed": changed,
-            "cards": cards, "images": {str(row): uri for row, uri in images.items()}}
+    return {
+        "sae": sae,
+        "sae_digest": sae_digest,
+        "dataset": dataset,
+        "methods": methods,
+        "changed": changed,
+        "cards": cards,
+        "images": {str(row): uri for row, uri in images.items()},
+    }
 
 
 def _browser(data: dict[str, Any], index: int) -> str:
@@ -82,72 +101,95 @@ def _browser(data: dict[str, Any], index: int) -> str:
     classes = sorted({row[0] for card in cards for m in card["methods"].values() for row in m["by_class"]})
     datasets = sorted({d for card in cards for m in card["methods"].values() for d in m["by_dataset"]})
     more = "raise <code>report.browser_features</code> for more"
-    shown = (f"all {len(cards)}" if len(cards) == data["changed"] else
-             f"the {len(cards)} most changed of each run ({more})" if data["changed"] is None else
-             f"the {len(cards)} most changed of {data['changed']} ({more})")
+    shown = (
+        f"all {len(cards)}"
+        if len(cards) == data["changed"]
+        else f"the {len(cards)} most changed of each run ({more})"
+        if data["changed"] is None
+        else f"the {len(cards)} most changed of {data['changed']} ({more})"
+    )
     runs = f" (runs {', '.join(map(html.escape, data['runs']))})" if data.get("runs") else ""
     options = lambda values: "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
-    controls = (f'<div class="controls" hidden>'
-                f'<label>method <select data-filter="method"><option value="">any</option>{options(methods)}'
-                f'</select></label> <label>class <select data-filter="class"><option value="">any</option>'
-                f'{options(classes)}</select></label> <label>dataset <select data-filter="dataset">'
-                f'<option value="">any</option>{options(datasets)}</select></label> '
-                f'<label>at least <input data-filter="count" type="number" min="0" value="0" size="4"> changes'
-                f'</label> <label>name <input data-filter="name" type="search" placeholder="text or #id"></label> '
-                f'<label>sort <select data-filter="sort"><option value="count">most changed</option>'
-                f'<option value="feature">feature id</option><option value="density">firing density</option>'
-                f'<option value="name">nearest name</option>'
-                f'<option value="cost">most costly for robustness</option></select></label> '
-                f'<span class="shown"></span></div>')
-    return (f'<section class="browser" id="browser-{index}"><h2>Feature browser: SAE <code>{html.escape(data["sae"])}'
-            f'</code> on <code>{html.escape(data["dataset"])}</code>{runs}</h2>'
-            f'<p>Every SAE feature that some method added to or removed from an image (on any dataset): here '
-            f'{shown}. A card shows the feature\'s nearest text names (cosine of its decoder atom with their '
-            f'text embeddings), how many images each method gained and lost it on, overall, per dataset and per '
-            f'class, the change in accuracy on each dataset when a method\'s change of it is undone (for the '
-            f'changes measured, "Which changes matter" above), and, under the zero-shot and each fine-tuned '
-            f'model, its top-activating <code>{html.escape(data["dataset"])}</code> images, its density (the '
-            f'share of those images whose code holds it) and the histogram of its positive activations.</p>'
-            f'{controls}'
-            f'<div class="cards">{"".join(_card(card, index, methods) for card in cards)}</div>'
-            f'{_per_class(cards, methods, index)}</section>')
+    controls = (
+        f'<div class="controls" hidden>'
+        f'<label>method <select data-filter="method"><option value="">any</option>{options(methods)}'
+        f'</select></label> <label>class <select data-filter="class"><option value="">any</option>'
+        f'{options(classes)}</select></label> <label>dataset <select data-filter="dataset">'
+        f'<option value="">any</option>{options(datasets)}</select></label> '
+        f'<label>at least <input data-filter="count" type="number" min="0" value="0" size="4"> changes'
+        f'</label> <label>name <input data-filter="name" type="search" placeholder="text or #id"></label> '
+        f'<label>sort <select data-filter="sort"><option value="count">most changed</option>'
+        f'<option value="feature">feature id</option><option value="density">firing density</option>'
+        f'<option value="name">nearest name</option>'
+        f'<option value="cost">most costly for robustness</option></select></label> '
+        f'<span class="shown"></span></div>'
+    )
+    return (
+        f'<section class="browser" id="browser-{index}"><h2>Feature browser: SAE <code>{html.escape(data["sae"])}'
+        f"</code> on <code>{html.escape(data['dataset'])}</code>{runs}</h2>"
+        f"<p>Every SAE feature that some method added to or removed from an image (on any dataset): here "
+        f"{shown}. A card shows the feature's nearest text names (cosine of its decoder atom with their "
+        f"text embeddings), how many images each method gained and lost it on, overall, per dataset and per "
+        f"class, the change in accuracy on each dataset when a method's change of it is undone (for the "
+        f'changes measured, "Which changes matter" above), and, under the zero-shot and each fine-tuned '
+        f"model, its top-activating <code>{html.escape(data['dataset'])}</code> images, its density (the "
+        f"share of those images whose code holds it) and the histogram of its positive activations.</p>"
+        f"{controls}"
+        f'<div class="cards">{"".join(_card(card, index, methods) for card in cards)}</div>'
+        f"{_per_class(cards, methods, index)}</section>"
+    )
 
 
 def _card(card: dict[str, Any], index: int, methods: list[str]) -> str:
     f, per_method = card["feature"], card["methods"]
     count = {m: c["added"] + c["removed"] for m, c in per_method.items()}
-    info = {"feature": f, "name": card["names"][0][0] if card["names"] else "",
-            "names": " ".join(name for name, _ in card["names"]).lower(),
-            "count": {"": sum(count.values()), **count},
-            "density": card["models"]["zeroshot"]["density"],
-            "classes": {m: [row[0] for row in c["by_class"]] for m, c in per_method.items()},
-            "datasets": {m: [d for d, (a, r) in c["by_dataset"].items() if a + r] for m, c in per_method.items()},
-            "cost": robustness_cost(per_method)}
+    info = {
+        "feature": f,
+        "name": card["names"][0][0] if card["names"] else "",
+        "names": " ".join(name for name, _ in card["names"]).lower(),
+        "count": {"": sum(count.values()), **count},
+        "density": card["models"]["zeroshot"]["density"],
+        "classes": {m: [row[0] for row in c["by_class"]] for m, c in per_method.items()},
+        "datasets": {m: [d for d, (a, r) in c["by_dataset"].items() if a + r] for m, c in per_method.items()},
+        "cost": robustness_cost(per_method),
+    }
     names = ", ".join(f"{html.escape(name)} <small>({similarity:.2f})</small>" for name, similarity in card["names"])
     datasets = list(next(iter(per_method.values()))["by_dataset"]) if per_method else []
     head = "".join(f"<th>{html.escape(m)}</th>" for m in per_method)
-    rows = "".join(f"<tr><td>{html.escape(d)}</td>" + "".join(
-        f"<td>+{c['by_dataset'][d][0]} / -{c['by_dataset'][d][1]}</td>" for c in per_method.values()) + "</tr>"
-        for d in datasets)
+    rows = "".join(
+        f"<tr><td>{html.escape(d)}</td>"
+        + "".join(f"<td>+{c['by_dataset'][d][0]} / -{c['by_dataset'][d][1]}</td>" for c in per_method.values())
+        + "</tr>"
+        for d in datasets
+    )
     total = "".join(f"<td><b>+{c['added']} / -{c['removed']}</b></td>" for c in per_method.values())
     models = "".join(_model(name, view, index) for name, view in card["models"].items())
     effects = _effects(per_method)
-    by_class = "".join(f"<tr><td>{html.escape(m)}</td><td>" + ", ".join(
-        f"{html.escape(c)} +{a}/-{r}" for c, a, r in per_method[m]["by_class"]) + "</td></tr>"
-        for m in methods if m in per_method and per_method[m]["by_class"])
-    return (f'<article class="card" id="b{index}-feature-{f}" data-info="{html.escape(json.dumps(info))}">'
-            f'<h3>#{f} <span class="names">{names}</span></h3>'
-            f'<div class="scroll"><table class="counts"><tr><th>images gained / lost</th>{head}</tr>{rows}'
-            f'<tr><td><b>all datasets</b></td>{total}</tr></table></div>{effects}'
-            f'<div class="models">{models}</div>'
-            f'<details><summary>per class</summary><table>{by_class}</table></details></article>')
+    by_class = "".join(
+        f"<tr><td>{html.escape(m)}</td><td>"
+        + ", ".join(f"{html.escape(c)} +{a}/-{r}" for c, a, r in per_method[m]["by_class"])
+        + "</td></tr>"
+        for m in methods
+        if m in per_method and per_method[m]["by_class"]
+    )
+    return (
+        f'<article class="card" id="b{index}-feature-{f}" data-info="{html.escape(json.dumps(info))}">'
+        f'<h3>#{f} <span class="names">{names}</span></h3>'
+        f'<div class="scroll"><table class="counts"><tr><th>images gained / lost</th>{head}</tr>{rows}'
+        f"<tr><td><b>all datasets</b></td>{total}</tr></table></div>{effects}"
+        f'<div class="models">{models}</div>'
+        f"<details><summary>per class</summary><table>{by_class}</table></details></article>"
+    )
 
 
 def robustness_cost(per_method: dict[str, Any]) -> dict[str, float]:
     """Per method whose change of the feature was measured (and "" for any): the most average OOD
     accuracy that undoing one of its changes of the feature gains (negative: undoing costs)."""
-    cost = {m: max(e["avg_ood"] for e in c["effects"].values()) for m, c in per_method.items()
-            if any(e["avg_ood"] is not None for e in c.get("effects", {}).values())}
+    cost = {
+        m: max(e["avg_ood"] for e in c["effects"].values())
+        for m, c in per_method.items()
+        if any(e["avg_ood"] is not None for e in c.get("effects", {}).values())
+    }
     return {"": max(cost.values()), **cost} if cost else {}
 
 
@@ -159,31 +201,45 @@ def _effects(per_method: dict[str, Any]) -> str:
         return ""
     datasets = list(rows[0][2]["by_dataset"])
     head = "".join(f"<th>{html.escape(d)}</th>" for d in datasets)
-    body = "".join(f"<tr><td>{html.escape(m)}: {kind}</td>" + "".join(
-        f"<td>{100 * e['by_dataset'][d]:+.1f}</td>" for d in datasets)
-        + (f"<td><b>{100 * e['avg_ood']:+.1f}</b></td>" if e["avg_ood"] is not None else "<td>n/a</td>") + "</tr>"
-        for m, kind, e in rows)
-    return (f'<div class="scroll"><table class="effects"><tr><th>undone: accuracy change (points)</th>{head}'
-            f'<th>average OOD</th></tr>{body}</table></div>')
+    body = "".join(
+        f"<tr><td>{html.escape(m)}: {kind}</td>"
+        + "".join(f"<td>{100 * e['by_dataset'][d]:+.1f}</td>" for d in datasets)
+        + (f"<td><b>{100 * e['avg_ood']:+.1f}</b></td>" if e["avg_ood"] is not None else "<td>n/a</td>")
+        + "</tr>"
+        for m, kind, e in rows
+    )
+    return (
+        f'<div class="scroll"><table class="effects"><tr><th>undone: accuracy change (points)</th>{head}'
+        f"<th>average OOD</th></tr>{body}</table></div>"
+    )
 
 
 def _model(name: str, view: dict[str, Any], index: int) -> str:
     label = "zero-shot" if name == "zeroshot" else name
-    pictures = "".join(f'<span class="thumb x{index}-{e}" role="img" aria-label="example {e}" title="example {e}">'
-                       f'</span>' for e in view["examples"])
-    return (f'<figure class="model" data-model="{html.escape(name)}"><figcaption>{html.escape(label)}: fires on '
-            f'{100 * view["density"]:.1f}%</figcaption>{_histogram(view["histogram"], view["scale"])}'
-            f'<div class="images">{pictures or "<em>never fires</em>"}</div></figure>')
+    pictures = "".join(
+        f'<span class="thumb x{index}-{e}" role="img" aria-label="example {e}" title="example {e}"></span>'
+        for e in view["examples"]
+    )
+    return (
+        f'<figure class="model" data-model="{html.escape(name)}"><figcaption>{html.escape(label)}: fires on '
+        f"{100 * view['density']:.1f}%</figcaption>{_histogram(view['histogram'], view['scale'])}"
+        f'<div class="images">{pictures or "<em>never fires</em>"}</div></figure>'
+    )
 
 
 def _histogram(counts: list[int], scale: float) -> str:
     """An inline SVG bar chart of activation counts over BINS bins of [0, scale]."""
     top, width, height = max(max(counts), 1), 120, 28
     bar = width / BINS
-    bars = "".join(f'<rect x="{i * bar:.1f}" y="{height - height * c / top:.1f}" width="{bar - 1:.1f}" '
-                   f'height="{height * c / top:.1f}"><title>{c}</title></rect>' for i, c in enumerate(counts))
-    return (f'<svg class="histogram" width="{width}" height="{height}" role="img" aria-label="activations from 0 to '
-            f'{scale:.3g}">{bars}</svg>')
+    bars = "".join(
+        f'<rect x="{i * bar:.1f}" y="{height - height * c / top:.1f}" width="{bar - 1:.1f}" '
+        f'height="{height * c / top:.1f}"><title>{c}</title></rect>'
+        for i, c in enumerate(counts)
+    )
+    return (
+        f'<svg class="histogram" width="{width}" height="{height}" role="img" aria-label="activations from 0 to '
+        f'{scale:.3g}">{bars}</svg>'
+    )
 
 
 def _per_class(cards: list[dict[str, Any]], methods: list[str], index: int) -> str:
@@ -198,16 +254,22 @@ def _per_class(cards: list[dict[str, Any]], methods: list[str], index: int) -> s
                     lost.setdefault((name, m), []).append((removed, card["feature"]))
 
     def links(entries: list[tuple[int, int]]) -> str:
-        return ", ".join(f'<a href="#b{index}-feature-{f}">#{f}</a>&nbsp;({n})'
-                         for n, f in sorted(entries, reverse=True)[:12])
+        return ", ".join(
+            f'<a href="#b{index}-feature-{f}">#{f}</a>&nbsp;({n})' for n, f in sorted(entries, reverse=True)[:12]
+        )
 
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(m)}</td><td>{links(gained.get((name, m), []))}"
-                   f"</td><td>{links(lost.get((name, m), []))}</td></tr>"
-                   for name in sorted({key[0] for key in (*gained, *lost)}) for m in methods
-                   if (name, m) in gained or (name, m) in lost)
-    return (f'<h2 id="classes-{index}">Per class</h2><p>For each class and method, the features gained and lost '
-            f'most often on its images (images in brackets; at most 12 each).</p><table class="per-class">'
-            f'<tr><th>class</th><th>method</th><th>gained</th><th>lost</th></tr>{rows}</table>')
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(m)}</td><td>{links(gained.get((name, m), []))}"
+        f"</td><td>{links(lost.get((name, m), []))}</td></tr>"
+        for name in sorted({key[0] for key in (*gained, *lost)})
+        for m in methods
+        if (name, m) in gained or (name, m) in lost
+    )
+    return (
+        f'<h2 id="classes-{index}">Per class</h2><p>For each class and method, the features gained and lost '
+        f'most often on its images (images in brackets; at most 12 each).</p><table class="per-class">'
+        f"<tr><th>class</th><th>method</th><th>gained</th><th>lost</th></tr>{rows}</table>"
+    )
 
 
 _STYLE = """

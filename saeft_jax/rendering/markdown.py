@@ -12,10 +12,13 @@ from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.methods import RECIPES
 
 
-METRIC_NAMES = {"top1": "top-1 accuracy", "macro_f1": "macro-F1 (classes present)",
-                "worst_group": "worst-group accuracy",
-                "macro_f1_union": "the reference's macro-F1 (over true and predicted classes)",
-                "worst_group_all": "the reference's worst-group accuracy (every group, FMoW's \"Other\" included)"}
+METRIC_NAMES = {
+    "top1": "top-1 accuracy",
+    "macro_f1": "macro-F1 (classes present)",
+    "worst_group": "worst-group accuracy",
+    "macro_f1_union": "the reference's macro-F1 (over true and predicted classes)",
+    "worst_group_all": "the reference's worst-group accuracy (every group, FMoW's \"Other\" included)",
+}
 
 
 def _pct(value: float | None) -> str:
@@ -41,14 +44,25 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
     """The whole report as Markdown; `details` holds each method's `labels` line and the feature
     explanations (`runs`) and the names of the features whose changes were measured (`names`),
     `figures` the PNG file of each picture."""
-    return "\n".join(_what(config, report, details["labels"]) + _numbers(report) + _reference_numbers(report) +
-                     _pictures(figures) + _changed(report, details, figures)) + "\n"
+    return (
+        "\n".join(
+            _what(config, report, details["labels"])
+            + _numbers(report)
+            + _reference_numbers(report)
+            + _pictures(figures)
+            + _changed(report, details, figures)
+        )
+        + "\n"
+    )
 
 
 def _trained(report, methods: list[str]) -> str:
     """What the methods trained, by recipe (`saeft_jax.methods.RECIPES`)."""
-    recipes = {report["runs"][m]["method"].get("recipe", "finetune") for m in methods
-               if "checkpoint" not in report["runs"][m]["method"]}
+    recipes = {
+        report["runs"][m]["method"].get("recipe", "finetune")
+        for m in methods
+        if "checkpoint" not in report["runs"][m]["method"]
+    }
     if not recipes:
         return "every method imported from a checkpoint (nothing trained here)"
     return "trained by recipe: " + "; ".join(f"`{r}`, {RECIPES[r]}" for r in sorted(recipes))
@@ -58,43 +72,57 @@ def _what(config, report, labels: dict[str, str]) -> list[str]:
     methods = report_methods(report)
     ft = config.finetune
     steps = max((report["runs"][m]["train"]["steps"] for m in methods), default=0)  # imported ones have none
-    lines = ["# SAE-FT report", "", "## What was run", "",
-             f"- **Model:** `{report['model']}` ({config.dtype} compute), {_trained(report, methods)}.",
-             f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
-             f"(in distribution: `{report['id_dataset']}`; {_shifts(report)}).",
-             "- **Methods:** " + ", ".join(labels[m] for m in methods)
-             + f"; {steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, warmup {ft.warmup_steps}, "
-             f"weight decay {ft.weight_decay:g}.",
-             f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
-             f"{jax.devices()[0].platform} device(s)."]
+    lines = [
+        "# SAE-FT report",
+        "",
+        "## What was run",
+        "",
+        f"- **Model:** `{report['model']}` ({config.dtype} compute), {_trained(report, methods)}.",
+        f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
+        f"(in distribution: `{report['id_dataset']}`; {_shifts(report)}).",
+        "- **Methods:** "
+        + ", ".join(labels[m] for m in methods)
+        + f"; {steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, warmup {ft.warmup_steps}, "
+        f"weight decay {ft.weight_decay:g}.",
+        f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s).",
+    ]
     lines += [_checkpoint(m, report["runs"][m]["checkpoint"]) for m in methods if "checkpoint" in report["runs"][m]]
     saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
     for name, sae in saes.items():
         if sae.get("kind") == "pca":
-            lines.append(f"- **PCA basis `{name}`:** the {sae['dict_size']} leading principal directions of the "
-                         f"training features; on them FVU {sae['fvu']:.3f}.")
+            lines.append(
+                f"- **PCA basis `{name}`:** the {sae['dict_size']} leading principal directions of the "
+                f"training features; on them FVU {sae['fvu']:.3f}."
+            )
             continue
         relu = ", ReLU after Top-K" if sae.get("relu") else ""
         role = " (the vocabulary of the analyses below)" if name == report.get("report_sae") and len(saes) > 1 else ""
-        lines.append(f"- **SAE `{name}`{role}:** dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the "
-                     f"training features FVU {sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents "
-                     f"{100 * sae['dead_fraction']:.1f}%.")
+        lines.append(
+            f"- **SAE `{name}`{role}:** dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the "
+            f"training features FVU {sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents "
+            f"{100 * sae['dead_fraction']:.1f}%."
+        )
     raw = [m for m in methods if report["runs"][m]["method"].get("reference_raw_inputs")]
     if raw:
-        lines.append("- **Raw SAE inputs:** " + ", ".join(f"`{m}`" for m in raw) + " fed the SAE raw (unnormalised) "
-                     "embeddings, reproducing the reference code without `--normalize`, although the SAE was "
-                     "trained on unit-norm ones; the analyses below give the SAE unit-norm embeddings, as trained, "
-                     "so they read other codes than those penalties did.")
+        lines.append(
+            "- **Raw SAE inputs:** " + ", ".join(f"`{m}`" for m in raw) + " fed the SAE raw (unnormalised) "
+            "embeddings, reproducing the reference code without `--normalize`, although the SAE was "
+            "trained on unit-norm ones; the analyses below give the SAE unit-norm embeddings, as trained, "
+            "so they read other codes than those penalties did."
+        )
     return lines + [""]
 
 
 def _checkpoint(method: str, checkpoint: dict[str, Any]) -> str:
     """Which fine-tuning step is method `method`'s model, and its validation curve."""
     score = "not scored there" if checkpoint["score"] is None else f"{_pct(checkpoint['score'])}% there"
-    why = ("the best on" if checkpoint["rule"] == "best_val" else "the last step; scored on")
+    why = "the best on" if checkpoint["rule"] == "best_val" else "the last step; scored on"
     curve = ", ".join(f"{step}: {_pct(value)}" for step, value in checkpoint["curve"])
-    return (f"- **Checkpoint of `{method}`:** step {checkpoint['step']}, {why} the validation split "
-            f"`{checkpoint['split']}` ({score}; ties go to the earlier step). Validation curve, step: %: {curve}.")
+    return (
+        f"- **Checkpoint of `{method}`:** step {checkpoint['step']}, {why} the validation split "
+        f"`{checkpoint['split']}` ({score}; ties go to the earlier step). Validation curve, step: %: {curve}."
+    )
 
 
 def _numbers(report) -> list[str]:
@@ -105,14 +133,23 @@ def _numbers(report) -> list[str]:
     header = ["model", *(f"{d}{' (ID)' if d == report['id_dataset'] else ''}" for d in datasets), *average]
     metrics = sorted({METRIC_NAMES.get(m, m) for m in report["dataset_metrics"].values()})
     fixed = any("fixed_alpha" in report["runs"][m] for m in methods)
-    how = (f"the *selected* mix is the alpha with the best score on the validation split `{validation}` (no test "
-           f"set is looked at)" if validation else
-           "no validation split is configured (`finetune.val_dataset` or `finetune.val_fraction`), so no alpha is "
-           "selected")
+    how = (
+        f"the *selected* mix is the alpha with the best score on the validation split `{validation}` (no test "
+        f"set is looked at)"
+        if validation
+        else "no validation split is configured (`finetune.val_dataset` or `finetune.val_fraction`), so no alpha is "
+        "selected"
+    )
     how += "; the *fixed* mix is the WiSE-FT papers' alpha 0.5" if fixed else " (0.5 is not among evaluate.alphas)"
-    lines = ["## Results", "", f"Scores in percent ({', '.join(metrics)}); WiSE-FT mixes the zero-shot and fine-tuned "
-             f"weights, theta(a) = (1 - a) theta_0 + a theta_ft; {how}.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "## Results",
+        "",
+        f"Scores in percent ({', '.join(metrics)}); WiSE-FT mixes the zero-shot and fine-tuned "
+        f"weights, theta(a) = (1 - a) theta_0 + a theta_ft; {how}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
 
     def row(label: str, scores: dict[str, Any]) -> str:
         cells = [label, *(_pct(scores["metrics"][d]) for d in datasets)]
@@ -125,8 +162,12 @@ def _numbers(report) -> list[str]:
         lines.append(row(f"`{m}`", run))
         if "selection" in run:
             choice = run["selection"]
-            lines.append(row(f"`{m}`, selected a={alpha_key(choice['alpha'])} (validation {_pct(choice['score'])})",
-                             run["selected"]))
+            lines.append(
+                row(
+                    f"`{m}`, selected a={alpha_key(choice['alpha'])} (validation {_pct(choice['score'])})",
+                    run["selected"],
+                )
+            )
         if "fixed_alpha" in run:
             lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))
     return lines + [""]
@@ -140,9 +181,15 @@ def _reference_numbers(report) -> list[str]:
         return []
     datasets = [d for d in report_datasets(report) if d in defined]
     names = "; ".join(f"`{d}`: {METRIC_NAMES.get(defined[d], defined[d])}" for d in datasets)
-    lines = [("The same models scored by the reference's definitions (Fabian-Mor/sae-ft `src/testing_models.py`; "
-              f"to compare with numbers it reports; the table above is WILDS's): {names}."), "",
-             "| model | " + " | ".join(f"{d} (reference's)" for d in datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
+    lines = [
+        (
+            "The same models scored by the reference's definitions (Fabian-Mor/sae-ft `src/testing_models.py`; "
+            f"to compare with numbers it reports; the table above is WILDS's): {names}."
+        ),
+        "",
+        "| model | " + " | ".join(f"{d} (reference's)" for d in datasets) + " |",
+        "|" + "---|" * (len(datasets) + 1),
+    ]
 
     def row(label: str, scores: dict[str, Any]) -> str:
         return "| " + " | ".join([label, *(_pct(scores.get("reference_metrics", {}).get(d)) for d in datasets)]) + " |"
@@ -161,13 +208,22 @@ def _reference_numbers(report) -> list[str]:
 def _pictures(figures) -> list[str]:
     lines = ["## Pictures", ""]
     if "wise" in figures:
-        lines += ["ID against average OOD along each method's WiSE-FT sweep (star: zero-shot; square: fine-tuned; "
-                  "ring: the alpha selected on validation), on linear and on logit axes, then per shift:", "",
-                  f"![WiSE-FT sweep]({figures['wise']}) ![WiSE-FT sweep, logit axes]({figures['wise_logit']})", "",
-                  f"![WiSE-FT sweep per shift]({figures['wise_shifts']})", ""]
+        lines += [
+            "ID against average OOD along each method's WiSE-FT sweep (star: zero-shot; square: fine-tuned; "
+            "ring: the alpha selected on validation), on linear and on logit axes, then per shift:",
+            "",
+            f"![WiSE-FT sweep]({figures['wise']}) ![WiSE-FT sweep, logit axes]({figures['wise_logit']})",
+            "",
+            f"![WiSE-FT sweep per shift]({figures['wise_shifts']})",
+            "",
+        ]
     if "datasets" in figures:
-        lines += ["Every dataset for zero-shot, each method and its selected mix:", "",
-                  f"![per dataset]({figures['datasets']})", ""]
+        lines += [
+            "Every dataset for zero-shot, each method and its selected mix:",
+            "",
+            f"![per dataset]({figures['datasets']})",
+            "",
+        ]
     return lines
 
 
@@ -200,72 +256,105 @@ def _effects(report, methods, id_name, names: dict[int, list]) -> list[str]:
     ood, validation = report["ood_datasets"], report.get("validation")
     zeroshot_ood = report["runs"]["zeroshot"]["avg_ood"]
     columns = [id_name, *ood, *([validation] if validation else [])]
-    lines = ["## Which changes matter", "",
-             f"Each of a method's most frequent feature changes on `{id_name}`, undone alone on the images it "
-             "happened on: in the SAE's input space the embedding moves by (s0_j - st_j) W_dec[j] and the method's "
-             "head classifies it again (a first-order counterfactual, not a retraining). The figures are the change "
-             "in top-1 accuracy, in points, when the change is undone: positive, the change cost that much; "
-             "negative, it bought that much. Images: those of `" + id_name + "` it happened on.", ""]
-    header = ["change", "names", "images", *(f"{d}{' (ID)' if d == id_name else ''}" for d in columns),
-              *(["average OOD"] if ood else [])]
+    lines = [
+        "## Which changes matter",
+        "",
+        f"Each of a method's most frequent feature changes on `{id_name}`, undone alone on the images it "
+        "happened on: in the SAE's input space the embedding moves by (s0_j - st_j) W_dec[j] and the method's "
+        "head classifies it again (a first-order counterfactual, not a retraining). The figures are the change "
+        "in top-1 accuracy, in points, when the change is undone: positive, the change cost that much; "
+        "negative, it bought that much. Images: those of `" + id_name + "` it happened on.",
+        "",
+    ]
+    header = [
+        "change",
+        "names",
+        "images",
+        *(f"{d}{' (ID)' if d == id_name else ''}" for d in columns),
+        *(["average OOD"] if ood else []),
+    ]
     for m in measured:
         run = report["runs"][m]
 
         def row(entry) -> str:
             nearest = ", ".join(name for name, _ in names.get(entry["feature"], [])[:2])
-            cells = [f"#{entry['feature']} {entry['change']}", nearest,
-                     str(entry["images"][id_name]), *(f"{100 * entry['effects'][d]:+.1f}" for d in columns)]
+            cells = [
+                f"#{entry['feature']} {entry['change']}",
+                nearest,
+                str(entry["images"][id_name]),
+                *(f"{100 * entry['effects'][d]:+.1f}" for d in columns),
+            ]
             cells += [f"{100 * ood_effect(entry['effects'], ood):+.1f}"] if ood else []
             return "| " + " | ".join(cells) + " |"
 
         table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += [f"### `{m}`", ""]
         if ood:
-            costly = sorted((e for e in run["feature_effects"] if ood_effect(e["effects"], ood) > 0),
-                            key=lambda e: -ood_effect(e["effects"], ood))[:EFFECTS_SHOWN]
+            costly = sorted(
+                (e for e in run["feature_effects"] if ood_effect(e["effects"], ood) > 0),
+                key=lambda e: -ood_effect(e["effects"], ood),
+            )[:EFFECTS_SHOWN]
             lines += ["Costliest for robustness (undoing them raises average OOD accuracy most):", ""]
             lines += [*table, *map(row, costly), ""] if costly else ["- none of the measured changes", ""]
-        useful = sorted((e for e in run["feature_effects"] if e["effects"][id_name] < 0),
-                        key=lambda e: e["effects"][id_name])[:EFFECTS_SHOWN]
+        useful = sorted(
+            (e for e in run["feature_effects"] if e["effects"][id_name] < 0), key=lambda e: e["effects"][id_name]
+        )[:EFFECTS_SHOWN]
         lines += ["Most useful in distribution (undoing them lowers ID accuracy most):", ""]
         lines += [*table, *map(row, useful), ""] if useful else ["- none of the measured changes", ""]
         together = run["undo_all"]
-        parts = [f"{label}: ID {100 * together[kind][id_name]:+.1f}"
-                 + (f", average OOD {100 * ood_effect(together[kind], ood):+.1f}" if ood else "")
-                 for kind, label in (("added", "all added"), ("removed", "all removed"), ("both", "both"))]
-        moved = (f" (fine-tuning moved average OOD by {100 * (run['avg_ood'] - zeroshot_ood):+.1f})"
-                 if ood and run["avg_ood"] is not None else "")
-        lines += [f"Undoing every change of a kind at once (all images, all features), {'; '.join(parts)}{moved}; "
-                  "what undoing both leaves of fine-tuning's change is the part the dictionary cannot name.", ""]
+        parts = [
+            f"{label}: ID {100 * together[kind][id_name]:+.1f}"
+            + (f", average OOD {100 * ood_effect(together[kind], ood):+.1f}" if ood else "")
+            for kind, label in (("added", "all added"), ("removed", "all removed"), ("both", "both"))
+        ]
+        moved = (
+            f" (fine-tuning moved average OOD by {100 * (run['avg_ood'] - zeroshot_ood):+.1f})"
+            if ood and run["avg_ood"] is not None
+            else ""
+        )
+        lines += [
+            f"Undoing every change of a kind at once (all images, all features), {'; '.join(parts)}{moved}; "
+            "what undoing both leaves of fine-tuning's change is the part the dictionary cannot name.",
+            "",
+        ]
     return lines
 
 
 def _changes_table(report, methods, id_name) -> list[str]:
     own = any(report["runs"][m].get("sae") for m in methods)  # a comparison of runs whose SAEs differ
-    vocabulary = ("In the vocabulary of each row's own SAE (its run and name in the SAE column: the runs' SAEs "
-                  "differ, so feature counts compare only between rows of one SAE)" if own else
-                  "In the SAE's vocabulary")
-    lines = ["## What changed", "",
-             f"{vocabulary}, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
-             f"embedding's top-k codes hold it and the zero-shot one's do not, *removed* in the converse case. "
-             f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
-             f"(zero-shot in brackets); it is the squared reconstruction error per image over the embeddings' "
-             f"variance per image, both shown, so a representation that contracts shows a high FVU at a low error. "
-             f"CKA compares the two representations over the images (1: same geometry; in brackets the "
-             f"reference's variant over the feature dimensions, which a rotation lowers).",
-             "", f"| method |{' SAE |' if own else ''} ID | avg OOD | added / image | removed / image | SAE FVU | "
-                 f"error / variance | CKA (reference's) |",
-             "|---|---|---|---|---|---|---|---|" + ("---|" if own else "")]
+    vocabulary = (
+        "In the vocabulary of each row's own SAE (its run and name in the SAE column: the runs' SAEs "
+        "differ, so feature counts compare only between rows of one SAE)"
+        if own
+        else "In the SAE's vocabulary"
+    )
+    lines = [
+        "## What changed",
+        "",
+        f"{vocabulary}, on `{id_name}`: a feature is *added* to an image when the fine-tuned "
+        f"embedding's top-k codes hold it and the zero-shot one's do not, *removed* in the converse case. "
+        f"SAE FVU on the fine-tuned embeddings measures how well the zero-shot dictionary still explains them "
+        f"(zero-shot in brackets); it is the squared reconstruction error per image over the embeddings' "
+        f"variance per image, both shown, so a representation that contracts shows a high FVU at a low error. "
+        f"CKA compares the two representations over the images (1: same geometry; in brackets the "
+        f"reference's variant over the feature dimensions, which a rotation lowers).",
+        "",
+        f"| method |{' SAE |' if own else ''} ID | avg OOD | added / image | removed / image | SAE FVU | "
+        f"error / variance | CKA (reference's) |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if own else ""),
+    ]
     for m in methods:
         run = report["runs"][m]
         c = run.get("changes_by_dataset", {}).get(id_name, {})
         fvu = f"{_num(c.get('sae_fvu'), 3)} ({_num(c.get('sae_fvu_zeroshot'), 3)})"
         parts = f"{_num(c.get('sae_error'), 3)} / {_num(c.get('variance'), 3)}"
         sae = run.get("sae")
-        named = (f" {sae['run']}: `{sae['name']}` ({sae.get('dict_size')}, k {sae.get('k')}) |" if sae else " none |")
-        lines.append(f"| {m} |{named if own else ''} {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
-                     f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
-                     f"{parts} | {_num(c.get('cka'), 3)} ({_num(c.get('cka_reference'), 3)}) |")
+        named = f" {sae['run']}: `{sae['name']}` ({sae.get('dict_size')}, k {sae.get('k')}) |" if sae else " none |"
+        lines.append(
+            f"| {m} |{named if own else ''} {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
+            f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
+            f"{parts} | {_num(c.get('cka'), 3)} ({_num(c.get('cka_reference'), 3)}) |"
+        )
     return lines
 
 
@@ -279,11 +368,16 @@ def _shifts(report) -> str:
 def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], figures: dict[str, str]) -> str:
     """The comparison of several runs as Markdown: which runs, the numbers, the pictures, and what
     changed, each method read in the vocabulary of its own run's SAE."""
-    lines = ["# SAE-FT comparison", "", "## What was compared", "",
-             f"- **Model:** `{report['model']}`; in distribution `{report['id_dataset']}`; {_shifts(report)}"
-             + (f"; validation split `{report['validation']}`." if report.get("validation") else "."),
-             *(f"- `{workdir}`: " + ", ".join(f"`{m}`" for m in methods) for workdir, methods in sources.items()),
-             ""]
+    lines = [
+        "# SAE-FT comparison",
+        "",
+        "## What was compared",
+        "",
+        f"- **Model:** `{report['model']}`; in distribution `{report['id_dataset']}`; {_shifts(report)}"
+        + (f"; validation split `{report['validation']}`." if report.get("validation") else "."),
+        *(f"- `{workdir}`: " + ", ".join(f"`{m}`" for m in methods) for workdir, methods in sources.items()),
+        "",
+    ]
     methods = report_methods(report)
     id_name = report["id_dataset"] or report["ood_datasets"][0]
     changes = _changes_table(report, methods, id_name) if any("changes" in report["runs"][m] for m in methods) else []
@@ -299,8 +393,7 @@ def _reading(report, methods, id_name) -> str:
         if run["avg_ood"] is not None and zs["avg_ood"] is not None:  # a suite without shifts has no average
             part += f" and average OOD by {100 * (run['avg_ood'] - zs['avg_ood']):+.1f}"
         if "added_per_image" in c:
-            part += (f", adding {c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features "
-                     f"per image")
+            part += f", adding {c['added_per_image']:.2f} and removing {c['removed_per_image']:.2f} features per image"
         parts.append(part)
     return "**Reading.** " + "; ".join(parts) + "." + _fvu_reading(report, methods, id_name)
 
@@ -316,33 +409,64 @@ def _fvu_reading(report, methods, id_name) -> str:
             continue
         error, variance = c["sae_error"] / c["sae_error_zeroshot"], c["variance"] / c["variance_zeroshot"]
         grew, contracted = math.log(error), -math.log(variance)
-        cause = (" mostly because the embeddings contracted" if contracted > 2 * grew else
-                 " mostly because the error grew" if grew > 2 * contracted else "")
-        codes = (f"; the codes' L1 went from {c['code_l1_zeroshot']:.2f} to {c['code_l1']:.2f}"
-                 if "code_l1" in c else "")
-        sentences.append(f"`{m}`'s FVU is {c['sae_fvu'] / c['sae_fvu_zeroshot']:.1f}x the zero-shot one{cause}: its "
-                         f"error per image is {error:.1f}x and its variance per image {variance:.2f}x the zero-shot "
-                         f"ones{codes}")
+        cause = (
+            " mostly because the embeddings contracted"
+            if contracted > 2 * grew
+            else " mostly because the error grew"
+            if grew > 2 * contracted
+            else ""
+        )
+        codes = f"; the codes' L1 went from {c['code_l1_zeroshot']:.2f} to {c['code_l1']:.2f}" if "code_l1" in c else ""
+        sentences.append(
+            f"`{m}`'s FVU is {c['sae_fvu'] / c['sae_fvu_zeroshot']:.1f}x the zero-shot one{cause}: its "
+            f"error per image is {error:.1f}x and its variance per image {variance:.2f}x the zero-shot "
+            f"ones{codes}"
+        )
     return (" " + "; ".join(sentences) + ".") if sentences else ""
 
 
 def _method_details(method, detail, figures) -> list[str]:
     if not detail:
         return []
+
     def describe(entries):
-        return [f"- #{e['feature']} in {e['images']} images (mean activation change {e['mean_change']:+.3f}): "
-                + ", ".join(f"{name} ({cos:.2f})" for name, cos in e["names"]) for e in entries] or ["- none"]
-    lines = [f"### `{method}`", "", "Features most often gained (nearest text entries, cosine; the mean change of the "
-             "feature's activation over all images):", "",
-             *describe(detail["gained"]), "", "Features most often lost:", "", *describe(detail["lost"]), ""]
+        return [
+            f"- #{e['feature']} in {e['images']} images (mean activation change {e['mean_change']:+.3f}): "
+            + ", ".join(f"{name} ({cos:.2f})" for name, cos in e["names"])
+            for e in entries
+        ] or ["- none"]
+
+    lines = [
+        f"### `{method}`",
+        "",
+        "Features most often gained (nearest text entries, cosine; the mean change of the "
+        "feature's activation over all images):",
+        "",
+        *describe(detail["gained"]),
+        "",
+        "Features most often lost:",
+        "",
+        *describe(detail["lost"]),
+        "",
+    ]
     if f"features_{method}" in figures:
-        lines += ["Top-activating test images of each (gained: fine-tuned codes; lost: zero-shot codes):", "",
-                  f"![features of {method}]({figures[f'features_{method}']})", ""]
-    lines += ["Classes with the most change:", "", "| class | images | added / image | removed / image | "
-              "most gained | most lost |", "|---|---|---|---|---|---|"]
+        lines += [
+            "Top-activating test images of each (gained: fine-tuned codes; lost: zero-shot codes):",
+            "",
+            f"![features of {method}]({figures[f'features_{method}']})",
+            "",
+        ]
+    lines += [
+        "Classes with the most change:",
+        "",
+        "| class | images | added / image | removed / image | most gained | most lost |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in detail["per_class"]:
         gained = ", ".join(f"#{f} ({n})" for f, n in row["top_added"]) or "-"
         lost = ", ".join(f"#{f} ({n})" for f, n in row["top_removed"]) or "-"
-        lines.append(f"| {row['class']} | {row['images']} | {row['added_per_image']:.2f} | "
-                     f"{row['removed_per_image']:.2f} | {gained} | {lost} |")
+        lines.append(
+            f"| {row['class']} | {row['images']} | {row['added_per_image']:.2f} | "
+            f"{row['removed_per_image']:.2f} | {gained} | {lost} |"
+        )
     return lines + [""]

@@ -32,9 +32,16 @@ def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title:
 Curves = dict[str, tuple[list[float], list[float], list[float]]]  # method -> (alphas, ID, OOD)
 
 
-def wise_curves(curves: Curves, path: str | os.PathLike, *, id_name: str = "in-distribution",
-                ood_name: str = "average over the shifts (OOD)", selected: dict[str, float] | None = None,
-                logit: bool = False, title: str = "WiSE-FT: zero-shot to fine-tuned") -> None:
+def wise_curves(
+    curves: Curves,
+    path: str | os.PathLike,
+    *,
+    id_name: str = "in-distribution",
+    ood_name: str = "average over the shifts (OOD)",
+    selected: dict[str, float] | None = None,
+    logit: bool = False,
+    title: str = "WiSE-FT: zero-shot to fine-tuned",
+) -> None:
     """ID vs OOD score along each method's alpha sweep, the shared zero-shot end (alpha 0) and
     each fine-tuned end (alpha 1) marked, and each method's `selected` alpha (chosen on the
     validation split) ringed. `logit` scales both axes as logit(score), as the WiSE-FT and
@@ -49,8 +56,9 @@ def wise_curves(curves: Curves, path: str | os.PathLike, *, id_name: str = "in-d
     _save(fig, path, dpi=120)
 
 
-def wise_per_shift(panels: dict[str, Curves], path: str | os.PathLike, *, id_name: str,
-                   selected: dict[str, float] | None = None) -> None:
+def wise_per_shift(
+    panels: dict[str, Curves], path: str | os.PathLike, *, id_name: str, selected: dict[str, float] | None = None
+) -> None:
     """One small WiSE-FT plot per shift: ID against that shift along each method's sweep."""
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
@@ -59,7 +67,7 @@ def wise_per_shift(panels: dict[str, Curves], path: str | os.PathLike, *, id_nam
         _draw_curves(ax, curves, selected or {}, logit=False)
         ax.set_title(shift, fontsize=9)
         ax.set_xlabel(f"{id_name} (ID)", fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
@@ -75,8 +83,14 @@ def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) ->
         if method in selected and selected[method] in alphas:
             at = alphas.index(selected[method])
             ax.plot(x[at], y[at], "o", markersize=11, markerfacecolor="none", markeredgecolor=color)
-            ax.annotate(f"a={alpha_key(alphas[at])}", (x[at], y[at]), fontsize=7, textcoords="offset points",
-                        xytext=(5, 5), color=color)
+            ax.annotate(
+                f"a={alpha_key(alphas[at])}",
+                (x[at], y[at]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(5, 5),
+                color=color,
+            )
     first = next(iter(curves.values()))
     ax.plot(clip(first[1])[0], clip(first[2])[0], "*", color="C0", markersize=13, label="zero-shot")
     if logit:
@@ -85,8 +99,9 @@ def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) ->
     ax.grid(alpha=0.3, which="both")
 
 
-def dataset_bars(datasets: list[str], series: dict[str, list[float]], path: str | os.PathLike, *,
-                 ylabel: str = "score") -> None:
+def dataset_bars(
+    datasets: list[str], series: dict[str, list[float]], path: str | os.PathLike, *, ylabel: str = "score"
+) -> None:
     """Grouped bars: one group per dataset, one bar per series (zero-shot, each method, its selected mix)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(datasets) * max(1, len(series)) / 3), 4))
     width = 0.8 / max(1, len(series))
@@ -104,8 +119,13 @@ def dataset_bars(datasets: list[str], series: dict[str, list[float]], path: str 
 
 def image_grid(rows: list[tuple[str, list[np.ndarray]]], path: str | os.PathLike, *, columns: int = 8) -> None:
     """One row per entry: its title on the left and up to `columns` uint8 images."""
-    fig, axes = plt.subplots(len(rows), columns + 1, figsize=(1.1 * (columns + 3), 1.2 * len(rows) + 0.2),
-                             gridspec_kw={"width_ratios": [3] + [1] * columns}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows),
+        columns + 1,
+        figsize=(1.1 * (columns + 3), 1.2 * len(rows) + 0.2),
+        gridspec_kw={"width_ratios": [3] + [1] * columns},
+        squeeze=False,
+    )
     for (title, images), row in zip(rows, axes):
         for ax in row:
             ax.axis("off")

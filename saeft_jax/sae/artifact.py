@@ -28,54 +28,90 @@ class SAEArtifactError(UsageError):
     """An SAE artifact that is missing, damaged or made for another model."""
 
 
-def save_sae(directory: str | os.PathLike, sae: FrozenSAE, *, options: dict[str, Any] | None = None,
-             metrics: dict[str, Any] | None = None) -> epath.Path:
+def save_sae(
+    directory: str | os.PathLike,
+    sae: FrozenSAE,
+    *,
+    options: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> epath.Path:
     """Writes the parameters and `sae.json` {d, dict_size, k, relu, normalize_inputs, options, metrics}."""
     directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {name: np.asarray(value, np.float32) for name, value in sae.params.items()}
     d, dict_size = arrays["W_enc"].shape
-    meta = {"d": d, "dict_size": dict_size, "k": sae.k, "relu": sae.relu, "normalize_inputs": sae.normalize_inputs,
-            "b_enc": "b_enc" in arrays, "options": options or {}, "metrics": _jsonable(metrics or {})}
+    meta = {
+        "d": d,
+        "dict_size": dict_size,
+        "k": sae.k,
+        "relu": sae.relu,
+        "normalize_inputs": sae.normalize_inputs,
+        "b_enc": "b_enc" in arrays,
+        "options": options or {},
+        "metrics": _jsonable(metrics or {}),
+    }
     storage.save_safetensors(directory / PARAMS_FILE, arrays, metadata={"k": str(sae.k)})
     storage.write_atomic(directory / META_FILE, json.dumps(meta, indent=2))
     return directory
 
 
-def load_sae(directory: str | os.PathLike, *, d: int | None = None, dict_size: int | None = None,
-             k: int | None = None) -> FrozenSAE:
+def load_sae(
+    directory: str | os.PathLike, *, d: int | None = None, dict_size: int | None = None, k: int | None = None
+) -> FrozenSAE:
     """The SAE of the artifact in `directory`; given `d`, `dict_size` or `k`, an artifact that differs
     is an error, and so is a parameter that is not finite."""
     directory = storage.path(directory)
     missing = [f for f in (PARAMS_FILE, META_FILE) if not (directory / f).exists()]
     if missing:
-        raise SAEArtifactError(f"{directory} is not an SAE artifact: {', '.join(missing)} missing (expected "
-                               f"{PARAMS_FILE} and {META_FILE}, written by the sae stage).")
+        raise SAEArtifactError(
+            f"{directory} is not an SAE artifact: {', '.join(missing)} missing (expected "
+            f"{PARAMS_FILE} and {META_FILE}, written by the sae stage)."
+        )
     meta = json.loads((directory / META_FILE).read_text())
     try:
         params = storage.load_safetensors(directory / PARAMS_FILE)
     except (safetensors.SafetensorError, OSError) as e:
-        raise SAEArtifactError(f"{directory / PARAMS_FILE} is not readable ({e}); it is damaged. Copy an intact "
-                               f"artifact there, or delete the directory to train the SAE again.") from e
+        raise SAEArtifactError(
+            f"{directory / PARAMS_FILE} is not readable ({e}); it is damaged. Copy an intact "
+            f"artifact there, or delete the directory to train the SAE again."
+        ) from e
     _check(directory, params, meta, {"d": d, "dict_size": dict_size, "k": k})
-    check_finite(params, str(directory / PARAMS_FILE), f"Delete {directory} and its stage makes it again (the sae "
-                 f"stage of the run that trained it), or copy an intact artifact there.")
-    return FrozenSAE(params, int(meta["k"]), relu=bool(meta.get("relu", meta["options"].get("relu", False))),
-                     normalize_inputs=bool(meta["normalize_inputs"]))
+    check_finite(
+        params,
+        str(directory / PARAMS_FILE),
+        f"Delete {directory} and its stage makes it again (the sae "
+        f"stage of the run that trained it), or copy an intact artifact there.",
+    )
+    return FrozenSAE(
+        params,
+        int(meta["k"]),
+        relu=bool(meta.get("relu", meta["options"].get("relu", False))),
+        normalize_inputs=bool(meta["normalize_inputs"]),
+    )
 
 
 def _check(directory: epath.Path, params: dict, meta: dict, wanted: dict[str, int | None]) -> None:
-    problems = [f"{key} is {meta[key]} in the artifact but {value} here" for key, value in wanted.items()
-                if value is not None and meta[key] != value]
+    problems = [
+        f"{key} is {meta[key]} in the artifact but {value} here"
+        for key, value in wanted.items()
+        if value is not None and meta[key] != value
+    ]
     if set(params) - _NAMES or not {"W_enc", "W_dec", "b_pre"} <= set(params):
         problems.append(f"parameters are {sorted(params)}; expected W_enc, W_dec, b_pre and optionally b_enc")
-    elif (params["W_enc"].shape, params["W_dec"].shape) != ((meta["d"], meta["dict_size"]),
-                                                            (meta["dict_size"], meta["d"])):
-        problems.append(f"W_enc {params['W_enc'].shape} / W_dec {params['W_dec'].shape} do not match "
-                        f"d={meta['d']}, dict_size={meta['dict_size']} of {META_FILE}")
+    elif (params["W_enc"].shape, params["W_dec"].shape) != (
+        (meta["d"], meta["dict_size"]),
+        (meta["dict_size"], meta["d"]),
+    ):
+        problems.append(
+            f"W_enc {params['W_enc'].shape} / W_dec {params['W_dec'].shape} do not match "
+            f"d={meta['d']}, dict_size={meta['dict_size']} of {META_FILE}"
+        )
     if problems:
-        raise SAEArtifactError(f"SAE artifact {directory} does not fit: " + "; ".join(problems) +
-                               ". Train an SAE for this model (the sae stage) or point to the matching one.")
+        raise SAEArtifactError(
+            f"SAE artifact {directory} does not fit: "
+            + "; ".join(problems)
+            + ". Train an SAE for this model (the sae stage) or point to the matching one."
+        )
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:

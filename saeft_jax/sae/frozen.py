@@ -19,8 +19,9 @@ from saeft_jax.sae import model
 _CHUNK = 8192  # rows per host-side encoding call
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
-                   meta_fields=["k", "relu", "normalize_inputs", "fed_raw"])
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["k", "relu", "normalize_inputs", "fed_raw"]
+)
 @dataclasses.dataclass(frozen=True)
 class FrozenSAE:
     """A Top-K SAE that is only used, never trained.
@@ -71,8 +72,10 @@ class FrozenSAE:
 
     def codes(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-k codes (values (N, k), indices (N, k)) of raw `embeddings`, on the host, in chunks."""
-        parts = [jax.device_get(_sparse_codes(self, np.asarray(embeddings[s:s + _CHUNK], np.float32)))
-                 for s in range(0, len(embeddings), _CHUNK)]
+        parts = [
+            jax.device_get(_sparse_codes(self, np.asarray(embeddings[s : s + _CHUNK], np.float32)))
+            for s in range(0, len(embeddings), _CHUNK)
+        ]
         return np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts])
 
 

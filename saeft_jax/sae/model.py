@@ -19,17 +19,27 @@ import jax.numpy as jnp
 Params = dict[str, jax.Array]
 
 
-def init_params(key: jax.Array, d: int, dict_size: int, *, b_enc: bool = False,
-                tied_init: bool = False, b_pre: jax.Array | None = None) -> Params:
+def init_params(
+    key: jax.Array,
+    d: int,
+    dict_size: int,
+    *,
+    b_enc: bool = False,
+    tied_init: bool = False,
+    b_pre: jax.Array | None = None,
+) -> Params:
     """Decoder rows (atoms) at unit norm; encoder as torch's `nn.Linear` default or the
     decoder's transpose (`tied_init`); `b_pre` zero unless given (e.g. the data mean)."""
     k_dec, k_enc = jax.random.split(key)
     w_dec = jax.random.normal(k_dec, (dict_size, d), jnp.float32)
     w_dec = w_dec / jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
-    bound = d ** -0.5
+    bound = d**-0.5
     w_enc = w_dec.T if tied_init else jax.random.uniform(k_enc, (d, dict_size), jnp.float32, -bound, bound)
-    params = {"W_enc": w_enc, "W_dec": w_dec,
-              "b_pre": jnp.zeros(d, jnp.float32) if b_pre is None else jnp.asarray(b_pre, jnp.float32)}
+    params = {
+        "W_enc": w_enc,
+        "W_dec": w_dec,
+        "b_pre": jnp.zeros(d, jnp.float32) if b_pre is None else jnp.asarray(b_pre, jnp.float32),
+    }
     if b_enc:
         params["b_enc"] = jnp.zeros(dict_size, jnp.float32)
     return params
@@ -85,8 +95,9 @@ def densify(values: jax.Array, indices: jax.Array, dict_size: int) -> jax.Array:
     return jnp.zeros((values.shape[0], dict_size), values.dtype).at[rows, indices].set(values)
 
 
-def reconstruct(params: Params, x: jax.Array, k: int, *, relu: bool = False,
-                sparse: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+def reconstruct(
+    params: Params, x: jax.Array, k: int, *, relu: bool = False, sparse: bool = True
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(x_hat, values, indices) of already-normalized `x`, decoding by gather (`sparse`) or by
     the dense F-wide matmul of the reference."""
     values, indices = encode_sparse(params, x, k, relu=relu)
@@ -95,8 +106,16 @@ def reconstruct(params: Params, x: jax.Array, k: int, *, relu: bool = False,
     return decode(params, densify(values, indices, params["W_dec"].shape[0])), values, indices
 
 
-def auxk_loss(params: Params, x: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int,
-              *, relu: bool = False, normalized: bool = False) -> jax.Array:
+def auxk_loss(
+    params: Params,
+    x: jax.Array,
+    residual: jax.Array,
+    dead: jax.Array,
+    k_aux: int,
+    *,
+    relu: bool = False,
+    normalized: bool = False,
+) -> jax.Array:
     """AuxK (Gao et al. 2024): reconstruct the main reconstruction's `residual` from the
     `k_aux` largest pre-activations among `dead` latents, through the decoder without bias.
     Zero when no latent is dead; `residual` should carry no gradient. `normalized`: the MSE

@@ -24,7 +24,7 @@ def pca_basis(features: np.ndarray, components: int) -> FrozenSAE:
         raise ValueError(f"a PCA basis of {components} directions needs 1 to {d} (the embedding width)")
     total, gram = np.zeros(d), np.zeros((d, d))
     for start in range(0, n, _CHUNK):
-        x = unit_rows(features[start:start + _CHUNK], True)
+        x = unit_rows(features[start : start + _CHUNK], True)
         total += x.sum(0)
         gram += x.T @ x
     mean = total / n
@@ -32,6 +32,9 @@ def pca_basis(features: np.ndarray, components: int) -> FrozenSAE:
     _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
     directions = vectors[:, ::-1][:, :components]
     directions *= np.where(directions.sum(0) < 0, -1.0, 1.0)  # a sign that does not depend on the solver
-    params = {"W_enc": directions.astype(np.float32), "W_dec": np.ascontiguousarray(directions.T, np.float32),
-              "b_pre": mean.astype(np.float32)}
+    params = {
+        "W_enc": directions.astype(np.float32),
+        "W_dec": np.ascontiguousarray(directions.T, np.float32),
+        "b_pre": mean.astype(np.float32),
+    }
     return FrozenSAE(params, components)

@@ -32,12 +32,16 @@ def data_statistics(features: np.ndarray, normalize: bool = True) -> dict[str, A
     n, d = features.shape
     total, total_sq = np.zeros(d), 0.0
     for start in range(0, n, _CHUNK):
-        x = unit_rows(features[start:start + _CHUNK], normalize)
+        x = unit_rows(features[start : start + _CHUNK], normalize)
         total += x.sum(0)
-        total_sq += float((x ** 2).sum())
+        total_sq += float((x**2).sum())
     mean = total / n
-    return {"n": n, "d": d, "mean": mean.astype(np.float32),
-            "variance_per_example": (total_sq - n * float(mean @ mean)) / n}
+    return {
+        "n": n,
+        "d": d,
+        "mean": mean.astype(np.float32),
+        "variance_per_example": (total_sq - n * float(mean @ mean)) / n,
+    }
 
 
 def geometric_median(features: np.ndarray, seed: int = 0, max_rows: int = _CHUNK, iters: int = 100) -> np.ndarray:
@@ -52,8 +56,9 @@ def geometric_median(features: np.ndarray, seed: int = 0, max_rows: int = _CHUNK
     return median.astype(np.float32)
 
 
-def evaluate_sae(sae: FrozenSAE, features: np.ndarray, *, batch_size: int = 1024, mesh=None,
-                 stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_sae(
+    sae: FrozenSAE, features: np.ndarray, *, batch_size: int = 1024, mesh=None, stats: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Metrics of `sae` on all rows of `features` (raw embeddings, given to the SAE as it was trained)."""
     mesh = mesh or parallel.data_mesh()
     stats = stats or data_statistics(features, sae.normalize_inputs)
@@ -72,10 +77,15 @@ def evaluate_sae(sae: FrozenSAE, features: np.ndarray, *, batch_size: int = 1024
 
     sse, active, fires = 0.0, 0, np.zeros(dict_size, np.int64)
     for start in range(0, n, batch_size):
-        raw = np.asarray(features[start:start + batch_size], np.float32)
+        raw = np.asarray(features[start : start + batch_size], np.float32)
         valid = np.arange(batch_size) < len(raw)
         raw = np.pad(raw, ((0, batch_size - len(raw)), (0, 0)))
         s, a, f = jax.device_get(chunk_sums(params, jax.device_put(raw, parallel.batch_sharding(mesh)), valid))
         sse, active, fires = sse + float(s), active + int(a), fires + f
-    return {"fvu": sse / (stats["variance_per_example"] * n), "mse": sse / (n * d), "l0": active / n,
-            "dead_fraction": float(np.mean(fires == 0)), "firing_frequency": fires / n}
+    return {
+        "fvu": sse / (stats["variance_per_example"] * n),
+        "mse": sse / (n * d),
+        "l0": active / n,
+        "dead_fraction": float(np.mean(fires == 0)),
+        "firing_frequency": fires / n,
+    }

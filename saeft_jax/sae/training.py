@@ -60,7 +60,7 @@ class SAEOptions:
     metrics_path: str | None = None
     histogram_path: str | None = None
     progress: bool = True
-    device_bytes: int = 2 ** 30
+    device_bytes: int = 2**30
     devices: tuple | None = None
 
     @classmethod
@@ -74,8 +74,17 @@ class SAEOptions:
         return cls(**options)
 
 
-def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int = 1024, epochs: int = 100,
-              lr: float = 1e-3, seed: int = 0, **options: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def train_sae(
+    features: np.ndarray,
+    *,
+    dict_size: int,
+    k: int,
+    batch_size: int = 1024,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    seed: int = 0,
+    **options: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Trains on an (N, d) array (in memory or memory-mapped) of raw embeddings.
 
     Returns the parameters (NumPy) and the final model's metrics on all of `features`:
@@ -115,8 +124,9 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
             log.flush()  # an epoch is long; its record should survive a preemption
             stopping.check(f"after SAE epoch {epoch + 1} of {epochs}")
         params = jax.device_get(state["params"])
-        final = evaluate_sae(FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh,
-                             stats=stats)
+        final = evaluate_sae(
+            FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh, stats=stats
+        )
         log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
     finally:
         bar.close()
@@ -128,20 +138,30 @@ def train_sae(features: np.ndarray, *, dict_size: int, k: int, batch_size: int =
     return params, {**final, "epochs": epochs}
 
 
-def initial_state(features: np.ndarray, d: int, dict_size: int, seed: int, opts: SAEOptions,
-                  stats: dict[str, Any], optimizer: optax.GradientTransformation, mesh) -> dict[str, Any]:
+def initial_state(
+    features: np.ndarray,
+    d: int,
+    dict_size: int,
+    seed: int,
+    opts: SAEOptions,
+    stats: dict[str, Any],
+    optimizer: optax.GradientTransformation,
+    mesh,
+) -> dict[str, Any]:
     """Parameters, optimizer state and the per-latent samples-since-fired counter, replicated."""
-    b_pre = {"zeros": lambda: None, "mean": lambda: stats["mean"],
-             "median": lambda: geometric_median(features, seed)}[opts.b_pre_init]()
-    params = model.init_params(jax.random.key(seed), d, dict_size, b_enc=opts.b_enc, tied_init=opts.tied_init,
-                             b_pre=b_pre)
-    state = {"params": params, "opt": optimizer.init(params),
-             "since_fired": jnp.zeros(dict_size, jnp.int32)}
+    b_pre = {"zeros": lambda: None, "mean": lambda: stats["mean"], "median": lambda: geometric_median(features, seed)}[
+        opts.b_pre_init
+    ]()
+    params = model.init_params(
+        jax.random.key(seed), d, dict_size, b_enc=opts.b_enc, tied_init=opts.tied_init, b_pre=b_pre
+    )
+    state = {"params": params, "opt": optimizer.init(params), "since_fired": jnp.zeros(dict_size, jnp.int32)}
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def make_step(optimizer: optax.GradientTransformation, k: int, opts: SAEOptions, dead_after: int, mesh,
-              mse_scale: float = 1.0):
+def make_step(
+    optimizer: optax.GradientTransformation, k: int, opts: SAEOptions, dead_after: int, mesh, mse_scale: float = 1.0
+):
     """The jit-compiled step `(state, acc, raw_batch) -> (state, acc)`; state and the epoch
     accumulators are donated, the batch is split over the mesh's data axis. The loss is
     `mse_scale * MSE` (+ the AuxK term)."""
@@ -152,8 +172,9 @@ def make_step(optimizer: optax.GradientTransformation, k: int, opts: SAEOptions,
         if opts.auxk:
             k_aux = opts.k_aux or x.shape[-1] // 2
             residual = jax.lax.stop_gradient(x - x_hat)
-            loss = loss + opts.auxk_coef * model.auxk_loss(params, x, residual, dead, k_aux, relu=opts.relu,
-                                                           normalized=opts.auxk_normalized)
+            loss = loss + opts.auxk_coef * model.auxk_loss(
+                params, x, residual, dead, k_aux, relu=opts.relu, normalized=opts.auxk_normalized
+            )
         return loss, (x_hat, values, indices)
 
     def step(state, acc, raw):
@@ -170,18 +191,28 @@ def make_step(optimizer: optax.GradientTransformation, k: int, opts: SAEOptions,
             params["W_dec"] = params["W_dec"] / jnp.linalg.norm(params["W_dec"], axis=-1, keepdims=True)
         fires = jnp.zeros_like(state["since_fired"]).at[indices].add((values != 0).astype(jnp.int32))
         since_fired = jnp.where(fires > 0, 0, state["since_fired"] + x.shape[0])
-        acc = {"sse": acc["sse"] + jnp.sum((x_hat - x) ** 2), "fires": acc["fires"] + fires,
-               "active": acc["active"] + jnp.sum(values != 0)}
+        acc = {
+            "sse": acc["sse"] + jnp.sum((x_hat - x) ** 2),
+            "fires": acc["fires"] + fires,
+            "active": acc["active"] + jnp.sum(values != 0),
+        }
         return {"params": params, "opt": opt_state, "since_fired": since_fired}, acc
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated, replicated, batch), out_shardings=(replicated, replicated),
-                   donate_argnums=(0, 1))
+    return jax.jit(
+        step,
+        in_shardings=(replicated, replicated, batch),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0, 1),
+    )
 
 
 def _run_epoch(state, step, batches: "_Batches", epoch: int, dict_size: int, bar):
-    acc = {"sse": jnp.zeros((), jnp.float32), "fires": jnp.zeros(dict_size, jnp.int32),
-           "active": jnp.zeros((), jnp.int32)}
+    acc = {
+        "sse": jnp.zeros((), jnp.float32),
+        "fires": jnp.zeros(dict_size, jnp.int32),
+        "active": jnp.zeros((), jnp.int32),
+    }
     for i, batch in enumerate(batches.epoch(epoch)):
         state, acc = step(state, acc, batch)
         if i % 32 == 31:  # keep the dispatch queue short so the progress bar tells the truth
@@ -192,9 +223,12 @@ def _run_epoch(state, step, batches: "_Batches", epoch: int, dict_size: int, bar
 
 def _epoch_metrics(acc: dict[str, np.ndarray], stats: dict[str, Any], seen: int) -> dict[str, float]:
     """Running training metrics of one epoch (parameters change during it)."""
-    return {"fvu": float(acc["sse"] / (stats["variance_per_example"] * seen)),
-            "mse": float(acc["sse"] / (seen * stats["d"])), "l0": float(acc["active"] / seen),
-            "dead_fraction": float(np.mean(acc["fires"] == 0))}
+    return {
+        "fvu": float(acc["sse"] / (stats["variance_per_example"] * seen)),
+        "mse": float(acc["sse"] / (seen * stats["d"])),
+        "l0": float(acc["active"] / seen),
+        "dead_fraction": float(np.mean(acc["fires"] == 0)),
+    }
 
 
 class _Batches:

@@ -78,16 +78,22 @@ def status(workdir: epath.Path, parts: tuple[str, ...]) -> tuple[dict[str, Any] 
         size = storage.size_of(directory / name)
         if size != expected["bytes"]:
             damaged.append(name)
-            reasons.append(f"{directory / name} is missing" if size is None else
-                           f"{directory / name} has {size} bytes, {expected['bytes']} when it was written")
+            reasons.append(
+                f"{directory / name} is missing"
+                if size is None
+                else f"{directory / name} has {size} bytes, {expected['bytes']} when it was written"
+            )
     if damaged:
-        return None, Problem("; ".join(reasons[:3]) + (f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""),
-                             files=tuple(damaged))
+        return None, Problem(
+            "; ".join(reasons[:3]) + (f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""),
+            files=tuple(damaged),
+        )
     for source, files in record.get("inputs", {}).items():
         current = read_record(workdir, tuple(source.split("/")))
         if current is None or _hashes(current) != files:
-            return None, Problem(f"it was made from a version of {workdir / source} that has since changed",
-                                 start_over=True)
+            return None, Problem(
+                f"it was made from a version of {workdir / source} that has since changed", start_over=True
+            )
     return record, None
 
 
@@ -130,9 +136,11 @@ def verified(workdir: epath.Path, parts: tuple[str, ...], name: str, command: st
             others = _remove_damaged(directory, record)
             withdraw(workdir, parts, name)
             also = f" (so were {', '.join(others)}, also removed)" if others else ""
-            raise ArtifactDamaged(f"{directory / file} {what} (damaged, truncated or changed by hand){also}. The "
-                                  f"completion mark of {key(parts)} is withdrawn and the file removed, so {command} "
-                                  f"rebuilds it, and what was made from it.")
+            raise ArtifactDamaged(
+                f"{directory / file} {what} (damaged, truncated or changed by hand){also}. The "
+                f"completion mark of {key(parts)} is withdrawn and the file removed, so {command} "
+                f"rebuilds it, and what was made from it."
+            )
     return local
 
 

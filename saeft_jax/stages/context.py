@@ -25,12 +25,18 @@ from saeft_jax.data.sources import Subset, held_out, open_source
 from saeft_jax.methods import Method, from_config
 from saeft_jax.stages import completion
 
+
 class Run:
     """One run: `config` in `workdir`. Only process 0 writes shared files; all processes wait
     for each other at completion marks."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, model_path: str | None = None,
-                 command: str = "rerunning the same command"):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike,
+        model_path: str | None = None,
+        command: str = "rerunning the same command",
+    ):
         self.config, self.workdir = config, storage.path(workdir)
         self.model_path = model_path or config.model
         self.command = command  # how a user reruns this run, for messages
@@ -57,11 +63,13 @@ class Run:
         a folder: the prompts of `config.templates_file` when it names one)."""
         if name not in self._specs:
             corruptions = self.config.corruptions
-            spec = with_corruptions(dataset_spec(name, self.config.data_dir or None), tuple(corruptions.names),
-                                    corruptions.severity)
+            spec = with_corruptions(
+                dataset_spec(name, self.config.data_dir or None), tuple(corruptions.names), corruptions.severity
+            )
             if spec.prepare_kind == folders.KIND and self.config.templates_file:
-                spec = dataclasses.replace(spec, templates=folders.read_templates(self.config.templates_file,
-                                                                                  "config.templates_file"))
+                spec = dataclasses.replace(
+                    spec, templates=folders.read_templates(self.config.templates_file, "config.templates_file")
+                )
             self._specs[name] = dataclasses.replace(spec, data_dir=self.config.data_dir or None)
         return self._specs[name]
 
@@ -123,15 +131,26 @@ class Run:
         """Why a marked artifact `parts` no longer counts as complete (None: complete or never made)."""
         return completion.status(self.workdir, parts)[1]
 
-    def mark_done(self, record: dict[str, Any] | None, *parts: str, files: tuple[str, ...] = (),
-                  inputs: tuple[tuple[str, ...], ...] = ()) -> None:
+    def mark_done(
+        self,
+        record: dict[str, Any] | None,
+        *parts: str,
+        files: tuple[str, ...] = (),
+        inputs: tuple[tuple[str, ...], ...] = (),
+    ) -> None:
         """Writes the completion record with the size and hash of each of `files` (under the
         artifact's directory) and of the artifacts `inputs` it was made from (atomically, by
         process 0), then waits for all processes."""
         if self.is_writer:
             directory = self.dir(*parts)
-            write_json(directory / completion.DONE, {**(record or {}), "files": completion.digests(directory, files),
-                                                     "inputs": completion.input_hashes(self.workdir, inputs)})
+            write_json(
+                directory / completion.DONE,
+                {
+                    **(record or {}),
+                    "files": completion.digests(directory, files),
+                    "inputs": completion.input_hashes(self.workdir, inputs),
+                },
+            )
         self.barrier("/".join(parts))
 
     def read(self, parts: tuple[str, ...], name: str) -> Path:

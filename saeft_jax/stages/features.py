@@ -46,14 +46,22 @@ def run_stage(run: Run) -> None:
         path = chunks / f"s{first:07d}-n{count:05d}-p{jax.process_index():03d}.npz"
         if not path.exists():
             rows = []
-            for b in pipeline.eval_batches(source, share=share, transform=eval_transform(run.model.image_spec),
-                                           num_workers=run.config.num_workers, first_step=first,
-                                           num_steps=cfg.chunk_steps):
+            for b in pipeline.eval_batches(
+                source,
+                share=share,
+                transform=eval_transform(run.model.image_spec),
+                num_workers=run.config.num_workers,
+                first_step=first,
+                num_steps=cfg.chunk_steps,
+            ):
                 stopping.check(f"in stage features at step {first + len(rows)} of {steps}")
                 rows.append(_local_rows(encode(jax.make_array_from_process_local_data(batch_sharding, b["image"])), b))
-            storage.save_npz(path, index=np.concatenate([r[0] for r in rows]),
-                             embedding=np.concatenate([r[1] for r in rows]),
-                             label=np.concatenate([r[2] for r in rows]))
+            storage.save_npz(
+                path,
+                index=np.concatenate([r[0] for r in rows]),
+                embedding=np.concatenate([r[1] for r in rows]),
+                label=np.concatenate([r[2] for r in rows]),
+            )
         bar.update(count)
     bar.close()
     run.barrier("features chunks")
@@ -69,8 +77,9 @@ def _zeroshot_encoder(run: Run) -> tuple[Callable[[jax.Array], jax.Array], jax.s
     """(encode(global images) -> embeddings, the batch sharding) of the frozen zero-shot encoder."""
     encoder, batch_sharding = run.model.image_encoder(), parallel.batch_sharding(run.mesh)
     frozen = jax.device_put(run.model.image_params(), parallel.replicated(run.mesh))
-    apply = jax.jit(lambda p, x: encoder.apply({"params": p}, x), in_shardings=(parallel.replicated(run.mesh),
-                                                                                 batch_sharding))
+    apply = jax.jit(
+        lambda p, x: encoder.apply({"params": p}, x), in_shardings=(parallel.replicated(run.mesh), batch_sharding)
+    )
     return (lambda images: apply(frozen, images)), batch_sharding
 
 
@@ -82,8 +91,12 @@ def embed(run: Run, spec: DatasetSpec) -> dict[str, np.ndarray]:
     encode, sharding = _zeroshot_encoder(run)
     share = pipeline.Share.of_this_process(run.config.features.batch_size)
     keep: dict[str, list[np.ndarray]] = {key: [] for key in ("embedding", "label", "group", "mask")}
-    for batch in pipeline.eval_batches(source, share=share, transform=eval_transform(run.model.image_spec, spec.border_crop),
-                                       num_workers=run.config.num_workers):
+    for batch in pipeline.eval_batches(
+        source,
+        share=share,
+        transform=eval_transform(run.model.image_spec, spec.border_crop),
+        num_workers=run.config.num_workers,
+    ):
         keep["embedding"].append(as_numpy(encode(jax.make_array_from_process_local_data(sharding, batch["image"]))))
         for key in ("label", "group", "mask"):
             keep[key].append(as_numpy(jax.make_array_from_process_local_data(sharding, batch[key])))
@@ -122,14 +135,18 @@ def _assemble(run: Run, n: int) -> None:
         labels[chunk["index"]] = chunk["label"]
         covered[chunk["index"]] = True
     if without_labels:
-        raise completion.ArtifactDamaged(f"{len(without_labels)} feature chunks in {chunks} hold no labels (chunks "
-                                         f"of an older version); they are removed, so {run.command} computes them "
-                                         f"again, all in one pass.")
+        raise completion.ArtifactDamaged(
+            f"{len(without_labels)} feature chunks in {chunks} hold no labels (chunks "
+            f"of an older version); they are removed, so {run.command} computes them "
+            f"again, all in one pass."
+        )
     if not covered.all():
         chunks.rmtree()
-        raise completion.ArtifactDamaged(f"the feature chunks in {chunks} cover {covered.sum()} of the {n} training "
-                                         f"examples (chunks of another run?); they are removed, so {run.command} "
-                                         f"computes the pass again.")
+        raise completion.ArtifactDamaged(
+            f"the feature chunks in {chunks} cover {covered.sum()} of the {n} training "
+            f"examples (chunks of another run?); they are removed, so {run.command} "
+            f"computes the pass again."
+        )
     features.flush()
     del features
     os.replace(partial, local)
@@ -144,8 +161,9 @@ def _load_chunk(run: Run, path) -> dict[str, np.ndarray]:
         return storage.load_npz(path)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         path.unlink(missing_ok=True)
-        raise completion.ArtifactDamaged(f"{path} is damaged ({error}); it is removed, so {run.command} computes "
-                                         f"that chunk again.") from error
+        raise completion.ArtifactDamaged(
+            f"{path} is damaged ({error}); it is removed, so {run.command} computes that chunk again."
+        ) from error
 
 
 def features_path(run: Run) -> str:
@@ -162,10 +180,16 @@ def features_path(run: Run) -> str:
         raise completion.ArtifactDamaged(
             f"{run.workdir / STAGE / 'train.npy'} holds embeddings of shape {shape}, but this run needs {expected} "
             f"({run.config.train_dataset} examples x the model's embedding width). It is removed and its mark "
-            f"withdrawn, so {run.command} computes it again.")
-    check_artifact(np.load(path, mmap_mode="r"), run.workdir, (STAGE,), "train.npy",
-                   f"they are {run.model_path}'s image embeddings, so check that checkpoint's weights if it comes back",
-                   run.command)
+            f"withdrawn, so {run.command} computes it again."
+        )
+    check_artifact(
+        np.load(path, mmap_mode="r"),
+        run.workdir,
+        (STAGE,),
+        "train.npy",
+        f"they are {run.model_path}'s image embeddings, so check that checkpoint's weights if it comes back",
+        run.command,
+    )
     return str(path)
 
 

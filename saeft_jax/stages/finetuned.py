@@ -49,34 +49,62 @@ def run_stage(run: Run, name: str) -> None:
         return _import(run, method)
     model = run.model
     if method.recipe == "linear_probe":  # the zero-shot encoder with the probe's head
-        return _publish(run, method, {"encoder": model.image_params(), "head": probe.load_head(run)},
-                        {"steps": 0, "final_loss": None, "final_ce": None})
+        return _publish(
+            run,
+            method,
+            {"encoder": model.image_params(), "head": probe.load_head(run)},
+            {"steps": 0, "final_loss": None, "final_ce": None},
+        )
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
     frozen = {"encoder": model.image_params(), "sae": trained_sae.load(run, method.sae) if method.sae else None}
     recipe = _flyp(run, method, frozen) if method.recipe == "flyp" else _classifier(run, method)
-    optimizer, schedule = make_optimizer(cfg.lr, steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                                         clip_norm=cfg.clip_norm, decay_mask=recipe.decay_mask)
+    optimizer, schedule = make_optimizer(
+        cfg.lr,
+        steps,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        clip_norm=cfg.clip_norm,
+        decay_mask=recipe.decay_mask,
+    )
     state = init_state(recipe.params, optimizer)
     sharding = parallel.state_shardings(state, run.mesh, fsdp=True) if cfg.fsdp else None
-    step = make_train_step(recipe.loss, optimizer, schedule, run.mesh, sharding,
-                           accumulate_steps=cfg.accumulate_steps)
+    step = make_train_step(recipe.loss, optimizer, schedule, run.mesh, sharding, accumulate_steps=cfg.accumulate_steps)
     directory = run.dir(STAGE, name)
     keep_best = cfg.select_checkpoint == "best_val"
-    state, summary = train_loop(step, state, frozen, _batches(run, method, source, recipe.templates), mesh=run.mesh,
-                                workdir=directory, total_steps=steps, log_every=cfg.log_every,
-                                checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
-                                show_progress=run.config.show_progress, description=f"finetune {name}",
-                                state_sharding=sharding, validate=_validator(run, recipe),
-                                eval_every=cfg.eval_every, keep_best=keep_best)
+    state, summary = train_loop(
+        step,
+        state,
+        frozen,
+        _batches(run, method, source, recipe.templates),
+        mesh=run.mesh,
+        workdir=directory,
+        total_steps=steps,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
+        show_progress=run.config.show_progress,
+        description=f"finetune {name}",
+        state_sharding=sharding,
+        validate=_validator(run, recipe),
+        eval_every=cfg.eval_every,
+        keep_best=keep_best,
+    )
     if summary["preempted"]:
         signum = stopping.requested() or signal.SIGTERM  # else JAX's preemption notice
-        raise stopping.Stopped(f"{stopping.signal_name(signum)}: fine-tuning method {name!r} stopped at step "
-                               f"{summary['steps']} of {steps} and saved a checkpoint in {directory / 'checkpoints'}",
-                               signum)
+        raise stopping.Stopped(
+            f"{stopping.signal_name(signum)}: fine-tuning method {name!r} stopped at step "
+            f"{summary['steps']} of {steps} and saved a checkpoint in {directory / 'checkpoints'}",
+            signum,
+        )
     chosen = summary["best"]["params"] if keep_best else state["params"]
-    _publish(run, method, recipe.tuned(jax.device_get(chosen)),
-             {k: summary[k] for k in ("steps", "final_loss", "final_ce")}, _checkpoint_record(run, summary))
+    _publish(
+        run,
+        method,
+        recipe.tuned(jax.device_get(chosen)),
+        {k: summary[k] for k in ("steps", "final_loss", "final_ce")},
+        _checkpoint_record(run, summary),
+    )
 
 
 def _validator(run: Run, recipe: _Recipe) -> Callable[[dict], float] | None:
@@ -85,8 +113,15 @@ def _validator(run: Run, recipe: _Recipe) -> Callable[[dict], float] | None:
     if not run.config.finetune.eval_every:
         return None
     spec = run.validation
-    score = make_scorer(run.model.image_encoder(), spec, run.source(spec), image_spec=run.model.image_spec,
-                        mesh=run.mesh, global_batch=run.config.evaluate.batch_size, num_workers=run.config.num_workers)
+    score = make_scorer(
+        run.model.image_encoder(),
+        spec,
+        run.source(spec),
+        image_spec=run.model.image_spec,
+        mesh=run.mesh,
+        global_batch=run.config.evaluate.batch_size,
+        num_workers=run.config.num_workers,
+    )
     return lambda params: score(recipe.tuned(params))
 
 
@@ -101,8 +136,13 @@ def _checkpoint_record(run: Run, summary: dict) -> dict | None:
     else:  # the last step, scored when it is an evaluation point
         step = summary["steps"]
         score = dict(map(tuple, summary["curve"])).get(step)
-    return {"split": run.validation.name, "rule": cfg.select_checkpoint, "step": step, "score": score,
-            "curve": summary["curve"]}
+    return {
+        "split": run.validation.name,
+        "rule": cfg.select_checkpoint,
+        "step": step,
+        "score": score,
+        "curve": summary["curve"],
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,12 +178,15 @@ def _flyp(run: Run, method: Method, frozen: dict) -> _Recipe:
 
     def tuned(trained: dict) -> dict:
         text = {**trained["text"], **model.published_scales(trained["scales"], clamp=not as_flyp)}
-        head = build_zeroshot_head(model, spec.prompts(), params={**model.params, **text},
-                                   show_progress=run.config.show_progress)
+        head = build_zeroshot_head(
+            model, spec.prompts(), params={**model.params, **text}, show_progress=run.config.show_progress
+        )
         return {"encoder": trained["encoder"], "text": text, "head": {k: np.asarray(v) for k, v in head.items()}}
 
-    no_decay_on_scales = lambda params: {**jax.tree.map(lambda _: True, params),
-                                         "scales": jax.tree.map(lambda _: False, params["scales"])}
+    no_decay_on_scales = lambda params: {
+        **jax.tree.map(lambda _: True, params),
+        "scales": jax.tree.map(lambda _: False, params["scales"]),
+    }
     return _Recipe(trainable, loss, len(spec.templates), tuned, None if as_flyp else no_decay_on_scales)
 
 
@@ -152,8 +195,12 @@ def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
     if method.checkpoint:
         return (("zeroshot",),)
     cached = run.config.finetune.teacher_cache and method.regularizer.teacher_cache
-    return (("zeroshot",), *([("sae", method.sae)] if method.sae else []), *([("probe",)] if method.uses_probe else []),
-            *([("features",)] if cached else []))
+    return (
+        ("zeroshot",),
+        *([("sae", method.sae)] if method.sae else []),
+        *([("probe",)] if method.uses_probe else []),
+        *([("features",)] if cached else []),
+    )
 
 
 def _publish(run: Run, method: Method, tuned: dict, train: dict, checkpoint: dict | None = None) -> None:
@@ -163,12 +210,22 @@ def _publish(run: Run, method: Method, tuned: dict, train: dict, checkpoint: dic
     model = run.model
     directory = run.dir(STAGE, method.name)
     if run.is_writer:
-        model.save(directory / "final", params={**model.params, **tuned["encoder"], **tuned.get("text", {})},
-                   overwrite=True)  # what an interrupted attempt left
+        model.save(
+            directory / "final", params={**model.params, **tuned["encoder"], **tuned.get("text", {})}, overwrite=True
+        )  # what an interrupted attempt left
         storage.save_safetensors(directory / "head.safetensors", tuned["head"])
-    run.mark_done({"method": method.describe(), "train": train, "fingerprint": fingerprint(tuned),
-                   **({"checkpoint": checkpoint} if checkpoint else {})}, STAGE,
-                  method.name, files=("final", "head.safetensors"), inputs=made_from(run, method))
+    run.mark_done(
+        {
+            "method": method.describe(),
+            "train": train,
+            "fingerprint": fingerprint(tuned),
+            **({"checkpoint": checkpoint} if checkpoint else {}),
+        },
+        STAGE,
+        method.name,
+        files=("final", "head.safetensors"),
+        inputs=made_from(run, method),
+    )
 
 
 def _import(run: Run, method: Method) -> None:
@@ -179,15 +236,21 @@ def _import(run: Run, method: Method) -> None:
     where = storage.path(method.checkpoint)
     theirs = models.load(where)  # only the image tower (and the head) are taken
     if not model.same_image_tower(theirs):
-        kind = (f"a {theirs.family.name} model, while this run's {run.model_path} is a {model.family.name} model"
-                if theirs.family.name != model.family.name else
-                f"a {theirs.family.name} model whose image encoder has another shape than {run.model_path}'s")
-        raise UsageError(f"config.finetune.methods.{method.name}.checkpoint: {where} holds {kind}. WiSE-FT mixes the "
-                         f"two models' weights, so a checkpoint method must be a fine-tuned copy of this run's model "
-                         f"(same family and architecture).")
-    check_finite(model.image_params(theirs.params), f"{where} (its weights)",
-                 f"config.finetune.methods.{method.name}.checkpoint must name a usable model: replace it with an "
-                 f"intact copy.")
+        kind = (
+            f"a {theirs.family.name} model, while this run's {run.model_path} is a {model.family.name} model"
+            if theirs.family.name != model.family.name
+            else f"a {theirs.family.name} model whose image encoder has another shape than {run.model_path}'s"
+        )
+        raise UsageError(
+            f"config.finetune.methods.{method.name}.checkpoint: {where} holds {kind}. WiSE-FT mixes the "
+            f"two models' weights, so a checkpoint method must be a fine-tuned copy of this run's model "
+            f"(same family and architecture)."
+        )
+    check_finite(
+        model.image_params(theirs.params),
+        f"{where} (its weights)",
+        f"config.finetune.methods.{method.name}.checkpoint must name a usable model: replace it with an intact copy.",
+    )
     if (where / "head.safetensors").exists():
         head, made = storage.load_safetensors(where / "head.safetensors"), where / "head.safetensors"
     else:
@@ -198,21 +261,34 @@ def _import(run: Run, method: Method) -> None:
     shapes = {name: np.shape(head[name]) for name in sorted(head)}
     wanted = {"W": (classes, model.embed_dim), "b": (classes,)}
     if shapes != wanted:
-        raise UsageError(f"{made} holds the tensors {shapes}; a head for this run's {classes} training classes is "
-                         f"W {wanted['W']} (one row per class over the {model.embed_dim}-wide embedding) and b "
-                         f"{wanted['b']}. Write it in that form, or remove it to use the zero-shot head of the "
-                         f"checkpoint's own text tower.")
-    check_finite(head, str(made), "replace it with an intact head, or remove it to use the zero-shot head of the "
-                 "checkpoint's own text tower.")
-    _publish(run, method, {"encoder": model.image_params(theirs.params), "head": {k: np.asarray(v, np.float32)
-                                                                     for k, v in head.items()}},
-             {"steps": 0, "final_loss": None, "final_ce": None})
+        raise UsageError(
+            f"{made} holds the tensors {shapes}; a head for this run's {classes} training classes is "
+            f"W {wanted['W']} (one row per class over the {model.embed_dim}-wide embedding) and b "
+            f"{wanted['b']}. Write it in that form, or remove it to use the zero-shot head of the "
+            f"checkpoint's own text tower."
+        )
+    check_finite(
+        head,
+        str(made),
+        "replace it with an intact head, or remove it to use the zero-shot head of the checkpoint's own text tower.",
+    )
+    _publish(
+        run,
+        method,
+        {"encoder": model.image_params(theirs.params), "head": {k: np.asarray(v, np.float32) for k, v in head.items()}},
+        {"steps": 0, "final_loss": None, "final_ce": None},
+    )
 
 
 def _loss(run: Run, method: Method):
     """Cross-entropy plus the method's weighted penalty, tapping token features where it asks."""
-    return make_loss(run.model.image_encoder(), method.penalty(), method.reg_lambda,
-                     label_smoothing=run.config.finetune.label_smoothing, taps=_taps(run, method))
+    return make_loss(
+        run.model.image_encoder(),
+        method.penalty(),
+        method.reg_lambda,
+        label_smoothing=run.config.finetune.label_smoothing,
+        taps=_taps(run, method),
+    )
 
 
 def _taps(run: Run, method: Method) -> tuple[int, ...]:
@@ -227,9 +303,15 @@ def _batches(run: Run, method: Method, source, templates: int = 0):
     use_cache = cfg.teacher_cache and method.regularizer.teacher_cache
     teacher = pipeline.NpyRows(features.features_path(run)) if use_cache else None
     transform = train_transform(run.model.image_spec, tuple(cfg.crop_scale) if cfg.random_crop else None)
-    return pipeline.train_batches(source, share=pipeline.Share.of_this_process(cfg.batch_size), seed=run.config.seed,
-                                  transform=transform, teacher=teacher, templates=templates,
-                                  num_workers=run.config.num_workers)
+    return pipeline.train_batches(
+        source,
+        share=pipeline.Share.of_this_process(cfg.batch_size),
+        seed=run.config.seed,
+        transform=transform,
+        teacher=teacher,
+        templates=templates,
+        num_workers=run.config.num_workers,
+    )
 
 
 def load_finetuned(run: Run, name: str) -> dict:

@@ -23,8 +23,10 @@ def label_spaces(run: Run) -> dict[str, DatasetSpec]:
             spaces.setdefault(spec.label_space, spec)
     missing = {s.label_space for s in run.eval_specs()} - set(spaces)
     if missing:
-        raise ValueError(f"no dataset gives the full class list of label space(s) {sorted(missing)}; train on or "
-                         f"evaluate a dataset of that space without a projection (e.g. 'imagenet')")
+        raise ValueError(
+            f"no dataset gives the full class list of label space(s) {sorted(missing)}; train on or "
+            f"evaluate a dataset of that space without a projection (e.g. 'imagenet')"
+        )
     return spaces
 
 
@@ -34,8 +36,7 @@ def run_stage(run: Run) -> None:
     for space, spec in label_spaces(run).items():
         path = run.dir(STAGE) / f"{space}.safetensors"
         if not path.exists():
-            head = build_zeroshot_head(run.model, spec.prompts(),
-                                       show_progress=run.config.show_progress)
+            head = build_zeroshot_head(run.model, spec.prompts(), show_progress=run.config.show_progress)
             if run.is_writer:
                 storage.save_safetensors(path, head)
         summary[space] = {"classes": len(spec.classnames), "templates": len(spec.templates)}
@@ -46,6 +47,12 @@ def load_head(run: Run, space: str) -> dict[str, np.ndarray]:
     """The zero-shot head of label space `space`, checked finite."""
     name = f"{space}.safetensors"
     head = storage.load_safetensors(epath.Path(run.read((STAGE,), name)))
-    check_artifact(head, run.workdir, (STAGE,), name, f"it was built from the text tower of {run.model_path}, so check "
-                   f"that checkpoint's weights if it comes back", run.command)
+    check_artifact(
+        head,
+        run.workdir,
+        (STAGE,),
+        name,
+        f"it was built from the text tower of {run.model_path}, so check that checkpoint's weights if it comes back",
+        run.command,
+    )
     return head

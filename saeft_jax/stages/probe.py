@@ -36,15 +36,19 @@ def run_stage(run: Run) -> None:
         classes = len(run.train_spec.classnames)
         data, fits, head = blocks(np.load(path, mmap_mode="r"), labels), [], None
         for l2 in sorted(cfg.l2s, reverse=True):  # strongest first: each fit starts from the previous head
-            head, fit = fit_probe(data, classes, l2=l2, max_iterations=cfg.max_iterations,
-                                  tolerance=cfg.tolerance, start=head)
+            head, fit = fit_probe(
+                data, classes, l2=l2, max_iterations=cfg.max_iterations, tolerance=cfg.tolerance, start=head
+            )
             fit = {"l2": l2, **fit, **({"validation": _score(run, head, validation)} if validation else {})}
             fits.append((fit, head))
             _say_fit(run, fit, len(labels), classes)
         best, head = max(fits, key=lambda pair: pair[0].get("validation", 0.0))  # a tie: the stronger l2
         storage.save_safetensors(run.dir(STAGE) / "head.safetensors", head)
-        record = {"l2": best["l2"], "chosen_on": run.validation.name if validation else None,
-                  "fits": [fit for fit, _ in fits]}
+        record = {
+            "l2": best["l2"],
+            "chosen_on": run.validation.name if validation else None,
+            "fits": [fit for fit, _ in fits],
+        }
     run.mark_done(record, STAGE, files=("head.safetensors",), inputs=(("features",),))
 
 
@@ -56,11 +60,17 @@ def _score(run: Run, head: dict[str, np.ndarray], validation: dict[str, np.ndarr
 
 
 def _say_fit(run: Run, fit: dict, examples: int, classes: int) -> None:
-    converged = "converged" if fit["converged"] else (f"stopped at probe.max_iterations with gradient norm "
-                                                      f"{fit['grad_norm']:.2e}, above probe.tolerance")
+    converged = (
+        "converged"
+        if fit["converged"]
+        else (f"stopped at probe.max_iterations with gradient norm {fit['grad_norm']:.2e}, above probe.tolerance")
+    )
     chosen = f", validation {fit['validation']:.1f}" if "validation" in fit else ""
-    print(f"probe: l2 {fit['l2']:g} on {examples} embeddings of {classes} classes: {fit['iterations']} L-BFGS "
-          f"iterations, {converged}, objective {fit['objective']:.4f}{chosen}", flush=True)
+    print(
+        f"probe: l2 {fit['l2']:g} on {examples} embeddings of {classes} classes: {fit['iterations']} L-BFGS "
+        f"iterations, {converged}, objective {fit['objective']:.4f}{chosen}",
+        flush=True,
+    )
 
 
 def _labels(run: Run) -> np.ndarray:
@@ -71,22 +81,27 @@ def _labels(run: Run) -> np.ndarray:
         if run.is_writer:  # its chunks hold no labels either: the whole pass is made again, in one go
             completion.withdraw(run.workdir, (features.STAGE,), "train.npy")
             completion.withdraw(run.workdir, (features.STAGE,), "chunks")
-        raise completion.ArtifactDamaged(f"{run.workdir / features.STAGE} was made by a version that kept no "
-                                         f"labels, which the linear probe needs; it is removed and its mark "
-                                         f"withdrawn, so {run.command} computes the features again.")
+        raise completion.ArtifactDamaged(
+            f"{run.workdir / features.STAGE} was made by a version that kept no "
+            f"labels, which the linear probe needs; it is removed and its mark "
+            f"withdrawn, so {run.command} computes the features again."
+        )
     labels = np.load(run.read((features.STAGE,), "labels.npy"))
     if labels.shape != (len(run.source(run.train_spec)),):
         if run.is_writer:
             completion.withdraw(run.workdir, (features.STAGE,), "labels.npy")
-        raise completion.ArtifactDamaged(f"{run.workdir / features.STAGE / 'labels.npy'} holds {labels.shape} "
-                                         f"labels, not one per training example; it is withdrawn, so {run.command} "
-                                         f"computes the features again.")
+        raise completion.ArtifactDamaged(
+            f"{run.workdir / features.STAGE / 'labels.npy'} holds {labels.shape} "
+            f"labels, not one per training example; it is withdrawn, so {run.command} "
+            f"computes the features again."
+        )
     return labels
 
 
 def load_head(run: Run) -> dict[str, np.ndarray]:
     """The probe's head, checked against the hash its stage recorded and finite."""
     head = storage.load_safetensors(epath.Path(run.read((STAGE,), "head.safetensors")))
-    check_artifact(head, run.workdir, (STAGE,), "head.safetensors", "it was fitted on the features stage's "
-                   "embeddings", run.command)
+    check_artifact(
+        head, run.workdir, (STAGE,), "head.safetensors", "it was fitted on the features stage's embeddings", run.command
+    )
     return head

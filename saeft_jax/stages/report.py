@@ -18,8 +18,14 @@ from saeft_jax import parallel, storage
 from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import browser, interpret
-from saeft_jax.evaluation.analyses import (ANALYSES, Comparison, Embeddings, MethodComparison, run_analyses,
-                                           run_method_analyses)
+from saeft_jax.evaluation.analyses import (
+    ANALYSES,
+    Comparison,
+    Embeddings,
+    MethodComparison,
+    run_analyses,
+    run_method_analyses,
+)
 from saeft_jax.evaluation.effects import Scorer
 from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.rendering import plots
@@ -44,8 +50,11 @@ def _run_scores(record: dict[str, Any], alpha: str, tests: list[str], ood: list[
     reference defines otherwise, by its definition (`metrics.REFERENCE_DEFINITIONS`)."""
     metrics = {dataset: record["datasets"][dataset]["scores"][alpha] for dataset in tests}
     scores = {"metrics": metrics, "avg_ood": _avg(metrics, ood)}
-    reference = {dataset: record["datasets"][dataset]["reference"]["scores"][alpha] for dataset in tests
-                 if "reference" in record["datasets"][dataset]}
+    reference = {
+        dataset: record["datasets"][dataset]["reference"]["scores"][alpha]
+        for dataset in tests
+        if "reference" in record["datasets"][dataset]
+    }
     if reference:
         scores["reference_metrics"] = reference
     return scores
@@ -81,18 +90,33 @@ def collect(run: Run) -> dict[str, Any]:
     evaluations = {name: run.done(scores.STAGE, name) for name in names}
     saes = {name: _sae_summary(run.done(trained_sae.STAGE, name)) for name in sae_names(run.config)}
     validation, report_sae = run.validation.name if run.validation else None, trained_sae.report_sae(run)
-    report = {"model": str(run.model_path), "id_dataset": in_distribution, "ood_datasets": shifts,
-              "validation": validation, "sae": saes.get(report_sae), "saes": saes,
-              "report_sae": report_sae, "held_out": _held_out(run),
-              "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
-              "reference_dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["reference"]["metric"]
-                                            for d in tests if "reference" in evaluations[names[0]]["datasets"][d]},
-              "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)}}
+    report = {
+        "model": str(run.model_path),
+        "id_dataset": in_distribution,
+        "ood_datasets": shifts,
+        "validation": validation,
+        "sae": saes.get(report_sae),
+        "saes": saes,
+        "report_sae": report_sae,
+        "held_out": _held_out(run),
+        "dataset_metrics": {d: evaluations[names[0]]["datasets"][d]["metric"] for d in tests},
+        "reference_dataset_metrics": {
+            d: evaluations[names[0]]["datasets"][d]["reference"]["metric"]
+            for d in tests
+            if "reference" in evaluations[names[0]]["datasets"][d]
+        },
+        "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)},
+    }
     for name, method in run.methods.items():
         record, trained = evaluations[name], run.done(finetuned.STAGE, name)
         wise = {a: _run_scores(record, a, tests, shifts) for a in record["datasets"][tests[0]]["scores"]}
-        entry = {**wise["1.0"], "wise": wise, "method": method.describe(), "train": trained["train"],
-                 "fingerprint": trained["fingerprint"]}
+        entry = {
+            **wise["1.0"],
+            "wise": wise,
+            "method": method.describe(),
+            "train": trained["train"],
+            "fingerprint": trained["fingerprint"],
+        }
         if "checkpoint" in trained:  # the step chosen on validation during fine-tuning
             entry["checkpoint"] = {k: trained["checkpoint"][k] for k in ("split", "step", "score", "curve", "rule")}
         if "0.5" in wise:
@@ -114,8 +138,11 @@ def run_stage(run: Run) -> None:
         explanations, comparisons = _changes(run, report, sae, vocabulary)
         if sae is not None:
             _across_datasets(run, report, sae, comparisons)
-        details = {"runs": explanations, "labels": {n: m.label() for n, m in run.methods.items()},
-                   "names": _effect_names(report, sae, vocabulary) if sae is not None else {}}
+        details = {
+            "runs": explanations,
+            "labels": {n: m.label() for n, m in run.methods.items()},
+            "names": _effect_names(report, sae, vocabulary) if sae is not None else {},
+        }
         figures = report_figures(report, directory)
         browsers = []
         if sae is not None:
@@ -148,8 +175,9 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     return names, np.concatenate(vectors)
 
 
-def _changes(run: Run, report: dict[str, Any], sae: FrozenSAE | None,
-             vocabulary) -> tuple[dict[str, Any], dict[str, dict[str, Comparison]]]:
+def _changes(
+    run: Run, report: dict[str, Any], sae: FrozenSAE | None, vocabulary
+) -> tuple[dict[str, Any], dict[str, dict[str, Comparison]]]:
     """Runs the configured analyses per method and dataset into `report`; returns the feature
     explanation of each method on the first dataset (in distribution when there is one) and the
     comparisons ({method: {dataset: Comparison}})."""
@@ -165,20 +193,27 @@ def _changes(run: Run, report: dict[str, Any], sae: FrozenSAE | None,
             arrays = scores.load_arrays(run, name, dataset)
             if dataset not in zeroshot:
                 zeroshot[dataset] = Embeddings(arrays["zeroshot_embeddings"], sae, local)
-            comparison = Comparison(zeroshot[dataset], Embeddings(arrays["finetuned_embeddings"], sae, local),
-                                    arrays["labels"], len(specs[dataset].classnames), arrays["indices"])
+            comparison = Comparison(
+                zeroshot[dataset],
+                Embeddings(arrays["finetuned_embeddings"], sae, local),
+                arrays["labels"],
+                len(specs[dataset].classnames),
+                arrays["indices"],
+            )
             comparisons[name][dataset] = comparison
             by_dataset[dataset] = run_analyses(run.config.report.analyses, comparison)
             if dataset == datasets[0] and sae is not None:
                 explanations[name] = _explain(run, specs[dataset], comparison, vocabulary, arrays["indices"])
-        report["runs"][name]["changes"] = {key: value for key, value in by_dataset[datasets[0]].items()
-                                           if key != "sae_fvu_zeroshot"}
+        report["runs"][name]["changes"] = {
+            key: value for key, value in by_dataset[datasets[0]].items() if key != "sae_fvu_zeroshot"
+        }
         report["runs"][name]["changes_by_dataset"] = by_dataset
     return explanations, comparisons
 
 
-def _across_datasets(run: Run, report: dict[str, Any], sae: FrozenSAE,
-                     comparisons: dict[str, dict[str, Comparison]]) -> None:
+def _across_datasets(
+    run: Run, report: dict[str, Any], sae: FrozenSAE, comparisons: dict[str, dict[str, Comparison]]
+) -> None:
     """Runs the configured analyses across datasets (`feature_effects`) per method into its entry of
     `report`: the method on the suite's datasets (`comparisons`) and the validation split, each
     scored as the evaluate stage scored it at alpha 1 (the method's head on its own label space,
@@ -189,8 +224,11 @@ def _across_datasets(run: Run, report: dict[str, Any], sae: FrozenSAE,
     local = parallel.data_mesh(jax.local_devices())
     validation, train_space = run.validation, run.train_spec.label_space
     specs = {spec.name: spec for spec in [*run.eval_specs(), *([validation] if validation else [])]}
-    own_heads = {spec.label_space: heads.load_head(run, spec.label_space) for spec in specs.values()
-                 if spec.label_space != train_space}
+    own_heads = {
+        spec.label_space: heads.load_head(run, spec.label_space)
+        for spec in specs.values()
+        if spec.label_space != train_space
+    }
     zeroshot_validation = None  # the same embeddings for every method, encoded once
     for name in report_methods(report):
         mine = dict(comparisons[name])
@@ -199,11 +237,16 @@ def _across_datasets(run: Run, report: dict[str, Any], sae: FrozenSAE,
             if zeroshot_validation is None:
                 zeroshot_validation = Embeddings(arrays["zeroshot_embeddings"], sae, local)
             tuned = Embeddings(arrays["finetuned_embeddings"], sae, local)
-            mine[validation.name] = Comparison(zeroshot_validation, tuned, arrays["labels"],
-                                               len(validation.classnames), arrays["indices"])
+            mine[validation.name] = Comparison(
+                zeroshot_validation, tuned, arrays["labels"], len(validation.classnames), arrays["indices"]
+            )
         head = finetuned.load_head(run, name)
-        scorers = {d: Scorer(head if specs[d].label_space == train_space else own_heads[specs[d].label_space],
-                             specs[d].project) for d in mine}
+        scorers = {
+            d: Scorer(
+                head if specs[d].label_space == train_space else own_heads[specs[d].label_space], specs[d].project
+            )
+            for d in mine
+        }
         method = MethodComparison(mine, scorers, report_datasets(report)[0], run.config.report)
         report["runs"][name].update(run_method_analyses(names, method))
 
@@ -215,8 +258,9 @@ def _effect_names(report: dict[str, Any], sae: FrozenSAE, vocabulary) -> dict[in
     return interpret.name_features(np.asarray(sae.params["W_dec"]), text, text_names, features)
 
 
-def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], sae: FrozenSAE,
-             vocabulary) -> dict[str, Any]:
+def _browser(
+    run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], sae: FrozenSAE, vocabulary
+) -> dict[str, Any]:
     """The feature browser's cards, on the first dataset's images (in distribution when there is one)."""
     cfg, dataset = run.config.report, report_datasets(report)[0]
     changes = {m: {d: c.changes for d, c in by_dataset.items()} for m, by_dataset in comparisons.items()}
@@ -227,9 +271,18 @@ def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, 
     codes = {"zeroshot": next(iter(here.values())).zeroshot.codes, **{m: c.finetuned.codes for m, c in here.items()}}
     spec = run.spec(dataset)
     effects = {m: report["runs"][m]["feature_effects"] for m in comparisons if "feature_effects" in report["runs"][m]}
-    cards = browser.feature_cards(codes, changes, dataset, spec.classnames, names, features,
-                                  dict_size=sae.dict_size, images=cfg.browser_images, effects=effects,
-                                  ood=report["ood_datasets"])
+    cards = browser.feature_cards(
+        codes,
+        changes,
+        dataset,
+        spec.classnames,
+        names,
+        features,
+        dict_size=sae.dict_size,
+        images=cfg.browser_images,
+        effects=effects,
+        ood=report["ood_datasets"],
+    )
     source, indices = run.source(spec), next(iter(here.values())).indices
     for view in (view for card in cards for view in card["models"].values()):
         view["examples"] = [int(indices[row]) for row in view.pop("rows")]  # rows differ by run, examples do not
@@ -243,10 +296,18 @@ def _browser(run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, 
 def _explain(run: Run, spec, comparison: Comparison, vocabulary, indices: np.ndarray) -> dict[str, Any]:
     cfg = run.config.report
     names, text = vocabulary
-    detail = interpret.explain(comparison.changes, comparison.zeroshot.codes, comparison.finetuned.codes,
-                               np.asarray(comparison.zeroshot.sae.params["W_dec"]), text, names, spec.classnames,
-                               top_features=cfg.top_features, images_per_feature=cfg.images_per_feature,
-                               classes_shown=cfg.classes_shown)
+    detail = interpret.explain(
+        comparison.changes,
+        comparison.zeroshot.codes,
+        comparison.finetuned.codes,
+        np.asarray(comparison.zeroshot.sae.params["W_dec"]),
+        text,
+        names,
+        spec.classnames,
+        top_features=cfg.top_features,
+        images_per_feature=cfg.images_per_feature,
+        classes_shown=cfg.classes_shown,
+    )
     return {"dataset": spec.name, "source_indices": indices, **detail}
 
 
@@ -255,9 +316,14 @@ def _feature_grids(run: Run, details: dict[str, Any], directory) -> dict[str, st
     figures = {}
     for name, detail in details["runs"].items():
         source = run.source(run.spec(detail["dataset"]))
-        rows = [(f"{label} #{e['feature']} ({e['names'][0][0]}): {e['images']} imgs",
-                 [source[int(detail["source_indices"][i])]["image"] for i in e["top_rows"]])
-                for label in ("gained", "lost") for e in detail[label]]
+        rows = [
+            (
+                f"{label} #{e['feature']} ({e['names'][0][0]}): {e['images']} imgs",
+                [source[int(detail["source_indices"][i])]["image"] for i in e["top_rows"]],
+            )
+            for label in ("gained", "lost")
+            for e in detail[label]
+        ]
         if rows:
             file = f"features_{name}.png"
             plots.image_grid(rows, directory / file, columns=run.config.report.images_per_feature)

@@ -37,18 +37,33 @@ def run_stage(run: Run, name: str) -> None:
         key = (spec.label_space, spec.logit_sets)
         if key not in sweeps:
             sweeps[key] = wise.make_sweep(encoder, spec.project, alphas, run.mesh)
-        result = evaluate_dataset(encoder, *pair, spec, run.source(spec), image_spec=run.model.image_spec, mesh=run.mesh,
-                                  global_batch=run.config.evaluate.batch_size, alphas=alphas,
-                                  num_workers=run.config.num_workers, show_progress=run.config.show_progress,
-                                  sweep=sweeps[key])
+        result = evaluate_dataset(
+            encoder,
+            *pair,
+            spec,
+            run.source(spec),
+            image_spec=run.model.image_spec,
+            mesh=run.mesh,
+            global_batch=run.config.evaluate.batch_size,
+            alphas=alphas,
+            num_workers=run.config.num_workers,
+            show_progress=run.config.show_progress,
+            sweep=sweeps[key],
+        )
         if run.is_writer:
             (directory / spec.name).parent.mkdir(parents=True, exist_ok=True)  # a folder's NAME/SPLIT: NAME/
             write_json(directory / f"{spec.name}.json", result.summary())
             # Last: the .npz marks the dataset as evaluated.
-            storage.save_npz(directory / f"{spec.name}.npz", labels=result.labels, groups=result.groups,
-                             indices=result.indices, predictions=result.predictions, alphas=np.asarray(result.alphas),
-                             zeroshot_embeddings=result.zeroshot_embeddings,
-                             finetuned_embeddings=result.finetuned_embeddings)
+            storage.save_npz(
+                directory / f"{spec.name}.npz",
+                labels=result.labels,
+                groups=result.groups,
+                indices=result.indices,
+                predictions=result.predictions,
+                alphas=np.asarray(result.alphas),
+                zeroshot_embeddings=result.zeroshot_embeddings,
+                finetuned_embeddings=result.finetuned_embeddings,
+            )
         run.barrier(f"evaluate {name} {spec.name}")
         results[spec.name] = result.summary()
     files = tuple(f"{dataset}.{suffix}" for dataset in results for suffix in ("json", "npz"))

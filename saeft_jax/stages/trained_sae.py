@@ -38,15 +38,29 @@ def run_stage(run: Run, name: str) -> None:
         else:
             options = {option: cfg[option] for option in OPTIONS}
             params, metrics = train_sae(
-                load_features(run), dict_size=cfg.dict_size, k=cfg.k, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                lr=cfg.lr, seed=run.config.seed,
+                load_features(run),
+                dict_size=cfg.dict_size,
+                k=cfg.k,
+                batch_size=cfg.batch_size,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                seed=run.config.seed,
                 checkpoint_dir=str(directory / "checkpoints") if jax.process_count() == 1 else None,
-                metrics_path=str(directory / "metrics.jsonl"), histogram_path=str(directory / "firing.png"),
-                progress=run.config.show_progress, devices=tuple(jax.local_devices()), **options)
+                metrics_path=str(directory / "metrics.jsonl"),
+                histogram_path=str(directory / "firing.png"),
+                progress=run.config.show_progress,
+                devices=tuple(jax.local_devices()),
+                **options,
+            )
             sae = FrozenSAE(params, cfg.k, relu=cfg.relu)
         save_sae(directory, sae, options=options, metrics=metrics)
-        record = {**{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
-                  "dict_size": cfg.dict_size, "k": sae.k, "relu": sae.relu, "kind": cfg.kind}
+        record = {
+            **{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
+            "dict_size": cfg.dict_size,
+            "k": sae.k,
+            "relu": sae.relu,
+            "kind": cfg.kind,
+        }
     run.mark_done(record, STAGE, name, files=(PARAMS_FILE, META_FILE, "firing.png"), inputs=(("features",),))
 
 

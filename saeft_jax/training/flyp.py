@@ -25,8 +25,9 @@ from saeft_jax.models.family import Model
 from saeft_jax.training.step import make_penalized
 
 
-def make_flyp_loss(model: Model, regularizer: Callable, reg_lambda: float, *,
-                   taps: tuple[int, ...] = (), clamp_scales: bool = True) -> Callable:
+def make_flyp_loss(
+    model: Model, regularizer: Callable, reg_lambda: float, *, taps: tuple[int, ...] = (), clamp_scales: bool = True
+) -> Callable:
     """`loss(params, frozen, batch) -> (loss, metrics)` of FLYP: `params` = {"encoder": image
     params, "text": `model.text_params(...)`, "scales": `model.scale_params(...)`}; `frozen` as
     `make_loss`'s plus "captions", the (C, T, L) token ids of every class under every template

@@ -43,11 +43,25 @@ def _stop_agreed(at_sync_point: bool) -> bool:
     return at_sync_point and bool(multihost_utils.process_allgather(np.int32(stopping.requested() is not None)).any())
 
 
-def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], batches: Iterator, *, mesh,
-               workdir: str | os.PathLike, total_steps: int, log_every: int = 10, checkpoint_every: int = 500,
-               keep_checkpoints: int = 2, show_progress: bool = True, description: str = "finetune",
-               state_sharding: Any = None, validate: Callable[[Any], float] | None = None, eval_every: int = 0,
-               keep_best: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_loop(
+    step: Callable,
+    state: dict[str, Any],
+    frozen: dict[str, Any],
+    batches: Iterator,
+    *,
+    mesh,
+    workdir: str | os.PathLike,
+    total_steps: int,
+    log_every: int = 10,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 2,
+    show_progress: bool = True,
+    description: str = "finetune",
+    state_sharding: Any = None,
+    validate: Callable[[Any], float] | None = None,
+    eval_every: int = 0,
+    keep_best: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs `step` until `total_steps`, resuming from `workdir/checkpoints` when it holds one.
 
     `batches` yields dicts of arrays (`{"images", "labels"[, "teacher"]}`: this process's share
@@ -64,8 +78,10 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
     state = jax.device_put(state, state_sharding or replicated)  # global arrays, also across hosts
     frozen = jax.device_put(frozen, replicated)
     checkpoints = Checkpoints(workdir / "checkpoints", max_to_keep=keep_checkpoints)
-    log = JsonLines(workdir / "metrics.jsonl" if jax.process_index() == 0 else None,  # one writer per file
-                    curves_step="step")
+    log = JsonLines(
+        workdir / "metrics.jsonl" if jax.process_index() == 0 else None,  # one writer per file
+        curves_step="step",
+    )
     validating = validate is not None and eval_every > 0
     best = {"params": _copy(state["params"])} if keep_best else None  # saved with the state: an exact resume
     done, curve = 0, []
@@ -99,8 +115,11 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
                 preempted = _stop_agreed(done % log_every == 0) or checkpoints.reached_preemption(done)
                 if done % checkpoint_every == 0 or done == total_steps or preempted:
                     _raise_if_diverged(state, total_steps)
-                    checkpoints.save(done, _saved(state, best),
-                                     {"step": done, "data": batches.get_state(), "curve": [list(p) for p in curve]})
+                    checkpoints.save(
+                        done,
+                        _saved(state, best),
+                        {"step": done, "data": batches.get_state(), "curve": [list(p) for p in curve]},
+                    )
                     log.flush()
                     if preempted:
                         break
@@ -108,8 +127,13 @@ def train_loop(step: Callable, state: dict[str, Any], frozen: dict[str, Any], ba
             bar.close()
             checkpoints.close()
             log.close()
-    summary = {"steps": done, "final_loss": last.get("loss"), "final_ce": last.get("ce"),
-               "preempted": done < total_steps, "curve": [list(point) for point in curve]}
+    summary = {
+        "steps": done,
+        "final_loss": last.get("loss"),
+        "final_ce": last.get("ce"),
+        "preempted": done < total_steps,
+        "curve": [list(point) for point in curve],
+    }
     if keep_best:
         best_step, best_score = best_point(curve) or (0, None)
         summary["best"] = {"step": best_step, "score": best_score, "params": best["params"]}
@@ -140,13 +164,16 @@ def _global(local: np.ndarray, sharding) -> jax.Array:
 def _raise_if_diverged(state: dict[str, Any], total_steps: int) -> None:
     bad = int(jax.device_get(state["bad_step"]))
     if bad >= 0:
-        raise TrainingDiverged(f"non-finite loss or gradient at step {bad + 1} of {total_steps}; stopped without "
-                               f"saving, so the newest checkpoint is the last good state. Lower the learning "
-                               f"rate or reg_lambda, or check the inputs of that step.")
+        raise TrainingDiverged(
+            f"non-finite loss or gradient at step {bad + 1} of {total_steps}; stopped without "
+            f"saving, so the newest checkpoint is the last good state. Lower the learning "
+            f"rate or reg_lambda, or check the inputs of that step."
+        )
 
 
-def _log(log: JsonLines, bar, state, metrics, done: int, total: int, batch: int, clock: float,
-         clock_step: int) -> dict[str, float]:
+def _log(
+    log: JsonLines, bar, state, metrics, done: int, total: int, batch: int, clock: float, clock_step: int
+) -> dict[str, float]:
     _raise_if_diverged(state, total)
     record = {name: float(value) for name, value in jax.device_get(metrics).items()}
     record["images_per_s"] = batch * jax.process_count() * (done - clock_step) / (time.perf_counter() - clock)

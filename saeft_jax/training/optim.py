@@ -22,14 +22,24 @@ def wiseft_schedule(lr: float, warmup_steps: int, total_steps: int) -> Callable:
     return schedule
 
 
-def make_optimizer(lr: float, total_steps: int, *, warmup_steps: int = 500, weight_decay: float = 0.1,
-                   clip_norm: float = 1.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   decay_mask: Callable | None = None) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(
+    lr: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 500,
+    weight_decay: float = 0.1,
+    clip_norm: float = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    decay_mask: Callable | None = None,
+) -> tuple[optax.GradientTransformation, Callable]:
     """`(optimizer, schedule)`: clip at `clip_norm`, AdamW with decay on every parameter (or
     where `decay_mask(params)` is True), the schedule counted in updates (gradient accumulation
     happens inside the step)."""
     schedule = wiseft_schedule(lr, warmup_steps, total_steps)
-    optimizer = optax.chain(optax.clip_by_global_norm(clip_norm),
-                            optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                                        mask=decay_mask))
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
+    )
     return optimizer, schedule

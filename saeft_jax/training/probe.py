@@ -39,10 +39,14 @@ def blocks(features: np.ndarray, labels: np.ndarray, block_rows: int = BLOCK_ROW
     number = -(-count // rows)
     pad = number * rows - count
     weights = (np.arange(number * rows) < count).astype(np.float32).reshape(number, rows)
-    return Blocks(jnp.asarray(np.pad(np.asarray(features, np.float32), ((0, pad), (0, 0)), constant_values=1.0)
-                              .reshape(number, rows, -1)),
-                  jnp.asarray(np.pad(np.asarray(labels, np.int32), (0, pad)).reshape(number, rows)),
-                  jnp.asarray(weights), jnp.asarray(count, jnp.float32))
+    return Blocks(
+        jnp.asarray(
+            np.pad(np.asarray(features, np.float32), ((0, pad), (0, 0)), constant_values=1.0).reshape(number, rows, -1)
+        ),
+        jnp.asarray(np.pad(np.asarray(labels, np.int32), (0, pad)).reshape(number, rows)),
+        jnp.asarray(weights),
+        jnp.asarray(count, jnp.float32),
+    )
 
 
 def probe_objective(head: Head, data: Blocks, l2: jax.Array) -> jax.Array:
@@ -57,8 +61,15 @@ def probe_objective(head: Head, data: Blocks, l2: jax.Array) -> jax.Array:
     return total / data.count + 0.5 * l2 * jnp.sum(head["W"] ** 2)
 
 
-def fit_probe(data: Blocks, classes: int, *, l2: float, max_iterations: int = 1000, tolerance: float = 1e-6,
-              start: Head | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def fit_probe(
+    data: Blocks,
+    classes: int,
+    *,
+    l2: float,
+    max_iterations: int = 1000,
+    tolerance: float = 1e-6,
+    start: Head | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
     """The head minimizing `probe_objective` on `data` (`blocks(features, labels)`) on one
     device, and {"iterations", "objective", "grad_norm", "converged"}: L-BFGS from `start`
     (default zeros; the optimum is the same, a nearby start only takes fewer steps) until the
@@ -66,12 +77,20 @@ def fit_probe(data: Blocks, classes: int, *, l2: float, max_iterations: int = 10
     if l2 <= 0:
         raise ValueError(f"the probe's l2 must be positive (the problem is then strictly convex); got {l2}")
     width = data.features.shape[-1]
-    head: Head = ({"W": jnp.zeros((classes, width), jnp.float32), "b": jnp.zeros(classes, jnp.float32)}
-                  if start is None else {name: jnp.asarray(value, jnp.float32) for name, value in start.items()})
-    head, count, value, grad_norm = _solve(head, data, jnp.float32(l2), jnp.int32(max_iterations),
-                                           jnp.float32(tolerance))
-    summary = {"iterations": int(count), "objective": float(value), "grad_norm": float(grad_norm),
-               "converged": float(grad_norm) < tolerance}
+    head: Head = (
+        {"W": jnp.zeros((classes, width), jnp.float32), "b": jnp.zeros(classes, jnp.float32)}
+        if start is None
+        else {name: jnp.asarray(value, jnp.float32) for name, value in start.items()}
+    )
+    head, count, value, grad_norm = _solve(
+        head, data, jnp.float32(l2), jnp.int32(max_iterations), jnp.float32(tolerance)
+    )
+    summary = {
+        "iterations": int(count),
+        "objective": float(value),
+        "grad_norm": float(grad_norm),
+        "converged": float(grad_norm) < tolerance,
+    }
     return {name: np.asarray(value) for name, value in head.items()}, summary
 
 

@@ -30,12 +30,22 @@ def init_state(params: dict, optimizer: optax.GradientTransformation) -> dict[st
     The parameters are copied: the train step donates its state, which must not take the
     caller's arrays (e.g. the zero-shot weights) with it."""
     params = jax.tree.map(jnp.copy, params)
-    return {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
-            "bad_step": jnp.full((), -1, jnp.int32)}
+    return {
+        "params": params,
+        "opt": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "bad_step": jnp.full((), -1, jnp.int32),
+    }
 
 
-def make_loss(encoder: nn.Module, regularizer: Callable, reg_lambda: float, *, label_smoothing: float = 0.0,
-              taps: tuple[int, ...] = ()) -> Callable:
+def make_loss(
+    encoder: nn.Module,
+    regularizer: Callable,
+    reg_lambda: float,
+    *,
+    label_smoothing: float = 0.0,
+    taps: tuple[int, ...] = (),
+) -> Callable:
     """`loss(params, frozen, batch) -> (loss, metrics)`; `frozen` = {"encoder": zero-shot image
     params, "sae": the `FrozenSAE` or None}; `batch` = {"images", "labels"[, "teacher"]}.
 
@@ -85,8 +95,14 @@ def make_penalized(encoder: nn.Module, regularizer: Callable, taps: tuple[int, .
     return penalized
 
 
-def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, schedule: Callable, mesh,
-                    state_sharding: Any = None, accumulate_steps: int = 1) -> Callable:
+def make_train_step(
+    loss: Callable,
+    optimizer: optax.GradientTransformation,
+    schedule: Callable,
+    mesh,
+    state_sharding: Any = None,
+    accumulate_steps: int = 1,
+) -> Callable:
     """The jit-compiled `step(state, frozen, batch) -> (state, metrics)`: one optimizer update.
 
     The batch's arrays are split over the data axis; the state is replicated unless
@@ -116,8 +132,12 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         healthy = finite & (state["bad_step"] < 0)
-        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1,
-               "bad_step": state["bad_step"]}
+        new = {
+            "params": optax.apply_updates(state["params"], updates),
+            "opt": opt,
+            "step": state["step"] + 1,
+            "bad_step": state["bad_step"],
+        }
         new = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new, state)
         first_bad = jnp.where(finite, state["bad_step"], state["step"])
         new["bad_step"] = jnp.where(state["bad_step"] >= 0, state["bad_step"], first_bad)
@@ -125,8 +145,12 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, sch
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state_sharding = state_sharding or replicated
-    return jax.jit(step, in_shardings=(state_sharding, replicated, batch), out_shardings=(state_sharding, replicated),
-                   donate_argnums=(0,))
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, replicated, batch),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
 
 
 def _micro_batches(x: jax.Array, count: int, mesh) -> jax.Array:
@@ -134,8 +158,10 @@ def _micro_batches(x: jax.Array, count: int, mesh) -> jax.Array:
     device's rows then hold an equal part of every micro-batch, so nothing moves between devices."""
     devices = mesh.shape[parallel.DATA_AXIS]
     if x.shape[0] % (count * devices):
-        raise ValueError(f"a batch of {x.shape[0]} rows does not split into {count} micro-batches that each divide "
-                         f"over the {devices} devices; use a batch size that is a multiple of {count * devices}.")
+        raise ValueError(
+            f"a batch of {x.shape[0]} rows does not split into {count} micro-batches that each divide "
+            f"over the {devices} devices; use a batch size that is a multiple of {count * devices}."
+        )
     rows = x.shape[0] // count
     micro = jnp.swapaxes(x.reshape(rows, count, *x.shape[1:]), 0, 1)
     return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS)))
