@@ -96,8 +96,9 @@ def utilisation(flops: float, seconds: float, peak_tflops: float | None, prefix:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    import jax
     import os
+
+    import jax
 
     return {
         "platform": platform.platform(),

@@ -27,8 +27,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from saeft_jax import stopping, storage
-from saeft_jax.storage import StorageError
 from saeft_jax.errors import UsageError
+from saeft_jax.storage import StorageError
 
 
 class CheckpointsUnusable(UsageError):

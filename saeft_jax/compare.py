@@ -17,6 +17,7 @@ within `BUCKET_WAIT_S` seconds is named, as is every other place that cannot be 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -210,11 +211,11 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
         labels = [str(w) for w in workdirs]
     reports, saes, browsers = {}, {}, {}
     for label, w in zip(labels, workdirs):
-        reports[label] = _answered(w, lambda: read_report(w))
-        saes[label] = _answered(w, lambda: read_sae(w, reports[label]))
+        reports[label] = _answered(w, functools.partial(read_report, w))
+        saes[label] = _answered(w, functools.partial(read_sae, w, reports[label]))
     merged, sources = merge(reports, saes)
     for label, w in zip(labels, workdirs):
-        browsers[label] = _answered(w, lambda: read_browser(w, reports[label]))
+        browsers[label] = _answered(w, functools.partial(read_browser, w, reports[label]))
     names = {label: dict(zip(report_methods(reports[label]), sources[label])) for label in labels}
     return _answered(
         out, lambda: _write(storage.path(out), merged, sources, merge_browsers(browsers, names)), what="--out"

@@ -82,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
             "log_every": 10,
             "checkpoint_every": 500,
             "keep_checkpoints": 2,
-            # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay) or "flyp" (as FLYP's code: free, decayed)
+            # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay)
+            # or "flyp" (as FLYP's code: free, decayed)
             "flyp_logit_scale": "clip",
         }
     )
@@ -170,7 +171,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_accumulation(c)
     _check_probe(c)
     for name, method_settings in c.finetune.methods.items():
-        for key, value in method_settings.items():
+        for key in method_settings:
             if key not in ("recipe", "regularizer", "sae", "checkpoint"):
                 _expect(
                     c, f"finetune.methods.{name}.{key}", _non_negative, "zero or more and finite (a weight of the loss)"

@@ -37,7 +37,6 @@ from tensorboard.util import tensor_util
 from saeft_jax import storage
 from saeft_jax.errors import UsageError
 
-
 EVENT_FILES = "events.out.tfevents."  # how TensorBoard's event files begin
 
 

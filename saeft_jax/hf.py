@@ -13,9 +13,9 @@ from etils import epath
 from saeft_jax import models
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import clip_family, weights
-from saeft_jax.models.family import constant
 from saeft_jax.models.clip import CLIP, CLIPConfig
 from saeft_jax.models.clip_family import config_to_hf  # noqa: F401  (a public name of this module)
+from saeft_jax.models.family import constant
 from saeft_jax.models.weights import CheckpointError  # noqa: F401  (a public name of this module)
 
 

@@ -20,7 +20,7 @@ LINE_EVERY_S = 30.0  # how often a log (not a terminal) gets a progress line
 
 def progress(
     total: int, desc: str, *, enabled: bool = True, initial: int = 0, unit: str = "step", stream: TextIO | None = None
-) -> "tqdm.tqdm | ProgressLines":
+) -> tqdm.tqdm | ProgressLines:
     """Progress towards `total`: a tqdm bar when `stream` (default stderr) is a terminal, and
     periodic plain lines otherwise, since a bar's carriage returns make one endless line in a
     SLURM or nohup log. Silent when not `enabled`. Both take `update(n)`, `set_postfix(**values)`

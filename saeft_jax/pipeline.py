@@ -140,7 +140,7 @@ def record_versions(workdir: epath.Path) -> list[dict]:
             f"{path} keeps the versions of every attempt.",
             flush=True,
         )
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     attempts.append({"started": started, "versions": versions})
     write_json(path, {"attempts": attempts})
     return attempts

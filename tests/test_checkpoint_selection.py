@@ -9,11 +9,11 @@ import re
 import jax
 import numpy as np
 import pytest
+from test_loop import Sabotage, batches, make_run
 
 from saeft_jax import parallel
 from saeft_jax.training.loop import best_point, train_loop
 from saeft_jax.training.step import init_state
-from test_loop import Sabotage, batches, make_run
 
 TOTAL, EVAL_EVERY = 8, 2
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, VITB16, random_hf_clip
+
 from saeft_jax import hf
 
 

@@ -12,7 +12,7 @@ from saeft_jax.evaluation import metrics
 
 
 def test_every_suite_dataset_has_a_spec_with_names_and_templates():
-    for name, (in_distribution, shifts) in SUITES.items():
+    for in_distribution, shifts in SUITES.values():
         for dataset in ([in_distribution] if in_distribution else []) + list(shifts):
             spec = dataset_spec(dataset)
             assert spec.templates and all("{}" in t or "{a}" in t for t in spec.templates), dataset

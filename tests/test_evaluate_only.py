@@ -34,8 +34,8 @@ def tiny_clip(tmp_path_factory):
     """A tiny random CLIP saved as a Hugging Face checkpoint with a character tokenizer, and the
     model and parameters it was saved from."""
     import jax
-
     from conftest import TINY, write_char_tokenizer
+
     from saeft_jax import hf
     from saeft_jax.models.clip import CLIP, init_params
 

@@ -6,17 +6,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import TINY
+
 from saeft_jax import parallel
 from saeft_jax.data.preprocess import ImageSpec, clip_eval
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.evaluation import interpret, wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
-from saeft_jax.sae import model as sae
-from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
 from saeft_jax.models.heads import classify
+from saeft_jax.sae import model as sae
+from saeft_jax.sae.frozen import FrozenSAE
 
 
 class ImageSource:
@@ -104,9 +104,9 @@ def hsic_cka(x, y):
     """CKA through Gram matrices and the centering matrix (Kornblith et al. 2019, eq. for HSIC)."""
     n = len(x)
     h = np.eye(n) - np.ones((n, n)) / n
-    k, l = x @ x.T, y @ y.T
+    gram_x, gram_y = x @ x.T, y @ y.T
     hsic = lambda a, b: np.trace(a @ h @ b @ h)
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    return hsic(gram_x, gram_y) / np.sqrt(hsic(gram_x, gram_x) * hsic(gram_y, gram_y))
 
 
 def test_linear_cka_properties():

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import TINY
+
 from saeft_jax import regularizers
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import ClipFamily, Model

@@ -15,16 +15,17 @@ import pytest
 import safetensors.numpy
 import torch
 import transformers
-
 from conftest import TINY, random_hf_clip
+from test_clip import random_images, rel_err, torch_image_features, torch_text_features
+
 from saeft_jax import hf
 from saeft_jax.data.preprocess import ImageSpec
-from test_clip import random_images, rel_err, torch_image_features, torch_text_features
 
 IDS = np.array([[512, 70, 71, 72, 513, 513], [512, 80, 513, 513, 513, 513]], np.int32)
 
 
-def embeddings(model, params, images=random_images(2, 32)):
+def embeddings(model, params, images=None):
+    images = random_images(2, 32) if images is None else images
     image = model.apply({"params": params}, jnp.asarray(images), method=model.encode_image)
     return np.asarray(image), np.asarray(model.apply({"params": params}, jnp.asarray(IDS), method=model.encode_text))
 

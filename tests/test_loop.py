@@ -10,13 +10,13 @@ import grain
 import jax
 import numpy as np
 import pytest
+from test_observe import assert_curves_match
+from test_train_step import make_step, setup_run
 
 from saeft_jax import parallel
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.training.loop import TrainingDiverged, train_loop
 from saeft_jax.training.step import init_state
-from test_observe import assert_curves_match
-from test_train_step import make_step, setup_run
 
 TOTAL = 6
 

@@ -114,7 +114,7 @@ def test_curves_go_to_wandb_offline_too(tmp_path, monkeypatch):
     for kept in (0, 1):  # a rerun continues the same W&B run; resumed after step 1, it sends step 2 again
         with wandb_logging("saeft-test", workdir, {"seed": 0}):
             log_file = JsonLines(workdir / "finetune" / "none" / "metrics.jsonl", curves_step="step")
-            log_file.keep_only(lambda r: r["step"] <= kept)  # replays step 1 into the event file only
+            log_file.keep_only(lambda r, kept=kept: r["step"] <= kept)  # replays step 1 into the event file only
             for step in range(kept + 1, 3):
                 log_file.write({"step": step, "loss": 0.5 / step, "lr": 1e-5})
             log_file.close()

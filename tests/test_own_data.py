@@ -21,8 +21,9 @@ DIGIT_CLASSES = tuple(DIGITS)
 
 
 def write_digit_folders(root, splits=("train", "val", "test"), per_class=(60, 15, 15)) -> dict[str, dict]:
-    """scikit-learn's handwritten digits 0-2 (folders named as the demo names them) as 24x24 PNGs in `root/<split>/<class>/`, disjoint
-    across splits; returns {split: {file name: (RGB pixels, label)}} for checking what is read."""
+    """scikit-learn's handwritten digits 0-2 (folders named as the demo names them) as 24x24 PNGs in
+    `root/<split>/<class>/`, disjoint across splits; returns {split: {file name: (RGB pixels, label)}}
+    for checking what is read."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

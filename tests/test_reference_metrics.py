@@ -40,9 +40,9 @@ def _feature_cka(x, y):
     HSIC formula applied to X^T and Y^T, as the reference's `cka` transposes first)."""
     d = x.shape[1]
     h = np.eye(d) - np.ones((d, d)) / d
-    k, l = x.T @ x, y.T @ y
+    gram_x, gram_y = x.T @ x, y.T @ y
     hsic = lambda a, b: np.trace(a @ h @ b @ h)
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    return hsic(gram_x, gram_y) / np.sqrt(hsic(gram_x, gram_x) * hsic(gram_y, gram_y))
 
 
 def test_cka_of_a_rotated_copy_standard_one_reference_lower():

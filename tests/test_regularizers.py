@@ -62,7 +62,7 @@ def test_feature_baselines_match_numpy_and_pytorch(setup):
     _, f, f0 = setup
     for name, formula in (("mse", lambda a, b: ((a - b) ** 2).mean()), ("l1", lambda a, b: (a - b).abs().mean())):
         reg = regularizers.get(name).bind({})
-        value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
+        value, grad = jax.value_and_grad(lambda x, reg=reg: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
         f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
         expected = formula(f_t, torch.tensor(f0, dtype=torch.float64))
         expected.backward()
@@ -151,7 +151,7 @@ def test_registration_reads_the_signature_and_refuses_inconsistent_entries(monke
 def test_nuclear_penalties_match_pytorch(setup, name, hparams):
     _, f, f0 = setup
     reg = regularizers.get(name).bind(hparams)
-    value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
+    value, grad = jax.value_and_grad(lambda x, reg=reg: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
     f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
     expected = torch_reference.matrix_regularizer(name, f_t, torch.tensor(f0, dtype=torch.float64), **hparams)
     expected.backward()
@@ -172,7 +172,7 @@ def test_normalize_is_the_references_flag(setup, name):
     _, f, f0 = setup
     hparams = {"c": 0.5} if name == "quadratic_nuclear" else {}
     reg = regularizers.get(name).bind({"normalize": True, **hparams})
-    value, grad = jax.value_and_grad(lambda x: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
+    value, grad = jax.value_and_grad(lambda x, reg=reg: reg(x, jnp.asarray(f0))[0])(jnp.asarray(f))
     f_t = torch.tensor(f, dtype=torch.float64, requires_grad=True)
     unit = lambda x: x / (x.norm(dim=-1, keepdim=True) + 1e-8)
     a, b = unit(f_t), unit(torch.tensor(f0, dtype=torch.float64))

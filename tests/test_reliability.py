@@ -205,8 +205,8 @@ class FakeRun:
         (
             {"saes.basis": {"kind": "pca", "dict_size": 65}},
             1,
-            "config.saes.basis.dict_size is 65, but a PCA basis has at most as many directions as toy-clip's embeddings "
-            "have dimensions (64)",
+            "config.saes.basis.dict_size is 65, but a PCA basis has at most as many directions as toy-clip's "
+            "embeddings have dimensions (64)",
         ),
     ],
 )

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_own_data import ROOT, main, write_digit_folders
 
 from saeft_jax.data import prepare
-from test_own_data import ROOT, main, write_digit_folders
 
 pytestmark = pytest.mark.slow  # one smoke run (a few minutes on 2 cores), then evaluation-only commands
 

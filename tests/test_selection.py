@@ -4,8 +4,8 @@ alpha chosen on validation alone, and runs compared side by side (`saeft_jax.com
 from __future__ import annotations
 
 import copy
-import pathlib
 import json
+import pathlib
 import pickle
 
 import numpy as np

@@ -153,8 +153,9 @@ def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucke
 
 
 def test_gcsfs_waits_a_bounded_time_per_request_and_logs_no_traceback(caplog):
-    import fsspec
     import logging
+
+    import fsspec
 
     timeout = fsspec.filesystem("gs").requests_timeout  # what every gs:// path of the run goes through
     assert timeout.sock_connect == timeout.sock_read == storage.REQUEST_TIMEOUT_S and timeout.total is None

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY
 from flax import traverse_util
 
-from conftest import TINY
 from saeft_jax import parallel, regularizers
+from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
 from saeft_jax.sae import model as sae
 from saeft_jax.sae.frozen import FrozenSAE
-from saeft_jax.models.clip import CLIP, image_encoder, image_params, init_params
 from saeft_jax.training.optim import make_optimizer, wiseft_schedule
 from saeft_jax.training.step import init_state, make_loss, make_train_step
 
@@ -194,8 +194,9 @@ def test_teacher_cache_is_exact_for_deterministic_inputs():
 def test_accumulated_micro_batches_equal_the_large_batch_over_a_whole_run(tmp_path):
     """Batch 8 as 4 micro-batches of 2 against batch 8 at once, over a whole 6-step schedule:
     the same parameters, and the logged rate is the applied one, counted in updates."""
-    from saeft_jax.training.loop import train_loop
     from test_loop import batches
+
+    from saeft_jax.training.loop import train_loop
 
     model, params, frozen, _, _ = setup_run()
     rng = np.random.default_rng(5)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Share:
     process_count: int = 1
 
     @classmethod
-    def of_this_process(cls, global_batch: int) -> "Share":
+    def of_this_process(cls, global_batch: int) -> Share:
         """This JAX process's share."""
         return cls(global_batch, jax.process_index(), jax.process_count())
 

@@ -49,7 +49,7 @@ class ImageSpec:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}; got {self.interpolation!r}")
 
     @classmethod
-    def from_hf_processor(cls, processor: dict[str, Any]) -> "ImageSpec":
+    def from_hf_processor(cls, processor: dict[str, Any]) -> ImageSpec:
         """From the contents of a `preprocessor_config.json`, with its processor's defaults where it
         says nothing: CLIP's (`CLIPImageProcessor`: a centre crop, OpenAI's mean and std) or SigLIP's
         (`SiglipImageProcessor`: a resize to height x width, mean and std 0.5); the filter."""

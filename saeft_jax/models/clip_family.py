@@ -26,9 +26,9 @@ from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import pt_layout, weights
 from saeft_jax.models.clip import (
     CLIP,
-    CLIPConfig,
     IMAGE_PARAMS,
     TEXT_PARAMS,
+    CLIPConfig,
     ImageEncoder,
     TextConfig,
     TextEncoder,

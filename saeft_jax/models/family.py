@@ -44,7 +44,7 @@ class Family(abc.ABC):
         """Whether `directory` holds a checkpoint of this family (in any layout it reads)."""
 
     @abc.abstractmethod
-    def read(self, directory: Path, dtype: Any, remat: bool) -> "Model":
+    def read(self, directory: Path, dtype: Any, remat: bool) -> Model:
         """The model in `directory`: config, float32 parameters, tokenizer and image spec."""
 
     @abc.abstractmethod
@@ -64,7 +64,7 @@ class Family(abc.ABC):
         """`embed_dim`, `vision_layers`, `context_length` of a config."""
 
     @abc.abstractmethod
-    def save(self, model: "Model", params: dict, out_dir: Path, format: str) -> None:
+    def save(self, model: Model, params: dict, out_dir: Path, format: str) -> None:
         """Writes `params` in `format` ("hf" or "open_clip") into the empty local `out_dir`."""
 
     @abc.abstractmethod
@@ -146,7 +146,7 @@ class Model:
         params = self.params if params is None else params
         return {k: params[k] for k in self.family.loss_params}
 
-    def with_params(self, params: dict) -> "Model":
+    def with_params(self, params: dict) -> Model:
         return dataclasses.replace(self, params=params, load_tokenizer=lambda: self.tokenizer)
 
     def encode_image(self, pixels: jax.Array, params: dict | None = None) -> jax.Array:
@@ -179,7 +179,7 @@ class Model:
     def published_scales(self, scales: dict, clamp: bool = True) -> dict:
         return self.family.published_scales(scales, clamp)
 
-    def same_image_tower(self, other: "Model") -> bool:
+    def same_image_tower(self, other: Model) -> bool:
         """Whether WiSE-FT can mix this model's image side with `other`'s."""
         return self.family.name == other.family.name and self.family.same_image_tower(self.config, other.config)
 

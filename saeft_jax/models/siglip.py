@@ -27,7 +27,6 @@ from flax import traverse_util
 
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import pt_layout, weights
-from saeft_jax.models.clip_family import save_tokenizer
 from saeft_jax.models.clip import (
     MLP,
     Encoder,
@@ -38,6 +37,7 @@ from saeft_jax.models.clip import (
     attend,
     patch_embedding,
 )
+from saeft_jax.models.clip_family import save_tokenizer
 from saeft_jax.models.family import Family, Model
 from saeft_jax.models.heads import Head
 from saeft_jax.models.weights import CheckpointError

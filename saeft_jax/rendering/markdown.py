@@ -11,7 +11,6 @@ import jax
 from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.methods import RECIPES
 
-
 METRIC_NAMES = {
     "top1": "top-1 accuracy",
     "macro_f1": "macro-F1 (classes present)",

@@ -16,9 +16,9 @@ import safetensors
 from etils import epath
 
 from saeft_jax import storage
-from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.errors import UsageError
 from saeft_jax.finite import check_finite
+from saeft_jax.sae.frozen import FrozenSAE
 
 PARAMS_FILE, META_FILE = "sae.safetensors", "sae.json"
 _NAMES = {"W_enc", "W_dec", "b_pre", "b_enc"}

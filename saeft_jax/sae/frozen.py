@@ -46,7 +46,7 @@ class FrozenSAE:
     def d(self) -> int:
         return self.params["W_dec"].shape[1]
 
-    def reference_raw_inputs(self) -> "FrozenSAE":
+    def reference_raw_inputs(self) -> FrozenSAE:
         """The same SAE fed raw embeddings, as the reference does unless `--normalize` is given."""
         return dataclasses.replace(self, fed_raw=True)
 

@@ -64,7 +64,7 @@ class SAEOptions:
     devices: tuple | None = None
 
     @classmethod
-    def from_kwargs(cls, options: dict[str, Any]) -> "SAEOptions":
+    def from_kwargs(cls, options: dict[str, Any]) -> SAEOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -207,7 +207,7 @@ def make_step(
     )
 
 
-def _run_epoch(state, step, batches: "_Batches", epoch: int, dict_size: int, bar):
+def _run_epoch(state, step, batches: _Batches, epoch: int, dict_size: int, bar):
     acc = {
         "sse": jnp.zeros((), jnp.float32),
         "fires": jnp.zeros(dict_size, jnp.int32),

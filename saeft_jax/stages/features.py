@@ -15,14 +15,13 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 import jax
+import numpy as np
 
 from saeft_jax import parallel, stopping, storage
 from saeft_jax.data import pipeline
-from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.data.preprocess import eval_transform
+from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.evaluation.wise import as_numpy
 from saeft_jax.finite import check_artifact
 from saeft_jax.observe import progress

@@ -21,8 +21,8 @@ from saeft_jax.data import pipeline
 from saeft_jax.data.preprocess import train_transform
 from saeft_jax.errors import UsageError
 from saeft_jax.evaluation.evaluate import make_scorer
-from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.fingerprint import fingerprint
+from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.methods import Method
 from saeft_jax.stages import features, heads, probe, trained_sae
 from saeft_jax.stages.context import Run

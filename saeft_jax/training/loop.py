@@ -24,8 +24,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from saeft_jax import parallel, stopping, storage
-from saeft_jax.errors import UsageError
 from saeft_jax.checkpoints import Checkpoints
+from saeft_jax.errors import UsageError
 from saeft_jax.observe import JsonLines, progress
 
 
