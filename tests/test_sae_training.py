@@ -14,12 +14,15 @@ import pytest
 from PIL import Image
 from test_observe import assert_curves_match
 
+from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.curves import read_scalars
+from saeft_jax.rendering.plots import firing_histogram
 from saeft_jax.sae import model as sae_model
 from saeft_jax.sae.artifact import SAEArtifactError, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import evaluate_sae, geometric_median
 from saeft_jax.sae.training import train_sae
+from saeft_jax.stages.trained_sae import EpochLog
 
 
 def sparse_mixtures(
@@ -50,27 +53,22 @@ def mixtures():
 
 def test_recovers_a_known_dictionary(mixtures, tmp_path):
     features, dictionary = mixtures
-    params, metrics = train_sae(
-        features,
-        dict_size=256,
-        k=4,
-        batch_size=256,
-        epochs=20,
-        progress=False,
-        metrics_path=tmp_path / "m.jsonl",
-        histogram_path=tmp_path / "firing.png",
+    epochs = []
+    sae, metrics = train_sae(
+        features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False, on_epoch=epochs.append
     )
-    assert recovered(dictionary, params["W_dec"]) > 0.75
+    assert isinstance(sae, FrozenSAE) and (sae.k, sae.relu) == (4, False)
+    assert recovered(dictionary, sae.params["W_dec"]) > 0.75
     assert metrics["fvu"] < 0.15 and metrics["l0"] == 4.0
-    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records[:-1]] == list(range(20)) and records[-1]["final"]
-    assert records[0]["fvu"] > records[-2]["fvu"]  # it learned
+    assert [r["epoch"] for r in epochs] == list(range(20))
+    assert epochs[0]["fvu"] > epochs[-1]["fvu"]  # it learned
+    firing_histogram(metrics["firing_frequency"], tmp_path / "firing.png")  # what the sae stage draws
     picture = np.asarray(Image.open(tmp_path / "firing.png").convert("L"))
     assert picture.shape[0] > 100 and picture.std() > 10  # drawn, not blank
     tied, tied_metrics = train_sae(
         features, dict_size=256, k=4, batch_size=256, epochs=20, progress=False, tied_init=True
     )
-    assert recovered(dictionary, tied["W_dec"]) > 0.95 and tied_metrics["fvu"] < metrics["fvu"]
+    assert recovered(dictionary, tied.params["W_dec"]) > 0.95 and tied_metrics["fvu"] < metrics["fvu"]
 
 
 def test_auxk_revives_dead_latents_on_anisotropic_data():
@@ -86,7 +84,8 @@ def test_auxk_revives_dead_latents_on_anisotropic_data():
 
 def test_final_metrics_match_numpy(mixtures):
     features, _ = mixtures
-    params, metrics = train_sae(features[:4096], dict_size=64, k=4, batch_size=512, epochs=2, progress=False)
+    sae, metrics = train_sae(features[:4096], dict_size=64, k=4, batch_size=512, epochs=2, progress=False)
+    params = sae.params
     x = features[:4096].astype(np.float64)
     x /= np.linalg.norm(x, axis=-1, keepdims=True) + 1e-8
     pre = (x - params["b_pre"]) @ params["W_enc"]
@@ -100,16 +99,26 @@ def test_final_metrics_match_numpy(mixtures):
     np.testing.assert_allclose(metrics["firing_frequency"], np.bincount(top.ravel(), minlength=64) / 4096)
 
 
+def attempt(features, epochs: int, tmp_path, **kwargs):
+    """One attempt of the sae stage's training: its checkpoints and metrics.jsonl in `tmp_path`."""
+    checkpoints, log = Checkpoints(tmp_path / "ckpt"), EpochLog(tmp_path / "m.jsonl")
+    try:
+        sae, metrics = train_sae(features, epochs=epochs, checkpoints=checkpoints, on_epoch=log.epoch, **kwargs)
+        log.final(metrics)
+    finally:
+        checkpoints.close()
+        log.close()
+    return sae
+
+
 def test_resume_equals_uninterrupted_run(mixtures, tmp_path):
     features = mixtures[0][:4096]
     kwargs = dict(dict_size=64, k=4, batch_size=512, progress=False, auxk=True, dead_after=1024)
     straight, _ = train_sae(features, epochs=4, **kwargs)
-    train_sae(features, epochs=2, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl", **kwargs)
-    resumed, _ = train_sae(
-        features, epochs=4, checkpoint_dir=tmp_path / "ckpt", metrics_path=tmp_path / "m.jsonl", **kwargs
-    )
-    for name in straight:
-        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    attempt(features, 2, tmp_path, **kwargs)
+    resumed = attempt(features, 4, tmp_path, **kwargs)
+    for name in straight.params:
+        np.testing.assert_array_equal(resumed.params[name], straight.params[name], err_msg=name)
     epochs = [json.loads(line).get("epoch") for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2, 3, None]  # the first attempt's final summary is dropped with the resume
     assert_curves_match(tmp_path, tmp_path / "m.jsonl", step_key="epoch")
@@ -131,13 +140,13 @@ def test_memory_mapped_streaming_equals_device_resident(mixtures, tmp_path):
         progress=False,
         device_bytes=0,
     )
-    for name in resident:
-        np.testing.assert_array_equal(streamed[name], resident[name], err_msg=name)
+    for name in resident.params:
+        np.testing.assert_array_equal(streamed.params[name], resident.params[name], err_msg=name)
 
 
 def test_options_renorm_b_enc_relu_and_median(mixtures):
     features = mixtures[0][:4096]
-    params, metrics = train_sae(
+    sae, metrics = train_sae(
         features,
         dict_size=64,
         k=4,
@@ -149,6 +158,8 @@ def test_options_renorm_b_enc_relu_and_median(mixtures):
         relu=True,
         b_pre_init="median",
     )
+    params = sae.params
+    assert sae.relu
     np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=1), 1.0, rtol=1e-5)
     assert params["b_enc"].shape == (64,) and metrics["l0"] <= 4.0
 
@@ -174,11 +185,11 @@ def test_bad_arguments_are_named():
 
 def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
     features = mixtures[0][:2048]
-    params, metrics = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=1, progress=False)
-    save_sae(tmp_path / "sae", FrozenSAE(params, 4), options={"auxk": False}, metrics=metrics)
+    sae, metrics = train_sae(features, dict_size=64, k=4, batch_size=512, epochs=1, progress=False)
+    save_sae(tmp_path / "sae", sae, options={"auxk": False}, metrics=metrics)
     loaded = load_sae(tmp_path / "sae", d=64, dict_size=64, k=4)
-    for name in params:
-        np.testing.assert_array_equal(loaded.params[name], params[name])
+    for name in sae.params:
+        np.testing.assert_array_equal(loaded.params[name], sae.params[name])
     assert (loaded.k, loaded.relu, loaded.normalize_inputs, loaded.fed_raw) == (4, False, True, False)
     meta = json.loads((tmp_path / "sae" / "sae.json").read_text())
     assert meta["metrics"]["fvu"] == pytest.approx(metrics["fvu"]) and meta["normalize_inputs"]
@@ -204,8 +215,8 @@ EIGHT_DEVICES = textwrap.dedent("""
     kwargs = dict(dict_size=64, k=4, batch_size=512, epochs=2, progress=False, auxk=True, dead_after=1024)
     one, m1 = train_sae(features, devices=(jax.devices()[0],), **kwargs)
     eight, m8 = train_sae(features, **kwargs)
-    np.savez(sys.argv[1], fvu=[m1["fvu"], m8["fvu"]], **{"one_" + k: v for k, v in one.items()},
-             **{"eight_" + k: v for k, v in eight.items()})
+    np.savez(sys.argv[1], fvu=[m1["fvu"], m8["fvu"]], **{"one_" + k: v for k, v in one.params.items()},
+             **{"eight_" + k: v for k, v in eight.params.items()})
 """)
 
 
@@ -228,8 +239,8 @@ def test_a_relu_sae_gives_the_penalty_the_codes_the_report_reads(mixtures, tmp_p
     from saeft_jax.evaluation.analyses import Comparison, Embeddings, feature_changes
 
     features = mixtures[0][:2048]
-    params, metrics = train_sae(features, dict_size=64, k=48, batch_size=512, epochs=1, progress=False, relu=True)
-    save_sae(tmp_path / "sae", FrozenSAE(params, 48, relu=True), options={"relu": True}, metrics=metrics)
+    trained, metrics = train_sae(features, dict_size=64, k=48, batch_size=512, epochs=1, progress=False, relu=True)
+    save_sae(tmp_path / "sae", trained, options={"relu": True}, metrics=metrics)
     sae = load_sae(tmp_path / "sae")
     assert sae.relu
     rng = np.random.default_rng(1)

@@ -4,14 +4,17 @@ Defaults reproduce the reference: unit-norm inputs, MSE, AdamW (lr 1e-3, betas 0
 weight decay 0.01), batch 1024, 100 epochs, no schedule. The reference's known weaknesses are
 fixed behind options that are off by default (`SAEOptions`). Each epoch visits a fresh
 permutation of the data seeded by (seed, epoch) and drops the last partial batch, so a resumed
-run sees exactly the batches of an uninterrupted one.
+run sees exactly the batches of an uninterrupted one. The trainer writes no file: it returns the
+frozen SAE and its metrics, saves its state through the `checkpoints` it is given and hands each
+epoch's figures to `on_epoch`; the sae stage (`saeft_jax.stages.trained_sae`) writes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +22,7 @@ import numpy as np
 import optax
 
 from saeft_jax import parallel, stopping
-from saeft_jax.checkpoints import Checkpoints
-from saeft_jax.observe import JsonLines, progress
-from saeft_jax.rendering.plots import firing_histogram
+from saeft_jax.observe import progress
 from saeft_jax.sae import model
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import data_statistics, evaluate_sae, geometric_median
@@ -29,7 +30,7 @@ from saeft_jax.sae.quality import data_statistics, evaluate_sae, geometric_media
 
 @dataclasses.dataclass(frozen=True)
 class SAEOptions:
-    """Switches of `train_sae` beyond the reference (all off by default) and run plumbing.
+    """Switches of `train_sae` beyond the reference (all off by default) and how it runs.
 
     relu: ReLU after Top-K. b_enc: an encoder bias. tied_init: W_enc starts as W_dec^T.
     b_pre_init: "zeros" (reference), "mean" or "median" (geometric) of the normalized data.
@@ -40,6 +41,8 @@ class SAEOptions:
     over the batch (off: both unnormalised, which weighs AuxK about 0.2x as much).
     renorm_decoder: decoder rows back to unit norm after each step, with the gradient component
     along each row removed first. sparse: gather-based kernels (False: dense reference path).
+    progress: a progress bar or lines. device_bytes: features up to this size live on the devices.
+    devices: the devices to train on (default all).
     """
 
     relu: bool = False
@@ -56,9 +59,6 @@ class SAEOptions:
     b1: float = 0.9
     b2: float = 0.999
     sparse: bool = True
-    checkpoint_dir: str | None = None
-    metrics_path: str | None = None
-    histogram_path: str | None = None
     progress: bool = True
     device_bytes: int = 2**30
     devices: tuple | None = None
@@ -74,6 +74,14 @@ class SAEOptions:
         return cls(**options)
 
 
+class EpochCheckpoints(Protocol):
+    """Where `train_sae` keeps its state after each epoch (`saeft_jax.checkpoints.Checkpoints` is one)."""
+
+    def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None: ...
+
+    def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None: ...
+
+
 def train_sae(
     features: np.ndarray,
     *,
@@ -83,13 +91,18 @@ def train_sae(
     epochs: int = 100,
     lr: float = 1e-3,
     seed: int = 0,
+    checkpoints: EpochCheckpoints | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+) -> tuple[FrozenSAE, dict[str, Any]]:
     """Trains on an (N, d) array (in memory or memory-mapped) of raw embeddings.
 
-    Returns the parameters (NumPy) and the final model's metrics on all of `features`:
-    `fvu`, `mse`, `l0`, `dead_fraction`, `firing_frequency` (F,), plus `epochs` (per-epoch
-    figures go to `metrics_path`).
+    Returns the trained SAE (its parameters in NumPy, with `k` and `relu`) and the final model's
+    metrics on all of `features`: `fvu`, `mse`, `l0`, `dead_fraction`, `firing_frequency` (F,),
+    plus `epochs`. With `checkpoints`, training resumes after the newest epoch saved there and
+    saves each epoch's state (the caller closes them); `on_epoch` receives each epoch's running
+    figures `{"epoch", "fvu", "mse", "l0", "dead_fraction"}` once that epoch is saved (a resumed
+    run starts at the epoch after the restored one).
     """
     opts = SAEOptions.from_kwargs(options)
     n, d = features.shape
@@ -103,14 +116,11 @@ def train_sae(
     mse_scale = d / stats["variance_per_example"] if opts.auxk_normalized else 1.0  # Gao et al.'s 1 / variance
     step = make_step(optimizer, k, opts, min(opts.dead_after, n), mesh, mse_scale)
     steps_per_epoch = n // batch_size
-    log = JsonLines(opts.metrics_path, curves_step="epoch")
-    checkpoints = Checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else None
     start = 0
     latest = checkpoints.restore_latest(state) if checkpoints is not None else None
     if latest is not None:
         _, state, meta = latest
         start = meta["epoch"] + 1
-    log.keep_only(lambda r: r.get("epoch", start) < start)  # also lines of an attempt stopped before any checkpoint
     batches = _Batches(features, batch_size, seed, mesh, opts.device_bytes)
     bar = progress(epochs * steps_per_epoch, "sae", enabled=opts.progress, initial=start * steps_per_epoch)
     try:
@@ -120,22 +130,14 @@ def train_sae(
             bar.set_postfix(fvu=f"{record['fvu']:.4f}", dead=f"{record['dead_fraction']:.3f}")
             if checkpoints is not None:
                 checkpoints.save(epoch, state, {"epoch": epoch})
-            log.write(record)
-            log.flush()  # an epoch is long; its record should survive a preemption
+            if on_epoch is not None:
+                on_epoch(record)
             stopping.check(f"after SAE epoch {epoch + 1} of {epochs}")
-        params = jax.device_get(state["params"])
-        final = evaluate_sae(
-            FrozenSAE(params, k, relu=opts.relu), features, batch_size=batch_size, mesh=mesh, stats=stats
-        )
-        log.write({"final": True, **{key: v for key, v in final.items() if key != "firing_frequency"}})
+        sae = FrozenSAE(jax.device_get(state["params"]), k, relu=opts.relu)
+        final = evaluate_sae(sae, features, batch_size=batch_size, mesh=mesh, stats=stats)
     finally:
         bar.close()
-        if checkpoints is not None:
-            checkpoints.close()  # also after an error: a save in flight finishes before the process ends
-        log.close()
-    if opts.histogram_path:
-        firing_histogram(final["firing_frequency"], opts.histogram_path)
-    return params, {**final, "epochs": epochs}
+    return sae, {**final, "epochs": epochs}
 
 
 def initial_state(

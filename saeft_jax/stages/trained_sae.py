@@ -4,10 +4,16 @@ histogram), resumable epoch by epoch; an entry of kind "pca" is a PCA basis, com
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import jax
+import ml_collections
 
 from saeft_jax import parallel
+from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.config import sae_kinds
+from saeft_jax.observe import JsonLines
 from saeft_jax.rendering.plots import firing_histogram
 from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
@@ -37,22 +43,8 @@ def run_stage(run: Run, name: str) -> None:
             firing_histogram(metrics["firing_frequency"], directory / "firing.png", title=f"PCA basis {name}")
         else:
             options = {option: cfg[option] for option in OPTIONS}
-            params, metrics = train_sae(
-                load_features(run),
-                dict_size=cfg.dict_size,
-                k=cfg.k,
-                batch_size=cfg.batch_size,
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                seed=run.config.seed,
-                checkpoint_dir=str(directory / "checkpoints") if jax.process_count() == 1 else None,
-                metrics_path=str(directory / "metrics.jsonl"),
-                histogram_path=str(directory / "firing.png"),
-                progress=run.config.show_progress,
-                devices=tuple(jax.local_devices()),
-                **options,
-            )
-            sae = FrozenSAE(params, cfg.k, relu=cfg.relu)
+            sae, metrics = _train(run, cfg, options, directory)
+            firing_histogram(metrics["firing_frequency"], directory / "firing.png")
         save_sae(directory, sae, options=options, metrics=metrics)
         record = {
             **{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
@@ -62,6 +54,68 @@ def run_stage(run: Run, name: str) -> None:
             "kind": cfg.kind,
         }
     run.mark_done(record, STAGE, name, files=(PARAMS_FILE, META_FILE, "firing.png"), inputs=(("features",),))
+
+
+def _train(
+    run: Run, cfg: ml_collections.ConfigDict, options: dict[str, Any], directory
+) -> tuple[FrozenSAE, dict[str, Any]]:
+    """A Top-K SAE trained by `train_sae`, its state saved after every epoch in `checkpoints/` (a
+    rerun continues from there) and its figures in `metrics.jsonl` and TensorBoard."""
+    checkpoints = Checkpoints(str(directory / "checkpoints")) if jax.process_count() == 1 else None
+    log = EpochLog(directory / "metrics.jsonl")
+    try:
+        sae, metrics = train_sae(
+            load_features(run),
+            dict_size=cfg.dict_size,
+            k=cfg.k,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            seed=run.config.seed,
+            checkpoints=checkpoints,
+            on_epoch=log.epoch,
+            progress=run.config.show_progress,
+            devices=tuple(jax.local_devices()),
+            **options,
+        )
+        log.final(metrics)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()  # also after an error: a save in flight finishes before the process ends
+        log.close()
+    return sae, metrics
+
+
+class EpochLog:
+    """An SAE's training figures: `metrics.jsonl` (one line per epoch, then the final model's) and
+    the TensorBoard curves beside it. Lines of the epochs a resumed run trains again, and an earlier
+    attempt's final line, are dropped before the first new line is written."""
+
+    def __init__(self, path: str | os.PathLike):
+        self._lines = JsonLines(path, curves_step="epoch")
+        self._trimmed = False
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Appends one epoch's record (`train_sae`'s `on_epoch`)."""
+        self._trim(record["epoch"])
+        self._lines.write(record)
+        self._lines.flush()  # an epoch is long; its record should survive a preemption
+
+    def final(self, metrics: dict[str, Any]) -> None:
+        """Appends the final model's metrics (`train_sae`'s, less the per-latent firing frequencies)."""
+        self._trim(metrics["epochs"])
+        self._lines.write(
+            {"final": True, **{k: v for k, v in metrics.items() if k not in ("firing_frequency", "epochs")}}
+        )
+
+    def close(self) -> None:
+        self._lines.close()
+
+    def _trim(self, start: int) -> None:
+        """Keeps the lines of the epochs before `start`, the first epoch this attempt trains."""
+        if not self._trimmed:
+            self._lines.keep_only(lambda r: r.get("epoch", start) < start)
+            self._trimmed = True
 
 
 def report_sae(run: Run) -> str | None:
