@@ -34,7 +34,7 @@ from saeft_jax.rendering.html import render_html
 from saeft_jax.rendering.markdown import render_comparison, report_methods
 from saeft_jax.sae.artifact import PARAMS_FILE
 from saeft_jax.stages import completion
-from saeft_jax.stages.report import BROWSER_FILE
+from saeft_jax.stages.report import BROWSER_FILE, legend
 
 SHARED = ("model", "id_dataset", "ood_datasets", "validation", "held_out", "dataset_metrics")
 BUCKET_WAIT_S = 60.0  # how long one run in a bucket (or --out there) may take to answer before it is named
@@ -233,7 +233,7 @@ def _write(
             )
         directory.mkdir(parents=True, exist_ok=True)
         figures = report_figures(merged, directory)
-        text = render_comparison(sources, merged, figures)
+        text = render_comparison(sources, merged, figures, legend())
         storage.write_atomic(directory / "report.json", json.dumps(merged, indent=1))
         storage.write_atomic(directory / "report.md", text)
         storage.write_atomic(directory / "report.html", render_html("SAE-FT comparison", text, directory, browsers))

@@ -208,3 +208,56 @@ def test_a_wilds_metric_is_scored_beside_the_references_definition(pair):
         assert result.scores[alpha] == pytest.approx(per_group[0])  # WILDS: group 1 ("Other") left out
         assert result.reference_scores[alpha] == pytest.approx(min(per_group))  # the reference keeps it
     assert result.summary()["reference"]["metric"] == "worst_group_all"
+
+
+def test_an_analysis_registered_alone_gets_its_declared_column_in_the_report(tmp_path):
+    """Adding an analysis is its decorated function alone: registered here (no other file edited),
+    it runs on a comparison and its declared column shows in report.md and report.html, with its
+    figure formatted as declared, beside the other analyses' columns (n/a for the SAE's without one)."""
+    from saeft_jax.evaluation.analyses import ANALYSES, Comparison, Embeddings, analysis, run_analyses
+    from saeft_jax.methods import RECIPES
+    from saeft_jax.rendering.html import render_html
+    from saeft_jax.rendering.markdown import render_markdown
+    from saeft_jax.stages.report import legend
+
+    @analysis(uses_sae=False, columns={"mean shift (norm)": "{mean_shift:.4f}"})
+    def mean_shift(c: Comparison) -> dict[str, float]:
+        return {"mean_shift": float(np.linalg.norm(c.finetuned.values.mean(0) - c.zeroshot.values.mean(0)))}
+
+    try:
+        rng = np.random.default_rng(0)
+        zeroshot, finetuned = rng.normal(size=(30, 6)), rng.normal(0.5, 1.0, size=(30, 6))
+        comparison = Comparison(Embeddings(zeroshot, None), Embeddings(finetuned, None), rng.integers(0, 3, 30), 3)
+        figures = run_analyses(["mean_shift", "cka"], comparison)
+        expected = np.sqrt(np.sum((finetuned.mean(0) - zeroshot.mean(0)) ** 2))
+        scores = {"metrics": {"id": 0.5}, "avg_ood": None}
+        report = {
+            "model": "m",
+            "id_dataset": "id",
+            "ood_datasets": [],
+            "validation": None,
+            "dataset_metrics": {"id": "top1"},
+            "sae": {"dict_size": 8, "k": 2, "fvu": 0.1, "l0": 2.0, "dead_fraction": 0.0},
+            "runs": {
+                "zeroshot": scores,
+                "tuned": {
+                    **scores,
+                    "method": {"recipe": "finetune"},
+                    "train": {"steps": 1},
+                    "changes": figures,
+                    "changes_by_dataset": {"id": figures},
+                },
+            },
+        }
+        setup = dict(dtype="float32", train_dataset="t", eval_suite="s", batch_size=2, lr=1e-5, warmup_steps=0)
+        setup.update(weight_decay=0.1, processes=1, devices=1, platform="cpu")
+        details = {"setup": setup, "labels": {"tuned": "`tuned`"}, "recipes": RECIPES, "legend": legend(), "runs": {}}
+        text = render_markdown(report, details, {})
+    finally:
+        del ANALYSES["mean_shift"]
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert header.endswith("| CKA (reference's) | mean shift (norm) |")
+    row = next(line for line in text.splitlines() if line.startswith("| tuned |"))
+    cka = f"{interpret.linear_cka(zeroshot, finetuned):.3f} ({interpret.reference_cka(zeroshot, finetuned):.3f})"
+    assert row == f"| tuned | 50.0 | n/a | n/a | n/a | n/a (n/a) | n/a / n/a | {cka} | {expected:.4f} |"
+    assert "<th>mean shift (norm)</th>" in render_html("r", text, tmp_path, [])

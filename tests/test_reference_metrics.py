@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 from saeft_jax.evaluation import interpret, metrics
 from saeft_jax.evaluation.evaluate import DatasetEvaluation
 from saeft_jax.rendering.markdown import _reference_numbers
-from saeft_jax.stages.report import _run_scores
+from saeft_jax.stages.report import _run_scores, legend
 
 
 def test_macro_f1_wilds_against_the_references_union_of_classes():
@@ -84,10 +84,10 @@ def test_report_records_both_definitions_labelled():
             "none": {**scores, "fixed_alpha": {"alpha": 0.5, **scores}},
         },
     }
-    text = "\n".join(_reference_numbers(report))
+    text = "\n".join(_reference_numbers(report, legend()))
     assert "the reference's macro-F1 (over true and predicted classes)" in text
     assert "| zero-shot | 30.0 |" in text and "| `none` | 45.0 |" in text and "| `none`, fixed a=0.5 | 45.0 |" in text
-    assert _reference_numbers({**report, "reference_dataset_metrics": {}}) == []
+    assert _reference_numbers({**report, "reference_dataset_metrics": {}}, legend()) == []
 
 
 def test_evaluation_summary_names_the_references_metric():

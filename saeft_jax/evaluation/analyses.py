@@ -6,15 +6,19 @@ model, their labels and the run's SAE) and returns named figures, which go to re
 `changes_by_dataset` (and, for the in-distribution set, `changes`). An analysis across datasets
 (`across_datasets=True`) takes a `MethodComparison` instead (one method on every dataset, with the
 head that scores each) and its figures go to the method's entry of report.json. Codes and FVUs are
-computed once per set of embeddings however many analyses use them. Adding an analysis is one
-decorated function here.
+computed once per set of embeddings however many analyses use them. An analysis declares the
+columns it gives report.md's table of what changed (`columns`: header -> a format string over its
+figures), which the report renders whatever the analysis; adding an analysis is one decorated
+function here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+import string
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -76,23 +80,55 @@ class MethodComparison:
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
+    """One registry entry: the function, whether it needs an SAE, whether it takes one method on
+    every dataset, and its columns in report.md ({header: format string over its figures})."""
+
     name: str
     compute: Callable[[Comparison], dict[str, float]] | Callable[[MethodComparison], dict]
     uses_sae: bool
     across_datasets: bool = False
+    columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 ANALYSES: dict[str, Analysis] = {}
 
 
-def analysis(*, uses_sae: bool, across_datasets: bool = False) -> Callable:
-    """Registers the decorated function as an analysis of that name."""
+def analysis(*, uses_sae: bool, across_datasets: bool = False, columns: Mapping[str, str] | None = None) -> Callable:
+    """Registers the decorated function as an analysis of that name. `columns` maps each column
+    header of report.md's table of what changed to a format string over the analysis's figures
+    (e.g. `{"CKA": "{cka:.3f}"}`; a figure the run lacks reads "n/a"); the figures are those on the
+    in-distribution set, or the method's own for an analysis `across_datasets`."""
+    columns = dict(columns or {})
 
     def add(compute: Callable) -> Callable:
-        ANALYSES[compute.__name__] = Analysis(compute.__name__, compute, uses_sae, across_datasets)
+        name = compute.__name__
+        for header, template in columns.items():
+            if not _fields(template):
+                raise ValueError(f"analysis {name!r}: column {header!r} formats no figure ({template!r})")
+        ANALYSES[name] = Analysis(name, compute, uses_sae, across_datasets, columns)
         return compute
 
     return add
+
+
+def _fields(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def report_columns() -> list[dict[str, Any]]:
+    """The columns every registered analysis declares, in registration order, as JSON for the
+    renderer: {"analysis", "header", "format", "scope": "dataset" | "method"} (where its figures are:
+    a dataset's `changes_by_dataset` entry, or the method's entry of report.json)."""
+    return [
+        {
+            "analysis": a.name,
+            "header": header,
+            "format": template,
+            "scope": "method" if a.across_datasets else "dataset",
+        }
+        for a in ANALYSES.values()
+        for header, template in a.columns.items()
+    ]
 
 
 def run_analyses(names, comparison: Comparison) -> dict[str, float]:
@@ -117,7 +153,9 @@ def run_method_analyses(names, method: MethodComparison) -> dict:
     return figures
 
 
-@analysis(uses_sae=True)
+@analysis(
+    uses_sae=True, columns={"added / image": "{added_per_image:.2f}", "removed / image": "{removed_per_image:.2f}"}
+)
 def feature_changes(c: Comparison) -> dict[str, float]:
     """Features added (in the fine-tuned codes' support, not the zero-shot one's) and removed, per image."""
     return {"added_per_image": c.changes.added_per_image, "removed_per_image": c.changes.removed_per_image}
@@ -134,7 +172,13 @@ def feature_effects(m: MethodComparison) -> dict:
     )
 
 
-@analysis(uses_sae=True)
+@analysis(
+    uses_sae=True,
+    columns={
+        "SAE FVU": "{sae_fvu:.3f} ({sae_fvu_zeroshot:.3f})",
+        "error / variance": "{sae_error:.3f} / {variance:.3f}",
+    },
+)
 def sae_fvu(c: Comparison) -> dict[str, float]:
     """How well the zero-shot SAE reconstructs the fine-tuned embeddings (and the zero-shot ones),
     with FVU's two parts: the squared reconstruction error per image and the embeddings' total
@@ -159,7 +203,7 @@ def code_magnitude(c: Comparison) -> dict[str, float]:
     }
 
 
-@analysis(uses_sae=False)
+@analysis(uses_sae=False, columns={"CKA (reference's)": "{cka:.3f} ({cka_reference:.3f})"})
 def cka(c: Comparison) -> dict[str, float]:
     """Linear CKA between the zero-shot and fine-tuned representations over the images (`cka`,
     WiSE-FT's Eq. 10), and beside it the reference's variant over the feature dimensions

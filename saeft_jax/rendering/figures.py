@@ -4,26 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from saeft_jax.evaluation.wise import alpha_key
 from saeft_jax.rendering import plots
-from saeft_jax.rendering.markdown import report_datasets, report_methods
+from saeft_jax.rendering.markdown import report_datasets, report_methods, selected_alpha
 
 
 def report_figures(report: dict[str, Any], directory) -> dict[str, str]:
     """Writes the report's pictures into `directory`; returns {name: file}: the WiSE-FT sweeps
     (ID against average OOD, on linear and logit axes, and per shift) and the per-dataset bars."""
     datasets, methods = report_datasets(report), report_methods(report)
-    selected = {m: report["runs"][m]["selection"]["alpha"] for m in methods if "selection" in report["runs"][m]}
+    selected = {m: selected_alpha(report["runs"][m]) for m in methods if "selection" in report["runs"][m]}
     figures = {}
     if report["id_dataset"] and report["ood_datasets"] and methods:  # the sweeps plot ID against OOD
 
-        def curves(score) -> dict[str, tuple[list[float], list[float], list[float]]]:
+        def curves(score) -> plots.Curves:
             out = {}
             for method in methods:
                 wise = report["runs"][method]["wise"]
                 alphas = sorted(wise, key=float)
                 out[method] = (
-                    [float(a) for a in alphas],
+                    alphas,
                     [wise[a]["metrics"][report["id_dataset"]] for a in alphas],
                     [score(wise[a]) for a in alphas],
                 )
@@ -44,7 +43,7 @@ def report_figures(report: dict[str, Any], directory) -> dict[str, str]:
         run = report["runs"][method]
         series[method] = [run["metrics"][d] for d in datasets]
         if "selected" in run:
-            label = f"{method} a={alpha_key(run['selection']['alpha'])}"
+            label = f"{method} a={selected_alpha(run)}"
             series[label] = [run["selected"]["metrics"][d] for d in datasets]
     plots.dataset_bars(datasets, series, directory / "datasets.png")
     figures["datasets"] = "datasets.png"

@@ -1,32 +1,20 @@
 """report.md: what was run, the numbers, the pictures, what changed, in that order, readable
-without any other file."""
+without any other file.
+
+It reads only JSON: report.json's content and what the report stage passes beside it (the run's
+setup, the methods' labels, the recipes' descriptions, and the `legend`: the metrics' labels and
+the analyses' declared columns), so a comparison of finished runs renders the same way.
+"""
 
 from __future__ import annotations
 
 import math
+import string
 from typing import Any
-
-import jax
-
-from saeft_jax.evaluation.wise import alpha_key
-from saeft_jax.methods import RECIPES
-
-METRIC_NAMES = {
-    "top1": "top-1 accuracy",
-    "macro_f1": "macro-F1 (classes present)",
-    "worst_group": "worst-group accuracy",
-    "macro_f1_union": "the reference's macro-F1 (over true and predicted classes)",
-    "worst_group_all": "the reference's worst-group accuracy (every group, FMoW's \"Other\" included)",
-}
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _num(value: float | None, digits: int) -> str:
-    """`value` with `digits` decimals; "n/a" when the analysis giving it did not run."""
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def report_datasets(report: dict[str, Any]) -> list[str]:
@@ -39,15 +27,23 @@ def report_methods(report: dict[str, Any]) -> list[str]:
     return [m for m in report["runs"] if m != "zeroshot"]
 
 
-def render_markdown(config, report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
-    """The whole report as Markdown; `details` holds each method's `labels` line and the feature
-    explanations (`runs`) and the names of the features whose changes were measured (`names`),
+def selected_alpha(run: dict[str, Any]) -> str:
+    """The name (a key of its `wise` sweep) of the WiSE-FT alpha selected for method entry `run`."""
+    return next(key for key in run["wise"] if float(key) == run["selection"]["alpha"])
+
+
+def render_markdown(report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
+    """The whole report as Markdown. `details` holds what report.json does not: the run's `setup`
+    (dtype, data, suite, fine-tuning settings, processes and devices), each method's `labels` line,
+    the `recipes`' descriptions, the `legend` (metrics' labels, analyses' columns), the feature
+    explanations (`runs`) and the names of the features whose changes were measured (`names`);
     `figures` the PNG file of each picture."""
+    legend = details["legend"]
     return (
         "\n".join(
-            _what(config, report, details["labels"])
-            + _numbers(report)
-            + _reference_numbers(report)
+            _what(report, details)
+            + _numbers(report, legend)
+            + _reference_numbers(report, legend)
             + _pictures(figures)
             + _changed(report, details, figures)
         )
@@ -55,36 +51,35 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
     )
 
 
-def _trained(report, methods: list[str]) -> str:
-    """What the methods trained, by recipe (`saeft_jax.methods.RECIPES`)."""
-    recipes = {
+def _trained(report, methods: list[str], recipes: dict[str, str]) -> str:
+    """What the methods trained, by recipe (`recipes`: each one's description)."""
+    used = {
         report["runs"][m]["method"].get("recipe", "finetune")
         for m in methods
         if "checkpoint" not in report["runs"][m]["method"]
     }
-    if not recipes:
+    if not used:
         return "every method imported from a checkpoint (nothing trained here)"
-    return "trained by recipe: " + "; ".join(f"`{r}`, {RECIPES[r]}" for r in sorted(recipes))
+    return "trained by recipe: " + "; ".join(f"`{r}`, {recipes[r]}" for r in sorted(used))
 
 
-def _what(config, report, labels: dict[str, str]) -> list[str]:
-    methods = report_methods(report)
-    ft = config.finetune
+def _what(report, details) -> list[str]:
+    methods, setup, labels = report_methods(report), details["setup"], details["labels"]
     steps = max((report["runs"][m]["train"]["steps"] for m in methods), default=0)  # imported ones have none
     lines = [
         "# SAE-FT report",
         "",
         "## What was run",
         "",
-        f"- **Model:** `{report['model']}` ({config.dtype} compute), {_trained(report, methods)}.",
-        f"- **Fine-tuning data:** `{config.train_dataset}`; **evaluation suite:** `{config.eval_suite}` "
+        f"- **Model:** `{report['model']}` ({setup['dtype']} compute), "
+        f"{_trained(report, methods, details['recipes'])}.",
+        f"- **Fine-tuning data:** `{setup['train_dataset']}`; **evaluation suite:** `{setup['eval_suite']}` "
         f"(in distribution: `{report['id_dataset']}`; {_shifts(report)}).",
         "- **Methods:** "
         + ", ".join(labels[m] for m in methods)
-        + f"; {steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, warmup {ft.warmup_steps}, "
-        f"weight decay {ft.weight_decay:g}.",
-        f"- **Hardware:** {jax.process_count()} process(es), {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s).",
+        + f"; {steps} steps of batch {setup['batch_size']}, lr {setup['lr']:g}, warmup {setup['warmup_steps']}, "
+        f"weight decay {setup['weight_decay']:g}.",
+        f"- **Hardware:** {setup['processes']} process(es), {setup['devices']} {setup['platform']} device(s).",
     ]
     lines += [_checkpoint(m, report["runs"][m]["checkpoint"]) for m in methods if "checkpoint" in report["runs"][m]]
     saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
@@ -124,13 +119,13 @@ def _checkpoint(method: str, checkpoint: dict[str, Any]) -> str:
     )
 
 
-def _numbers(report) -> list[str]:
+def _numbers(report, legend) -> list[str]:
     """One row per model (zero-shot; each method; its mix selected on validation; its mix at 0.5),
     one column per dataset."""
     methods, datasets, validation = report_methods(report), report_datasets(report), report.get("validation")
     average = ["average OOD"] if report["ood_datasets"] else []  # a suite without shifts has none
     header = ["model", *(f"{d}{' (ID)' if d == report['id_dataset'] else ''}" for d in datasets), *average]
-    metrics = sorted({METRIC_NAMES.get(m, m) for m in report["dataset_metrics"].values()})
+    metrics = sorted({legend["metrics"].get(m, m) for m in report["dataset_metrics"].values()})
     fixed = any("fixed_alpha" in report["runs"][m] for m in methods)
     how = (
         f"the *selected* mix is the alpha with the best score on the validation split `{validation}` (no test "
@@ -162,24 +157,21 @@ def _numbers(report) -> list[str]:
         if "selection" in run:
             choice = run["selection"]
             lines.append(
-                row(
-                    f"`{m}`, selected a={alpha_key(choice['alpha'])} (validation {_pct(choice['score'])})",
-                    run["selected"],
-                )
+                row(f"`{m}`, selected a={selected_alpha(run)} (validation {_pct(choice['score'])})", run["selected"])
             )
         if "fixed_alpha" in run:
             lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))
     return lines + [""]
 
 
-def _reference_numbers(report) -> list[str]:
+def _reference_numbers(report, legend) -> list[str]:
     """The datasets whose metric the reference's evaluation defines otherwise, by its definition
     (WILDS's stay the primary figures above): one row per model and mix, as in the results."""
     defined = report.get("reference_dataset_metrics") or {}
     if not defined:
         return []
     datasets = [d for d in report_datasets(report) if d in defined]
-    names = "; ".join(f"`{d}`: {METRIC_NAMES.get(defined[d], defined[d])}" for d in datasets)
+    names = "; ".join(f"`{d}`: {legend['metrics'].get(defined[d], defined[d])}" for d in datasets)
     lines = [
         (
             "The same models scored by the reference's definitions (Fabian-Mor/sae-ft `src/testing_models.py`; "
@@ -198,7 +190,7 @@ def _reference_numbers(report) -> list[str]:
         run = report["runs"][m]
         lines.append(row(f"`{m}`", run))
         if "selection" in run:
-            lines.append(row(f"`{m}`, selected a={alpha_key(run['selection']['alpha'])}", run["selected"]))
+            lines.append(row(f"`{m}`, selected a={selected_alpha(run)}", run["selected"]))
         if "fixed_alpha" in run:
             lines.append(row(f"`{m}`, fixed a=0.5", run["fixed_alpha"]))
     return lines + [""]
@@ -231,7 +223,8 @@ def _changed(report, details, figures) -> list[str]:
     if not report["sae"]:
         return ["## What changed", "", "No SAE was trained in this run, so there is no feature-level account.", ""]
     id_name = report["id_dataset"] or report["ood_datasets"][0]
-    lines = _changes_table(report, methods, id_name) + ["", _reading(report, methods, id_name), ""]
+    lines = _changes_table(report, methods, id_name, details["legend"]["columns"])
+    lines += ["", _reading(report, methods, id_name), ""]
     for m in methods:
         lines += _method_details(m, details["runs"].get(m), figures)
     return lines + _effects(report, methods, id_name, details.get("names", {}))
@@ -319,7 +312,9 @@ def _effects(report, methods, id_name, names: dict[int, list]) -> list[str]:
     return lines
 
 
-def _changes_table(report, methods, id_name) -> list[str]:
+def _changes_table(report, methods, id_name, columns: list[dict[str, str]]) -> list[str]:
+    """Per method: its ID and average OOD scores, then every column the analyses declare
+    (`legend["columns"]`: header, format string, and where the figures are)."""
     own = any(report["runs"][m].get("sae") for m in methods)  # a comparison of runs whose SAEs differ
     vocabulary = (
         "In the vocabulary of each row's own SAE (its run and name in the SAE column: the runs' SAEs "
@@ -338,23 +333,31 @@ def _changes_table(report, methods, id_name) -> list[str]:
         f"CKA compares the two representations over the images (1: same geometry; in brackets the "
         f"reference's variant over the feature dimensions, which a rotation lowers).",
         "",
-        f"| method |{' SAE |' if own else ''} ID | avg OOD | added / image | removed / image | SAE FVU | "
-        f"error / variance | CKA (reference's) |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if own else ""),
+        "| method |" + (" SAE |" if own else "") + " ID | avg OOD |" + "".join(f" {c['header']} |" for c in columns),
+        "|---|---|---|" + "---|" * len(columns) + ("---|" if own else ""),
     ]
     for m in methods:
         run = report["runs"][m]
-        c = run.get("changes_by_dataset", {}).get(id_name, {})
-        fvu = f"{_num(c.get('sae_fvu'), 3)} ({_num(c.get('sae_fvu_zeroshot'), 3)})"
-        parts = f"{_num(c.get('sae_error'), 3)} / {_num(c.get('variance'), 3)}"
+        figures = {"dataset": run.get("changes_by_dataset", {}).get(id_name, {}), "method": run}
         sae = run.get("sae")
         named = f" {sae['run']}: `{sae['name']}` ({sae.get('dict_size')}, k {sae.get('k')}) |" if sae else " none |"
+        cells = "".join(f" {_cell(c['format'], figures[c['scope']])} |" for c in columns)
         lines.append(
-            f"| {m} |{named if own else ''} {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} | "
-            f"{_num(c.get('added_per_image'), 2)} | {_num(c.get('removed_per_image'), 2)} | {fvu} | "
-            f"{parts} | {_num(c.get('cka'), 3)} ({_num(c.get('cka_reference'), 3)}) |"
+            f"| {m} |{named if own else ''} {_pct(run['metrics'].get(id_name))} | {_pct(run['avg_ood'])} |{cells}"
         )
     return lines
+
+
+def _cell(template: str, figures: dict[str, Any]) -> str:
+    """`template` (a format string) filled from `figures`; "n/a" for each figure they lack (the
+    analysis giving it did not run)."""
+    parts = []
+    for literal, field, spec, _ in string.Formatter().parse(template):
+        parts.append(literal)
+        if field is not None:
+            value = figures.get(field)
+            parts.append("n/a" if value is None else format(value, spec))
+    return "".join(parts)
 
 
 def _shifts(report) -> str:
@@ -364,9 +367,11 @@ def _shifts(report) -> str:
     return "shifts: " + ", ".join(f"`{d}`" for d in report["ood_datasets"])
 
 
-def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], figures: dict[str, str]) -> str:
+def render_comparison(
+    sources: dict[str, list[str]], report: dict[str, Any], figures: dict[str, str], legend: dict[str, Any]
+) -> str:
     """The comparison of several runs as Markdown: which runs, the numbers, the pictures, and what
-    changed, each method read in the vocabulary of its own run's SAE."""
+    changed, each method read in the vocabulary of its own run's SAE (`legend` as `render_markdown`'s)."""
     lines = [
         "# SAE-FT comparison",
         "",
@@ -379,8 +384,10 @@ def render_comparison(sources: dict[str, list[str]], report: dict[str, Any], fig
     ]
     methods = report_methods(report)
     id_name = report["id_dataset"] or report["ood_datasets"][0]
-    changes = _changes_table(report, methods, id_name) if any("changes" in report["runs"][m] for m in methods) else []
-    return "\n".join(lines + _numbers(report) + _reference_numbers(report) + _pictures(figures) + changes) + "\n"
+    changed = any("changes" in report["runs"][m] for m in methods)
+    changes = _changes_table(report, methods, id_name, legend["columns"]) if changed else []
+    numbers = _numbers(report, legend) + _reference_numbers(report, legend)
+    return "\n".join(lines + numbers + _pictures(figures) + changes) + "\n"
 
 
 def _reading(report, methods, id_name) -> str:

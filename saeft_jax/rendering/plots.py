@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from saeft_jax import storage  # noqa: E402
-from saeft_jax.evaluation.wise import alpha_key  # noqa: E402
 
 
 def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title: str = "SAE latent firing") -> None:
@@ -29,7 +28,7 @@ def firing_histogram(frequencies: np.ndarray, path: str | os.PathLike, *, title:
     _save(fig, path, dpi=120)
 
 
-Curves = dict[str, tuple[list[float], list[float], list[float]]]  # method -> (alphas, ID, OOD)
+Curves = dict[str, tuple[list[str], list[float], list[float]]]  # method -> (alphas as named in JSON, ID, OOD)
 
 
 def wise_curves(
@@ -38,7 +37,7 @@ def wise_curves(
     *,
     id_name: str = "in-distribution",
     ood_name: str = "average over the shifts (OOD)",
-    selected: dict[str, float] | None = None,
+    selected: dict[str, str] | None = None,
     logit: bool = False,
     title: str = "WiSE-FT: zero-shot to fine-tuned",
 ) -> None:
@@ -57,7 +56,7 @@ def wise_curves(
 
 
 def wise_per_shift(
-    panels: dict[str, Curves], path: str | os.PathLike, *, id_name: str, selected: dict[str, float] | None = None
+    panels: dict[str, Curves], path: str | os.PathLike, *, id_name: str, selected: dict[str, str] | None = None
 ) -> None:
     """One small WiSE-FT plot per shift: ID against that shift along each method's sweep."""
     columns = min(3, len(panels))
@@ -74,7 +73,7 @@ def wise_per_shift(
     _save(fig, path, dpi=110)
 
 
-def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) -> None:
+def _draw_curves(ax, curves: Curves, selected: dict[str, str], logit: bool) -> None:
     clip = (lambda v: np.clip(np.asarray(v, np.float64), 1e-3, 1 - 1e-3)) if logit else np.asarray
     for i, (method, (alphas, id_scores, ood_scores)) in enumerate(curves.items()):
         color, x, y = f"C{i + 1}", clip(id_scores), clip(ood_scores)
@@ -84,7 +83,7 @@ def _draw_curves(ax, curves: Curves, selected: dict[str, float], logit: bool) ->
             at = alphas.index(selected[method])
             ax.plot(x[at], y[at], "o", markersize=11, markerfacecolor="none", markeredgecolor=color)
             ax.annotate(
-                f"a={alpha_key(alphas[at])}",
+                f"a={alphas[at]}",
                 (x[at], y[at]),
                 fontsize=7,
                 textcoords="offset points",

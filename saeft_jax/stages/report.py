@@ -4,7 +4,9 @@ and `report/report.html` with its feature browser (data in `report/browser.json`
 It collects what the stages before it recorded (scores per WiSE-FT alpha, training summaries,
 the SAE's quality), runs the analyses `config.report.analyses` names on every method and dataset
 (`saeft_jax.evaluation.analyses`), explains the in-distribution changes feature by feature
-(`saeft_jax.evaluation.interpret`) and renders it all (`saeft_jax.rendering`).
+(`saeft_jax.evaluation.interpret`) and renders it all (`saeft_jax.rendering`), handing the
+renderers JSON only: report.json's content, and beside it what report.md says of the run's setup,
+the recipes, the metrics' labels and the analyses' declared columns (`details`, `legend`).
 """
 
 from __future__ import annotations
@@ -12,22 +14,25 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from saeft_jax import parallel, storage
 from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
-from saeft_jax.evaluation import browser, interpret
+from saeft_jax.evaluation import browser, interpret, metrics
 from saeft_jax.evaluation.analyses import (
     ANALYSES,
     Comparison,
     Embeddings,
     MethodComparison,
+    report_columns,
     run_analyses,
     run_method_analyses,
 )
 from saeft_jax.evaluation.effects import Scorer
 from saeft_jax.evaluation.wise import alpha_key
+from saeft_jax.methods import RECIPES
 from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import browser_data, render_html, thumbnail
@@ -128,6 +133,30 @@ def collect(run: Run) -> dict[str, Any]:
     return report
 
 
+def legend() -> dict[str, Any]:
+    """What report.md needs to name what report.json holds (a comparison's too): each registered
+    metric's label and every column the registered analyses declare."""
+    return {"metrics": metrics.report_labels(), "columns": report_columns()}
+
+
+def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What report.md says of the run beyond report.json: compute dtype, data, suite, fine-tuning
+    settings, and the processes and devices the report was made on."""
+    ft = config.finetune
+    return {
+        "dtype": config.dtype,
+        "train_dataset": config.train_dataset,
+        "eval_suite": config.eval_suite,
+        "batch_size": ft.batch_size,
+        "lr": ft.lr,
+        "warmup_steps": ft.warmup_steps,
+        "weight_decay": ft.weight_decay,
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+    }
+
+
 def run_stage(run: Run) -> None:
     """Process 0 computes and writes the report; the others wait."""
     if run.is_writer:
@@ -139,8 +168,11 @@ def run_stage(run: Run) -> None:
         if sae is not None:
             _across_datasets(run, report, sae, comparisons)
         details = {
-            "runs": explanations,
+            "setup": setup(run.config),
             "labels": {n: m.label() for n, m in run.methods.items()},
+            "recipes": dict(RECIPES),
+            "legend": legend(),
+            "runs": explanations,
             "names": _effect_names(report, sae, vocabulary) if sae is not None else {},
         }
         figures = report_figures(report, directory)
@@ -152,7 +184,7 @@ def run_stage(run: Run) -> None:
         elif (directory / BROWSER_FILE).exists():  # an earlier report's: not this run's features
             (directory / BROWSER_FILE).unlink()
         write_json(directory / "report.json", report)
-        text = render_markdown(run.config, report, details, figures)
+        text = render_markdown(report, details, figures)
         storage.write_atomic(directory / "report.md", text)
         storage.write_atomic(directory / "report.html", render_html("SAE-FT report", text, directory, browsers))
         files = ("report.md", "report.json", "report.html", *figures.values(), *([BROWSER_FILE] if browsers else []))
