@@ -220,3 +220,58 @@ def test_a_thumbnail_keeps_small_images_sharp_and_shrinks_large_ones():
     picture = decoded(thumbnail(small))
     assert picture.size == (72, 72) and set(np.unique(np.asarray(picture))) == {0, 255}
     assert decoded(thumbnail(np.zeros((300, 150), np.uint8))).size == (36, 72)
+
+
+def test_an_installed_package_renders_the_page_from_its_templates(tmp_path):
+    """report.html's markup, style and script are package data: a wheel built from the source holds
+    the templates, and the package installed from it (not this checkout) renders the same page."""
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(root / "saeft_jax", source / "saeft_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source], check=True)
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    templates = {n for n in zipfile.ZipFile(wheel).namelist() if "/templates/" in n}
+    assert templates == {"saeft_jax/rendering/templates/report.html", "saeft_jax/rendering/templates/browser.html"}
+    subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True)
+    page = "h.render_html('t', '# x', '', [])"
+    code = f"import sys, saeft_jax.rendering.html as h; print(h.__file__); sys.stdout.write({page})"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    installed, page = out.stdout.split("\n", 1)
+    assert installed.startswith(str(tmp_path / "site"))
+    assert page == render_html("t", "# x", tmp_path, []) and page.startswith("<!DOCTYPE html>")
+    assert "<h1>x</h1>" in page and ".saeft-report .thumb" in page and "controls.hidden = false" in page
+
+
+def test_the_renderers_import_neither_jax_nor_what_makes_the_report():
+    """Rendering reads JSON only: importing it loads no JAX, stage, evaluation or method module."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, saeft_jax.rendering.markdown, saeft_jax.rendering.html, saeft_jax.rendering.figures; "
+        "print(sys.modules['saeft_jax'].__file__); print(' '.join(sorted(sys.modules)))"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's package
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    package, modules = out.stdout.split("\n", 1)
+    loaded = set(modules.split())
+    assert package == str(root / "saeft_jax" / "__init__.py")
+    assert "saeft_jax.rendering.html" in loaded and "jax" not in loaded
+    above = ("saeft_jax.stages", "saeft_jax.evaluation", "saeft_jax.methods", "saeft_jax.config", "saeft_jax.pipeline")
+    assert not [m for m in loaded if m.startswith(above)]

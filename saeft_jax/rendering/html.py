@@ -6,16 +6,21 @@ Everything is in the file (no network, no neighbouring files), so it reads the s
 workdir and after a download from a bucket. The results, the cards and the per-class view are
 plain HTML and readable without JavaScript; the script only filters and sorts the cards. Each
 thumbnail is in the page once (a CSS class), however many cards show it; raw HTML in the
-Markdown (a class name, a concept) is shown as text, never run.
+Markdown (a class name, a concept) is shown as text, never run. The page's markup, style and
+script, and the browser's frame, are templates shipped with the package (`templates/`, filled by
+`string.Template`); the cards are built here.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
+import importlib.resources
 import io
 import json
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,9 +29,21 @@ import numpy as np
 from PIL import Image
 
 from saeft_jax import storage
-from saeft_jax.evaluation.browser import BINS
 
 THUMBNAIL = 72  # pixels on the longer side
+
+
+@functools.cache
+def template(name: str) -> string.Template:
+    """The template `templates/<name>` of this package (read through importlib.resources, so an
+    installed wheel finds it too)."""
+    return string.Template(importlib.resources.files(__package__).joinpath("templates", name).read_text("utf-8"))
+
+
+@functools.cache
+def _fragment(name: str) -> string.Template:
+    """A template of a piece of the page, its line breaks removed (they only keep the file readable)."""
+    return string.Template(template(name).template.replace("\n", ""))
 
 
 def thumbnail(image: np.ndarray) -> str:
@@ -61,11 +78,8 @@ def render_html(title: str, markdown_text: str, directory, browsers: list[dict[s
         for index, b in enumerate(browsers)
         for example, uri in b["images"].items()
     )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}{thumbnails}'
-        f'</style></head><body><main class="saeft-report">{body}{"".join(sections)}</main>'
-        f"<script>{_SCRIPT}</script></body></html>\n"
+    return template("report.html").substitute(
+        title=html.escape(title), thumbnails=thumbnails, body=body, sections="".join(sections)
     )
 
 
@@ -110,33 +124,17 @@ def _browser(data: dict[str, Any], index: int) -> str:
     )
     runs = f" (runs {', '.join(map(html.escape, data['runs']))})" if data.get("runs") else ""
     options = lambda values: "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
-    controls = (
-        f'<div class="controls" hidden>'
-        f'<label>method <select data-filter="method"><option value="">any</option>{options(methods)}'
-        f'</select></label> <label>class <select data-filter="class"><option value="">any</option>'
-        f'{options(classes)}</select></label> <label>dataset <select data-filter="dataset">'
-        f'<option value="">any</option>{options(datasets)}</select></label> '
-        f'<label>at least <input data-filter="count" type="number" min="0" value="0" size="4"> changes'
-        f'</label> <label>name <input data-filter="name" type="search" placeholder="text or #id"></label> '
-        f'<label>sort <select data-filter="sort"><option value="count">most changed</option>'
-        f'<option value="feature">feature id</option><option value="density">firing density</option>'
-        f'<option value="name">nearest name</option>'
-        f'<option value="cost">most costly for robustness</option></select></label> '
-        f'<span class="shown"></span></div>'
-    )
-    return (
-        f'<section class="browser" id="browser-{index}"><h2>Feature browser: SAE <code>{html.escape(data["sae"])}'
-        f"</code> on <code>{html.escape(data['dataset'])}</code>{runs}</h2>"
-        f"<p>Every SAE feature that some method added to or removed from an image (on any dataset): here "
-        f"{shown}. A card shows the feature's nearest text names (cosine of its decoder atom with their "
-        f"text embeddings), how many images each method gained and lost it on, overall, per dataset and per "
-        f"class, the change in accuracy on each dataset when a method's change of it is undone (for the "
-        f'changes measured, "Which changes matter" above), and, under the zero-shot and each fine-tuned '
-        f"model, its top-activating <code>{html.escape(data['dataset'])}</code> images, its density (the "
-        f"share of those images whose code holds it) and the histogram of its positive activations.</p>"
-        f"{controls}"
-        f'<div class="cards">{"".join(_card(card, index, methods) for card in cards)}</div>'
-        f"{_per_class(cards, methods, index)}</section>"
+    return _fragment("browser.html").substitute(
+        index=index,
+        sae=html.escape(data["sae"]),
+        dataset=html.escape(data["dataset"]),
+        runs=runs,
+        shown=shown,
+        methods=options(methods),
+        classes=options(classes),
+        datasets=options(datasets),
+        cards="".join(_card(card, index, methods) for card in cards),
+        per_class=_per_class(cards, methods, index),
     )
 
 
@@ -228,9 +226,9 @@ def _model(name: str, view: dict[str, Any], index: int) -> str:
 
 
 def _histogram(counts: list[int], scale: float) -> str:
-    """An inline SVG bar chart of activation counts over BINS bins of [0, scale]."""
+    """An inline SVG bar chart of activation counts over equal bins of [0, scale]."""
     top, width, height = max(max(counts), 1), 120, 28
-    bar = width / BINS
+    bar = width / len(counts)
     bars = "".join(
         f'<rect x="{i * bar:.1f}" y="{height - height * c / top:.1f}" width="{bar - 1:.1f}" '
         f'height="{height * c / top:.1f}"><title>{c}</title></rect>'
@@ -270,62 +268,3 @@ def _per_class(cards: list[dict[str, Any]], methods: list[str], index: int) -> s
         f'most often on its images (images in brackets; at most 12 each).</p><table class="per-class">'
         f"<tr><th>class</th><th>method</th><th>gained</th><th>lost</th></tr>{rows}</table>"
     )
-
-
-_STYLE = """
-.saeft-report{font:15px/1.45 system-ui,sans-serif;color:#1d2127;max-width:1200px;margin:auto;padding:1em 2em}
-.saeft-report table{border-collapse:collapse;margin:.6em 0}
-.saeft-report td,.saeft-report th{border:1px solid #ccd;padding:.2em .5em;text-align:left}
-.saeft-report th{background:#eef}.saeft-report img{max-width:100%}.saeft-report code{background:#eef;padding:0 .2em}
-.saeft-report .controls{position:sticky;top:0;background:#fff;padding:.5em;border:1px solid #ccd;z-index:1}
-.saeft-report .controls label{margin-right:.8em}
-.saeft-report .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:.8em}
-.saeft-report .card{background:#fff;border:1px solid #ccd;border-radius:6px;padding:.6em}
-.saeft-report .card h3{margin:.1em 0 .4em}.saeft-report .scroll{overflow-x:auto}
-.saeft-report .card .names{font-weight:normal}.saeft-report .card table{font-size:13px}
-.saeft-report .models{display:flex;flex-wrap:wrap;gap:.6em}
-.saeft-report .model{margin:0;border-top:1px solid #eee;padding-top:.3em}
-.saeft-report .model figcaption{font-size:13px}.saeft-report .histogram rect{fill:#4a6fa5}
-.saeft-report .thumb{display:inline-block;width:48px;height:48px;margin:1px;background-color:#000;
-background-position:center;background-size:contain;background-repeat:no-repeat;image-rendering:pixelated}
-.saeft-report .card:target{outline:3px solid #e7a33e}
-"""
-
-_SCRIPT = """
-(function(){
-  for (const section of document.querySelectorAll('.saeft-report section.browser')) {
-    const controls = section.querySelector('.controls');
-    controls.hidden = false;
-    const holder = section.querySelector('.cards');
-    const cards = Array.from(holder.querySelectorAll('.card'));
-    cards.forEach(card => { card.info = JSON.parse(card.dataset.info); });
-    const get = name => controls.querySelector('[data-filter="' + name + '"]');
-    const update = () => {
-      const method = get('method').value, cls = get('class').value, dataset = get('dataset').value;
-      const least = Number(get('count').value) || 0, text = get('name').value.trim().toLowerCase();
-      let shown = 0;
-      for (const card of cards) {
-        const info = card.info, chosen = method ? [method] : Object.keys(info.classes);
-        const ok = (info.count[method] || 0) >= Math.max(least, method ? 1 : 0)
-          && (!cls || chosen.some(m => (info.classes[m] || []).includes(cls)))
-          && (!dataset || chosen.some(m => (info.datasets[m] || []).includes(dataset)))
-          && (!text || info.names.includes(text) || ('#' + info.feature) === text);
-        card.hidden = !ok;
-        shown += ok;
-      }
-      const sort = get('sort').value, count = c => c.info.count[method] || 0;
-      const cost = c => (method in c.info.cost ? c.info.cost[method] : -Infinity);  // unmeasured: last
-      const key = {count: (a, b) => count(b) - count(a) || a.info.feature - b.info.feature,
-                   feature: (a, b) => a.info.feature - b.info.feature,
-                   density: (a, b) => b.info.density - a.info.density,
-                   name: (a, b) => a.info.name.localeCompare(b.info.name),
-                   cost: (a, b) => cost(b) - cost(a) || a.info.feature - b.info.feature}[sort];
-      cards.slice().sort(key).forEach(card => holder.appendChild(card));
-      controls.querySelector('.shown').textContent = shown + ' of ' + cards.length + ' cards shown';
-    };
-    controls.addEventListener('input', update);
-    controls.addEventListener('change', update);
-    update();
-  }
-})();
-"""
