@@ -112,3 +112,28 @@ def test_evaluation_summary_names_the_references_metric():
             "imagenet", "top1", (1.0,), {1.0: 0.5}, empty, empty, empty, np.zeros((1, 0)), empty, empty
         ).summary()
     )
+
+
+def test_a_metric_registered_alone_is_scored_and_named_in_the_report():
+    """Adding a metric is one `register` call: it is scored by name, and report.md names it by its
+    label (with its reference definition beside it, when it declares one)."""
+    from saeft_jax.rendering.markdown import _numbers
+
+    balanced = lambda p, y, g, ignored: float(np.mean([np.mean(p[y == c] == c) for c in np.unique(y)]))
+    metrics.register("balanced", balanced, label="balanced accuracy (mean recall)", reference="top1")
+    try:
+        truth, predictions = np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1])
+        assert metrics.score("balanced", predictions, truth) == pytest.approx((2 / 3 + 1) / 2)
+        assert metrics.REFERENCE_DEFINITIONS["balanced"] == "top1"
+        scores = {"metrics": {"id": 0.5}, "avg_ood": None}
+        report = {
+            "id_dataset": "id",
+            "ood_datasets": [],
+            "dataset_metrics": {"id": "balanced"},
+            "runs": {"zeroshot": scores},
+        }
+        text = "\n".join(_numbers(report, legend()))
+    finally:
+        del metrics.REGISTRY["balanced"]
+    assert "Scores in percent (balanced accuracy (mean recall));" in text
+    assert "balanced" not in metrics.REFERENCE_DEFINITIONS
