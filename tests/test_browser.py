@@ -32,8 +32,8 @@ def setting():
     other = {model: random_codes(rng) for model in ("zeroshot", "plain", "saeft")}  # a second dataset
     changes = {
         m: {
-            "id": interpret.feature_changes(codes["zeroshot"], codes[m], labels, F, CLASSES),
-            "shift": interpret.feature_changes(other["zeroshot"], other[m], labels, F, CLASSES),
+            "id": interpret.count_changes(codes["zeroshot"], codes[m], labels, F, CLASSES),
+            "shift": interpret.count_changes(other["zeroshot"], other[m], labels, F, CLASSES),
         }
         for m in ("plain", "saeft")
     }

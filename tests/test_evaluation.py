@@ -125,7 +125,7 @@ def test_feature_changes_on_a_hand_built_example():
     # Image 1 (class 1): {0, 2} -> {0, 2}: no change. Image 2 (class 0): {1, 2} -> {3, 4}: adds 3, 4; removes 1, 2.
     codes0 = (np.array([[1.0, 2.0], [1.0, 1.0], [0.5, 0.5]]), np.array([[1, 3], [0, 2], [1, 2]]))
     codes_t = (np.array([[1.5, 1.0], [2.0, 1.0], [1.0, 3.0]]), np.array([[1, 4], [0, 2], [3, 4]]))
-    changes = interpret.feature_changes(codes0, codes_t, np.array([0, 1, 0]), 5, 2)
+    changes = interpret.count_changes(codes0, codes_t, np.array([0, 1, 0]), 5, 2)
     assert changes.added_per_image == pytest.approx(3 / 3) and changes.removed_per_image == pytest.approx(3 / 3)
     np.testing.assert_array_equal(changes.added_count, [0, 0, 0, 1, 2])
     np.testing.assert_array_equal(changes.removed_count, [0, 1, 1, 1, 0])

@@ -14,7 +14,7 @@ import pytest
 from saeft_jax import compare
 from saeft_jax.data.sources import Subset, held_out
 from saeft_jax.errors import UsageError
-from saeft_jax.stages.report import select
+from saeft_jax.stages.report import select_alpha
 
 
 def test_held_out_rows_are_disjoint_from_training_and_cover_the_set():
@@ -41,10 +41,10 @@ def test_the_alpha_is_selected_on_validation_alone():
     alphas = [f"{a / 10:.1f}" for a in range(11)]
     val = dict(zip(alphas, [0.1, 0.2, 0.5, 0.5, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1]))
     test = dict(zip(alphas, np.linspace(0.9, 0.1, 11)))
-    choice = select(evaluation(val, test), "digits_val")
+    choice = select_alpha(evaluation(val, test), "digits_val")
     assert choice == {"split": "digits_val", "alpha": 0.2, "score": 0.5, "metric": "top1"}  # ties: nearer zero-shot
     shuffled = dict(zip(alphas, np.random.default_rng(0).permutation(list(test.values()))))  # other test labels
-    assert select(evaluation(val, shuffled), "digits_val") == choice
+    assert select_alpha(evaluation(val, shuffled), "digits_val") == choice
 
 
 def report(model="demo", zeroshot=0.5, methods=("none", "sae_add_remove")) -> dict:
@@ -129,7 +129,7 @@ def test_two_decimal_alphas_keep_their_own_names_and_the_selection_reads_its_own
 
     assert [alpha_key(a) for a in (0.0, 0.2, 0.25, 0.5, 1.0)] == ["0.0", "0.2", "0.25", "0.5", "1.0"]
     val = {"0.0": 0.1, "0.2": 0.3, "0.25": 0.4, "1.0": 0.2}
-    choice = select(evaluation(val, dict(val)), "digits_val")
+    choice = select_alpha(evaluation(val, dict(val)), "digits_val")
     assert choice["alpha"] == 0.25 and alpha_key(choice["alpha"]) in val
 
 

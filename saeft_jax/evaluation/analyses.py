@@ -63,7 +63,7 @@ class Comparison:
 
     @functools.cached_property
     def changes(self) -> interpret.FeatureChanges:
-        return interpret.feature_changes(
+        return interpret.count_changes(
             self.zeroshot.codes, self.finetuned.codes, self.labels, self.zeroshot.sae.dict_size, self.num_classes
         )
 

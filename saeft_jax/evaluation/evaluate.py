@@ -56,7 +56,7 @@ class DatasetEvaluation:
         return summary
 
 
-def score(
+def dataset_score(
     spec: DatasetSpec, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray, metric: str | None = None
 ) -> float:
     """`spec`'s metric (or `metric`) of predictions in its label space."""
@@ -103,12 +103,12 @@ def evaluate_dataset(
     labels, groups = np.concatenate(keep["label"])[mask], np.concatenate(keep["group"])[mask]
     predictions = np.concatenate(keep["pred"], axis=1)[:, mask]
     embeddings = np.concatenate(keep["emb"], axis=1)[:, mask]
-    scores = {a: score(spec, predictions[i], labels, groups) for i, a in enumerate(alphas)}
+    scores = {a: dataset_score(spec, predictions[i], labels, groups) for i, a in enumerate(alphas)}
     reference = metrics.REFERENCE_DEFINITIONS.get(spec.metric)
     reference_scores = (
         None
         if reference is None
-        else {a: score(spec, predictions[i], labels, groups, reference) for i, a in enumerate(alphas)}
+        else {a: dataset_score(spec, predictions[i], labels, groups, reference) for i, a in enumerate(alphas)}
     )
     return DatasetEvaluation(
         spec.name,
@@ -155,6 +155,6 @@ def make_scorer(
                 keep[key].append(wise.as_numpy(jax.make_array_from_process_local_data(sharding, batch[key])))
         mask = np.concatenate(keep["mask"])
         labels, groups = np.concatenate(keep["label"])[mask], np.concatenate(keep["group"])[mask]
-        return score(spec, np.concatenate(keep["pred"])[mask], labels, groups)
+        return dataset_score(spec, np.concatenate(keep["pred"])[mask], labels, groups)
 
     return score_of

@@ -75,7 +75,7 @@ class FeatureChanges:
         return rows
 
 
-def feature_changes(
+def count_changes(
     codes0: tuple[np.ndarray, np.ndarray],
     codes_t: tuple[np.ndarray, np.ndarray],
     labels: np.ndarray,

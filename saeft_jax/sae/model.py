@@ -62,7 +62,7 @@ def pre_activations(params: Params, x: jax.Array) -> jax.Array:
 
 def encode(params: Params, x: jax.Array, k: int, *, relu: bool = False) -> jax.Array:
     """Dense codes (B, F): the k largest pre-activations per row, every other entry zero."""
-    return densify(*select(pre_activations(params, x), k, relu=relu), params["W_dec"].shape[0])
+    return densify(*top_k(pre_activations(params, x), k, relu=relu), params["W_dec"].shape[0])
 
 
 def decode(params: Params, s: jax.Array) -> jax.Array:
@@ -70,7 +70,7 @@ def decode(params: Params, s: jax.Array) -> jax.Array:
     return s @ params["W_dec"] + params["b_pre"]
 
 
-def select(pre: jax.Array, k: int, *, relu: bool = False, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def top_k(pre: jax.Array, k: int, *, relu: bool = False, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(values, indices) of the k largest entries of each row of `pre` (among `mask`ed latents
     when given); gradients reach `pre` only at the selected entries."""
     candidates = jax.lax.stop_gradient(pre if mask is None else jnp.where(mask, pre, -jnp.inf))
@@ -81,7 +81,7 @@ def select(pre: jax.Array, k: int, *, relu: bool = False, mask: jax.Array | None
 
 def encode_sparse(params: Params, x: jax.Array, k: int, *, relu: bool = False) -> tuple[jax.Array, jax.Array]:
     """The same codes as `encode`, as (values (B, k), indices (B, k))."""
-    return select(pre_activations(params, x), k, relu=relu)
+    return top_k(pre_activations(params, x), k, relu=relu)
 
 
 def decode_sparse(params: Params, values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -120,7 +120,7 @@ def auxk_loss(
     `k_aux` largest pre-activations among `dead` latents, through the decoder without bias.
     Zero when no latent is dead; `residual` should carry no gradient. `normalized`: the MSE
     divided by the residual's variance over the batch, as Gao et al.'s code (`normalized_mse`)."""
-    values, indices = select(pre_activations(params, x), min(k_aux, dead.shape[0]), relu=relu, mask=dead)
+    values, indices = top_k(pre_activations(params, x), min(k_aux, dead.shape[0]), relu=relu, mask=dead)
     values = values * dead[indices]  # fewer dead latents than k_aux: the rest contribute nothing
     residual_hat = jnp.einsum("bk,bkd->bd", values, params["W_dec"][indices])
     error = jnp.mean((residual_hat - residual) ** 2)

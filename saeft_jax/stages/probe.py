@@ -10,7 +10,7 @@ import numpy as np
 from etils import epath
 
 from saeft_jax import storage
-from saeft_jax.evaluation.evaluate import score
+from saeft_jax.evaluation.evaluate import dataset_score
 from saeft_jax.finite import check_artifact
 from saeft_jax.models.heads import classify
 from saeft_jax.stages import completion, features
@@ -56,7 +56,7 @@ def _score(run: Run, head: dict[str, np.ndarray], validation: dict[str, np.ndarr
     """The validation split's metric of `head` on its zero-shot embeddings."""
     logits = run.validation.project(np.asarray(classify(head, validation["embedding"])))
     predictions = np.argmax(logits, axis=-1)
-    return 100 * score(run.validation, predictions, validation["label"], validation["group"])
+    return 100 * dataset_score(run.validation, predictions, validation["label"], validation["group"])
 
 
 def _say_fit(run: Run, fit: dict, examples: int, classes: int) -> None:

@@ -71,7 +71,7 @@ def _sae_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: record[key] for key in keys if key in record} if record else None
 
 
-def select(record: dict[str, Any], split: str) -> dict[str, Any]:
+def select_alpha(record: dict[str, Any], split: str) -> dict[str, Any]:
     """The WiSE-FT alpha with the best score on the validation split `split` (the smallest of
     equal ones, the nearer to zero-shot); only that split is read."""
     scores = record["datasets"][split]["scores"]
@@ -127,7 +127,7 @@ def collect(run: Run) -> dict[str, Any]:
         if "0.5" in wise:
             entry["fixed_alpha"] = {"alpha": 0.5, **wise["0.5"]}  # the WiSE-FT papers' choice
         if validation:
-            entry["selection"] = select(record, validation)
+            entry["selection"] = select_alpha(record, validation)
             entry["selected"] = wise[alpha_key(entry["selection"]["alpha"])]
         report["runs"][name] = entry
     return report
