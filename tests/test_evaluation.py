@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -261,3 +263,48 @@ def test_an_analysis_registered_alone_gets_its_declared_column_in_the_report(tmp
     cka = f"{interpret.linear_cka(zeroshot, finetuned):.3f} ({interpret.reference_cka(zeroshot, finetuned):.3f})"
     assert row == f"| tuned | 50.0 | n/a | n/a | n/a | n/a (n/a) | n/a / n/a | {cka} | {expected:.4f} |"
     assert "<th>mean shift (norm)</th>" in render_html("r", text, tmp_path, [])
+
+
+@pytest.mark.parametrize(
+    "name, header, template, says",
+    [
+        ("cka", "CKA again", "{cka:.2f}", "'cka' is registered already"),
+        ("bad_column", "x", "{cka:.3f", "not a format string"),
+        ("bad_column", "x", "{cka:.3q}", "format spec '.3q' of 'cka'"),
+        ("bad_column", "x", "{cka:.{digits}f}", "format spec '.{digits}f' of 'cka'"),
+        ("bad_column", "x", "{} and {cka:.3f}", "names no figure"),
+        ("bad_column", "x", "{0:.3f}", "names no figure"),
+        ("bad_column", "x", "{cka.real:.3f}", "names no figure"),
+        ("bad_column", "x", "{cka!r}", "names no figure"),
+        ("bad_column", "x", "no figure", "formats no figure"),
+        ("bad_column", "a | b", "{cka:.3f}", "one line without '|'"),
+        ("bad_column", "x", "{cka:.3f} | {cka_reference:.3f}", "one line without '|'"),
+        ("bad_column", "", "{cka:.3f}", "one line without '|'"),
+    ],
+)
+def test_an_analysis_registered_twice_or_with_a_column_report_md_cannot_render_is_a_clear_error(
+    name, header, template, says
+):
+    """Registration, not the report stage at the end of a run, refuses a second analysis of a name
+    (the first one stays) and a column report.md's table cannot render (a broken format string, a
+    format spec no number takes, a field that is not a figure's name, a '|' or line break that
+    would split the table), naming the analysis and the column."""
+    from saeft_jax.evaluation.analyses import ANALYSES, Comparison, analysis
+
+    before = dict(ANALYSES)
+
+    def compute(c: Comparison) -> dict[str, float]:
+        return {}
+
+    compute.__name__ = name
+    try:
+        with pytest.raises(ValueError, match=re.escape(says)) as error:
+            analysis(uses_sae=False, columns={header: template})(compute)
+    finally:
+        registered = dict(ANALYSES)
+        ANALYSES.clear()
+        ANALYSES.update(before)
+    assert registered == before
+    assert f"analysis {name!r}" in str(error.value)
+    if name == "bad_column":
+        assert f"column {header!r}" in str(error.value)

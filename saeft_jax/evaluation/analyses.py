@@ -97,22 +97,50 @@ def analysis(*, uses_sae: bool, across_datasets: bool = False, columns: Mapping[
     """Registers the decorated function as an analysis of that name. `columns` maps each column
     header of report.md's table of what changed to a format string over the analysis's figures
     (e.g. `{"CKA": "{cka:.3f}"}`; a figure the run lacks reads "n/a"); the figures are those on the
-    in-distribution set, or the method's own for an analysis `across_datasets`."""
+    in-distribution set, or the method's own for an analysis `across_datasets`. A second analysis
+    of a name, or a column report.md cannot render, is a `ValueError` here, not in the report stage."""
     columns = dict(columns or {})
 
     def add(compute: Callable) -> Callable:
         name = compute.__name__
+        if name in ANALYSES:
+            raise ValueError(f"analysis {name!r} is registered already")
         for header, template in columns.items():
-            if not _fields(template):
-                raise ValueError(f"analysis {name!r}: column {header!r} formats no figure ({template!r})")
+            _check_column(name, header, template)
         ANALYSES[name] = Analysis(name, compute, uses_sae, across_datasets, columns)
         return compute
 
     return add
 
 
-def _fields(template: str) -> list[str]:
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+def _check_column(name: str, header: str, template: str) -> None:
+    """Refuses a column report.md's table cannot render: a header or cell that is not one line
+    without '|', a broken format string, a field that is not a figure's name (`{figure:spec}`, no
+    position, attribute, index or conversion), or a format spec that no number takes."""
+    where = f"analysis {name!r}: column {header!r}"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f"{where}: {template!r} is not a format string ({error})") from None
+    literal = "".join(text for text, _, _, _ in parts)
+    if not header.strip() or any(c in header + literal for c in "|\n"):
+        raise ValueError(f"{where}: a header and a cell ({template!r}) are each one line without '|' (a table's)")
+    fields = [(field, spec, conversion) for _, field, spec, conversion in parts if field is not None]
+    if not fields:
+        raise ValueError(f"{where} formats no figure ({template!r})")
+    for field, spec, conversion in fields:
+        if not field.isidentifier() or conversion:
+            raise ValueError(f"{where}: {{{field}...}} in {template!r} names no figure; write {{figure:spec}}")
+        if not any(_formats(value, spec) for value in (0.5, 1)):
+            raise ValueError(f"{where}: format spec {spec!r} of {field!r} in {template!r} formats no number")
+
+
+def _formats(value: float, spec: str) -> bool:
+    try:
+        format(value, spec)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def report_columns() -> list[dict[str, Any]]:
