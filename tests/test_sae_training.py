@@ -290,3 +290,31 @@ def test_auxk_normalized_as_gao_et_al_on_a_known_case():
     assert float(sae_model.auxk_loss(*args)) == pytest.approx(error, rel=1e-5)
     assert float(sae_model.auxk_loss(*args, normalized=True)) == pytest.approx(error / variance, rel=1e-5)
     assert float(sae_model.auxk_loss(*args[:3], jnp.zeros(f, bool), k_aux, normalized=True)) == 0.0  # none dead
+
+
+@pytest.mark.parametrize("fails", ["Checkpoints", "EpochLog"])
+def test_the_sae_stage_closes_what_it_opened_when_the_other_cannot_open(tmp_path, monkeypatch, fails):
+    """The sae stage's checkpoints (an Orbax manager, which must finish and release its saves) and
+    its metrics log are closed on every path, also when the other of the two cannot be opened (a
+    directory it may not write, a bucket it cannot reach)."""
+    from saeft_jax.stages import trained_sae
+
+    opened, closed = [], []
+
+    def kind(name: str):
+        class Opened:
+            def __init__(self, path):
+                if name == fails:
+                    raise OSError(f"{name} cannot open {path}")
+                opened.append(name)
+
+            def close(self):
+                closed.append(name)
+
+        return Opened
+
+    for name in ("Checkpoints", "EpochLog"):
+        monkeypatch.setattr(trained_sae, name, kind(name))
+    with pytest.raises(OSError, match=f"{fails} cannot open"):
+        trained_sae._train(None, None, {}, tmp_path)
+    assert sorted(closed) == sorted(opened)  # whichever opened before the failure

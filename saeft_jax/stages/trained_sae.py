@@ -4,6 +4,7 @@ histogram), resumable epoch by epoch; an entry of kind "pca" is a PCA basis, com
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -61,9 +62,12 @@ def _train(
 ) -> tuple[FrozenSAE, dict[str, Any]]:
     """A Top-K SAE trained by `train_sae`, its state saved after every epoch in `checkpoints/` (a
     rerun continues from there) and its figures in `metrics.jsonl` and TensorBoard."""
-    checkpoints = Checkpoints(str(directory / "checkpoints")) if jax.process_count() == 1 else None
-    log = EpochLog(directory / "metrics.jsonl")
-    try:
+    with contextlib.ExitStack() as opened:  # each closed on every path, also when the other cannot open
+        log = EpochLog(directory / "metrics.jsonl")
+        opened.callback(log.close)
+        checkpoints = Checkpoints(str(directory / "checkpoints")) if jax.process_count() == 1 else None
+        if checkpoints is not None:
+            opened.callback(checkpoints.close)  # first: a save in flight finishes before the process ends
         sae, metrics = train_sae(
             load_features(run),
             dict_size=cfg.dict_size,
@@ -79,10 +83,6 @@ def _train(
             **options,
         )
         log.final(metrics)
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()  # also after an error: a save in flight finishes before the process ends
-        log.close()
     return sae, metrics
 
 
