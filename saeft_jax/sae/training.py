@@ -101,8 +101,8 @@ def train_sae(
     metrics on all of `features`: `fvu`, `mse`, `l0`, `dead_fraction`, `firing_frequency` (F,),
     plus `epochs`. With `checkpoints`, training resumes after the newest epoch saved there and
     saves each epoch's state (the caller closes them); `on_epoch` receives each epoch's running
-    figures `{"epoch", "fvu", "mse", "l0", "dead_fraction"}` once that epoch is saved (a resumed
-    run starts at the epoch after the restored one).
+    figures `{"epoch", "fvu", "mse", "l0", "dead_fraction"}` once that epoch's save has begun (Orbax
+    may still be writing it; a resumed run starts at the epoch after the restored one).
     """
     opts = SAEOptions.from_kwargs(options)
     n, d = features.shape
