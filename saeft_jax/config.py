@@ -1,7 +1,8 @@
 """The run configuration: every key with its default (`base_config`), and its validation.
 
-Config files in `configs/` start from `base_config()` and change what they need; the result is
-locked, so a misspelt key in a file or in a `--config.a.b=v` override is an error naming it.
+Config files in `configs/` start from `base_config()` and change what they need; `finish` checks
+the result (a misspelt key in a file or in a `--config.a.b=v` override is an error naming it)
+and locks it.
 Fine-tuning methods are entries of `finetune.methods`, built with `method(...)` (`saeft_jax.methods`).
 """
 
@@ -11,7 +12,7 @@ import difflib
 
 import ml_collections
 
-from saeft_jax import methods, regularizers, storage
+from saeft_jax import methods, storage
 from saeft_jax.data.labels import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 from saeft_jax.errors import ConfigError
 from saeft_jax.evaluation.analyses import ANALYSES
@@ -103,10 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
             "effects_top": 20,
         }
     )
-    c.lock()  # a misspelt key in a config file fails where it is written, naming the key
-    c.finetune.methods.unlock()  # methods and SAEs are added by name
-    c.saes.unlock()
-    return c
+    return c  # unlocked: `finish` names a key it does not define, then locks it
 
 
 SAE_DEFAULTS = {
@@ -166,16 +164,11 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if unknown:
         raise ConfigError(f"config.report.analyses has unknown analyses {unknown}; known: {', '.join(ANALYSES)}")
     _check_saes(c)
+    checked = methods.from_config(c.finetune.methods, sae_names(c), sae_kinds(c))
     with c.unlocked():
-        c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c), sae_kinds(c))
-    _check_accumulation(c)
-    _check_probe(c)
-    for name, method_settings in c.finetune.methods.items():
-        for key in method_settings:
-            if key not in ("recipe", "regularizer", "sae", "checkpoint"):
-                _expect(
-                    c, f"finetune.methods.{name}.{key}", _non_negative, "zero or more and finite (a weight of the loss)"
-                )
+        c.finetune.methods = methods.as_config(checked)
+    _check_accumulation(c, checked)
+    _check_probe(c, checked)
     c.lock()
     return c
 
@@ -369,9 +362,9 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
                 )
 
 
-def _check_probe(c: ml_collections.ConfigDict) -> None:
+def _check_probe(c: ml_collections.ConfigDict, checked: dict[str, methods.Method]) -> None:
     """Several probe weights are chosen between on the validation split, so a run needs one."""
-    users = [name for name, settings in c.finetune.methods.items() if settings.recipe in methods.PROBE_RECIPES]
+    users = [name for name, checked_method in checked.items() if checked_method.recipe.reads_probe]
     if users and len(c.probe.l2s) > 1 and not (c.finetune.val_dataset or c.finetune.val_fraction):
         raise ConfigError(
             f"config.probe.l2s lists {len(c.probe.l2s)} weights for the linear probe of "
@@ -381,19 +374,18 @@ def _check_probe(c: ml_collections.ConfigDict) -> None:
         )
 
 
-def _check_accumulation(c: ml_collections.ConfigDict) -> None:
+def _check_accumulation(c: ml_collections.ConfigDict, checked: dict[str, methods.Method]) -> None:
     """Gradient accumulation averages a loss over micro-batches: right for a mean over rows only."""
     if c.finetune.accumulate_steps == 1:
         return
-    for name, settings in c.finetune.methods.items():
-        entry = regularizers.get(settings.regularizer)
-        if settings.recipe == "flyp":
+    for name, checked_method in checked.items():
+        entry, recipe = checked_method.regularizer, checked_method.recipe
+        if recipe.no_accumulation:
+            label = recipe.label or recipe.name
             raise ConfigError(
-                f"config.finetune.methods.{name} is FLYP, whose contrastive loss scores every image of "
-                f"the batch against every caption, but config.finetune.accumulate_steps is "
-                f"{c.finetune.accumulate_steps}: micro-batches would score fewer pairs, another loss. "
-                f"Set accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) "
-                f"for FLYP."
+                f"config.finetune.methods.{name} is {label}, whose {recipe.no_accumulation}; but "
+                f"config.finetune.accumulate_steps is {c.finetune.accumulate_steps}. Set "
+                f"accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) for {label}."
             )
         if not entry.batch_mean:
             raise ConfigError(

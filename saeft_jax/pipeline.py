@@ -21,9 +21,9 @@ from saeft_jax.config import SAE_DEFAULTS, base_config
 from saeft_jax.data.registry import CORRUPTED, suite
 from saeft_jax.data.sources import DEFAULT_DATA_DIR
 from saeft_jax.errors import UsageError
-from saeft_jax.methods import PROBE_RECIPES
 from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
+from saeft_jax.training import recipes
 from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Keys that change how a run goes, not what it computes: a rerun may change them.
@@ -84,7 +84,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
 def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
     """The keys of `keys` that nothing in this run reads, so that they change nothing: the linear
     probe's without a method that reads the probe, the corruptions' without CIFAR-10-C / -100-C."""
-    probed = any(m.get("recipe") in PROBE_RECIPES for m in config.finetune.methods.values())
+    probed = any(recipes.get(m.recipe).reads_probe for m in config.finetune.methods.values())
     try:
         in_distribution, shifts = suite(config.eval_suite)
     except KeyError:  # named in the refusal of the run itself (preflight)
@@ -102,7 +102,7 @@ def _default(key: str, defaults: dict):
     if parts[0] == "saes" and len(parts) == 3:
         return SAE_DEFAULTS.get(parts[2], _MISSING)
     if parts[:2] == ["finetune", "methods"] and parts[3:] == ["recipe"]:
-        return "finetune"
+        return recipes.DEFAULT
     return defaults.get(key, _MISSING)
 
 

@@ -35,7 +35,9 @@ EVERY_REGULARIZER = textwrap.dedent("""
 def parse(argv: list[str]):
     """The config after absl parses `argv` as `python -m saeft_jax.main` would, then `finish`."""
     values, argv = flags.FlagValues(), ["prog", *argv]
-    holder = config_flags.DEFINE_config_file("config", None, "config", flag_values=values, sys_argv=argv)
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "config", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
+    )
     values(argv)
     return finish(holder.value)
 
@@ -70,12 +72,14 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
 
 def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
-    assert dict(entry) == {
-        "recipe": "finetune",
-        "regularizer": "sae_kl",
-        "reg_lambda": 3.0,
-        "sae": "",
-        "checkpoint": "",
+    given = {"recipe": "finetune", "regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "", "checkpoint": ""}
+    assert dict(entry) == {**given, "lambda_kl": 0.5}  # what it sets; finish fills the rest
+    config = parse(["--config=configs/demo.py:smoke"])
+    with config.unlocked():
+        config.finetune.methods.kl = entry
+    assert finish(config).finetune.methods.kl.to_dict() == {
+        **given,
+        "sae": "main",
         "lambda_l1": 1e-3,
         "lambda_kl": 0.5,
         "mu": 1.0,
@@ -126,7 +130,9 @@ def test_a_misspelt_hyperparameter_exits_2_naming_it_before_anything_runs(tmp_pa
         f"--workdir={workdir}",
         "--config.finetune.methods.sae_add_remove.lambda_addd=1",
     )
-    assert_one_paragraph(result, "--config.finetune.methods.sae_add_remove.lambda_addd", "did you mean 'lambda_add'")
+    assert_one_paragraph(
+        result, "config.finetune.methods.sae_add_remove", "lambda_addd", "did you mean 'lambda_add'"
+    )  # named by config.finish
     assert not workdir.exists()  # nothing ran
     result = main(
         "--config=configs/demo.py:smoke",
@@ -157,9 +163,9 @@ def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case)
     expected = {
         "missing": ["no such config file", "nope.py"],
         "syntax": ["is not valid Python", "line 1"],
-        "raises": ["get_config() failed", "no such setting here"],
+        "raises": ["cfg.py does not load", "ValueError: no such setting here"],
         "typo": ["lamda_add", "lambda_add"],
-        "value": ["--config.finetune.lr=fast", "key's type"],
+        "value": ["--config.finetune.lr=fast", "could not convert string to float: 'fast'", "of its type"],
         "argument": ["'smoke', 'sweep' and", "'siglip'", "bogus"],
     }
     assert_one_paragraph(result, *expected[case])
@@ -211,11 +217,11 @@ BAD_FILES = {
     "no get_config": "MODEL = 'x'\n",
 }
 SAYS = {
-    "misspelt key": ["lrr", "did you mean 'lr'"],
+    "misspelt key": ["config.finetune.lrr is not a key", "did you mean config.finetune.lr?"],
     "key added behind the lock": ["config.saes.main.kk is not an SAE setting", "did you mean k?"],
     "key removed": ["lacks config.finetune.lr"],
     "a plain dict": ["returned a dict"],
-    "no get_config": ["defines no get_config()"],
+    "no get_config": ["has no attribute 'get_config'", "defines get_config(arg=None)"],
 }
 
 
@@ -265,8 +271,8 @@ def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tm
         ]
     )
     checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
-    assert checked["sae_add_remove"].recipe == "lp_ft" and checked["sae_add_remove"].uses_probe
-    assert checked["none"].recipe == "finetune" and tuple(config.probe.l2s) == (1e-5,)
+    assert checked["sae_add_remove"].recipe.name == "lp_ft" and checked["sae_add_remove"].uses_probe
+    assert checked["none"].recipe.name == "finetune" and tuple(config.probe.l2s) == (1e-5,)
     with pytest.raises(ConfigError, match=r"unknown recipe 'lpft' \(did you mean 'lp_ft'\?\)"):
         parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=lpft"])
     with pytest.raises(ConfigError, match="leave its regularizer at 'none'"):

@@ -472,19 +472,17 @@ def test_a_failure_after_a_stop_request_ends_as_that_stop():
     import signal
 
     from saeft_jax import stopping
-    from saeft_jax.main import _stop_of
 
-    assert _stop_of(RuntimeError("grain worker 0 died")) is None  # without a signal, an error is an error
+    assert stopping.stop_of(RuntimeError("grain worker 0 died")) is None  # without a signal, an error is an error
     with stopping.installed():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
-        stop = _stop_of(RuntimeError("grain worker 0 died"))  # its workers got the same SIGTERM
+        stop = stopping.stop_of(RuntimeError("grain worker 0 died"))  # its workers got the same SIGTERM
     assert stop.exit_code == 3 and str(stop).startswith("SIGTERM, and while stopping: RuntimeError grain worker 0 died")
 
 
 def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
-    from saeft_jax.main import _wrapped
-    from saeft_jax.stopping import Stopped
+    from saeft_jax.stopping import Stopped, stop_of
 
     try:
         try:
@@ -492,8 +490,8 @@ def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
         except Exception as inner:
             raise ModuleNotFoundError("Could not import module 'AutoConfig'") from inner
     except ModuleNotFoundError as outer:
-        assert isinstance(_wrapped(outer, Stopped), Stopped)
-    assert _wrapped(ValueError("a bug"), Stopped) is None
+        assert isinstance(stop_of(outer), Stopped)
+    assert stop_of(ValueError("a bug")) is None
 
 
 @pytest.mark.parametrize("mark", [b"[1, 2]", b"\xff\xfe not utf-8", b'{"files": '])

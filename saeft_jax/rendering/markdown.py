@@ -9,7 +9,7 @@ from typing import Any
 import jax
 
 from saeft_jax.evaluation.wise import alpha_key
-from saeft_jax.methods import RECIPES
+from saeft_jax.training.recipes import REGISTRY as RECIPES
 
 METRIC_NAMES = {
     "top1": "top-1 accuracy",
@@ -56,7 +56,7 @@ def render_markdown(config, report: dict[str, Any], details: dict[str, Any], fig
 
 
 def _trained(report, methods: list[str]) -> str:
-    """What the methods trained, by recipe (`saeft_jax.methods.RECIPES`)."""
+    """What the methods trained, by recipe (`saeft_jax.training.recipes.REGISTRY`)."""
     recipes = {
         report["runs"][m]["method"].get("recipe", "finetune")
         for m in methods
@@ -64,7 +64,7 @@ def _trained(report, methods: list[str]) -> str:
     }
     if not recipes:
         return "every method imported from a checkpoint (nothing trained here)"
-    return "trained by recipe: " + "; ".join(f"`{r}`, {RECIPES[r]}" for r in sorted(recipes))
+    return "trained by recipe: " + "; ".join(f"`{r}`, {RECIPES[r].description}" for r in sorted(recipes))
 
 
 def _what(config, report, labels: dict[str, str]) -> list[str]:
