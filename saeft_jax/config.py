@@ -8,7 +8,10 @@ Fine-tuning methods are entries of `finetune.methods`, built with `method(...)` 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import types
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -18,6 +21,7 @@ from saeft_jax.errors import ConfigError
 from saeft_jax.evaluation.analyses import ANALYSES
 from saeft_jax.evaluation.wise import DEFAULT_ALPHAS
 from saeft_jax.methods import method
+from saeft_jax.sae import kinds
 
 STAGES = ("zeroshot", "features", "sae", "probe", "finetune", "evaluate", "report")
 
@@ -107,23 +111,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c  # unlocked: `finish` names a key it does not define, then locks it
 
 
-SAE_DEFAULTS = {
-    "kind": "topk",
-    "dict_size": 2048,
-    "k": 16,
-    "batch_size": 1024,
-    "epochs": 100,
-    "lr": 1e-3,
-    "auxk": False,
-    "auxk_normalized": False,
-    "renorm_decoder": False,
-    "relu": False,
-    "b_enc": False,
-    "tied_init": False,
-    "b_pre_init": "zeros",
-}
-
-
 def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The SAEs of `config.saes`, the default first: `main` when there is one, else the first by
     name. An SAE-based method without `sae` uses the default; the report reads every method in
@@ -132,25 +119,37 @@ def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def sae_kinds(c: ml_collections.ConfigDict) -> dict[str, str]:
-    """{SAE name: its kind}: "topk" (a trained Top-K SAE) or "pca" (a PCA basis, `saeft_jax.sae.pca`)."""
+    """{SAE name: its kind} (a name of `saeft_jax.sae.kinds.REGISTRY`: "topk", "pca", ...)."""
     return {name: c.saes[name].kind for name in sae_names(c)}
 
 
 def sae_settings(**changes) -> ml_collections.ConfigDict:
-    """A `config.saes` entry: the reference's SAE (F 2048, k 16, batch 1024, 100 epochs, lr 1e-3,
-    no AuxK, renormalisation, ReLU, encoder bias or tied initialisation) with `changes`."""
-    unknown = sorted(set(changes) - set(SAE_DEFAULTS))
+    """A `config.saes` entry: the defaults of `saeft_jax.sae.kinds.Settings` (the reference's SAE)
+    with `changes`."""
+    unknown = sorted(set(changes) - set(kinds.DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: {', '.join(SAE_DEFAULTS)}"
+            f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: {', '.join(kinds.DEFAULTS)}"
         )
-    return ml_collections.ConfigDict({**SAE_DEFAULTS, **changes})
+    return ml_collections.ConfigDict({**kinds.DEFAULTS, **changes})
 
 
-def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A checked run configuration (what `finish` returns): the locked config, every key filled (as
+    the workdir's config.json records it), and what is parsed from it once: the methods and the SAEs'
+    settings, which the run reads instead of the config's copies."""
+
+    config: ml_collections.ConfigDict
+    methods: Mapping[str, methods.Method]
+    saes: Mapping[str, kinds.Settings]  # in `sae_names` order: the default first
+
+
+def finish(c: ml_collections.ConfigDict) -> RunConfig:
     """Checks every key and value and the relations between values, fills each method with its
-    regularizer's declared hyperparameters, and locks the config against new keys. A key that
-    `base_config` lacks or a value that cannot work is a `ConfigError` naming it and what would work."""
+    regularizer's declared hyperparameters and each SAE with the default settings, and locks the
+    config. A key that `base_config` lacks or a value that cannot work is a `ConfigError` naming it
+    and what would work."""
     _check_keys(c)
     for key, ok, wanted in _RULES:
         _expect(c, key, ok, wanted)
@@ -163,14 +162,14 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     unknown = [a for a in c.report.analyses if a not in ANALYSES]
     if unknown:
         raise ConfigError(f"config.report.analyses has unknown analyses {unknown}; known: {', '.join(ANALYSES)}")
-    _check_saes(c)
+    saes = _check_saes(c)
     checked = methods.from_config(c.finetune.methods, sae_names(c), sae_kinds(c))
     with c.unlocked():
         c.finetune.methods = methods.as_config(checked)
     _check_accumulation(c, checked)
     _check_probe(c, checked)
     c.lock()
-    return c
+    return RunConfig(c, types.MappingProxyType(checked), types.MappingProxyType(saes))
 
 
 def _keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
@@ -313,17 +312,13 @@ _SAE_RULES = (
     ("batch_size", _positive_int, "a positive batch size"),
     ("epochs", _positive_int, "at least 1"),
     ("b_pre_init", lambda v: v in ("zeros", "mean", "median"), "'zeros', 'mean' or 'median'"),
-    (
-        "kind",
-        lambda v: v in ("topk", "pca"),
-        "'topk' (a trained Top-K SAE) or 'pca' (the leading principal "
-        "directions of the training features; dict_size of them)",
-    ),
+    ("kind", lambda v: v in kinds.REGISTRY, "a registered kind (saeft_jax.sae.kinds)"),
 )
 
 
-def _check_saes(c: ml_collections.ConfigDict) -> None:
-    """Every SAE: a plain name, known settings (the missing ones filled with defaults), workable values."""
+def _check_saes(c: ml_collections.ConfigDict) -> dict[str, kinds.Settings]:
+    """Every SAE: a plain name, known settings (the missing ones filled with defaults), workable
+    values, its kind's rules. Returns the settings by name, the default SAE first."""
     if not c.saes:
         raise ConfigError("config.saes is empty; name at least one SAE, e.g. {'main': sae_settings()}")
     with c.unlocked():
@@ -334,32 +329,21 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
                     f"{where}: {name!r} cannot name an SAE: it is a folder under sae/, so a plain name "
                     f"({storage.PLAIN_NAME_RULE})."
                 )
-            unknown = sorted(set(c.saes[name]) - set(SAE_DEFAULTS))
+            unknown = sorted(set(c.saes[name]) - set(kinds.DEFAULTS))
             if unknown:
-                close = difflib.get_close_matches(unknown[0], SAE_DEFAULTS, n=1)
+                close = difflib.get_close_matches(unknown[0], kinds.DEFAULTS, n=1)
                 raise ConfigError(
                     f"{where}.{unknown[0]} is not an SAE setting"
                     f"{f' (did you mean {close[0]}?)' if close else ''}; the settings: "
-                    f"{', '.join(SAE_DEFAULTS)}."
+                    f"{', '.join(kinds.DEFAULTS)}."
                 )
-            c.saes[name] = ml_collections.ConfigDict({**SAE_DEFAULTS, **c.saes[name]})
+            c.saes[name] = ml_collections.ConfigDict({**kinds.DEFAULTS, **c.saes[name]})
             for key, ok, wanted in _SAE_RULES:
+                if key == "kind" and not ok(c.saes[name].kind):
+                    wanted = "one of " + "; ".join(f"{k.name!r} ({k.description})" for k in kinds.REGISTRY.values())
                 _expect(c, f"saes.{name}.{key}", ok, wanted)
-            sae = c.saes[name]
-            if sae.kind == "pca":
-                if sae.k not in (SAE_DEFAULTS["k"], sae.dict_size):
-                    raise ConfigError(
-                        f"{where}.k is {sae.k}, but an SAE of kind 'pca' keeps every one of its "
-                        f"dict_size ({sae.dict_size}) directions as a code; leave k out (or set it to "
-                        f"dict_size). Its training settings (epochs, lr, batch_size, ...) do not apply."
-                    )
-                sae.k = sae.dict_size
-            if sae.k > sae.dict_size:
-                raise ConfigError(
-                    f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
-                    f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "
-                    f"F = 4d)."
-                )
+            c.saes[name] = ml_collections.ConfigDict(kinds.get(c.saes[name].kind).check(where, c.saes[name].to_dict()))
+    return {name: kinds.Settings(**c.saes[name]) for name in sae_names(c)}
 
 
 def _check_probe(c: ml_collections.ConfigDict, checked: dict[str, methods.Method]) -> None:

@@ -20,6 +20,7 @@ import ml_collections
 
 from saeft_jax import regularizers, storage
 from saeft_jax.errors import ConfigError
+from saeft_jax.sae import kinds as sae_kinds
 from saeft_jax.training import recipes
 
 SETTINGS = ("recipe", "regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
@@ -127,7 +128,7 @@ def from_config(
     methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",), kinds: Mapping[str, str] | None = None
 ) -> dict[str, Method]:
     """The checked methods of `config.finetune.methods`, in order; `saes` are the SAE names of
-    `config.saes` and `kinds` their kinds (default all "topk"); an SAE-based method without an
+    `config.saes` and `kinds` their kinds (default all `sae_kinds.DEFAULT`); an SAE-based method without an
     SAE uses the first of the kind its regularizer reads."""
     if not methods:
         raise ConfigError(
@@ -222,13 +223,16 @@ def _sae(
         return None
     if sae and sae not in saes:
         raise ConfigError(f"{where}.sae is {sae!r}, which config.saes does not name; it names {', '.join(saes)}.")
-    usable = [name for name in saes if kinds.get(name, "topk") == entry.sae_kind]
+    usable = [name for name in saes if kinds.get(name, sae_kinds.DEFAULT) == entry.sae_kind]
     if sae and sae not in usable or not usable:
-        given = f"config.saes.{sae} is of kind {kinds.get(sae, 'topk')!r}" if sae else "config.saes has none"
+        given = f"config.saes.{sae} is of kind {kinds.get(sae, sae_kinds.DEFAULT)!r}" if sae else "config.saes has none"
+        example = (
+            "" if sae_kinds.get(entry.sae_kind).trained else ", dict_size=16"
+        )  # a basis as wide as the reference's
         raise ConfigError(
             f"{where}: regularizer {entry.name!r} reads an SAE of kind {entry.sae_kind!r}, but {given}; "
             f"add one, e.g. config.saes.{entry.sae_kind} = sae_settings(kind={entry.sae_kind!r}"
-            f"{', dict_size=16' if entry.sae_kind == 'pca' else ''}), and name it in {where}.sae."
+            f"{example}), and name it in {where}.sae."
         )
     return sae or usable[0]
 

@@ -13,8 +13,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from configs import demo
 from saeft_jax import methods, regularizers
-from saeft_jax.config import finish, method, sae_kinds, sae_names, sae_settings
+from saeft_jax.config import finish, method, sae_settings
 from saeft_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ EVERY_REGULARIZER = textwrap.dedent("""
 
 
 def parse(argv: list[str]):
-    """The config after absl parses `argv` as `python -m saeft_jax.main` would, then `finish`."""
+    """`finish`'s `RunConfig` of what absl parses of `argv` as `python -m saeft_jax.main` would."""
     values, argv = flags.FlagValues(), ["prog", *argv]
     holder = config_flags.DEFINE_config_file(
         "config", None, "config", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
@@ -60,8 +61,7 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
         *(f"--config.finetune.methods.{k}={v}" for k, v in overrides.items()),
         "--config.finetune.methods.mse.reg_lambda=7",
     ]
-    config = parse(argv)
-    checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
+    checked = parse(argv).methods  # parsed once, by finish
     assert checked["pca"].sae == "basis" and checked["sae_add_remove"].sae == "main"  # each the first of its kind
     for key, value in overrides.items():
         name, hparam = key.split(".")
@@ -74,10 +74,9 @@ def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
     given = {"recipe": "finetune", "regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "", "checkpoint": ""}
     assert dict(entry) == {**given, "lambda_kl": 0.5}  # what it sets; finish fills the rest
-    config = parse(["--config=configs/demo.py:smoke"])
-    with config.unlocked():
-        config.finetune.methods.kl = entry
-    assert finish(config).finetune.methods.kl.to_dict() == {
+    config = demo.get_config("smoke")
+    config.finetune.methods.kl = entry
+    assert finish(config).config.finetune.methods.kl.to_dict() == {
         **given,
         "sae": "main",
         "lambda_l1": 1e-3,
@@ -182,7 +181,7 @@ def test_a_regularizer_switched_on_the_command_line_brings_its_own_defaults():
     config = parse(
         ["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse"]
     )
-    switched = methods.from_config(config.finetune.methods)["sae_add_remove"]
+    switched = config.methods["sae_add_remove"]
     assert switched.regularizer.name == "sae_sparse" and switched.reg_lambda == 100.0
     assert dict(switched.hparams) == dict(regularizers.get("sae_sparse").hparams)  # no lambda_add left over
     with pytest.raises(ConfigError, match=r"methods\.none: regularizer 'sae_add_remove' needs a positive weight"):
@@ -194,7 +193,7 @@ def test_a_regularizer_switched_on_the_command_line_brings_its_own_defaults():
             "--config.finetune.methods.none.reg_lambda=30",
         ]
     )
-    assert methods.from_config(config.finetune.methods)["none"].reg_lambda == 30.0
+    assert config.methods["none"].reg_lambda == 30.0
     with pytest.raises(ConfigError, match="has no hyperparameter lambda_add"):  # set by hand: not dropped
         parse(
             [
@@ -235,8 +234,6 @@ def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, cas
 
 
 def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
-    from configs import demo
-
     config = demo.get_config("smoke")
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     with pytest.raises(
@@ -254,8 +251,11 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     finished = finish(config)
-    assert finished.finetune.methods.basis.sae == "basis" and finished.finetune.methods.sae_add_remove.sae == "main"
-    assert finished.saes.basis.k == 8  # every direction of a PCA basis is a code
+    assert finished.methods["basis"].sae == "basis" and finished.methods["sae_add_remove"].sae == "main"
+    assert finished.config.finetune.methods.basis.sae == "basis"  # as config.json records it
+    assert (
+        finished.saes["basis"].k == 8 and finished.config.saes.basis.k == 8
+    )  # every direction of a PCA basis is a code
     config = demo.get_config("smoke")
     config.saes.main.kind = "svd"
     with pytest.raises(ConfigError, match=r"config.saes.main.kind is 'svd'"):
@@ -270,9 +270,9 @@ def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tm
             "--config.probe.l2s=(1e-5,)",
         ]
     )
-    checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
+    checked = config.methods
     assert checked["sae_add_remove"].recipe.name == "lp_ft" and checked["sae_add_remove"].uses_probe
-    assert checked["none"].recipe.name == "finetune" and tuple(config.probe.l2s) == (1e-5,)
+    assert checked["none"].recipe.name == "finetune" and tuple(config.config.probe.l2s) == (1e-5,)
     with pytest.raises(ConfigError, match=r"unknown recipe 'lpft' \(did you mean 'lp_ft'\?\)"):
         parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=lpft"])
     with pytest.raises(ConfigError, match="leave its regularizer at 'none'"):
@@ -309,16 +309,18 @@ def test_a_workdir_accepts_changes_to_keys_nothing_in_its_run_reads(tmp_path):
     from saeft_jax.errors import UsageError
     from saeft_jax.pipeline import check_config, record_config
 
-    recorded = parse(["--config=configs/demo.py:smoke"])
+    recorded = parse(["--config=configs/demo.py:smoke"]).config
     record_config(recorded, epath.Path(tmp_path))
     # no method reads the probe and no dataset is CIFAR-C: their keys change nothing
     check_config(
-        parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)", "--config.corruptions.severity=3"]),
+        parse(
+            ["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)", "--config.corruptions.severity=3"]
+        ).config,
         epath.Path(tmp_path),
     )
     with pytest.raises(UsageError, match="different: finetune.lr"):
-        check_config(parse(["--config=configs/demo.py:smoke", "--config.finetune.lr=0.5"]), epath.Path(tmp_path))
+        check_config(parse(["--config=configs/demo.py:smoke", "--config.finetune.lr=0.5"]).config, epath.Path(tmp_path))
     probed = ["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=linear_probe"]
-    record_config(parse(probed), epath.Path(tmp_path))
+    record_config(parse(probed).config, epath.Path(tmp_path))
     with pytest.raises(UsageError, match="different: probe.l2s"):  # now the probe is read
-        check_config(parse([*probed, "--config.probe.l2s=(1e-5,)"]), epath.Path(tmp_path))
+        check_config(parse([*probed, "--config.probe.l2s=(1e-5,)"]).config, epath.Path(tmp_path))

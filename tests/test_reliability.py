@@ -168,12 +168,12 @@ class FakeRun:
 
     model_path = "toy-clip"
 
-    def __init__(self, config, examples: int = 900):
+    def __init__(self, checked, examples: int = 900):
         from types import SimpleNamespace
 
         from saeft_jax.data.registry import DatasetSpec
 
-        self.config = config
+        self.config, self.saes = checked.config, checked.saes
         self.model = SimpleNamespace(embed_dim=64, params={"logit_scale": np.float32(2)})
         self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
         self.validation = dataclasses.replace(self.train_spec, name="toy_val", split="val")
@@ -417,15 +417,15 @@ def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_it
     from saeft_jax import storage
     from saeft_jax.pipeline import check_config
 
-    config = finish(smoke())
+    config = finish(smoke()).config
     recorded = json.loads(config.to_json_best_effort())
     del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"], recorded["wandb_project"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     check_config(config, storage.path(tmp_path))  # the keys it lacks are at their defaults: the same run
     logged = smoke()
     logged.wandb_project = "elsewhere"  # where the curves go is no part of the run: a refused W&B start can be fixed
-    check_config(finish(logged), storage.path(tmp_path))
-    changed = finish(smoke(**{"report.browser_features": 10}))
+    check_config(finish(logged).config, storage.path(tmp_path))
+    changed = finish(smoke(**{"report.browser_features": 10})).config
     with pytest.raises(UsageError, match=r"different: report.browser_features"):
         check_config(changed, storage.path(tmp_path))
 

@@ -8,37 +8,41 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from etils import epath
 
 from saeft_jax import distributed, models, parallel, storage
-from saeft_jax.config import sae_kinds, sae_names
+from saeft_jax.config import RunConfig
 from saeft_jax.data import folders
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite, with_corruptions
 from saeft_jax.data.sources import Subset, held_out, open_source
-from saeft_jax.methods import Method, from_config
+from saeft_jax.methods import Method
+from saeft_jax.sae import kinds
 from saeft_jax.stages import completion
 
 
 class Run:
-    """One run: `config` in `workdir`. Only process 0 writes shared files; all processes wait
-    for each other at completion marks."""
+    """One run of a checked configuration (`config.finish`'s `RunConfig`) in `workdir`: `config`,
+    and the `methods` and `saes` parsed from it once. Only process 0 writes shared files; all
+    processes wait for each other at completion marks."""
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
+        checked: RunConfig,
         workdir: str | os.PathLike,
         model_path: str | None = None,
         command: str = "rerunning the same command",
     ):
-        self.config, self.workdir = config, storage.path(workdir)
-        self.model_path = model_path or config.model
+        self.config, self.workdir = checked.config, storage.path(workdir)
+        self.methods: Mapping[str, Method] = checked.methods  # in order
+        self.saes: Mapping[str, kinds.Settings] = checked.saes  # the default first
+        self.model_path = model_path or self.config.model
         self.command = command  # how a user reruns this run, for messages
         self._verified: dict[tuple, Path] = {}
         self._specs: dict[str, DatasetSpec] = {}  # a folder's spec reads its info.json once
@@ -46,11 +50,6 @@ class Run:
     @functools.cached_property
     def mesh(self):
         return parallel.data_mesh()
-
-    @functools.cached_property
-    def methods(self) -> dict[str, Method]:
-        """The fine-tuning methods of `config.finetune.methods`, checked, in order."""
-        return from_config(self.config.finetune.methods, sae_names(self.config), sae_kinds(self.config))
 
     @functools.cached_property
     def model(self) -> models.Model:
