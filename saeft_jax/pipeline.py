@@ -19,7 +19,7 @@ from etils import epath
 from saeft_jax import curves, preflight, stopping, storage
 from saeft_jax.config import RunConfig, base_config
 from saeft_jax.data.registry import CORRUPTED, suite
-from saeft_jax.data.sources import DEFAULT_DATA_DIR
+from saeft_jax.data.sources import resolve_data_dir
 from saeft_jax.errors import UsageError
 from saeft_jax.sae import kinds
 from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
@@ -220,7 +220,7 @@ def _inputs(checked: RunConfig) -> list[tuple[str, str]]:
     """(config key, place) of everything the run reads that may be in a bucket: the data, the model,
     the methods' imported checkpoints."""
     config = checked.config
-    places = [("config.data_dir", config.data_dir or DEFAULT_DATA_DIR), ("config.model", config.model)]
+    places = [("config.data_dir", resolve_data_dir(config.data_dir)), ("config.model", config.model)]
     places += [
         (f"config.finetune.methods.{name}.checkpoint", method.checkpoint)
         for name, method in checked.methods.items()
