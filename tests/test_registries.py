@@ -49,6 +49,7 @@ def test_finish_returns_what_the_run_reads_parsed_once():
 def head_only_recipe():
     """A recipe registered from outside the package: the head alone, from the zero-shot head, by
     cross-entropy on the frozen encoder's embeddings; no gradient accumulation."""
+
     @recipes.register(
         description="the head alone, from the zero-shot head",
         label="head only",
