@@ -201,17 +201,14 @@ def _check_keys(c: ml_collections.ConfigDict) -> None:
         )
 
 
-_FLOAT32_MAX = 3.4e38  # values are used in float32 on the device
-
-
 def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < _FLOAT32_MAX
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < methods.FLOAT32_MAX
 
 
 def _non_negative(value) -> bool:
     if isinstance(value, bool):  # a switch, not a weight
         return True
-    return isinstance(value, (int, float)) and 0 <= value < _FLOAT32_MAX
+    return isinstance(value, (int, float)) and 0 <= value < methods.FLOAT32_MAX
 
 
 # Counts, sizes and seeds end up in int32 device arrays and in NumPy's and grain's seeds: a larger

@@ -25,7 +25,7 @@ from saeft_jax.training import recipes
 
 SETTINGS = ("recipe", "regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
 RESERVED = ("zeroshot",)  # the report's zero-shot run
-_FLOAT32_MAX = 3.4e38  # weights are used in float32 on the device
+FLOAT32_MAX = 3.4e38  # the largest value a key may hold: values are used in float32 on the device
 
 
 def method(
@@ -188,7 +188,7 @@ def _check_weight(key: str, value: Any) -> None:
     """A hyperparameter is a weight of the loss (zero or more, finite) or a switch."""
     if isinstance(value, bool):
         return
-    if not (isinstance(value, (int, float)) and 0 <= value < _FLOAT32_MAX):
+    if not (isinstance(value, (int, float)) and 0 <= value < FLOAT32_MAX):
         raise ConfigError(
             f"{key} is {value!r}, which cannot work: it must be zero or more and finite (a weight of the "
             f"loss). Set it in the config file or with --{key}=..."
@@ -258,7 +258,7 @@ def unknown_hparam_hints(name: str) -> list[str]:
 def _reg_lambda(entry: regularizers.Regularizer, reg_lambda: float | None, where: str) -> float:
     if not entry.penalizes:
         return float(reg_lambda or 0.0)
-    if reg_lambda is not None and not (isinstance(reg_lambda, (int, float)) and 0 <= reg_lambda < _FLOAT32_MAX):
+    if reg_lambda is not None and not (isinstance(reg_lambda, (int, float)) and 0 <= reg_lambda < FLOAT32_MAX):
         key = f"{where}.reg_lambda" if where.startswith("config.") else f"{where}: reg_lambda"
         raise ConfigError(
             f"{key} is {reg_lambda!r}: regularizer {entry.name!r} needs a positive, finite weight (the "
