@@ -47,12 +47,7 @@ def get_config(arg: str | None = None):
     c.features.batch_size = 64
     c.features.chunk_steps = 8
     c.saes.main.update(dict_size=256, k=8, batch_size=128, epochs=60, auxk=True, renorm_decoder=True)
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=100.0),  # SAE-FT
-        }
-    )
+    c.finetune.methods.sae_add_remove.reg_lambda = 100.0  # base_config's methods: plain fine-tuning and SAE-FT
     c.finetune.update(
         batch_size=64, steps=400, lr=1e-3, warmup_steps=30, checkpoint_every=100, log_every=20, val_dataset="digits_val"
     )

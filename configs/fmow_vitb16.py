@@ -15,9 +15,7 @@ Expected: docs/method.md records no reference numbers for FMoW; compare against 
 and FLYP tables for ViT-B/16. Not yet run by this project.
 """
 
-import ml_collections
-
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config
 
 
 def get_config(arg: str | None = None):
@@ -26,12 +24,6 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "fmow_train"
     c.eval_suite = "wilds_fmow"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        }
-    )
     c.finetune.update(
         batch_size=256,
         epochs=20,

@@ -16,9 +16,7 @@ docs/method.md records no other reference numbers for iWildCam, so compare also 
 WiSE-FT and FLYP tables for ViT-B/16. Not yet run by this project.
 """
 
-import ml_collections
-
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config
 
 
 def get_config(arg: str | None = None):
@@ -27,12 +25,6 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "iwildcam_train"
     c.eval_suite = "wilds_iwildcam"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        }
-    )
     c.finetune.update(
         batch_size=256,
         epochs=20,

@@ -43,8 +43,6 @@ number for this command in its README; the SAE-FT paper's ViT-B/16 table is the 
 (docs/method.md, "Evaluation protocol", says which protocol each quoted number belongs to).
 """
 
-import ml_collections
-
 from saeft_jax.config import base_config, method
 
 
@@ -54,12 +52,10 @@ def get_config(arg: str | None = None):
     c.dtype = "float32"
     c.train_dataset = "imagenet_train"  # --train-dataset=ImageNet (templates: openai_imagenet_template)
     c.eval_suite = "imagenet"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # the README's standard fine-tuning
-            # --reg_type=sae_mask --reg_lambda=70, --lambda_mask 10 and --mu 1 by default, no --normalize
-            "sae_mask": method("sae_mask", reg_lambda=70.0, lambda_add=10.0, mu=1.0, reference_raw_inputs=True),
-        }
+    del c.finetune.methods["sae_add_remove"]  # base_config's `none` is the README's standard fine-tuning
+    # --reg_type=sae_mask --reg_lambda=70, --lambda_mask 10 and --mu 1 by default, no --normalize
+    c.finetune.methods.sae_mask = method(
+        "sae_mask", reg_lambda=70.0, lambda_add=10.0, mu=1.0, reference_raw_inputs=True
     )
     c.finetune.update(
         batch_size=32,

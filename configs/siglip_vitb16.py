@@ -21,8 +21,6 @@ CLIP templates of `imagenet`). The parity of the towers with transformers' Sigli
 whole pipeline on the demo's SigLIP (`configs/demo.py:siglip`) are what is tested here.
 """
 
-import ml_collections
-
 from saeft_jax.config import base_config, method
 
 MODELS = {None: "google/siglip-base-patch16-224", "siglip2": "google/siglip2-base-patch16-224"}
@@ -36,13 +34,7 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "imagenet_train"
     c.eval_suite = "imagenet"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-            "flyp": method(recipe="flyp"),  # FLYP with SigLIP's sigmoid loss (docs/method.md)
-        }
-    )
+    c.finetune.methods.flyp = method(recipe="flyp")  # FLYP with SigLIP's sigmoid loss (docs/method.md)
     c.finetune.update(batch_size=512, epochs=10, lr=1e-5, val_fraction=0.01)
     c.saes.main.update(dict_size=3072, k=16)
     return c

@@ -33,9 +33,7 @@ Expected: the SAE-FT paper lists accuracies DTD 79.2, STL-10 98.7 and CIFAR-100 
 does not state (so not necessarily this one's). Not yet run by this project.
 """
 
-import ml_collections
-
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config
 from saeft_jax.data.labels import DSPRITES_TASKS
 from saeft_jax.data.registry import TRANSFER_SETS, validation_of
 from saeft_jax.errors import ConfigError
@@ -65,12 +63,6 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = f"{name}_train"
     c.eval_suite = f"transfer_{name}"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        }
-    )
     validation = validation_of(name)
     examples = TRAIN_EXAMPLES[name]
     if validation:

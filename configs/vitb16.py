@@ -34,9 +34,7 @@ here without the per-shift columns; check the paper before citing). Not yet run 
 (no accelerator time so far).
 """
 
-import ml_collections
-
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config
 
 
 def get_config(arg: str | None = None):
@@ -45,12 +43,6 @@ def get_config(arg: str | None = None):
     c.dtype = "bfloat16"
     c.train_dataset = "imagenet_train"
     c.eval_suite = "imagenet"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        }
-    )
     c.finetune.update(batch_size=512, epochs=10, lr=3e-5, val_fraction=0.01)  # WiSE-FT's protocol
     c.saes.main.update(dict_size=2048, k=16)
     if arg:

@@ -11,21 +11,13 @@ Expected: docs/method.md records reference numbers for ViT-B/16 only (see config
 B/32 expect lower accuracy than B/16 at both ends. Not yet run by this project.
 """
 
-import ml_collections
-
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config
 
 
 def get_config(arg: str | None = None):
     c = base_config()
     c.model = "openai/clip-vit-base-patch32"
     c.dtype = "bfloat16"
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        }
-    )
     c.finetune.update(batch_size=512, epochs=10, lr=3e-5, val_fraction=0.01)  # WiSE-FT's protocol
     if arg:
         raise ValueError(f"configs/vitb32.py takes no argument; got {arg!r}")

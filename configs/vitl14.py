@@ -11,9 +11,7 @@ Expected: docs/method.md records reference numbers for ViT-B/16 only (see config
 should exceed them at every point. Not yet run by this project.
 """
 
-import ml_collections
-
-from saeft_jax.config import base_config, method
+from saeft_jax.config import base_config
 
 
 def get_config(arg: str | None = None):
@@ -23,12 +21,6 @@ def get_config(arg: str | None = None):
     c.remat = True
     c.saes.main.update(dict_size=3072, k=24)
     c.features.batch_size = 512
-    c.finetune.methods = ml_collections.ConfigDict(
-        {
-            "none": method("none"),  # plain fine-tuning
-            "sae_add_remove": method("sae_add_remove", reg_lambda=70.0),  # SAE-FT
-        }
-    )
     c.finetune.update(batch_size=512, epochs=10, lr=3e-5, fsdp=True, val_fraction=0.01)  # WiSE-FT's protocol
     if arg:
         raise ValueError(f"configs/vitl14.py takes no argument; got {arg!r}")

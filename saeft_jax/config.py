@@ -1,22 +1,27 @@
 """The run configuration: every key with its default (`base_config`), and its validation.
 
-Config files in `configs/` start from `base_config()` and change what they need; the result is
-locked, so a misspelt key in a file or in a `--config.a.b=v` override is an error naming it.
+Config files in `configs/` start from `base_config()` and change what they need; `finish` checks
+the result (a misspelt key in a file or in a `--config.a.b=v` override is an error naming it)
+and locks it.
 Fine-tuning methods are entries of `finetune.methods`, built with `method(...)` (`saeft_jax.methods`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import types
+from collections.abc import Mapping
 
 import ml_collections
 
-from saeft_jax import methods, regularizers, storage
+from saeft_jax import methods, storage
 from saeft_jax.data.labels import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 from saeft_jax.errors import ConfigError
 from saeft_jax.evaluation.analyses import ANALYSES
 from saeft_jax.evaluation.wise import DEFAULT_ALPHAS
 from saeft_jax.methods import method
+from saeft_jax.sae import kinds
 
 STAGES = ("zeroshot", "features", "sae", "probe", "finetune", "evaluate", "report")
 
@@ -103,27 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
             "effects_top": 20,
         }
     )
-    c.lock()  # a misspelt key in a config file fails where it is written, naming the key
-    c.finetune.methods.unlock()  # methods and SAEs are added by name
-    c.saes.unlock()
-    return c
-
-
-SAE_DEFAULTS = {
-    "kind": "topk",
-    "dict_size": 2048,
-    "k": 16,
-    "batch_size": 1024,
-    "epochs": 100,
-    "lr": 1e-3,
-    "auxk": False,
-    "auxk_normalized": False,
-    "renorm_decoder": False,
-    "relu": False,
-    "b_enc": False,
-    "tied_init": False,
-    "b_pre_init": "zeros",
-}
+    return c  # unlocked: `finish` names a key it does not define, then locks it
 
 
 def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -134,25 +119,37 @@ def sae_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def sae_kinds(c: ml_collections.ConfigDict) -> dict[str, str]:
-    """{SAE name: its kind}: "topk" (a trained Top-K SAE) or "pca" (a PCA basis, `saeft_jax.sae.pca`)."""
+    """{SAE name: its kind} (a name of `saeft_jax.sae.kinds.REGISTRY`: "topk", "pca", ...)."""
     return {name: c.saes[name].kind for name in sae_names(c)}
 
 
 def sae_settings(**changes) -> ml_collections.ConfigDict:
-    """A `config.saes` entry: the reference's SAE (F 2048, k 16, batch 1024, 100 epochs, lr 1e-3,
-    no AuxK, renormalisation, ReLU, encoder bias or tied initialisation) with `changes`."""
-    unknown = sorted(set(changes) - set(SAE_DEFAULTS))
+    """A `config.saes` entry: the defaults of `saeft_jax.sae.kinds.Settings` (the reference's SAE)
+    with `changes`."""
+    unknown = sorted(set(changes) - set(kinds.DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: {', '.join(SAE_DEFAULTS)}"
+            f"sae_settings(...) has no setting {', '.join(unknown)}; its settings: {', '.join(kinds.DEFAULTS)}"
         )
-    return ml_collections.ConfigDict({**SAE_DEFAULTS, **changes})
+    return ml_collections.ConfigDict({**kinds.DEFAULTS, **changes})
 
 
-def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A checked run configuration (what `finish` returns): the locked config, every key filled (as
+    the workdir's config.json records it), and what is parsed from it once: the methods and the SAEs'
+    settings, which the run reads instead of the config's copies."""
+
+    config: ml_collections.ConfigDict
+    methods: Mapping[str, methods.Method]
+    saes: Mapping[str, kinds.Settings]  # in `sae_names` order: the default first
+
+
+def finish(c: ml_collections.ConfigDict) -> RunConfig:
     """Checks every key and value and the relations between values, fills each method with its
-    regularizer's declared hyperparameters, and locks the config against new keys. A key that
-    `base_config` lacks or a value that cannot work is a `ConfigError` naming it and what would work."""
+    regularizer's declared hyperparameters and each SAE with the default settings, and locks the
+    config. A key that `base_config` lacks or a value that cannot work is a `ConfigError` naming it
+    and what would work."""
     _check_keys(c)
     for key, ok, wanted in _RULES:
         _expect(c, key, ok, wanted)
@@ -165,19 +162,14 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     unknown = [a for a in c.report.analyses if a not in ANALYSES]
     if unknown:
         raise ConfigError(f"config.report.analyses has unknown analyses {unknown}; known: {', '.join(ANALYSES)}")
-    _check_saes(c)
+    saes = _check_saes(c)
+    checked = methods.from_config(c.finetune.methods, sae_names(c), sae_kinds(c))
     with c.unlocked():
-        c.finetune.methods = methods.filled(c.finetune.methods, sae_names(c), sae_kinds(c))
-    _check_accumulation(c)
-    _check_probe(c)
-    for name, method_settings in c.finetune.methods.items():
-        for key in method_settings:
-            if key not in ("recipe", "regularizer", "sae", "checkpoint"):
-                _expect(
-                    c, f"finetune.methods.{name}.{key}", _non_negative, "zero or more and finite (a weight of the loss)"
-                )
+        c.finetune.methods = methods.as_config(checked)
+    _check_accumulation(c, checked)
+    _check_probe(c, checked)
     c.lock()
-    return c
+    return RunConfig(c, types.MappingProxyType(checked), types.MappingProxyType(saes))
 
 
 def _keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
@@ -209,17 +201,14 @@ def _check_keys(c: ml_collections.ConfigDict) -> None:
         )
 
 
-_FLOAT32_MAX = 3.4e38  # values are used in float32 on the device
-
-
 def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < _FLOAT32_MAX
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < methods.FLOAT32_MAX
 
 
 def _non_negative(value) -> bool:
     if isinstance(value, bool):  # a switch, not a weight
         return True
-    return isinstance(value, (int, float)) and 0 <= value < _FLOAT32_MAX
+    return isinstance(value, (int, float)) and 0 <= value < methods.FLOAT32_MAX
 
 
 # Counts, sizes and seeds end up in int32 device arrays and in NumPy's and grain's seeds: a larger
@@ -320,17 +309,13 @@ _SAE_RULES = (
     ("batch_size", _positive_int, "a positive batch size"),
     ("epochs", _positive_int, "at least 1"),
     ("b_pre_init", lambda v: v in ("zeros", "mean", "median"), "'zeros', 'mean' or 'median'"),
-    (
-        "kind",
-        lambda v: v in ("topk", "pca"),
-        "'topk' (a trained Top-K SAE) or 'pca' (the leading principal "
-        "directions of the training features; dict_size of them)",
-    ),
+    ("kind", lambda v: v in kinds.REGISTRY, "a registered kind (saeft_jax.sae.kinds)"),
 )
 
 
-def _check_saes(c: ml_collections.ConfigDict) -> None:
-    """Every SAE: a plain name, known settings (the missing ones filled with defaults), workable values."""
+def _check_saes(c: ml_collections.ConfigDict) -> dict[str, kinds.Settings]:
+    """Every SAE: a plain name, known settings (the missing ones filled with defaults), workable
+    values, its kind's rules. Returns the settings by name, the default SAE first."""
     if not c.saes:
         raise ConfigError("config.saes is empty; name at least one SAE, e.g. {'main': sae_settings()}")
     with c.unlocked():
@@ -341,37 +326,26 @@ def _check_saes(c: ml_collections.ConfigDict) -> None:
                     f"{where}: {name!r} cannot name an SAE: it is a folder under sae/, so a plain name "
                     f"({storage.PLAIN_NAME_RULE})."
                 )
-            unknown = sorted(set(c.saes[name]) - set(SAE_DEFAULTS))
+            unknown = sorted(set(c.saes[name]) - set(kinds.DEFAULTS))
             if unknown:
-                close = difflib.get_close_matches(unknown[0], SAE_DEFAULTS, n=1)
+                close = difflib.get_close_matches(unknown[0], kinds.DEFAULTS, n=1)
                 raise ConfigError(
                     f"{where}.{unknown[0]} is not an SAE setting"
                     f"{f' (did you mean {close[0]}?)' if close else ''}; the settings: "
-                    f"{', '.join(SAE_DEFAULTS)}."
+                    f"{', '.join(kinds.DEFAULTS)}."
                 )
-            c.saes[name] = ml_collections.ConfigDict({**SAE_DEFAULTS, **c.saes[name]})
+            c.saes[name] = ml_collections.ConfigDict({**kinds.DEFAULTS, **c.saes[name]})
             for key, ok, wanted in _SAE_RULES:
+                if key == "kind" and not ok(c.saes[name].kind):
+                    wanted = "one of " + "; ".join(f"{k.name!r} ({k.description})" for k in kinds.REGISTRY.values())
                 _expect(c, f"saes.{name}.{key}", ok, wanted)
-            sae = c.saes[name]
-            if sae.kind == "pca":
-                if sae.k not in (SAE_DEFAULTS["k"], sae.dict_size):
-                    raise ConfigError(
-                        f"{where}.k is {sae.k}, but an SAE of kind 'pca' keeps every one of its "
-                        f"dict_size ({sae.dict_size}) directions as a code; leave k out (or set it to "
-                        f"dict_size). Its training settings (epochs, lr, batch_size, ...) do not apply."
-                    )
-                sae.k = sae.dict_size
-            if sae.k > sae.dict_size:
-                raise ConfigError(
-                    f"{where}.k ({sae.k}) exceeds {where}.dict_size ({sae.dict_size}): an SAE cannot "
-                    f"keep more latents than it has; lower k or raise dict_size (the paper: k = d/32, "
-                    f"F = 4d)."
-                )
+            c.saes[name] = ml_collections.ConfigDict(kinds.get(c.saes[name].kind).check(where, c.saes[name].to_dict()))
+    return {name: kinds.Settings(**c.saes[name]) for name in sae_names(c)}
 
 
-def _check_probe(c: ml_collections.ConfigDict) -> None:
+def _check_probe(c: ml_collections.ConfigDict, checked: dict[str, methods.Method]) -> None:
     """Several probe weights are chosen between on the validation split, so a run needs one."""
-    users = [name for name, settings in c.finetune.methods.items() if settings.recipe in methods.PROBE_RECIPES]
+    users = [name for name, checked_method in checked.items() if checked_method.recipe.reads_probe]
     if users and len(c.probe.l2s) > 1 and not (c.finetune.val_dataset or c.finetune.val_fraction):
         raise ConfigError(
             f"config.probe.l2s lists {len(c.probe.l2s)} weights for the linear probe of "
@@ -381,19 +355,18 @@ def _check_probe(c: ml_collections.ConfigDict) -> None:
         )
 
 
-def _check_accumulation(c: ml_collections.ConfigDict) -> None:
+def _check_accumulation(c: ml_collections.ConfigDict, checked: dict[str, methods.Method]) -> None:
     """Gradient accumulation averages a loss over micro-batches: right for a mean over rows only."""
     if c.finetune.accumulate_steps == 1:
         return
-    for name, settings in c.finetune.methods.items():
-        entry = regularizers.get(settings.regularizer)
-        if settings.recipe == "flyp":
+    for name, checked_method in checked.items():
+        entry, recipe = checked_method.regularizer, checked_method.recipe
+        if recipe.no_accumulation:
+            label = recipe.label or recipe.name
             raise ConfigError(
-                f"config.finetune.methods.{name} is FLYP, whose contrastive loss scores every image of "
-                f"the batch against every caption, but config.finetune.accumulate_steps is "
-                f"{c.finetune.accumulate_steps}: micro-batches would score fewer pairs, another loss. "
-                f"Set accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) "
-                f"for FLYP."
+                f"config.finetune.methods.{name} is {label}, whose {recipe.no_accumulation}; but "
+                f"config.finetune.accumulate_steps is {c.finetune.accumulate_steps}. Set "
+                f"accumulate_steps=1 (with a batch that fits, or config.remat / finetune.fsdp) for {label}."
             )
         if not entry.batch_mean:
             raise ConfigError(

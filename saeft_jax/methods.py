@@ -1,11 +1,12 @@
 """Fine-tuning methods: what `config.finetune.methods` holds and how it is checked.
 
 The mapping's keys name the methods (their directories under `finetune/` and `evaluate/`, their
-keys in the report); each value holds its `recipe` (what is trained: `RECIPES`), the
-`regularizer` it trains with, its weight `reg_lambda` and every hyperparameter that regularizer
-declares. `method(...)` builds such an entry with the
-declared defaults filled in, so `--config.finetune.methods.<name>.<hyperparameter>=v` works for
-each of them and a misspelt one is rejected by name before anything runs.
+keys in the report); each value holds its `recipe` (what is trained: `saeft_jax.training.recipes`),
+the `regularizer` it trains with, its weight `reg_lambda` and the hyperparameters of that
+regularizer it sets. `method(...)` builds such an entry; `from_config` checks the mapping once
+(`config.finish` calls it) into `Method` values, each hyperparameter the regularizer declares filled
+with its default, so `--config.finetune.methods.<name>.<hyperparameter>=v` works for each of them
+and a misspelt one is rejected by name before anything runs.
 """
 
 from __future__ import annotations
@@ -19,44 +20,36 @@ import ml_collections
 
 from saeft_jax import regularizers, storage
 from saeft_jax.errors import ConfigError
+from saeft_jax.sae import kinds as sae_kinds
+from saeft_jax.training import recipes
 
 SETTINGS = ("recipe", "regularizer", "reg_lambda", "sae", "checkpoint")  # a method's keys besides its hyperparameters
 RESERVED = ("zeroshot",)  # the report's zero-shot run
-
-RECIPES = {  # what a method trains, and from where
-    "finetune": "the image encoder and the head, from the zero-shot head, cross-entropy (+ the penalty)",
-    "linear_probe": "the head alone, by logistic regression on the frozen embeddings (stage probe)",
-    "lp_ft": "LP-FT: the image encoder and the head, from the linear probe's head (+ the penalty)",
-    "flyp": (
-        "FLYP: both towers and the loss's temperature (and SigLIP's bias), the model's own contrastive loss on "
-        "captions of the labels (+ the penalty)"
-    ),
-}
-RECIPE_LABELS = {"linear_probe": "linear probe", "lp_ft": "LP-FT", "flyp": "FLYP"}  # in the report's method lines
-PROBE_RECIPES = ("linear_probe", "lp_ft")  # the recipes that read the probe stage's head
+FLOAT32_MAX = 3.4e38  # the largest value a key may hold: values are used in float32 on the device
 
 
 def method(
     regularizer: str = "none",
     reg_lambda: float | None = None,
     *,
-    recipe: str = "finetune",
+    recipe: str = recipes.DEFAULT,
     sae: str = "",
     checkpoint: str = "",
     **hparams: Any,
 ) -> ml_collections.ConfigDict:
-    """A `config.finetune.methods` entry: its `recipe` (`RECIPES`: plain fine-tuning, the
-    linear probe, LP-FT or FLYP), `regularizer`, `reg_lambda` (required unless the
+    """A `config.finetune.methods` entry: its `recipe` (`saeft_jax.training.recipes`: plain
+    fine-tuning, the linear probe, LP-FT, FLYP), `regularizer`, `reg_lambda` (required unless the
     regularizer penalizes nothing), for an SAE-based regularizer the name of its SAE in
     `config.saes` (`""`: the first SAE of the kind it reads, `main` if that is one, else by
-    name), and every hyperparameter the regularizer declares (its default unless given here).
+    name), and the regularizer's hyperparameters it sets (the others keep their defaults, filled
+    in by `config.finish`).
     `method(checkpoint=DIR)` is a model fine-tuned elsewhere (a Hugging Face CLIP directory, with
     its head in `head.safetensors` or else the zero-shot head of its own text tower): evaluated
     and analysed like the run's own, never trained."""
     entry = _entry(regularizer, "method(...)")
     where = f"method({regularizer!r}, ...)"
     _reject_unknown(entry, hparams, where)
-    _check_recipe(recipe, entry, checkpoint, where, f"{where}: recipe")
+    _recipe(recipe, entry, checkpoint, where, f"{where}: recipe")
     if checkpoint and entry.penalizes:
         raise ConfigError(
             f"{where}: a method with a checkpoint is not trained, so it takes no regularizer; use "
@@ -69,7 +62,6 @@ def method(
             "reg_lambda": _reg_lambda(entry, reg_lambda, where),
             "sae": sae,
             "checkpoint": checkpoint,
-            **entry.hparams,
             **hparams,
         }
     )
@@ -85,12 +77,12 @@ class Method:
     hparams: Mapping[str, Any]
     sae: str | None = None  # the name of its SAE in config.saes, for an SAE-based regularizer
     checkpoint: str | None = None  # a model fine-tuned elsewhere, imported instead of trained
-    recipe: str = "finetune"  # what it trains (RECIPES)
+    recipe: recipes.Recipe = dataclasses.field(default_factory=lambda: recipes.get(recipes.DEFAULT))
 
     @property
     def uses_probe(self) -> bool:
-        """Whether it reads the probe stage's head (the linear probe, LP-FT)."""
-        return self.recipe in PROBE_RECIPES
+        """Whether its recipe reads the probe stage's head (the linear probe, LP-FT)."""
+        return self.recipe.reads_probe
 
     def penalty(self):
         """The regularizer with this method's hyperparameters bound (`Regularizer.bind`)."""
@@ -107,7 +99,7 @@ class Method:
             return {"checkpoint": self.checkpoint}
         sae = {"sae": self.sae} if self.sae else {}
         return {
-            "recipe": self.recipe,
+            "recipe": self.recipe.name,
             "regularizer": self.regularizer.name,
             "reg_lambda": self.reg_lambda,
             **sae,
@@ -118,7 +110,7 @@ class Method:
         """`name` (regularizer when it is not the name, reg_lambda, hyperparameters off their defaults)."""
         if self.checkpoint:
             return f"`{self.name}` (fine-tuned elsewhere: `{self.checkpoint}`)"
-        recipe = [] if self.recipe == "finetune" else [RECIPE_LABELS[self.recipe]]
+        recipe = [self.recipe.label] if self.recipe.label else []
         if not self.regularizer.penalizes:
             return f"`{self.name}` ({', '.join(recipe) or 'plain fine-tuning'})"
         parts = recipe + ([] if self.name == self.regularizer.name else [f"`{self.regularizer.name}`"])
@@ -136,7 +128,7 @@ def from_config(
     methods: Mapping[str, Any], saes: tuple[str, ...] = ("main",), kinds: Mapping[str, str] | None = None
 ) -> dict[str, Method]:
     """The checked methods of `config.finetune.methods`, in order; `saes` are the SAE names of
-    `config.saes` and `kinds` their kinds (default all "topk"); an SAE-based method without an
+    `config.saes` and `kinds` their kinds (default all `sae_kinds.DEFAULT`); an SAE-based method without an
     SAE uses the first of the kind its regularizer reads."""
     if not methods:
         raise ConfigError(
@@ -161,29 +153,26 @@ def from_config(
         reg_lambda = _reg_lambda(entry, settings.pop("reg_lambda", None), where)
         sae = _sae(entry, settings.pop("sae", ""), saes, kinds or {}, where)
         checkpoint = settings.pop("checkpoint", "") or None
-        recipe = settings.pop("recipe", "finetune")
-        _check_recipe(recipe, entry, checkpoint, where, f"{where}.recipe")
+        recipe = _recipe(settings.pop("recipe", recipes.DEFAULT), entry, checkpoint, where, f"{where}.recipe")
         if checkpoint and entry.penalizes:
             raise ConfigError(
                 f"{where}: a method with a checkpoint is not trained, so it takes no regularizer "
                 f"({entry.name!r} given); leave {where}.regularizer at 'none'."
             )
-        settings = _without_other_defaults(entry, settings)
         _reject_unknown(entry, settings, where)
+        for key, value in settings.items():
+            _check_weight(f"{where}.{key}", value)
         checked[name] = Method(name, entry, reg_lambda, {**entry.hparams, **settings}, sae, checkpoint, recipe)
     return checked
 
 
-def filled(
-    methods: ml_collections.ConfigDict, saes: tuple[str, ...], kinds: Mapping[str, str] | None = None
-) -> ml_collections.ConfigDict:
-    """`methods` with every declared hyperparameter and each SAE name present (a config that
-    wrote an entry by hand, or switched a regularizer)."""
-    checked = from_config(methods, saes, kinds)
+def as_config(checked: Mapping[str, Method]) -> ml_collections.ConfigDict:
+    """The `config.finetune.methods` of `checked`: every declared hyperparameter and each SAE name
+    present, as the run's config.json records them."""
     return ml_collections.ConfigDict(
         {
             name: {
-                "recipe": m.recipe,
+                "recipe": m.recipe.name,
                 "regularizer": m.regularizer.name,
                 "reg_lambda": m.reg_lambda,
                 "sae": m.sae or "",
@@ -195,25 +184,34 @@ def filled(
     )
 
 
-def _check_recipe(recipe: str, entry: regularizers.Regularizer, checkpoint: str | None, where: str, key: str) -> None:
-    """A known recipe, which a linear probe (nothing but the head trained) and a checkpoint method
-    (nothing trained) combine with no regularizer and the other recipes."""
-    if recipe not in RECIPES:
-        close = difflib.get_close_matches(str(recipe), RECIPES, n=1)
+def _check_weight(key: str, value: Any) -> None:
+    """A hyperparameter is a weight of the loss (zero or more, finite) or a switch."""
+    if isinstance(value, bool):
+        return
+    if not (isinstance(value, (int, float)) and 0 <= value < FLOAT32_MAX):
+        raise ConfigError(
+            f"{key} is {value!r}, which cannot work: it must be zero or more and finite (a weight of the "
+            f"loss). Set it in the config file or with --{key}=..."
+        )
+
+
+def _recipe(name: str, entry: regularizers.Regularizer, checkpoint: str | None, where: str, key: str) -> recipes.Recipe:
+    """The registered recipe `name`, which a checkpoint method (nothing trained) combines with no
+    other recipe, and a recipe that declares `no_penalty` with no regularizer."""
+    if name not in recipes.REGISTRY:
+        close = difflib.get_close_matches(str(name), recipes.REGISTRY, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        known = "; ".join(f"{name!r}: {what}" for name, what in RECIPES.items())
-        raise ConfigError(f"{key}: unknown recipe {recipe!r}{hint}. Known recipes: {known}.")
-    if checkpoint and recipe != "finetune":
+        known = "; ".join(f"{r.name!r}: {r.description}" for r in recipes.REGISTRY.values())
+        raise ConfigError(f"{key}: unknown recipe {name!r}{hint}. Known recipes: {known}.")
+    recipe = recipes.REGISTRY[name]
+    if checkpoint and name != recipes.DEFAULT:
         raise ConfigError(
             f"{where}: a method with a checkpoint is imported, not trained, so it takes no recipe "
-            f"({recipe!r} given); leave the recipe at 'finetune'."
+            f"({name!r} given); leave the recipe at {recipes.DEFAULT!r}."
         )
-    if recipe == "linear_probe" and entry.penalizes:
-        raise ConfigError(
-            f"{where}: the linear probe trains the head on frozen embeddings, which a penalty on the "
-            f"encoder's features cannot change; leave its regularizer at 'none' (LP-FT, "
-            f"recipe='lp_ft', fine-tunes from the probe and takes a regularizer)."
-        )
+    if recipe.no_penalty and entry.penalizes:
+        raise ConfigError(f"{where}: {recipe.no_penalty}; leave its regularizer at 'none'.")
+    return recipe
 
 
 def _sae(
@@ -225,13 +223,16 @@ def _sae(
         return None
     if sae and sae not in saes:
         raise ConfigError(f"{where}.sae is {sae!r}, which config.saes does not name; it names {', '.join(saes)}.")
-    usable = [name for name in saes if kinds.get(name, "topk") == entry.sae_kind]
+    usable = [name for name in saes if kinds.get(name, sae_kinds.DEFAULT) == entry.sae_kind]
     if sae and sae not in usable or not usable:
-        given = f"config.saes.{sae} is of kind {kinds.get(sae, 'topk')!r}" if sae else "config.saes has none"
+        given = f"config.saes.{sae} is of kind {kinds.get(sae, sae_kinds.DEFAULT)!r}" if sae else "config.saes has none"
+        example = (
+            "" if sae_kinds.get(entry.sae_kind).trained else ", dict_size=16"
+        )  # a basis as wide as the reference's
         raise ConfigError(
             f"{where}: regularizer {entry.name!r} reads an SAE of kind {entry.sae_kind!r}, but {given}; "
             f"add one, e.g. config.saes.{entry.sae_kind} = sae_settings(kind={entry.sae_kind!r}"
-            f"{', dict_size=16' if entry.sae_kind == 'pca' else ''}), and name it in {where}.sae."
+            f"{example}), and name it in {where}.sae."
         )
     return sae or usable[0]
 
@@ -257,6 +258,12 @@ def unknown_hparam_hints(name: str) -> list[str]:
 def _reg_lambda(entry: regularizers.Regularizer, reg_lambda: float | None, where: str) -> float:
     if not entry.penalizes:
         return float(reg_lambda or 0.0)
+    if reg_lambda is not None and not (isinstance(reg_lambda, (int, float)) and 0 <= reg_lambda < FLOAT32_MAX):
+        key = f"{where}.reg_lambda" if where.startswith("config.") else f"{where}: reg_lambda"
+        raise ConfigError(
+            f"{key} is {reg_lambda!r}: regularizer {entry.name!r} needs a positive, finite weight (the "
+            f"loss is CE + reg_lambda * R, so a negative one rewards the change the penalty measures)."
+        )
     if not reg_lambda:
         why = "0 would make it plain fine-tuning, which is method('none')" if reg_lambda == 0 else "none is given"
         how = f"--{where}.reg_lambda=1" if where.startswith("config.") else f"method({entry.name!r}, reg_lambda=1.0)"
@@ -265,19 +272,6 @@ def _reg_lambda(entry: regularizers.Regularizer, reg_lambda: float | None, where
             f"CE + reg_lambda * R; {why}); set it, e.g. {how}."
         )
     return float(reg_lambda)
-
-
-def _without_other_defaults(entry: regularizers.Regularizer, settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` less the hyperparameters another regularizer declares, at that one's default: what
-    is left of an entry built for another regularizer when its regularizer is switched (on the
-    command line, say), so that the switch brings the new regularizer's defaults instead."""
-
-    def leftover(name: str, value: Any) -> bool:
-        return name not in entry.hparams and any(
-            name in other.hparams and other.hparams[name] == value for other in regularizers.REGISTRY.values()
-        )
-
-    return {name: value for name, value in settings.items() if not leftover(name, value)}
 
 
 def _reject_unknown(entry: regularizers.Regularizer, hparams: Mapping[str, Any], where: str) -> None:

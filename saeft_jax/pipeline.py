@@ -17,13 +17,14 @@ import numpy as np
 from etils import epath
 
 from saeft_jax import curves, preflight, stopping, storage
-from saeft_jax.config import SAE_DEFAULTS, base_config
+from saeft_jax.config import RunConfig, base_config
 from saeft_jax.data.registry import CORRUPTED, suite
-from saeft_jax.data.sources import DEFAULT_DATA_DIR
+from saeft_jax.data.sources import resolve_data_dir
 from saeft_jax.errors import UsageError
-from saeft_jax.methods import PROBE_RECIPES
+from saeft_jax.sae import kinds
 from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
+from saeft_jax.training import recipes
 from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Keys that change how a run goes, not what it computes: a rerun may change them.
@@ -84,7 +85,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
 def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
     """The keys of `keys` that nothing in this run reads, so that they change nothing: the linear
     probe's without a method that reads the probe, the corruptions' without CIFAR-10-C / -100-C."""
-    probed = any(m.get("recipe") in PROBE_RECIPES for m in config.finetune.methods.values())
+    probed = any(recipes.get(m.recipe).reads_probe for m in config.finetune.methods.values())
     try:
         in_distribution, shifts = suite(config.eval_suite)
     except KeyError:  # named in the refusal of the run itself (preflight)
@@ -100,9 +101,9 @@ def _default(key: str, defaults: dict):
     existed ran with."""
     parts = key.split(".")
     if parts[0] == "saes" and len(parts) == 3:
-        return SAE_DEFAULTS.get(parts[2], _MISSING)
+        return kinds.DEFAULTS.get(parts[2], _MISSING)
     if parts[:2] == ["finetune", "methods"] and parts[3:] == ["recipe"]:
-        return "finetune"
+        return recipes.DEFAULT
     return defaults.get(key, _MISSING)
 
 
@@ -198,31 +199,32 @@ def _say(run: Run, message: str) -> None:
 
 
 def run_pipeline(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, command: str = "rerunning the same command"
+    checked: RunConfig, workdir: str | os.PathLike, command: str = "rerunning the same command"
 ) -> epath.Path | None:
-    """Runs the configured stages in `workdir`, holding its lock; returns the report directory
-    when the report is complete, else None. `command` tells a user how to rerun, in messages
-    about damaged artifacts."""
-    for what, place in _inputs(config):  # before anything is written
+    """Runs the stages of `checked` (`config.finish`'s result) in `workdir`, holding its lock;
+    returns the report directory when the report is complete, else None. `command` tells a user
+    how to rerun, in messages about damaged artifacts."""
+    for what, place in _inputs(checked):  # before anything is written
         storage.check_reachable(place, what)
     workdir = prepare_workdir(workdir)
     lock = _take_lock(workdir)
     try:
         with storage.failures_named(str(workdir), "running the pipeline"):
-            return _run_stages(config, workdir, command)
+            return _run_stages(checked, workdir, command)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+def _inputs(checked: RunConfig) -> list[tuple[str, str]]:
     """(config key, place) of everything the run reads that may be in a bucket: the data, the model,
     the methods' imported checkpoints."""
-    places = [("config.data_dir", config.data_dir or DEFAULT_DATA_DIR), ("config.model", config.model)]
+    config = checked.config
+    places = [("config.data_dir", resolve_data_dir(config.data_dir)), ("config.model", config.model)]
     places += [
         (f"config.finetune.methods.{name}.checkpoint", method.checkpoint)
-        for name, method in config.finetune.methods.items()
-        if method.get("checkpoint")
+        for name, method in checked.methods.items()
+        if method.checkpoint
     ]
     return places
 
@@ -249,8 +251,7 @@ def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ..
     """(artifact, the function that makes it, the artifacts it is made from), in order."""
     plan = [(("zeroshot",), heads.run_stage, ()), (("features",), features.run_stage, ())]
     plan += [
-        (("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),))
-        for name in run.config.saes
+        (("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),)) for name in run.saes
     ]
     plan += [(("probe",), probe.run_stage, (("features",),))] if probe.wanted(run) else []
     for name, method in run.methods.items():
@@ -270,7 +271,8 @@ def _features_read(run: Run, wanted: set[str]) -> bool:
     return "sae" in wanted or ("probe" in wanted and probe.wanted(run)) or run.config.finetune.teacher_cache
 
 
-def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command: str) -> epath.Path | None:
+def _run_stages(checked: RunConfig, workdir: epath.Path, command: str) -> epath.Path | None:
+    config = checked.config
     if jax.process_index() == 0:
         check_config(config, workdir)
     model_path = None
@@ -278,7 +280,7 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command:
         from saeft_jax.demo import setup
 
         model_path = setup.prepare(config)
-    run = Run(config, workdir, model_path, command=command)
+    run = Run(checked, workdir, model_path, command=command)
     preflight.check(run)
     if run.is_writer:
         record_config(config, workdir)

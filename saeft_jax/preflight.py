@@ -9,12 +9,15 @@ hours in, after earlier stages have run.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from saeft_jax import models, storage
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.errors import ConfigError, UsageError
 from saeft_jax.finite import check_finite
+from saeft_jax.sae import kinds
 from saeft_jax.stages.context import Run
 from saeft_jax.stages.finetuned import total_steps
 
@@ -32,7 +35,7 @@ def check(run: Run) -> None:
             _check_checkpoint_method(run, name, method.checkpoint)
     _check_batches(run)
     _check_durations(run, len(sources[0]))
-    _check_pca_widths(run)
+    _check_sae_widths(run)
     _check_model_finite(run)
 
 
@@ -47,17 +50,15 @@ def _check_model_finite(run: Run) -> None:
     )
 
 
-def _check_pca_widths(run: Run) -> None:
-    """A PCA basis has at most as many directions as the embeddings have dimensions."""
-    for name, sae in run.config.saes.items():
-        if sae.kind == "pca" and "sae" in run.config.stages:
-            width = run.model.embed_dim
-            if sae.dict_size > width:
-                raise ConfigError(
-                    f"config.saes.{name}.dict_size is {sae.dict_size}, but a PCA basis has at most as "
-                    f"many directions as {run.model_path}'s embeddings have dimensions ({width}); "
-                    f"lower it (the reference uses 16)."
-                )
+def _check_sae_widths(run: Run) -> None:
+    """What each SAE's kind allows of the model's embedding width (a PCA basis: at most as many
+    directions as the embeddings have dimensions)."""
+    if "sae" not in run.config.stages:
+        return
+    for name, sae in run.saes.items():
+        kinds.get(sae.kind).check_width(
+            f"config.saes.{name}", dataclasses.asdict(sae), run.model.embed_dim, str(run.model_path)
+        )
 
 
 def _check_validation(run: Run, tests: list[DatasetSpec]) -> None:
@@ -135,8 +136,8 @@ def _check_batches(run: Run) -> None:
             f"{devices} devices; use a multiple of {devices * micro} (e.g. "
             f"{_multiple(c.finetune.batch_size, devices * micro)})."
         )
-    for name, sae in c.saes.items():  # an SAE trains on process 0's own devices (a PCA basis is not trained)
-        if sae.kind == "topk" and sae.batch_size % local:
+    for name, sae in run.saes.items():  # an SAE trains on process 0's own devices (a PCA basis is not trained)
+        if kinds.get(sae.kind).trained and sae.batch_size % local:
             raise ConfigError(
                 f"config.saes.{name}.batch_size is {sae.batch_size}, which does not divide over the "
                 f"{local} devices of process 0, where the SAE trains. Use a multiple of {local} (e.g. "
@@ -151,8 +152,8 @@ def _check_durations(run: Run, examples: int) -> None:
             f"config.finetune.batch_size ({c.finetune.batch_size}) exceeds the {examples} examples of "
             f"{c.train_dataset}; lower it."
         )
-    for name, sae in c.saes.items():
-        if "sae" in c.stages and sae.kind == "topk" and sae.batch_size > examples:
+    for name, sae in run.saes.items():
+        if "sae" in c.stages and kinds.get(sae.kind).trained and sae.batch_size > examples:
             raise ConfigError(
                 f"config.saes.{name}.batch_size ({sae.batch_size}) exceeds the {examples} training "
                 f"embeddings the SAE learns from ({c.train_dataset}); lower it."

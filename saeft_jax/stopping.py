@@ -189,3 +189,22 @@ def longer_grace() -> Iterator[None]:
         yield
     finally:
         policy.longer_grace -= 1
+
+
+def stop_of(error: BaseException) -> Stopped | None:
+    """The stop that `error` is, wraps (a stop raised inside a library's call may come back wrapped
+    in its error) or followed (after a signal, what failed is taken as its consequence: grain's
+    worker processes get SLURM's SIGTERM too), else None."""
+    stop, seen = error, set()
+    while stop is not None and not isinstance(stop, Stopped) and id(stop) not in seen:
+        seen.add(id(stop))
+        stop = stop.__cause__ or stop.__context__
+    signum = requested()
+    if not isinstance(stop, Stopped) and signum is not None:
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        return Stopped(
+            f"{signal_name(signum)}, and while stopping: {type(error).__name__} "
+            f"{first_line}; every finished artifact is kept",
+            signum,
+        )
+    return stop if isinstance(stop, Stopped) else None

@@ -139,7 +139,7 @@ def test_unworkable_selection_settings_are_refused_naming_the_key(changes, says)
 
     with pytest.raises(ConfigError, match=re.escape(says)):
         finish(smoke(**changes))
-    assert finish(smoke(eval_every=10, select_checkpoint="best_val")).finetune.select_checkpoint == "best_val"
+    assert finish(smoke(eval_every=10, select_checkpoint="best_val")).config.finetune.select_checkpoint == "best_val"
 
 
 def test_eval_every_beyond_the_run_exits_2_with_one_paragraph_before_any_stage(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from configs import demo
 from saeft_jax import methods, regularizers
-from saeft_jax.config import finish, method, sae_kinds, sae_names, sae_settings
+from saeft_jax.config import finish, method, sae_settings
 from saeft_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +34,11 @@ EVERY_REGULARIZER = textwrap.dedent("""
 
 
 def parse(argv: list[str]):
-    """The config after absl parses `argv` as `python -m saeft_jax.main` would, then `finish`."""
+    """`finish`'s `RunConfig` of what absl parses of `argv` as `python -m saeft_jax.main` would."""
     values, argv = flags.FlagValues(), ["prog", *argv]
-    holder = config_flags.DEFINE_config_file("config", None, "config", flag_values=values, sys_argv=argv)
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "config", flag_values=values, sys_argv=argv, lock_config=False, accept_new_attributes=True
+    )
     values(argv)
     return finish(holder.value)
 
@@ -58,8 +61,7 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
         *(f"--config.finetune.methods.{k}={v}" for k, v in overrides.items()),
         "--config.finetune.methods.mse.reg_lambda=7",
     ]
-    config = parse(argv)
-    checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
+    checked = parse(argv).methods  # parsed once, by finish
     assert checked["pca"].sae == "basis" and checked["sae_add_remove"].sae == "main"  # each the first of its kind
     for key, value in overrides.items():
         name, hparam = key.split(".")
@@ -70,12 +72,13 @@ def test_every_declared_hyperparameter_can_be_set_from_the_command_line(tmp_path
 
 def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
-    assert dict(entry) == {
-        "recipe": "finetune",
-        "regularizer": "sae_kl",
-        "reg_lambda": 3.0,
-        "sae": "",
-        "checkpoint": "",
+    given = {"recipe": "finetune", "regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "", "checkpoint": ""}
+    assert dict(entry) == {**given, "lambda_kl": 0.5}  # what it sets; finish fills the rest
+    config = demo.get_config("smoke")
+    config.finetune.methods.kl = entry
+    assert finish(config).config.finetune.methods.kl.to_dict() == {
+        **given,
+        "sae": "main",
         "lambda_l1": 1e-3,
         "lambda_kl": 0.5,
         "mu": 1.0,
@@ -126,7 +129,9 @@ def test_a_misspelt_hyperparameter_exits_2_naming_it_before_anything_runs(tmp_pa
         f"--workdir={workdir}",
         "--config.finetune.methods.sae_add_remove.lambda_addd=1",
     )
-    assert_one_paragraph(result, "--config.finetune.methods.sae_add_remove.lambda_addd", "did you mean 'lambda_add'")
+    assert_one_paragraph(
+        result, "config.finetune.methods.sae_add_remove", "lambda_addd", "did you mean 'lambda_add'"
+    )  # named by config.finish
     assert not workdir.exists()  # nothing ran
     result = main(
         "--config=configs/demo.py:smoke",
@@ -157,9 +162,9 @@ def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case)
     expected = {
         "missing": ["no such config file", "nope.py"],
         "syntax": ["is not valid Python", "line 1"],
-        "raises": ["get_config() failed", "no such setting here"],
+        "raises": ["cfg.py does not load", "ValueError: no such setting here"],
         "typo": ["lamda_add", "lambda_add"],
-        "value": ["--config.finetune.lr=fast", "key's type"],
+        "value": ["--config.finetune.lr=fast", "could not convert string to float: 'fast'", "of its type"],
         "argument": ["'smoke', 'sweep' and", "'siglip'", "bogus"],
     }
     assert_one_paragraph(result, *expected[case])
@@ -176,7 +181,7 @@ def test_a_regularizer_switched_on_the_command_line_brings_its_own_defaults():
     config = parse(
         ["--config=configs/demo.py:smoke", "--config.finetune.methods.sae_add_remove.regularizer=sae_sparse"]
     )
-    switched = methods.from_config(config.finetune.methods)["sae_add_remove"]
+    switched = config.methods["sae_add_remove"]
     assert switched.regularizer.name == "sae_sparse" and switched.reg_lambda == 100.0
     assert dict(switched.hparams) == dict(regularizers.get("sae_sparse").hparams)  # no lambda_add left over
     with pytest.raises(ConfigError, match=r"methods\.none: regularizer 'sae_add_remove' needs a positive weight"):
@@ -188,7 +193,7 @@ def test_a_regularizer_switched_on_the_command_line_brings_its_own_defaults():
             "--config.finetune.methods.none.reg_lambda=30",
         ]
     )
-    assert methods.from_config(config.finetune.methods)["none"].reg_lambda == 30.0
+    assert config.methods["none"].reg_lambda == 30.0
     with pytest.raises(ConfigError, match="has no hyperparameter lambda_add"):  # set by hand: not dropped
         parse(
             [
@@ -211,11 +216,11 @@ BAD_FILES = {
     "no get_config": "MODEL = 'x'\n",
 }
 SAYS = {
-    "misspelt key": ["lrr", "did you mean 'lr'"],
+    "misspelt key": ["config.finetune.lrr is not a key", "did you mean config.finetune.lr?"],
     "key added behind the lock": ["config.saes.main.kk is not an SAE setting", "did you mean k?"],
     "key removed": ["lacks config.finetune.lr"],
     "a plain dict": ["returned a dict"],
-    "no get_config": ["defines no get_config()"],
+    "no get_config": ["has no attribute 'get_config'", "defines get_config(arg=None)"],
 }
 
 
@@ -229,8 +234,6 @@ def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, cas
 
 
 def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
-    from configs import demo
-
     config = demo.get_config("smoke")
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     with pytest.raises(
@@ -248,8 +251,11 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     finished = finish(config)
-    assert finished.finetune.methods.basis.sae == "basis" and finished.finetune.methods.sae_add_remove.sae == "main"
-    assert finished.saes.basis.k == 8  # every direction of a PCA basis is a code
+    assert finished.methods["basis"].sae == "basis" and finished.methods["sae_add_remove"].sae == "main"
+    assert finished.config.finetune.methods.basis.sae == "basis"  # as config.json records it
+    assert (
+        finished.saes["basis"].k == 8 and finished.config.saes.basis.k == 8
+    )  # every direction of a PCA basis is a code
     config = demo.get_config("smoke")
     config.saes.main.kind = "svd"
     with pytest.raises(ConfigError, match=r"config.saes.main.kind is 'svd'"):
@@ -264,9 +270,9 @@ def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tm
             "--config.probe.l2s=(1e-5,)",
         ]
     )
-    checked = methods.from_config(config.finetune.methods, sae_names(config), sae_kinds(config))
-    assert checked["sae_add_remove"].recipe == "lp_ft" and checked["sae_add_remove"].uses_probe
-    assert checked["none"].recipe == "finetune" and tuple(config.probe.l2s) == (1e-5,)
+    checked = config.methods
+    assert checked["sae_add_remove"].recipe.name == "lp_ft" and checked["sae_add_remove"].uses_probe
+    assert checked["none"].recipe.name == "finetune" and tuple(config.config.probe.l2s) == (1e-5,)
     with pytest.raises(ConfigError, match=r"unknown recipe 'lpft' \(did you mean 'lp_ft'\?\)"):
         parse(["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=lpft"])
     with pytest.raises(ConfigError, match="leave its regularizer at 'none'"):
@@ -303,16 +309,18 @@ def test_a_workdir_accepts_changes_to_keys_nothing_in_its_run_reads(tmp_path):
     from saeft_jax.errors import UsageError
     from saeft_jax.pipeline import check_config, record_config
 
-    recorded = parse(["--config=configs/demo.py:smoke"])
+    recorded = parse(["--config=configs/demo.py:smoke"]).config
     record_config(recorded, epath.Path(tmp_path))
     # no method reads the probe and no dataset is CIFAR-C: their keys change nothing
     check_config(
-        parse(["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)", "--config.corruptions.severity=3"]),
+        parse(
+            ["--config=configs/demo.py:smoke", "--config.probe.l2s=(1e-5,)", "--config.corruptions.severity=3"]
+        ).config,
         epath.Path(tmp_path),
     )
     with pytest.raises(UsageError, match="different: finetune.lr"):
-        check_config(parse(["--config=configs/demo.py:smoke", "--config.finetune.lr=0.5"]), epath.Path(tmp_path))
+        check_config(parse(["--config=configs/demo.py:smoke", "--config.finetune.lr=0.5"]).config, epath.Path(tmp_path))
     probed = ["--config=configs/demo.py:smoke", "--config.finetune.methods.none.recipe=linear_probe"]
-    record_config(parse(probed), epath.Path(tmp_path))
+    record_config(parse(probed).config, epath.Path(tmp_path))
     with pytest.raises(UsageError, match="different: probe.l2s"):  # now the probe is read
-        check_config(parse([*probed, "--config.probe.l2s=(1e-5,)"]), epath.Path(tmp_path))
+        check_config(parse([*probed, "--config.probe.l2s=(1e-5,)"]).config, epath.Path(tmp_path))

@@ -377,7 +377,7 @@ def transfer_config():
 
 @pytest.mark.parametrize("name", registry.TRANSFER_SETS)
 def test_transfer_config_resolves_for_every_dataset(transfer_config, name):
-    c = finish(transfer_config.get_config(f"dataset={name}"))
+    c = finish(transfer_config.get_config(f"dataset={name}")).config
     assert c.train_dataset == f"{name}_train" and suite(c.eval_suite)[0] == name
     assert dataset_spec(c.train_dataset).label_space == name
     assert list(c.finetune.methods) == ["none", "sae_add_remove"]

@@ -217,10 +217,10 @@ def test_an_analysis_registered_alone_gets_its_declared_column_in_the_report(tmp
     it runs on a comparison and its declared column shows in report.md and report.html, with its
     figure formatted as declared, beside the other analyses' columns (n/a for the SAE's without one)."""
     from saeft_jax.evaluation.analyses import ANALYSES, Comparison, Embeddings, analysis, run_analyses
-    from saeft_jax.methods import RECIPES
     from saeft_jax.rendering.html import render_html
     from saeft_jax.rendering.markdown import render_markdown
     from saeft_jax.stages.report import legend
+    from saeft_jax.training.recipes import descriptions
 
     @analysis(uses_sae=False, columns={"mean shift (norm)": "{mean_shift:.4f}"})
     def mean_shift(c: Comparison) -> dict[str, float]:
@@ -253,7 +253,13 @@ def test_an_analysis_registered_alone_gets_its_declared_column_in_the_report(tmp
         }
         setup = dict(dtype="float32", train_dataset="t", eval_suite="s", batch_size=2, lr=1e-5, warmup_steps=0)
         setup.update(weight_decay=0.1, processes=1, devices=1, platform="cpu")
-        details = {"setup": setup, "labels": {"tuned": "`tuned`"}, "recipes": RECIPES, "legend": legend(), "runs": {}}
+        details = {
+            "setup": setup,
+            "labels": {"tuned": "`tuned`"},
+            "recipes": descriptions(),
+            "legend": legend(),
+            "runs": {},
+        }
         text = render_markdown(report, details, {})
     finally:
         del ANALYSES["mean_shift"]

@@ -289,8 +289,8 @@ PROBES = [
 ]
 
 
-def smoke_config(shared):
-    return demo_config(Path(shared["data_dir"]).parent)
+def smoke_config(shared, **changes):
+    return demo_config(Path(shared["data_dir"]).parent, **changes)
 
 
 def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, capsys):
@@ -388,23 +388,18 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
     from saeft_jax.errors import ConfigError, UsageError
     from saeft_jax.pipeline import run_pipeline
 
-    config = smoke_config(shared)
     for stages, needs in (
         (("report",), "evaluate/none, evaluate/sae_add_remove"),
         (("sae",), "features"),
         (("evaluate",), "finetune/none, zeroshot"),
     ):
-        with config.unlocked():
-            config.stages = stages
         with pytest.raises(UsageError, match=rf"is made from {re.escape(needs)}, which .* not complete"):
-            run_pipeline(config, tmp_path / "empty")
-    refused = smoke_config(shared)
-    with refused.unlocked():
-        refused.saes.main.batch_size = 100_000
+            run_pipeline(smoke_config(shared, stages=stages), tmp_path / "empty")
+    refused = smoke_config(shared, **{"saes.main.batch_size": 100_000})
     with pytest.raises(ConfigError, match="exceeds the .* training embeddings"):
         run_pipeline(refused, tmp_path / "refused")
     assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused
     assert run_pipeline(smoke_config(shared), tmp_path / "refused") is not None  # the report is made
-    with config.unlocked():
-        config.stages = ("zeroshot",)
-    assert run_pipeline(config, tmp_path / "refused") is not None  # only zeroshot, complete: the report stands
+    assert (
+        run_pipeline(smoke_config(shared, stages=("zeroshot",)), tmp_path / "refused") is not None
+    )  # only zeroshot, complete: the report stands

@@ -138,8 +138,9 @@ def test_templates_files_are_checked_and_the_config_one_replaces_the_preparation
         folders.read_templates(tmp_path / "missing.txt", "--templates")
     good = tmp_path / "good.txt"
     good.write_text("a drawing of a {}.\n")
-    config = smoke_config(data_dir, templates_file=str(good))
-    run = Run(config, tmp_path / "w")
+    from saeft_jax.config import finish
+
+    run = Run(finish(smoke_config(data_dir, templates_file=str(good))), tmp_path / "w")
     assert run.spec("digits_mine/test").templates == ("a drawing of a {}.",)
     assert run.spec("cifar10").templates == ("a photo of a {}.",)  # only folder datasets take it
 
@@ -208,7 +209,7 @@ def test_a_config_method_that_only_names_a_checkpoint_is_the_method_of_that_chec
     for entry in ({"checkpoint": "/models/mine"}, methods.method(checkpoint="/models/mine")):
         config = smoke_config("")
         config.finetune.methods = ml_collections.ConfigDict({"elsewhere": entry})
-        finished.append(finish(config).finetune.methods.to_dict())
+        finished.append(finish(config).config.finetune.methods.to_dict())
     assert finished[0] == finished[1]  # as a config file writes it, and as method(...) builds it
 
 

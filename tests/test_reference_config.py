@@ -7,7 +7,6 @@ import importlib.util
 import os
 import shlex
 
-from saeft_jax import methods
 from saeft_jax.config import finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +40,8 @@ def _config():
 
 def test_reference_config_is_the_readme_command():
     flags = _flags()
-    module, c = _config()
+    module, checked = _config()
+    c = checked.config
     assert c.model == "openai/clip-vit-base-patch16" and flags["model"] == "ViT-B/16"
     assert c.train_dataset == "imagenet_train" and c.eval_suite == "imagenet" and flags["train_dataset"] == "ImageNet"
     ft = c.finetune
@@ -61,9 +61,9 @@ def test_reference_config_is_the_readme_command():
     )
     assert c.saes.main.kind == "topk" and not c.saes.main.relu and not c.saes.main.auxk
 
-    ran = methods.from_config(c.finetune.methods)
+    ran = checked.methods
     assert set(ran) == {"none", "sae_mask"}
-    assert ran["none"].regularizer.name == "none" and ran["none"].recipe == "finetune"
+    assert ran["none"].regularizer.name == "none" and ran["none"].recipe.name == "finetune"
     sae = ran["sae_mask"]
     assert sae.regularizer.name == flags["reg_type"] and sae.reg_lambda == float(flags["reg_lambda"])
     assert (

@@ -168,12 +168,12 @@ class FakeRun:
 
     model_path = "toy-clip"
 
-    def __init__(self, config, examples: int = 900):
+    def __init__(self, checked, examples: int = 900):
         from types import SimpleNamespace
 
         from saeft_jax.data.registry import DatasetSpec
 
-        self.config = config
+        self.config, self.saes = checked.config, checked.saes
         self.model = SimpleNamespace(embed_dim=64, params={"logit_scale": np.float32(2)})
         self.train_spec = DatasetSpec("toy", "prepared", "toy", "train", "toy", ("{}",), fixed_classnames=("a",))
         self.validation = dataclasses.replace(self.train_spec, name="toy_val", split="val")
@@ -417,15 +417,15 @@ def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_it
     from saeft_jax import storage
     from saeft_jax.pipeline import check_config
 
-    config = finish(smoke())
+    config = finish(smoke()).config
     recorded = json.loads(config.to_json_best_effort())
     del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"], recorded["wandb_project"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     check_config(config, storage.path(tmp_path))  # the keys it lacks are at their defaults: the same run
     logged = smoke()
     logged.wandb_project = "elsewhere"  # where the curves go is no part of the run: a refused W&B start can be fixed
-    check_config(finish(logged), storage.path(tmp_path))
-    changed = finish(smoke(**{"report.browser_features": 10}))
+    check_config(finish(logged).config, storage.path(tmp_path))
+    changed = finish(smoke(**{"report.browser_features": 10})).config
     with pytest.raises(UsageError, match=r"different: report.browser_features"):
         check_config(changed, storage.path(tmp_path))
 
@@ -472,19 +472,17 @@ def test_a_failure_after_a_stop_request_ends_as_that_stop():
     import signal
 
     from saeft_jax import stopping
-    from saeft_jax.main import _stop_of
 
-    assert _stop_of(RuntimeError("grain worker 0 died")) is None  # without a signal, an error is an error
+    assert stopping.stop_of(RuntimeError("grain worker 0 died")) is None  # without a signal, an error is an error
     with stopping.installed():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
-        stop = _stop_of(RuntimeError("grain worker 0 died"))  # its workers got the same SIGTERM
+        stop = stopping.stop_of(RuntimeError("grain worker 0 died"))  # its workers got the same SIGTERM
     assert stop.exit_code == 3 and str(stop).startswith("SIGTERM, and while stopping: RuntimeError grain worker 0 died")
 
 
 def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
-    from saeft_jax.main import _wrapped
-    from saeft_jax.stopping import Stopped
+    from saeft_jax.stopping import Stopped, stop_of
 
     try:
         try:
@@ -492,8 +490,8 @@ def test_a_stop_request_wrapped_by_a_library_is_still_recognised():
         except Exception as inner:
             raise ModuleNotFoundError("Could not import module 'AutoConfig'") from inner
     except ModuleNotFoundError as outer:
-        assert isinstance(_wrapped(outer, Stopped), Stopped)
-    assert _wrapped(ValueError("a bug"), Stopped) is None
+        assert isinstance(stop_of(outer), Stopped)
+    assert stop_of(ValueError("a bug")) is None
 
 
 @pytest.mark.parametrize("mark", [b"[1, 2]", b"\xff\xfe not utf-8", b'{"files": '])

@@ -148,9 +148,9 @@ def test_a_report_without_alpha_half_or_shifts_says_so_and_still_renders(tmp_pat
 
 def test_the_summary_names_the_trained_steps_and_the_sae_the_analyses_read():
     from saeft_jax.config import base_config
-    from saeft_jax.methods import RECIPES
     from saeft_jax.rendering.markdown import _what
     from saeft_jax.stages.report import setup
+    from saeft_jax.training.recipes import descriptions
 
     content = report()
     content["runs"]["none"]["train"]["steps"] = 0  # the first method imported from a checkpoint
@@ -158,7 +158,7 @@ def test_the_summary_names_the_trained_steps_and_the_sae_the_analyses_read():
     sae = {"dict_size": 64, "k": 4, "fvu": 0.1, "l0": 4.0, "dead_fraction": 0.0}
     content.update(saes={"main": sae, "wide": {**sae, "dict_size": 256}}, report_sae="wide")
     labels = {"none": "`none`", "sae_add_remove": "`sae_add_remove`"}
-    text = "\n".join(_what(content, {"setup": setup(base_config()), "labels": labels, "recipes": RECIPES}))
+    text = "\n".join(_what(content, {"setup": setup(base_config()), "labels": labels, "recipes": descriptions()}))
     assert "; 7 steps of batch" in text
     assert "SAE `wide` (the vocabulary" in text and "SAE `main` (the vocabulary" not in text
 

@@ -206,7 +206,7 @@ def test_siglip_imagenet_config_is_complete(arg):
     sys.path.insert(0, ".")
     from configs import siglip_vitb16
 
-    config = finish(siglip_vitb16.get_config(arg))
+    config = finish(siglip_vitb16.get_config(arg)).config
     assert config.model.startswith("google/siglip") and config.saes.main.dict_size == 4 * 768
     assert config.finetune.methods.flyp.recipe == "flyp"
 

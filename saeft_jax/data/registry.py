@@ -63,7 +63,9 @@ class DatasetSpec:
     ignored_groups: tuple[int, ...] = ()
     fixed_classnames: tuple[str, ...] | None = None
     prepare_kind: str = ""
-    data_dir: str | None = None  # where TFDS class names are read from (None: TFDS's default)
+    data_dir: str | None = (
+        None  # where its examples and TFDS class names are read (None: sources.resolve_data_dir's default)
+    )
     label_key: str = "label"
     binary: bool = False
     prompt_names: tuple[str, ...] | None = None

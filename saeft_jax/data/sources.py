@@ -26,14 +26,21 @@ from saeft_jax.errors import UsageError
 DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
 
 
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    """Where datasets are read: `data_dir` (`config.data_dir`; "" or None: `$TFDS_DATA_DIR` or
+    ~/tensorflow_datasets), `~` expanded, a bucket URL as it is. The one home of that default: a
+    run resolves its data dir once and every spec and source it opens carries the result."""
+    return os.fspath(storage.path(data_dir or DEFAULT_DATA_DIR))
+
+
 class DatasetNotPrepared(UsageError, FileNotFoundError):
     """A dataset's files are missing; the message names the command that prepares them."""
 
 
 def open_source(spec: DatasetSpec, data_dir: str | os.PathLike | None = None):
-    """The examples of `spec`'s split, read from `data_dir`: a local directory or a bucket
-    (gs://...), by default `$TFDS_DATA_DIR` or ~/tensorflow_datasets."""
-    data_dir = os.fspath(storage.path(data_dir or DEFAULT_DATA_DIR))
+    """The examples of `spec`'s split, read from `data_dir` (default: the one `spec` carries, else
+    `resolve_data_dir`'s default): a local directory or a bucket (gs://...)."""
+    data_dir = resolve_data_dir(data_dir or spec.data_dir)
     if spec.source == "tfds":
         return TfdsSource(spec, data_dir)
     return PreparedSource(spec, data_dir)

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 from saeft_jax import distributed
-from saeft_jax.data.sources import DEFAULT_DATA_DIR
+from saeft_jax.data.sources import resolve_data_dir
 from saeft_jax.demo import digits, pretrain
 
 
@@ -21,7 +21,7 @@ def prepare(config: ml_collections.ConfigDict) -> str:
         seed=config.seed,
     )
     if jax.process_index() == 0:
-        digits.write_dataset(config.data_dir or DEFAULT_DATA_DIR, data)
+        digits.write_dataset(resolve_data_dir(config.data_dir), data)
         pretrain.demo_model(config.demo.cache_dir, data, recipe, show_progress=config.show_progress)
     distributed.barrier("demo prepared")
     digits.register(data)

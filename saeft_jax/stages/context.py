@@ -8,37 +8,42 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from etils import epath
 
 from saeft_jax import distributed, models, parallel, storage
-from saeft_jax.config import sae_kinds, sae_names
+from saeft_jax.config import RunConfig
 from saeft_jax.data import folders
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite, with_corruptions
-from saeft_jax.data.sources import Subset, held_out, open_source
-from saeft_jax.methods import Method, from_config
+from saeft_jax.data.sources import Subset, held_out, open_source, resolve_data_dir
+from saeft_jax.methods import Method
+from saeft_jax.sae import kinds
 from saeft_jax.stages import completion
 
 
 class Run:
-    """One run: `config` in `workdir`. Only process 0 writes shared files; all processes wait
-    for each other at completion marks."""
+    """One run of a checked configuration (`config.finish`'s `RunConfig`) in `workdir`: `config`,
+    and the `methods` and `saes` parsed from it once. Only process 0 writes shared files; all
+    processes wait for each other at completion marks."""
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
+        checked: RunConfig,
         workdir: str | os.PathLike,
         model_path: str | None = None,
         command: str = "rerunning the same command",
     ):
-        self.config, self.workdir = config, storage.path(workdir)
-        self.model_path = model_path or config.model
+        self.config, self.workdir = checked.config, storage.path(workdir)
+        self.methods: Mapping[str, Method] = checked.methods  # in order
+        self.saes: Mapping[str, kinds.Settings] = checked.saes  # the default first
+        self.model_path = model_path or self.config.model
+        self.data_dir = resolve_data_dir(self.config.data_dir)  # every spec carries it to its source
         self.command = command  # how a user reruns this run, for messages
         self._verified: dict[tuple, Path] = {}
         self._specs: dict[str, DatasetSpec] = {}  # a folder's spec reads its info.json once
@@ -46,11 +51,6 @@ class Run:
     @functools.cached_property
     def mesh(self):
         return parallel.data_mesh()
-
-    @functools.cached_property
-    def methods(self) -> dict[str, Method]:
-        """The fine-tuning methods of `config.finetune.methods`, checked, in order."""
-        return from_config(self.config.finetune.methods, sae_names(self.config), sae_kinds(self.config))
 
     @functools.cached_property
     def model(self) -> models.Model:
@@ -63,14 +63,12 @@ class Run:
         a folder: the prompts of `config.templates_file` when it names one)."""
         if name not in self._specs:
             corruptions = self.config.corruptions
-            spec = with_corruptions(
-                dataset_spec(name, self.config.data_dir or None), tuple(corruptions.names), corruptions.severity
-            )
+            spec = with_corruptions(dataset_spec(name, self.data_dir), tuple(corruptions.names), corruptions.severity)
             if spec.prepare_kind == folders.KIND and self.config.templates_file:
                 spec = dataclasses.replace(
                     spec, templates=folders.read_templates(self.config.templates_file, "config.templates_file")
                 )
-            self._specs[name] = dataclasses.replace(spec, data_dir=self.config.data_dir or None)
+            self._specs[name] = dataclasses.replace(spec, data_dir=self.data_dir)
         return self._specs[name]
 
     @property
@@ -92,7 +90,7 @@ class Run:
         return self._full(spec)
 
     def _full(self, spec: DatasetSpec):
-        return open_source(spec, self.config.data_dir or None)
+        return open_source(spec)
 
     @functools.cached_property
     def _held_out(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -8,7 +8,6 @@ checkpoints instead of the last (the record's `checkpoint`: split, step, score, 
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import Callable
 
@@ -26,11 +25,11 @@ from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.methods import Method
 from saeft_jax.stages import features, heads, probe, trained_sae
 from saeft_jax.stages.context import Run
-from saeft_jax.training.flyp import make_flyp_loss
+from saeft_jax.training import recipes
 from saeft_jax.training.loop import train_loop
 from saeft_jax.training.optim import make_optimizer
-from saeft_jax.training.step import init_state, make_loss, make_train_step
-from saeft_jax.zeroshot import build_zeroshot_head, caption_ids
+from saeft_jax.training.step import init_state, make_train_step
+from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "finetune"
 
@@ -47,36 +46,36 @@ def run_stage(run: Run, name: str) -> None:
     cfg, method = run.config.finetune, run.methods[name]
     if method.checkpoint:
         return _import(run, method)
-    model = run.model
-    if method.recipe == "linear_probe":  # the zero-shot encoder with the probe's head
-        return _publish(
-            run,
-            method,
-            {"encoder": model.image_params(), "head": probe.load_head(run)},
-            {"steps": 0, "final_loss": None, "final_ce": None},
-        )
+    training = method.recipe.build(_inputs(run, method))
+    if training.loss is None:  # nothing to train (the linear probe): the model as the recipe gives it
+        return _publish(run, method, training.params, {"steps": 0, "final_loss": None, "final_ce": None})
     source = run.source(run.train_spec)
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
-    frozen = {"encoder": model.image_params(), "sae": trained_sae.load(run, method.sae) if method.sae else None}
-    recipe = _flyp(run, method, frozen) if method.recipe == "flyp" else _classifier(run, method)
+    frozen = {
+        "encoder": run.model.image_params(),
+        "sae": trained_sae.load(run, method.sae) if method.sae else None,
+        **training.frozen,
+    }
     optimizer, schedule = make_optimizer(
         cfg.lr,
         steps,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         clip_norm=cfg.clip_norm,
-        decay_mask=recipe.decay_mask,
+        decay_mask=training.decay_mask,
     )
-    state = init_state(recipe.params, optimizer)
+    state = init_state(training.params, optimizer)
     sharding = parallel.state_shardings(state, run.mesh, fsdp=True) if cfg.fsdp else None
-    step = make_train_step(recipe.loss, optimizer, schedule, run.mesh, sharding, accumulate_steps=cfg.accumulate_steps)
+    step = make_train_step(
+        training.loss, optimizer, schedule, run.mesh, sharding, accumulate_steps=cfg.accumulate_steps
+    )
     directory = run.dir(STAGE, name)
     keep_best = cfg.select_checkpoint == "best_val"
     state, summary = train_loop(
         step,
         state,
         frozen,
-        _batches(run, method, source, recipe.templates),
+        _batches(run, method, source, training.templates),
         mesh=run.mesh,
         workdir=directory,
         total_steps=steps,
@@ -86,7 +85,7 @@ def run_stage(run: Run, name: str) -> None:
         show_progress=run.config.show_progress,
         description=f"finetune {name}",
         state_sharding=sharding,
-        validate=_validator(run, recipe),
+        validate=_validator(run, training),
         eval_every=cfg.eval_every,
         keep_best=keep_best,
     )
@@ -101,13 +100,13 @@ def run_stage(run: Run, name: str) -> None:
     _publish(
         run,
         method,
-        recipe.tuned(jax.device_get(chosen)),
+        training.tuned(jax.device_get(chosen)),
         {k: summary[k] for k in ("steps", "final_loss", "final_ce")},
         _checkpoint_record(run, summary),
     )
 
 
-def _validator(run: Run, recipe: _Recipe) -> Callable[[dict], float] | None:
+def _validator(run: Run, training: recipes.Training) -> Callable[[dict], float] | None:
     """`validate(trained params) -> score` on the validation split (the recipe's model, its metric),
     when `finetune.eval_every` asks for one; else None."""
     if not run.config.finetune.eval_every:
@@ -122,7 +121,7 @@ def _validator(run: Run, recipe: _Recipe) -> Callable[[dict], float] | None:
         global_batch=run.config.evaluate.batch_size,
         num_workers=run.config.num_workers,
     )
-    return lambda params: score(recipe.tuned(params))
+    return lambda params: score(training.tuned(params))
 
 
 def _checkpoint_record(run: Run, summary: dict) -> dict | None:
@@ -145,49 +144,22 @@ def _checkpoint_record(run: Run, summary: dict) -> dict | None:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Recipe:
-    """What a recipe trains: the initial parameters, the loss, how many caption templates the
-    batches draw from (0: none), how the trained parameters become {"encoder", "head"[, "text"]},
-    and which parameters weight decay applies to (None: all, the WiSE-FT protocol)."""
-
-    params: dict
-    loss: Callable
-    templates: int = 0
-    tuned: Callable[[dict], dict] = lambda trained: trained
-    decay_mask: Callable[[dict], dict] | None = None
-
-
-def _classifier(run: Run, method: Method) -> _Recipe:
-    """Fine-tuning (and LP-FT): the image encoder and the head, from the zero-shot head (the probe's)."""
-    head = probe.load_head(run) if method.recipe == "lp_ft" else heads.load_head(run, run.train_spec.label_space)
-    return _Recipe({"encoder": run.model.image_params(), "head": head}, _loss(run, method))
-
-
-def _flyp(run: Run, method: Method, frozen: dict) -> _Recipe:
-    """FLYP: both towers and the family's loss temperature (and bias), with the family's own
-    pre-training loss on captions of the training classes; its head is then the zero-shot head of its
-    own text tower (the training prompts, its own temperature). `finetune.flyp_logit_scale`: "clip"
-    clamps CLIP's logit_scale to [0, ln 100] and spares the scales weight decay; "flyp" leaves them
-    free and decayed, as FLYP's code."""
-    model, spec = run.model, run.train_spec
-    as_flyp = run.config.finetune.flyp_logit_scale == "flyp"
-    frozen["captions"] = caption_ids(model, spec.prompts())
-    trainable = {"encoder": model.image_params(), "text": model.text_params(), "scales": model.scale_params()}
-    loss = make_flyp_loss(model, method.penalty(), method.reg_lambda, taps=_taps(run, method), clamp_scales=not as_flyp)
-
-    def tuned(trained: dict) -> dict:
-        text = {**trained["text"], **model.published_scales(trained["scales"], clamp=not as_flyp)}
-        head = build_zeroshot_head(
-            model, spec.prompts(), params={**model.params, **text}, show_progress=run.config.show_progress
-        )
-        return {"encoder": trained["encoder"], "text": text, "head": {k: np.asarray(v) for k, v in head.items()}}
-
-    no_decay_on_scales = lambda params: {
-        **jax.tree.map(lambda _: True, params),
-        "scales": jax.tree.map(lambda _: False, params["scales"]),
-    }
-    return _Recipe(trainable, loss, len(spec.templates), tuned, None if as_flyp else no_decay_on_scales)
+def _inputs(run: Run, method: Method) -> recipes.Inputs:
+    """What method `method`'s recipe builds from: the model, the bound penalty, the training prompts, the heads."""
+    spec = run.train_spec
+    return recipes.Inputs(
+        model=run.model,
+        penalty=method.penalty(),
+        reg_lambda=method.reg_lambda,
+        taps=method.regularizer.taps(run.model.vision_layers) if method.regularizer.taps else (),
+        label_smoothing=run.config.finetune.label_smoothing,
+        prompts=spec.prompts(),
+        templates=len(spec.templates),
+        flyp_logit_scale=run.config.finetune.flyp_logit_scale,
+        show_progress=run.config.show_progress,
+        zeroshot_head=lambda: heads.load_head(run, spec.label_space),
+        probe_head=lambda: probe.load_head(run),
+    )
 
 
 def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
@@ -198,7 +170,7 @@ def made_from(run: Run, method: Method) -> tuple[tuple[str, ...], ...]:
     return (
         ("zeroshot",),
         *([("sae", method.sae)] if method.sae else []),
-        *([("probe",)] if method.uses_probe else []),
+        *([("probe",)] if method.recipe.reads_probe else []),
         *([("features",)] if cached else []),
     )
 
@@ -278,22 +250,6 @@ def _import(run: Run, method: Method) -> None:
         {"encoder": model.image_params(theirs.params), "head": {k: np.asarray(v, np.float32) for k, v in head.items()}},
         {"steps": 0, "final_loss": None, "final_ce": None},
     )
-
-
-def _loss(run: Run, method: Method):
-    """Cross-entropy plus the method's weighted penalty, tapping token features where it asks."""
-    return make_loss(
-        run.model.image_encoder(),
-        method.penalty(),
-        method.reg_lambda,
-        label_smoothing=run.config.finetune.label_smoothing,
-        taps=_taps(run, method),
-    )
-
-
-def _taps(run: Run, method: Method) -> tuple[int, ...]:
-    """The blocks whose token features the method's penalty compares (none for most)."""
-    return method.regularizer.taps(run.model.vision_layers) if method.regularizer.taps else ()
 
 
 def _batches(run: Run, method: Method, source, templates: int = 0):

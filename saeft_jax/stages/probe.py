@@ -1,6 +1,6 @@
 """Stage probe: the linear probe's head (`probe/head.safetensors`), logistic regression on the
 features stage's embeddings and labels, for the methods whose recipe reads it (the linear probe
-and LP-FT, `saeft_jax.methods.PROBE_RECIPES`). Of several L2 weights (`probe.l2s`) the one with
+and LP-FT, the recipes that declare `reads_probe`). Of several L2 weights (`probe.l2s`) the one with
 the best score on the run's validation split is kept, as the WiSE-FT and LP-FT papers choose
 theirs; `done.json` records every fit."""
 

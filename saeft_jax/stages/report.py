@@ -32,7 +32,6 @@ from saeft_jax.evaluation.analyses import (
 )
 from saeft_jax.evaluation.effects import Scorer
 from saeft_jax.evaluation.wise import alpha_key
-from saeft_jax.methods import RECIPES
 from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import browser_data, render_html, thumbnail
@@ -40,6 +39,7 @@ from saeft_jax.rendering.markdown import render_markdown, report_datasets, repor
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.stages import finetuned, heads, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
+from saeft_jax.training import recipes
 from saeft_jax.zeroshot import build_zeroshot_head
 
 STAGE = "report"
@@ -170,7 +170,7 @@ def run_stage(run: Run) -> None:
         details = {
             "setup": setup(run.config),
             "labels": {n: m.label() for n, m in run.methods.items()},
-            "recipes": dict(RECIPES),
+            "recipes": recipes.descriptions(),
             "legend": legend(),
             "runs": explanations,
             "names": _effect_names(report, sae, vocabulary) if sae is not None else {},

@@ -13,12 +13,11 @@ import ml_collections
 
 from saeft_jax import parallel
 from saeft_jax.checkpoints import Checkpoints
-from saeft_jax.config import sae_kinds
 from saeft_jax.observe import JsonLines
 from saeft_jax.rendering.plots import firing_histogram
+from saeft_jax.sae import kinds
 from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
-from saeft_jax.sae.pca import pca_basis
 from saeft_jax.sae.quality import evaluate_sae
 from saeft_jax.sae.training import train_sae
 from saeft_jax.stages.context import Run
@@ -37,9 +36,9 @@ def run_stage(run: Run, name: str) -> None:
     if run.is_writer:
         cfg = run.config.saes[name]
         directory = run.dir(STAGE, name)
-        if cfg.kind == "pca":
-            features, options = load_features(run), {"kind": "pca"}
-            sae = pca_basis(features, cfg.dict_size)
+        if not kinds.get(cfg.kind).trained:
+            features, options = load_features(run), {"kind": cfg.kind}
+            sae = kinds.get(cfg.kind).make(features, cfg)
             metrics = evaluate_sae(sae, features, mesh=parallel.data_mesh(jax.local_devices()))
             firing_histogram(metrics["firing_frequency"], directory / "firing.png", title=f"PCA basis {name}")
         else:
@@ -121,7 +120,7 @@ class EpochLog:
 def report_sae(run: Run) -> str | None:
     """The SAE whose vocabulary the report reads every method in: the first Top-K SAE (in
     `sae_names` order); None when the run has PCA bases only, which have no sparse features to read."""
-    return next((name for name, kind in sae_kinds(run.config).items() if kind == "topk"), None)
+    return next((name for name, sae in run.saes.items() if kinds.get(sae.kind).vocabulary), None)
 
 
 def load(run: Run, name: str) -> FrozenSAE:
