@@ -413,21 +413,41 @@ def test_a_pca_basis_refuses_a_k_of_its_own():
         finish(config)
 
 
-def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_its_default(tmp_path):
-    from saeft_jax import storage
-    from saeft_jax.pipeline import check_config
+def test_a_workdir_of_an_older_layout_is_refused_in_one_paragraph_naming_a_fresh_workdir(tmp_path):
+    from test_config import assert_one_paragraph, main
 
     config = finish(smoke())
     recorded = json.loads(config.to_json_best_effort())
-    del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"], recorded["wandb_project"]
-    (tmp_path / "config.json").write_text(json.dumps(recorded))
-    check_config(config, storage.path(tmp_path))  # the keys it lacks are at their defaults: the same run
-    logged = smoke()
-    logged.wandb_project = "elsewhere"  # where the curves go is no part of the run: a refused W&B start can be fixed
-    check_config(finish(logged), storage.path(tmp_path))
-    changed = finish(smoke(**{"report.browser_features": 10}))
-    with pytest.raises(UsageError, match=r"different: report.browser_features"):
-        check_config(changed, storage.path(tmp_path))
+    del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"]  # keys an older version lacked
+    recorded["finetune"]["methods"]["none"].pop("recipe")
+    recorded["sae_steps"] = 100  # a key this version does not know
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(recorded))
+    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}")
+    assert_one_paragraph(
+        result,
+        "config.json was written by another version of saeft-jax",
+        "finetune.methods.none.recipe, report.browser_features, sae_steps, saes.main.kind",
+        "Rerun with a new --workdir",
+    )
+    assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]  # refused before anything was made
+
+
+def test_a_workdir_of_this_layout_with_another_sae_or_method_is_another_config(tmp_path):
+    from saeft_jax import storage
+    from saeft_jax.pipeline import check_config
+
+    recorded = finish(smoke(**{"saes.extra": {"dict_size": 16}}))
+    (tmp_path / "config.json").write_text(recorded.to_json_best_effort())
+    with pytest.raises(UsageError, match=r"another config \(different: saes.extra.auxk, "):
+        check_config(finish(smoke()), storage.path(tmp_path))
+    other = finish(smoke(**{"finetune.methods.none.regularizer": "mse", "finetune.methods.none.reg_lambda": 1.0}))
+    with pytest.raises(
+        UsageError,
+        match=r"another config \(different: finetune.methods.none.normalize, finetune.methods.none.reg_lambda, ",
+    ):
+        check_config(other, storage.path(tmp_path))
 
 
 def test_signals_during_a_checkpoint_save_are_handled_after_it():
