@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 from absl import flags
+from conftest import smoke_config
 from ml_collections import config_flags
 
 from saeft_jax import methods, regularizers
@@ -229,9 +230,7 @@ def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, cas
 
 
 def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
-    from configs import demo
-
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     with pytest.raises(
         ConfigError,
@@ -239,18 +238,18 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
         r"add one, e.g. config.saes.pca = sae_settings\(kind='pca', dict_size=16\)",
     ):
         finish(config)
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.wrong = method("sae_add_remove", reg_lambda=1.0, sae="basis")
     with pytest.raises(ConfigError, match=r"reads an SAE of kind 'topk', but config.saes.basis is of kind 'pca'"):
         finish(config)
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     finished = finish(config)
     assert finished.finetune.methods.basis.sae == "basis" and finished.finetune.methods.sae_add_remove.sae == "main"
     assert finished.saes.basis.k == 8  # every direction of a PCA basis is a code
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.saes.main.kind = "svd"
     with pytest.raises(ConfigError, match=r"config.saes.main.kind is 'svd'"):
         finish(config)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from PIL import Image
 from test_observe import assert_curves_match
 
@@ -196,7 +196,6 @@ def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
 
 EIGHT_DEVICES = textwrap.dedent("""
     import sys, numpy as np, jax
-    sys.path.insert(0, "tests")
     from test_sae_training import sparse_mixtures
     from saeft_jax.sae.training import train_sae
     assert len(jax.devices()) == 8, jax.devices()
@@ -211,7 +210,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_same_result_on_one_and_eight_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = tmp_path / "result.npz"
     subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(out)], check=True, env=env, timeout=300)
     result = np.load(out)

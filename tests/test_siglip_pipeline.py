@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import demo_config, subprocess_env
 
 pytestmark = pytest.mark.slow  # several minutes: run with `-m slow`, as CI does
 
@@ -86,7 +86,7 @@ def test_a_siglip_imported_into_a_clip_run_is_refused_by_name(finished, tmp_path
     final = finished / "finetune" / "none" / "final"
     config = tmp_path / "imported.py"
     config.write_text(
-        f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom configs import demo\n"
+        "from configs import demo\n"
         f"from saeft_jax.config import method\n\n\ndef get_config():\n"
         f"    c = demo.get_config('smoke')\n"
         f"    c.finetune.methods.imported = method(checkpoint={str(final)!r})\n    return c\n"
@@ -103,7 +103,7 @@ def test_a_siglip_imported_into_a_clip_run_is_refused_by_name(finished, tmp_path
         "--config.demo.pretrain_steps=101",
         "--config.demo.pretrain_batch_size=8",
     ]  # past the warm-up, quickly
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=subprocess_env())
     assert result.returncode == 2, result.stderr[-3000:]
     assert "holds a siglip model" in result.stderr and "is a clip model" in result.stderr
     assert "Traceback" not in result.stderr

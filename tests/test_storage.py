@@ -127,8 +127,8 @@ def silent_bucket(monkeypatch):
 
 def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucket, monkeypatch, tmp_path, capsys):
     import fsspec
+    from conftest import smoke_config
 
-    from configs import demo
     from saeft_jax import compare
     from saeft_jax.config import finish
     from saeft_jax.pipeline import prepare_workdir, run_pipeline
@@ -139,9 +139,7 @@ def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucke
     with pytest.raises(storage.StorageError, match=r"^--workdir gs://bucket/run: its bucket did not answer within 3 s"):
         prepare_workdir("gs://bucket/run")
     assert silent_bucket and time.monotonic() - started < 6  # it did wait on the endpoint, then gave up
-    config = demo.get_config("smoke")
-    config.data_dir = "gs://bucket/data"
-    config = finish(config)
+    config = finish(smoke_config(data_dir="gs://bucket/data"))
     started = time.monotonic()
     with pytest.raises(storage.StorageError, match=r"^config.data_dir gs://bucket/data: its bucket did not answer"):
         run_pipeline(config, tmp_path / "run")
