@@ -289,7 +289,8 @@ PROBES = [
 ]
 
 
-def smoke_config(shared):
+def faults_config(shared):
+    """The smoke config whose data and cached model are those of the `shared` run."""
     return demo_config(Path(shared["data_dir"]).parent)
 
 
@@ -305,7 +306,7 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
         for consumer in consumers:
             (workdir / consumer / "done.json").unlink()
         try:
-            run_pipeline(smoke_config(shared), workdir)
+            run_pipeline(faults_config(shared), workdir)
             outcome = "rebuilt on the rerun"
         except UsageError as error:  # the command line's exit 2 with this paragraph
             outcome = f"named: {str(error)[:140]}..."
@@ -314,7 +315,7 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
             if advice == "delete as named":
                 assert "non-finite" in str(error), str(error)
                 shutil.rmtree(re.search(r"Delete (\S+) and its stage makes it again", str(error)).group(1))
-            run_pipeline(smoke_config(shared), workdir)  # the advice works
+            run_pipeline(faults_config(shared), workdir)  # the advice works
         outcomes.append(f"{what}: {outcome}")
         assert fingerprints(workdir) == fingerprints(reference), what
         report = json.loads((workdir / "report" / "report.json").read_text())
@@ -388,7 +389,7 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
     from saeft_jax.errors import ConfigError, UsageError
     from saeft_jax.pipeline import run_pipeline
 
-    config = smoke_config(shared)
+    config = faults_config(shared)
     for stages, needs in (
         (("report",), "evaluate/none, evaluate/sae_add_remove"),
         (("sae",), "features"),
@@ -398,13 +399,13 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
             config.stages = stages
         with pytest.raises(UsageError, match=rf"is made from {re.escape(needs)}, which .* not complete"):
             run_pipeline(config, tmp_path / "empty")
-    refused = smoke_config(shared)
+    refused = faults_config(shared)
     with refused.unlocked():
         refused.saes.main.batch_size = 100_000
     with pytest.raises(ConfigError, match="exceeds the .* training embeddings"):
         run_pipeline(refused, tmp_path / "refused")
     assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused
-    assert run_pipeline(smoke_config(shared), tmp_path / "refused") is not None  # the report is made
+    assert run_pipeline(faults_config(shared), tmp_path / "refused") is not None  # the report is made
     with config.unlocked():
         config.stages = ("zeroshot",)
     assert run_pipeline(config, tmp_path / "refused") is not None  # only zeroshot, complete: the report stands
