@@ -251,15 +251,22 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
         driver.quit()
 
 
-def test_the_fine_tuned_model_opens_in_transformers(finished):
+def test_the_exported_model_gives_in_transformers_the_embeddings_of_the_jax_encoder(finished, tmp_path):
     import torch
     import transformers
+    from test_clip import rel_err
 
-    model = transformers.CLIPModel.from_pretrained(finished / "finetune" / "sae_add_remove" / "final")
+    from saeft_jax import export, models
+
+    out = tmp_path / "hf"
+    assert export.main([str(finished), "--method", "sae_add_remove", "--format", "hf", "--out", str(out)]) == 0
+    ours = models.load(finished / "finetune" / "sae_add_remove" / "final")  # the run's fine-tuned parameters
+    exported = transformers.CLIPModel.from_pretrained(out).eval()
+    pixels = np.random.default_rng(0).normal(size=(4, 24, 24, 3)).astype(np.float32)  # CLIP-normalised, NHWC
     with torch.no_grad():
-        out = model.get_image_features(pixel_values=torch.zeros(1, 3, 24, 24))
-    out = out.pooler_output if hasattr(out, "pooler_output") else out
-    assert out.shape == (1, 64) and torch.isfinite(out).all()
+        features = exported.get_image_features(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    theirs = (features.pooler_output if hasattr(features, "pooler_output") else features).numpy()
+    assert theirs.shape == (4, 64) and rel_err(ours.encode_image(pixels), theirs) < 1e-5
 
 
 def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, capsys):

@@ -70,10 +70,23 @@ def test_flyp_trains_siglips_temperature_and_bias_and_publishes_a_siglip(finishe
 
 
 def test_export_and_refusals(finished, tmp_path):
-    from saeft_jax import export
+    import torch
+    import transformers
+    from test_clip import rel_err
+
+    from saeft_jax import export, models, storage
 
     assert export.main([str(finished), "--method", "flyp", "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
-    assert (tmp_path / "hf" / "head.safetensors").exists() and (tmp_path / "hf" / "model.safetensors").exists()
+    head = storage.load_safetensors(storage.path(tmp_path / "hf" / "head.safetensors"))
+    saved = storage.load_safetensors(storage.path(finished / "finetune" / "flyp" / "head.safetensors"))
+    assert head.keys() == saved.keys() and all(np.array_equal(head[k], saved[k]) for k in head)
+    ours = models.load(finished / "finetune" / "flyp" / "final")  # the run's fine-tuned parameters
+    exported = transformers.SiglipModel.from_pretrained(tmp_path / "hf").eval()
+    pixels = np.random.default_rng(0).normal(size=(4, 24, 24, 3)).astype(np.float32)  # normalised, NHWC
+    with torch.no_grad():
+        out = exported.get_image_features(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    theirs = (out.pooler_output if hasattr(out, "pooler_output") else out).numpy()
+    assert rel_err(ours.encode_image(pixels), theirs) < 1e-5
     assert (
         export.main([str(finished), "--method", "flyp", "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 2
     )  # SigLIP has no open_clip layout here
