@@ -11,14 +11,13 @@ import textwrap
 
 import pytest
 from absl import flags
-from conftest import smoke_config
+from conftest import ROOT, smoke_config
 from ml_collections import config_flags
 
 from saeft_jax import methods, regularizers
 from saeft_jax.config import finish, method, sae_kinds, sae_names, sae_settings
 from saeft_jax.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY_REGULARIZER = textwrap.dedent("""
     import ml_collections
     from saeft_jax import regularizers

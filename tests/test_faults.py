@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import ROOT, demo_config
 
 pytestmark = pytest.mark.slow  # about eight minutes on 2 CPU cores: run with `-m slow`, as CI does
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = (
     "zeroshot",
     "features",

@@ -9,12 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import ROOT, demo_config
 from PIL import Image
 
 pytestmark = pytest.mark.slow  # about three minutes: run with `-m slow`, as CI does
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def code_shift(f, f0, *, sae, scale: float = 1.0):

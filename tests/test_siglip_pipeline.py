@@ -5,17 +5,15 @@ the export command, and a SigLIP model imported as a method into a CLIP run refu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import demo_config, subprocess_env
+from conftest import ROOT, demo_config, subprocess_env
 
 pytestmark = pytest.mark.slow  # several minutes: run with `-m slow`, as CI does
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ("none", "sae_add_remove", "linear_probe", "lp_ft", "flyp")
 
 

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from saeft_jax import storage
 from saeft_jax.observe import JsonLines
@@ -167,7 +168,6 @@ def test_gcsfs_waits_a_bounded_time_per_request_and_logs_no_traceback(caplog):
 
 
 def _command_line(workdir: str, *extra: str) -> subprocess.Popen:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.Popen(
         [
             sys.executable,
@@ -178,7 +178,7 @@ def _command_line(workdir: str, *extra: str) -> subprocess.Popen:
             "--config.show_progress=False",
             *extra,
         ],
-        cwd=root,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
