@@ -110,11 +110,6 @@ class Checkpoints:
         """True when the cluster (e.g. a TPU maintenance event) asks every process to save now."""
         return self._manager.reached_preemption(step)
 
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        with self._storage_errors("finishing a checkpoint save"):
-            self._manager.wait_until_finished()
-
     def close(self) -> None:
         """Finishes pending saves, records their file sizes and releases the manager."""
         with self._storage_errors("finishing a checkpoint save"):

@@ -45,7 +45,9 @@ def _read_json(path: epath.Path, keys: tuple[str, ...]) -> dict[str, Any]:
     it (when its completion mark lists it) and hold `keys`; otherwise a usage error naming the file."""
     recorded = _recorded_digests(path.parent).get(path.name)
     data = None
-    if recorded is not None and storage.digest(path) != recorded:
+    if not path.exists():
+        problem = "it is missing"
+    elif recorded is not None and storage.digest(path) != recorded:
         problem = "it does not match the size and SHA-256 its report stage recorded"
     else:
         try:
@@ -96,19 +98,13 @@ def read_sae(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def read_browser(workdir: str, report: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's feature browser data (None for a run without an SAE, or whose report predates the
-    browser: compare then says so)."""
-    path = storage.path(workdir) / "report" / BROWSER_FILE
+    """A run's feature browser data (None for a run without an SAE)."""
     if not report.get("sae"):
         return None
-    if not path.exists():
-        print(
-            f"note: {workdir} has no feature browser ({path} is missing: its report was made before report.html "
-            f"existed); delete its report/ and rerun its pipeline to add its features.",
-            file=sys.stderr,
-        )
-        return None
-    return _read_json(path, ("sae_digest", "dataset", "methods", "changed", "cards", "images"))
+    return _read_json(
+        storage.path(workdir) / "report" / BROWSER_FILE,
+        ("sae_digest", "dataset", "methods", "changed", "cards", "images"),
+    )
 
 
 def merge_browsers(browsers: dict[str, dict[str, Any] | None], names: dict[str, dict[str, str]]) -> list[dict]:

@@ -13,7 +13,7 @@ from etils import epath
 from saeft_jax import models
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.models import clip_family, weights
-from saeft_jax.models.clip import CLIP, CLIPConfig
+from saeft_jax.models.clip import CLIP
 from saeft_jax.models.clip_family import config_to_hf  # noqa: F401  (a public name of this module)
 from saeft_jax.models.family import constant
 from saeft_jax.models.weights import CheckpointError  # noqa: F401  (a public name of this module)
@@ -37,11 +37,6 @@ def save_clip(
     spec = image_spec or ImageSpec(size=model.config.vision.image_size)
     family = clip_family.ClipFamily()
     return models.Model(family, model.config, params, constant(tokenizer), spec).save(out_dir, "hf", overwrite=True)
-
-
-def read_config(name_or_path: str | os.PathLike) -> CLIPConfig:
-    """The `CLIPConfig` of a transformers-layout CLIP checkpoint."""
-    return clip_family.read_hf_config(weights.resolve(name_or_path))
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:

@@ -21,7 +21,7 @@ from saeft_jax.config import RunConfig, base_config
 from saeft_jax.data.registry import CORRUPTED, suite
 from saeft_jax.data.sources import resolve_data_dir
 from saeft_jax.errors import UsageError
-from saeft_jax.sae import kinds
+from saeft_jax.methods import SETTINGS
 from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
 from saeft_jax.training import recipes
@@ -66,20 +66,41 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
                 f"the same config. If it does, delete {path} and rerun; otherwise use a new "
                 f"--workdir."
             ) from error
+        _check_layout(_flat(recorded), _flat(resolved), path)
         ignored = OPERATIONAL | _unread(config, _flat(recorded) | _flat(resolved))
         before = {k: v for k, v in _flat(recorded).items() if k not in ignored}
         now = {k: v for k, v in _flat(resolved).items() if k not in ignored}
-        defaults = _flat(json.loads(base_config().to_json_best_effort()))
-        differ = sorted(
-            k
-            for k in before.keys() | now.keys()
-            if before.get(k, _default(k, defaults)) != now.get(k, _default(k, defaults))
-        )
+        differ = sorted(k for k in before.keys() | now.keys() if before.get(k, _MISSING) != now.get(k, _MISSING))
         if differ:
             raise UsageError(
                 f"{workdir} holds a run with another config (different: {', '.join(differ)}). Use a new "
                 f"--workdir, or the same config to continue that run."
             )
+
+
+_MISSING = object()  # a key on one side only: it differs
+
+
+def _check_layout(recorded: dict, resolved: dict, path: epath.Path) -> None:
+    """Refuses a config.json written by another version of this package: one that lacks a key this
+    version writes in every config (or holds one it no longer knows), in a section both configs have."""
+    named = ("saes.", "finetune.methods.")  # sections keyed by the user's names, each entry with its settings
+    fixed = {k for k in _flat(json.loads(base_config().to_json_best_effort())) if not k.startswith(named)}
+    settings = {k.split(".")[-1] for k in resolved if k.startswith("saes.")}
+    wanted = fixed | {
+        f"{prefix}{name}.{setting}"
+        for prefix, keys in (("saes.", settings), ("finetune.methods.", SETTINGS))
+        for name in {k[len(prefix) :].split(".")[0] for k in recorded if k.startswith(prefix)}
+        for setting in keys
+    }
+    unknown = {k for k in recorded if not k.startswith(named)} - fixed
+    missing = wanted - set(recorded)
+    if missing or unknown:
+        listed = ", ".join(sorted(missing | unknown))
+        raise UsageError(
+            f"{path} was written by another version of saeft-jax (keys missing or unknown to this version: "
+            f"{listed}), whose workdirs this version does not continue. Rerun with a new --workdir."
+        )
 
 
 def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
@@ -93,21 +114,6 @@ def _unread(config: ml_collections.ConfigDict, keys: dict) -> set[str]:
     corrupted = bool(set(CORRUPTED) & {config.train_dataset, in_distribution, *shifts})
     unread = ([] if probed else ["probe."]) + ([] if corrupted else ["corruptions."])
     return {key for key in keys if any(key.startswith(prefix) for prefix in unread)}
-
-
-def _default(key: str, defaults: dict):
-    """The default of a dotted config key, from `defaults` (base_config, flat) or, for
-    `saes.<name>.<setting>`, the SAE settings' defaults: what a config recorded before the key
-    existed ran with."""
-    parts = key.split(".")
-    if parts[0] == "saes" and len(parts) == 3:
-        return kinds.DEFAULTS.get(parts[2], _MISSING)
-    if parts[:2] == ["finetune", "methods"] and parts[3:] == ["recipe"]:
-        return recipes.DEFAULT
-    return defaults.get(key, _MISSING)
-
-
-_MISSING = object()  # a key without a default: present on one side only, it differs
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:

@@ -46,27 +46,42 @@ import_torchvision_beside_cpu_torch()  # before any test imports transformers' P
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_config(base, variant: str = "smoke", methods: dict | None = None, **changes):
-    """`configs/demo.py:<variant>`, quiet, its data and cached model under `base` (so the tests of
-    a session share them), `methods` added, `changes` set by dotted key, checked by `finish`."""
-    import sys
+def subprocess_env(**changes: str) -> dict[str, str]:
+    """This environment with `changes`, the repository and tests/ on PYTHONPATH: a child Python
+    imports `saeft_jax`, `configs` and the test modules as pytest's `pythonpath` lets the tests do."""
+    paths = [ROOT, os.path.join(ROOT, "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **changes}
 
-    sys.path.insert(0, ROOT)
+
+def smoke_config(variant: str = "smoke", **changes):
+    """`configs/demo.py:<variant>` with `changes` set by dotted key ("finetune.lr": 0.5), not yet
+    checked by `finish`."""
     from configs import demo
-    from saeft_jax.config import finish
 
-    config = demo.get_config(variant)
-    config.show_progress = False
-    config.data_dir, config.demo.cache_dir = str(base / "data"), str(base / "cache")
-    for name, entry in (methods or {}).items():
-        config.finetune.methods[name] = entry
+    return set_keys(demo.get_config(variant), changes)
+
+
+def set_keys(config, changes: dict):
+    """`config` with each dotted key of `changes` set to its value."""
     for key, value in changes.items():
         target = config
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target[parent]
         target[leaf] = value
-    return finish(config)
+    return config
+
+
+def demo_config(base, variant: str = "smoke", methods: dict | None = None, **changes):
+    """`configs/demo.py:<variant>`, quiet, its data and cached model under `base` (so the tests of
+    a session share them), `methods` added, `changes` set by dotted key, checked by `finish`."""
+    from saeft_jax.config import finish
+
+    config = smoke_config(variant, show_progress=False, data_dir=str(base / "data"))
+    config.demo.cache_dir = str(base / "cache")
+    for name, entry in (methods or {}).items():
+        config.finetune.methods[name] = entry
+    return finish(set_keys(config, changes))
 
 
 def random_hf_clip(shape: CLIPConfig, hidden_act: str = "quick_gelu", seed: int = 0, **text_overrides):

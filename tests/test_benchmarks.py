@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # two B/16 towers built in JAX and in PyTorch: about a minute each
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_benchmark(module: str, out, *args: str) -> dict:

@@ -9,6 +9,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from conftest import smoke_config
 from test_loop import Sabotage, batches, make_run
 
 from saeft_jax import parallel
@@ -111,26 +112,19 @@ def test_ties_go_to_the_earlier_step(run, tmp_path):
     assert_same(summary["best"]["params"], stopped["params"])
 
 
-def smoke(**changes):
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import demo
-
-    config = demo.get_config("smoke")
-    for key, value in changes.items():
-        config.finetune[key] = value
-    return config
-
-
 @pytest.mark.parametrize(
     "changes, says",
     [
-        ({"select_checkpoint": "best"}, "config.finetune.select_checkpoint is 'best', which cannot work"),
-        ({"select_checkpoint": "best_val"}, "select_checkpoint is 'best_val', but config.finetune.eval_every is 0"),
-        ({"eval_every": 10, "val_dataset": ""}, "eval_every is 10, but this run has no validation split"),
-        ({"eval_every": -1}, "config.finetune.eval_every is -1"),
+        ({"finetune.select_checkpoint": "best"}, "config.finetune.select_checkpoint is 'best', which cannot work"),
+        (
+            {"finetune.select_checkpoint": "best_val"},
+            "select_checkpoint is 'best_val', but config.finetune.eval_every is 0",
+        ),
+        (
+            {"finetune.eval_every": 10, "finetune.val_dataset": ""},
+            "eval_every is 10, but this run has no validation split",
+        ),
+        ({"finetune.eval_every": -1}, "config.finetune.eval_every is -1"),
     ],
 )
 def test_unworkable_selection_settings_are_refused_naming_the_key(changes, says):
@@ -138,8 +132,9 @@ def test_unworkable_selection_settings_are_refused_naming_the_key(changes, says)
     from saeft_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(says)):
-        finish(smoke(**changes))
-    assert finish(smoke(eval_every=10, select_checkpoint="best_val")).config.finetune.select_checkpoint == "best_val"
+        finish(smoke_config(**changes))
+    best = smoke_config(**{"finetune.eval_every": 10, "finetune.select_checkpoint": "best_val"})
+    assert finish(best).config.finetune.select_checkpoint == "best_val"
 
 
 def test_eval_every_beyond_the_run_exits_2_with_one_paragraph_before_any_stage(tmp_path):

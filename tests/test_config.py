@@ -11,14 +11,13 @@ import textwrap
 
 import pytest
 from absl import flags
+from conftest import ROOT, smoke_config
 from ml_collections import config_flags
 
-from configs import demo
 from saeft_jax import methods, regularizers
 from saeft_jax.config import finish, method, sae_settings
 from saeft_jax.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY_REGULARIZER = textwrap.dedent("""
     import ml_collections
     from saeft_jax import regularizers
@@ -74,7 +73,7 @@ def test_methods_are_filled_with_the_declared_defaults():
     entry = method("sae_kl", reg_lambda=3.0, lambda_kl=0.5)
     given = {"recipe": "finetune", "regularizer": "sae_kl", "reg_lambda": 3.0, "sae": "", "checkpoint": ""}
     assert dict(entry) == {**given, "lambda_kl": 0.5}  # what it sets; finish fills the rest
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.finetune.methods.kl = entry
     assert finish(config).config.finetune.methods.kl.to_dict() == {
         **given,
@@ -234,7 +233,7 @@ def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, cas
 
 
 def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     with pytest.raises(
         ConfigError,
@@ -242,12 +241,12 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
         r"add one, e.g. config.saes.pca = sae_settings\(kind='pca', dict_size=16\)",
     ):
         finish(config)
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.wrong = method("sae_add_remove", reg_lambda=1.0, sae="basis")
     with pytest.raises(ConfigError, match=r"reads an SAE of kind 'topk', but config.saes.basis is of kind 'pca'"):
         finish(config)
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.saes.basis = sae_settings(kind="pca", dict_size=8)
     config.finetune.methods.basis = method("pca", reg_lambda=1.0)
     finished = finish(config)
@@ -256,7 +255,7 @@ def test_a_penalty_is_given_an_sae_of_the_kind_it_reads():
     assert (
         finished.saes["basis"].k == 8 and finished.config.saes.basis.k == 8
     )  # every direction of a PCA basis is a code
-    config = demo.get_config("smoke")
+    config = smoke_config()
     config.saes.main.kind = "svd"
     with pytest.raises(ConfigError, match=r"config.saes.main.kind is 'svd'"):
         finish(config)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import ROOT, demo_config
 
 pytestmark = pytest.mark.slow  # about eight minutes on 2 CPU cores: run with `-m slow`, as CI does
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = (
     "zeroshot",
     "features",
@@ -289,7 +288,9 @@ PROBES = [
 ]
 
 
-def smoke_config(shared, **changes):
+def faults_config(shared, **changes):
+    """The smoke config whose data and cached model are those of the `shared` run, with `changes`
+    set by dotted key, checked by `finish`."""
     return demo_config(Path(shared["data_dir"]).parent, **changes)
 
 
@@ -305,7 +306,7 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
         for consumer in consumers:
             (workdir / consumer / "done.json").unlink()
         try:
-            run_pipeline(smoke_config(shared), workdir)
+            run_pipeline(faults_config(shared), workdir)
             outcome = "rebuilt on the rerun"
         except UsageError as error:  # the command line's exit 2 with this paragraph
             outcome = f"named: {str(error)[:140]}..."
@@ -314,7 +315,7 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
             if advice == "delete as named":
                 assert "non-finite" in str(error), str(error)
                 shutil.rmtree(re.search(r"Delete (\S+) and its stage makes it again", str(error)).group(1))
-            run_pipeline(smoke_config(shared), workdir)  # the advice works
+            run_pipeline(faults_config(shared), workdir)  # the advice works
         outcomes.append(f"{what}: {outcome}")
         assert fingerprints(workdir) == fingerprints(reference), what
         report = json.loads((workdir / "report" / "report.json").read_text())
@@ -394,12 +395,12 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
         (("evaluate",), "finetune/none, zeroshot"),
     ):
         with pytest.raises(UsageError, match=rf"is made from {re.escape(needs)}, which .* not complete"):
-            run_pipeline(smoke_config(shared, stages=stages), tmp_path / "empty")
-    refused = smoke_config(shared, **{"saes.main.batch_size": 100_000})
+            run_pipeline(faults_config(shared, stages=stages), tmp_path / "empty")
+    refused = faults_config(shared, **{"saes.main.batch_size": 100_000})
     with pytest.raises(ConfigError, match="exceeds the .* training embeddings"):
         run_pipeline(refused, tmp_path / "refused")
     assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused
-    assert run_pipeline(smoke_config(shared), tmp_path / "refused") is not None  # the report is made
+    assert run_pipeline(faults_config(shared), tmp_path / "refused") is not None  # the report is made
     assert (
-        run_pipeline(smoke_config(shared, stages=("zeroshot",)), tmp_path / "refused") is not None
+        run_pipeline(faults_config(shared, stages=("zeroshot",)), tmp_path / "refused") is not None
     )  # only zeroshot, complete: the report stands

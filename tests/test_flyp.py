@@ -4,7 +4,6 @@ same loss over the global batch on 1 device, 8 devices and 2 processes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, subprocess_env
 
 from saeft_jax import regularizers
 from saeft_jax.data.preprocess import ImageSpec
@@ -100,7 +99,6 @@ def test_each_image_is_paired_with_the_caption_of_its_label_under_its_template()
 # Three FLYP steps on the same global batch, its rows split over the processes, on every device.
 WORKER = """
 import json, sys
-sys.path.insert(0, "tests")
 from saeft_jax import distributed
 process_id, processes, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 if processes > 1:
@@ -134,7 +132,7 @@ def run_workers(processes: int, devices_each: int) -> list[dict]:
     from test_multihost import free_port
 
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
+    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     workers = [
         subprocess.Popen(

@@ -14,8 +14,8 @@ import subprocess
 import tomllib
 
 import pytest
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH = os.path.join(ROOT, "launch", "slurm.sbatch")
 # Recorded by a stand-in: its arguments, each ended by a NUL byte, one call after another.
 RECORD = 'printf \'%s\\0\' "$@" >> "$CALLS/$(basename "$0")"; printf \'\\n\' >> "$CALLS/$(basename "$0")"'

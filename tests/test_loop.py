@@ -10,6 +10,7 @@ import grain
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from test_observe import assert_curves_match
 from test_train_step import make_step, setup_run
 
@@ -131,7 +132,6 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(run, tmp_pat
 
 CHILD = """
 import sys, time
-sys.path.insert(0, "tests")
 import test_loop
 class Slow(test_loop.Sabotage):
     def __next__(self):
@@ -150,7 +150,7 @@ def test_sigkill_at_a_random_step_then_rerun_matches_uninterrupted(run, tmp_path
 
     kill_after = int(np.random.default_rng().integers(1, TOTAL))
     print(f"killing the child after step {kill_after}")  # shown when the test fails
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "killed")])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "killed")], env=subprocess_env())
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and child.poll() is None:

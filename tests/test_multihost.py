@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 WORKER = """
 import json, sys
-sys.path.insert(0, "tests")
 from saeft_jax import distributed
 process_id, processes, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 explicit = processes > 1 and port != "slurm"  # under a simulated srun the environment says it all
@@ -53,7 +53,6 @@ print("RESULT " + json.dumps({"losses": losses, "joined": joined, "processes": j
 
 STOPPER = """
 import json, os, signal, sys
-sys.path.insert(0, "tests")
 from saeft_jax import distributed
 process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
@@ -94,12 +93,9 @@ def free_port() -> int:
 
 
 def start(process_id: int, processes: int, port: int | str, devices: int, **extra_env: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        **extra_env,
-    }
+    env = subprocess_env(
+        JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra_env
+    )
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(process_id), str(processes), str(port)],
@@ -178,7 +174,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(
     from saeft_jax.checkpoints import Checkpoints
 
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     workers = [
         subprocess.Popen(

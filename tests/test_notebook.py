@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # about two minutes: the smoke pipeline and an editable reinstall
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_colab_notebook_runs_as_written_and_shows_the_report(tmp_path_factory, monkeypatch):

@@ -129,17 +129,13 @@ def test_curves_go_to_wandb_offline_too(tmp_path, monkeypatch):
 
 
 def test_a_wandb_project_without_wandb_is_a_config_error(monkeypatch):
-    import sys
+    from conftest import smoke_config
 
     from saeft_jax import config as config_module
     from saeft_jax.errors import ConfigError
 
-    sys.path.insert(0, ".")
-    from configs import demo
-
     monkeypatch.setattr(config_module, "_wandb_installed", lambda: False)
-    c = demo.get_config("smoke")
-    c.wandb_project = "mine"
+    c = smoke_config(wandb_project="mine")
     with pytest.raises(ConfigError, match=r"config.wandb_project is 'mine'.*pip install wandb"):
         config_module.finish(c)
 

@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, smoke_config
 from PIL import Image
 
 from saeft_jax.data import folders, prepare, registry, sources
 from saeft_jax.errors import UsageError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = {"one": 1, "two": 2, "zero": 0}  # class folder -> digit, the folders in the (sorted) order of their labels
 DIGIT_CLASSES = tuple(DIGITS)
 
@@ -140,19 +140,9 @@ def test_templates_files_are_checked_and_the_config_one_replaces_the_preparation
     good.write_text("a drawing of a {}.\n")
     from saeft_jax.config import finish
 
-    run = Run(finish(smoke_config(data_dir, templates_file=str(good))), tmp_path / "w")
+    run = Run(finish(smoke_config(data_dir=str(data_dir), templates_file=str(good))), tmp_path / "w")
     assert run.spec("digits_mine/test").templates == ("a drawing of a {}.",)
     assert run.spec("cifar10").templates == ("a photo of a {}.",)  # only folder datasets take it
-
-
-def smoke_config(data_dir, **changes):
-    sys.path.insert(0, ROOT)
-    from configs import demo
-
-    config = demo.get_config("smoke")
-    config.data_dir = str(data_dir)
-    config.update(changes)
-    return config
 
 
 def main(*args, timeout: int = 300):
@@ -207,7 +197,7 @@ def test_a_config_method_that_only_names_a_checkpoint_is_the_method_of_that_chec
 
     finished = []
     for entry in ({"checkpoint": "/models/mine"}, methods.method(checkpoint="/models/mine")):
-        config = smoke_config("")
+        config = smoke_config(data_dir="")
         config.finetune.methods = ml_collections.ConfigDict({"elsewhere": entry})
         finished.append(finish(config).config.finetune.methods.to_dict())
     assert finished[0] == finished[1]  # as a config file writes it, and as method(...) builds it

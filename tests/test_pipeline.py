@@ -9,12 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import ROOT, demo_config
 from PIL import Image
 
 pytestmark = pytest.mark.slow  # about three minutes: run with `-m slow`, as CI does
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def code_shift(f, f0, *, sae, scale: float = 1.0):
@@ -35,7 +33,8 @@ def registered():
     del regularizers.REGISTRY["code_shift"]
 
 
-def smoke_config(tmp_path_factory, **changes):
+def pipeline_config(tmp_path_factory, **changes):
+    """The smoke config of this module's runs, `changes` set by dotted key."""
     from saeft_jax.config import method, sae_settings
 
     # a third method: the test's own regularizer, fed raw embeddings as the reference code does;
@@ -57,7 +56,7 @@ def finished(tmp_path_factory):
     from saeft_jax.pipeline import run_pipeline
 
     workdir = tmp_path_factory.mktemp("smoke")
-    run_pipeline(smoke_config(tmp_path_factory), workdir)
+    run_pipeline(pipeline_config(tmp_path_factory), workdir)
     return workdir
 
 
@@ -250,22 +249,29 @@ def test_the_html_report_in_a_real_browser(finished, tmp_path):
         driver.quit()
 
 
-def test_the_fine_tuned_model_opens_in_transformers(finished):
+def test_the_exported_model_gives_in_transformers_the_embeddings_of_the_jax_encoder(finished, tmp_path):
     import torch
     import transformers
+    from test_clip import rel_err
 
-    model = transformers.CLIPModel.from_pretrained(finished / "finetune" / "sae_add_remove" / "final")
+    from saeft_jax import export, models
+
+    out = tmp_path / "hf"
+    assert export.main([str(finished), "--method", "sae_add_remove", "--format", "hf", "--out", str(out)]) == 0
+    ours = models.load(finished / "finetune" / "sae_add_remove" / "final")  # the run's fine-tuned parameters
+    exported = transformers.CLIPModel.from_pretrained(out).eval()
+    pixels = np.random.default_rng(0).normal(size=(4, 24, 24, 3)).astype(np.float32)  # CLIP-normalised, NHWC
     with torch.no_grad():
-        out = model.get_image_features(pixel_values=torch.zeros(1, 3, 24, 24))
-    out = out.pooler_output if hasattr(out, "pooler_output") else out
-    assert out.shape == (1, 64) and torch.isfinite(out).all()
+        features = exported.get_image_features(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    theirs = (features.pooler_output if hasattr(features, "pooler_output") else features).numpy()
+    assert theirs.shape == (4, 64) and rel_err(ours.encode_image(pixels), theirs) < 1e-5
 
 
 def test_rerun_of_a_finished_workdir_does_no_work(finished, tmp_path_factory, capsys):
     from saeft_jax.pipeline import run_pipeline
 
     stamps = {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")}
-    run_pipeline(smoke_config(tmp_path_factory), finished)
+    run_pipeline(pipeline_config(tmp_path_factory), finished)
     out = capsys.readouterr().out
     assert "running" not in out and out.count("complete, skipped") == 13  # 2 SAEs, 4 methods trained and scored
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("done.json")} == stamps
@@ -288,9 +294,9 @@ def test_stopped_between_stages_then_rerun_in_a_bucket_gives_the_same_fingerprin
         "finetune.methods": ml_collections.ConfigDict({"sae_add_remove": method("sae_add_remove", reg_lambda=100.0)}),
         "data_dir": f"{bucket}/tensorflow_datasets",
     }
-    run_pipeline(smoke_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
+    run_pipeline(pipeline_config(tmp_path_factory, stages=("zeroshot", "features", "sae"), **only), str(workdir))
     assert not (workdir / "finetune").exists() and (workdir / "sae" / "main" / "done.json").exists()
-    run_pipeline(smoke_config(tmp_path_factory, **only), str(workdir))
+    run_pipeline(pipeline_config(tmp_path_factory, **only), str(workdir))
     assert (workdir / "finetune" / "sae_add_remove" / "checkpoints").is_dir()  # Orbax wrote to the bucket too
     demo_data = list(storage.path(f"{bucket}/tensorflow_datasets/saeft").glob("demo_digits-*"))
     assert demo_data and (demo_data[0] / "info.json").exists()  # the data were written to and read from it
@@ -318,8 +324,8 @@ def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
         "demo.enabled": False,
     }
     with pytest.raises(ConfigError, match=r"warmup_steps \(6\) must be below config.finetune.steps \(4\)"):
-        smoke_config(tmp_path_factory, **changes)
-    config = smoke_config(tmp_path_factory, **changes, **{"finetune.warmup_steps": 1})
+        pipeline_config(tmp_path_factory, **changes)
+    config = pipeline_config(tmp_path_factory, **changes, **{"finetune.warmup_steps": 1})
     model_path = json.loads((finished / "report" / "report.json").read_text())["model"]
     finetuned.run_stage(Run(config, workdir, model_path), "sae_add_remove")
     done = json.loads((workdir / "finetune" / "sae_add_remove" / "done.json").read_text())
@@ -330,7 +336,7 @@ def test_a_workdir_of_another_config_is_refused(finished, tmp_path_factory):
     from saeft_jax.pipeline import UsageError, run_pipeline
 
     with pytest.raises(UsageError, match="another config.*finetune.lr"):
-        run_pipeline(smoke_config(tmp_path_factory, **{"finetune.lr": 0.5}), finished)
+        run_pipeline(pipeline_config(tmp_path_factory, **{"finetune.lr": 0.5}), finished)
 
 
 def test_unknown_datasets_and_unloadable_checkpoints_are_named(finished, tmp_path_factory):
@@ -339,12 +345,12 @@ def test_unknown_datasets_and_unloadable_checkpoints_are_named(finished, tmp_pat
 
     with pytest.raises(UsageError, match="config.train_dataset / config.eval_suite: unknown dataset 'nope'"):
         run_pipeline(
-            smoke_config(tmp_path_factory, **{"train_dataset": "nope", "demo.enabled": False}),
+            pipeline_config(tmp_path_factory, **{"train_dataset": "nope", "demo.enabled": False}),
             tmp_path_factory.mktemp("unknown"),
         )
     broken = tmp_path_factory.mktemp("broken_model")
     (broken / "config.json").write_text("{}")
-    config = smoke_config(tmp_path_factory, **{"model": str(broken), "demo.enabled": False})  # demo data registered
+    config = pipeline_config(tmp_path_factory, **{"model": str(broken), "demo.enabled": False})  # demo data registered
     with pytest.raises(CheckpointError, match=str(broken)):
         run_pipeline(config, tmp_path_factory.mktemp("no_model"))
 
@@ -387,7 +393,7 @@ def test_a_method_from_a_checkpoint_reproduces_the_method_that_trained_it(finish
     shutil.copy(finished / "finetune" / "sae_add_remove" / "head.safetensors", elsewhere)
     imported = {"finetune.methods": ml_collections.ConfigDict({"imported": method(checkpoint=str(elsewhere))})}
     workdir = tmp_path_factory.mktemp("imported")
-    run_pipeline(smoke_config(tmp_path_factory, **imported), workdir)
+    run_pipeline(pipeline_config(tmp_path_factory, **imported), workdir)
     theirs = json.loads((workdir / "report" / "report.json").read_text())["runs"]["imported"]
     ours = json.loads((finished / "report" / "report.json").read_text())["runs"]["sae_add_remove"]
     assert theirs["fingerprint"] == ours["fingerprint"] and theirs["method"] == {"checkpoint": str(elsewhere)}

@@ -7,9 +7,10 @@ import importlib.util
 import os
 import shlex
 
+from conftest import ROOT
+
 from saeft_jax.config import finish
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_COMMAND = """python src/training.py --train-dataset=ImageNet --model=ViT-B/16
     --template=openai_imagenet_template --epochs=10 --lr=1e-5 --batch-size=32
     --data-location=/path/to/imagenet --reg_type=sae_mask --reg_lambda=70

@@ -15,29 +15,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT, smoke_config
 from etils import epath
 
 from saeft_jax import storage, workdir_lock
 from saeft_jax.config import finish, method
 from saeft_jax.errors import ConfigError, UsageError
 from saeft_jax.stages import completion
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-
-def smoke(**changes):
-    """The smoke config with `changes` ("a.b": value) applied, not yet finished."""
-    from configs import demo
-
-    config = demo.get_config("smoke")
-    for key, value in changes.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
 
 
 @pytest.mark.parametrize(
@@ -76,21 +60,21 @@ def smoke(**changes):
 )
 def test_values_that_cannot_work_are_refused_by_name(key, value, says):
     with pytest.raises(ConfigError, match=r"config\." + key.replace(".", r"\.")) as error:
-        finish(smoke(**{key: value}))
+        finish(smoke_config(**{key: value}))
     assert says in str(error.value)
 
 
 def test_method_weights_must_be_non_negative():
-    config = smoke()
+    config = smoke_config()
     config.finetune.methods.sae_add_remove.reg_lambda = -70.0
     with pytest.raises(ConfigError, match=r"config\.finetune\.methods\.sae_add_remove\.reg_lambda is -70\.0"):
         finish(config)
-    config = smoke()
+    config = smoke_config()
     config.finetune.methods.sae_add_remove = method("sae_add_remove", reg_lambda=1.0, lambda_remove=-0.5)
     with pytest.raises(ConfigError, match=r"methods\.sae_add_remove\.lambda_remove is -0\.5"):
         finish(config)
     with pytest.raises(ConfigError, match="both 0, so fine-tuning has no length"):
-        finish(smoke(**{"finetune.steps": 0, "finetune.epochs": 0}))
+        finish(smoke_config(**{"finetune.steps": 0, "finetune.epochs": 0}))
 
 
 def test_a_bad_value_on_the_command_line_exits_2_before_anything_runs(tmp_path):
@@ -125,18 +109,18 @@ def integer_keys(config, prefix: str = "") -> list[str]:
 
 
 def test_every_integer_key_has_a_range_and_out_of_it_is_refused_by_name():
-    keys = integer_keys(smoke())
+    keys = integer_keys(smoke_config())
     assert {"seed", "finetune.steps", "saes.main.k", "corruptions.severity", "demo.pretrain_steps"} <= set(keys)
     for key in keys:
         for value in (2**64, 2**31, -1):
             with pytest.raises(ConfigError, match=rf"config\.{re.escape(key)} is {value}\b"):
-                finish(smoke(**{key: value}))
-        finish(smoke(**{key: smoke_value(key) if key != "seed" else 2**31 - 1}))  # the top of the range works
+                finish(smoke_config(**{key: value}))
+        finish(smoke_config(**{key: smoke_value(key) if key != "seed" else 2**31 - 1}))  # the top of the range works
 
 
 def smoke_value(key: str) -> int:
     """The smoke config's own value of `key`."""
-    value = smoke()
+    value = smoke_config()
     for part in key.split("."):
         value = value[part]
     return value
@@ -216,7 +200,7 @@ def test_preflight_refuses_what_the_devices_or_the_data_cannot_run(monkeypatch, 
     monkeypatch.setattr(preflight.jax, "device_count", lambda: devices)
     monkeypatch.setattr(preflight.jax, "local_device_count", lambda: devices)
     with pytest.raises(ConfigError) as error:
-        preflight.check(FakeRun(finish(smoke(**changes))))
+        preflight.check(FakeRun(finish(smoke_config(**changes))))
     assert says in str(error.value)
 
 
@@ -225,8 +209,8 @@ def test_preflight_accepts_the_smoke_config_on_eight_devices(monkeypatch):
 
     monkeypatch.setattr(preflight.jax, "device_count", lambda: 8)
     monkeypatch.setattr(preflight.jax, "local_device_count", lambda: 8)
-    preflight.check(FakeRun(finish(smoke())))
-    preflight.check(FakeRun(finish(smoke(**{"saes.basis": {"kind": "pca", "dict_size": 64}}))))  # not trained:
+    preflight.check(FakeRun(finish(smoke_config())))
+    preflight.check(FakeRun(finish(smoke_config(**{"saes.basis": {"kind": "pca", "dict_size": 64}}))))  # not trained:
     # a PCA basis has no batch to divide or to fit into the 900 embeddings
 
 
@@ -234,7 +218,7 @@ def test_preflight_refuses_a_model_with_a_nan_naming_the_tensor():
     from saeft_jax import preflight
     from saeft_jax.finite import NonFiniteError
 
-    run = FakeRun(finish(smoke()))
+    run = FakeRun(finish(smoke_config()))
     weights = {"vision_model": {"embeddings": {"patch": np.ones((4, 3), np.float32)}}, "logit_scale": np.float32(2)}
     run.model.params = weights
     preflight.check(run)
@@ -394,7 +378,7 @@ def test_a_checkpoint_that_would_not_fit_is_refused_before_writing(tmp_path, mon
 def test_a_batch_penalty_refuses_gradient_accumulation():
     from saeft_jax.config import method
 
-    config = smoke(**{"finetune.accumulate_steps": 2})
+    config = smoke_config(**{"finetune.accumulate_steps": 2})
     config.finetune.methods.low_rank = method("nuclear", reg_lambda=1.0)
     with pytest.raises(
         ConfigError,
@@ -402,32 +386,53 @@ def test_a_batch_penalty_refuses_gradient_accumulation():
         r"batch .*accumulate_steps is 2",
     ):
         finish(config)
-    config = smoke(**{"finetune.accumulate_steps": 2})
+    config = smoke_config(**{"finetune.accumulate_steps": 2})
     config.finetune.methods.mean = method("mse", reg_lambda=1.0)  # a mean over rows: accumulation is exact
     finish(config)
 
 
 def test_a_pca_basis_refuses_a_k_of_its_own():
-    config = smoke(**{"saes.basis": {"kind": "pca", "dict_size": 8, "k": 3}})
+    config = smoke_config(**{"saes.basis": {"kind": "pca", "dict_size": 8, "k": 3}})
     with pytest.raises(ConfigError, match=r"config.saes.basis.k is 3, but an SAE of kind 'pca' keeps every one"):
         finish(config)
 
 
-def test_a_workdir_recorded_before_a_key_existed_continues_when_the_key_is_at_its_default(tmp_path):
+def test_a_workdir_of_an_older_layout_is_refused_in_one_paragraph_naming_a_fresh_workdir(tmp_path):
+    from test_config import assert_one_paragraph, main
+
+    recorded = json.loads(finish(smoke_config()).config.to_json_best_effort())
+    del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"]  # keys an older version lacked
+    recorded["finetune"]["methods"]["none"].pop("recipe")
+    recorded["sae_steps"] = 100  # a key this version does not know
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(recorded))
+    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}")
+    assert_one_paragraph(
+        result,
+        "config.json was written by another version of saeft-jax",
+        "finetune.methods.none.recipe, report.browser_features, sae_steps, saes.main.kind",
+        "Rerun with a new --workdir",
+    )
+    assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]  # refused before anything was made
+
+
+def test_a_workdir_of_this_layout_with_another_sae_or_method_is_another_config(tmp_path):
     from saeft_jax import storage
     from saeft_jax.pipeline import check_config
 
-    config = finish(smoke()).config
-    recorded = json.loads(config.to_json_best_effort())
-    del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"], recorded["wandb_project"]
-    (tmp_path / "config.json").write_text(json.dumps(recorded))
-    check_config(config, storage.path(tmp_path))  # the keys it lacks are at their defaults: the same run
-    logged = smoke()
-    logged.wandb_project = "elsewhere"  # where the curves go is no part of the run: a refused W&B start can be fixed
-    check_config(finish(logged).config, storage.path(tmp_path))
-    changed = finish(smoke(**{"report.browser_features": 10})).config
-    with pytest.raises(UsageError, match=r"different: report.browser_features"):
-        check_config(changed, storage.path(tmp_path))
+    recorded = finish(smoke_config(**{"saes.extra": {"dict_size": 16}}))
+    (tmp_path / "config.json").write_text(recorded.config.to_json_best_effort())
+    with pytest.raises(UsageError, match=r"another config \(different: saes.extra.auxk, "):
+        check_config(finish(smoke_config()).config, storage.path(tmp_path))
+    other = finish(
+        smoke_config(**{"finetune.methods.none.regularizer": "mse", "finetune.methods.none.reg_lambda": 1.0})
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"another config \(different: finetune.methods.none.normalize, finetune.methods.none.reg_lambda, ",
+    ):
+        check_config(other.config, storage.path(tmp_path))
 
 
 def test_signals_during_a_checkpoint_save_are_handled_after_it():

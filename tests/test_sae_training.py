@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from PIL import Image
 from test_observe import assert_curves_match
 
@@ -144,24 +144,102 @@ def test_memory_mapped_streaming_equals_device_resident(mixtures, tmp_path):
         np.testing.assert_array_equal(streamed.params[name], resident.params[name], err_msg=name)
 
 
-def test_options_renorm_b_enc_relu_and_median(mixtures):
-    features = mixtures[0][:4096]
-    sae, metrics = train_sae(
-        features,
-        dict_size=64,
-        k=4,
-        batch_size=512,
-        epochs=2,
-        progress=False,
-        renorm_decoder=True,
-        b_enc=True,
-        relu=True,
-        b_pre_init="median",
-    )
-    params = sae.params
-    assert sae.relu
+def train_params(features, **settings) -> tuple[dict, dict]:
+    """`train_sae`'s SAE as its flat parameter dict, and its metrics."""
+    sae, metrics = train_sae(features, **settings)
+    return sae.params, metrics
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows an SAE is trained on: x / (||x|| + 1e-8), in float64."""
+    x = np.asarray(x, np.float64)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-8)
+
+
+def numpy_codes(params: dict, x: np.ndarray, k: int, relu: bool) -> np.ndarray:
+    """Dense Top-K codes of unit rows `x` by the formula of docs/method.md, in float64."""
+    pre = (x - params["b_pre"]) @ np.asarray(params["W_enc"], np.float64) + params.get("b_enc", 0.0)
+    top = np.argsort(-pre, axis=1)[:, :k]
+    codes = np.zeros_like(pre)
+    np.put_along_axis(codes, top, np.take_along_axis(pre, top, axis=1), axis=1)
+    return np.maximum(codes, 0.0) if relu else codes
+
+
+def weiszfeld(x: np.ndarray, tolerance: float = 1e-12) -> np.ndarray:
+    """The geometric median of the rows of `x` by Weiszfeld's iteration from the coordinate-wise median."""
+    median = np.median(x, axis=0)
+    for _ in range(10_000):
+        weights = 1.0 / np.linalg.norm(x - median, axis=1)
+        moved = weights @ x / weights.sum()
+        if np.linalg.norm(moved - median) < tolerance:
+            break
+        median = moved
+    return moved
+
+
+SMALL = dict(dict_size=16, k=12, batch_size=256, progress=False)  # k near dict_size: some selected values are < 0
+
+
+@pytest.fixture(scope="module")
+def trained_with_and_without_options(mixtures):
+    """Two SAEs trained for 2 epochs from the same seed, with renorm_decoder, b_enc and relu and without."""
+    features = mixtures[0][:1024]
+    options = dict(renorm_decoder=True, b_enc=True, relu=True)
+    with_options = train_params(features, epochs=2, **SMALL, **options)
+    without = train_params(features, epochs=2, **SMALL, **{name: False for name in options})
+    return features, with_options, without
+
+
+def test_renorm_decoder_keeps_decoder_rows_at_unit_norm(trained_with_and_without_options):
+    _, (params, _), (plain, _) = trained_with_and_without_options
     np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=1), 1.0, rtol=1e-5)
-    assert params["b_enc"].shape == (64,) and metrics["l0"] <= 4.0
+    assert np.abs(np.linalg.norm(plain["W_dec"], axis=1) - 1.0).max() > 1e-3  # without it, training moves them
+
+
+def test_b_enc_adds_an_encoder_bias_that_is_trained_and_used(trained_with_and_without_options):
+    features, (params, _), (plain, _) = trained_with_and_without_options
+    assert "b_enc" not in plain and params["b_enc"].shape == (16,)
+    assert np.abs(params["b_enc"]).max() > 1e-4  # it starts at zero: the steps moved it
+    untrained, _ = train_params(features, epochs=0, **SMALL, b_enc=True)
+    np.testing.assert_array_equal(untrained["b_enc"], np.zeros(16))
+    x = unit_rows(features)
+    sae = FrozenSAE(params, 12, relu=True)
+    np.testing.assert_allclose(sae.encode(x.astype(np.float32)), numpy_codes(params, x, 12, relu=True), atol=1e-5)
+    assert not np.allclose(numpy_codes({**params, "b_enc": 0.0}, x, 12, relu=True), numpy_codes(params, x, 12, True))
+
+
+def test_relu_makes_the_codes_non_negative_where_top_k_alone_keeps_negative_values(trained_with_and_without_options):
+    features, (params, metrics), _ = trained_with_and_without_options
+    x = unit_rows(features)
+    signed = numpy_codes(params, x, 12, relu=False)
+    assert (signed < 0).mean() > 0.05  # without relu, these Top-K codes are negative
+    codes = np.asarray(FrozenSAE(params, 12, relu=True).encode(x.astype(np.float32)))
+    assert codes.min() >= 0.0
+    np.testing.assert_allclose(codes, np.maximum(signed, 0.0), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(FrozenSAE(params, 12).encode(x.astype(np.float32))), signed, atol=1e-5)
+    assert metrics["l0"] == pytest.approx((signed > 0).sum(1).mean(), rel=1e-3)  # fewer than k are active
+
+
+@pytest.mark.parametrize("b_pre_init", ["zeros", "mean", "median"])
+def test_b_pre_init_starts_at_zero_the_mean_or_the_geometric_median_of_the_unit_rows(mixtures, b_pre_init):
+    features = mixtures[0][:1024]
+    params, _ = train_params(features, epochs=0, **SMALL, b_pre_init=b_pre_init)
+    x = unit_rows(features)
+    expected = {"zeros": np.zeros(x.shape[1]), "mean": x.mean(0), "median": weiszfeld(x)}[b_pre_init]
+    np.testing.assert_allclose(params["b_pre"], expected, atol=1e-5)
+    if b_pre_init == "median":  # a minimum of the summed distances: the unit vectors towards the rows cancel
+        towards = (x - params["b_pre"]) / np.linalg.norm(x - params["b_pre"], axis=1, keepdims=True)
+        assert np.linalg.norm(towards.mean(0)) < 1e-4 < np.linalg.norm(x.mean(0) - expected)
+
+
+def test_tied_init_starts_the_encoder_as_the_decoders_transpose(mixtures):
+    features = mixtures[0][:1024]
+    tied, _ = train_params(features, epochs=0, **SMALL, tied_init=True)
+    untied, _ = train_params(features, epochs=0, **SMALL)
+    np.testing.assert_array_equal(tied["W_enc"], tied["W_dec"].T)
+    np.testing.assert_array_equal(untied["W_dec"], tied["W_dec"])  # the same seed: the same atoms
+    bound = 64**-0.5  # untied: torch's nn.Linear default, uniform within 1/sqrt(d)
+    assert np.abs(untied["W_enc"]).max() <= bound and not np.allclose(untied["W_enc"], tied["W_enc"])
 
 
 def test_geometric_median_of_symmetric_points_is_their_centre():
@@ -207,7 +285,6 @@ def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
 
 EIGHT_DEVICES = textwrap.dedent("""
     import sys, numpy as np, jax
-    sys.path.insert(0, "tests")
     from test_sae_training import sparse_mixtures
     from saeft_jax.sae.training import train_sae
     assert len(jax.devices()) == 8, jax.devices()
@@ -222,7 +299,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_same_result_on_one_and_eight_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = tmp_path / "result.npz"
     subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(out)], check=True, env=env, timeout=300)
     result = np.load(out)

@@ -220,7 +220,7 @@ def test_compare_merges_the_feature_cards_of_runs_that_share_an_sae(tmp_path):
     assert "of each run" in page and '<option value="b/none">' in page
 
 
-def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
+def test_compare_names_a_damaged_or_missing_browser(tmp_path):
     with_sae = {**report(), "sae": {"dict_size": 8, "k": 2}}
     first, second = write(tmp_path, "a", with_sae), write(tmp_path, "b", with_sae)
     (tmp_path / "a" / "report" / "browser.json").write_text('{"cards": []}')
@@ -231,7 +231,8 @@ def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
         compare.compare([first, second], str(tmp_path / "out"))
     from saeft_jax import storage
 
-    write_browser(first, "same", [browser_card(3, {"none": (2, 1)})], ["none", "sae_add_remove"], changed=1)
+    for workdir in (first, second):
+        write_browser(workdir, "same", [browser_card(3, {"none": (2, 1)})], ["none", "sae_add_remove"], changed=1)
     browser = tmp_path / "a" / "report" / "browser.json"
     (tmp_path / "a" / "report" / "done.json").write_text(
         json.dumps({"files": {"browser.json": storage.digest(storage.path(browser))}})
@@ -245,8 +246,8 @@ def test_compare_names_a_damaged_or_missing_browser(tmp_path, capsys):
     ):
         compare.compare([first, second], str(tmp_path / "out"))
     browser.unlink()
-    compare.compare([first, second], str(tmp_path / "out"))  # runs made before the browser still compare
-    assert "has no feature browser" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"a/report/browser.json is damaged \(it is missing\)"):
+        compare.compare([first, second], str(tmp_path / "out"))
 
 
 def test_compare_refuses_an_out_inside_or_equal_to_a_compared_run_and_leaves_its_report(tmp_path):
@@ -286,7 +287,8 @@ def test_compare_refuses_a_run_whose_report_stage_has_not_finished(tmp_path, dam
 
 
 def with_sae(tmp_path, name: str, k: int, weights: bytes) -> str:
-    """A finished run with a Top-K SAE of `k` whose weights are `weights` (their hash in the sae stage's mark)."""
+    """A finished run with a Top-K SAE of `k` whose weights are `weights` (their hash in the sae stage's mark),
+    its feature browser without cards."""
     import hashlib
 
     content = report()
@@ -301,6 +303,7 @@ def with_sae(tmp_path, name: str, k: int, weights: bytes) -> str:
             {"files": {"sae.safetensors": {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}}}
         )
     )
+    write_browser(workdir, hashlib.sha256(weights).hexdigest(), [], ["none", "sae_add_remove"], changed=0)
     return workdir
 
 

@@ -199,12 +199,8 @@ def test_b16_shaped_siglip_equals_transformers(tmp_path):
 
 @pytest.mark.parametrize("arg", [None, "siglip2"])
 def test_siglip_imagenet_config_is_complete(arg):
-    import sys
-
-    from saeft_jax.config import finish
-
-    sys.path.insert(0, ".")
     from configs import siglip_vitb16
+    from saeft_jax.config import finish
 
     config = finish(siglip_vitb16.get_config(arg)).config
     assert config.model.startswith("google/siglip") and config.saes.main.dict_size == 4 * 768

@@ -5,17 +5,15 @@ the export command, and a SigLIP model imported as a method into a CLIP run refu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import ROOT, demo_config, subprocess_env
 
 pytestmark = pytest.mark.slow  # several minutes: run with `-m slow`, as CI does
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ("none", "sae_add_remove", "linear_probe", "lp_ft", "flyp")
 
 
@@ -70,10 +68,23 @@ def test_flyp_trains_siglips_temperature_and_bias_and_publishes_a_siglip(finishe
 
 
 def test_export_and_refusals(finished, tmp_path):
-    from saeft_jax import export
+    import torch
+    import transformers
+    from test_clip import rel_err
+
+    from saeft_jax import export, models, storage
 
     assert export.main([str(finished), "--method", "flyp", "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
-    assert (tmp_path / "hf" / "head.safetensors").exists() and (tmp_path / "hf" / "model.safetensors").exists()
+    head = storage.load_safetensors(storage.path(tmp_path / "hf" / "head.safetensors"))
+    saved = storage.load_safetensors(storage.path(finished / "finetune" / "flyp" / "head.safetensors"))
+    assert head.keys() == saved.keys() and all(np.array_equal(head[k], saved[k]) for k in head)
+    ours = models.load(finished / "finetune" / "flyp" / "final")  # the run's fine-tuned parameters
+    exported = transformers.SiglipModel.from_pretrained(tmp_path / "hf").eval()
+    pixels = np.random.default_rng(0).normal(size=(4, 24, 24, 3)).astype(np.float32)  # normalised, NHWC
+    with torch.no_grad():
+        out = exported.get_image_features(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    theirs = (out.pooler_output if hasattr(out, "pooler_output") else out).numpy()
+    assert rel_err(ours.encode_image(pixels), theirs) < 1e-5
     assert (
         export.main([str(finished), "--method", "flyp", "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 2
     )  # SigLIP has no open_clip layout here
@@ -86,7 +97,7 @@ def test_a_siglip_imported_into_a_clip_run_is_refused_by_name(finished, tmp_path
     final = finished / "finetune" / "none" / "final"
     config = tmp_path / "imported.py"
     config.write_text(
-        f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom configs import demo\n"
+        "from configs import demo\n"
         f"from saeft_jax.config import method\n\n\ndef get_config():\n"
         f"    c = demo.get_config('smoke')\n"
         f"    c.finetune.methods.imported = method(checkpoint={str(final)!r})\n    return c\n"
@@ -103,7 +114,7 @@ def test_a_siglip_imported_into_a_clip_run_is_refused_by_name(finished, tmp_path
         "--config.demo.pretrain_steps=101",
         "--config.demo.pretrain_batch_size=8",
     ]  # past the warm-up, quickly
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=subprocess_env())
     assert result.returncode == 2, result.stderr[-3000:]
     assert "holds a siglip model" in result.stderr and "is a clip model" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,8 +13,8 @@ import textwrap
 import time
 
 import pytest
+from conftest import ROOT, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKEN = ("Traceback", "Exception ignored", "Fatal Python error", "Segmentation fault")
 
 
@@ -32,7 +32,7 @@ def start(body: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env=subprocess_env(),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # also under nohup
     assert process.stdout.readline() == "ready\n", process.stderr.read()

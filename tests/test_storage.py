@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from saeft_jax import storage
 from saeft_jax.observe import JsonLines
@@ -127,8 +128,8 @@ def silent_bucket(monkeypatch):
 
 def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucket, monkeypatch, tmp_path, capsys):
     import fsspec
+    from conftest import smoke_config
 
-    from configs import demo
     from saeft_jax import compare
     from saeft_jax.config import finish
     from saeft_jax.pipeline import prepare_workdir, run_pipeline
@@ -139,9 +140,7 @@ def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucke
     with pytest.raises(storage.StorageError, match=r"^--workdir gs://bucket/run: its bucket did not answer within 3 s"):
         prepare_workdir("gs://bucket/run")
     assert silent_bucket and time.monotonic() - started < 6  # it did wait on the endpoint, then gave up
-    config = demo.get_config("smoke")
-    config.data_dir = "gs://bucket/data"
-    config = finish(config)
+    config = finish(smoke_config(data_dir="gs://bucket/data"))
     started = time.monotonic()
     with pytest.raises(storage.StorageError, match=r"^config.data_dir gs://bucket/data: its bucket did not answer"):
         run_pipeline(config, tmp_path / "run")
@@ -169,7 +168,6 @@ def test_gcsfs_waits_a_bounded_time_per_request_and_logs_no_traceback(caplog):
 
 
 def _command_line(workdir: str, *extra: str) -> subprocess.Popen:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.Popen(
         [
             sys.executable,
@@ -180,7 +178,7 @@ def _command_line(workdir: str, *extra: str) -> subprocess.Popen:
             "--config.show_progress=False",
             *extra,
         ],
-        cwd=root,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

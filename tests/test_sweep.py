@@ -5,14 +5,11 @@ method in one report."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from conftest import demo_config
 
 pytestmark = pytest.mark.slow  # about three minutes on 2 CPU cores
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_sweep_runs_shared_stages_once_and_reports_every_method(tmp_path_factory, capsys):

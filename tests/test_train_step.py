@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, subprocess_env
 from flax import traverse_util
 
 from saeft_jax import parallel, regularizers
@@ -122,7 +121,6 @@ def test_non_finite_step_freezes_the_last_good_state():
 
 EIGHT_DEVICES = textwrap.dedent("""
     import sys, numpy as np, jax
-    sys.path.insert(0, "tests")
     from test_train_step import batch, setup_run, make_step
     from saeft_jax import parallel
     from saeft_jax.training.step import init_state
@@ -149,7 +147,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 @pytest.mark.slow
 def test_same_losses_on_one_and_eight_devices_and_with_fsdp(tmp_path):
     # sae_add_remove covers the SAE path, ldifs the token taps; `none` is a subset of both.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = tmp_path / "losses.npz"
     names = ["sae_add_remove", "ldifs"]
     subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(out), *names], check=True, env=env, timeout=400)

@@ -63,10 +63,7 @@ class PretrainSetup:
 
 
 def _settings(data: digits.DigitsSetup, setup: PretrainSetup) -> dict:
-    pretrain = dataclasses.asdict(setup)
-    if setup.family == "clip":  # the key of the caches made before SigLIP joined
-        del pretrain["family"]
-    return {"data": dataclasses.asdict(data), "pretrain": pretrain, "version": _VERSION}
+    return {"data": dataclasses.asdict(data), "pretrain": dataclasses.asdict(setup), "version": _VERSION}
 
 
 def checkpoint_dir(cache_dir: str | Path, data: digits.DigitsSetup, setup: PretrainSetup) -> Path:

@@ -85,7 +85,7 @@ def load_sae(
     return FrozenSAE(
         params,
         int(meta["k"]),
-        relu=bool(meta.get("relu", meta["options"].get("relu", False))),
+        relu=bool(meta["relu"]),
         normalize_inputs=bool(meta["normalize_inputs"]),
     )
 

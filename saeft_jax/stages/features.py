@@ -121,24 +121,13 @@ def _assemble(run: Run, n: int) -> None:
     partial = local.with_name("train.partial.npy")
     chunks = run.workdir / STAGE / "chunks"
     features, covered, labels = None, np.zeros(n, bool), np.zeros(n, np.int32)
-    without_labels = []
     for path in sorted(chunks.glob("s*-n*-p*.npz")):
         chunk = _load_chunk(run, path)
-        if "label" not in chunk:  # written by a version before the linear probe
-            path.unlink(missing_ok=True)
-            without_labels.append(path.name)
-            continue
         if features is None:
             features = np.lib.format.open_memmap(partial, "w+", np.float32, (n, chunk["embedding"].shape[1]))
         features[chunk["index"]] = chunk["embedding"]  # chunks that overlap hold the same rows
         labels[chunk["index"]] = chunk["label"]
         covered[chunk["index"]] = True
-    if without_labels:
-        raise completion.ArtifactDamaged(
-            f"{len(without_labels)} feature chunks in {chunks} hold no labels (chunks "
-            f"of an older version); they are removed, so {run.command} computes them "
-            f"again, all in one pass."
-        )
     if not covered.all():
         chunks.rmtree()
         raise completion.ArtifactDamaged(

@@ -74,18 +74,7 @@ def _say_fit(run: Run, fit: dict, examples: int, classes: int) -> None:
 
 
 def _labels(run: Run) -> np.ndarray:
-    """The training labels of the features stage, which a features artifact of an older version
-    lacks: then it is withdrawn (by process 0), to be made again with them."""
-    record = run.done(features.STAGE) or {}
-    if "labels.npy" not in record.get("files", {}):
-        if run.is_writer:  # its chunks hold no labels either: the whole pass is made again, in one go
-            completion.withdraw(run.workdir, (features.STAGE,), "train.npy")
-            completion.withdraw(run.workdir, (features.STAGE,), "chunks")
-        raise completion.ArtifactDamaged(
-            f"{run.workdir / features.STAGE} was made by a version that kept no "
-            f"labels, which the linear probe needs; it is removed and its mark "
-            f"withdrawn, so {run.command} computes the features again."
-        )
+    """The training labels of the features stage, one per training example."""
     labels = np.load(run.read((features.STAGE,), "labels.npy"))
     if labels.shape != (len(run.source(run.train_spec)),):
         if run.is_writer:

@@ -90,7 +90,7 @@ def train_loop(
         done, saved, meta = latest
         state, best = (saved["state"], {"params": saved["best"]}) if keep_best else (saved, None)
         batches.set_state(meta["data"])
-        curve = [tuple(point) for point in meta.get("curve", [])]
+        curve = [tuple(point) for point in meta["curve"]]
     log.keep_only(lambda record: record["step"] <= done)  # also lines of an attempt stopped before any checkpoint
     sharding = parallel.batch_sharding(mesh)
     bar = progress(total_steps, description, enabled=show_progress, initial=done)
