@@ -36,6 +36,7 @@ from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import browser_data, render_html, thumbnail
 from saeft_jax.rendering.markdown import render_markdown, report_datasets, report_methods
+from saeft_jax.sae import kinds
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.stages import finetuned, heads, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
@@ -75,6 +76,16 @@ def _sae_summary(run: Run, name: str) -> dict[str, Any] | None:
     return {
         **{key: record[key] for key in ("fvu", "dead_fraction", "l0")},
         **{key: settings[key] for key in ("dict_size", "k", "relu", "kind")},
+    }
+
+
+def sae_lines(saes: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, str]]:
+    """Each complete SAE's line in report.md, as its kind words it: {name: {"label", "summary"}}
+    (`saes`: report.json's entries), so that the renderer knows no kind by name."""
+    return {
+        name: {"label": kinds.get(sae["kind"]).label, "summary": kinds.get(sae["kind"]).summary(sae)}
+        for name, sae in saes.items()
+        if sae
     }
 
 
@@ -178,6 +189,7 @@ def run_stage(run: Run) -> None:
             "setup": setup(run.config),
             "labels": {n: m.label() for n, m in run.methods.items()},
             "recipes": recipes.descriptions(),
+            "saes": sae_lines(report["saes"]),
             "legend": legend(),
             "runs": explanations,
             "names": _effect_names(report, sae, vocabulary) if sae is not None else {},
