@@ -203,6 +203,10 @@ def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
         load_sae(tmp_path / "sae", dict_size=2048, k=16)
     with pytest.raises(SAEArtifactError, match="sae.json missing"):
         load_sae(tmp_path)
+    (tmp_path / "sae" / "sae.json").write_text(json.dumps({key: v for key, v in meta.items() if key != "kind"}))
+    with pytest.raises(SAEArtifactError, match="sae.json lacks kind: an older version wrote it. Delete"):
+        load_sae(tmp_path / "sae")
+    (tmp_path / "sae" / "sae.json").write_text(json.dumps(meta))
     (tmp_path / "sae" / "sae.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(SAEArtifactError, match="not readable"):
         load_sae(tmp_path / "sae")

@@ -26,6 +26,7 @@ from saeft_jax.sae.frozen import FrozenSAE
 
 PARAMS_FILE, META_FILE = "sae.safetensors", "sae.json"
 _NAMES = {"W_enc", "W_dec", "b_pre", "b_enc"}
+_SETTINGS = ("d", "dict_size", "k", "relu", "kind", "normalize_inputs")
 
 
 class SAEArtifactError(UsageError):
@@ -96,7 +97,14 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
             f"{directory} is not an SAE artifact: {', '.join(missing)} missing (expected "
             f"{PARAMS_FILE} and {META_FILE}, written by the sae stage)."
         )
-    return json.loads((directory / META_FILE).read_text())
+    meta = json.loads((directory / META_FILE).read_text())
+    lacking = [key for key in _SETTINGS if key not in meta]
+    if lacking:
+        raise SAEArtifactError(
+            f"{directory / META_FILE} lacks {', '.join(lacking)}: an older version wrote it. Delete "
+            f"{directory} and its stage trains the SAE again (the sae stage of the run that made it)."
+        )
+    return meta
 
 
 def _check(directory: epath.Path, params: dict, meta: dict, wanted: dict[str, int | None]) -> None:
