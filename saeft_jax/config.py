@@ -74,7 +74,7 @@ def _wandb_installed() -> bool:
 
 _BATCH = "a positive batch size"
 
-# Every key in config.json's order, with the defaults of docs/method.md (the ViT-B/16 ImageNet protocol).
+# Every key by section (finish checks the rules in this order), with docs/method.md's defaults (ViT-B/16, ImageNet).
 KEYS = (
     Key("model", "openai/clip-vit-base-patch16", "Hugging Face id or local directory"),
     Key(
