@@ -1,4 +1,5 @@
-"""The run configuration: every key with its default (`base_config`), and its validation.
+"""The run configuration: every key with its default, description and rule (`KEYS`, from which
+`base_config` is built and `finish` checks), and its validation.
 
 Config files in `configs/` start from `base_config()` and change what they need; `finish` checks
 the result (a misspelt key in a file or in a `--config.a.b=v` override is an error naming it)
@@ -11,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -26,88 +28,246 @@ from saeft_jax.sae import kinds
 STAGES = ("zeroshot", "features", "sae", "probe", "finetune", "evaluate", "report")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """All keys, with the defaults of docs/method.md (the ViT-B/16 ImageNet protocol)."""
-    c = ml_collections.ConfigDict()
-    c.model = "openai/clip-vit-base-patch16"  # Hugging Face id or local directory
-    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
-    c.remat = False
-    c.data_dir = ""  # TFDS data dir and prepared datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.train_dataset = "imagenet_train"
-    c.eval_suite = "imagenet"  # a suite's name, or dataset names "a,b" (the first in distribution, the rest shifts)
-    c.templates_file = ""  # prompts of NAME/SPLIT folder datasets, one a line with {} ("": those of the preparation)
-    c.seed = 0
-    c.num_workers = 0  # grain worker processes per host (0: reader threads only)
-    c.stages = STAGES
-    c.show_progress = True
-    c.wandb_project = ""  # also send the training curves to this W&B project ("" = TensorBoard files only)
-    c.demo = ml_collections.ConfigDict(
-        {
-            "enabled": False,
-            "cache_dir": "~/.cache/saeft_jax",
-            "pretrain_steps": 1000,
-            "pretrain_batch_size": 128,
-            "finetune_style": "colored",
-            "family": "clip",
-        }
-    )  # the demo model's family: "clip" or "siglip"
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One key of the run configuration, written in one place (`KEYS`): its dotted `name`, its
+    `default` (a function for the name-keyed mappings `saes` and `finetune.methods`, called for
+    each config, which changes them in place), what it means (`doc`), and the `rule` its value must
+    meet with the words `finish` says when it does not (`wanted`); no rule: any value, or one
+    checked with others (`finish`'s relation checks) or entry by entry (the mappings)."""
 
-    c.features = ml_collections.ConfigDict({"batch_size": 256, "chunk_steps": 64})
-    c.saes = ml_collections.ConfigDict({"main": sae_settings()})  # name -> settings; see sae_names
+    name: str
+    default: Any
+    doc: str = ""
+    rule: Callable[[Any], bool] | None = None
+    wanted: str = ""
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < methods.FLOAT32_MAX
+
+
+def _non_negative(value) -> bool:
+    if isinstance(value, bool):  # a switch, not a weight
+        return True
+    return isinstance(value, (int, float)) and 0 <= value < methods.FLOAT32_MAX
+
+
+# Counts, sizes and seeds end up in int32 device arrays and in NumPy's and grain's seeds: a larger
+# integer overflows there (OverflowError) long after the run started, so every integer key stays below.
+_INT_MAX = 2**31 - 1
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _INT_MAX
+
+
+def _non_negative_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_MAX
+
+
+def _wandb_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+_BATCH = "a positive batch size"
+
+# Every key by section (finish checks the rules in this order), with docs/method.md's defaults (ViT-B/16, ImageNet).
+KEYS = (
+    Key("model", "openai/clip-vit-base-patch16", "Hugging Face id or local directory"),
+    Key(
+        "dtype",
+        "float32",
+        "compute dtype (parameters stay float32)",
+        lambda v: v in ("float32", "bfloat16"),
+        "'float32' or 'bfloat16'",
+    ),
+    Key("remat", False, "recompute the encoder's activations in the backward pass (less memory)"),
+    Key("data_dir", "", "TFDS data dir and prepared datasets; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets"),
+    Key("train_dataset", "imagenet_train", "the fine-tuning data"),
+    Key(
+        "eval_suite", "imagenet", "a suite's name, or dataset names 'a,b' (the first in distribution, the rest shifts)"
+    ),
+    Key("templates_file", "", "prompts of NAME/SPLIT folder datasets, one a line with {} ('': the preparation's)"),
+    Key(
+        "seed",
+        0,
+        "seeds the data order, the SAE and the held-out rows",
+        _non_negative_int,
+        "an integer from 0 on (it seeds the data order, the SAE and the held-out rows)",
+    ),
+    Key(
+        "num_workers",
+        0,
+        "grain worker processes per host (0: reader threads only)",
+        _non_negative_int,
+        "0 (reader threads only) or a number of worker processes",
+    ),
+    Key("stages", STAGES, "the stages to run, of STAGES"),
+    Key("show_progress", True, "progress bars"),
+    Key(
+        "wandb_project",
+        "",
+        "also send the training curves to this W&B project ('' = TensorBoard files only)",
+        lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
+        "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)",
+    ),
+    Key("demo.enabled", False, "run the demo's own small CLIP on its digits (config.model 'demo')"),
+    Key("demo.cache_dir", "~/.cache/saeft_jax", "where the demo's data and pretrained model are kept"),
+    Key(
+        "demo.pretrain_steps",
+        1000,
+        "the demo model's pretraining steps",
+        lambda v: _positive_int(v) and v > 100,
+        "more than 100 steps (its warm-up)",
+    ),
+    Key("demo.pretrain_batch_size", 128, "the demo model's pretraining batch", _positive_int, _BATCH),
+    Key("demo.finetune_style", "colored", "the demo's fine-tuning digits"),
+    Key(
+        "demo.family",
+        "clip",
+        "the demo model's family: 'clip' or 'siglip'",
+        lambda v: v in ("clip", "siglip"),
+        "'clip' or 'siglip' (the family of the demo's own model)",
+    ),
+    Key("features.batch_size", 256, "images per feature-extraction batch", _positive_int, _BATCH),
+    Key("features.chunk_steps", 64, "batches per saved chunk", _positive_int, "at least 1 batch per chunk"),
+    Key(
+        "saes", lambda: ml_collections.ConfigDict({"main": sae_settings()}), "name -> sae_settings(...); see sae_names"
+    ),
     # the linear probe (recipes linear_probe and lp_ft): logistic regression with weight l2 / 2 * ||W||^2,
     # L-BFGS until the gradient norm is under `tolerance` (saeft_jax.training.probe); of several l2s the
     # one best on the validation split (finetune.val_dataset / val_fraction) is kept
-    c.probe = ml_collections.ConfigDict({"l2s": (1e-4, 1e-5, 1e-6), "max_iterations": 1000, "tolerance": 1e-5})
-    c.finetune = ml_collections.ConfigDict(
-        {
-            "methods": ml_collections.ConfigDict(
-                {"none": method("none"), "sae_add_remove": method("sae_add_remove", reg_lambda=70.0)}
-            ),
-            "batch_size": 512,
-            "epochs": 10,
-            "steps": 0,  # steps > 0 overrides epochs
-            # the validation split every selection (the WiSE-FT alpha) is made on: a dataset of its own
-            # (e.g. WILDS id_val) or a fraction held out of the training set; neither: nothing selected
-            "val_dataset": "",
-            "val_fraction": 0.0,
-            # score the model on the validation split every eval_every updates (0: never); "best_val" makes the
-            # best of those checkpoints (ties: the earlier step) the method's model, "last" the last step's
-            "eval_every": 0,
-            "select_checkpoint": "last",
-            "lr": 1e-5,
-            "warmup_steps": 500,
-            "weight_decay": 0.1,
-            "clip_norm": 1.0,
-            "label_smoothing": 0.0,
-            "accumulate_steps": 1,
-            "random_crop": True,
-            "crop_scale": (0.9, 1.0),
-            "teacher_cache": False,
-            "fsdp": False,
-            "log_every": 10,
-            "checkpoint_every": 500,
-            "keep_checkpoints": 2,
-            # FLYP's logit_scale: "clip" (clamped to [0, ln 100], no weight decay)
-            # or "flyp" (as FLYP's code: free, decayed)
-            "flyp_logit_scale": "clip",
-        }
-    )
-    c.evaluate = ml_collections.ConfigDict({"batch_size": 256, "alphas": DEFAULT_ALPHAS})
+    Key(
+        "probe.l2s",
+        (1e-4, 1e-5, 1e-6),
+        "the probe's weights, chosen between on the validation split",
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive(x) for x in v),
+        "one or more positive weights, e.g. (1e-5,) (the probe's logistic regression is then strictly convex)",
+    ),
+    Key("probe.max_iterations", 1000, "L-BFGS iterations at most", _positive_int, "at least 1 L-BFGS iteration"),
+    Key(
+        "probe.tolerance",
+        1e-5,
+        "the gradient norm L-BFGS stops under",
+        _positive,
+        "a positive bound on the gradient norm",
+    ),
+    Key(
+        "finetune.methods",
+        lambda: ml_collections.ConfigDict(
+            {"none": method("none"), "sae_add_remove": method("sae_add_remove", reg_lambda=70.0)}
+        ),
+        "name -> method(...) (saeft_jax.methods)",
+    ),
+    Key("finetune.batch_size", 512, "images per update", _positive_int, _BATCH),
+    Key("finetune.epochs", 10, "passes over the training data", _non_negative_int, "zero or more"),
+    Key(
+        "finetune.steps",
+        0,
+        "steps > 0 overrides epochs",
+        _non_negative_int,
+        "0 (the length comes from finetune.epochs) or a positive step count",
+    ),
+    # the validation split every selection (the WiSE-FT alpha) is made on: a dataset of its own
+    # (e.g. WILDS id_val) or a fraction held out of the training set; neither: nothing selected
+    Key("finetune.val_dataset", "", "a validation dataset of its own"),
+    Key(
+        "finetune.val_fraction",
+        0.0,
+        "a fraction of the training set held out for validation",
+        lambda v: _non_negative(v) and v <= 0.5,
+        "in [0, 0.5] (0: no held-out split)",
+    ),
+    # score the model on the validation split every eval_every updates (0: never); "best_val" makes the
+    # best of those checkpoints (ties: the earlier step) the method's model, "last" the last step's
+    Key(
+        "finetune.eval_every",
+        0,
+        "updates between validation scores",
+        _non_negative_int,
+        "0 (no validation during fine-tuning) or a number of updates",
+    ),
+    Key(
+        "finetune.select_checkpoint",
+        "last",
+        "which checkpoint is the method's model",
+        lambda v: v in ("last", "best_val"),
+        "'last' (the last step's model) or 'best_val' (the checkpoint best on the validation split)",
+    ),
+    Key(
+        "finetune.lr",
+        1e-5,
+        "the peak learning rate",
+        _positive,
+        "a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference README's 1e-5 at batch 32)",
+    ),
+    Key("finetune.warmup_steps", 500, "linear warm-up steps", _non_negative_int, "zero or more steps"),
+    Key("finetune.weight_decay", 0.1, "AdamW's weight decay", _non_negative, "zero or more and finite"),
+    Key(
+        "finetune.clip_norm",
+        1.0,
+        "the gradient-norm bound",
+        _positive,
+        "a positive gradient-norm bound (the protocol's is 1.0)",
+    ),
+    Key("finetune.label_smoothing", 0.0, "label smoothing", lambda v: _non_negative(v) and v < 1, "in [0, 1)"),
+    Key(
+        "finetune.accumulate_steps",
+        1,
+        "micro-batches per update",
+        _positive_int,
+        "at least 1 micro-batch per update",
+    ),
+    Key("finetune.random_crop", True, "random resized crops of the training images"),
+    Key("finetune.crop_scale", (0.9, 1.0), "the fraction of the image a random crop keeps"),
+    Key("finetune.teacher_cache", False, "keep the zero-shot model's features instead of recomputing them"),
+    Key("finetune.fsdp", False, "shard the parameters and optimiser state over the devices"),
+    Key("finetune.log_every", 10, "steps between logged training figures", _positive_int, "at least 1 step"),
+    Key("finetune.checkpoint_every", 500, "steps between checkpoints", _positive_int, "at least 1 step"),
+    Key("finetune.keep_checkpoints", 2, "checkpoints kept", _positive_int, "at least 1"),
+    Key(
+        "finetune.flyp_logit_scale",
+        "clip",
+        "FLYP's logit_scale: 'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (FLYP's: free, decayed)",
+        lambda v: v in ("clip", "flyp"),
+        "'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (free and decayed, as FLYP's code)",
+    ),
+    Key("evaluate.batch_size", 256, "images per evaluation batch", _positive_int, _BATCH),
+    Key("evaluate.alphas", DEFAULT_ALPHAS, "the WiSE-FT weights scored"),
     # what CIFAR-10-C / CIFAR-100-C read: these corruptions (default: the benchmark's 15) at this severity (1-5)
-    c.corruptions = ml_collections.ConfigDict({"names": CORRUPTIONS, "severity": 5})
-    c.report = ml_collections.ConfigDict(
-        {
-            "analyses": tuple(ANALYSES),
-            "concepts": (),
-            "top_features": 6,
-            "images_per_feature": 8,
-            "classes_shown": 10,
-            "browser_features": 300,
-            "browser_images": 6,
-            # feature_effects: how many of the most frequent ID changes are undone
-            "effects_top": 20,
-        }
-    )
+    Key("corruptions.names", CORRUPTIONS, "the corruptions CIFAR-10-C / -100-C read"),
+    Key("corruptions.severity", 5, "their severity (1-5)"),
+    Key("report.analyses", tuple(ANALYSES), "the analyses of the fine-tuning's changes"),
+    Key("report.concepts", (), "words the features are also named by"),
+    Key("report.top_features", 6, "features explained per method", _non_negative_int, "zero or more"),
+    Key("report.images_per_feature", 8, "images shown per feature", _positive_int, "at least 1"),
+    Key("report.classes_shown", 10, "classes shown per feature", _non_negative_int, "zero or more"),
+    Key("report.browser_features", 300, "features in the feature browser", _positive_int, "at least 1"),
+    Key("report.browser_images", 6, "images per feature in the browser", _positive_int, "at least 1"),
+    Key(
+        "report.effects_top",
+        20,
+        "feature_effects: how many of the most frequent ID changes are undone",
+        _non_negative_int,
+        "zero or more",
+    ),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key of `KEYS` with its default (docs/method.md's ViT-B/16 ImageNet protocol)."""
+    c = ml_collections.ConfigDict()
+    for key in KEYS:
+        *groups, last = key.name.split(".")
+        parent = c
+        for group in groups:
+            if group not in parent:
+                parent[group] = ml_collections.ConfigDict()
+            parent = parent[group]
+        parent[last] = key.default() if callable(key.default) else key.default
     return c  # unlocked: `finish` names a key it does not define, then locks it
 
 
@@ -151,8 +311,9 @@ def finish(c: ml_collections.ConfigDict) -> RunConfig:
     config. A key that `base_config` lacks or a value that cannot work is a `ConfigError` naming it
     and what would work."""
     _check_keys(c)
-    for key, ok, wanted in _RULES:
-        _expect(c, key, ok, wanted)
+    for key in KEYS:
+        if key.rule is not None:
+            _expect(c, key.name, key.rule, key.wanted)
     _check_relations(c)
     _check_corruptions(c)
     _check_demo_model(c)
@@ -199,94 +360,6 @@ def _check_keys(c: ml_collections.ConfigDict) -> None:
             f"the config lacks {', '.join(f'config.{k}' for k in missing)}; a config file starts from "
             f"saeft_jax.config.base_config() and changes what it needs."
         )
-
-
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < methods.FLOAT32_MAX
-
-
-def _non_negative(value) -> bool:
-    if isinstance(value, bool):  # a switch, not a weight
-        return True
-    return isinstance(value, (int, float)) and 0 <= value < methods.FLOAT32_MAX
-
-
-# Counts, sizes and seeds end up in int32 device arrays and in NumPy's and grain's seeds: a larger
-# integer overflows there (OverflowError) long after the run started, so every integer key stays below.
-_INT_MAX = 2**31 - 1
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _INT_MAX
-
-
-def _non_negative_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_MAX
-
-
-_RULES = (
-    ("seed", _non_negative_int, "an integer from 0 on (it seeds the data order, the SAE and the held-out rows)"),
-    (
-        "finetune.lr",
-        _positive,
-        ("a positive, finite learning rate (WiSE-FT's is 3e-5 at batch 512, the reference README's 1e-5 at batch 32)"),
-    ),
-    ("finetune.clip_norm", _positive, "a positive gradient-norm bound (the protocol's is 1.0)"),
-    ("finetune.weight_decay", _non_negative, "zero or more and finite"),
-    ("finetune.label_smoothing", lambda v: _non_negative(v) and v < 1, "in [0, 1)"),
-    ("features.batch_size", _positive_int, "a positive batch size"),
-    ("features.chunk_steps", _positive_int, "at least 1 batch per chunk"),
-    ("finetune.batch_size", _positive_int, "a positive batch size"),
-    ("finetune.steps", _non_negative_int, "0 (the length comes from finetune.epochs) or a positive step count"),
-    ("finetune.epochs", _non_negative_int, "zero or more"),
-    ("finetune.warmup_steps", _non_negative_int, "zero or more steps"),
-    ("finetune.eval_every", _non_negative_int, "0 (no validation during fine-tuning) or a number of updates"),
-    (
-        "finetune.select_checkpoint",
-        lambda v: v in ("last", "best_val"),
-        "'last' (the last step's model) or 'best_val' (the checkpoint best on the validation split)",
-    ),
-    ("finetune.val_fraction", lambda v: _non_negative(v) and v <= 0.5, "in [0, 0.5] (0: no held-out split)"),
-    ("finetune.accumulate_steps", _positive_int, "at least 1 micro-batch per update"),
-    ("finetune.log_every", _positive_int, "at least 1 step"),
-    ("finetune.checkpoint_every", _positive_int, "at least 1 step"),
-    ("finetune.keep_checkpoints", _positive_int, "at least 1"),
-    ("evaluate.batch_size", _positive_int, "a positive batch size"),
-    (
-        "probe.l2s",
-        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_positive(x) for x in v),
-        "one or more positive weights, e.g. (1e-5,) (the probe's logistic regression is then strictly convex)",
-    ),
-    ("probe.max_iterations", _positive_int, "at least 1 L-BFGS iteration"),
-    ("probe.tolerance", _positive, "a positive bound on the gradient norm"),
-    ("num_workers", _non_negative_int, "0 (reader threads only) or a number of worker processes"),
-    ("report.top_features", _non_negative_int, "zero or more"),
-    ("report.images_per_feature", _positive_int, "at least 1"),
-    ("report.classes_shown", _non_negative_int, "zero or more"),
-    ("report.browser_features", _positive_int, "at least 1"),
-    ("report.browser_images", _positive_int, "at least 1"),
-    ("report.effects_top", _non_negative_int, "zero or more"),
-    ("demo.pretrain_steps", lambda v: _positive_int(v) and v > 100, "more than 100 steps (its warm-up)"),
-    ("demo.pretrain_batch_size", _positive_int, "a positive batch size"),
-    ("demo.family", lambda v: v in ("clip", "siglip"), "'clip' or 'siglip' (the family of the demo's own model)"),
-    ("dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-    (
-        "finetune.flyp_logit_scale",
-        lambda v: v in ("clip", "flyp"),
-        "'clip' (clamped to [0, ln 100], no weight decay) or 'flyp' (free and decayed, as FLYP's code)",
-    ),
-    (
-        "wandb_project",
-        lambda v: v == "" or (isinstance(v, str) and _wandb_installed()),
-        "'' unless the wandb package is installed (pip install wandb; WANDB_MODE=offline logs without an account)",
-    ),
-)
-
-
-def _wandb_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("wandb") is not None
 
 
 def _expect(c: ml_collections.ConfigDict, key: str, ok, wanted: str) -> None:

@@ -323,3 +323,32 @@ def test_a_workdir_accepts_changes_to_keys_nothing_in_its_run_reads(tmp_path):
     record_config(parse(probed).config, epath.Path(tmp_path))
     with pytest.raises(UsageError, match="different: probe.l2s"):  # now the probe is read
         check_config(parse([*probed, "--config.probe.l2s=(1e-5,)"]).config, epath.Path(tmp_path))
+
+
+def test_each_key_has_one_entry_with_its_default_and_rule_and_base_config_is_built_from_them():
+    """`KEYS` is the one home of a key: base_config holds exactly its keys, with the defaults
+    docs/method.md states; each default meets its own rule; a bad value is refused in the words of
+    its entry."""
+    from saeft_jax import config
+
+    c = config.base_config()
+    assert config._keys(c) == {key.name for key in config.KEYS}
+    ft = c.finetune
+    assert (ft.lr, ft.batch_size, ft.epochs, ft.warmup_steps, ft.weight_decay, ft.clip_norm) == (
+        1e-5,
+        512,
+        10,
+        500,
+        0.1,
+        1.0,
+    )
+    assert c.probe.l2s == (1e-4, 1e-5, 1e-6) and (c.saes.main.dict_size, c.saes.main.k) == (2048, 16)
+    assert set(c.finetune.methods) == {"none", "sae_add_remove"} and c.finetune.methods.sae_add_remove.reg_lambda == 70
+    for key in config.KEYS:
+        assert key.rule is None or key.rule(key.default), key.name
+    seed = next(key for key in config.KEYS if key.name == "seed")
+    c.seed = -1
+    with pytest.raises(
+        ConfigError, match=re.escape(f"config.seed is -1, which cannot work: it must be {seed.wanted}.")
+    ):
+        finish(c)

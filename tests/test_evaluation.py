@@ -257,6 +257,7 @@ def test_an_analysis_registered_alone_gets_its_declared_column_in_the_report(tmp
             "setup": setup,
             "labels": {"tuned": "`tuned`"},
             "recipes": descriptions(),
+            "saes": {},
             "legend": legend(),
             "runs": {},
         }

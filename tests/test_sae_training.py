@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,10 +19,11 @@ from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.curves import read_scalars
 from saeft_jax.rendering.plots import firing_histogram
 from saeft_jax.sae import model as sae_model
-from saeft_jax.sae.artifact import SAEArtifactError, load_sae, save_sae
+from saeft_jax.sae.artifact import SAEArtifactError, describe, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import evaluate_sae, geometric_median
 from saeft_jax.sae.training import train_sae
+from saeft_jax.stages import report, trained_sae
 from saeft_jax.stages.trained_sae import EpochLog
 
 
@@ -271,6 +273,7 @@ def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
     assert (loaded.k, loaded.relu, loaded.normalize_inputs, loaded.fed_raw) == (4, False, True, False)
     meta = json.loads((tmp_path / "sae" / "sae.json").read_text())
     assert meta["metrics"]["fvu"] == pytest.approx(metrics["fvu"]) and meta["normalize_inputs"]
+    assert describe(tmp_path / "sae") == meta and (meta["k"], meta["kind"], meta["dict_size"]) == (4, "topk", 64)
     assert evaluate_sae(loaded, features, batch_size=512)["fvu"] == pytest.approx(metrics["fvu"], rel=1e-5)
     with pytest.raises(SAEArtifactError, match="d is 64 in the artifact but 512 here"):
         load_sae(tmp_path / "sae", d=512)
@@ -278,9 +281,41 @@ def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
         load_sae(tmp_path / "sae", dict_size=2048, k=16)
     with pytest.raises(SAEArtifactError, match="sae.json missing"):
         load_sae(tmp_path)
+    (tmp_path / "sae" / "sae.json").write_text(json.dumps({key: v for key, v in meta.items() if key != "kind"}))
+    with pytest.raises(SAEArtifactError, match="sae.json lacks kind: an older version wrote it. Delete"):
+        load_sae(tmp_path / "sae")
+    (tmp_path / "sae" / "sae.json").write_text(json.dumps(meta))
     (tmp_path / "sae" / "sae.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(SAEArtifactError, match="not readable"):
         load_sae(tmp_path / "sae")
+
+
+def test_penalty_and_report_read_the_same_settings(tmp_path):
+    """The penalty's SAE (`trained_sae.load`) and the report's SAE entry take k, ReLU, dict_size
+    and kind from the artifact's sae.json, not from the stage's completion record (which once
+    restated them: a record saying another k must not be what the report shows)."""
+    rng = np.random.default_rng(0)
+    params = {"W_enc": rng.normal(size=(8, 32)), "W_dec": rng.normal(size=(32, 8)), "b_pre": np.zeros(8)}
+    save_sae(tmp_path / "sae" / "main", FrozenSAE(params, 5, relu=True), kind="topk")
+    record = {"fvu": 0.25, "mse": 0.1, "l0": 5.0, "dead_fraction": 0.5, "k": 99, "dict_size": 7, "relu": False}
+    run = types.SimpleNamespace(
+        workdir=tmp_path,
+        model=types.SimpleNamespace(embed_dim=8),
+        read=lambda parts, name: tmp_path.joinpath(*parts, name),
+        done=lambda *parts: record if parts == ("sae", "main") else None,
+    )
+    penalty = trained_sae.load(run, "main")
+    assert (penalty.k, penalty.relu, penalty.dict_size) == (5, True, 32)
+    assert report._sae_summary(run, "main") == {
+        "fvu": 0.25,
+        "dead_fraction": 0.5,
+        "l0": 5.0,
+        "dict_size": 32,
+        "k": 5,
+        "relu": True,
+        "kind": "topk",
+    }
+    assert report._sae_summary(run, "other") is None  # not complete
 
 
 EIGHT_DEVICES = textwrap.dedent("""

@@ -149,18 +149,59 @@ def test_a_report_without_alpha_half_or_shifts_says_so_and_still_renders(tmp_pat
 def test_the_summary_names_the_trained_steps_and_the_sae_the_analyses_read():
     from saeft_jax.config import base_config
     from saeft_jax.rendering.markdown import _what
-    from saeft_jax.stages.report import setup
+    from saeft_jax.stages.report import sae_lines, setup
     from saeft_jax.training.recipes import descriptions
 
     content = report()
     content["runs"]["none"]["train"]["steps"] = 0  # the first method imported from a checkpoint
     content["runs"]["sae_add_remove"]["train"]["steps"] = 7
-    sae = {"dict_size": 64, "k": 4, "fvu": 0.1, "l0": 4.0, "dead_fraction": 0.0}
+    sae = {"dict_size": 64, "k": 4, "relu": False, "kind": "topk", "fvu": 0.1, "l0": 4.0, "dead_fraction": 0.0}
     content.update(saes={"main": sae, "wide": {**sae, "dict_size": 256}}, report_sae="wide")
     labels = {"none": "`none`", "sae_add_remove": "`sae_add_remove`"}
-    text = "\n".join(_what(content, {"setup": setup(base_config()), "labels": labels, "recipes": descriptions()}))
+    details = {
+        "setup": setup(base_config()),
+        "labels": labels,
+        "recipes": descriptions(),
+        "saes": sae_lines(content["saes"]),
+    }
+    text = "\n".join(_what(content, details))
     assert "; 7 steps of batch" in text
     assert "SAE `wide` (the vocabulary" in text and "SAE `main` (the vocabulary" not in text
+
+
+def test_each_sae_kind_words_its_own_report_line():
+    """The SAE lines of report.md as they were written before the kinds worded them (the literal
+    text), and a kind registered from outside gets its line without the renderer knowing it."""
+    from saeft_jax.config import base_config
+    from saeft_jax.rendering.markdown import _what
+    from saeft_jax.sae import kinds
+    from saeft_jax.stages.report import sae_lines, setup
+    from saeft_jax.training.recipes import descriptions
+
+    quality = {"fvu": 0.1, "l0": 4.0, "dead_fraction": 0.025}
+    content = report()
+    content.update(
+        report_sae="main",
+        saes={
+            "main": {**quality, "dict_size": 64, "k": 4, "relu": True, "kind": "topk"},
+            "basis": {**quality, "fvu": 0.25, "l0": 8.0, "dict_size": 8, "k": 8, "relu": False, "kind": "pca"},
+            "odd": {**quality, "dict_size": 2, "k": 1, "relu": False, "kind": "toy"},
+            "unfinished": None,
+        },
+    )
+    toy = kinds.register(kinds.SAEKind("toy", "a test's kind", ("dict_size",), label="Toy", summary=lambda s: "two."))
+    try:
+        labels = {"none": "`none`", "sae_add_remove": "`sae_add_remove`"}
+        details = {"setup": setup(base_config()), "labels": labels, "recipes": descriptions()}
+        lines = _what(content, {**details, "saes": sae_lines(content["saes"])})
+    finally:
+        del kinds.REGISTRY[toy.name]
+    assert [line for line in lines if "`main`" in line or "`basis`" in line or "`odd`" in line] == [
+        "- **SAE `main` (the vocabulary of the analyses below):** dictionary 64, k 4, ReLU after Top-K; on the "
+        "training features FVU 0.100, L0 4.0, dead latents 2.5%.",
+        "- **PCA basis `basis`:** the 8 leading principal directions of the training features; on them FVU 0.250.",
+        "- **Toy `odd`:** two.",
+    ]
 
 
 def browser_card(feature: int, methods: dict[str, tuple[int, int]]) -> dict:

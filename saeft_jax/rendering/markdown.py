@@ -35,7 +35,8 @@ def selected_alpha(run: dict[str, Any]) -> str:
 def render_markdown(report: dict[str, Any], details: dict[str, Any], figures: dict[str, str]) -> str:
     """The whole report as Markdown. `details` holds what report.json does not: the run's `setup`
     (dtype, data, suite, fine-tuning settings, processes and devices), each method's `labels` line,
-    the `recipes`' descriptions, the `legend` (metrics' labels, analyses' columns), the feature
+    the `recipes`' descriptions, each complete SAE's line as its kind words it (`saes`: {name: {label,
+    summary}}), the `legend` (metrics' labels, analyses' columns), the feature
     explanations (`runs`) and the names of the features whose changes were measured (`names`);
     `figures` the PNG file of each picture."""
     legend = details["legend"]
@@ -82,21 +83,10 @@ def _what(report, details) -> list[str]:
         f"- **Hardware:** {setup['processes']} process(es), {setup['devices']} {setup['platform']} device(s).",
     ]
     lines += [_checkpoint(m, report["runs"][m]["checkpoint"]) for m in methods if "checkpoint" in report["runs"][m]]
-    saes = {name: sae for name, sae in report.get("saes", {}).items() if sae}
+    saes = details["saes"]
     for name, sae in saes.items():
-        if sae.get("kind") == "pca":
-            lines.append(
-                f"- **PCA basis `{name}`:** the {sae['dict_size']} leading principal directions of the "
-                f"training features; on them FVU {sae['fvu']:.3f}."
-            )
-            continue
-        relu = ", ReLU after Top-K" if sae.get("relu") else ""
         role = " (the vocabulary of the analyses below)" if name == report.get("report_sae") and len(saes) > 1 else ""
-        lines.append(
-            f"- **SAE `{name}`{role}:** dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the "
-            f"training features FVU {sae['fvu']:.3f}, L0 {sae['l0']:.1f}, dead latents "
-            f"{100 * sae['dead_fraction']:.1f}%."
-        )
+        lines.append(f"- **{sae['label']} `{name}`{role}:** {sae['summary']}")
     raw = [m for m in methods if report["runs"][m]["method"].get("reference_raw_inputs")]
     if raw:
         lines.append(

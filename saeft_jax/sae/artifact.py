@@ -1,5 +1,9 @@
-"""The SAE artifact on disk: `sae.safetensors` (parameters) + `sae.json` (shape, k, input
-normalisation, options, metrics), read back as one `FrozenSAE`.
+"""The SAE artifact on disk: `sae.safetensors` (parameters) + `sae.json` (shape, k, ReLU, kind,
+input normalisation, options, metrics), read back as one `FrozenSAE`.
+
+`sae.json` is the one copy of an SAE's settings: `load_sae` (the penalty, the analyses) and
+`describe` (the report) both read them from there; the stage's completion record keeps only its
+metrics, and the safetensors file holds the parameters alone.
 
 Loading checks the file against what the caller will use it with (d, F, k) and says what
 differs; writes are atomic (`saeft_jax.storage`), to a local directory or a URL.
@@ -22,6 +26,7 @@ from saeft_jax.sae.frozen import FrozenSAE
 
 PARAMS_FILE, META_FILE = "sae.safetensors", "sae.json"
 _NAMES = {"W_enc", "W_dec", "b_pre", "b_enc"}
+_SETTINGS = ("d", "dict_size", "k", "relu", "kind", "normalize_inputs")
 
 
 class SAEArtifactError(UsageError):
@@ -32,10 +37,12 @@ def save_sae(
     directory: str | os.PathLike,
     sae: FrozenSAE,
     *,
+    kind: str = "topk",
     options: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> epath.Path:
-    """Writes the parameters and `sae.json` {d, dict_size, k, relu, normalize_inputs, options, metrics}."""
+    """Writes the parameters and `sae.json` {d, dict_size, k, relu, kind, normalize_inputs, b_enc,
+    options, metrics}; `kind` names its `saeft_jax.sae.kinds` entry."""
     directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {name: np.asarray(value, np.float32) for name, value in sae.params.items()}
@@ -45,12 +52,13 @@ def save_sae(
         "dict_size": dict_size,
         "k": sae.k,
         "relu": sae.relu,
+        "kind": kind,
         "normalize_inputs": sae.normalize_inputs,
         "b_enc": "b_enc" in arrays,
         "options": options or {},
         "metrics": _jsonable(metrics or {}),
     }
-    storage.save_safetensors(directory / PARAMS_FILE, arrays, metadata={"k": str(sae.k)})
+    storage.save_safetensors(directory / PARAMS_FILE, arrays)
     storage.write_atomic(directory / META_FILE, json.dumps(meta, indent=2))
     return directory
 
@@ -61,13 +69,7 @@ def load_sae(
     """The SAE of the artifact in `directory`; given `d`, `dict_size` or `k`, an artifact that differs
     is an error, and so is a parameter that is not finite."""
     directory = storage.path(directory)
-    missing = [f for f in (PARAMS_FILE, META_FILE) if not (directory / f).exists()]
-    if missing:
-        raise SAEArtifactError(
-            f"{directory} is not an SAE artifact: {', '.join(missing)} missing (expected "
-            f"{PARAMS_FILE} and {META_FILE}, written by the sae stage)."
-        )
-    meta = json.loads((directory / META_FILE).read_text())
+    meta = describe(directory)
     try:
         params = storage.load_safetensors(directory / PARAMS_FILE)
     except (safetensors.SafetensorError, OSError) as e:
@@ -82,12 +84,27 @@ def load_sae(
         f"Delete {directory} and its stage makes it again (the sae "
         f"stage of the run that trained it), or copy an intact artifact there.",
     )
-    return FrozenSAE(
-        params,
-        int(meta["k"]),
-        relu=bool(meta["relu"]),
-        normalize_inputs=bool(meta["normalize_inputs"]),
-    )
+    return FrozenSAE(params, int(meta["k"]), relu=bool(meta["relu"]), normalize_inputs=bool(meta["normalize_inputs"]))
+
+
+def describe(directory: str | os.PathLike) -> dict[str, Any]:
+    """The content of the artifact's `sae.json`: its settings (d, dict_size, k, relu, kind,
+    normalize_inputs, b_enc), options and metrics; `load_sae` builds its `FrozenSAE` from them."""
+    directory = storage.path(directory)
+    missing = [f for f in (PARAMS_FILE, META_FILE) if not (directory / f).exists()]
+    if missing:
+        raise SAEArtifactError(
+            f"{directory} is not an SAE artifact: {', '.join(missing)} missing (expected "
+            f"{PARAMS_FILE} and {META_FILE}, written by the sae stage)."
+        )
+    meta = json.loads((directory / META_FILE).read_text())
+    lacking = [key for key in _SETTINGS if key not in meta]
+    if lacking:
+        raise SAEArtifactError(
+            f"{directory / META_FILE} lacks {', '.join(lacking)}: an older version wrote it. Delete "
+            f"{directory} and its stage trains the SAE again (the sae stage of the run that made it)."
+        )
+    return meta
 
 
 def _check(directory: epath.Path, params: dict, meta: dict, wanted: dict[str, int | None]) -> None:

@@ -4,9 +4,9 @@ An entry declares what the config checks, the preflight, the sae stage and the r
 kind: its description, which settings apply to it, whether the sae stage trains it (epochs of
 batches, so its batch size must divide over the devices and fit the data) or makes it in one pass
 from the training features (`make`), whether its codes are sparse features the report reads the
-methods in (`vocabulary`), and its own rules on the settings (`check`, which may also fill in a
-setting, as a PCA basis's k). Adding a kind is one `register(...)` call here, or from outside the
-package before the config is checked.
+methods in (`vocabulary`), its own rules on the settings (`check`, which may also fill in a
+setting, as a PCA basis's k), and its line in report.md (`label`, `summary`). Adding a kind is one
+`register(...)` call here, or from outside the package before the config is checked.
 """
 
 from __future__ import annotations
@@ -48,12 +48,22 @@ class Settings:
 DEFAULTS: dict[str, Any] = dataclasses.asdict(Settings())
 
 
+def _shape_and_quality(sae: Mapping[str, Any]) -> str:
+    """An SAE's report line: its shape and its quality on the training features."""
+    relu = ", ReLU after Top-K" if sae["relu"] else ""
+    return (
+        f"dictionary {sae['dict_size']}, k {sae['k']}{relu}; on the training features FVU {sae['fvu']:.3f}, "
+        f"L0 {sae['l0']:.1f}, dead latents {100 * sae['dead_fraction']:.1f}%."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class SAEKind:
     """One registry entry. `make(features, settings) -> FrozenSAE` for a kind made in one pass
     (None: trained by the sae stage); `check(where, settings) -> settings` its rules, raising a
     `ConfigError` that names `where`; `check_width(where, settings, width, model)` what the
-    embedding width of `model` allows (preflight)."""
+    embedding width of `model` allows (preflight); `summary(sae)` its line in report.md after
+    "**label `name`:**", from the report's `saes` entry (fvu, dead_fraction, l0, dict_size, k, relu, kind)."""
 
     name: str
     description: str
@@ -62,6 +72,8 @@ class SAEKind:
     make: Callable[[np.ndarray, Mapping[str, Any]], FrozenSAE] | None = None
     check: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda where, settings: settings
     check_width: Callable[[str, Mapping[str, Any], int, str], None] = lambda where, settings, width, model: None
+    label: str = "SAE"
+    summary: Callable[[Mapping[str, Any]], str] = _shape_and_quality
 
     @property
     def trained(self) -> bool:
@@ -133,5 +145,10 @@ register(
         make=lambda features, settings: pca_basis(features, settings["dict_size"]),
         check=_pca_rules,
         check_width=_pca_width,
+        label="PCA basis",
+        summary=lambda sae: (
+            f"the {sae['dict_size']} leading principal directions of the training features; "
+            f"on them FVU {sae['fvu']:.3f}."
+        ),
     )
 )

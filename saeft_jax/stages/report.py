@@ -36,6 +36,7 @@ from saeft_jax.rendering import plots
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import browser_data, render_html, thumbnail
 from saeft_jax.rendering.markdown import render_markdown, report_datasets, report_methods
+from saeft_jax.sae import kinds
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.stages import finetuned, heads, scores, trained_sae
 from saeft_jax.stages.context import Run, write_json
@@ -65,10 +66,27 @@ def _run_scores(record: dict[str, Any], alpha: str, tests: list[str], ood: list[
     return scores
 
 
-def _sae_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An SAE's quality on the training features and its shape, from its completion record."""
-    keys = ("fvu", "dead_fraction", "l0", "dict_size", "k", "relu", "kind")
-    return {key: record[key] for key in keys if key in record} if record else None
+def _sae_summary(run: Run, name: str) -> dict[str, Any] | None:
+    """SAE `name`'s quality on the training features (its completion record) and its settings (its
+    `sae.json`, which the penalty's SAE is built from too); None when it is not complete."""
+    record = run.done(trained_sae.STAGE, name)
+    if not record:
+        return None
+    settings = trained_sae.describe(run, name)
+    return {
+        **{key: record[key] for key in ("fvu", "dead_fraction", "l0")},
+        **{key: settings[key] for key in ("dict_size", "k", "relu", "kind")},
+    }
+
+
+def sae_lines(saes: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, str]]:
+    """Each complete SAE's line in report.md, as its kind words it: {name: {"label", "summary"}}
+    (`saes`: report.json's entries), so that the renderer knows no kind by name."""
+    return {
+        name: {"label": kinds.get(sae["kind"]).label, "summary": kinds.get(sae["kind"]).summary(sae)}
+        for name, sae in saes.items()
+        if sae
+    }
 
 
 def select_alpha(record: dict[str, Any], split: str) -> dict[str, Any]:
@@ -93,7 +111,7 @@ def collect(run: Run) -> dict[str, Any]:
     tests, shifts = [spec.name for spec in run.eval_specs()], list(shifts)
     names = list(run.methods)
     evaluations = {name: run.done(scores.STAGE, name) for name in names}
-    saes = {name: _sae_summary(run.done(trained_sae.STAGE, name)) for name in sae_names(run.config)}
+    saes = {name: _sae_summary(run, name) for name in sae_names(run.config)}
     validation, report_sae = run.validation.name if run.validation else None, trained_sae.report_sae(run)
     report = {
         "model": str(run.model_path),
@@ -171,6 +189,7 @@ def run_stage(run: Run) -> None:
             "setup": setup(run.config),
             "labels": {n: m.label() for n, m in run.methods.items()},
             "recipes": recipes.descriptions(),
+            "saes": sae_lines(report["saes"]),
             "legend": legend(),
             "runs": explanations,
             "names": _effect_names(report, sae, vocabulary) if sae is not None else {},

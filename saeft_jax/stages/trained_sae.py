@@ -15,7 +15,7 @@ from saeft_jax import parallel
 from saeft_jax.checkpoints import Checkpoints
 from saeft_jax.observe import JsonLines
 from saeft_jax.rendering.plots import firing_histogram
-from saeft_jax.sae import kinds
+from saeft_jax.sae import artifact, kinds
 from saeft_jax.sae.artifact import META_FILE, PARAMS_FILE, load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import evaluate_sae
@@ -37,7 +37,7 @@ def run_stage(run: Run, name: str) -> None:
         cfg = run.config.saes[name]
         directory = run.dir(STAGE, name)
         if not kinds.get(cfg.kind).trained:
-            features, options = load_features(run), {"kind": cfg.kind}
+            features, options = load_features(run), {}
             sae = kinds.get(cfg.kind).make(features, cfg)
             metrics = evaluate_sae(sae, features, mesh=parallel.data_mesh(jax.local_devices()))
             firing_histogram(metrics["firing_frequency"], directory / "firing.png", title=f"PCA basis {name}")
@@ -45,14 +45,8 @@ def run_stage(run: Run, name: str) -> None:
             options = {option: cfg[option] for option in OPTIONS}
             sae, metrics = _train(run, cfg, options, directory)
             firing_histogram(metrics["firing_frequency"], directory / "firing.png")
-        save_sae(directory, sae, options=options, metrics=metrics)
-        record = {
-            **{key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")},
-            "dict_size": cfg.dict_size,
-            "k": sae.k,
-            "relu": sae.relu,
-            "kind": cfg.kind,
-        }
+        save_sae(directory, sae, kind=cfg.kind, options=options, metrics=metrics)
+        record = {key: float(metrics[key]) for key in ("fvu", "mse", "l0", "dead_fraction")}  # settings: sae.json
     run.mark_done(record, STAGE, name, files=(PARAMS_FILE, META_FILE, "firing.png"), inputs=(("features",),))
 
 
@@ -128,3 +122,10 @@ def load(run: Run, name: str) -> FrozenSAE:
     for file in (PARAMS_FILE, META_FILE):
         run.read((STAGE, name), file)
     return load_sae(run.workdir / STAGE / name, d=run.model.embed_dim)
+
+
+def describe(run: Run, name: str) -> dict[str, Any]:
+    """SAE `name`'s `sae.json` (checked against its recorded hash): the settings `load` builds the
+    SAE from (dict_size, k, relu, kind, ...), which the report shows."""
+    run.read((STAGE, name), META_FILE)
+    return artifact.describe(run.workdir / STAGE / name)
