@@ -123,13 +123,16 @@ class PreparedSource(_Reopens):
                 f"{directory} holds {len(self.info['classnames'])} classes but {spec.name} has "
                 f"{len(spec.classnames)}; prepare it again with: {spec.preparation(data_dir)}"
             )
-        self._records = grain.sources.ArrayRecordDataSource([str(f) for files in parts.values() for f in files])
+        with storage.deadline(data_dir, f"opening {spec.name}'s records"):  # google-cloud-cpp retries 15 minutes
+            self._records = grain.sources.ArrayRecordDataSource([str(f) for files in parts.values() for f in files])
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        example = records.decode(self._records[index])
+        with storage.deadline(self.data_dir, f"reading example {index} of {self.spec.name}"):
+            record = self._records[index]
+        example = records.decode(record)
         return {"image": example["image"], "label": example["label"], "group": example["group"]}
 
 
