@@ -277,8 +277,10 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, command:
     if config.demo.enabled:
         from saeft_jax.demo import setup
 
+        stopping.doing("the demo's data and model")
         model_path = setup.prepare(config)
     run = Run(config, workdir, model_path, command=command)
+    stopping.doing("the preflight checks")
     preflight.check(run)
     if run.is_writer:
         record_config(config, workdir)
@@ -317,4 +319,5 @@ def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) 
             if run.is_writer:
                 completion.discard(workdir, parts, problem)
             run.barrier(f"discard {label}")
+        stopping.doing(f"stage {label}")
         function(run)

@@ -80,17 +80,25 @@ def test_a_second_ctrl_c_ends_the_run_at_once_with_130():
 
 
 @pytest.mark.parametrize(
-    "blocked",
+    "blocked, known",
     [
-        "while True: time.sleep(0.05)",  # Python code that never reaches a check
-        'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
+        (
+            "while True: time.sleep(0.05)",
+            "the run's start-up, which had not reached a point to stop at 1 s later (the last point passed: none)",
+        ),  # Python code that never reaches a check
+        (
+            'stopping.doing("stage report")\nstopping.check("in stage report before the analyses")\n'
+            'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
+            "stage report, which had not reached a point to stop at 1 s later (the last point passed: 'in stage "
+            "report before the analyses')",
+        ),
     ],
 )
-def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3(blocked):
+def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3_naming_what_it_was_doing(blocked, known):
     process = start(f"stopping.GRACE_S = 1.0\n{blocked}")
     returncode, err, seconds = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
     assert returncode == 3 and 1.0 < seconds < 10, (returncode, seconds, err)
-    assert "stopped: SIGTERM, and the run had not reached a point to stop at 1 s later" in err, err
+    assert f"stopped: SIGTERM during {known}" in err, err
     assert not any(word in err for word in BROKEN), err
 
 
@@ -100,6 +108,20 @@ def test_signals_during_the_interpreters_exit_keep_its_exit_code():
     time.sleep(0.3)  # inside the atexit function, then past it while Python tears down
     returncode, err, _ = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
     assert returncode == 0 and not any(word in err for word in BROKEN), (returncode, err)
+
+
+# Last of the quick tests: the others fork, and JAX's threads, once started, warn of forking.
+def test_the_zero_shot_head_stops_between_batches(tiny_clip_dir):
+    from saeft_jax import models, stopping
+    from saeft_jax.zeroshot import build_zeroshot_head
+
+    model = models.load(tiny_clip_dir[0])
+    with (
+        stopping.installed(),
+        pytest.raises(stopping.Stopped, match="SIGTERM while building a zero-shot head at prompt 0 of 3"),
+    ):
+        signal.raise_signal(signal.SIGTERM)
+        build_zeroshot_head(model, [["a cat"], ["a dog"], ["a bird"]], batch_size=1, show_progress=False)
 
 
 # The command line on the smoke config, signalled twice 0.2 s apart at each point in turn, in

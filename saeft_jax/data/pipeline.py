@@ -10,6 +10,7 @@ and how they are cropped, do not depend on the number of processes or devices.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,8 +113,17 @@ def _local_iterator(
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        dataset = dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_worker_init
+        )
     return iter(dataset)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """In each grain worker process: Ctrl-C reaches the whole process group, and only the main
+    process acts on it (`saeft_jax.stopping`), ending the workers itself; a worker's own
+    KeyboardInterrupt would print its traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 TRAIN_FIELDS = {
