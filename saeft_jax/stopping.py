@@ -25,6 +25,7 @@ import contextlib
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -131,6 +132,13 @@ def _end_now(signum: int, why: str, policy: _Policy) -> None:
     with contextlib.suppress(OSError):
         os.write(2, message.encode())
     os._exit(EXIT_CODES[signum])
+
+
+def exit_code(stop: Stopped, hint: str) -> int:
+    """A command-line tool's stop, said in one paragraph on stderr ending with `hint` (how to go
+    on); its exit code."""
+    print(f"\nstopped: {stop}; {hint}.", file=sys.stderr, flush=True)
+    return stop.exit_code
 
 
 def signal_name(signum: int) -> str:

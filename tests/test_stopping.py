@@ -110,6 +110,41 @@ def test_signals_during_the_interpreters_exit_keep_its_exit_code():
     assert returncode == 0 and not any(word in err for word in BROKEN), (returncode, err)
 
 
+def test_ctrl_c_to_prepare_ends_it_with_130_and_publishes_nothing(tmp_path):
+    from PIL import Image
+
+    for index in range(3000):  # long enough to be signalled while it encodes
+        folder = tmp_path / "src" / f"c{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (index % 256, 0, 0)).save(folder / f"{index}.png")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "saeft_jax.data.prepare",
+            "folder",
+            f"--source={tmp_path / 'src'}",
+            f"--data_dir={tmp_path / 'data'}",
+            "--name=x",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        start_new_session=True,  # its own process group, signalled as a terminal's Ctrl-C is
+    )
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "data").rglob("*.partial")):  # the first shard is being written
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "stopped: Ctrl-C while preparing " in err, (process.returncode, err)
+    assert "the same command prepares it again" in err and not any(word in err for word in BROKEN), err
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # no shard, no info.json, no staging
+
+
 # Last of the quick tests: the others fork, and JAX's threads, once started, warn of forking.
 def test_the_zero_shot_head_stops_between_batches(tiny_clip_dir):
     from saeft_jax import models, stopping

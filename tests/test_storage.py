@@ -309,3 +309,24 @@ def _png(seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_sigterm_to_compare_while_it_waits_on_a_silent_bucket_ends_it_with_3(silent_bucket, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "saeft_jax.compare", "gs://bucket/a", str(tmp_path / "b"), "--out", str(tmp_path / "o")],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    _first_connection(silent_bucket, process)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # absorbed
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 3 and time.monotonic() - sent < 5, (process.returncode, err)
+    assert "stopped: SIGTERM while waiting for gs://bucket/a to answer" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
