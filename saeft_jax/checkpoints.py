@@ -4,8 +4,10 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 mid-write never damages the last good checkpoint; `max_to_keep` prunes older ones. A checkpoint
 damaged afterwards (a truncated or missing file, found against the file sizes recorded beside
 each complete checkpoint in `<directory>.sizes/`, or any file Orbax cannot read) is skipped on
-resume in favour of the newest one that restores, with a warning naming it. A save that would not fit on a local disk is
-refused before it starts, and a save that fails for lack of space or permission ends as a
+resume in favour of the newest one that restores, with a warning naming it; so is one holding a NaN
+or an infinity (the train loop stops without saving when a step diverges, so such a checkpoint was
+damaged after it was written, and the one before it is the last good state). A save that would
+not fit on a local disk is refused before it starts, and a save that fails for lack of space or permission ends as a
 `StorageError` naming the directory; the newest complete checkpoint stays either way. SIGTERM
 and Ctrl-C that arrive while Orbax saves only request a stop (`saeft_jax.stopping`), handled once
 it has finished: an exception raised inside its waits leaves a save half-finalised and Orbax
@@ -30,6 +32,7 @@ from etils import epath
 
 from saeft_jax import stopping, storage
 from saeft_jax.errors import UsageError
+from saeft_jax.finite import first_nonfinite
 from saeft_jax.storage import StorageError
 
 
@@ -96,6 +99,10 @@ class Checkpoints:
                 state, meta = self.restore(step, like)
             except Exception as error:  # Orbax and TensorStore raise many types for damaged files
                 failures.append((step, _first_line(error)))
+                continue
+            nonfinite = first_nonfinite(state)
+            if nonfinite is not None:  # never saved so (a diverged step stops unsaved): damaged since
+                failures.append((step, f"tensor {nonfinite[0]} holds {nonfinite[1]} NaN or infinite values"))
                 continue
             for bad, why in failures:
                 print(
