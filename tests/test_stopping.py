@@ -1,7 +1,9 @@
 """The signal policy (saeft_jax.stopping) in processes of its own: a stop acted on at a known
-point, repeated signals absorbed, a second Ctrl-C at once, a blocked run ended by the watcher,
-and a late signal during the interpreter's exit; then the command line on the smoke config,
-signalled twice at several points, ending with 3 or 130 and never a traceback or a crash."""
+point, repeated signals absorbed, a second Ctrl-C at once, a blocked run ended by the watcher
+(naming what the run was doing), a late signal during the interpreter's exit, the zero-shot head's
+stop point, and `prepare` ended by Ctrl-C. The command line on the smoke config, signalled twice at
+several points (the first step, inside fine-tuning with a grain worker, the end of fine-tuning,
+inside evaluation), is test_faults' kill test: one run, continued after each signal."""
 
 from __future__ import annotations
 
@@ -157,51 +159,3 @@ def test_the_zero_shot_head_stops_between_batches(tiny_clip_dir):
     ):
         signal.raise_signal(signal.SIGTERM)
         build_zeroshot_head(model, [["a cat"], ["a dog"], ["a bird"]], batch_size=1, show_progress=False)
-
-
-# The command line on the smoke config, signalled twice 0.2 s apart at each point in turn, in
-# one workdir (each run continues the last): (stage line to wait for, seconds after it, signals, exit code).
-POINTS = [
-    ("finetune/none", 0.0, signal.SIGINT, 130),  # the first step, while it compiles
-    ("finetune/sae_add_remove", 1.5, signal.SIGTERM, 3),  # inside fine-tuning: a checkpoint, then 3
-    ("evaluate/none", 0.0, signal.SIGTERM, 3),  # the end of fine-tuning, as evaluation starts
-    ("evaluate/sae_add_remove", 1.0, signal.SIGTERM, 3),
-]  # inside evaluation
-
-
-@pytest.mark.slow  # a smoke run and four restarts: several minutes on 2 CPU cores
-def test_the_command_line_signalled_twice_at_each_point_ends_with_its_code_and_no_traceback(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()  # the demo's data and CLIP where the other smoke tests keep them
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "saeft_jax.main",
-        "--config=configs/demo.py:smoke",
-        f"--workdir={tmp_path_factory.mktemp('signalled')}",
-        "--config.show_progress=False",
-        f"--config.data_dir={base / 'data'}",
-        f"--config.demo.cache_dir={base / 'cache'}",
-    ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    for stage, delay, sent, code in POINTS:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        for line in process.stdout:
-            if line.startswith(f"stage {stage}: ") and "skipped" not in line:
-                time.sleep(delay)
-                break
-        else:
-            pytest.fail(f"the run ended before stage {stage}: {process.stderr.read()[-3000:]}")
-        returncode, err, seconds = signal_twice(process, sent, sent)
-        assert returncode == code and "stopped: " in err, (stage, returncode, err[-3000:])
-        assert not any(word in err for word in BROKEN), (stage, err[-3000:])
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert finished.returncode == 0 and "done: " in finished.stdout, finished.stderr[-3000:]

@@ -10,7 +10,10 @@ and how they are cropped, do not depend on the number of processes or devices.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -122,8 +125,16 @@ def _local_iterator(
 def _worker_init(worker_index: int, worker_count: int) -> None:
     """In each grain worker process: Ctrl-C reaches the whole process group, and only the main
     process acts on it (`saeft_jax.stopping`), ending the workers itself; a worker's own
-    KeyboardInterrupt would print its traceback."""
+    KeyboardInterrupt would print its traceback. A main process that ends at once (a second Ctrl-C,
+    a deadline) cannot end its workers, so each ends itself when its parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), name="saeft-parent-watch", daemon=True).start()
+
+
+def _end_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 TRAIN_FIELDS = {
