@@ -67,7 +67,8 @@ class TfdsSource(_Reopens):
 
         self.spec, self.data_dir = spec, data_dir
         try:
-            self._source = tfds.data_source(spec.location, split=spec.split, data_dir=data_dir, download=False)
+            with storage.deadline(data_dir, f"opening {spec.name}'s records"):  # ArrayRecord: google-cloud-cpp
+                self._source = tfds.data_source(spec.location, split=spec.split, data_dir=data_dir, download=False)
         except Exception as error:  # TFDS raises several types; tell the user which case it is
             builder = tfds.builder(spec.location, data_dir=data_dir)
             if not builder.is_prepared():
@@ -80,7 +81,8 @@ class TfdsSource(_Reopens):
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        example = self._source[index]
+        with storage.deadline(self.data_dir, f"reading example {index} of {self.spec.name}"):
+            example = self._source[index]
         label = int(example[self.spec.label_key])
         if self.spec.label_of is not None:
             label = self.spec.label_of[label]
