@@ -125,9 +125,9 @@ def kill_inside(stage: str, delay, sent: int, workdir, shared, rng: random.Rando
     )
     for line in process.stdout:
         if line.startswith(f"stage {stage}: ") and "skipped" not in line:
-            if delay == "worker":
-                started = time.monotonic()
-                while not any(_ignores_ctrl_c(child) for child in _workers(process.pid)):
+            if delay == "worker":  # a worker of this stage's (an earlier stage's may still be ending)
+                started, earlier = time.monotonic(), set(_workers(process.pid))
+                while not any(_ignores_ctrl_c(w) for w in _workers(process.pid) if w not in earlier):
                     assert time.monotonic() - started < 120 and process.poll() is None, "no grain worker started"
                     time.sleep(0.05)
                 delay = time.monotonic() - started
