@@ -4,12 +4,15 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 mid-write never damages the last good checkpoint; `max_to_keep` prunes older ones. A checkpoint
 damaged afterwards (a truncated or missing file, found against the file sizes recorded beside
 each complete checkpoint in `<directory>.sizes/`, or any file Orbax cannot read) is skipped on
-resume in favour of the newest one that restores, with a warning naming it. A save that would not fit on a local disk is
-refused before it starts, and a save that fails for lack of space or permission ends as a
+resume in favour of the newest one that restores, with a warning naming it; so is one holding a NaN
+or an infinity (the train loop stops without saving when a step diverges, so such a checkpoint was
+damaged after it was written, and the one before it is the last good state). A save that would
+not fit on a local disk is refused before it starts, and a save that fails for lack of space or permission ends as a
 `StorageError` naming the directory; the newest complete checkpoint stays either way. SIGTERM
 and Ctrl-C that arrive while Orbax saves only request a stop (`saeft_jax.stopping`), handled once
 it has finished: an exception raised inside its waits leaves a save half-finalised and Orbax
-logging tracebacks.
+logging tracebacks. In a bucket every call to Orbax has a deadline (`storage.deadline`): TensorStore
+alone retries a request that hangs for many minutes.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from saeft_jax import stopping, storage
 from saeft_jax.errors import UsageError
+from saeft_jax.finite import first_nonfinite
 from saeft_jax.storage import StorageError
 
 
@@ -46,18 +51,22 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
         )
-        self._manager = ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+        with storage.deadline(path, "opening its checkpoints"):
+            self._manager = ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+        self._nbytes = 0  # of the last state saved or restored: the bucket's deadline grows with it
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
-        return self._manager.latest_step()
+        with storage.deadline(self.directory, "listing its checkpoints"):
+            return self._manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
         """Saves `state` (a pytree of arrays) and JSON-serialisable `meta` as `step` (asynchronously)."""
         with self._storage_errors(f"saving checkpoint {step}"):
             self._manager.wait_until_finished()  # Orbax waits for the previous save anyway; then list its files
             self._record_sizes()
-            self._check_space(state)
+            self._nbytes = _nbytes(state)
+            self._check_space()
             self._manager.save(
                 step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
             )
@@ -65,9 +74,11 @@ class Checkpoints:
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
         """`(state, meta)` of `step`; `like` gives the tree structure, shapes, dtypes and shardings."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
+        self._nbytes = _nbytes(like)
+        with storage.deadline(self.directory, f"restoring checkpoint {step}", self._nbytes):
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
         return restored.state, dict(restored.meta)
 
     def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -77,7 +88,9 @@ class Checkpoints:
         restored (so the run continues and saves that step again); when none restores, nothing is
         deleted and `CheckpointsUnusable` names the directory."""
         failures = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        with storage.deadline(self.directory, "listing its checkpoints"):
+            steps = sorted(self._manager.all_steps(), reverse=True)
+        for step in steps:
             damage = self._damage(step)
             if damage:
                 failures.append((step, damage))
@@ -87,6 +100,10 @@ class Checkpoints:
             except Exception as error:  # Orbax and TensorStore raise many types for damaged files
                 failures.append((step, _first_line(error)))
                 continue
+            nonfinite = first_nonfinite(state)
+            if nonfinite is not None:  # never saved so (a diverged step stops unsaved): damaged since
+                failures.append((step, f"tensor {nonfinite[0]} holds {nonfinite[1]} NaN or infinite values"))
+                continue
             for bad, why in failures:
                 print(
                     f"warning: checkpoint {bad} in {self.directory} does not restore ({why}); continuing from "
@@ -94,7 +111,8 @@ class Checkpoints:
                     file=sys.stderr,
                     flush=True,
                 )
-                self._manager.delete(bad)
+                with storage.deadline(self.directory, f"deleting checkpoint {bad}"):
+                    self._manager.delete(bad)
                 self._sizes_file(bad).unlink(missing_ok=True)
             return step, state, meta
         if failures:
@@ -108,7 +126,8 @@ class Checkpoints:
 
     def reached_preemption(self, step: int) -> bool:
         """True when the cluster (e.g. a TPU maintenance event) asks every process to save now."""
-        return self._manager.reached_preemption(step)
+        with storage.deadline(self.directory, "asking whether to save now"):
+            return self._manager.reached_preemption(step)
 
     def close(self) -> None:
         """Finishes pending saves, records their file sizes and releases the manager."""
@@ -145,10 +164,10 @@ class Checkpoints:
                 return f"{name} is missing" if found is None else f"{name} has {found} bytes, {size} when saved"
         return None
 
-    def _check_space(self, state: Any) -> None:
+    def _check_space(self) -> None:
         if "://" in self.directory or not os.path.isdir(self.directory):
             return
-        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state)) * 1.1 + 2**20
+        needed = self._nbytes * 1.1 + 2**20
         free = shutil.disk_usage(self.directory).free
         if free < needed:
             raise StorageError(
@@ -159,8 +178,21 @@ class Checkpoints:
 
     @contextlib.contextmanager
     def _storage_errors(self, doing: str) -> Iterator[None]:
-        with stopping.installed(), storage.failures_named(self.directory, doing):  # a signal waits for the save
+        with (
+            stopping.installed(),  # a signal waits for the save
+            storage.failures_named(self.directory, doing),
+            storage.deadline(self.directory, doing, self._nbytes),  # the previous save's bytes, then this one's
+        ):
             yield
+
+
+def _nbytes(tree: Any) -> int:
+    """The bytes of a pytree's arrays (or of their shape and dtype structs)."""
+    return sum(
+        int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        for leaf in jax.tree.leaves(tree)
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from etils import epath
 
-from saeft_jax import storage
+from saeft_jax import stopping, storage
 from saeft_jax.errors import UsageError, command_exit_code
 from saeft_jax.rendering.figures import report_figures
 from saeft_jax.rendering.html import render_html
@@ -207,6 +207,7 @@ def compare(workdirs: list[str], out: str) -> epath.Path:
         labels = [str(w) for w in workdirs]
     reports, saes, browsers = {}, {}, {}
     for label, w in zip(labels, workdirs):
+        stopping.check(f"before reading run {w}")
         reports[label] = _answered(w, functools.partial(read_report, w))
         saes[label] = _answered(w, functools.partial(read_sae, w, reports[label]))
     merged, sources = merge(reports, saes)
@@ -285,4 +286,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stopping.install("the same command runs the comparison again")
     sys.exit(main())

@@ -22,9 +22,14 @@ class ConfigError(UsageError):
 
 def command_exit_code(work: Callable[[], Any]) -> int:
     """Runs a command-line tool's work: prints `done: <result>` and gives 0, or prints a user's
-    mistake as one paragraph on stderr and gives 2."""
+    mistake as one paragraph on stderr and gives 2, or a stop on a signal (`saeft_jax.stopping`)
+    and gives 3 or 130."""
+    from saeft_jax import stopping
+
     try:
         result = work()
+    except stopping.Stopped as stop:
+        return stopping.exit_code(stop, "nothing half-written is left, and the same command does the work again")
     except UsageError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from saeft_jax import models, parallel, storage
+from saeft_jax import models, parallel, stopping, storage
 from saeft_jax.data import folders
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
 from saeft_jax.data.sources import DEFAULT_DATA_DIR, open_source
@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         storage.write_atomic(out / JSON_FILE, json.dumps(result, indent=1))
         storage.write_atomic(out / MARKDOWN_FILE, markdown(result))
+    except stopping.Stopped as stop:
+        return stopping.exit_code(stop, "nothing was written, and the same command evaluates again")
     except (UsageError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
@@ -251,4 +253,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stopping.install("the same command evaluates again")
     sys.exit(main())

@@ -26,15 +26,25 @@ def check_finite(tensors: Any, where: str, remedy: str) -> None:
     """Raises `NonFiniteError` naming `where` (the file or directory read), the first tensor of
     `tensors` (an array, or a nested mapping of arrays) that holds a NaN or an infinity, and
     `remedy` (how to fix it); integer tensors pass."""
+    found = first_nonfinite(tensors)
+    if found is not None:
+        name, bad, size = found
+        raise NonFiniteError(
+            f"{where}{f': tensor {name}' if name else ''} holds {bad} non-finite "
+            f"value{'s' if bad > 1 else ''} (NaN or infinity) of {size}, which would "
+            f"silently spoil every score made from it; {remedy}"
+        )
+
+
+def first_nonfinite(tensors: Any) -> tuple[str, int, int] | None:
+    """(name, non-finite count, size) of the first tensor of `tensors` (an array, or a nested
+    mapping of arrays; the name joins the keys with "/", "" for a lone array) that holds a NaN or
+    an infinity, else None."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tensors)[0]:
         bad = nonfinite_count(leaf)
         if bad:
-            name = "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
-            raise NonFiniteError(
-                f"{where}{f': tensor {name}' if name else ''} holds {bad} non-finite "
-                f"value{'s' if bad > 1 else ''} (NaN or infinity) of {np.size(leaf)}, which would "
-                f"silently spoil every score made from it; {remedy}"
-            )
+            return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path), bad, int(np.size(leaf))
+    return None
 
 
 def nonfinite_count(array: Any) -> int:

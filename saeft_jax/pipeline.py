@@ -285,8 +285,10 @@ def _run_stages(checked: RunConfig, workdir: epath.Path, command: str) -> epath.
     if config.demo.enabled:
         from saeft_jax.demo import setup
 
+        stopping.doing("the demo's data and model")
         model_path = setup.prepare(config)
     run = Run(checked, workdir, model_path, command=command)
+    stopping.doing("the preflight checks")
     preflight.check(run)
     if run.is_writer:
         record_config(config, workdir)
@@ -325,4 +327,5 @@ def _run_plan(run: Run, config: ml_collections.ConfigDict, workdir: epath.Path) 
             if run.is_writer:
                 completion.discard(workdir, parts, problem)
             run.barrier(f"discard {label}")
+        stopping.doing(f"stage {label}")
         function(run)

@@ -13,7 +13,8 @@ In the command-line process (`install()`), a watcher thread learns of each signa
 Python's wakeup file descriptor, even while the main thread is blocked in native code (a bucket
 that does not answer), and ends the process with the same exit code when the run has not stopped
 `GRACE_S` seconds after the first signal (`SAVE_GRACE_S` inside `longer_grace()`: the train loop's
-step in flight and its checkpoint). Every artifact is written atomically and marked complete
+step in flight and its checkpoint); its message says what the run was doing (`doing()`: the
+stage) and the last point it passed. Every artifact is written atomically and marked complete
 only when whole, so such an end loses only the work in flight.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +53,8 @@ class _Policy:
         self.first: int | None = None
         self.observed = False
         self.longer_grace = 0
+        self.doing = "the run's start-up"  # what the watcher's message says the run was doing
+        self.last_point: str | None = None
         self.previous = {number: signal.getsignal(number) for number in SIGNALS}
         for number, handler in self.previous.items():
             if handler != signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
@@ -111,8 +115,9 @@ def _watch(policy: _Policy, read: int) -> None:
         if first is not None and time.monotonic() - first_at > grace:
             _end_now(
                 first,
-                f"{signal_name(first)}, and the run had not reached a point to stop at {grace:.0f} s later "
-                f"(a read or write that does not return, as from an unreachable bucket?)",
+                f"{signal_name(first)} during {policy.doing}, which had not reached a point to stop at "
+                f"{grace:.0f} s later (the last point passed: "
+                f"{'none' if policy.last_point is None else repr(policy.last_point)})",
                 policy,
             )
 
@@ -129,6 +134,13 @@ def _end_now(signum: int, why: str, policy: _Policy) -> None:
     os._exit(EXIT_CODES[signum])
 
 
+def exit_code(stop: Stopped, hint: str) -> int:
+    """A command-line tool's stop, said in one paragraph on stderr ending with `hint` (how to go
+    on); its exit code."""
+    print(f"\nstopped: {stop}; {hint}.", file=sys.stderr, flush=True)
+    return stop.exit_code
+
+
 def signal_name(signum: int) -> str:
     """How a message names the signal: "SIGTERM" or "Ctrl-C"."""
     return "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
@@ -142,9 +154,17 @@ def requested() -> int | None:
     return _policy.first
 
 
+def doing(what: str) -> None:
+    """Records what the run is doing now (e.g. "stage features"), for the watcher's message."""
+    if _policy is not None:
+        _policy.doing = what
+
+
 def check(what: str) -> None:
     """Raises `Stopped` when a stop was requested; `what` says where the run is (e.g. "before
-    stage features") for the message."""
+    stage features") for the message, and for the watcher's should the run not reach another."""
+    if _policy is not None:
+        _policy.last_point = what
     signum = requested()
     if signum is not None:
         raise Stopped(f"{signal_name(signum)} {what}; every finished artifact is kept", signum)

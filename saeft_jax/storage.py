@@ -12,6 +12,14 @@ first checks that each bucket it names answers within `PROBE_TIMEOUT_S` (`check_
 unreachable bucket ends in one paragraph naming its URL before any work starts. gcsfs logs a
 traceback for each request it gives up on; those are dropped here, since the error it then
 raises becomes that paragraph.
+
+TensorStore (Orbax's checkpoints) and google-cloud-cpp (ArrayRecord's gs:// reads) retry for many
+minutes by themselves (TensorStore up to 32 times per request, google-cloud-cpp for 15 minutes,
+neither settable from here except TensorStore's stall limit, set below), so each of their calls
+runs under `deadline(url, ...)`: a watchdog that, when the call has not returned in time, prints
+one paragraph naming the URL and ends the process with exit code 2, as a `StorageError` would. A
+thread blocked in native code cannot be made to raise, and a run that goes on without its data or
+its checkpoint has nothing to go on with.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from saeft_jax.errors import UsageError
 CACHE = "~/.cache/saeft_jax/remote"
 REQUEST_TIMEOUT_S = 20.0
 PROBE_TIMEOUT_S = 30.0
+DEADLINE_S = 120.0  # a call of TensorStore or google-cloud-cpp on a bucket, plus the time its bytes take:
+MIN_BYTES_PER_S = 4e6  # a bucket slower than this for a checkpoint counts as not answering
 # How Orbax and TensorStore word an OSError they report as another type.
 _SPACE_OR_ACCESS = (
     "RESOURCE_EXHAUSTED",
@@ -107,7 +117,80 @@ def _bound_bucket_waits() -> None:
     logging.getLogger("gcsfs").addFilter(lambda record: record.exc_info is None)
 
 
+def _bound_tensorstore_stalls() -> None:
+    """TensorStore's HTTP transport gives up on a request that moves no byte for REQUEST_TIMEOUT_S
+    (read when it first makes a request; without them a stalled request waits on TCP's own
+    timeouts, tensorstore issue 291); a user's own values stay."""
+    for name, value in {
+        "TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS": REQUEST_TIMEOUT_S,
+        "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS": REQUEST_TIMEOUT_S,
+        "TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES": 1,
+    }.items():
+        os.environ.setdefault(name, str(int(value)))
+
+
 _bound_bucket_waits()
+_bound_tensorstore_stalls()
+
+
+class _Watchdog:
+    """The deadlines of the calls in flight (`deadline`), looked at by one daemon thread per process
+    (started on first use, again in a forked grain worker)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[int, tuple[float, str]] = {}
+        self.next_token = 0
+        self.pid: int | None = None
+
+    def add(self, seconds: float, message: str) -> int:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid, self.pending = os.getpid(), {}
+                threading.Thread(target=self._watch, name="saeft-bucket-deadline", daemon=True).start()
+            self.next_token += 1
+            self.pending[self.next_token] = (time.monotonic() + seconds, message)
+            return self.next_token
+
+    def remove(self, token: int) -> None:
+        with self.lock:
+            self.pending.pop(token, None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.25)
+            with self.lock:
+                late = [message for due, message in self.pending.values() if time.monotonic() > due]
+            if late:
+                with contextlib.suppress(
+                    OSError
+                ):  # written without Python's stream locks: the main thread may hold them
+                    os.write(2, f"\nerror: {late[0]}\n".encode())
+                os._exit(2)
+
+
+_watchdog = _Watchdog()
+
+
+@contextlib.contextmanager
+def deadline(url: str | os.PathLike, doing: str, nbytes: int = 0):
+    """Ends the process with one paragraph naming `url` and exit code 2 when the block (a call of a
+    client without a bound of its own on a bucket: TensorStore, google-cloud-cpp) has not finished
+    `DEADLINE_S` seconds after it began, plus `nbytes` at `MIN_BYTES_PER_S`; on a local disk, no limit."""
+    if not is_remote(url):
+        yield
+        return
+    seconds = DEADLINE_S + nbytes / MIN_BYTES_PER_S
+    token = _watchdog.add(
+        seconds,
+        f"{url}: its bucket did not answer within {seconds:.0f} s (while {doing}). Check the bucket, your "
+        f"credentials and the connection (and the emulator variables, if set), then rerun the same command: "
+        f"finished work is kept, and the run continues from its last complete artifact or checkpoint.",
+    )
+    try:
+        yield
+    finally:
+        _watchdog.remove(token)
 
 
 def check_reachable(url: str | os.PathLike, what: str) -> None:

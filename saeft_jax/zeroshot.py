@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saeft_jax import stopping
 from saeft_jax.models.family import Model
 from saeft_jax.models.heads import Head
 from saeft_jax.observe import progress
@@ -34,6 +35,7 @@ def build_zeroshot_head(
     chunks = []
     bar = progress(len(flat), "zero-shot head", enabled=show_progress, unit="prompt")
     for start in range(0, len(flat), batch_size):
+        stopping.check(f"while building a zero-shot head at prompt {start} of {len(flat)}")
         ids = flat[start : start + batch_size]
         padded = np.pad(ids, ((0, batch_size - len(ids)), (0, 0)), constant_values=model.pad_token_id)
         chunks.append(np.asarray(encode(model.text_params(params), jnp.asarray(padded)))[: len(ids)])

@@ -117,6 +117,37 @@ def write_char_tokenizer(directory) -> None:
 
 
 @pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A finished, uninterrupted command-line run of `configs/demo.py:smoke`, its data and cached model
+    where `demo_config` keeps them: one run a session for the modules that read it (test_faults'
+    reference) or continue a copy of it (test_notebook). Never changed: copy it to change it."""
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.getbasetemp()
+    workdir = tmp_path_factory.mktemp("smoke_run")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saeft_jax.main",
+            "--config=configs/demo.py:smoke",
+            f"--workdir={workdir}",
+            "--config.show_progress=False",
+            f"--config.data_dir={base / 'data'}",
+            f"--config.demo.cache_dir={base / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0 and "done: " in result.stdout, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny quick_gelu CLIP checkpoint directory and the PyTorch model it holds."""
     model = random_hf_clip(TINY)

@@ -104,6 +104,44 @@ def test_two_workers_give_the_same_batches_and_resume():
         np.testing.assert_array_equal(next(resumed)["images"], images)
 
 
+def test_worker_processes_leave_ctrl_c_to_the_main_process_and_end_with_it():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = (
+        "import os, sys\n"
+        "from test_data_pipeline import ToySource, identify\n"
+        "from saeft_jax.data import pipeline\n"
+        "batches = pipeline.train_batches(ToySource(23), share=pipeline.Share(8), seed=3, transform=identify, "
+        "num_workers=1)\n"
+        "next(batches)\n"
+        "print(' '.join(line for line in os.popen(f'ps -o pid= --ppid {os.getpid()}').read().split()), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os._exit(130)  # as a second Ctrl-C ends it: no chance to end its workers\n"
+    )
+    tests = os.path.dirname(os.path.abspath(__file__))
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests]), "JAX_PLATFORMS": "cpu"},
+    )
+    children = [int(pid) for pid in process.stdout.readline().split()]
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    ignored = [Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0] for pid in workers]
+    assert workers and all(int(mask, 16) & (1 << (signal.SIGINT - 1)) for mask in ignored), ignored
+    process.communicate("\n", timeout=30)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):  # orphaned: each ends itself
+        assert time.monotonic() < deadline, f"worker processes {workers} outlived their parent"
+        time.sleep(0.1)
+
+
 def test_teacher_rows_follow_their_examples():
     teacher = np.arange(23 * 2, dtype=np.float32).reshape(23, 2)
     batches = pipeline.train_batches(

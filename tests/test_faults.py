@@ -1,5 +1,6 @@
-"""Faults injected into the smoke pipeline: killed at random points inside every stage, each
-artifact type damaged in turn, a second run on a busy workdir, a full or read-only disk.
+"""Faults injected into the smoke pipeline: killed at random points inside every stage and
+signalled twice (SIGTERM, Ctrl-C) at chosen ones, each artifact type damaged in turn (also with
+a NaN or an infinity), a second run on a busy workdir, a full or read-only disk.
 
 Every rerun either ends with the uninterrupted run's fingerprints or stops with a named error
 (a `UsageError`: one paragraph and exit code 2 on the command line), never with a traceback or a
@@ -9,6 +10,7 @@ the uninterrupted run's fingerprints. Set FAULT_SEED to replay the kill times of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -55,9 +57,9 @@ def arguments(workdir, shared) -> list[str]:
     ]
 
 
-def main(workdir, shared, **kwargs) -> subprocess.Popen:
+def main(workdir, shared, *extra: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-u", "-m", "saeft_jax.main", *arguments(workdir, shared)],
+        [sys.executable, "-u", "-m", "saeft_jax.main", *arguments(workdir, shared), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -79,36 +81,94 @@ def finish(workdir, shared) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def reference(shared, tmp_path_factory):
-    """An uninterrupted run of the command line."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = finish(workdir, shared)
-    assert result.returncode == 0, result.stderr
-    return workdir
+def reference(smoke_run):
+    """An uninterrupted run of the command line (conftest's, shared with other modules: read only)."""
+    return smoke_run
 
 
-TERMINATED = ("features", "sae/main", "finetune/sae_add_remove", "evaluate/none")  # SIGTERM, the others SIGKILL
+# Where the pipeline is ended, in this order in one workdir, each run continuing the last: (stage
+# whose start to wait for, seconds after it (None: at random up to LONGEST_DELAY), signal, exit
+# code). SIGTERM and Ctrl-C come twice 0.2 s apart (a preemption notice repeated, an impatient
+# user) and must end the run at a known point with 3 (SLURM's cue to requeue) or 130 and no
+# traceback, crash or "Exception ignored"; SIGKILL leaves whatever it cuts short.
+KILLS = (
+    ("zeroshot", None, signal.SIGKILL),
+    ("features", None, signal.SIGTERM),
+    ("sae/main", None, signal.SIGTERM),
+    ("finetune/none", 0.0, signal.SIGINT),  # the first step, while it compiles
+    ("finetune/none", None, signal.SIGKILL),
+    ("finetune/sae_add_remove", "worker", signal.SIGINT),  # once a grain worker process runs (num_workers=1)
+    ("finetune/sae_add_remove", None, signal.SIGTERM),  # inside fine-tuning: a checkpoint, then 3
+    ("evaluate/none", 0.0, signal.SIGTERM),  # the end of fine-tuning (its atexit work), as evaluation starts
+    ("evaluate/sae_add_remove", 1.0, signal.SIGTERM),  # inside evaluation
+    ("evaluate/sae_add_remove", None, signal.SIGKILL),
+    ("report", None, signal.SIGKILL),
+)
+EXIT_CODES = {signal.SIGTERM: 3, signal.SIGINT: 130}
+BROKEN = ("Traceback", "Exception ignored", "Fatal Python error", "Segmentation fault")
 
 
-def kill_inside(stage: str, workdir, shared, rng: random.Random, probes: list[str]) -> bool:
-    """Starts the pipeline and SIGKILLs it (SIGTERMs it for the `TERMINATED` stages, which must
-    then exit with code 3, SLURM's cue to requeue) a random moment after `stage` starts; False when
-    the pipeline had nothing left to do there (it ends by itself)."""
-    process = main(workdir, shared)
-    sent = signal.SIGTERM if stage in TERMINATED else signal.SIGKILL
+def kill_inside(stage: str, delay, sent: int, workdir, shared, rng: random.Random, probes: list[str]) -> bool:
+    """Starts the pipeline and sends `sent` `delay` seconds (None: a random moment; "worker": once a
+    grain worker process of num_workers=1 ignores Ctrl-C, leaving it to the main process) after
+    `stage` starts: SIGKILL once; SIGTERM or Ctrl-C twice, to the process group as SLURM or a
+    terminal does, checking the exit code and that nothing broken is printed. False when the
+    pipeline had nothing left to do there (it ends by itself)."""
+    workers = ["--config.num_workers=1"] if delay == "worker" else []
+    process = main(
+        workdir,
+        shared,
+        *workers,
+        start_new_session=True,  # a process group of its own, signalled whole
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # also under nohup
+    )
     for line in process.stdout:
         if line.startswith(f"stage {stage}: ") and "skipped" not in line:
-            delay = rng.uniform(0.05, LONGEST_DELAY[stage.split("/")[0]])
-            time.sleep(delay)
-            process.send_signal(sent)
+            if delay == "worker":  # a worker of this stage's (an earlier stage's may still be ending)
+                started, earlier = time.monotonic(), set(_workers(process.pid))
+                while not any(_ignores_ctrl_c(w) for w in _workers(process.pid) if w not in earlier):
+                    assert time.monotonic() - started < 120 and process.poll() is None, "no grain worker started"
+                    time.sleep(0.05)
+                delay = time.monotonic() - started
+            else:
+                delay = rng.uniform(0.05, LONGEST_DELAY[stage.split("/")[0]]) if delay is None else delay
+                time.sleep(delay)
+            os.killpg(process.pid, sent)
+            if sent != signal.SIGKILL:
+                time.sleep(0.2)
+                with contextlib.suppress(ProcessLookupError):  # already ended
+                    os.killpg(process.pid, sent)
             process.wait(timeout=300)
-            probes.append(f"{sent.name} {delay:.2f} s into {stage} (exit {process.returncode})")
-            if sent == signal.SIGTERM:
+            twice = "" if sent == signal.SIGKILL else " twice"
+            probes.append(f"{signal.Signals(sent).name}{twice} {delay:.2f} s into {stage} (exit {process.returncode})")
+            if sent != signal.SIGKILL:
                 errors = process.stderr.read()
-                assert process.returncode == 3 and "Traceback" not in errors, errors[-3000:]
+                assert process.returncode == EXIT_CODES[sent] and "stopped: " in errors, (stage, errors[-3000:])
+                assert not any(word in errors for word in BROKEN), (stage, errors[-3000:])
             return True
     process.wait()
     probes.append(f"{stage} was already complete (exit {process.returncode})")
+    return False
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes multiprocessing spawned for process `pid` (grain's workers; not its
+    resource tracker, which ignores Ctrl-C by itself)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+    return found
+
+
+def _ignores_ctrl_c(pid: int) -> bool:
+    """Whether process `pid` ignores SIGINT (its SigIgn mask)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
     return False
 
 
@@ -117,9 +177,9 @@ def test_killed_inside_every_stage_then_rerun_ends_with_the_same_fingerprints(re
     print(f"FAULT_SEED={seed}")  # shown when the test fails
     rng, probes = random.Random(seed), []
     workdir = tmp_path / "killed"
-    for stage in STAGES:
-        kill_inside(stage, workdir, shared, rng, probes)
-        if stage == "finetune/none":  # while one run holds the workdir, another is refused
+    for stage, delay, sent in KILLS:
+        kill_inside(stage, delay, sent, workdir, shared, rng, probes)
+        if (stage, sent) == ("finetune/none", signal.SIGKILL):  # while one run holds the workdir, another is refused
             holder = main(workdir, shared)
             for line in holder.stdout:
                 if line.startswith("stage finetune/none: "):
@@ -132,6 +192,7 @@ def test_killed_inside_every_stage_then_rerun_ends_with_the_same_fingerprints(re
             probes.append("a second run while the first held the workdir: refused, naming the holder")
     result = finish(workdir, shared)  # the lock of the last killed run is stale and taken over
     print("\n".join(probes))
+    assert len(probes) == len(KILLS) + 1
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert fingerprints(workdir) == fingerprints(reference)
     for method in ("none", "sae_add_remove"):
@@ -332,14 +393,15 @@ def test_each_damaged_artifact_is_rebuilt_or_named(reference, shared, tmp_path, 
 DISK = """
 set -e
 mkdir -p "$1"
-mount -t tmpfs -o size=$2 tmpfs "$1"
-{main} > "$3/full.out" 2> "$3/full.err" && echo "full: 0" || echo "full: $?"
-ls -R "$1" > "$3/full.ls"
+mount -t tmpfs -o size=700k tmpfs "$1"
+{main} > "$2/full700k.out" 2> "$2/full700k.err" && echo "full700k: 0" || echo "full700k: $?"
+mount -o remount,size=3m "$1"
+{main} > "$2/full3m.out" 2> "$2/full3m.err" && echo "full3m: 0" || echo "full3m: $?"
 mount -o remount,size=400m "$1"
-{main} > "$3/freed.out" 2> "$3/freed.err" && echo "freed: 0" || echo "freed: $?"
-mkdir -p "$3/report" && cp "$1/report/report.json" "$3/report/report.json" || true
+{main} > "$2/freed.out" 2> "$2/freed.err" && echo "freed: 0" || echo "freed: $?"
+mkdir -p "$2/report" && cp "$1/report/report.json" "$2/report/report.json" || true
 mount -o remount,ro "$1"
-{main} > "$3/ro.out" 2> "$3/ro.err" && echo "ro: 0" || echo "ro: $?"
+{main} > "$2/ro.out" 2> "$2/ro.err" && echo "ro: 0" || echo "ro: $?"
 """
 
 
@@ -355,19 +417,16 @@ def namespace_prefix() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("size", ["700k", "3m"])
-def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_is_room(
-    reference, shared, tmp_path, size
-):
-    """Once at the features (700k) and once at the first checkpoint (3m); then the same disk made
-    larger, then read-only."""
+def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_is_room(reference, shared, tmp_path):
+    """Full at the features (700k), then, the disk made larger, at the first checkpoint (3m); then
+    larger still, then read-only. One run from start to end, continued after each stop."""
     prefix = namespace_prefix()
     if prefix is None:
         pytest.skip("this machine lets neither root nor a user namespace mount a small tmpfs")
     command = " ".join([sys.executable, "-u", "-m", "saeft_jax.main", *arguments("$1", shared)])
     script = DISK.format(main=command)
     result = subprocess.run(
-        [*prefix, "sh", "-c", script, "sh", str(tmp_path / "disk"), size, str(tmp_path)],
+        [*prefix, "sh", "-c", script, "sh", str(tmp_path / "disk"), str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -375,17 +434,18 @@ def test_a_full_disk_stops_with_one_paragraph_and_the_run_continues_once_there_i
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     codes = dict(line.split(": ") for line in result.stdout.split("\n") if ": " in line)
-    full = (tmp_path / "full.err").read_text()
-    assert codes["full"] == "2", full
-    assert "Traceback" not in full and full.strip().startswith("error: "), full
-    assert "No space left on device" in full or "MiB free" in full, full
+    for size in ("700k", "3m"):
+        full = (tmp_path / f"full{size}.err").read_text()
+        assert codes[f"full{size}"] == "2", (size, full)
+        assert "Traceback" not in full and full.strip().startswith("error: "), (size, full)
+        assert "No space left on device" in full or "MiB free" in full, (size, full)
     assert codes["freed"] == "0", (tmp_path / "freed.err").read_text()
     assert fingerprints(tmp_path) == fingerprints(reference)  # tmp_path/report/report.json: the copy
     read_only = (tmp_path / "ro.err").read_text()
     assert codes["ro"] == "2" and "Traceback" not in read_only and "Read-only file system" in read_only, read_only
 
 
-def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_records_nothing(shared, tmp_path):
+def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_records_nothing(reference, shared, tmp_path):
     from saeft_jax.errors import ConfigError, UsageError
     from saeft_jax.pipeline import run_pipeline
 
@@ -399,8 +459,9 @@ def test_stages_that_lack_what_they_are_made_from_say_so_and_a_refused_run_recor
     refused = faults_config(shared, **{"saes.main.batch_size": 100_000})
     with pytest.raises(ConfigError, match="exceeds the .* training embeddings"):
         run_pipeline(refused, tmp_path / "refused")
-    assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused
-    assert run_pipeline(faults_config(shared), tmp_path / "refused") is not None  # the report is made
-    assert (
-        run_pipeline(faults_config(shared, stages=("zeroshot",)), tmp_path / "refused") is not None
-    )  # only zeroshot, complete: the report stands
+    assert not (tmp_path / "refused" / "config.json").exists()  # so the corrected command is not refused:
+    only_zeroshot = faults_config(shared, stages=("zeroshot",))
+    assert run_pipeline(only_zeroshot, tmp_path / "refused") is None  # it runs there (one stage: no report yet)
+    assert (tmp_path / "refused" / "zeroshot" / "done.json").exists()
+    shutil.copytree(reference, tmp_path / "finished")  # the whole corrected run, as the reference made it
+    assert run_pipeline(only_zeroshot, tmp_path / "finished") is not None  # only zeroshot, complete: the report stands

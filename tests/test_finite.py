@@ -222,3 +222,33 @@ def test_a_finetuned_model_or_head_with_a_nan_is_refused_where_evaluation_reads_
         rf"mine's model\. Delete {tmp_path}/finetune/mine and its stage",
     ):
         finetuned.load_finetuned(run, "mine")
+
+
+def test_a_checkpoint_with_a_nan_is_skipped_for_the_previous_one_and_none_finite_is_named(tmp_path, capfd):
+    """A checkpoint is never saved non-finite (a diverged step stops unsaved), so one that holds a NaN
+    was damaged later: like a checkpoint that does not restore, the previous one is used."""
+    from saeft_jax.checkpoints import Checkpoints, CheckpointsUnusable
+
+    like = {"w": np.zeros((3, 4), np.float32), "bad_step": np.array(-1, np.int32)}
+    good, damaged = (
+        {"w": np.full((3, 4), 2.0, np.float32), "bad_step": np.array(-1, np.int32)},
+        {"w": np.ones((3, 4), np.float32)},
+    )
+    damaged["w"][1, 2], damaged["bad_step"] = np.nan, np.array(-1, np.int32)
+    checkpoints = Checkpoints(tmp_path / "checkpoints", async_save=False)
+    checkpoints.save(1, good, {"data": 1})
+    checkpoints.save(2, damaged, {"data": 2})
+    checkpoints.close()
+    step, state, meta = Checkpoints(tmp_path / "checkpoints").restore_latest(like)
+    assert step == 1 and meta == {"data": 1}
+    np.testing.assert_array_equal(np.asarray(state["w"]), good["w"])
+    err = capfd.readouterr().err
+    assert f"warning: checkpoint 2 in {tmp_path / 'checkpoints'} does not restore (tensor w holds 1 NaN" in err, err
+    assert "continuing from checkpoint 1 and deleting it" in err
+    assert Checkpoints(tmp_path / "checkpoints").latest_step() == 1  # the damaged one is gone
+
+    only = Checkpoints(tmp_path / "only", async_save=False)
+    only.save(3, damaged)
+    only.close()
+    with pytest.raises(CheckpointsUnusable, match=r"no checkpoint in .*only restores \(step 3: tensor w holds 1 NaN"):
+        Checkpoints(tmp_path / "only").restore_latest(like)

@@ -138,11 +138,16 @@ def result(process: subprocess.Popen) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+@pytest.fixture(scope="module")
+def single() -> dict:
+    """One process with 8 devices: what every pair of 4-device processes must match (run once)."""
+    return result(start(0, 1, free_port(), devices=8))
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_as_many_devices():
+def test_two_processes_match_one_process_with_as_many_devices(single):
     port = free_port()
     workers = [start(i, 2, port, devices=4) for i in range(2)]
-    single = result(start(0, 1, port, devices=8))
     pair = [result(w) for w in workers]
     assert single["processes"] == 1 and not single["joined"] and single["devices"] == 8
     for worker in pair:
@@ -155,12 +160,11 @@ def test_two_processes_match_one_process_with_as_many_devices():
 
 
 @pytest.mark.slow
-def test_two_tasks_under_a_simulated_srun_join_as_one_job_without_flags():
+def test_two_tasks_under_a_simulated_srun_join_as_one_job_without_flags(single):
     """No distributed flags: JAX reads the SLURM environment, and the pair matches one process."""
     environments = [srun_environment(task, 2) for task in range(2)]
     environments[1]["SLURM_JOB_ID"] = environments[0]["SLURM_JOB_ID"]
     workers = [start(i, 2, "slurm", devices=4, **environments[i]) for i in range(2)]
-    single = result(start(0, 1, free_port(), devices=8))
     for worker in (result(w) for w in workers):
         assert worker["joined"] and worker["processes"] == 2 and worker["devices"] == 8
         np.testing.assert_allclose(worker["losses"], single["losses"], rtol=1e-5)

@@ -51,7 +51,7 @@ def finished(tmp_path_factory):
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
-        f"--config.demo.cache_dir={root / 'cache'}",
+        f"--config.demo.cache_dir={tmp_path_factory.getbasetemp() / 'cache'}",  # the session's pretrained demo model
         "--config.show_progress=false",
         "--config.train_dataset=digits_mine/train",
         "--config.finetune.val_dataset=digits_mine/val",

@@ -1,7 +1,9 @@
 """The signal policy (saeft_jax.stopping) in processes of its own: a stop acted on at a known
-point, repeated signals absorbed, a second Ctrl-C at once, a blocked run ended by the watcher,
-and a late signal during the interpreter's exit; then the command line on the smoke config,
-signalled twice at several points, ending with 3 or 130 and never a traceback or a crash."""
+point, repeated signals absorbed, a second Ctrl-C at once, a blocked run ended by the watcher
+(naming what the run was doing), a late signal during the interpreter's exit, the zero-shot head's
+stop point, and `prepare` ended by Ctrl-C. The command line on the smoke config, signalled twice at
+several points (the first step, inside fine-tuning with a grain worker, the end of fine-tuning,
+inside evaluation), is test_faults' kill test: one run, continued after each signal."""
 
 from __future__ import annotations
 
@@ -80,17 +82,25 @@ def test_a_second_ctrl_c_ends_the_run_at_once_with_130():
 
 
 @pytest.mark.parametrize(
-    "blocked",
+    "blocked, known",
     [
-        "while True: time.sleep(0.05)",  # Python code that never reaches a check
-        'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
+        (
+            "while True: time.sleep(0.05)",
+            "the run's start-up, which had not reached a point to stop at 1 s later (the last point passed: none)",
+        ),  # Python code that never reaches a check
+        (
+            'stopping.doing("stage report")\nstopping.check("in stage report before the analyses")\n'
+            'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
+            "stage report, which had not reached a point to stop at 1 s later (the last point passed: 'in stage "
+            "report before the analyses')",
+        ),
     ],
 )
-def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3(blocked):
+def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3_naming_what_it_was_doing(blocked, known):
     process = start(f"stopping.GRACE_S = 1.0\n{blocked}")
     returncode, err, seconds = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
     assert returncode == 3 and 1.0 < seconds < 10, (returncode, seconds, err)
-    assert "stopped: SIGTERM, and the run had not reached a point to stop at 1 s later" in err, err
+    assert f"stopped: SIGTERM during {known}" in err, err
     assert not any(word in err for word in BROKEN), err
 
 
@@ -102,49 +112,50 @@ def test_signals_during_the_interpreters_exit_keep_its_exit_code():
     assert returncode == 0 and not any(word in err for word in BROKEN), (returncode, err)
 
 
-# The command line on the smoke config, signalled twice 0.2 s apart at each point in turn, in
-# one workdir (each run continues the last): (stage line to wait for, seconds after it, signals, exit code).
-POINTS = [
-    ("finetune/none", 0.0, signal.SIGINT, 130),  # the first step, while it compiles
-    ("finetune/sae_add_remove", 1.5, signal.SIGTERM, 3),  # inside fine-tuning: a checkpoint, then 3
-    ("evaluate/none", 0.0, signal.SIGTERM, 3),  # the end of fine-tuning, as evaluation starts
-    ("evaluate/sae_add_remove", 1.0, signal.SIGTERM, 3),
-]  # inside evaluation
+def test_ctrl_c_to_prepare_ends_it_with_130_and_publishes_nothing(tmp_path):
+    from PIL import Image
+
+    for index in range(3000):  # long enough to be signalled while it encodes
+        folder = tmp_path / "src" / f"c{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (index % 256, 0, 0)).save(folder / f"{index}.png")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "saeft_jax.data.prepare",
+            "folder",
+            f"--source={tmp_path / 'src'}",
+            f"--data_dir={tmp_path / 'data'}",
+            "--name=x",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        start_new_session=True,  # its own process group, signalled as a terminal's Ctrl-C is
+    )
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "data").rglob("*.partial")):  # the first shard is being written
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "stopped: Ctrl-C while preparing " in err, (process.returncode, err)
+    assert "the same command prepares it again" in err and not any(word in err for word in BROKEN), err
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # no shard, no info.json, no staging
 
 
-@pytest.mark.slow  # a smoke run and four restarts: several minutes on 2 CPU cores
-def test_the_command_line_signalled_twice_at_each_point_ends_with_its_code_and_no_traceback(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()  # the demo's data and CLIP where the other smoke tests keep them
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "saeft_jax.main",
-        "--config=configs/demo.py:smoke",
-        f"--workdir={tmp_path_factory.mktemp('signalled')}",
-        "--config.show_progress=False",
-        f"--config.data_dir={base / 'data'}",
-        f"--config.demo.cache_dir={base / 'cache'}",
-    ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    for stage, delay, sent, code in POINTS:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        for line in process.stdout:
-            if line.startswith(f"stage {stage}: ") and "skipped" not in line:
-                time.sleep(delay)
-                break
-        else:
-            pytest.fail(f"the run ended before stage {stage}: {process.stderr.read()[-3000:]}")
-        returncode, err, seconds = signal_twice(process, sent, sent)
-        assert returncode == code and "stopped: " in err, (stage, returncode, err[-3000:])
-        assert not any(word in err for word in BROKEN), (stage, err[-3000:])
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert finished.returncode == 0 and "done: " in finished.stdout, finished.stderr[-3000:]
+# Last of the quick tests: the others fork, and JAX's threads, once started, warn of forking.
+def test_the_zero_shot_head_stops_between_batches(tiny_clip_dir):
+    from saeft_jax import models, stopping
+    from saeft_jax.zeroshot import build_zeroshot_head
+
+    model = models.load(tiny_clip_dir[0])
+    with (
+        stopping.installed(),
+        pytest.raises(stopping.Stopped, match="SIGTERM while building a zero-shot head at prompt 0 of 3"),
+    ):
+        signal.raise_signal(signal.SIGTERM)
+        build_zeroshot_head(model, [["a cat"], ["a dog"], ["a bird"]], batch_size=1, show_progress=False)

@@ -94,12 +94,10 @@ def test_a_workdir_that_cannot_be_used_is_a_usage_error(tmp_path, bucket):
     assert str(prepare_workdir(f"{bucket}/fresh/run")) == f"{bucket}/fresh/run"
 
 
-@pytest.fixture
-def silent_bucket(monkeypatch):
-    """A GCS endpoint on 127.0.0.1 that accepts every connection and never answers, reached the way
-    the emulator is (conftest's `bucket`); yields the times of the connections it accepted."""
+def _silent_endpoint(request) -> tuple[str, list[float]]:
+    """An HTTP endpoint on 127.0.0.1 that accepts every connection and never answers (closed when
+    the test ends); the times of the connections it accepted."""
     server = socket.create_server(("127.0.0.1", 0))
-    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     accepted, held = [], []
 
     def accept() -> None:
@@ -111,7 +109,21 @@ def silent_bucket(monkeypatch):
             held.append(connection)
             accepted.append(time.monotonic())
 
+    def close() -> None:
+        server.close()
+        for connection in held:
+            connection.close()
+
     threading.Thread(target=accept, daemon=True).start()
+    request.addfinalizer(close)
+    return f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+
+
+@pytest.fixture
+def silent_bucket(request, monkeypatch):
+    """A GCS endpoint that never answers, reached the way the emulator is (conftest's `bucket`) by
+    every client; yields the times of the connections it accepted."""
+    endpoint, accepted = _silent_endpoint(request)
     for name, value in {
         "STORAGE_EMULATOR_HOST": endpoint,
         "TENSORSTORE_GCS_HTTP_URL": endpoint,
@@ -120,10 +132,17 @@ def silent_bucket(monkeypatch):
         "NO_GCE_CHECK": "True",
     }.items():
         monkeypatch.setenv(name, value)
-    yield accepted
-    server.close()
-    for connection in held:
-        connection.close()
+    return accepted
+
+
+@pytest.fixture
+def half_silent_bucket(request, bucket, monkeypatch):
+    """The emulator's bucket as gcsfs sees it (the probe and the workdir's files answer), while
+    TensorStore (Orbax) and google-cloud-cpp (ArrayRecord) reach an endpoint that never answers."""
+    endpoint, accepted = _silent_endpoint(request)
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", endpoint)
+    monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", endpoint)
+    return accepted
 
 
 def test_a_bucket_that_never_answers_is_named_once_the_wait_is_over(silent_bucket, monkeypatch, tmp_path, capsys):
@@ -224,3 +243,88 @@ def test_a_sigterm_while_waiting_on_a_silent_bucket_ends_the_run_with_3(silent_b
     _, err = process.communicate(timeout=120)
     assert process.returncode == 3 and time.monotonic() - sent < 30, (process.returncode, err)
     assert "stopped: SIGTERM while waiting for gs://bucket/data to answer" in err and "Traceback" not in err, err
+
+
+# A client without a bound of its own, on the half-silent bucket, in a process of its own (the
+# deadline ends the process): what it reads or writes, then the URL its paragraph must name.
+HANGING_CALLS = {
+    "orbax checkpoint": (
+        "from saeft_jax.checkpoints import Checkpoints\n"
+        "checkpoints = Checkpoints('gs://bucket/hung/checkpoints')\n"
+        "print('ready', flush=True)\n"
+        "checkpoints.save(1, {'w': np.ones(1000, np.float32)})\n"
+        "checkpoints.close()",
+        "gs://bucket/hung/checkpoints",
+    ),
+    "arrayrecord reads": (
+        "from saeft_jax.data import sources\n"
+        "from saeft_jax.data.folders import folder_spec\n"
+        "print('ready', flush=True)\n"
+        "sources.open_source(folder_spec('hung/test', 'gs://bucket/hung-data'), 'gs://bucket/hung-data')[0]",
+        "gs://bucket/hung-data",
+    ),
+}
+
+
+@pytest.mark.parametrize("client", HANGING_CALLS)
+def test_a_bucket_that_answers_the_probe_and_then_hangs_a_client_is_named_by_its_deadline(
+    half_silent_bucket, tmp_path, client
+):
+    from saeft_jax.data import prepare
+
+    for label, name in enumerate(["cat", "dog"]):
+        folder = tmp_path / "src" / name
+        folder.mkdir(parents=True)
+        (folder / "0.png").write_bytes(_png(label))
+    prepare.prepare("folder", tmp_path / "src", "gs://bucket/hung-data", name="hung", split="test", show_progress=False)
+    body, url = HANGING_CALLS[client]
+    script = "import numpy as np\nfrom saeft_jax import storage\nstorage.DEADLINE_S = 3.0\n" + body
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root},
+    )
+    assert process.stdout.readline() == "ready\n", process.stderr.read()
+    started = time.monotonic()
+    _, err = process.communicate(timeout=120)
+    waited = time.monotonic() - started
+    assert process.returncode == 2 and 3.0 < waited < 15, (process.returncode, waited, err)
+    assert half_silent_bucket  # the client did reach the silent endpoint
+    assert f"error: {url}: its bucket did not answer within 3 s (while " in err and "Traceback" not in err, err
+
+
+def _png(seed: int) -> bytes:
+    """A small RGB PNG file's bytes."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_sigterm_to_compare_while_it_waits_on_a_silent_bucket_ends_it_with_3(silent_bucket, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "saeft_jax.compare", "gs://bucket/a", str(tmp_path / "b"), "--out", str(tmp_path / "o")],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    _first_connection(silent_bucket, process)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # absorbed
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 3 and time.monotonic() - sent < 5, (process.returncode, err)
+    assert "stopped: SIGTERM while waiting for gs://bucket/a to answer" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -10,6 +10,10 @@ and how they are cropped, do not depend on the number of processes or devices.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,8 +116,25 @@ def _local_iterator(
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        dataset = dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_worker_init
+        )
     return iter(dataset)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """In each grain worker process: Ctrl-C reaches the whole process group, and only the main
+    process acts on it (`saeft_jax.stopping`), ending the workers itself; a worker's own
+    KeyboardInterrupt would print its traceback. A main process that ends at once (a second Ctrl-C,
+    a deadline) cannot end its workers, so each ends itself when its parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), name="saeft-parent-watch", daemon=True).start()
+
+
+def _end_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 TRAIN_FIELDS = {

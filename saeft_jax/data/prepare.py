@@ -46,7 +46,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from saeft_jax import storage
+from saeft_jax import stopping, storage
 from saeft_jax.data import folders, labels, records
 from saeft_jax.errors import UsageError
 from saeft_jax.observe import progress
@@ -221,6 +221,7 @@ def _encoded(examples: list[Example], skip_corrupt: bool, skipped: list[str], ba
 
     with ThreadPoolExecutor(8) as pool:
         for example, data, error in pool.map(load, examples):
+            stopping.check(f"while preparing {example.path}")  # the split's shards are not published yet
             bar.update(1)
             if error is not None:
                 if not skip_corrupt:
@@ -522,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             expected=expected,
             templates=templates,
         )
+    except stopping.Stopped as stop:
+        return stopping.exit_code(stop, "the split was not written, and the same command prepares it again")
     except (UsageError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
@@ -553,4 +556,5 @@ def summary(info: dict[str, Any], where: Path) -> str:
 
 
 if __name__ == "__main__":
+    stopping.install("the same command prepares it again")
     sys.exit(main())

@@ -74,7 +74,8 @@ class TfdsSource(_Reopens):
 
         self.spec, self.data_dir = spec, data_dir
         try:
-            self._source = tfds.data_source(spec.location, split=spec.split, data_dir=data_dir, download=False)
+            with storage.deadline(data_dir, f"opening {spec.name}'s records"):  # ArrayRecord: google-cloud-cpp
+                self._source = tfds.data_source(spec.location, split=spec.split, data_dir=data_dir, download=False)
         except Exception as error:  # TFDS raises several types; tell the user which case it is
             builder = tfds.builder(spec.location, data_dir=data_dir)
             if not builder.is_prepared():
@@ -87,7 +88,8 @@ class TfdsSource(_Reopens):
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        example = self._source[index]
+        with storage.deadline(self.data_dir, f"reading example {index} of {self.spec.name}"):
+            example = self._source[index]
         label = int(example[self.spec.label_key])
         if self.spec.label_of is not None:
             label = self.spec.label_of[label]
@@ -130,13 +132,16 @@ class PreparedSource(_Reopens):
                 f"{directory} holds {len(self.info['classnames'])} classes but {spec.name} has "
                 f"{len(spec.classnames)}; prepare it again with: {spec.preparation(data_dir)}"
             )
-        self._records = grain.sources.ArrayRecordDataSource([str(f) for files in parts.values() for f in files])
+        with storage.deadline(data_dir, f"opening {spec.name}'s records"):  # google-cloud-cpp retries 15 minutes
+            self._records = grain.sources.ArrayRecordDataSource([str(f) for files in parts.values() for f in files])
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        example = records.decode(self._records[index])
+        with storage.deadline(self.data_dir, f"reading example {index} of {self.spec.name}"):
+            record = self._records[index]
+        example = records.decode(record)
         return {"image": example["image"], "label": example["label"], "group": example["group"]}
 
 

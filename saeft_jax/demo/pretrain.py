@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import optax
 
+from saeft_jax import stopping
 from saeft_jax.data.preprocess import ImageSpec
 from saeft_jax.demo import digits
 from saeft_jax.demo.tokenizer import build_tokenizer
@@ -167,7 +168,8 @@ def _pretrain(model: Model, data: digits.DigitsSetup, setup: PretrainSetup, show
 
     rng = np.random.default_rng(setup.seed)
     bar = progress(setup.steps, f"pretrain demo {setup.family}", enabled=show_progress)
-    for _ in range(setup.steps):
+    for done in range(setup.steps):
+        stopping.check(f"in the demo's pretraining at step {done} of {setup.steps}")  # nothing is cached yet
         rows = rng.choice(len(pixels), setup.batch_size, replace=False)
         ids = captions[styles[rows], labels[rows], rng.integers(0, len(CAPTIONS), len(rows))]
         params, opt_state, loss = step(params, opt_state, pixels[rows], ids, labels[rows])

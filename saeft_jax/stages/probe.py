@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from saeft_jax import storage
+from saeft_jax import stopping, storage
 from saeft_jax.evaluation.evaluate import dataset_score
 from saeft_jax.finite import check_artifact
 from saeft_jax.models.heads import classify
@@ -36,6 +36,7 @@ def run_stage(run: Run) -> None:
         classes = len(run.train_spec.classnames)
         data, fits, head = blocks(np.load(path, mmap_mode="r"), labels), [], None
         for l2 in sorted(cfg.l2s, reverse=True):  # strongest first: each fit starts from the previous head
+            stopping.check(f"in stage probe before the fit with l2 {l2:g}")
             head, fit = fit_probe(
                 data, classes, l2=l2, max_iterations=cfg.max_iterations, tolerance=cfg.tolerance, start=head
             )

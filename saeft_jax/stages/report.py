@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from saeft_jax import parallel, storage
+from saeft_jax import parallel, stopping, storage
 from saeft_jax.config import sae_names
 from saeft_jax.data.registry import suite
 from saeft_jax.evaluation import browser, interpret, metrics
@@ -241,6 +241,7 @@ def _changes(
     for name in report_methods(report):
         by_dataset, comparisons[name] = {}, {}
         for dataset in datasets:
+            stopping.check(f"in stage report before the analyses of {name} on {dataset}")
             arrays = scores.load_arrays(run, name, dataset)
             if dataset not in zeroshot:
                 zeroshot[dataset] = Embeddings(arrays["zeroshot_embeddings"], sae, local)
@@ -282,6 +283,7 @@ def _across_datasets(
     }
     zeroshot_validation = None  # the same embeddings for every method, encoded once
     for name in report_methods(report):
+        stopping.check(f"in stage report before the effects of {name}'s changes")
         mine = dict(comparisons[name])
         if validation:
             arrays = scores.load_arrays(run, name, validation.name)
