@@ -22,7 +22,7 @@ from saeft_jax.data.registry import CORRUPTED, suite
 from saeft_jax.data.sources import resolve_data_dir
 from saeft_jax.errors import UsageError
 from saeft_jax.methods import SETTINGS
-from saeft_jax.stages import completion, features, finetuned, heads, probe, report, scores, trained_sae
+from saeft_jax.stages import completion, evaluate, features, finetune, probe, report, sae, zeroshot
 from saeft_jax.stages.context import Run, write_json
 from saeft_jax.training import recipes
 from saeft_jax.workdir_lock import WorkdirBusy, WorkdirLock
@@ -255,18 +255,16 @@ def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
 
 def _plan(run: Run) -> list[tuple[tuple[str, ...], Callable, tuple[tuple[str, ...], ...]]]:
     """(artifact, the function that makes it, the artifacts it is made from), in order."""
-    plan = [(("zeroshot",), heads.run_stage, ()), (("features",), features.run_stage, ())]
-    plan += [
-        (("sae", name), functools.partial(trained_sae.run_stage, name=name), (("features",),)) for name in run.saes
-    ]
+    plan = [(("zeroshot",), zeroshot.run_stage, ()), (("features",), features.run_stage, ())]
+    plan += [(("sae", name), functools.partial(sae.run_stage, name=name), (("features",),)) for name in run.saes]
     plan += [(("probe",), probe.run_stage, (("features",),))] if probe.wanted(run) else []
     for name, method in run.methods.items():
         plan.append(
-            (("finetune", name), functools.partial(finetuned.run_stage, name=name), finetuned.made_from(run, method))
+            (("finetune", name), functools.partial(finetune.run_stage, name=name), finetune.made_from(run, method))
         )
     for name in run.methods:
         plan.append(
-            (("evaluate", name), functools.partial(scores.run_stage, name=name), (("finetune", name), ("zeroshot",)))
+            (("evaluate", name), functools.partial(evaluate.run_stage, name=name), (("finetune", name), ("zeroshot",)))
         )
     plan.append((("report",), report.run_stage, tuple(("evaluate", name) for name in run.methods)))
     return plan

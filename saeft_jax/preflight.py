@@ -19,7 +19,7 @@ from saeft_jax.errors import ConfigError, UsageError
 from saeft_jax.finite import check_finite
 from saeft_jax.sae import kinds
 from saeft_jax.stages.context import Run
-from saeft_jax.stages.finetuned import total_steps
+from saeft_jax.stages.finetune import total_steps
 
 
 def check(run: Run) -> None:

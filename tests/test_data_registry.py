@@ -101,7 +101,7 @@ def test_wilds_label_spaces():
 
 def test_every_spec_of_a_label_space_names_the_same_classes():
     """The zero-shot head of a label space is built from whichever of its specs a run meets first
-    (saeft_jax.stages.heads), so every spec with fixed names must give that space's names."""
+    (saeft_jax.stages.zeroshot), so every spec with fixed names must give that space's names."""
     from saeft_jax.data import registry
 
     by_space: dict[str, set] = {}

@@ -18,7 +18,7 @@ from saeft_jax.errors import UsageError
 from saeft_jax.finite import NonFiniteError, check_finite
 from saeft_jax.sae.artifact import load_sae, save_sae
 from saeft_jax.sae.frozen import FrozenSAE
-from saeft_jax.stages import finetuned, heads, probe
+from saeft_jax.stages import finetune, probe, zeroshot
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -98,7 +98,7 @@ def test_a_head_with_a_nan_is_refused_and_deleting_its_stage_is_the_advice(tmp_p
     parts, name = (("zeroshot",), "digits.safetensors") if kind == "zeroshot" else (("probe",), "head.safetensors")
     (tmp_path.joinpath(*parts)).mkdir(parents=True)
     storage.save_safetensors(epath.Path(tmp_path.joinpath(*parts, name)), head)
-    load = (lambda run: heads.load_head(run, "digits")) if kind == "zeroshot" else probe.load_head
+    load = (lambda run: zeroshot.zeroshot_head(run, "digits")) if kind == "zeroshot" else probe.probe_head
     np.testing.assert_array_equal(load(fake_run(tmp_path))["W"], head["W"])
     head["b"][2] = np.inf
     storage.save_safetensors(epath.Path(tmp_path.joinpath(*parts, name)), head)
@@ -156,7 +156,7 @@ def test_an_imported_head_of_other_tensors_is_refused_naming_them_and_the_form_w
     storage.save_safetensors(epath.Path(where / "head.safetensors"), {k: np.zeros(s) for k, s in head.items()})
     wanted = rf"head\.safetensors holds the tensors {says}; .*W \(3, {width}\) .* and b \(3,\)"
     with pytest.raises(UsageError, match=wanted):
-        finetuned._import(run, method)
+        finetune._import(run, method)
 
 
 def test_an_imported_head_or_checkpoint_with_a_nan_is_refused_by_name(importing):
@@ -165,7 +165,7 @@ def test_an_imported_head_or_checkpoint_with_a_nan_is_refused_by_name(importing)
     head["W"][0, 0] = np.nan
     storage.save_safetensors(epath.Path(where / "head.safetensors"), head)
     with pytest.raises(NonFiniteError, match=r"theirs/head\.safetensors: tensor W holds 1 non-finite value"):
-        finetuned._import(run, method)
+        finetune._import(run, method)
     weights = safetensors.numpy.load_file(where / "model.safetensors")
     name = "vision_model.encoder.layers.1.mlp.fc2.weight"
     weights[name][4, :3] = np.inf
@@ -175,7 +175,7 @@ def test_an_imported_head_or_checkpoint_with_a_nan_is_refused_by_name(importing)
         match=r"theirs \(its weights\): tensor vision_model/encoder/layers/1/mlp/fc2/"
         r"\w+ holds 3 non-finite values .*methods\.imported\.checkpoint",
     ):
-        finetuned._import(run, method)
+        finetune._import(run, method)
 
 
 def test_features_with_an_infinity_are_refused_where_they_are_read(tmp_path):
@@ -221,7 +221,7 @@ def test_a_finetuned_model_or_head_with_a_nan_is_refused_where_evaluation_reads_
         match=rf"finetune/mine/{file}: tensor \S+ holds 1 non-finite value .*method "
         rf"mine's model\. Delete {tmp_path}/finetune/mine and its stage",
     ):
-        finetuned.load_finetuned(run, "mine")
+        finetune.load_finetuned(run, "mine")
 
 
 def test_a_checkpoint_with_a_nan_is_skipped_for_the_previous_one_and_none_finite_is_named(tmp_path, capfd):

@@ -310,7 +310,7 @@ def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
     import shutil
 
     from saeft_jax.config import ConfigError
-    from saeft_jax.stages import finetuned
+    from saeft_jax.stages import finetune
     from saeft_jax.stages.context import Run
 
     workdir = tmp_path_factory.mktemp("teacher")
@@ -327,7 +327,7 @@ def test_fine_tuning_with_the_teacher_cache(finished, tmp_path_factory):
         pipeline_config(tmp_path_factory, **changes)
     config = pipeline_config(tmp_path_factory, **changes, **{"finetune.warmup_steps": 1})
     model_path = json.loads((finished / "report" / "report.json").read_text())["model"]
-    finetuned.run_stage(Run(config, workdir, model_path), "sae_add_remove")
+    finetune.run_stage(Run(config, workdir, model_path), "sae_add_remove")
     done = json.loads((workdir / "finetune" / "sae_add_remove" / "done.json").read_text())
     assert done["train"]["steps"] == 4 and np.isfinite(done["train"]["final_loss"])
 

@@ -23,8 +23,9 @@ from saeft_jax.sae.artifact import SAEArtifactError, describe, load_sae, save_sa
 from saeft_jax.sae.frozen import FrozenSAE
 from saeft_jax.sae.quality import evaluate_sae, geometric_median
 from saeft_jax.sae.training import train_sae
-from saeft_jax.stages import report, trained_sae
-from saeft_jax.stages.trained_sae import EpochLog
+from saeft_jax.stages import report
+from saeft_jax.stages import sae as sae_stage
+from saeft_jax.stages.sae import EpochLog
 
 
 def sparse_mixtures(
@@ -291,7 +292,7 @@ def test_artifact_round_trip_and_mismatches(mixtures, tmp_path):
 
 
 def test_penalty_and_report_read_the_same_settings(tmp_path):
-    """The penalty's SAE (`trained_sae.load`) and the report's SAE entry take k, ReLU, dict_size
+    """The penalty's SAE (`stages.sae.load`) and the report's SAE entry take k, ReLU, dict_size
     and kind from the artifact's sae.json, not from the stage's completion record (which once
     restated them: a record saying another k must not be what the report shows)."""
     rng = np.random.default_rng(0)
@@ -304,7 +305,7 @@ def test_penalty_and_report_read_the_same_settings(tmp_path):
         read=lambda parts, name: tmp_path.joinpath(*parts, name),
         done=lambda *parts: record if parts == ("sae", "main") else None,
     )
-    penalty = trained_sae.load(run, "main")
+    penalty = sae_stage.load(run, "main")
     assert (penalty.k, penalty.relu, penalty.dict_size) == (5, True, 32)
     assert report._sae_summary(run, "main") == {
         "fvu": 0.25,
@@ -409,7 +410,7 @@ def test_the_sae_stage_closes_what_it_opened_when_the_other_cannot_open(tmp_path
     """The sae stage's checkpoints (an Orbax manager, which must finish and release its saves) and
     its metrics log are closed on every path, also when the other of the two cannot be opened (a
     directory it may not write, a bucket it cannot reach)."""
-    from saeft_jax.stages import trained_sae
+    from saeft_jax.stages import sae
 
     opened, closed = [], []
 
@@ -426,7 +427,7 @@ def test_the_sae_stage_closes_what_it_opened_when_the_other_cannot_open(tmp_path
         return Opened
 
     for name in ("Checkpoints", "EpochLog"):
-        monkeypatch.setattr(trained_sae, name, kind(name))
+        monkeypatch.setattr(sae, name, kind(name))
     with pytest.raises(OSError, match=f"{fails} cannot open"):
-        trained_sae._train(None, None, {}, tmp_path)
+        sae._train(None, None, {}, tmp_path)
     assert sorted(closed) == sorted(opened)  # whichever opened before the failure

@@ -6,7 +6,7 @@ fixed behind options that are off by default (`SAEOptions`). Each epoch visits a
 permutation of the data seeded by (seed, epoch) and drops the last partial batch, so a resumed
 run sees exactly the batches of an uninterrupted one. The trainer writes no file: it returns the
 frozen SAE and its metrics, saves its state through the `checkpoints` it is given and hands each
-epoch's figures to `on_epoch`; the sae stage (`saeft_jax.stages.trained_sae`) writes them.
+epoch's figures to `on_epoch`; the sae stage (`saeft_jax.stages.sae`) writes them.
 """
 
 from __future__ import annotations

@@ -1,2 +1,2 @@
-"""The pipeline's stages, each artifact in, artifact out, in modules named for what they produce:
-heads (stage zeroshot), features, trained_sae (sae), finetuned (finetune), scores (evaluate), report."""
+"""The pipeline's stages, each artifact in, artifact out, one module per stage and named for it:
+zeroshot, features, sae, probe, finetune, evaluate, report (completion and context serve them all)."""

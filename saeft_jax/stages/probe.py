@@ -88,7 +88,7 @@ def _labels(run: Run) -> np.ndarray:
     return labels
 
 
-def load_head(run: Run) -> dict[str, np.ndarray]:
+def probe_head(run: Run) -> dict[str, np.ndarray]:
     """The probe's head, checked against the hash its stage recorded and finite."""
     head = storage.load_safetensors(epath.Path(run.read((STAGE,), "head.safetensors")))
     check_artifact(

@@ -38,7 +38,7 @@ from saeft_jax.rendering.html import browser_data, render_html, thumbnail
 from saeft_jax.rendering.markdown import render_markdown, report_datasets, report_methods
 from saeft_jax.sae import kinds
 from saeft_jax.sae.frozen import FrozenSAE
-from saeft_jax.stages import finetuned, heads, scores, trained_sae
+from saeft_jax.stages import evaluate, finetune, sae, zeroshot
 from saeft_jax.stages.context import Run, write_json
 from saeft_jax.training import recipes
 from saeft_jax.zeroshot import build_zeroshot_head
@@ -69,10 +69,10 @@ def _run_scores(record: dict[str, Any], alpha: str, tests: list[str], ood: list[
 def _sae_summary(run: Run, name: str) -> dict[str, Any] | None:
     """SAE `name`'s quality on the training features (its completion record) and its settings (its
     `sae.json`, which the penalty's SAE is built from too); None when it is not complete."""
-    record = run.done(trained_sae.STAGE, name)
+    record = run.done(sae.STAGE, name)
     if not record:
         return None
-    settings = trained_sae.describe(run, name)
+    settings = sae.describe(run, name)
     return {
         **{key: record[key] for key in ("fvu", "dead_fraction", "l0")},
         **{key: settings[key] for key in ("dict_size", "k", "relu", "kind")},
@@ -110,9 +110,9 @@ def collect(run: Run) -> dict[str, Any]:
     in_distribution, shifts = suite(run.config.eval_suite)
     tests, shifts = [spec.name for spec in run.eval_specs()], list(shifts)
     names = list(run.methods)
-    evaluations = {name: run.done(scores.STAGE, name) for name in names}
+    evaluations = {name: run.done(evaluate.STAGE, name) for name in names}
     saes = {name: _sae_summary(run, name) for name in sae_names(run.config)}
-    validation, report_sae = run.validation.name if run.validation else None, trained_sae.report_sae(run)
+    validation, report_sae = run.validation.name if run.validation else None, sae.report_sae(run)
     report = {
         "model": str(run.model_path),
         "id_dataset": in_distribution,
@@ -131,7 +131,7 @@ def collect(run: Run) -> dict[str, Any]:
         "runs": {"zeroshot": _run_scores(evaluations[names[0]], "0.0", tests, shifts)},
     }
     for name, method in run.methods.items():
-        record, trained = evaluations[name], run.done(finetuned.STAGE, name)
+        record, trained = evaluations[name], run.done(finetune.STAGE, name)
         wise = {a: _run_scores(record, a, tests, shifts) for a in record["datasets"][tests[0]]["scores"]}
         entry = {
             **wise["1.0"],
@@ -180,11 +180,11 @@ def run_stage(run: Run) -> None:
     if run.is_writer:
         report = collect(run)
         directory = run.dir(STAGE)
-        sae = trained_sae.load(run, report["report_sae"]) if report["sae"] else None
-        vocabulary = _vocabulary(run) if sae is not None else None
-        explanations, comparisons = _changes(run, report, sae, vocabulary)
-        if sae is not None:
-            _across_datasets(run, report, sae, comparisons)
+        frozen_sae = sae.load(run, report["report_sae"]) if report["sae"] else None
+        vocabulary = _vocabulary(run) if frozen_sae is not None else None
+        explanations, comparisons = _changes(run, report, frozen_sae, vocabulary)
+        if frozen_sae is not None:
+            _across_datasets(run, report, frozen_sae, comparisons)
         details = {
             "setup": setup(run.config),
             "labels": {n: m.label() for n, m in run.methods.items()},
@@ -192,13 +192,13 @@ def run_stage(run: Run) -> None:
             "saes": sae_lines(report["saes"]),
             "legend": legend(),
             "runs": explanations,
-            "names": _effect_names(report, sae, vocabulary) if sae is not None else {},
+            "names": _effect_names(report, frozen_sae, vocabulary) if frozen_sae is not None else {},
         }
         figures = report_figures(report, directory)
         browsers = []
-        if sae is not None:
+        if frozen_sae is not None:
             figures.update(_feature_grids(run, details, directory))
-            browsers.append(_browser(run, report, comparisons, sae, vocabulary))
+            browsers.append(_browser(run, report, comparisons, frozen_sae, vocabulary))
             write_json(directory / BROWSER_FILE, browsers[0])
         elif (directory / BROWSER_FILE).exists():  # an earlier report's: not this run's features
             (directory / BROWSER_FILE).unlink()
@@ -209,15 +209,15 @@ def run_stage(run: Run) -> None:
         files = ("report.md", "report.json", "report.html", *figures.values(), *([BROWSER_FILE] if browsers else []))
     else:
         files = ()
-    sae = trained_sae.report_sae(run)
-    made_from = (*((scores.STAGE, name) for name in run.methods), *([(trained_sae.STAGE, sae)] if sae else []))
+    sae_name = sae.report_sae(run)
+    made_from = (*((evaluate.STAGE, name) for name in run.methods), *([(sae.STAGE, sae_name)] if sae_name else []))
     run.mark_done({}, STAGE, files=files, inputs=made_from)
 
 
 def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
     """Names for features: the training classes (their zero-shot head rows) and the configured concepts."""
-    spec = heads.label_spaces(run)[run.train_spec.label_space]
-    names, vectors = list(spec.classnames), [heads.load_head(run, spec.label_space)["W"]]
+    spec = zeroshot.label_spaces(run)[run.train_spec.label_space]
+    names, vectors = list(spec.classnames), [zeroshot.zeroshot_head(run, spec.label_space)["W"]]
     concepts = list(run.config.report.concepts)
     if concepts:
         head = build_zeroshot_head(run.model, [[c] for c in concepts], show_progress=False)
@@ -227,7 +227,7 @@ def _vocabulary(run: Run) -> tuple[list[str], np.ndarray]:
 
 
 def _changes(
-    run: Run, report: dict[str, Any], sae: FrozenSAE | None, vocabulary
+    run: Run, report: dict[str, Any], frozen_sae: FrozenSAE | None, vocabulary
 ) -> tuple[dict[str, Any], dict[str, dict[str, Comparison]]]:
     """Runs the configured analyses per method and dataset into `report`; returns the feature
     explanation of each method on the first dataset (in distribution when there is one) and the
@@ -235,26 +235,26 @@ def _changes(
     local = parallel.data_mesh(jax.local_devices())  # only process 0 writes the report
     datasets = report_datasets(report)
     specs = {s.name: s for s in run.eval_specs()}
-    zeroshot: dict[str, Embeddings] = {}  # every method's alpha 0: the same embeddings, encoded once
+    zeroshot_embeddings: dict[str, Embeddings] = {}  # every method's alpha 0: the same embeddings, encoded once
     explanations: dict[str, Any] = {}
     comparisons: dict[str, dict[str, Comparison]] = {}
     for name in report_methods(report):
         by_dataset, comparisons[name] = {}, {}
         for dataset in datasets:
             stopping.check(f"in stage report before the analyses of {name} on {dataset}")
-            arrays = scores.load_arrays(run, name, dataset)
-            if dataset not in zeroshot:
-                zeroshot[dataset] = Embeddings(arrays["zeroshot_embeddings"], sae, local)
+            arrays = evaluate.load_arrays(run, name, dataset)
+            if dataset not in zeroshot_embeddings:
+                zeroshot_embeddings[dataset] = Embeddings(arrays["zeroshot_embeddings"], frozen_sae, local)
             comparison = Comparison(
-                zeroshot[dataset],
-                Embeddings(arrays["finetuned_embeddings"], sae, local),
+                zeroshot_embeddings[dataset],
+                Embeddings(arrays["finetuned_embeddings"], frozen_sae, local),
                 arrays["labels"],
                 len(specs[dataset].classnames),
                 arrays["indices"],
             )
             comparisons[name][dataset] = comparison
             by_dataset[dataset] = run_analyses(run.config.report.analyses, comparison)
-            if dataset == datasets[0] and sae is not None:
+            if dataset == datasets[0] and frozen_sae is not None:
                 explanations[name] = _explain(run, specs[dataset], comparison, vocabulary, arrays["indices"])
         report["runs"][name]["changes"] = {
             key: value for key, value in by_dataset[datasets[0]].items() if key != "sae_fvu_zeroshot"
@@ -264,7 +264,7 @@ def _changes(
 
 
 def _across_datasets(
-    run: Run, report: dict[str, Any], sae: FrozenSAE, comparisons: dict[str, dict[str, Comparison]]
+    run: Run, report: dict[str, Any], frozen_sae: FrozenSAE, comparisons: dict[str, dict[str, Comparison]]
 ) -> None:
     """Runs the configured analyses across datasets (`feature_effects`) per method into its entry of
     `report`: the method on the suite's datasets (`comparisons`) and the validation split, each
@@ -277,7 +277,7 @@ def _across_datasets(
     validation, train_space = run.validation, run.train_spec.label_space
     specs = {spec.name: spec for spec in [*run.eval_specs(), *([validation] if validation else [])]}
     own_heads = {
-        spec.label_space: heads.load_head(run, spec.label_space)
+        spec.label_space: zeroshot.zeroshot_head(run, spec.label_space)
         for spec in specs.values()
         if spec.label_space != train_space
     }
@@ -286,14 +286,14 @@ def _across_datasets(
         stopping.check(f"in stage report before the effects of {name}'s changes")
         mine = dict(comparisons[name])
         if validation:
-            arrays = scores.load_arrays(run, name, validation.name)
+            arrays = evaluate.load_arrays(run, name, validation.name)
             if zeroshot_validation is None:
-                zeroshot_validation = Embeddings(arrays["zeroshot_embeddings"], sae, local)
-            tuned = Embeddings(arrays["finetuned_embeddings"], sae, local)
+                zeroshot_validation = Embeddings(arrays["zeroshot_embeddings"], frozen_sae, local)
+            tuned = Embeddings(arrays["finetuned_embeddings"], frozen_sae, local)
             mine[validation.name] = Comparison(
                 zeroshot_validation, tuned, arrays["labels"], len(validation.classnames), arrays["indices"]
             )
-        head = finetuned.load_head(run, name)
+        head = finetune.finetuned_head(run, name)
         scorers = {
             d: Scorer(
                 head if specs[d].label_space == train_space else own_heads[specs[d].label_space], specs[d].project
@@ -304,22 +304,22 @@ def _across_datasets(
         report["runs"][name].update(run_method_analyses(names, method))
 
 
-def _effect_names(report: dict[str, Any], sae: FrozenSAE, vocabulary) -> dict[int, list[tuple[str, float]]]:
+def _effect_names(report: dict[str, Any], frozen_sae: FrozenSAE, vocabulary) -> dict[int, list[tuple[str, float]]]:
     """The nearest vocabulary entries of every feature whose change some method's `feature_effects` measured."""
     features = sorted({e["feature"] for run in report["runs"].values() for e in run.get("feature_effects", [])})
     text_names, text = vocabulary
-    return interpret.name_features(np.asarray(sae.params["W_dec"]), text, text_names, features)
+    return interpret.name_features(np.asarray(frozen_sae.params["W_dec"]), text, text_names, features)
 
 
 def _browser(
-    run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], sae: FrozenSAE, vocabulary
+    run: Run, report: dict[str, Any], comparisons: dict[str, dict[str, Comparison]], frozen_sae: FrozenSAE, vocabulary
 ) -> dict[str, Any]:
     """The feature browser's cards, on the first dataset's images (in distribution when there is one)."""
     cfg, dataset = run.config.report, report_datasets(report)[0]
     changes = {m: {d: c.changes for d, c in by_dataset.items()} for m, by_dataset in comparisons.items()}
     features, changed = browser.changed_features(changes, cfg.browser_features)
     text_names, text = vocabulary
-    names = interpret.name_features(np.asarray(sae.params["W_dec"]), text, text_names, features)
+    names = interpret.name_features(np.asarray(frozen_sae.params["W_dec"]), text, text_names, features)
     here = {m: by_dataset[dataset] for m, by_dataset in comparisons.items()}
     codes = {"zeroshot": next(iter(here.values())).zeroshot.codes, **{m: c.finetuned.codes for m, c in here.items()}}
     spec = run.spec(dataset)
@@ -331,7 +331,7 @@ def _browser(
         spec.classnames,
         names,
         features,
-        dict_size=sae.dict_size,
+        dict_size=frozen_sae.dict_size,
         images=cfg.browser_images,
         effects=effects,
         ood=report["ood_datasets"],
@@ -342,7 +342,7 @@ def _browser(
     examples = sorted({e for card in cards for view in card["models"].values() for e in view["examples"]})
     images = {e: thumbnail(source[e]["image"]) for e in examples}
     sae_name = report["report_sae"]
-    digest = run.done(trained_sae.STAGE, sae_name)["files"][trained_sae.PARAMS_FILE]
+    digest = run.done(sae.STAGE, sae_name)["files"][sae.PARAMS_FILE]
     return browser_data(sae_name, digest, dataset, report_methods(report), changed, cards, images)
 
 

@@ -23,7 +23,7 @@ from saeft_jax.evaluation.evaluate import make_scorer
 from saeft_jax.fingerprint import fingerprint
 from saeft_jax.finite import check_artifact, check_finite
 from saeft_jax.methods import Method
-from saeft_jax.stages import features, heads, probe, trained_sae
+from saeft_jax.stages import features, probe, sae, zeroshot
 from saeft_jax.stages.context import Run
 from saeft_jax.training import recipes
 from saeft_jax.training.loop import train_loop
@@ -53,7 +53,7 @@ def run_stage(run: Run, name: str) -> None:
     steps = total_steps(run, len(source))  # at least the warm-up plus one (`saeft_jax.preflight`)
     frozen = {
         "encoder": run.model.image_params(),
-        "sae": trained_sae.load(run, method.sae) if method.sae else None,
+        "sae": sae.load(run, method.sae) if method.sae else None,
         **training.frozen,
     }
     optimizer, schedule = make_optimizer(
@@ -157,8 +157,8 @@ def _inputs(run: Run, method: Method) -> recipes.Inputs:
         templates=len(spec.templates),
         flyp_logit_scale=run.config.finetune.flyp_logit_scale,
         show_progress=run.config.show_progress,
-        zeroshot_head=lambda: heads.load_head(run, spec.label_space),
-        probe_head=lambda: probe.load_head(run),
+        zeroshot_head=lambda: zeroshot.zeroshot_head(run, spec.label_space),
+        probe_head=lambda: probe.probe_head(run),
     )
 
 
@@ -274,10 +274,10 @@ def load_finetuned(run: Run, name: str) -> dict:
     """{"encoder", "head"} of method `name`'s fine-tuned model, as saved, checked finite."""
     params = run.model.image_params(models.load(run.read((STAGE, name), "final")).params)
     check_artifact(params, run.workdir, (STAGE, name), "final", _cause(run, name), run.command)
-    return {"encoder": params, "head": load_head(run, name)}
+    return {"encoder": params, "head": finetuned_head(run, name)}
 
 
-def load_head(run: Run, name: str) -> dict:
+def finetuned_head(run: Run, name: str) -> dict:
     """The head of method `name`'s fine-tuned model, as saved and checked finite (without its encoder)."""
     head = storage.load_safetensors(epath.Path(run.read((STAGE, name), "head.safetensors")))
     check_artifact(head, run.workdir, (STAGE, name), "head.safetensors", _cause(run, name), run.command)

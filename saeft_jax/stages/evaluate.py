@@ -13,7 +13,7 @@ from etils import epath
 from saeft_jax import storage
 from saeft_jax.evaluation import wise
 from saeft_jax.evaluation.evaluate import evaluate_dataset
-from saeft_jax.stages import finetuned, heads
+from saeft_jax.stages import finetune, zeroshot
 from saeft_jax.stages.context import Run, write_json
 
 STAGE = "evaluate"
@@ -21,9 +21,9 @@ STAGE = "evaluate"
 
 def run_stage(run: Run, name: str) -> None:
     """Evaluates method `name` on every dataset not yet evaluated, then marks the stage complete."""
-    theta_ft = finetuned.load_finetuned(run, name)
+    theta_ft = finetune.load_finetuned(run, name)
     train_space = run.train_spec.label_space
-    theta0 = {"encoder": run.model.image_params(), "head": heads.load_head(run, train_space)}
+    theta0 = {"encoder": run.model.image_params(), "head": zeroshot.zeroshot_head(run, train_space)}
     directory = run.dir(STAGE, name)
     alphas, encoder = tuple(run.config.evaluate.alphas), run.model.image_encoder()
     sweeps = {}  # one compilation per label-space projection, shared by the datasets that use it
@@ -32,7 +32,7 @@ def run_stage(run: Run, name: str) -> None:
         results[spec.name] = _saved_summary(directory, spec.name)
         if results[spec.name] is not None:
             continue
-        own = {"head": heads.load_head(run, spec.label_space)}  # another label space: its zero-shot head
+        own = {"head": zeroshot.zeroshot_head(run, spec.label_space)}  # another label space: its zero-shot head
         pair = (theta0, theta_ft) if spec.label_space == train_space else ({**theta0, **own}, {**theta_ft, **own})
         key = (spec.label_space, spec.logit_sets)
         if key not in sweeps:

@@ -43,7 +43,7 @@ def run_stage(run: Run) -> None:
     run.mark_done({"spaces": summary}, STAGE, files=tuple(f"{space}.safetensors" for space in summary))
 
 
-def load_head(run: Run, space: str) -> dict[str, np.ndarray]:
+def zeroshot_head(run: Run, space: str) -> dict[str, np.ndarray]:
     """The zero-shot head of label space `space`, checked finite."""
     name = f"{space}.safetensors"
     head = storage.load_safetensors(epath.Path(run.read((STAGE,), name)))
