@@ -345,15 +345,30 @@ def _keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
     return out
 
 
+def _unknown_key(unknown: str, known: set[str]) -> ConfigError:
+    close = difflib.get_close_matches(unknown, known, n=1)
+    return ConfigError(
+        f"config.{unknown} is not a key of the run configuration"
+        f"{f' (did you mean config.{close[0]}?)' if close else ''}; the keys and their defaults "
+        f"are in saeft_jax/config.py (base_config)."
+    )
+
+
+def check_override_keys(keys: list[str]) -> None:
+    """A `ConfigError` for the first dotted key of `--config.<key>=<value>` overrides that names no
+    key of `base_config` (ml_collections refuses such an override before `finish` could name it);
+    keys inside the name-keyed mappings (`finetune.methods.<name>`, `saes.<name>`) are the config
+    file's to define and pass."""
+    known = _keys(base_config())
+    for key in keys:
+        if not any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in known):
+            raise _unknown_key(key, known)
+
+
 def _check_keys(c: ml_collections.ConfigDict) -> None:
     known, given = _keys(base_config()), _keys(c)
     for unknown in sorted(given - known):
-        close = difflib.get_close_matches(unknown, known, n=1)
-        raise ConfigError(
-            f"config.{unknown} is not a key of the run configuration"
-            f"{f' (did you mean config.{close[0]}?)' if close else ''}; the keys and their defaults "
-            f"are in saeft_jax/config.py (base_config)."
-        )
+        raise _unknown_key(unknown, known)
     missing = sorted(known - given)
     if missing:
         raise ConfigError(

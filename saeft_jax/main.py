@@ -60,8 +60,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         config = _CONFIG.value
     except flags.UnrecognizedFlagError as error:
         fail(f"{error}; run with --help for the flags, and give config keys as --config.<key>=<value>.")
-    except Exception as error:  # the file, its get_config(arg), an override's value, or another flag's
+    except Exception as error:  # the file, its get_config(arg), an override's key or value, or another flag's
         overrides = [a for a in argv if a.startswith("--config.")]
+        _check_override_keys(overrides)
         fail(
             f"--config={path}{' with ' + ' '.join(overrides) if overrides else ''} does not load: "
             f"{_reason(error)}. A config file defines get_config(arg=None) returning "
@@ -75,6 +76,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
             f"ConfigDict of saeft_jax.config.base_config() with its changes (see configs/demo.py)."
         )
     return rest
+
+
+def _check_override_keys(overrides: list[str]) -> None:
+    """Ends the program naming an override's key that the run configuration lacks, if one does."""
+    from saeft_jax.config import ConfigError, check_override_keys
+
+    try:
+        check_override_keys([o.removeprefix("--config.").split("=", 1)[0] for o in overrides])
+    except ConfigError as error:
+        fail(str(error))
 
 
 def _reason(error: BaseException) -> str:

@@ -150,6 +150,12 @@ def main(*args: str) -> subprocess.CompletedProcess:
         ("--config.finetune.lrr=1", "config.finetune.lrr is not a key of the run configuration (did you mean "),
         ("--config.sed=3", "config.sed is not a key of the run configuration (did you mean config.seed?)"),
         ("--config.saes.main.kk=4", "config.saes.main.kk is not an SAE setting (did you mean k?)"),
+        # a group the config lacks: ml_collections refuses the override before finish; main names it alike
+        (
+            "--config.finetun.lr=1",
+            "config.finetun.lr is not a key of the run configuration (did you mean config.finetune.lr?)",
+        ),
+        ("--config.foo.bar=1", "config.foo.bar is not a key of the run configuration;"),
     ],
 )
 def test_unknown_keys_on_the_command_line_are_named_by_finish(tmp_path, override, says):
