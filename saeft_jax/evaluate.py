@@ -27,8 +27,9 @@ import numpy as np
 
 from saeft_jax import models, parallel, stopping, storage
 from saeft_jax.data import folders
+from saeft_jax.data.locations import DEFAULT_DATA_DIR
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite
-from saeft_jax.data.sources import DEFAULT_DATA_DIR, open_source
+from saeft_jax.data.sources import open_source
 from saeft_jax.demo import digits
 from saeft_jax.errors import UsageError
 from saeft_jax.evaluation import wise

@@ -18,8 +18,8 @@ from etils import epath
 
 from saeft_jax import curves, preflight, stopping, storage
 from saeft_jax.config import RunConfig, base_config
+from saeft_jax.data.locations import resolve_data_dir
 from saeft_jax.data.registry import CORRUPTED, suite
-from saeft_jax.data.sources import resolve_data_dir
 from saeft_jax.errors import UsageError
 from saeft_jax.methods import SETTINGS
 from saeft_jax.stages import completion, evaluate, features, finetune, probe, report, sae, zeroshot

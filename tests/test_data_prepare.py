@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saeft_jax.data import labels, prepare, sources
+from saeft_jax.data import labels, locations, prepare, sources
 from saeft_jax.data.registry import DatasetSpec, dataset_spec
 
 
@@ -188,7 +188,7 @@ def test_splits_prepared_one_at_a_time_accumulate(tmp_path):
     write_image(tmp_path / "test" / "bird" / "0.png", 99)
     with pytest.raises(prepare.PreparationError, match="other classes.*every split of a dataset shares its classes"):
         prepare.prepare("folder", tmp_path / "test", tmp_path / "data", name="pets", split="test", show_progress=False)
-    assert prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "pets"))["splits"] == {
+    assert prepare.records.read_info(locations.prepared_dir(tmp_path / "data", "pets"))["splits"] == {
         "train": 4,
         "test": 4,
     }
@@ -218,7 +218,7 @@ def test_a_replacement_stopped_midway_leaves_the_split_unlisted_not_half_read(tm
     monkeypatch.setattr(prepare.records.storage, "publish", stop_after_the_old_shards_are_gone)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare("folder", tmp_path / "src", tmp_path / "data", name="x", show_progress=False)
-    assert published and prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "x"))["splits"] == {}
+    assert published and prepare.records.read_info(locations.prepared_dir(tmp_path / "data", "x"))["splits"] == {}
     with pytest.raises(sources.DatasetNotPrepared, match="saeft_jax.data.prepare"):
         sources.open_source(folder_spec("x", classes=1), tmp_path / "data")
 
@@ -267,7 +267,7 @@ def test_ignored_files_and_empty_classes_are_summarised_and_counts_checked(tmp_p
     assert code == 0 and "test 2 images" in out
     assert "1 class folders without images" in out and ": b" in out
     assert "2 files that are not images, ignored" in out and "notes.txt" in out and "README" in out
-    info = prepare.records.read_info(prepare.prepared_dir(tmp_path / "data", "x"))
+    info = prepare.records.read_info(locations.prepared_dir(tmp_path / "data", "x"))
     assert info["empty_classes"] == {"test": ["b"]} and len(info["ignored"]["test"]) == 2
 
 
@@ -279,7 +279,7 @@ def test_prepared_datasets_are_written_to_and_read_from_a_bucket(tmp_path, bucke
         for label, name in enumerate(["cat", "dog"]):
             truth[split, label] = write_image(tmp_path / split / name / "0.png", 7 * label + len(split))
         prepare.prepare("folder", tmp_path / split, f"{bucket}/tfds", name="pets", split=split, show_progress=False)
-    info = prepare.records.read_info(prepare.prepared_dir(f"{bucket}/tfds", "pets"))
+    info = prepare.records.read_info(locations.prepared_dir(f"{bucket}/tfds", "pets"))
     assert info["splits"] == {"train": 2, "test": 2}  # accumulated in the bucket too
     for split in ("train", "test"):
         source = sources.open_source(folder_spec("pets", split, classes=2), f"{bucket}/tfds")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from saeft_jax.data import records
-from saeft_jax.data.prepare import prepared_dir
+from saeft_jax.data.locations import prepared_dir
 from saeft_jax.demo import digits
 from saeft_jax.demo.tokenizer import build_tokenizer
 

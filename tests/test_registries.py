@@ -179,12 +179,12 @@ def test_an_unknown_key_in_a_config_file_is_named_by_finish(tmp_path):
 
 
 def test_the_data_dir_is_resolved_once_and_carried_to_every_spec_and_source(tmp_path, monkeypatch):
-    from saeft_jax.data import sources
+    from saeft_jax.data import locations, sources
     from saeft_jax.stages.context import Run
 
-    assert sources.resolve_data_dir("") == os.path.expanduser(sources.DEFAULT_DATA_DIR)
-    assert sources.resolve_data_dir("~/d") == os.path.expanduser("~/d")
-    assert sources.resolve_data_dir("gs://bucket/d") == "gs://bucket/d"
+    assert locations.resolve_data_dir("") == os.path.expanduser(locations.DEFAULT_DATA_DIR)
+    assert locations.resolve_data_dir("~/d") == os.path.expanduser("~/d")
+    assert locations.resolve_data_dir("gs://bucket/d") == "gs://bucket/d"
     config = demo.get_config("smoke")
     config.data_dir = str(tmp_path)
     run = Run(finish(config), tmp_path / "w")

@@ -15,6 +15,7 @@ import os
 
 from saeft_jax import storage
 from saeft_jax.data import labels, records
+from saeft_jax.data.locations import prepared_dir, resolve_data_dir
 from saeft_jax.errors import UsageError
 
 DEFAULT_TEMPLATES = labels.templates("simple")  # ("a photo of a {}.",): CLIP's plain prompt
@@ -29,12 +30,10 @@ def is_folder_name(name: str) -> bool:
 def folder_spec(name: str, data_dir: str | os.PathLike | None = None):
     """The `DatasetSpec` of `NAME/SPLIT` prepared in `data_dir` (default `$TFDS_DATA_DIR` or
     ~/tensorflow_datasets). A name that was never prepared is a `KeyError` saying how to prepare it."""
-    from saeft_jax.data.prepare import prepared_dir
     from saeft_jax.data.registry import DatasetSpec
-    from saeft_jax.data.sources import DEFAULT_DATA_DIR
 
     dataset, _, split = name.partition("/")
-    data_dir = os.fspath(data_dir or DEFAULT_DATA_DIR)
+    data_dir = resolve_data_dir(data_dir)
     prepare = (
         f"python -m saeft_jax.data.prepare folder --source=YOUR_FOLDER --name={dataset or 'NAME'} "
         f"--split={split or 'SPLIT'} --data_dir={data_dir}"

@@ -48,6 +48,7 @@ from PIL import Image
 
 from saeft_jax import stopping, storage
 from saeft_jax.data import folders, labels, records
+from saeft_jax.data.locations import DEFAULT_DATA_DIR, prepared_dir
 from saeft_jax.errors import UsageError
 from saeft_jax.observe import progress
 
@@ -98,11 +99,6 @@ class Listing:
     group_names: tuple[str, ...] = ()
     ignored: list[str] = dataclasses.field(default_factory=list)  # files that are not images
     empty_classes: list[str] = dataclasses.field(default_factory=list)
-
-
-def prepared_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
-    """Where prepared dataset `name` lives (a local directory or a gs:// prefix)."""
-    return storage.path(data_dir) / "saeft" / name
 
 
 def prepare(
@@ -488,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m saeft_jax.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=[*LAYOUTS, "folder"])
     parser.add_argument("--source", required=True, help="the unpacked dataset folder")
-    parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    parser.add_argument(
+        "--data_dir",
+        default=DEFAULT_DATA_DIR,
+        help="where datasets are prepared ($TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
     parser.add_argument("--name", help="dataset name (default: the kind); required for folder")
     parser.add_argument("--split", default="test", help="split name for a folder dataset")
     parser.add_argument("--skip_corrupt", action="store_true", help="skip and count images that do not decode")

@@ -64,7 +64,7 @@ class DatasetSpec:
     fixed_classnames: tuple[str, ...] | None = None
     prepare_kind: str = ""
     data_dir: str | None = (
-        None  # where its examples and TFDS class names are read (None: sources.resolve_data_dir's default)
+        None  # where its examples and TFDS class names are read (None: locations.resolve_data_dir's default)
     )
     label_key: str = "label"
     binary: bool = False

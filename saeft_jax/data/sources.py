@@ -19,18 +19,9 @@ import numpy as np
 
 from saeft_jax import storage
 from saeft_jax.data import records
-from saeft_jax.data.prepare import prepared_dir
+from saeft_jax.data.locations import prepared_dir, resolve_data_dir
 from saeft_jax.data.registry import DatasetSpec
 from saeft_jax.errors import UsageError
-
-DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-    """Where datasets are read: `data_dir` (`config.data_dir`; "" or None: `$TFDS_DATA_DIR` or
-    ~/tensorflow_datasets), `~` expanded, a bucket URL as it is. The one home of that default: a
-    run resolves its data dir once and every spec and source it opens carries the result."""
-    return os.fspath(storage.path(data_dir or DEFAULT_DATA_DIR))
 
 
 class DatasetNotPrepared(UsageError, FileNotFoundError):

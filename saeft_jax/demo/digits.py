@@ -20,7 +20,7 @@ from etils import epath
 from PIL import Image, ImageFilter
 
 from saeft_jax.data import records, registry
-from saeft_jax.data.prepare import prepared_dir
+from saeft_jax.data.locations import prepared_dir
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 STYLES = ("clean", "inverted", "rotated", "noisy", "thick", "colored")

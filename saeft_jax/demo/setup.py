@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 from saeft_jax import distributed
-from saeft_jax.data.sources import resolve_data_dir
+from saeft_jax.data.locations import resolve_data_dir
 from saeft_jax.demo import digits, pretrain
 
 

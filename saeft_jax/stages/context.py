@@ -20,8 +20,9 @@ from etils import epath
 from saeft_jax import distributed, models, parallel, storage
 from saeft_jax.config import RunConfig
 from saeft_jax.data import folders
+from saeft_jax.data.locations import resolve_data_dir
 from saeft_jax.data.registry import DatasetSpec, dataset_spec, suite, with_corruptions
-from saeft_jax.data.sources import Subset, held_out, open_source, resolve_data_dir
+from saeft_jax.data.sources import Subset, held_out, open_source
 from saeft_jax.methods import Method
 from saeft_jax.sae import kinds
 from saeft_jax.stages import completion
