@@ -59,7 +59,7 @@ def report(model="demo", zeroshot=0.5, methods=("none", "sae_add_remove")) -> di
             "fixed_alpha": {"alpha": 0.5, **wise["0.5"]},
             "selection": {"split": "val", "alpha": 0.3, "score": 0.6, "metric": "top1"},
             "selected": wise["0.3"],
-            "method": {"regularizer": name},
+            "method": {"recipe": "finetune", "regularizer": name},
             "train": {"steps": 1},
             "fingerprint": str(i),
         }

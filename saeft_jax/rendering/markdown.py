@@ -55,7 +55,7 @@ def render_markdown(report: dict[str, Any], details: dict[str, Any], figures: di
 def _trained(report, methods: list[str], recipes: dict[str, str]) -> str:
     """What the methods trained, by recipe (`recipes`: each one's description)."""
     used = {
-        report["runs"][m]["method"].get("recipe", "finetune")
+        report["runs"][m]["method"]["recipe"]
         for m in methods
         if "checkpoint" not in report["runs"][m]["method"]
     }
