@@ -119,7 +119,8 @@ def test_worker_processes_leave_ctrl_c_to_the_main_process_and_end_with_it():
         "batches = pipeline.train_batches(ToySource(23), share=pipeline.Share(8), seed=3, transform=identify, "
         "num_workers=1)\n"
         "next(batches)\n"
-        "print(' '.join(line for line in os.popen(f'ps -o pid= --ppid {os.getpid()}').read().split()), flush=True)\n"
+        "children = os.popen(f'ps -o pid=,args= --ppid {os.getpid()}').read().splitlines()  # ps lists itself too\n"
+        "print(' '.join(c.split()[0] for c in children if 'spawn_main' in c), flush=True)  # grain's workers\n"
         "sys.stdin.readline()\n"
         "os._exit(130)  # as a second Ctrl-C ends it: no chance to end its workers\n"
     )
@@ -131,8 +132,7 @@ def test_worker_processes_leave_ctrl_c_to_the_main_process_and_end_with_it():
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests]), "JAX_PLATFORMS": "cpu"},
     )
-    children = [int(pid) for pid in process.stdout.readline().split()]
-    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = [int(pid) for pid in process.stdout.readline().split()]
     ignored = [Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0] for pid in workers]
     assert workers and all(int(mask, 16) & (1 << (signal.SIGINT - 1)) for mask in ignored), ignored
     process.communicate("\n", timeout=30)

@@ -54,11 +54,7 @@ def render_markdown(report: dict[str, Any], details: dict[str, Any], figures: di
 
 def _trained(report, methods: list[str], recipes: dict[str, str]) -> str:
     """What the methods trained, by recipe (`recipes`: each one's description)."""
-    used = {
-        report["runs"][m]["method"]["recipe"]
-        for m in methods
-        if "checkpoint" not in report["runs"][m]["method"]
-    }
+    used = {report["runs"][m]["method"]["recipe"] for m in methods if "checkpoint" not in report["runs"][m]["method"]}
     if not used:
         return "every method imported from a checkpoint (nothing trained here)"
     return "trained by recipe: " + "; ".join(f"`{r}`, {recipes[r]}" for r in sorted(used))
