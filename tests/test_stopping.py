@@ -20,14 +20,19 @@ from conftest import ROOT, subprocess_env
 BROKEN = ("Traceback", "Exception ignored", "Fatal Python error", "Segmentation fault")
 
 
-def start(body: str) -> subprocess.Popen:
-    """A Python process that installs the policy, runs `body` and prints "ready" first."""
-    script = textwrap.dedent("""
+def start(body: str, setup: str = "") -> subprocess.Popen:
+    """A Python process that installs the policy, runs `setup`, prints "ready" and runs `body`;
+    returned once it is ready (a signal sent then finds `setup` done)."""
+    script = (
+        textwrap.dedent("""
         import atexit, ctypes, sys, time
         from saeft_jax import stopping
         stopping.install("the same command continues the run")
-        print("ready", flush=True)
-    """) + textwrap.dedent(body)
+    """)
+        + textwrap.dedent(setup)
+        + '\nprint("ready", flush=True)\n'
+        + textwrap.dedent(body)
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -82,22 +87,25 @@ def test_a_second_ctrl_c_ends_the_run_at_once_with_130():
 
 
 @pytest.mark.parametrize(
-    "blocked, known",
+    "passed, blocked, known",
     [
         (
+            "",
             "while True: time.sleep(0.05)",
             "the run's start-up, which had not reached a point to stop at 1 s later (the last point passed: none)",
         ),  # Python code that never reaches a check
         (
-            'stopping.doing("stage report")\nstopping.check("in stage report before the analyses")\n'
+            'stopping.doing("stage report")\nstopping.check("in stage report before the analyses")',
             'ctypes.CDLL(None).system(b"exec sleep 30 >/dev/null 2>&1")',  # native code that waits on (a stuck reader)
             "stage report, which had not reached a point to stop at 1 s later (the last point passed: 'in stage "
             "report before the analyses')",
         ),
     ],
 )
-def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3_naming_what_it_was_doing(blocked, known):
-    process = start(f"stopping.GRACE_S = 1.0\n{blocked}")
+def test_a_run_that_reaches_no_known_point_is_ended_by_the_watcher_with_3_naming_what_it_was_doing(
+    passed, blocked, known
+):
+    process = start(blocked, setup=f"stopping.GRACE_S = 1.0\n{passed}")  # the signal comes after `passed`
     returncode, err, seconds = signal_twice(process, signal.SIGTERM, signal.SIGTERM)
     assert returncode == 3 and 1.0 < seconds < 10, (returncode, seconds, err)
     assert f"stopped: SIGTERM during {known}" in err, err
