@@ -333,12 +333,16 @@ def finish(c: ml_collections.ConfigDict) -> RunConfig:
     return RunConfig(c, types.MappingProxyType(checked), types.MappingProxyType(saes))
 
 
+# The mappings whose keys are names the config file chooses (methods, SAEs), checked on their own.
+NAME_KEYED = ("finetune.methods", "saes")
+
+
 def _keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
     """Every key of `c`, dotted; the name-keyed mappings (methods, SAEs) are checked on their own."""
     out = set()
     for key, value in c.items():
         name = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict) and name not in ("finetune.methods", "saes"):
+        if isinstance(value, ml_collections.ConfigDict) and name not in NAME_KEYED:
             out |= _keys(value, f"{name}.")
         else:
             out.add(name)
@@ -359,10 +363,17 @@ def check_override_keys(keys: list[str]) -> None:
     key of `base_config` (ml_collections refuses such an override before `finish` could name it);
     keys inside the name-keyed mappings (`finetune.methods.<name>`, `saes.<name>`) are the config
     file's to define and pass."""
-    known = _keys(base_config())
+    known, named = _keys(base_config()), tuple(f"{mapping}." for mapping in NAME_KEYED)
     for key in keys:
-        if not any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in known):
-            raise _unknown_key(key, known)
+        if key in known or key.startswith(named) or any(k.startswith(f"{key}.") for k in known):
+            continue
+        leaf = next((k for k in known if key.startswith(f"{k}.")), None)
+        if leaf is not None:
+            raise ConfigError(
+                f"config.{key} is not a key of the run configuration: config.{leaf} is a value, not a "
+                f"group of keys; set it as --config.{leaf}=<value>."
+            )
+        raise _unknown_key(key, known)
 
 
 def _check_keys(c: ml_collections.ConfigDict) -> None:

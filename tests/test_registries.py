@@ -156,6 +156,7 @@ def main(*args: str) -> subprocess.CompletedProcess:
             "config.finetun.lr is not a key of the run configuration (did you mean config.finetune.lr?)",
         ),
         ("--config.foo.bar=1", "config.foo.bar is not a key of the run configuration;"),
+        ("--config.stages.x=1", "config.stages is a value, not a group of keys; set it as --config.stages=<value>."),
     ],
 )
 def test_unknown_keys_on_the_command_line_are_named_by_finish(tmp_path, override, says):
