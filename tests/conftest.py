@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
@@ -51,6 +53,19 @@ def subprocess_env(**changes: str) -> dict[str, str]:
     imports `saeft_jax`, `configs` and the test modules as pytest's `pythonpath` lets the tests do."""
     paths = [ROOT, os.path.join(ROOT, "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **changes}
+
+
+def run_main(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """`python -m saeft_jax.main ARGS` in a child on the CPU, from the repository root, with `env`
+    added to its environment; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "saeft_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(JAX_PLATFORMS="cpu", **env),
+    )
 
 
 def smoke_config(variant: str = "smoke", **changes):

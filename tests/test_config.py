@@ -3,15 +3,13 @@ the command line; misspelt keys, bad files and bad values end with one paragraph
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import textwrap
 
 import pytest
 from absl import flags
-from conftest import ROOT, smoke_config
+from conftest import run_main, smoke_config
 from ml_collections import config_flags
 
 from saeft_jax import methods, regularizers
@@ -101,17 +99,6 @@ def test_normalize_contradicting_the_sae_is_refused_unless_named_as_the_referenc
     assert raw.reference_raw_inputs and raw.describe()["reference_raw_inputs"] is True
 
 
-def main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "saeft_jax.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-
-
 def assert_one_paragraph(result: subprocess.CompletedProcess, *needles: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -123,7 +110,7 @@ def assert_one_paragraph(result: subprocess.CompletedProcess, *needles: str) -> 
 
 def test_a_misspelt_hyperparameter_exits_2_naming_it_before_anything_runs(tmp_path):
     workdir = tmp_path / "never"
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         "--config.finetune.methods.sae_add_remove.lambda_addd=1",
@@ -132,7 +119,7 @@ def test_a_misspelt_hyperparameter_exits_2_naming_it_before_anything_runs(tmp_pa
         result, "config.finetune.methods.sae_add_remove", "lambda_addd", "did you mean 'lambda_add'"
     )  # named by config.finish
     assert not workdir.exists()  # nothing ran
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         "--config.finetune.methods.sae_add_remove.normalize=False",
@@ -157,7 +144,7 @@ def test_config_files_that_do_not_load_exit_2_with_one_paragraph(tmp_path, case)
         "value": ["--config.finetune.lr=fast"],
         "argument": ["--config=configs/demo.py:bogus"],
     }.get(case, [f"--config={path}"])
-    result = main(*arguments, f"--workdir={tmp_path / 'w'}")
+    result = run_main(*arguments, f"--workdir={tmp_path / 'w'}")
     expected = {
         "missing": ["no such config file", "nope.py"],
         "syntax": ["is not valid Python", "line 1"],
@@ -227,7 +214,7 @@ SAYS = {
 def test_config_files_with_wrong_keys_or_shapes_exit_2_naming_them(tmp_path, case):
     path = tmp_path / "cfg.py"
     path.write_text(BAD_FILES[case])
-    result = main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    result = run_main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
     assert_one_paragraph(result, *SAYS[case])
     assert not (tmp_path / "w").exists()
 
@@ -292,7 +279,7 @@ def test_recipes_are_set_from_the_command_line_and_wrong_ones_refused_by_name(tm
 
 def test_a_probe_with_several_weights_and_no_validation_split_exits_2_before_any_work(tmp_path):
     workdir = tmp_path / "never"
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         "--config.finetune.val_dataset=",

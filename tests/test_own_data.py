@@ -4,13 +4,9 @@ method that only names a checkpoint."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import ROOT, smoke_config
+from conftest import run_main, smoke_config
 from PIL import Image
 
 from saeft_jax.data import folders, prepare, registry, sources
@@ -145,17 +141,6 @@ def test_templates_files_are_checked_and_the_config_one_replaces_the_preparation
     assert run.spec("cifar10").templates == ("a photo of a {}.",)  # only folder datasets take it
 
 
-def main(*args, timeout: int = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "saeft_jax.main", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=timeout,
-    )
-
-
 @pytest.mark.parametrize(
     "key, value, says",
     [
@@ -167,7 +152,7 @@ def main(*args, timeout: int = 300):
 def test_an_unknown_dataset_name_exits_2_with_one_paragraph_before_any_stage(prepared, tmp_path, key, value, says):
     _, data_dir, _ = prepared
     workdir = tmp_path / "w"
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
@@ -176,6 +161,8 @@ def test_an_unknown_dataset_name_exits_2_with_one_paragraph_before_any_stage(pre
         "--config.eval_suite=digits_mine/test",
         "--config.finetune.val_dataset=digits_mine/val",
         f"--config.{key}={value}",
+        timeout=300,
+        HF_HUB_OFFLINE="1",
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and says in result.stderr
@@ -221,7 +208,7 @@ def test_the_smoke_pipeline_runs_on_a_prepared_folder_named_on_the_command_line(
         == 0
     )
     workdir = tmp_path_factory.mktemp("own_run")
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
@@ -231,6 +218,7 @@ def test_the_smoke_pipeline_runs_on_a_prepared_folder_named_on_the_command_line(
         "--config.finetune.val_dataset=digits_mine/val",
         "--config.eval_suite=digits_mine/test,digits_mine/val_shift",
         timeout=1800,
+        HF_HUB_OFFLINE="1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report" / "report.json").read_text())

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, demo_config
+from conftest import demo_config, run_main
 from PIL import Image
 
 pytestmark = pytest.mark.slow  # about three minutes: run with `-m slow`, as CI does
@@ -355,25 +352,18 @@ def test_unknown_datasets_and_unloadable_checkpoints_are_named(finished, tmp_pat
         run_pipeline(config, tmp_path_factory.mktemp("no_model"))
 
 
-def _main(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "saeft_jax.main", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
-
-
 def test_command_line_errors_are_one_paragraph_and_non_zero(tmp_path):
-    unknown = _main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.finetune.lrr=1")
+    unknown = run_main(
+        "--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.finetune.lrr=1", timeout=300
+    )
     assert unknown.returncode != 0 and "lrr" in unknown.stderr
     (tmp_path / "file").write_text("")
-    not_a_dir = _main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'file'}")
+    not_a_dir = run_main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'file'}", timeout=300)
     assert not_a_dir.returncode == 2 and "is a file; pass a directory" in not_a_dir.stderr
     assert "Traceback" not in not_a_dir.stderr
-    missing = _main("--config=configs/vitb16.py", f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path}")
+    missing = run_main(
+        "--config=configs/vitb16.py", f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path}", timeout=300
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "tfds build imagenet2012 --file_format=array_record" in missing.stderr
 

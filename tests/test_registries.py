@@ -5,11 +5,10 @@ on the command line are named by `finish`, and a run's data dir is resolved in o
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 from configs import demo
 from saeft_jax import methods
@@ -133,17 +132,6 @@ def test_an_sae_kind_registered_from_outside_is_checked_made_and_not_trained(ran
         finish(config)
 
 
-def main(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "saeft_jax.main", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-
-
 @pytest.mark.parametrize(
     "override, says",
     [
@@ -160,7 +148,7 @@ def main(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_unknown_keys_on_the_command_line_are_named_by_finish(tmp_path, override, says):
-    result = main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'w'}", override)
+    result = run_main("--config=configs/demo.py:smoke", f"--workdir={tmp_path / 'w'}", override)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == f"error: {result.stderr.strip()[len('error: ') :]}"  # one paragraph
     assert says in result.stderr and not (tmp_path / "w").exists()
@@ -172,7 +160,7 @@ def test_an_unknown_key_in_a_config_file_is_named_by_finish(tmp_path):
         "from saeft_jax.config import base_config\n\ndef get_config():\n    c = base_config()\n"
         "    c.evaluate.alpha = (0.5,)\n    return c\n"
     )
-    result = main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    result = run_main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "config.evaluate.alpha is not a key of the run configuration (did you mean config.evaluate.alphas?)" in (
         result.stderr
