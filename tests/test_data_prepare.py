@@ -271,6 +271,22 @@ def test_ignored_files_and_empty_classes_are_summarised_and_counts_checked(tmp_p
     assert info["empty_classes"] == {"test": ["b"]} and len(info["ignored"]["test"]) == 2
 
 
+def test_an_empty_data_dir_prepares_where_a_run_with_an_empty_data_dir_reads(tmp_path, monkeypatch, capsys):
+    """`--data_dir=` means the default ($TFDS_DATA_DIR or ~/tensorflow_datasets) for prepare as
+    `config.data_dir=""` does for a run, not the current directory."""
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "src" / name / "1.png")
+    monkeypatch.setattr(locations, "DEFAULT_DATA_DIR", str(tmp_path / "default"))
+    monkeypatch.chdir(tmp_path)
+    assert prepare.main(["folder", f"--source={tmp_path / 'src'}", "--name=x", "--data_dir="]) == 0
+    assert f"--config.data_dir={tmp_path / 'default'}" in capsys.readouterr().out
+    assert prepare.records.read_info(locations.prepared_dir(locations.resolve_data_dir(""), "x")) is not None
+    assert not (tmp_path / "saeft").exists()
+
+
 def test_prepared_datasets_are_written_to_and_read_from_a_bucket(tmp_path, bucket):
     import pickle
 

@@ -48,7 +48,7 @@ from PIL import Image
 
 from saeft_jax import stopping, storage
 from saeft_jax.data import folders, labels, records
-from saeft_jax.data.locations import DEFAULT_DATA_DIR, prepared_dir
+from saeft_jax.data.locations import DEFAULT_DATA_DIR, prepared_dir, resolve_data_dir
 from saeft_jax.errors import UsageError
 from saeft_jax.observe import progress
 
@@ -501,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "for the class name (default: 'a photo of a {}.')",
     )
     args = parser.parse_args(argv)
+    data_dir = resolve_data_dir(args.data_dir)  # "" means the default here as it does in a run
     if args.kind == "folder" and not args.name:
         parser.error("a folder dataset needs --name")
     if args.templates and args.kind != "folder":
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         info = prepare(
             args.kind,
             args.source,
-            args.data_dir,
+            data_dir,
             name=args.name,
             split=args.split,
             check_counts=not args.no_count_check,
@@ -528,11 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(summary(info, prepared_dir(args.data_dir, info["name"])))
+    print(summary(info, prepared_dir(data_dir, info["name"])))
     if args.kind == "folder":
         print(
             f"use it as {info['name']}/{args.split}, e.g. --config.train_dataset={info['name']}/{args.split} "
-            f"--config.data_dir={args.data_dir}"
+            f"--config.data_dir={data_dir}"
         )
     return 0
 
