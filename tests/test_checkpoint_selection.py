@@ -138,7 +138,8 @@ def test_unworkable_selection_settings_are_refused_naming_the_key(changes, says)
 
 
 def test_eval_every_beyond_the_run_exits_2_with_one_paragraph_before_any_stage(tmp_path):
-    from test_own_data import main, write_digit_folders
+    from conftest import run_main
+    from test_own_data import write_digit_folders
 
     from saeft_jax.data import prepare
 
@@ -148,7 +149,7 @@ def test_eval_every_beyond_the_run_exits_2_with_one_paragraph_before_any_stage(t
             "folder", tmp_path / "src" / split, tmp_path / "data", name="d", split=split, show_progress=False
         )
     workdir = tmp_path / "w"
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         f"--config.data_dir={tmp_path / 'data'}",
@@ -159,6 +160,8 @@ def test_eval_every_beyond_the_run_exits_2_with_one_paragraph_before_any_stage(t
         "--config.finetune.val_fraction=0.1",
         "--config.finetune.eval_every=61",
         "--config.finetune.select_checkpoint=best_val",
+        timeout=300,
+        HF_HUB_OFFLINE="1",
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "config.finetune.eval_every (61) exceeds the run's 60 fine-tuning steps" in result.stderr

@@ -398,7 +398,8 @@ def test_a_pca_basis_refuses_a_k_of_its_own():
 
 
 def test_a_workdir_of_an_older_layout_is_refused_in_one_paragraph_naming_a_fresh_workdir(tmp_path):
-    from test_config import assert_one_paragraph, main
+    from conftest import run_main
+    from test_config import assert_one_paragraph
 
     recorded = json.loads(finish(smoke_config()).config.to_json_best_effort())
     del recorded["saes"]["main"]["kind"], recorded["report"]["browser_features"]  # keys an older version lacked
@@ -407,7 +408,7 @@ def test_a_workdir_of_an_older_layout_is_refused_in_one_paragraph_naming_a_fresh
     workdir = tmp_path / "old"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps(recorded))
-    result = main("--config=configs/demo.py:smoke", f"--workdir={workdir}")
+    result = run_main("--config=configs/demo.py:smoke", f"--workdir={workdir}")
     assert_one_paragraph(
         result,
         "config.json was written by another version of saeft-jax",

@@ -11,8 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_main
 from PIL import Image
-from test_own_data import ROOT, main, write_digit_folders
+from test_own_data import write_digit_folders
 
 from saeft_jax.data import prepare
 
@@ -47,7 +48,7 @@ def finished(tmp_path_factory):
             == 0
         )
     workdir = root / "run"
-    result = main(
+    result = run_main(
         "--config=configs/demo.py:smoke",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
@@ -59,6 +60,7 @@ def finished(tmp_path_factory):
         f"--config.finetune.eval_every={EVAL_EVERY}",
         "--config.finetune.select_checkpoint=best_val",
         timeout=2400,
+        HF_HUB_OFFLINE="1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, data_dir, json.loads((workdir / "report" / "report.json").read_text())
